@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # subcommand -> module; the order is the order of ``spectune --help``
 COMMANDS: dict[str, str] = {
     "demo": "spectune.cli.demo",
+    "describe": "spectune.cli.describe",
+    "analyze": "spectune.cli.analyze",
     "model": "spectune.cli.model",
 }
 

@@ -1,0 +1,526 @@
+"""describe / analyze / summarize: WeightWatcher-style diagnostics of any weights.
+
+>>> import spectune as st                                           # doctest: +SKIP
+>>> details = st.analyze("path/to/model")                           # one row per matrix
+>>> st.summarize(details)["alpha"]                                  # mean alpha
+
+Rows and columns follow WeightWatcher 0.7.7 (see :mod:`spectune.spectral.metrics`), with
+these choices, all on purpose:
+
+* What is analyzed: every float weight with at least two dimensions (Linear, Conv1D/Conv2D,
+  Embedding); 1-D tensors (norms, biases) and non-float tensors are skipped, as WW does.
+  Tied weights (``lm_head`` = ``embed_tokens``) are analyzed once. Conv2D kernels
+  (out, in, kh, kw) give one matrix per kernel position, pooled into one ESD, scaled by WW's
+  conv2d normalization sqrt(1/2); 3-D Conv1d kernels are pooled the same way, unscaled.
+* A matrix with more than ``max_evals`` eigenvalues (or N > ``max_N``) is not analyzed but is
+  still listed, with status "skipped" and the reason as warning (WW drops it silently).
+  A matrix with fewer than ``min_evals`` eigenvalues is analyzed and warned about.
+* A failed power-law fit gives alpha = NaN, status "failed"; summaries leave it out.
+* ``layer_type`` is spectune's ("linear", "conv2d", "embedding", "lora"...), not WW's enum.
+* ``layer_id``: the module's index in ``named_modules()`` for an ``nn.Module`` (as WW);
+  otherwise the matrix's index in the source's natural name order.
+
+PEFT adapters give one row per LoRA pair (``<module>.lora_BA``) holding the exact spectrum of
+Delta W = scaling * B A via :func:`~spectune.spectral.esd.lora_eigenvalues`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spectune._progress import track
+from spectune.errors import SpectuneError
+from spectune.spectral.esd import (
+    CONV2D_NORM,
+    eigenvalues,
+    lora_eigenvalues,
+)
+from spectune.spectral.metrics import (
+    METRIC_COLUMNS,
+    TOO_FEW,
+    empty_metrics,
+    esd_metrics,
+    rank_at_energy,
+)
+from spectune.spectral.rmt import mp_fit as _mp_fit
+from spectune.spectral.rmt import randomized_metrics
+
+DEFAULT_MIN_EVALS = 8
+DEFAULT_MAX_EVALS = 15000
+DEFAULT_MAX_N = 50000
+
+LEAD_COLUMNS = ["layer_id", "name", "longname", "layer_type", "N", "M", "Q", "rf"]
+#: metric columns copied with a ``base_`` prefix when a base model is given
+BASE_COLUMNS = [
+    "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "entropy",
+    "D", "num_evals", "status",
+]  # fmt: skip
+#: columns averaged by :func:`summarize`
+SUMMARY_COLUMNS = [
+    "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm",
+    "stable_rank", "entropy", "D", "sigma", "mp_softrank", "rank90",
+]  # fmt: skip
+
+
+@dataclass
+class _Job:
+    """One row to compute: a weight matrix, a LoRA pair, or a fine-tune delta."""
+
+    layer_id: int
+    longname: str
+    layer_type: str
+    shape: tuple[int, ...]
+    tensor: str | None = None  # weight name in the source
+    pair: Any = None  # LoraPair
+    base_tensor: str | None = None  # matching weight in the base source
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(N, M, rf) as WW reports them."""
+        if self.layer_type == "lora" or len(self.shape) == 2:
+            a, b = self.shape[0], self.shape[1]
+            return max(a, b), min(a, b), 1
+        a, b = self.shape[0], self.shape[1]
+        rf = int(np.prod(self.shape[2:]))
+        return max(a, b), min(a, b), rf
+
+
+def _open(source: Any, peft: bool | str):
+    from spectune.weights import WeightSource, open_source
+
+    if isinstance(source, WeightSource):
+        return source, False
+    return open_source(source, peft=bool(peft)), True
+
+
+def _layer_filter(layers: Any):
+    if layers is None:
+        return lambda job: True
+    if isinstance(layers, str):
+        try:
+            pattern = re.compile(layers)
+        except re.error as exc:
+            raise SpectuneError(f"layers={layers!r} is not a valid regular expression: {exc}") from exc
+        return lambda job: bool(pattern.search(job.longname))
+    if isinstance(layers, int):
+        layers = [layers]
+    if isinstance(layers, Sequence):
+        ids = {x for x in layers if isinstance(x, int)}
+        names = {x for x in layers if isinstance(x, str)}
+        return lambda job: job.layer_id in ids or job.longname in names
+    raise SpectuneError(
+        f"layers must be None, a regex string or a list of layer ids/names, got {layers!r}"
+    )
+
+
+def _module_ids(source: Any) -> dict[str, int]:
+    """WW's layer ids for an nn.Module: index in named_modules()."""
+    module = source if isinstance(source, torch.nn.Module) else None
+    if module is None:
+        return {}
+    from spectune.weights import normalize_module_name
+
+    return {normalize_module_name(name): i for i, (name, _) in enumerate(module.named_modules())}
+
+
+def _plan(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -> list[_Job]:
+    ids = _module_ids(getattr(src, "module", None) or source)
+    jobs: list[_Job] = []
+    if peft:
+        pairs = src.lora_pairs()
+        if not pairs:
+            raise SpectuneError(
+                f"{src!r} holds no LoRA pairs (lora_A/lora_B); drop peft=True to analyze its "
+                "weights, or pass a PEFT adapter folder"
+            )
+        for i, pair in enumerate(pairs):
+            jobs.append(
+                _Job(ids.get(pair.module, i), pair.name, "lora", tuple(pair.shape), pair=pair)
+            )
+        return jobs
+    weights = [info for info in src.tensors() if info.is_weight]
+    if not weights:
+        raise SpectuneError(
+            f"{src!r} has no analyzable matrix (no float weight of 2 or more dimensions)"
+        )
+    for i, info in enumerate(weights):
+        jobs.append(
+            _Job(ids.get(info.key, i), info.key, info.layer_type, tuple(info.shape), tensor=info.name)
+        )
+    if delta:
+        matched = []
+        for job in jobs:
+            base_info = base_src.find_weight(job.longname)
+            if base_info is None:
+                continue
+            if tuple(base_info.shape) != job.shape:
+                raise SpectuneError(
+                    f"delta: {job.tensor} has shape {job.shape} but the base's {base_info.name} "
+                    f"has {tuple(base_info.shape)}; is base= the model this one was tuned from?"
+                )
+            job.base_tensor = base_info.name
+            matched.append(job)
+        if not matched:
+            raise SpectuneError("delta=True: no matrix of the model matches a base matrix by name")
+        return matched
+    return jobs
+
+
+def _matrices(W: torch.Tensor, layer_type: str) -> tuple[list[torch.Tensor], float]:
+    """Split a weight into the matrices of its ESD and the scale WW applies."""
+    if W.ndim == 2:
+        return [W], 1.0
+    if W.ndim == 4:
+        mats = [W[:, :, i, j] for i in range(W.shape[2]) for j in range(W.shape[3])]
+        return mats, CONV2D_NORM
+    if W.ndim == 3:
+        return [W[:, :, k] for k in range(W.shape[2])], 1.0
+    raise ValueError(f"cannot take the ESD of a {W.ndim}-D tensor")
+
+
+def _pooled(mats: list[torch.Tensor], scale: float, precision: str) -> tuple[np.ndarray, int | None]:
+    from spectune.spectral.metrics import matrix_rank
+
+    evs, rank_loss = [], 0
+    for m in mats:
+        ev = eigenvalues(m, precision=precision) * (scale * scale)
+        evs.append(ev)
+        rank_loss += len(ev) - matrix_rank(np.sqrt(ev), max(m.shape))
+    ev = np.sort(np.concatenate(evs))
+    return ev, (rank_loss if len(mats) > 1 else None)
+
+
+def _dora_columns(src: Any, pair: Any, base_W: torch.Tensor | None, delta: torch.Tensor | None):
+    mag = src.load(pair.magnitude_name).double().reshape(-1)
+    cols = {"dora_magnitude_mean": float(mag.mean()),
+            "dora_magnitude_cv": float(mag.std() / mag.mean()) if mag.mean() != 0 else math.nan}  # fmt: skip
+    if base_W is not None and delta is not None:
+        col_norm = torch.linalg.vector_norm(base_W.double() + delta.double(), dim=1)
+        ratio = mag / col_norm
+        cols["dora_magnitude_ratio_mean"] = float(ratio.mean())
+        cols["dora_magnitude_ratio_std"] = float(ratio.std())
+    return cols
+
+
+def _row_for(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    """Compute one row; bad numbers become a status, never an exception."""
+    N, M, rf = job.dims
+    row: dict[str, Any] = {
+        "layer_id": job.layer_id,
+        "name": job.longname.split(".")[-1] if job.layer_type != "lora" else job.longname.split(".")[-2] + ".lora_BA",
+        "longname": job.longname,
+        "layer_type": job.layer_type,
+        "N": N,
+        "M": M,
+        "Q": N / M if M else math.nan,
+        "rf": rf,
+    }
+    n_evals = M * rf if job.layer_type != "lora" else job.pair.r
+    if job.layer_type != "lora" and n_evals > opts["max_evals"]:
+        row.update(empty_metrics("skipped", f"{n_evals} eigenvalues > max_evals={opts['max_evals']}"))
+        return row
+    if job.layer_type != "lora" and N > opts["max_N"]:
+        row.update(empty_metrics("skipped", f"N={N} > max_N={opts['max_N']}"))
+        return row
+    precision = opts["precision"]
+    extra: dict[str, Any] = {}
+    rank_loss = None
+    mats: list[torch.Tensor] = []
+    scale = 1.0
+    try:
+        if job.pair is not None:
+            pair = job.pair
+            B, A = src.load_pair(pair)
+            scaling = pair.scaling if opts["lora_scaling"] else 1.0
+            extra.update(lora_rank=pair.r, scaling=pair.scaling)
+            base_W = delta_W = None
+            if opts["with_base"] or (pair.magnitude_name and job.base_tensor):
+                base_W = base_src.load(job.base_tensor)
+                delta_W = (B.double() @ A.double()) * scaling
+            if pair.magnitude_name:
+                extra.update(_dora_columns(src, pair, base_W, delta_W))
+            if opts["with_base"]:
+                W = base_W.double() + delta_W
+                if pair.magnitude_name:  # DoRA: W' = m * (W + dW) / ||W + dW||_row
+                    mag = src.load(pair.magnitude_name).double().reshape(-1, 1)
+                    W = mag * W / torch.linalg.vector_norm(W, dim=1, keepdim=True)
+                mats = [W]
+                evals, _ = _pooled(mats, 1.0, precision)
+                row["N"], row["M"] = max(W.shape), min(W.shape)
+                row["Q"] = row["N"] / row["M"]
+            else:
+                evals = lora_eigenvalues(A, B, scaling)
+        else:
+            W = src.load(job.tensor)
+            if job.base_tensor is not None:
+                W = W.double() - base_src.load(job.base_tensor).double()
+            mats, scale = _matrices(W, job.layer_type)
+            evals, rank_loss = _pooled(mats, scale, precision)
+    except ValueError as exc:
+        if "NaN or Inf" in str(exc):
+            row.update(empty_metrics("non-finite", f"{job.tensor or job.pair.name}: {exc}"))
+            row.update(extra)
+            return row
+        raise
+    metrics, _fit = esd_metrics(
+        evals, row["N"], min_evals=opts["min_evals"], fix_fingers=opts["fix_fingers"],
+        rank_loss=rank_loss,
+    )  # fmt: skip
+    if job.layer_type == "lora" and metrics.get("status") in ("success", "failed"):
+        # the ESD of a rank-r update has r nonzero eigenvalues; the reliability rule is on r
+        if job.pair.r < opts["min_evals"] and TOO_FEW not in metrics["warning"]:
+            metrics["warning"] = "; ".join(filter(None, [metrics["warning"], TOO_FEW]))
+    row.update(metrics)
+    row.update(extra)
+    if opts["delta"] or job.layer_type == "lora":
+        row["rank90"] = rank_at_energy(evals, 0.9)
+    ok = metrics["status"] in ("success", "failed")
+    if opts["mp_fit"] and ok:
+        row.update(_mp_fit(evals, row["N"], row["M"] if job.layer_type != "lora" else job.pair.r))
+    if opts["randomize"] and ok:
+        if not mats:  # LoRA rank-r route: randomize the (formed) update
+            mats = [(B.double() @ A.double()) * (job.pair.scaling if opts["lora_scaling"] else 1.0)]
+        seed = (opts["seed"] * 1_000_003 + job.layer_id) % (2**63)
+        row.update(
+            randomized_metrics(mats, evals, row["N"], row["M"], seed=seed, scale=scale,
+                               precision=precision)  # fmt: skip
+        )
+    return row
+
+
+def _base_metrics(base_src: Any, name: str, opts: dict[str, Any], cache: dict[str, dict]) -> dict:
+    if name not in cache:
+        info = base_src.info(name)
+        W = base_src.load(name)
+        mats, scale = _matrices(W, info.layer_type)
+        evals, rank_loss = _pooled(mats, scale, opts["precision"])
+        N = max(W.shape[0], W.shape[1])
+        metrics, _ = esd_metrics(evals, N, min_evals=opts["min_evals"],
+                                 fix_fingers=opts["fix_fingers"], rank_loss=rank_loss)  # fmt: skip
+        cache[name] = {f"base_{c}": metrics[c] for c in BASE_COLUMNS}
+    return cache[name]
+
+
+def analyze(
+    source: Any,
+    peft: bool | str = False,
+    base: Any = None,
+    layers: Any = None,
+    *,
+    delta: bool = False,
+    min_evals: int = DEFAULT_MIN_EVALS,
+    max_evals: int = DEFAULT_MAX_EVALS,
+    max_N: int = DEFAULT_MAX_N,
+    fix_fingers: str | None = None,
+    mp_fit: bool = False,
+    randomize: bool = False,
+    lora_scaling: bool = True,
+    precision: str = "float64",
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Spectral diagnostics of every weight matrix (or LoRA update) of ``source``.
+
+    Args:
+        source: an ``nn.Module``, state dict, Hugging Face folder, ``.safetensors`` /
+            ``.bin`` / ``.pt`` / ``.gguf`` file, PEFT adapter folder or ``PeftModel``.
+        peft: True to analyze LoRA pairs (Delta W = scaling * B A, one row per pair);
+            "with_base" to analyze W + Delta W (needs ``base``). Adapter folders imply True.
+        base: a second source, the base model. Rows get ``base_*`` columns of the matching
+            base matrix; with ``delta=True`` or ``peft="with_base"`` it is part of the matrix.
+        layers: None (all), a regex searched in each row's longname, or a list of layer ids
+            and/or longnames.
+        delta: analyze W - W_base for every matrix that matches a base matrix by name (full
+            fine-tunes); adds ``rank90``.
+        min_evals: fewer eigenvalues than this add the warning "too few eigenvalues for a
+            reliable fit" (the row is still reported).
+        max_evals: matrices with more eigenvalues (M * rf) are listed as "skipped".
+        max_N: matrices with a larger dimension above this are listed as "skipped".
+        fix_fingers: None or "clip_xmax" (WW's finger clipping; adds num_fingers, raw_alpha).
+        mp_fit: add the Marchenko-Pastur columns (num_spikes, sigma_mp, bulk_max, bulk_min,
+            mp_softrank, W_scale).
+        randomize: add WW's randomized-ESD columns (seeded by ``seed``).
+        lora_scaling: False for WW's unscaled B A.
+        precision: "float64" (WW's numbers) or "float32" (faster; alphas within ~0.01).
+        seed: seed of every random step (recorded in ``details.attrs``).
+        progress: show a progress bar.
+
+    Returns:
+        One row per matrix (see the module docstring for the columns); ``details.attrs``
+        holds the arguments that produced it.
+
+    Raises:
+        SpectuneError: unreadable source, inconsistent options, nothing to analyze.
+    """
+    if peft not in (True, False, "with_base"):
+        raise SpectuneError(f"peft must be True, False or 'with_base', got {peft!r}")
+    if precision not in ("float64", "float32"):
+        raise SpectuneError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    if fix_fingers not in (None, False, "clip_xmax"):
+        raise SpectuneError(f"fix_fingers must be None or 'clip_xmax', got {fix_fingers!r}")
+    if peft == "with_base" and base is None:
+        raise SpectuneError("peft='with_base' needs base= (the model the adapter was trained on)")
+    if delta and base is None:
+        raise SpectuneError("delta=True needs base= (the model before fine-tuning)")
+    if delta and peft:
+        raise SpectuneError("delta=True is for full fine-tunes; for an adapter use peft=True")
+    if min_evals < 1:
+        raise SpectuneError(f"min_evals must be >= 1, got {min_evals}")
+
+    src, close_src = _open(source, peft)
+    base_src, close_base = (_open(base, False) if base is not None else (None, False))
+    try:
+        use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
+        jobs = _plan(src, source, use_peft, delta, base_src)
+        if base_src is not None and not delta:
+            for job in jobs:
+                info = base_src.find_weight(job.pair.module if job.pair is not None else job.longname)
+                job.base_tensor = info.name if info is not None else None
+            if peft == "with_base":
+                missing = [j.longname for j in jobs if j.base_tensor is None]
+                if missing:
+                    raise SpectuneError(
+                        f"peft='with_base': no base matrix for {missing[0]} "
+                        f"({len(missing)} of {len(jobs)} pairs unmatched)"
+                    )
+        keep = _layer_filter(layers)
+        jobs = [j for j in jobs if keep(j)]
+        if not jobs:
+            raise SpectuneError(f"layers={layers!r} selects no matrix")
+        opts = dict(
+            min_evals=min_evals, max_evals=max_evals, max_N=max_N, fix_fingers=fix_fingers or None,
+            mp_fit=mp_fit, randomize=randomize, lora_scaling=lora_scaling, precision=precision,
+            seed=seed, delta=delta, with_base=peft == "with_base",
+        )  # fmt: skip
+        rows, base_cache = [], {}
+        for job in track(jobs, len(jobs), "spectra", enabled=progress):
+            row = _row_for(job, src, base_src, opts)
+            if base_src is not None and not delta and job.base_tensor is not None:
+                row.update(_base_metrics(base_src, job.base_tensor, opts, base_cache))
+            rows.append(row)
+    finally:
+        if close_src:
+            src.close()
+        if close_base:
+            base_src.close()
+    details = pd.DataFrame.from_records(rows)
+    ordered = LEAD_COLUMNS + [c for c in METRIC_COLUMNS if c in details.columns]
+    details = details[ordered + [c for c in details.columns if c not in ordered]]
+    details.attrs["spectune"] = {
+        "peft": peft, "delta": delta, "min_evals": min_evals, "max_evals": max_evals,
+        "max_N": max_N, "fix_fingers": fix_fingers, "mp_fit": mp_fit, "randomize": randomize,
+        "lora_scaling": lora_scaling, "precision": precision, "seed": seed,
+    }  # fmt: skip
+    return details
+
+
+def spectrum(
+    source: Any,
+    layer: str,
+    peft: bool = False,
+    *,
+    lora_scaling: bool = True,
+    precision: str = "float64",
+    fix_fingers: str | None = None,
+):
+    """The ESD of one row of :func:`analyze` and its power-law fit (for plots).
+
+    Args:
+        source: as for :func:`analyze`.
+        layer: the row's ``longname``.
+        peft, lora_scaling, precision, fix_fingers: as for :func:`analyze`.
+
+    Returns:
+        ``(evals, fit)``: ascending float64 eigenvalues and a
+        :class:`~spectune.spectral.powerlaw.PowerLawFit`.
+
+    Raises:
+        SpectuneError: no row has that longname.
+    """
+    from spectune.spectral.powerlaw import fit_powerlaw
+
+    src, close_src = _open(source, peft)
+    try:
+        use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
+        jobs = [j for j in _plan(src, source, use_peft, False, None) if j.longname == layer]
+        if not jobs:
+            raise SpectuneError(f"no matrix named {layer!r} in {src!r}")
+        job = jobs[0]
+        if job.pair is not None:
+            B, A = src.load_pair(job.pair)
+            evals = lora_eigenvalues(A, B, job.pair.scaling if lora_scaling else 1.0)
+        else:
+            mats, scale = _matrices(src.load(job.tensor), job.layer_type)
+            evals, _ = _pooled(mats, scale, precision)
+    finally:
+        if close_src:
+            src.close()
+    return evals, fit_powerlaw(evals, fix_fingers=fix_fingers)
+
+
+def describe(source: Any, peft: bool | str = False, layers: Any = None) -> pd.DataFrame:
+    """The rows :func:`analyze` would compute, with shapes only (no tensor data is read).
+
+    Returns:
+        DataFrame with layer_id, name, longname, layer_type, N, M, Q, rf, num_evals and, for
+        LoRA pairs, lora_rank and scaling.
+    """
+    src, close_src = _open(source, peft)
+    try:
+        use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
+        jobs = [j for j in _plan(src, source, use_peft, False, None) if _layer_filter(layers)(j)]
+    finally:
+        if close_src:
+            src.close()
+    rows = []
+    for job in jobs:
+        N, M, rf = job.dims
+        row = {"layer_id": job.layer_id, "name": job.longname.split(".")[-1],
+               "longname": job.longname, "layer_type": job.layer_type, "N": N, "M": M,
+               "Q": N / M if M else math.nan, "rf": rf,
+               "num_evals": job.pair.r if job.pair is not None else M * rf}  # fmt: skip
+        if job.pair is not None:
+            row.update(lora_rank=job.pair.r, scaling=job.pair.scaling)
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
+def summarize(details: pd.DataFrame) -> dict[str, Any]:
+    """Model-level summary: means of the metrics over layers whose fit succeeded.
+
+    Rows with status "failed", "zero-update", "non-finite" or "skipped" are left out of the
+    means (WW averages its -1 placeholders in) and counted instead.
+
+    Returns:
+        dict with n_layers, n_analyzed, counts per status and per warning, and the mean of
+        each column of :data:`SUMMARY_COLUMNS` present in ``details``.
+    """
+    if not isinstance(details, pd.DataFrame):
+        raise SpectuneError("summarize() takes the DataFrame returned by analyze()")
+    out: dict[str, Any] = {"n_layers": int(len(details))}
+    status = details.get("status", pd.Series(dtype=str))
+    ok = details[status == "success"]
+    out["n_analyzed"] = int(len(ok))
+    out["status_counts"] = {str(k): int(v) for k, v in status.value_counts().items()}
+    warn_counts: dict[str, int] = {}
+    for w in details.get("warning", pd.Series(dtype=str)).fillna(""):
+        for part in filter(None, (p.strip() for p in str(w).split(";"))):
+            key = part if ":" not in part and ">" not in part else part.split(" ")[-1]
+            warn_counts[key] = warn_counts.get(key, 0) + 1
+    out["warning_counts"] = warn_counts
+    for col in SUMMARY_COLUMNS:
+        if col in ok.columns:
+            values = pd.to_numeric(ok[col], errors="coerce").dropna()
+            out[col] = float(values.mean()) if len(values) else math.nan
+    return out
+
+
+__all__ = ["analyze", "describe", "spectrum", "summarize"]

@@ -1,0 +1,182 @@
+"""Per-layer metrics of an ESD, with WeightWatcher 0.7.7's definitions.
+
+For eigenvalues lambda_1 <= ... <= lambda_M of W^T W (singular values s_i = sqrt(lambda_i)):
+
+=================  ===========================================================================
+norm               sum lambda_i = ||W||_F^2 (WW's "norm" is the squared Frobenius norm)
+log_norm           log10(norm)
+spectral_norm      lambda_max = ||W||_2^2;  log_spectral_norm = log10(lambda_max)
+stable_rank        norm / lambda_max
+matrix_rank        #{s_i > s_max * N * eps(float64)} (numpy's matrix_rank tolerance)
+rank_loss          M - matrix_rank;  weak_rank_loss = #{lambda_i < 1e-6}
+entropy            -sum p_i ln p_i / ln(matrix_rank), p_i = lambda_i / sum lambda + 1e-10
+alpha_weighted     alpha * log10(lambda_max)
+log_alpha_norm     log10(sum lambda_i^alpha)
+=================  ===========================================================================
+
+``status`` is "success" or "failed" (power-law fit failed: alpha and the alpha-based metrics
+are NaN), "zero-update" (all eigenvalues zero, e.g. an untrained LoRA adapter with B = 0) or
+"non-finite" (the matrix holds NaN/Inf). ``warning`` joins "over-trained" (alpha < 2),
+"under-trained" (alpha > 6) and "too few eigenvalues for a reliable fit" (fewer than
+``min_evals`` eigenvalues above the fit threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from spectune.spectral.powerlaw import EVALS_THRESH, PowerLawFit, alpha_warning, fit_powerlaw
+
+#: eigenvalues below this count as lost rank in ``weak_rank_loss`` (WW's default tolerance)
+WEAK_RANK_TOLERANCE = 1e-6
+_ENTROPY_EPS = 1e-10
+TOO_FEW = "too few eigenvalues for a reliable fit"
+
+NAN = float("nan")
+
+#: the columns :func:`esd_metrics` fills, in order
+METRIC_COLUMNS = [
+    "num_evals", "has_esd", "lambda_max", "sv_max", "sv_min", "norm", "log_norm",
+    "spectral_norm", "log_spectral_norm", "stable_rank", "matrix_rank", "rank_loss",
+    "weak_rank_loss", "entropy", "alpha", "alpha_weighted", "log_alpha_norm", "xmin", "xmax",
+    "D", "sigma", "num_pl_spikes", "status", "warning",
+]  # fmt: skip
+
+
+def matrix_rank(svals: np.ndarray, N: int) -> int:
+    """Numerical rank from singular values with numpy's tolerance s_max * N * eps."""
+    if len(svals) == 0:
+        return 0
+    tol = float(np.max(svals)) * N * np.finfo(np.float64).eps
+    return int(np.count_nonzero(svals > tol))
+
+
+def matrix_entropy(evals: np.ndarray, rank: int) -> float:
+    """WW's normalized spectral entropy: -sum p ln p / ln(rank), p = lambda / sum + 1e-10."""
+    total = float(np.sum(evals))
+    if total <= 0:
+        return NAN
+    p = evals / total + _ENTROPY_EPS
+    denom = math.log(rank + _ENTROPY_EPS)
+    if denom == 0:
+        return NAN
+    return float(-np.sum(p * np.log(p)) / denom)
+
+
+def _log10(x: float) -> float:
+    return math.log10(x) if x > 0 and math.isfinite(x) else NAN
+
+
+def empty_metrics(status: str, warning: str = "") -> dict[str, Any]:
+    """The metric columns for a row without a usable ESD."""
+    row: dict[str, Any] = {c: NAN for c in METRIC_COLUMNS}
+    row.update(has_esd=False, num_evals=0, num_pl_spikes=0, status=status, warning=warning)
+    return row
+
+
+def esd_metrics(
+    evals: np.ndarray,
+    N: int,
+    *,
+    min_evals: int = 8,
+    fix_fingers: str | None = None,
+    rank_loss: int | None = None,
+    fit: PowerLawFit | None = None,
+) -> tuple[dict[str, Any], PowerLawFit | None]:
+    """All metric columns of one layer from its ESD.
+
+    Args:
+        evals: eigenvalues of W^T W (any order; pooled over Conv2D positions).
+        N: the larger matrix dimension (for the rank tolerance).
+        min_evals: fewer eigenvalues above the fit threshold than this add the warning
+            "too few eigenvalues for a reliable fit".
+        fix_fingers: passed to :func:`~spectune.spectral.powerlaw.fit_powerlaw`.
+        rank_loss: precomputed rank loss (summed over Conv2D positions); default from evals.
+        fit: a precomputed power-law fit (skips fitting).
+
+    Returns:
+        ``(row, fit)``: the metric columns (see :data:`METRIC_COLUMNS`) and the power-law fit
+        (None for a zero update).
+    """
+    ev = np.sort(np.clip(np.asarray(evals, dtype=np.float64), 0.0, None))
+    if len(ev) == 0:
+        return empty_metrics("failed", TOO_FEW), None
+    lambda_max = float(ev[-1])
+    if lambda_max <= 0:
+        row = empty_metrics("zero-update", "all eigenvalues are zero (untrained or empty update)")
+        row.update(num_evals=len(ev), has_esd=True, norm=0.0, spectral_norm=0.0,
+                   lambda_max=0.0, sv_max=0.0, sv_min=0.0, matrix_rank=0, rank_loss=len(ev),
+                   weak_rank_loss=len(ev), stable_rank=NAN)  # fmt: skip
+        return row, None
+    sv = np.sqrt(ev)
+    rank = matrix_rank(sv, N)
+    norm = float(np.sum(ev))
+    if fit is None:
+        fit = fit_powerlaw(ev, fix_fingers=fix_fingers)
+    alpha = fit.alpha if fit.status == "success" else NAN
+    with np.errstate(over="ignore"):
+        alpha_norm = float(np.sum(ev**alpha)) if math.isfinite(alpha) else NAN
+    warnings = []
+    if fit.status == "success":
+        w = alpha_warning(alpha)
+        if w:
+            warnings.append(w)
+    if int(np.count_nonzero(ev > EVALS_THRESH)) < min_evals:
+        warnings.append(TOO_FEW)
+    row = {
+        "num_evals": len(ev),
+        "has_esd": True,
+        "lambda_max": lambda_max,
+        "sv_max": float(sv[-1]),
+        "sv_min": float(sv[0]),
+        "norm": norm,
+        "log_norm": _log10(norm),
+        "spectral_norm": lambda_max,
+        "log_spectral_norm": _log10(lambda_max),
+        "stable_rank": norm / lambda_max,
+        "matrix_rank": rank,
+        "rank_loss": len(ev) - rank if rank_loss is None else rank_loss,
+        "weak_rank_loss": int(np.count_nonzero(ev < WEAK_RANK_TOLERANCE)),
+        "entropy": matrix_entropy(ev, rank),
+        "alpha": alpha,
+        "alpha_weighted": alpha * _log10(lambda_max) if math.isfinite(alpha) else NAN,
+        "log_alpha_norm": _log10(alpha_norm),
+        "xmin": fit.xmin,
+        "xmax": fit.xmax,
+        "D": fit.D,
+        "sigma": fit.sigma,
+        "num_pl_spikes": fit.num_pl_spikes,
+        "status": fit.status,
+        "warning": "; ".join(warnings),
+    }
+    if fix_fingers == "clip_xmax":
+        row["num_fingers"] = fit.num_fingers
+        row["raw_alpha"] = fit.raw_alpha
+    return row, fit
+
+
+def rank_at_energy(evals: np.ndarray, fraction: float = 0.9) -> int:
+    """Smallest k such that the k largest eigenvalues hold ``fraction`` of sum(lambda).
+
+    With eigenvalues of Delta W^T Delta W this is the rank holding 90% of the update's squared
+    Frobenius norm ("rank90" of "LoRA Learns Less and Forgets Less").
+    """
+    ev = np.sort(np.asarray(evals, dtype=np.float64))[::-1]
+    total = ev.sum()
+    if total <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(ev) / total, fraction - 1e-12) + 1)
+
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "TOO_FEW",
+    "empty_metrics",
+    "esd_metrics",
+    "matrix_entropy",
+    "matrix_rank",
+    "rank_at_energy",
+]

@@ -1,0 +1,28 @@
+"""Where weight matrices come from: lazy sources and PEFT adapter pairing.
+
+>>> with open_source("path/to/model") as src:          # doctest: +SKIP
+...     for info in src.tensors():                      # names, shapes, types; no data read
+...         if info.layer_type == "linear":
+...             W = src.load(info.name)                 # one tensor, CPU, float dtype
+
+Sources: ``nn.Module`` / ``PeftModel``, state dicts, Hugging Face folders (single or sharded
+safetensors, ``pytorch_model*.bin``), single ``.safetensors`` / ``.bin`` / ``.pt`` files,
+``.gguf`` files and PEFT adapter folders. See :func:`open_source`.
+"""
+
+from spectune.weights.names import gguf_to_hf_name, natural_key, normalize_module_name
+from spectune.weights.peft import LoraPair, lora_scaling, pattern_key, read_lora_config
+from spectune.weights.sources import TensorInfo, WeightSource, open_source
+
+__all__ = [
+    "LoraPair",
+    "TensorInfo",
+    "WeightSource",
+    "gguf_to_hf_name",
+    "lora_scaling",
+    "natural_key",
+    "normalize_module_name",
+    "open_source",
+    "pattern_key",
+    "read_lora_config",
+]
