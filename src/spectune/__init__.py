@@ -17,6 +17,16 @@ _LAZY: dict[str, str] = {
     "load_default_model": "spectune.models",
     "default_model_dir": "spectune.models",
     "resolve_model_dir": "spectune.models",
+    "analyze": "spectune.spectral",
+    "describe": "spectune.spectral",
+    "summarize": "spectune.spectral",
+    "spectrum": "spectune.spectral",
+    "fit_powerlaw": "spectune.spectral",
+    "open_source": "spectune.weights",
+    "WeightSource": "spectune.weights",
+    "TensorInfo": "spectune.weights",
+    "LoraPair": "spectune.weights",
+    "normalize_module_name": "spectune.weights",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,0 +1,75 @@
+"""Atomic writes and the CLI's start-up."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spectune._io import atomic_path, publish_dir, write_json
+from spectune.cli.main import COMMANDS, main
+
+
+def test_atomic_path_keeps_old_content_on_failure(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_write_json_nan_becomes_null_and_mode_follows_umask(tmp_path):
+    import numpy as np
+
+    write_json(tmp_path / "x.json", {"a": math.nan, "b": np.float32(1.5), "c": [np.int64(3)]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": 1.5, "c": [3]}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_publish_dir_replaces_whole_or_nothing(tmp_path):
+    final = tmp_path / "out"
+    publish_dir(lambda d: (d / "one").write_text("1"), final)
+    assert sorted(os.listdir(final)) == ["one"]
+
+    def broken(d):
+        (d / "two").write_text("2")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        publish_dir(broken, final)
+    assert sorted(os.listdir(final)) == ["one"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    publish_dir(lambda d: (d / "two").write_text("2"), final)
+    assert sorted(os.listdir(final)) == ["two"]
+
+
+def test_help_lists_commands_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from spectune.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'numpy', 'pandas') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_version_and_no_command(capsys):
+    from spectune import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    assert main([]) == 2
