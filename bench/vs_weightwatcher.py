@@ -10,7 +10,9 @@ Prints wall times, the speed-up ratio and the largest |alpha difference| for:
 Targets (issue 3): >= 5x at float64 with the same alphas, >= 10x at float32 with
 max |d alpha| <= 0.01, >= 100x on the adapter.
 
-Run: .venv/bin/python bench/vs_weightwatcher.py [--lora-modules 4] [--repeat 1]
+Run: .venv/bin/python bench/vs_weightwatcher.py [--lora-modules 4] [--repeat 1] [--threads N]
+
+Measure on a quiet machine: timings here are ratios taken in one run.
 """
 
 from __future__ import annotations
@@ -110,7 +112,12 @@ def main() -> None:
     parser.add_argument("--lora-modules", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1, help="runs per timing (median)")
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0 = torch's default); on a busy machine OpenMP "
+                             "spin-waiting makes 2 threads far slower than 1")  # fmt: skip
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     if not args.skip_model:
         bench_model(args.repeat)
