@@ -46,8 +46,13 @@ def resolve_source(source: str) -> Any:
 
 
 def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
-                  source: Any = None, peft: bool = False) -> list[Path]:  # fmt: skip
-    """Write details.csv, details.json, summary.json and (optionally) figures, each atomically."""
+                  source: Any = None, peft: bool | str = False,
+                  base: Any = None) -> list[Path]:  # fmt: skip
+    """Write details.csv, details.json, summary.json and (optionally) figures, each atomically.
+
+    The ESD figures recompute the plotted rows' spectra with the options in ``details.attrs``
+    (delta, W + Delta W, LoRA scaling, precision, finger clipping) and ``base``.
+    """
     from spectune._io import atomic_path, write_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -69,8 +74,15 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
         if "base_alpha" in details:
             figs["alpha_vs_base.png"] = P.base_vs_adapter_alpha(details)
         if source is not None:
+            opts = details.attrs.get("spectune", {})
             for i, name in enumerate(P.pick_layers(details)):
-                evals, fit = spectrum(source, name, peft=peft)
+                evals, fit = spectrum(
+                    source, name, peft=opts.get("peft", peft), base=base,
+                    delta=bool(opts.get("delta", False)),
+                    lora_scaling=opts.get("lora_scaling", True),
+                    precision=opts.get("precision", "float64"),
+                    fix_fingers=opts.get("fix_fingers"),
+                )  # fmt: skip
                 figs[f"esd_{i}.png"] = P.esd_loglog(evals, fit, title=f"ESD of {name}")
         for fname, fig in figs.items():
             save_figure(fig, out / fname)
@@ -109,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     show_summary(details, summary, str(args.source))
     if args.out:
         written = write_results(details, summary, Path(args.out), plots=args.plots,
-                                source=source, peft=bool(peft))  # fmt: skip
+                                source=source, peft=peft, base=base)  # fmt: skip
         print(f"wrote {len(written)} files to {args.out}")
     elif args.plots:
         print("--plots needs --out DIR; no figures written")

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "demo": "spectune.cli.demo",
     "describe": "spectune.cli.describe",
     "analyze": "spectune.cli.analyze",
+    "frog-plan": "spectune.cli.frog_plan",
     "model": "spectune.cli.model",
 }
 

@@ -41,6 +41,7 @@ from spectune.errors import SpectuneError
 from spectune.spectral.esd import (
     CONV2D_NORM,
     eigenvalues,
+    gram_rank_floor,
     lora_eigenvalues,
 )
 from spectune.spectral.metrics import (
@@ -190,32 +191,57 @@ def _pooled(mats: list[torch.Tensor], scale: float, precision: str) -> tuple[np.
     from spectune.spectral.metrics import matrix_rank
 
     evs, rank_loss = [], 0
+    floor = gram_rank_floor(precision)
     for m in mats:
         ev = eigenvalues(m, precision=precision) * (scale * scale)
         evs.append(ev)
-        rank_loss += len(ev) - matrix_rank(np.sqrt(ev), max(m.shape))
+        rank_loss += len(ev) - matrix_rank(np.sqrt(ev), max(m.shape), floor)
     ev = np.sort(np.concatenate(evs))
     return ev, (rank_loss if len(mats) > 1 else None)
 
 
-def _dora_columns(src: Any, pair: Any, base_W: torch.Tensor | None, delta: torch.Tensor | None):
+def _dora_norm(W: torch.Tensor, pair: Any) -> torch.Tensor:
+    """PEFT's DoRA weight norm of W (oriented like the base weight, as a matrix): one norm per
+    output, i.e. per row, or per column for transposed pairs (embeddings, fan_in_fan_out)."""
+    return torch.linalg.vector_norm(W, dim=0 if pair.transposed else 1)
+
+
+def _dora_weight(mag: torch.Tensor, W: torch.Tensor, pair: Any) -> torch.Tensor:
+    """DoRA's effective weight m * (W + dW) / ||W + dW|| (W already holds W + dW)."""
+    factor = mag.double().reshape(-1) / _dora_norm(W, pair)
+    return W * (factor.reshape(1, -1) if pair.transposed else factor.reshape(-1, 1))
+
+
+def _dora_columns(src: Any, pair: Any, base_W: torch.Tensor | None, B: torch.Tensor,
+                  A: torch.Tensor):  # fmt: skip
     mag = src.load(pair.magnitude_name).double().reshape(-1)
     cols = {"dora_magnitude_mean": float(mag.mean()),
             "dora_magnitude_cv": float(mag.std() / mag.mean()) if mag.mean() != 0 else math.nan}  # fmt: skip
-    if base_W is not None and delta is not None:
-        col_norm = torch.linalg.vector_norm(base_W.double() + delta.double(), dim=1)
-        ratio = mag / col_norm
+    if base_W is not None:
+        # relative to the norms of the weight the magnitudes rescale (always the scaled update)
+        ratio = mag / _dora_norm(base_W + (B.double() @ A.double()) * pair.scaling, pair)
         cols["dora_magnitude_ratio_mean"] = float(ratio.mean())
         cols["dora_magnitude_ratio_std"] = float(ratio.std())
     return cols
 
 
-def _row_for(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) -> dict[str, Any]:
-    """Compute one row; bad numbers become a status, never an exception."""
+def _row_name(job: _Job) -> str:
+    """The short ``name`` column: the module's last part (``q_proj.lora_BA`` for LoRA rows)."""
+    parts = job.longname.split(".")
+    return parts[-1] if job.layer_type != "lora" else ".".join(parts[-2:])
+
+
+def _row_for(
+    job: _Job, src: Any, base_src: Any, opts: dict[str, Any], keep: dict | None = None
+) -> dict[str, Any]:
+    """Compute one row; bad numbers become a status, never an exception.
+
+    ``keep``, if given, receives the row's ESD as ``keep["evals"]`` (for :func:`spectrum`).
+    """
     N, M, rf = job.dims
     row: dict[str, Any] = {
         "layer_id": job.layer_id,
-        "name": job.longname.split(".")[-1] if job.layer_type != "lora" else job.longname.split(".")[-2] + ".lora_BA",
+        "name": _row_name(job),
         "longname": job.longname,
         "layer_type": job.layer_type,
         "N": N,
@@ -233,6 +259,7 @@ def _row_for(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) -> dict[s
     precision = opts["precision"]
     extra: dict[str, Any] = {}
     rank_loss = None
+    rank_floor = 0.0  # the rank-r LoRA route's singular values are exact
     mats: list[torch.Tensor] = []
     scale = 1.0
     try:
@@ -241,21 +268,23 @@ def _row_for(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) -> dict[s
             B, A = src.load_pair(pair)
             scaling = pair.scaling if opts["lora_scaling"] else 1.0
             extra.update(lora_rank=pair.r, scaling=pair.scaling)
-            base_W = delta_W = None
+            base_W = None
             if opts["with_base"] or (pair.magnitude_name and job.base_tensor):
-                base_W = base_src.load(job.base_tensor)
-                delta_W = (B.double() @ A.double()) * scaling
+                # the base weight as a matrix oriented like B @ A (conv kernels flattened)
+                base_W = base_src.load(job.base_tensor).double().reshape(pair.shape)
             if pair.magnitude_name:
-                extra.update(_dora_columns(src, pair, base_W, delta_W))
+                extra.update(_dora_columns(src, pair, base_W, B, A))
             if opts["with_base"]:
-                W = base_W.double() + delta_W
-                if pair.magnitude_name:  # DoRA: W' = m * (W + dW) / ||W + dW||_row
-                    mag = src.load(pair.magnitude_name).double().reshape(-1, 1)
-                    W = mag * W / torch.linalg.vector_norm(W, dim=1, keepdim=True)
-                mats = [W]
-                evals, _ = _pooled(mats, 1.0, precision)
-                row["N"], row["M"] = max(W.shape), min(W.shape)
-                row["Q"] = row["N"] / row["M"]
+                W = base_W + (B.double() @ A.double()) * scaling
+                if pair.magnitude_name:  # DoRA: W' = m * (W + dW) / ||W + dW||
+                    W = _dora_weight(src.load(pair.magnitude_name), W, pair)
+                # analyzed like the merged base weight (Conv2D: pooled kernel positions)
+                base_type = base_src.info(job.base_tensor).layer_type
+                mats, scale = _matrices(W.reshape(pair.base_shape), base_type)
+                evals, rank_loss = _pooled(mats, scale, precision)
+                rank_floor = gram_rank_floor(precision)
+                row["N"], row["M"] = max(mats[0].shape), min(mats[0].shape)
+                row["Q"], row["rf"] = row["N"] / row["M"], len(mats)
             else:
                 evals = lora_eigenvalues(A, B, scaling)
         else:
@@ -264,15 +293,18 @@ def _row_for(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) -> dict[s
                 W = W.double() - base_src.load(job.base_tensor).double()
             mats, scale = _matrices(W, job.layer_type)
             evals, rank_loss = _pooled(mats, scale, precision)
+            rank_floor = gram_rank_floor(precision)
     except ValueError as exc:
         if "NaN or Inf" in str(exc):
             row.update(empty_metrics("non-finite", f"{job.tensor or job.pair.name}: {exc}"))
             row.update(extra)
             return row
         raise
+    if keep is not None:
+        keep["evals"] = np.sort(evals)
     metrics, _fit = esd_metrics(
         evals, row["N"], min_evals=opts["min_evals"], fix_fingers=opts["fix_fingers"],
-        rank_loss=rank_loss,
+        rank_loss=rank_loss, rank_floor=rank_floor,
     )  # fmt: skip
     if job.layer_type == "lora" and metrics.get("status") in ("success", "failed"):
         # the ESD of a rank-r update has r nonzero eigenvalues; the reliability rule is on r
@@ -301,12 +333,38 @@ def _base_metrics(base_src: Any, name: str, opts: dict[str, Any], cache: dict[st
         info = base_src.info(name)
         W = base_src.load(name)
         mats, scale = _matrices(W, info.layer_type)
-        evals, rank_loss = _pooled(mats, scale, opts["precision"])
+        try:
+            evals, rank_loss = _pooled(mats, scale, opts["precision"])
+        except ValueError as exc:  # NaN/Inf in the base matrix: only the base columns say so
+            if "NaN or Inf" not in str(exc):
+                raise
+            metrics = empty_metrics("non-finite", f"{name}: {exc}")
+            cache[name] = {f"base_{c}": metrics[c] for c in BASE_COLUMNS}
+            return cache[name]
         N = max(W.shape[0], W.shape[1])
         metrics, _ = esd_metrics(evals, N, min_evals=opts["min_evals"],
-                                 fix_fingers=opts["fix_fingers"], rank_loss=rank_loss)  # fmt: skip
+                                 fix_fingers=opts["fix_fingers"], rank_loss=rank_loss,
+                                 rank_floor=gram_rank_floor(opts["precision"]))  # fmt: skip
         cache[name] = {f"base_{c}": metrics[c] for c in BASE_COLUMNS}
     return cache[name]
+
+
+def _jobs(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -> list[_Job]:
+    """The rows to compute, with their base matrices matched (see :func:`analyze`)."""
+    use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
+    jobs = _plan(src, source, use_peft, delta, base_src)
+    if base_src is not None and not delta:
+        for job in jobs:
+            info = base_src.find_weight(job.pair.module if job.pair is not None else job.longname)
+            job.base_tensor = info.name if info is not None else None
+        if peft == "with_base":
+            missing = [j.longname for j in jobs if j.base_tensor is None]
+            if missing:
+                raise SpectuneError(
+                    f"peft='with_base': no base matrix for {missing[0]} "
+                    f"({len(missing)} of {len(jobs)} pairs unmatched)"
+                )
+    return jobs
 
 
 def analyze(
@@ -378,19 +436,7 @@ def analyze(
     src, close_src = _open(source, peft)
     base_src, close_base = (_open(base, False) if base is not None else (None, False))
     try:
-        use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
-        jobs = _plan(src, source, use_peft, delta, base_src)
-        if base_src is not None and not delta:
-            for job in jobs:
-                info = base_src.find_weight(job.pair.module if job.pair is not None else job.longname)
-                job.base_tensor = info.name if info is not None else None
-            if peft == "with_base":
-                missing = [j.longname for j in jobs if j.base_tensor is None]
-                if missing:
-                    raise SpectuneError(
-                        f"peft='with_base': no base matrix for {missing[0]} "
-                        f"({len(missing)} of {len(jobs)} pairs unmatched)"
-                    )
+        jobs = _jobs(src, source, peft, delta, base_src)
         keep = _layer_filter(layers)
         jobs = [j for j in jobs if keep(j)]
         if not jobs:
@@ -425,8 +471,10 @@ def analyze(
 def spectrum(
     source: Any,
     layer: str,
-    peft: bool = False,
+    peft: bool | str = False,
     *,
+    base: Any = None,
+    delta: bool = False,
     lora_scaling: bool = True,
     precision: str = "float64",
     fix_fingers: str | None = None,
@@ -436,33 +484,44 @@ def spectrum(
     Args:
         source: as for :func:`analyze`.
         layer: the row's ``longname``.
-        peft, lora_scaling, precision, fix_fingers: as for :func:`analyze`.
+        peft, base, delta, lora_scaling, precision, fix_fingers: as for :func:`analyze`, so
+            the spectrum is the one the row was computed from (a delta, W + Delta W...).
 
     Returns:
         ``(evals, fit)``: ascending float64 eigenvalues and a
         :class:`~spectune.spectral.powerlaw.PowerLawFit`.
 
     Raises:
-        SpectuneError: no row has that longname.
+        SpectuneError: no row has that longname, inconsistent options, or the matrix holds
+            NaN/Inf values.
     """
+    import sys
+
     from spectune.spectral.powerlaw import fit_powerlaw
 
+    if (peft == "with_base" or delta) and base is None:
+        raise SpectuneError("spectrum(): peft='with_base' and delta=True need base=")
     src, close_src = _open(source, peft)
+    base_src, close_base = (_open(base, False) if base is not None else (None, False))
+    keep: dict[str, Any] = {}
     try:
-        use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
-        jobs = [j for j in _plan(src, source, use_peft, False, None) if j.longname == layer]
+        jobs = [j for j in _jobs(src, source, peft, delta, base_src) if j.longname == layer]
         if not jobs:
             raise SpectuneError(f"no matrix named {layer!r} in {src!r}")
-        job = jobs[0]
-        if job.pair is not None:
-            B, A = src.load_pair(job.pair)
-            evals = lora_eigenvalues(A, B, job.pair.scaling if lora_scaling else 1.0)
-        else:
-            mats, scale = _matrices(src.load(job.tensor), job.layer_type)
-            evals, _ = _pooled(mats, scale, precision)
+        opts = dict(
+            min_evals=1, max_evals=sys.maxsize, max_N=sys.maxsize, fix_fingers=None,
+            mp_fit=False, randomize=False, lora_scaling=lora_scaling, precision=precision,
+            seed=0, delta=delta, with_base=peft == "with_base",
+        )  # fmt: skip
+        _row_for(jobs[0], src, base_src, opts, keep)
     finally:
         if close_src:
             src.close()
+        if close_base:
+            base_src.close()
+    if "evals" not in keep:
+        raise SpectuneError(f"{layer}: the matrix holds NaN or Inf values; it has no spectrum")
+    evals = keep["evals"]
     return evals, fit_powerlaw(evals, fix_fingers=fix_fingers)
 
 
@@ -483,7 +542,7 @@ def describe(source: Any, peft: bool | str = False, layers: Any = None) -> pd.Da
     rows = []
     for job in jobs:
         N, M, rf = job.dims
-        row = {"layer_id": job.layer_id, "name": job.longname.split(".")[-1],
+        row = {"layer_id": job.layer_id, "name": _row_name(job),
                "longname": job.longname, "layer_type": job.layer_type, "N": N, "M": M,
                "Q": N / M if M else math.nan, "rf": rf,
                "num_evals": job.pair.r if job.pair is not None else M * rf}  # fmt: skip
@@ -513,7 +572,9 @@ def summarize(details: pd.DataFrame) -> dict[str, Any]:
     warn_counts: dict[str, int] = {}
     for w in details.get("warning", pd.Series(dtype=str)).fillna(""):
         for part in filter(None, (p.strip() for p in str(w).split(";"))):
-            key = part if ":" not in part and ">" not in part else part.split(" ")[-1]
+            # "tensor: reason" counts by reason; "N=... > max_N=..." by the limit
+            key = part.rsplit(": ", 1)[-1] if ": " in part else part
+            key = key.split(">")[-1].strip() if ">" in key else key
             warn_counts[key] = warn_counts.get(key, 0) + 1
     out["warning_counts"] = warn_counts
     for col in SUMMARY_COLUMNS:

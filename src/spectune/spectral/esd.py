@@ -32,6 +32,22 @@ Method = Literal["gram", "svd"]
 #: WeightWatcher multiplies Conv2D kernel slices by sqrt(conv2d_count / 2) with conv2d_count = 1.
 CONV2D_NORM = float(np.sqrt(0.5))
 
+#: Relative floor for the numerical rank of a float64 Gram-route ESD. An exactly zero singular
+#: value comes out of W^T W + eigvalsh as rounding noise of about eps * lambda_max (measured
+#: <= 3e-16 lambda_max), i.e. a "singular value" of ~1e-8 s_max, far above numpy's rank tolerance
+#: s_max * N * eps, so without a floor a rank-deficient matrix would look full rank. Singular
+#: values below GRAM_RANK_FLOOR * s_max = 10 sqrt(eps) * s_max (1.5e-7 s_max, 100x that noise in
+#: eigenvalue terms) count as zero. Real weights sit far above it (SmolLM2-135M's smallest is
+#: 1.3e-6 s_max), where the rank equals WeightWatcher's SVD-based one. In float32 the noise
+#: (~3e-4 s_max) overlaps real small singular values, so no floor is applied and the rank
+#: columns cannot see exact rank deficiency; use float64 for them.
+GRAM_RANK_FLOOR = float(10 * np.sqrt(np.finfo(np.float64).eps))
+
+
+def gram_rank_floor(precision: str) -> float:
+    """The rank floor (relative to s_max) for a Gram-route ESD at this precision."""
+    return GRAM_RANK_FLOOR if precision == "float64" else 0.0
+
 
 def _dtype(precision: str) -> torch.dtype:
     if precision == "float64":
@@ -162,8 +178,10 @@ def lora_eigenvalues(
 
 __all__ = [
     "CONV2D_NORM",
+    "GRAM_RANK_FLOOR",
     "conv2d_matrices",
     "eigenvalues",
+    "gram_rank_floor",
     "lora_eigenvalues",
     "pooled_eigenvalues",
 ]

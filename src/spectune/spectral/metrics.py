@@ -7,7 +7,8 @@ norm               sum lambda_i = ||W||_F^2 (WW's "norm" is the squared Frobeniu
 log_norm           log10(norm)
 spectral_norm      lambda_max = ||W||_2^2;  log_spectral_norm = log10(lambda_max)
 stable_rank        norm / lambda_max
-matrix_rank        #{s_i > s_max * N * eps(float64)} (numpy's matrix_rank tolerance)
+matrix_rank        #{s_i > s_max * N * eps(float64)} (numpy's matrix_rank tolerance; for a
+                   float64 Gram-route ESD also s_i > 1.5e-7 s_max, see esd.GRAM_RANK_FLOOR)
 rank_loss          M - matrix_rank;  weak_rank_loss = #{lambda_i < 1e-6}
 entropy            -sum p_i ln p_i / ln(matrix_rank), p_i = lambda_i / sum lambda + 1e-10
 alpha_weighted     alpha * log10(lambda_max)
@@ -46,11 +47,19 @@ METRIC_COLUMNS = [
 ]  # fmt: skip
 
 
-def matrix_rank(svals: np.ndarray, N: int) -> int:
-    """Numerical rank from singular values with numpy's tolerance s_max * N * eps."""
+def matrix_rank(svals: np.ndarray, N: int, floor: float = 0.0) -> int:
+    """Numerical rank from singular values with numpy's tolerance s_max * N * eps.
+
+    Args:
+        svals: singular values.
+        N: the larger matrix dimension.
+        floor: singular values at or below ``floor * s_max`` also count as zero (the rounding
+            level of the route that produced them, see ``esd.GRAM_RANK_FLOOR``).
+    """
     if len(svals) == 0:
         return 0
-    tol = float(np.max(svals)) * N * np.finfo(np.float64).eps
+    s_max = float(np.max(svals))
+    tol = max(s_max * N * np.finfo(np.float64).eps, s_max * floor)
     return int(np.count_nonzero(svals > tol))
 
 
@@ -85,6 +94,7 @@ def esd_metrics(
     fix_fingers: str | None = None,
     rank_loss: int | None = None,
     fit: PowerLawFit | None = None,
+    rank_floor: float = 0.0,
 ) -> tuple[dict[str, Any], PowerLawFit | None]:
     """All metric columns of one layer from its ESD.
 
@@ -96,6 +106,7 @@ def esd_metrics(
         fix_fingers: passed to :func:`~spectune.spectral.powerlaw.fit_powerlaw`.
         rank_loss: precomputed rank loss (summed over Conv2D positions); default from evals.
         fit: a precomputed power-law fit (skips fitting).
+        rank_floor: passed to :func:`matrix_rank` as ``floor``.
 
     Returns:
         ``(row, fit)``: the metric columns (see :data:`METRIC_COLUMNS`) and the power-law fit
@@ -112,7 +123,7 @@ def esd_metrics(
                    weak_rank_loss=len(ev), stable_rank=NAN)  # fmt: skip
         return row, None
     sv = np.sqrt(ev)
-    rank = matrix_rank(sv, N)
+    rank = matrix_rank(sv, N, rank_floor)
     norm = float(np.sum(ev))
     if fit is None:
         fit = fit_powerlaw(ev, fix_fingers=fix_fingers)

@@ -10,7 +10,9 @@ Definitions follow WeightWatcher 0.7.7 (``mp_fit`` and ``randomize``):
   the singular values instead.
 * bulk_max = (sigma (1 + 1/sqrt(Q)))^2, bulk_min = (sigma (1 - 1/sqrt(Q)))^2; a spike is an
   eigenvalue above bulk_max + sqrt(TW), TW = Q^(-1/2) bulk_max^(2/3) M^(-2/3) (Tracy-Widom
-  width); mp_softrank = bulk_max / lambda_max.
+  width), all in the rescaled units; mp_softrank = bulk_max / lambda_max. The reported
+  bulk_max / bulk_min are converted back to the ESD's own units (divided by W_scale^2), as WW
+  reports them, so they compare with lambda_max.
 * Randomized ESD: the matrix's entries shuffled (a seeded permutation), which destroys
   correlations but keeps the entry distribution; ``rand_distance`` is the Jensen-Shannon
   distance between the sorted ESD and the sorted randomized ESD (as WW: the eigenvalue
@@ -107,8 +109,8 @@ def mp_fit(evals: np.ndarray, N: int, M: int) -> dict[str, float]:
         M: its smaller dimension.
 
     Returns:
-        dict with num_spikes, sigma_mp, mp_softrank, bulk_max, bulk_min, W_scale (in the
-        rescaled units, where the ESD has mean 1).
+        dict with num_spikes, sigma_mp, mp_softrank and W_scale (sigma_mp in the rescaled units,
+        where the ESD has mean 1), and bulk_max, bulk_min in the units of ``evals`` (WW's).
     """
     ev = np.sort(np.asarray(evals, dtype=np.float64))
     Q = N / M
@@ -131,8 +133,8 @@ def mp_fit(evals: np.ndarray, N: int, M: int) -> dict[str, float]:
         num_spikes=num_spikes,
         sigma_mp=sigma,
         mp_softrank=bulk_max / lambda_max,
-        bulk_max=bulk_max,
-        bulk_min=bulk_min,
+        bulk_max=bulk_max / w_scale**2,
+        bulk_min=bulk_min / w_scale**2,
         W_scale=float(w_scale),
     )
 

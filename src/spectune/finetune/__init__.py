@@ -1,0 +1,65 @@
+"""Fine-tuning: instruction data, the bundled task set, and the judging of a tuned model.
+
+- :mod:`spectune.finetune.data`: Dolly JSONL / Alpaca JSON loading, chat-template prompts,
+  tokenization with labels on response tokens only, truncation statistics, the padding
+  collator.
+- :mod:`spectune.finetune.tasks`: the default task set spectune writes itself (short
+  instructions with exact answers, deterministic from a seed) and the answer checker.
+- :mod:`spectune.finetune.evaluate`: held-out exact-match accuracy, held-out loss, perplexity
+  on a fixed slice of ``pydoc_data.topics`` (forgetting), generation latency. Read its warning
+  about bitsandbytes 4-bit models before evaluating a QLoRA model.
+
+The names below are loaded on first use, so importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    # data
+    "IGNORE_INDEX": "spectune.finetune.data",
+    "InstructionCollator": "spectune.finetune.data",
+    "InstructionExample": "spectune.finetune.data",
+    "TokenizeStats": "spectune.finetune.data",
+    "build_prompt": "spectune.finetune.data",
+    "load_instructions": "spectune.finetune.data",
+    "pad_token_id": "spectune.finetune.data",
+    "tokenize_examples": "spectune.finetune.data",
+    # tasks
+    "CATEGORIES": "spectune.finetune.tasks",
+    "TaskSetFiles": "spectune.finetune.tasks",
+    "answers_match": "spectune.finetune.tasks",
+    "generate_task_set": "spectune.finetune.tasks",
+    "normalize_answer": "spectune.finetune.tasks",
+    "write_task_set": "spectune.finetune.tasks",
+    # evaluate
+    "AccuracyResult": "spectune.finetune.evaluate",
+    "LatencyResult": "spectune.finetune.evaluate",
+    "LossResult": "spectune.finetune.evaluate",
+    "PerplexityResult": "spectune.finetune.evaluate",
+    "exact_match": "spectune.finetune.evaluate",
+    "general_text": "spectune.finetune.evaluate",
+    "generation_latency": "spectune.finetune.evaluate",
+    "greedy_generate": "spectune.finetune.evaluate",
+    "has_4bit_weights": "spectune.finetune.evaluate",
+    "unpack_4bit_cpu_weights": "spectune.finetune.evaluate",
+    "heldout_loss": "spectune.finetune.evaluate",
+    "perplexity": "spectune.finetune.evaluate",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spectune.finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,748 @@
+"""Judge a causal LM: what it learned, what it forgot, how fast it answers.
+
+- :func:`exact_match`: held-out accuracy, greedy answers compared with the references
+  (normalized exact match, :func:`spectune.finetune.tasks.answers_match`);
+- :func:`heldout_loss`: mean negative log-likelihood of the reference answers' tokens;
+- :func:`perplexity`: perplexity on general English text that ships with Python itself, a fixed
+  slice of ``pydoc_data.topics`` (:func:`general_text`), the forgetting measure;
+- :func:`generation_latency`: milliseconds per generated token, greedy, batch 1.
+
+Every function takes ``(model, tokenizer, ...)`` and returns a dataclass with a ``to_dict()``
+that serializes to JSON. The model may be a plain Hugging Face causal LM, a ``peft`` model or
+a model whose linear layers were replaced by custom modules: only ``model(input_ids=...,
+attention_mask=..., position_ids=..., past_key_values=..., use_cache=...)`` and its
+``.logits`` / ``.past_key_values`` are used. Each function switches the model to eval mode and
+restores its previous mode on return; nothing is computed with gradients.
+
+Warning (QLoRA / QDoRA on CPU):
+    On a CPU with AVX-512 BF16, a bitsandbytes ``Linear4bit`` layer in eval mode whose input
+    does not require grad (an eval-mode ``torch.no_grad`` forward) repacks its quantized
+    weight in place into a CPU inference layout; a LoRA model trained after that silently
+    gets ``None`` gradients on every adapter weight. The functions here undo that on return
+    (:func:`unpack_4bit_cpu_weights`, which calls ``model.state_dict()``: bitsandbytes unpacks
+    the layout when it saves), and a test checks that adapter gradients still flow after an
+    evaluation (bitsandbytes 0.50). Still, the safe order for a 4-bit model is: evaluate only
+    after training, or evaluate a separate copy (load the base model again for the "before"
+    numbers), and call :func:`unpack_4bit_cpu_weights` after any other no-grad forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from spectune.errors import SpectuneError
+from spectune.finetune.data import (
+    IGNORE_INDEX,
+    InstructionCollator,
+    InstructionExample,
+    build_prompt,
+    end_of_turn_id,
+    pad_token_id,
+    tokenize_examples,
+)
+from spectune.finetune.tasks import answers_match
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+#: Characters of :func:`general_text` scored by :func:`perplexity` by default (~2,000 tokens).
+DEFAULT_PPL_CHARS = 8000
+
+#: Prompts timed by :func:`generation_latency` when none are given.
+LATENCY_PROMPTS = (
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "List some facts about the moon.",
+    "Describe your favourite season and why.",
+    "Give advice to someone learning to cook.",
+)
+
+
+def _progress(iterable: Any, *, total: int | None, desc: str, show: bool) -> Any:
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def _4bit_layers(model: Any) -> list[Any]:
+    """The bitsandbytes 4-bit linear layers of ``model`` (found by class name, no import)."""
+    return [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "LinearNF4")]
+
+
+def has_4bit_weights(model: Any) -> bool:
+    """Whether ``model`` holds bitsandbytes 4-bit layers (a QLoRA / QDoRA base)."""
+    return bool(_4bit_layers(model))
+
+
+def unpack_4bit_cpu_weights(model: Any) -> int:
+    """Undo bitsandbytes' CPU inference repacking of 4-bit weights, so training works again.
+
+    See the module docstring: an eval-mode no-grad forward on the CPU repacks ``Linear4bit``
+    weights, after which adapter gradients are ``None``. bitsandbytes restores the
+    training layout whenever the model's state dict is taken, so this calls
+    ``model.state_dict()`` when any layer is packed.
+
+    Args:
+        model: any model; one without packed 4-bit layers is left alone.
+
+    Returns:
+        How many layers were packed before the call.
+    """
+    packed = [
+        m
+        for m in _4bit_layers(model)
+        if getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)
+    ]
+    if packed:
+        model.state_dict()
+    return len(packed)
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients inside; afterwards the previous mode is restored and any
+    4-bit weights bitsandbytes repacked for CPU inference are unpacked."""
+    import torch
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+        unpack_4bit_cpu_weights(model)
+
+
+def _device(model: Any) -> torch.device:
+    import torch
+
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _greedy_batch(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: set[int],
+    ignore_stop: bool = False,
+    step_times: list[float] | None = None,
+) -> list[list[int]]:
+    """Greedy decoding of a batch of token-id prompts with left padding and a KV cache.
+
+    Position ids are counted from each row's first real token, so a left-padded row gets the
+    same positions as it would alone. A model that returns no ``past_key_values`` is fed the
+    whole sequence at every step instead.
+
+    Returns:
+        For each prompt the generated ids, up to and without the first stop token.
+    """
+    import torch
+
+    device = _device(model)
+    batch, length = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        mask[row, length - len(prompt) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, length)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out_tokens: list[torch.Tensor] = []
+    past = None
+    step_in, step_pos = ids, positions
+    for _ in range(max_new_tokens):
+        out = model(
+            input_ids=step_in,
+            attention_mask=mask,
+            position_ids=step_pos,
+            past_key_values=past,
+            use_cache=True,
+        )
+        next_ids = out.logits[:, -1, :].argmax(dim=-1)  # (batch,)
+        next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
+        out_tokens.append(next_ids)
+        if step_times is not None:
+            step_times.append(time.perf_counter())
+        if not ignore_stop and len(stop):
+            done = done | torch.isin(next_ids, stop)
+            if bool(done.all()):
+                break
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        new_pos = positions[:, -1:] + 1
+        positions = torch.cat([positions, new_pos], dim=1)
+        past = getattr(out, "past_key_values", None)
+        if past is None:  # no cache: feed the whole sequence again
+            ids = torch.cat([ids, next_ids[:, None]], dim=1)
+            step_in, step_pos = ids, positions
+        else:
+            step_in, step_pos = next_ids[:, None], new_pos
+    generated = torch.stack(out_tokens, dim=1).tolist() if out_tokens else [[]] * batch
+    result = []
+    for row in generated:
+        tokens = []
+        for tok in row:
+            if not ignore_stop and tok in stop_ids:
+                break
+            tokens.append(tok)
+        result.append(tokens)
+    return result
+
+
+def _stop_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    eot = end_of_turn_id(tokenizer)
+    return set() if eot is None else {eot}
+
+
+def greedy_generate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to chat-template prompts, batched (left padding), stopping at end of turn.
+
+    Prompts are sorted by length before batching (less padding) and the answers returned in
+    the order given.
+
+    Args:
+        model: a causal LM (plain, peft, or with custom linear layers); see the module warning
+            about 4-bit models.
+        tokenizer: its tokenizer.
+        prompts: rendered prompts (e.g. from :func:`spectune.finetune.data.build_prompt`);
+            tokenized without adding special tokens.
+        max_new_tokens: longest answer generated.
+        batch_size: prompts per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        The decoded answers (special tokens skipped, whitespace stripped).
+    """
+    if max_new_tokens < 1:
+        raise SpectuneError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise SpectuneError(f"batch_size must be >= 1, got {batch_size}")
+    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(encoded)
+    pad_id, stops = pad_token_id(tokenizer), _stop_ids(tokenizer)
+    starts = range(0, len(order), batch_size)
+    with _eval_mode(model):
+        for start in _progress(starts, total=len(starts), desc="generate", show=progress):
+            chunk = order[start : start + batch_size]
+            tokens = _greedy_batch(
+                model,
+                [encoded[i] for i in chunk],
+                max_new_tokens=max_new_tokens,
+                pad_id=pad_id,
+                stop_ids=stops,
+            )
+            for i, toks in zip(chunk, tokens, strict=True):
+                answers[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
+    return answers
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+@dataclass
+class AccuracyResult:
+    """Held-out exact-match accuracy.
+
+    Attributes:
+        accuracy: fraction of examples answered correctly (0..1).
+        n: examples scored.
+        n_correct: examples answered correctly.
+        by_category: per category ``{"n", "n_correct", "accuracy"}`` (categories sorted).
+        predictions: the model's answers, in example order.
+        max_new_tokens: generation limit used.
+    """
+
+    accuracy: float
+    n: int
+    n_correct: int
+    by_category: dict[str, dict[str, float]]
+    predictions: list[str] = field(default_factory=list)
+    max_new_tokens: int = 0
+
+    def to_dict(self, *, predictions: bool = True) -> dict[str, Any]:
+        """JSON-ready dict; ``predictions=False`` leaves the answers out."""
+        out = asdict(self)
+        if not predictions:
+            out.pop("predictions")
+        return out
+
+
+def exact_match(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[InstructionExample],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    system: str | None = None,
+    checker: Callable[[str, str], bool] = answers_match,
+    progress: bool = False,
+) -> AccuracyResult:
+    """Held-out accuracy: greedy answers compared with each example's response.
+
+    Args:
+        model: a causal LM (see the module warning about 4-bit models).
+        tokenizer: its tokenizer (with a chat template).
+        examples: records whose ``response`` is the reference answer.
+        max_new_tokens: longest answer generated (keep it a little above the longest reference).
+        batch_size: prompts per forward pass.
+        system: system message for the prompts (``None``: the template's default).
+        checker: ``checker(prediction, reference) -> bool``; default normalized exact match.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`AccuracyResult`.
+
+    Raises:
+        SpectuneError: no examples.
+    """
+    if not examples:
+        raise SpectuneError("exact_match needs at least one example; the eval set is empty")
+    prompts = [build_prompt(tokenizer, ex, system=system) for ex in examples]
+    predictions = greedy_generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    hits = [bool(checker(p, ex.response)) for p, ex in zip(predictions, examples, strict=True)]
+    counts: dict[str, list[int]] = {}
+    for hit, ex in zip(hits, examples, strict=True):
+        c = counts.setdefault(ex.category, [0, 0])
+        c[0] += 1
+        c[1] += int(hit)
+    by_category = {
+        cat: {"n": n, "n_correct": k, "accuracy": k / n} for cat, (n, k) in sorted(counts.items())
+    }
+    return AccuracyResult(
+        accuracy=sum(hits) / len(hits),
+        n=len(hits),
+        n_correct=sum(hits),
+        by_category=by_category,
+        predictions=predictions,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@dataclass
+class LossResult:
+    """Mean negative log-likelihood of the reference answers.
+
+    Attributes:
+        loss: mean NLL (nats) per labelled token (response tokens and the end-of-turn token).
+        perplexity: ``exp(loss)``.
+        n_tokens: labelled tokens scored.
+        n_examples: examples scored (after dropping any that truncation emptied).
+        n_truncated: examples cut at ``max_length``.
+    """
+
+    loss: float
+    perplexity: float
+    n_tokens: int
+    n_examples: int
+    n_truncated: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL and count of next-token predictions where ``labels`` is not -100.
+
+    Args:
+        logits: (batch, length, vocab).
+        labels: (batch, length); position t is predicted by logits at t - 1.
+    """
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()  # (batch, length-1, vocab)
+    shift_labels = labels[:, 1:]  # (batch, length-1)
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return float(nll), int((shift_labels != IGNORE_INDEX).sum())
+
+
+def heldout_loss(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[InstructionExample],
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+    system: str | None = None,
+    progress: bool = False,
+) -> LossResult:
+    """Mean token NLL of the responses given the prompts (the training loss, on held-out data).
+
+    The examples are tokenized exactly as for training (:func:`tokenize_examples`: labels on
+    the response and end-of-turn tokens only). The mean is over all labelled tokens of the set,
+    not a mean of per-batch means.
+
+    Args:
+        model: a causal LM (see the module warning about 4-bit models).
+        tokenizer: its tokenizer.
+        examples: the held-out records.
+        max_length: truncation length, as in training.
+        batch_size: examples per forward pass.
+        system: system message (``None``: the template's default).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`LossResult`.
+    """
+    features, stats = tokenize_examples(
+        examples, tokenizer, max_length=max_length, system=system
+    )
+    collate = InstructionCollator(pad_token_id(tokenizer))
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    device = _device(model)
+    total, count = 0.0, 0
+    starts = range(0, len(order), batch_size)
+    with _eval_mode(model):
+        for start in _progress(starts, total=len(starts), desc="held-out loss", show=progress):
+            batch = collate([features[i] for i in order[start : start + batch_size]])
+            out = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            )
+            nll, n = _token_nll(out.logits, batch["labels"].to(device))
+            total += nll
+            count += n
+    loss = total / count
+    return LossResult(
+        loss=loss,
+        perplexity=math.exp(loss),
+        n_tokens=count,
+        n_examples=stats.n_kept,
+        n_truncated=stats.n_truncated,
+    )
+
+
+# --------------------------------------------------------------------------- perplexity
+
+
+def general_text(n_chars: int = DEFAULT_PPL_CHARS) -> str:
+    """A fixed slice of general English text that ships with Python: ``pydoc_data.topics``.
+
+    The help topics (the reference manual sections ``help()`` shows) are taken in sorted key
+    order, joined with a blank line, and the first ``n_chars`` characters returned. The text is
+    the same on every machine with the same Python minor version; it changes between Python
+    versions, so :class:`PerplexityResult` records the Python version and a hash of the text.
+
+    Args:
+        n_chars: characters to return (the whole corpus is about 800,000 in Python 3.11).
+
+    Returns:
+        The text.
+    """
+    from pydoc_data.topics import topics
+
+    if n_chars < 1:
+        raise SpectuneError(f"n_chars must be >= 1, got {n_chars}")
+    text = "\n\n".join(topics[key] for key in sorted(topics))
+    return text[:n_chars]
+
+
+@dataclass
+class PerplexityResult:
+    """Perplexity on a fixed text.
+
+    Attributes:
+        perplexity: ``exp(nll)``.
+        nll: mean NLL (nats) per scored token.
+        n_tokens: tokens in the text (without special tokens).
+        n_scored: tokens scored (all but the first, which has no context).
+        n_chars: characters in the text.
+        window: tokens per forward pass (context length).
+        stride: new tokens scored per window after the first.
+        text_sha256: SHA-256 of the text (UTF-8), to tell which text was scored.
+        source: where the text came from.
+    """
+
+    perplexity: float
+    nll: float
+    n_tokens: int
+    n_scored: int
+    n_chars: int
+    window: int
+    stride: int
+    text_sha256: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Sliding windows ``(begin, end, first_scored)`` over ``n_tokens`` tokens.
+
+    A window covers the tokens ``[begin, end)`` and scores ``[first_scored, end)``. The first
+    window scores everything it holds but token 0 (which nothing predicts); each later one
+    scores the next ``stride`` tokens with the ``window - stride`` tokens before them as
+    context, so every token after the first is scored exactly once and every window but a
+    short text's only one holds exactly ``window`` tokens. Needs ``1 <= stride < window``.
+    """
+    spans = []
+    first = 1
+    while first < n_tokens:
+        end = min(window if first == 1 else first + stride, n_tokens)
+        begin = max(0, end - window)
+        spans.append((begin, end, first))
+        first = end
+    return spans
+
+
+def perplexity(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    text: str | None = None,
+    n_chars: int = DEFAULT_PPL_CHARS,
+    window: int = 256,
+    stride: int = 128,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> PerplexityResult:
+    """Perplexity with strided sliding windows (the forgetting measure).
+
+    The text (default :func:`general_text`) is tokenized once without special tokens. The
+    first window of ``window`` tokens scores all its tokens but the first; each further window
+    moves ``stride`` tokens on and scores only those new tokens, with the ``window - stride``
+    tokens before them as context. Every token after the first is scored exactly once.
+    ``window`` is capped at the model's ``max_position_embeddings``.
+
+    Args:
+        model: a causal LM (see the module warning about 4-bit models).
+        tokenizer: its tokenizer.
+        text: the text to score; ``None`` for ``general_text(n_chars)``.
+        n_chars: length of the default text (ignored when ``text`` is given).
+        window: tokens per forward pass.
+        stride: new tokens scored per window after the first, ``1 <= stride < window``.
+        batch_size: windows per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`PerplexityResult`.
+
+    Raises:
+        SpectuneError: bad window/stride, or a text of fewer than two tokens.
+    """
+    import torch
+
+    source = (
+        f"pydoc_data.topics (sorted keys, first {n_chars} chars, Python "
+        f"{sys.version_info.major}.{sys.version_info.minor})"
+    )
+    if text is None:
+        text = general_text(n_chars)
+    else:
+        source = "text given by the caller"
+    config = getattr(model, "config", None)
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos:
+        window = min(window, int(max_pos))
+    if window < 2:
+        raise SpectuneError(f"window must be >= 2 tokens, got {window}")
+    if not 1 <= stride < window:
+        raise SpectuneError(
+            f"stride must be at least 1 and below window={window} (the rest of the window is "
+            f"context), got {stride}"
+        )
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(ids) < 2:
+        raise SpectuneError("the text has fewer than two tokens; nothing to score")
+    spans = _windows(len(ids), window, stride)
+    device = _device(model)
+    total, count = 0.0, 0
+    # group equal-length windows into batches (all are full length unless the text is short)
+    groups: list[list[tuple[int, int, int]]] = []
+    for span in spans:
+        if groups and len(groups[-1]) < batch_size and (
+            groups[-1][0][1] - groups[-1][0][0] == span[1] - span[0]
+        ):
+            groups[-1].append(span)
+        else:
+            groups.append([span])
+    with _eval_mode(model):
+        for group in _progress(groups, total=len(groups), desc="perplexity", show=progress):
+            inputs = torch.tensor([ids[b:e] for b, e, _ in group], dtype=torch.long)
+            labels = inputs.clone()
+            for row, (b, _, first) in enumerate(group):
+                labels[row, : first - b] = IGNORE_INDEX
+            out = model(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device))
+            nll, n = _token_nll(out.logits, labels.to(device))
+            total += nll
+            count += n
+    mean = total / count
+    return PerplexityResult(
+        perplexity=math.exp(mean),
+        nll=mean,
+        n_tokens=len(ids),
+        n_scored=count,
+        n_chars=len(text),
+        window=window,
+        stride=stride,
+        text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------- latency
+
+
+@dataclass
+class LatencyResult:
+    """Greedy generation speed at batch size 1.
+
+    Attributes:
+        ms_per_token: median over prompts of the decode time per token after the first
+            (the inter-token latency).
+        ms_first_token: median time to the first token (prompt prefill plus one step).
+        ms_per_token_overall: median of total time / generated tokens.
+        new_tokens: tokens generated per prompt (the end-of-turn token does not stop it).
+        n_prompts: prompts timed.
+        warmup: untimed runs before timing.
+        threads: ``torch.get_num_threads()`` during the measurement.
+    """
+
+    ms_per_token: float
+    ms_first_token: float
+    ms_per_token_overall: float
+    new_tokens: int
+    n_prompts: int
+    warmup: int
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def generation_latency(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str] | None = None,
+    *,
+    new_tokens: int = 32,
+    warmup: int = 1,
+    system: str | None = None,
+) -> LatencyResult:
+    """Time greedy generation: milliseconds per generated token, median over prompts.
+
+    Each prompt (an instruction, rendered with the chat template) is answered alone with
+    exactly ``new_tokens`` greedy tokens (end of turn does not stop it, so every model is timed
+    on the same amount of work). ``warmup`` untimed runs on the first prompt come first.
+
+    Args:
+        model: a causal LM (see the module warning about 4-bit models).
+        tokenizer: its tokenizer.
+        prompts: instructions to answer; default :data:`LATENCY_PROMPTS`.
+        new_tokens: tokens generated per prompt (>= 2).
+        warmup: untimed runs before timing.
+        system: system message (``None``: the template's default).
+
+    Returns:
+        A :class:`LatencyResult`.
+    """
+    import torch
+
+    if new_tokens < 2:
+        raise SpectuneError(f"new_tokens must be >= 2, got {new_tokens}")
+    instructions = list(LATENCY_PROMPTS if prompts is None else prompts)
+    if not instructions:
+        raise SpectuneError("generation_latency needs at least one prompt")
+    encoded = [
+        list(
+            tokenizer(
+                build_prompt(tokenizer, InstructionExample(p, ""), system=system),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for p in instructions
+    ]
+    pad_id = pad_token_id(tokenizer)
+    first, decode, overall = [], [], []
+    with _eval_mode(model):
+        for _ in range(max(0, warmup)):
+            _greedy_batch(
+                model, [encoded[0]], max_new_tokens=new_tokens, pad_id=pad_id, stop_ids=set(),
+                ignore_stop=True,
+            )
+        for prompt in encoded:
+            stamps: list[float] = []
+            start = time.perf_counter()
+            _greedy_batch(
+                model, [prompt], max_new_tokens=new_tokens, pad_id=pad_id, stop_ids=set(),
+                ignore_stop=True, step_times=stamps,
+            )
+            first.append((stamps[0] - start) * 1e3)
+            decode.append((stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1))
+            overall.append((stamps[-1] - start) * 1e3 / len(stamps))
+    return LatencyResult(
+        ms_per_token=statistics.median(decode),
+        ms_first_token=statistics.median(first),
+        ms_per_token_overall=statistics.median(overall),
+        new_tokens=new_tokens,
+        n_prompts=len(encoded),
+        warmup=max(0, warmup),
+        threads=torch.get_num_threads(),
+    )
+
+
+__all__ = [
+    "DEFAULT_PPL_CHARS",
+    "LATENCY_PROMPTS",
+    "AccuracyResult",
+    "LatencyResult",
+    "LossResult",
+    "PerplexityResult",
+    "exact_match",
+    "general_text",
+    "generation_latency",
+    "greedy_generate",
+    "has_4bit_weights",
+    "heldout_loss",
+    "perplexity",
+    "unpack_4bit_cpu_weights",
+]

@@ -1,0 +1,1 @@
+"""Reporting: plots (functions returning matplotlib Figures) and rendered results."""
