@@ -43,34 +43,46 @@ def merged(ours: pd.DataFrame, theirs: pd.DataFrame, key=lambda name: name) -> p
 
 
 def max_rel_diff(m: pd.DataFrame, col: str) -> float:
+    """Largest |ours - WW| / |WW|; for log10 columns the denominator is at least 1: a log
+    near 0 (a norm near 1) has no meaningful relative error, its absolute error is the check."""
     a = m[col].astype(float).to_numpy()
     b = m[f"{col}_ww"].astype(float).to_numpy()
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+    floor = 1.0 if col.startswith("log_") else 1e-300
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), floor)))
 
 
-def assert_parity(m: pd.DataFrame, rtol: float, columns=FLOAT_COLUMNS, ints=INT_COLUMNS) -> dict:
+def assert_parity(
+    m: pd.DataFrame, rtol: float, columns=FLOAT_COLUMNS, ints=INT_COLUMNS, check_warnings=True
+) -> dict:
     diffs = {}
     for col in columns:
         diffs[col] = max_rel_diff(m, col)
         assert diffs[col] < rtol, (col, diffs[col])
     for col in ints:
         assert (m[col].astype(int) == m[f"{col}_ww"].astype(int)).all(), col
-    assert (m["warning"] == m["warning_ww"]).all()  # "over-trained" / "under-trained" / ""
+    if check_warnings:  # "over-trained" / "under-trained" / ""
+        assert (m["warning"] == m["warning_ww"]).all()
     assert m["status"].eq("success").all()
     return diffs
 
 
-def test_tiny_model_parity_with_mp_fit_and_clip_xmax(ww, tiny):
-    """Every column WW reports, on a tiny Llama (16 matrices), incl. mp_fit and clip_xmax."""
-    theirs = ww_analyze(ww, tiny, mp_fit=True, fix_fingers="clip_xmax")
+def test_tiny_model_parity_with_clip_xmax_and_mp_fit(ww, tiny):
+    """Every column WW reports, on a tiny Llama (16 matrices), with clip_xmax; the MP-fit
+    columns on three matrices (Q = 4, 1, 2; WW's MP fit takes ~0.5 s per matrix)."""
+    theirs = ww_analyze(ww, tiny, fix_fingers="clip_xmax")
     ours = analyze(tiny, mp_fit=True, fix_fingers="clip_xmax", progress=False)
     assert len(theirs) == len(ours) == 16  # untied embeddings: lm_head is its own matrix
     m = merged(ours, theirs)
-    assert_parity(m, 1e-9, FLOAT_COLUMNS + MP_COLUMNS + ["raw_alpha"],
-                  INT_COLUMNS + ["num_spikes", "num_fingers"])  # fmt: skip
+    assert_parity(m, 1e-9, FLOAT_COLUMNS + ["raw_alpha"], INT_COLUMNS + ["num_fingers"])
     assert (m["layer_id"] == m["layer_id_ww"]).all()  # named_modules() index, as WW
     assert (m["name"] == m["name_ww"]).all()
     assert max_rel_diff(m, "sv_min") < 1e-6  # the smallest eigenvalues: Gram vs SVD route
+    picked = ours[ours["longname"].isin(["model.embed_tokens", "model.layers.0.self_attn.q_proj",
+                                         "model.layers.1.self_attn.k_proj"])]  # fmt: skip
+    assert sorted(picked["Q"]) == [1.0, 2.0, 4.0]
+    theirs_mp = ww_analyze(ww, tiny, mp_fit=True, layers=picked["layer_id"].tolist())
+    m_mp = merged(picked, theirs_mp)
+    assert_parity(m_mp, 1e-9, MP_COLUMNS, ["num_spikes"], check_warnings=False)  # alphas: no clip
 
 
 def test_tiny_model_parity_default_options(ww):
@@ -78,7 +90,6 @@ def test_tiny_model_parity_default_options(ww):
     ours = analyze(model, progress=False)
     m = merged(ours, ww_analyze(ww, model))
     assert_parity(m, 1e-9)
-    assert set(m["warning"]) >= {""}
 
 
 def ww_peft_key(longname: str) -> str:
@@ -89,14 +100,16 @@ def ww_peft_key(longname: str) -> str:
 
 
 def ww_style_alphas(folder) -> dict[str, float]:
-    """alpha of each pair as WW computes it: B @ A formed in the stored float32, then SVD."""
+    """alpha of each pair as WW computes it: ``np.dot(B, A)`` on the stored float32 arrays (the
+    call WW makes, so the same BLAS rounds the same way), then SVD."""
     from spectune.weights import open_source
 
     out = {}
     with open_source(folder) as src:
         for pair in src.lora_pairs():
             B, A = src.load_pair(pair)
-            sv = np.linalg.svd((B.float() @ A.float()).double().numpy(), compute_uv=False)
+            BA = np.dot(B.float().numpy(), A.float().numpy())
+            sv = np.linalg.svd(BA.astype(np.float64), compute_uv=False)
             out[pair.name] = fit_powerlaw(sv[: pair.r] ** 2).alpha
     return out
 

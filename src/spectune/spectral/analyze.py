@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +95,53 @@ class _Job:
         a, b = self.shape[0], self.shape[1]
         rf = int(np.prod(self.shape[2:]))
         return max(a, b), min(a, b), rf
+
+
+class _Serialized:
+    """A weight source whose method calls take a lock: sources read files (safetensors, GGUF,
+    torch.load) and are not thread-safe; only the numeric work runs in parallel."""
+
+    def __init__(self, src: Any, lock: threading.Lock) -> None:
+        self._src, self._lock = src, lock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._src, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` on ``workers`` threads, results in order, at most ``workers + 1``
+    items in flight (bounded memory).
+
+    Each worker's BLAS/LAPACK and torch run single-threaded meanwhile: a symmetric eigensolver
+    hardly scales across cores, two matrices at once on one core each do. The previous thread
+    settings are restored afterwards.
+    """
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _open(source: Any, peft: bool | str):
@@ -384,6 +434,7 @@ def analyze(
     precision: str = "float64",
     seed: int = 0,
     progress: bool = True,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Spectral diagnostics of every weight matrix (or LoRA update) of ``source``.
 
@@ -393,7 +444,8 @@ def analyze(
         peft: True to analyze LoRA pairs (Delta W = scaling * B A, one row per pair);
             "with_base" to analyze W + Delta W (needs ``base``). Adapter folders imply True.
         base: a second source, the base model. Rows get ``base_*`` columns of the matching
-            base matrix; with ``delta=True`` or ``peft="with_base"`` it is part of the matrix.
+            base matrix (also with ``delta=True``, where it is subtracted, and with
+            ``peft="with_base"``, where it is added).
         layers: None (all), a regex searched in each row's longname, or a list of layer ids
             and/or longnames.
         delta: analyze W - W_base for every matrix that matches a base matrix by name (full
@@ -410,6 +462,9 @@ def analyze(
         precision: "float64" (WW's numbers) or "float32" (faster; alphas within ~0.01).
         seed: seed of every random step (recorded in ``details.attrs``).
         progress: show a progress bar.
+        workers: matrices computed at the same time, each on one thread (None: torch's
+            thread count). Reading stays sequential, so at most ``workers + 1`` matrices are
+            in memory; the rows are the same for any value.
 
     Returns:
         One row per matrix (see the module docstring for the columns); ``details.attrs``
@@ -446,12 +501,20 @@ def analyze(
             mp_fit=mp_fit, randomize=randomize, lora_scaling=lora_scaling, precision=precision,
             seed=seed, delta=delta, with_base=peft == "with_base",
         )  # fmt: skip
-        rows, base_cache = [], {}
-        for job in track(jobs, len(jobs), "spectra", enabled=progress):
-            row = _row_for(job, src, base_src, opts)
-            if base_src is not None and not delta and job.base_tensor is not None:
-                row.update(_base_metrics(base_src, job.base_tensor, opts, base_cache))
-            rows.append(row)
+        base_cache: dict[str, dict] = {}
+        lock = threading.Lock()
+        src_l = _Serialized(src, lock)
+        base_l = _Serialized(base_src, lock) if base_src is not None else None
+
+        def one(job: _Job) -> dict[str, Any]:
+            row = _row_for(job, src_l, base_l, opts)
+            if base_l is not None and job.base_tensor is not None:
+                row.update(_base_metrics(base_l, job.base_tensor, opts, base_cache))
+            return row
+
+        n_workers = torch.get_num_threads() if workers is None else int(workers)
+        rows = list(track(_ordered_map(one, jobs, n_workers), len(jobs), "spectra",
+                          enabled=progress))  # fmt: skip
     finally:
         if close_src:
             src.close()

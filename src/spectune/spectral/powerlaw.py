@@ -51,6 +51,7 @@ DEFAULT_MAX_FINGERS = 10
 DEFAULT_FINGER_THRESH = 1.0
 
 _BLOCK_ELEMS = 1 << 21  # ~16 MB of float64 per block of KS work
+_KS_ROWS = 48  # candidates per block: the masked triangle is rows^2 / 2 wasted entries
 
 
 @dataclass
@@ -108,8 +109,9 @@ def _ks_distances(data: np.ndarray, log_data: np.ndarray, alphas: np.ndarray, va
 
     For candidate i, tail x_i..x_{N-1} (n = N - i points):
         D_i = max_{k=0..n-1} | 1 - exp((1 - alpha_i)(ln x_{i+k} - ln x_i)) - k / n |.
-    Computed for blocks of consecutive candidates over the columns their tails cover (the
-    upper triangle only); entries left of each row's own start are masked.
+    Computed for blocks of consecutive candidates over the columns their tails cover: the
+    upper triangle of the (candidate, point) table, cut into blocks of at most
+    :data:`_KS_ROWS` rows so that the work left of each row's own start (masked) stays small.
     """
     N = len(data)
     Ds = np.ones(N - 1, dtype=np.float64)
@@ -119,7 +121,7 @@ def _ks_distances(data: np.ndarray, log_data: np.ndarray, alphas: np.ndarray, va
     i = 0
     while i < N - 1:
         width = N - i
-        rows = max(1, min(N - 1 - i, _BLOCK_ELEMS // width))
+        rows = max(1, min(N - 1 - i, _KS_ROWS, _BLOCK_ELEMS // width))
         ii = np.arange(i, i + rows)
         ii = ii[valid[ii]]
         if ii.size:
@@ -128,10 +130,12 @@ def _ks_distances(data: np.ndarray, log_data: np.ndarray, alphas: np.ndarray, va
             L *= (1.0 - alphas[ii])[:, None]
             with np.errstate(over="ignore", invalid="ignore"):
                 np.exp(L, out=L)
-            k = cols_all[c0:][None, :] - ii[:, None]  # offset j - i
-            n = (N - ii).astype(np.float64)[:, None]
-            L = np.abs(1.0 - L - k / n)
-            L[k < 0] = 0.0
+            inv_n = 1.0 / (N - ii).astype(np.float64)  # k / n = (j - i) / n_i
+            L += cols_all[c0:][None, :] * inv_n[:, None] - (ii * inv_n)[:, None]
+            np.subtract(1.0, L, out=L)
+            np.abs(L, out=L)
+            for r in np.nonzero(ii > c0)[0]:  # columns left of a row's start are not its tail
+                L[r, : ii[r] - c0] = 0.0
             Ds[ii] = L.max(axis=1)
         i += rows
     return Ds
