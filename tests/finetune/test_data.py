@@ -253,15 +253,19 @@ def test_truncation_counts(tok):
     n_prompt_long = len(_ids(tok, build_prompt(tok, long_prompt)))
     max_length = lengths["short"] + 5
     assert lengths["answer"] > max_length and n_prompt_long > max_length
-    features, stats = tokenize_examples([short, long_answer, long_prompt, short], tok,
-                                        max_length=max_length)
+    features, stats = tokenize_examples(
+        [short, long_answer, long_prompt, short], tok, max_length=max_length
+    )
     assert stats.n_examples == 4
     assert stats.n_truncated == 2
     assert stats.n_dropped == 1  # the long prompt leaves no response token
     assert stats.n_kept == len(features) == 3
     assert stats.longest == lengths["prompt"]
-    assert [len(f["input_ids"]) for f in features] == [lengths["short"], max_length,
-                                                       lengths["short"]]
+    assert [len(f["input_ids"]) for f in features] == [
+        lengths["short"],
+        max_length,
+        lengths["short"],
+    ]
     assert stats.n_tokens == 2 * lengths["short"] + max_length
     # the truncated answer keeps its first tokens as labels, up to max_length
     n_prompt_answer = len(_ids(tok, build_prompt(tok, long_answer)))

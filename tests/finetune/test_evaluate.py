@@ -31,6 +31,18 @@ from spectune.finetune.evaluate import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Tiny models run much faster on one thread, above all on a busy shared machine."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
@@ -82,15 +94,21 @@ class OracleLM(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(1))
         self.calls = 0
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+    ):
         assert past_key_values is None  # we never return a cache
         self.calls += 1
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.vocab)
         for row in range(input_ids.shape[0]):
             seq = input_ids[row][attention_mask[row].bool()].tolist()  # strip left padding
             # position ids must count from the first real token
-            assert position_ids[row, -len(seq):].tolist() == list(range(len(seq)))
+            assert position_ids[row, -len(seq) :].tolist() == list(range(len(seq)))
             for prompt, answer in self.answers.items():
                 if tuple(seq[: len(prompt)]) == prompt:
                     done = len(seq) - len(prompt)
@@ -145,9 +163,16 @@ def test_exact_match_known_answers(tok):
         InstructionExample("Reverse: sun, moon, star", "star, moon, sun", category="reverse"),
         InstructionExample("Capital of France?", "Paris", category="geo"),
     ]
-    said = ["5", "18", "Dog, cat.", "star moon sun", "  paris  "]  # right, wrong, right, wrong, right
+    said = [
+        "5",
+        "18",
+        "Dog, cat.",
+        "star moon sun",
+        "  paris  ",
+    ]  # right, wrong, right, wrong, right
     answers = {
-        tuple(_ids(tok, build_prompt(tok, ex))): _ids(tok, s) for ex, s in zip(examples, said, strict=True)
+        tuple(_ids(tok, build_prompt(tok, ex))): _ids(tok, s)
+        for ex, s in zip(examples, said, strict=True)
     }
     model = OracleLM(answers, len(tok), tok.eos_token_id)
     model.train()
@@ -233,7 +258,9 @@ def test_general_text_is_fixed_slice():
         general_text(0)
 
 
-@pytest.mark.parametrize("n,window,stride", [(10, 4, 2), (37, 8, 7), (37, 8, 3), (5, 16, 8), (40, 8, 1)])
+@pytest.mark.parametrize(
+    "n,window,stride", [(10, 4, 2), (37, 8, 7), (37, 8, 3), (5, 16, 8), (40, 8, 1)]
+)
 def test_windows_score_every_token_once(n, window, stride):
     scored = []
     for begin, end, first in _windows(n, window, stride):
@@ -259,7 +286,7 @@ def test_perplexity_single_window_by_hand(tok, tiny):
 
 
 def test_perplexity_strided_matches_naive(tok, tiny):
-    text = general_text(300)
+    text = general_text(200)
     ids = _ids(tok, text)
     window, stride = 16, 6
     naive_total = 0.0
@@ -360,9 +387,7 @@ def test_plain_peft_and_custom_linear_models_agree(tok, tiny):
 def test_latency_generates_fixed_token_count(tok):
     # the oracle answers EOS straight away: the latency run must not stop there
     prompts = ["Say something.", "Say more."]
-    answers = {
-        tuple(_ids(tok, build_prompt(tok, InstructionExample(p, "")))): [] for p in prompts
-    }
+    answers = {tuple(_ids(tok, build_prompt(tok, InstructionExample(p, "")))): [] for p in prompts}
     model = OracleLM(answers, len(tok), tok.eos_token_id)
     result = generation_latency(model, tok, prompts, new_tokens=5, warmup=2)
     assert model.calls == (2 + len(prompts)) * 5
@@ -405,7 +430,9 @@ def _qlora(folder):
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=quant, device_map="cpu"
+    )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
 
@@ -429,10 +456,12 @@ def test_4bit_eval_then_train_keeps_adapter_gradients(tok, tiny_folder):
     model.eval()
     with torch.no_grad():
         model(input_ids=torch.tensor([_ids(tok, "Hello there")]))
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 2 * 7  # every linear of the 2 blocks (lm_head stays full precision)
     packed = sum(
-        bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
-        for m in model.modules()
-        if type(m).__name__ == "Linear4bit"
+        bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False)) for m in layers
     )
     if packed == 0:
         pytest.skip("this CPU / bitsandbytes does not repack 4-bit weights for inference")

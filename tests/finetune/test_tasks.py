@@ -128,8 +128,11 @@ def test_seed_zero_pinned():
     assert [(ex.category, ex.instruction, ex.response) for ex in heldout[:3]] == [
         ("largest", "Which is the largest number: 72, 39, 84, 60?", "84"),
         ("convert", "Convert 26 meters to millimeters. Answer with the number only.", "26000"),
-        ("last_word", "What is the last word in this list: rocket, sugar, bread, forest?",
-         "forest"),
+        (
+            "last_word",
+            "What is the last word in this list: rocket, sugar, bread, forest?",
+            "forest",
+        ),
     ]
 
 

@@ -57,7 +57,7 @@ def test_frog_train_save_load_merge_on_smollm2(tmp_path):
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
     state_numel = sum(t.numel() for s in opt.state.values() for t in s.values() if t.ndim)
     assert state_numel == 2 * 1_061_683  # Adam's two moments, only for the deltas

@@ -139,9 +139,7 @@ def _field(record: dict[str, Any], name: str, required: bool, where: str) -> str
             raise SpectuneError(f"{where}: required field {name!r} is missing")
         return ""
     if not isinstance(value, str):
-        raise SpectuneError(
-            f"{where}: field {name!r} must be a string, got {type(value).__name__}"
-        )
+        raise SpectuneError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
     if required and not value.strip():
         raise SpectuneError(f"{where}: required field {name!r} is empty")
     return value
@@ -435,9 +433,7 @@ def tokenize_examples(
     n_examples = n_truncated = n_dropped = n_tokens = n_label = longest = 0
     for example in examples:
         n_examples += 1
-        ids, labels = tokenize_example(
-            tokenizer, example, system=system, end_of_turn=end_of_turn
-        )
+        ids, labels = tokenize_example(tokenizer, example, system=system, end_of_turn=end_of_turn)
         longest = max(longest, len(ids))
         if len(ids) > max_length:
             n_truncated += 1

@@ -20,6 +20,14 @@ matrices. This package is its reference implementation; the method as implemente
    beta S_ij N(0, sigma_noise^2), fresh each pass, never stored, off in eval mode,
    optionally decaying linearly to zero.
 
+Memory and speed: only the K delta values train (optimizer state 2 K numbers for Adam); the
+target weight tensors hold W + D in place, with the exact W of the K entries kept aside, so
+no weight copy is made per step; the delta gradient is a sampled product on the K entries.
+Guided noise costs S for every target weight (float32 = the size of the targets;
+``score_dtype="bfloat16"`` halves it) plus one noisy weight copy per layer from forward to
+backward, and a randn of every target weight per training forward. Details:
+:class:`FrogLinear`.
+
 Typical use::
 
     from spectune.frog import FrogConfig, plan_frog, apply_frog, save_frog, load_frog, merge_frog

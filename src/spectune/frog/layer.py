@@ -51,7 +51,8 @@ class FrogLinear(nn.Module):
     c_t = max(0, 1 - t / noise_decay_steps) (or 1 without decay), t = the number of training
     forward passes so far (``noise_step``, settable with :meth:`set_noise_step`). In eval
     mode E = 0 and the output equals that of ``nn.Linear`` with weight W + D
-    (:meth:`to_linear`).
+    (:meth:`to_linear`). With gradient checkpointing, the recomputed forward counts as another
+    pass and draws other noise than the first: do not combine the two.
 
     Only ``delta`` (shape (K,)) is a trainable parameter, so an optimizer keeps state for K
     numbers. Storage: to avoid copying W at every step, the ``weight`` tensor holds W + D,
