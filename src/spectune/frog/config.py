@@ -8,10 +8,10 @@ naming the field and the fix, at construction time, not deep inside a training s
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from spectune import _check as check
 from spectune.errors import SpectuneError
 
 SELECTIONS = ("per_matrix", "global")
@@ -206,12 +206,7 @@ class FrogConfig:
         """
         if not isinstance(data, dict):
             raise SpectuneError(f"{source}: a FROG config must be a JSON object, got {data!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpectuneError(
-                f"{source}: unknown FROG config key(s) {unknown}; valid keys: {sorted(known)}"
-            )
+        check.unknown_keys(source, data, (f.name for f in fields(cls)), "FROG config")
         kwargs = dict(data)
         if isinstance(kwargs.get("alpha_range"), list):
             kwargs["alpha_range"] = tuple(kwargs["alpha_range"])
@@ -231,30 +226,15 @@ class FrogConfig:
 
 
 def _number(name: str, value: Any, *, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SpectuneError(f"FrogConfig.{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SpectuneError(f"FrogConfig.{name} must be finite, got {value!r}")
-    if nonnegative and value < 0:
-        raise SpectuneError(f"FrogConfig.{name} must be >= 0, got {value!r}")
-    return value
+    return check.number(f"FrogConfig.{name}", value, nonnegative=nonnegative)
 
 
 def _int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SpectuneError(f"FrogConfig.{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise SpectuneError(f"FrogConfig.{name} must be >= {minimum}, got {value!r}")
-    return int(value)
+    return check.integer(f"FrogConfig.{name}", value, minimum=minimum)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise SpectuneError(
-            f"FrogConfig.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-        )
-    return str(value)
+    return check.choice(f"FrogConfig.{name}", value, choices)
 
 
 def _name_list(name: str, value: Any) -> list[str]:

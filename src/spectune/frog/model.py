@@ -142,6 +142,53 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
+def match_modules(
+    model: nn.Module,
+    target_modules: str | list[str],
+    exclude_modules: list[str] | None = None,
+    *,
+    label: str = "target_modules",
+) -> list[str]:
+    """Names of the modules a peft-style target spec selects, in model order.
+
+    The spec reads as in peft: ``"all-linear"`` (every ``nn.Linear`` but the output head),
+    a list of names or name suffixes (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``),
+    or a regular expression that must match a whole module name; ``exclude_modules`` (names or
+    suffixes) are then left out.
+
+    Args:
+        model: any ``nn.Module``.
+        target_modules: the spec.
+        exclude_modules: names or suffixes to leave out.
+        label: how the setting is called in the error message.
+
+    Raises:
+        SpectuneError: nothing matches; the message lists the model's linear modules (block
+            numbers shown as ``*``).
+    """
+    modules = dict(model.named_modules())
+    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n]
+    if target_modules == ALL_LINEAR:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        matched = [n for n in linear if modules[n] is not head]
+    elif isinstance(target_modules, str):
+        matched = [n for n in modules if n and re.fullmatch(target_modules, n)]
+    else:
+        matched = [n for n in modules if n and _matches(n, target_modules)]
+    if exclude_modules:
+        matched = [n for n in matched if not _matches(n, exclude_modules)]
+    if not matched:
+        available = _pattern_of(linear)
+        shown = ", ".join(available[:25]) + (" ..." if len(available) > 25 else "")
+        raise SpectuneError(
+            f"{label}={target_modules!r}"
+            + (f" (exclude_modules={exclude_modules!r})" if exclude_modules else "")
+            + f" matches no module of this {type(model).__name__}; its linear modules are: "
+            + (shown or "none")
+        )
+    return matched
+
+
 def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
     """Names of the modules ``config.target_modules`` selects, in model order.
 
@@ -157,26 +204,10 @@ def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
             f"this model already has FROG layers ({already[0]}, ...); plan and apply FROG on "
             "the base model, or merge_frog() first"
         )
-    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n]
     target = config.target_modules
-    if target == ALL_LINEAR:
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        matched = [n for n in linear if modules[n] is not head]
-    elif isinstance(target, str):
-        matched = [n for n in modules if n and re.fullmatch(target, n)]
-    else:
-        matched = [n for n in modules if n and _matches(n, target)]
-    if config.exclude_modules:
-        matched = [n for n in matched if not _matches(n, config.exclude_modules)]
-    if not matched:
-        available = _pattern_of(linear)
-        shown = ", ".join(available[:25]) + (" ..." if len(available) > 25 else "")
-        raise SpectuneError(
-            f"FrogConfig.target_modules={target!r}"
-            + (f" (exclude_modules={config.exclude_modules!r})" if config.exclude_modules else "")
-            + f" matches no module of this {type(model).__name__}; its linear modules are: "
-            + (shown or "none")
-        )
+    matched = match_modules(
+        model, target, config.exclude_modules, label="FrogConfig.target_modules"
+    )
     bad = [n for n in matched if not isinstance(modules[n], nn.Linear)]
     if bad:
         kinds = ", ".join(f"{n} ({type(modules[n]).__name__})" for n in bad[:5])
