@@ -43,8 +43,9 @@ $(STAMP_DEV): $(STAMP)
 setup: $(STAMP)
 setup-dev: $(STAMP_DEV)
 
+# --resume: a finished demo is shown again at once, an interrupted one continues where it stopped
 demo: $(STAMP)
-	$(VENV)/bin/spectune demo --out $(OUT)
+	$(VENV)/bin/spectune demo --out $(OUT) --resume
 
 test: $(STAMP_DEV)
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

@@ -27,6 +27,20 @@ _LAZY: dict[str, str] = {
     "TensorInfo": "spectune.weights",
     "LoraPair": "spectune.weights",
     "normalize_module_name": "spectune.weights",
+    # tune: FROG
+    "FrogConfig": "spectune.frog",
+    "plan_frog": "spectune.frog",
+    "apply_frog": "spectune.frog",
+    "save_frog": "spectune.frog",
+    "load_frog": "spectune.frog",
+    "merge_frog": "spectune.frog",
+    "relevance": "spectune.frog",
+    # tune and judge: the pipeline
+    "TuneConfig": "spectune.finetune.config",
+    "load_config": "spectune.finetune.config",
+    "tune": "spectune.finetune.recipe",
+    "sweep": "spectune.finetune.sweep",
+    "demo": "spectune.finetune.demo",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -17,15 +17,6 @@ from spectune.cli.main import main
 from spectune.spectral import analyze, describe, summarize
 
 
-@pytest.fixture(autouse=True)
-def _torch_single_thread():
-    """One torch thread (restored after): small matrices, shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def strict_json(path: Path):
     """json.loads that rejects NaN / Infinity tokens (not valid JSON)."""
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.finetune.conftest import tiny_llama
 from torch import nn
 
 from spectune.errors import SpectuneError
@@ -31,18 +32,6 @@ from spectune.finetune.evaluate import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Tiny models run much faster on one thread, above all on a busy shared machine."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
@@ -53,23 +42,7 @@ def tok():
 
 
 def _tiny_llama(vocab: int, seed: int = 0, hidden: int = 32):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
+    return tiny_llama(vocab, hidden=hidden, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -41,11 +41,3 @@ def make_llama():
     """The factory itself, for tests that need several models or other sizes."""
     return make_tiny_llama
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The FROG tests use tiny tensors: one thread avoids thread-pool wake-ups (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -108,15 +108,3 @@ def lora16(tmp_path_factory) -> tuple[Any, Path]:
     folder = save_peft(peft_model, tmp_path_factory.mktemp("lora16"))
     return peft_model, folder
 
-
-@pytest.fixture(autouse=True)
-def _torch_single_thread() -> Iterator[None]:
-    """Run torch on one thread in these tests (restored afterwards).
-
-    The matrices here are small; on the shared 2-core machine two OpenMP threads per process
-    spin against other jobs and made this suite about 5x slower in wall time (measured).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -6,26 +6,50 @@ import argparse
 import time
 from pathlib import Path
 
-HELP = "run the main job on the embedded SmolLM2-135M-Instruct and write a results folder"
+HELP = (
+    "the main job: LoRA, DoRA, QLoRA and FROG at matched budgets on the embedded "
+    "SmolLM2-135M-Instruct, judged and compared in one report"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/demo", help="results folder (default: %(default)s)")
-    parser.add_argument("--precision", choices=["float64", "float32"], default="float64")
+    parser.add_argument(
+        "--methods",
+        default="lora,dora,qlora,frog",
+        help="comma-separated methods to compare (default: %(default)s; add full for the "
+        "full fine-tuning reference)",
+    )
+    parser.add_argument(
+        "--config",
+        help="base run config for every method (default: the built-in demo settings, the "
+        "same as configs/demo.yaml)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="changes to the demo config for every run, e.g. train.max_steps=60",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a demo in the folder")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectune.cli.analyze import show_summary, write_results
-    from spectune.models import default_model_dir
-    from spectune.spectral import analyze, summarize
+    from spectune import _check as check
+    from spectune.cli.sweep import show_comparison
+    from spectune.finetune.config import METHODS, read_config_data
+    from spectune.finetune.demo import demo
 
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    for m in methods:
+        check.choice("--methods", m, METHODS)
     start = time.perf_counter()
-    folder = default_model_dir()
-    print(f"embedded model: SmolLM2-135M-Instruct ({folder})")
-    details = analyze(folder, precision=args.precision, mp_fit=True)
-    summary = summarize(details)
-    show_summary(details, summary, "SmolLM2-135M-Instruct")
     out = Path(args.out)
-    written = write_results(details, summary, out, plots=True, source=folder)
-    print(f"wrote {len(written)} files to {out} in {time.perf_counter() - start:.0f} s")
-    return 0
+    base = read_config_data(args.config) if args.config else None
+    rows = demo(out, methods=methods, overrides=args.overrides, base=base,
+                overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)  # fmt: skip
+    show_comparison(rows)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; open {out / 'report.html'}")
+    return 1 if any(r.get("status") != "complete" for r in rows) else 0

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 # subcommand -> module; the order is the order of ``spectune --help``
 COMMANDS: dict[str, str] = {
     "demo": "spectune.cli.demo",
+    "tune": "spectune.cli.tune",
+    "sweep": "spectune.cli.sweep",
+    "report": "spectune.cli.report",
     "describe": "spectune.cli.describe",
     "analyze": "spectune.cli.analyze",
     "frog-plan": "spectune.cli.frog_plan",

@@ -1,4 +1,13 @@
-"""Fine-tuning: instruction data, the bundled task set, and the judging of a tuned model.
+"""Fine-tuning: the run config, the methods, the recipe, sweeps, the demo, data and judging.
+
+- :mod:`spectune.finetune.config`: :class:`TuneConfig` (YAML + ``key=value`` overrides).
+- :mod:`spectune.finetune.methods`: the model of each method (lora, rslora, dora, qlora,
+  qdora, frog, full) from one config.
+- :mod:`spectune.finetune.recipe`: :func:`tune`, the linear run: data, judge the base, build,
+  train (transformers Trainer), save, judge again, spectra, results folder.
+- :mod:`spectune.finetune.sweep`: :func:`sweep` over a grid, and the comparison folder.
+- :mod:`spectune.finetune.demo`: :func:`demo`, the methods at matched budgets.
+- :mod:`spectune.finetune.runfolder`: the results-folder rules (refuse, resume, overwrite).
 
 - :mod:`spectune.finetune.data`: Dolly JSONL / Alpaca JSON loading, chat-template prompts,
   tokenization with labels on response tokens only, truncation statistics, the padding
@@ -18,6 +27,14 @@ import importlib
 from typing import Any
 
 _LAZY: dict[str, str] = {
+    # the pipeline
+    "TuneConfig": "spectune.finetune.config",
+    "load_config": "spectune.finetune.config",
+    "METHODS": "spectune.finetune.config",
+    "tune": "spectune.finetune.recipe",
+    "TuneResult": "spectune.finetune.recipe",
+    "sweep": "spectune.finetune.sweep",
+    "demo": "spectune.finetune.demo",
     # data
     "IGNORE_INDEX": "spectune.finetune.data",
     "InstructionCollator": "spectune.finetune.data",
@@ -47,6 +64,7 @@ _LAZY: dict[str, str] = {
     "unpack_4bit_cpu_weights": "spectune.finetune.evaluate",
     "heldout_loss": "spectune.finetune.evaluate",
     "perplexity": "spectune.finetune.evaluate",
+    "judge": "spectune.finetune.evaluate",
 }
 
 __all__ = sorted(_LAZY)

@@ -76,8 +76,16 @@ def _progress(iterable: Any, *, total: int | None, desc: str, show: bool) -> Any
 
 
 def _4bit_layers(model: Any) -> list[Any]:
-    """The bitsandbytes 4-bit linear layers of ``model`` (found by class name, no import)."""
-    return [m for m in model.modules() if type(m).__name__ in ("Linear4bit", "LinearNF4")]
+    """The bitsandbytes 4-bit linear layers of ``model`` (NF4 / FP4), found without importing
+    bitsandbytes; peft's wrappers around them are not counted, only the layers themselves."""
+    return [
+        m
+        for m in model.modules()
+        if any(
+            c.__name__ == "Linear4bit" and c.__module__.startswith("bitsandbytes")
+            for c in type(m).__mro__
+        )
+    ]
 
 
 def has_4bit_weights(model: Any) -> bool:
@@ -134,6 +142,31 @@ def _device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output head) of a Hugging Face causal LM or a peft model around one; None for
+    other models. Lets the loss run the vocabulary projection only where a label is."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_decoder = getattr(base, "get_decoder", None)
+    get_head = getattr(base, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers causal LMs do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 # --------------------------------------------------------------------------- generation
 
 
@@ -167,6 +200,7 @@ def _greedy_batch(
         mask[row, length - len(prompt) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, length)
+    keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}  # only the last
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out_tokens: list[torch.Tensor] = []
@@ -179,6 +213,7 @@ def _greedy_batch(
             position_ids=step_pos,
             past_key_values=past,
             use_cache=True,
+            **keep,
         )
         next_ids = out.logits[:, -1, :].argmax(dim=-1)  # (batch,)
         next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
@@ -430,22 +465,30 @@ def heldout_loss(
     Returns:
         A :class:`LossResult`.
     """
-    features, stats = tokenize_examples(
-        examples, tokenizer, max_length=max_length, system=system
-    )
+    import torch
+
+    features, stats = tokenize_examples(examples, tokenizer, max_length=max_length, system=system)
     collate = InstructionCollator(pad_token_id(tokenizer))
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     device = _device(model)
     total, count = 0.0, 0
     starts = range(0, len(order), batch_size)
+    parts = decoder_and_head(model)
     with _eval_mode(model):
         for start in _progress(starts, total=len(starts), desc="held-out loss", show=progress):
             batch = collate([features[i] for i in order[start : start + batch_size]])
-            out = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            )
-            nll, n = _token_nll(out.logits, batch["labels"].to(device))
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            labels = batch["labels"].to(device)
+            if parts is None:
+                nll, n = _token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+            else:  # the vocabulary projection only where a label is
+                decoder, head = parts
+                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                target = labels[:, 1:]
+                keep = target != IGNORE_INDEX  # (batch, length - 1)
+                logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
+                nll = float(torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum"))
+                n = int(keep.sum())
             total += nll
             count += n
     loss = total / count
@@ -598,20 +641,31 @@ def perplexity(
     # group equal-length windows into batches (all are full length unless the text is short)
     groups: list[list[tuple[int, int, int]]] = []
     for span in spans:
-        if groups and len(groups[-1]) < batch_size and (
-            groups[-1][0][1] - groups[-1][0][0] == span[1] - span[0]
+        if (
+            groups
+            and len(groups[-1]) < batch_size
+            and (groups[-1][0][1] - groups[-1][0][0] == span[1] - span[0])
         ):
             groups[-1].append(span)
         else:
             groups.append([span])
+    slice_logits = _takes_logits_to_keep(model)
     with _eval_mode(model):
         for group in _progress(groups, total=len(groups), desc="perplexity", show=progress):
             inputs = torch.tensor([ids[b:e] for b, e, _ in group], dtype=torch.long)
             labels = inputs.clone()
             for row, (b, _, first) in enumerate(group):
                 labels[row, : first - b] = IGNORE_INDEX
-            out = model(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device))
-            nll, n = _token_nll(out.logits, labels.to(device))
+            # logits at t predict t + 1: the scored tokens need the last (end - first + 1)
+            keep = max(e - first + 1 for _, e, first in group) if slice_logits else 0
+            keep = keep if keep < inputs.shape[1] else 0
+            extra = {"logits_to_keep": keep} if keep else {}
+            out = model(
+                input_ids=inputs.to(device),
+                attention_mask=torch.ones_like(inputs).to(device),
+                **extra,
+            )
+            nll, n = _token_nll(out.logits, labels[:, -out.logits.shape[1] :].to(device))
             total += nll
             count += n
     mean = total / count
@@ -706,15 +760,24 @@ def generation_latency(
     with _eval_mode(model):
         for _ in range(max(0, warmup)):
             _greedy_batch(
-                model, [encoded[0]], max_new_tokens=new_tokens, pad_id=pad_id, stop_ids=set(),
+                model,
+                [encoded[0]],
+                max_new_tokens=new_tokens,
+                pad_id=pad_id,
+                stop_ids=set(),
                 ignore_stop=True,
             )
         for prompt in encoded:
             stamps: list[float] = []
             start = time.perf_counter()
             _greedy_batch(
-                model, [prompt], max_new_tokens=new_tokens, pad_id=pad_id, stop_ids=set(),
-                ignore_stop=True, step_times=stamps,
+                model,
+                [prompt],
+                max_new_tokens=new_tokens,
+                pad_id=pad_id,
+                stop_ids=set(),
+                ignore_stop=True,
+                step_times=stamps,
             )
             first.append((stamps[0] - start) * 1e3)
             decode.append((stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1))
@@ -730,6 +793,66 @@ def generation_latency(
     )
 
 
+# --------------------------------------------------------------------------- all together
+
+
+def judge(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[InstructionExample],
+    *,
+    max_length: int = 256,
+    system: str | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    ppl_chars: int = DEFAULT_PPL_CHARS,
+    ppl_window: int = 256,
+    ppl_stride: int = 128,
+    latency_tokens: int = 32,
+    latency_prompts: int = 3,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Every measurement of a model, as one JSON-ready dict.
+
+    Runs :func:`exact_match`, :func:`heldout_loss` (on the same examples), :func:`perplexity`
+    on :func:`general_text` and, when ``latency_prompts`` > 0, :func:`generation_latency`
+    on the first ``latency_prompts`` of :data:`LATENCY_PROMPTS`.
+
+    Returns:
+        ``{"accuracy", "predictions", "heldout_loss", "perplexity", "latency", "seconds"}``:
+        the results' dicts (accuracy without its predictions, which are a list of their own;
+        latency None when skipped) and the wall time of each measurement.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    acc = exact_match(model, tokenizer, examples, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size, system=system, progress=progress)  # fmt: skip
+    seconds["accuracy"] = time.perf_counter() - start
+    start = time.perf_counter()
+    loss = heldout_loss(model, tokenizer, examples, max_length=max_length,
+                        batch_size=max(1, batch_size // 2), system=system, progress=progress)  # fmt: skip
+    seconds["heldout_loss"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ppl = perplexity(model, tokenizer, n_chars=ppl_chars, window=ppl_window, stride=ppl_stride,
+                     progress=progress)  # fmt: skip
+    seconds["perplexity"] = time.perf_counter() - start
+    latency = None
+    if latency_prompts > 0:
+        start = time.perf_counter()
+        prompts = [LATENCY_PROMPTS[i % len(LATENCY_PROMPTS)] for i in range(latency_prompts)]
+        latency = generation_latency(model, tokenizer, prompts, new_tokens=latency_tokens,
+                                     system=system).to_dict()  # fmt: skip
+        seconds["latency"] = time.perf_counter() - start
+    return {
+        "accuracy": acc.to_dict(predictions=False),
+        "predictions": acc.predictions,
+        "heldout_loss": loss.to_dict(),
+        "perplexity": ppl.to_dict(),
+        "latency": latency,
+        "seconds": seconds,
+    }
+
+
 __all__ = [
     "DEFAULT_PPL_CHARS",
     "LATENCY_PROMPTS",
@@ -741,8 +864,10 @@ __all__ = [
     "general_text",
     "generation_latency",
     "greedy_generate",
+    "decoder_and_head",
     "has_4bit_weights",
     "heldout_loss",
+    "judge",
     "perplexity",
     "unpack_4bit_cpu_weights",
 ]

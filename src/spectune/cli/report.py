@@ -1,0 +1,31 @@
+"""``spectune report``: (re)render report.html of a results folder."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write report.html for a results folder of tune, sweep or demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="a folder written by spectune tune, sweep or demo")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from spectune.errors import SpectuneError
+    from spectune.report.html import write_comparison_report, write_run_report
+
+    folder = Path(args.folder)
+    if (folder / "results.csv").is_file():
+        path = write_comparison_report(folder)
+    elif (folder / "metrics.json").is_file():
+        path = write_run_report(folder)
+    else:
+        raise SpectuneError(
+            f"{folder} holds neither metrics.json (a tune run) nor results.csv (a sweep or the "
+            "demo); pass a results folder"
+        )
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,286 @@
+"""Sweeps: many runs from one base config, compared in one folder.
+
+``spectune sweep CONFIG --grid r=8,16,32 lora_alpha=16,64,256 lora_dropout=0,0.1
+method=lora,dora`` runs every combination (the "LoRA parameters on Llama-2" study in one
+command). Settings a method does not use are dropped before runs are compared, so a grid
+that crosses ``method=lora,frog`` with ``r=8,16`` trains FROG once, not twice.
+
+Comparison folder (the demo writes the same layout)::
+
+    runs/<name>/      one run folder per setting (spectune.finetune.recipe)
+    results.csv       one row per run (recipe.flat_metrics + the grid's keys + status)
+    results.md        the same as a markdown table
+    comparison.json   kind, title, grid, base config, timings, skipped duplicates
+    plots/            loss curves, accuracy, forgetting, train time, latency, trade-off
+    report.html       one self-contained page
+
+An interrupted sweep continues with ``resume=True``: finished runs are kept as they are, the
+interrupted one resumes from its last checkpoint, the rest run. A run that fails is recorded
+as ``failed: <reason>`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from spectune._io import write_json, write_text
+from spectune.errors import SpectuneError
+from spectune.finetune.config import TuneConfig, apply_overrides, parse_value
+from spectune.finetune.runfolder import RunFolder
+
+#: short forms of common keys in run names
+_SHORT = {"r": "r", "lora_alpha": "a", "lora_dropout": "d", "frog.budget": "G"}
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["r=8,16", "method=lora,dora"]`` -> ``{"r": [8, 16], "method": ["lora", "dora"]}``.
+
+    Values are split on commas outside brackets and parsed as YAML (``8`` -> 8,
+    ``[q_proj,v_proj]`` -> a list).
+
+    Raises:
+        SpectuneError: an item without ``=``, an empty value list, a key given twice.
+    """
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise SpectuneError(f"--grid item {item!r} is not key=v1,v2,... (e.g. r=8,16,32)")
+        if key in grid:
+            raise SpectuneError(f"--grid gives {key!r} twice; list all its values in one item")
+        parts, depth, cur = [], 0, ""
+        for ch in values:
+            depth += ch in "[{"
+            depth -= ch in "]}"
+            if ch == "," and depth == 0:
+                parts.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        parts.append(cur)
+        if any(not p.strip() for p in parts):
+            raise SpectuneError(f"--grid item {item!r} has an empty value")
+        grid[key] = [parse_value(p.strip()) for p in parts]
+    return grid
+
+
+def run_name(setting: dict[str, Any]) -> str:
+    """A folder name for a grid setting: ``method=dora, r=16`` -> ``dora_r16``."""
+    parts = []
+    for key, value in setting.items():
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        parts.append(text if key == "method" else f"{_SHORT.get(key, key.split('.')[-1])}{text}")
+    name = "_".join(parts) or "run"
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip("-")[:120] or "run"
+
+
+def expand_grid(
+    base: dict[str, Any], grid: dict[str, list[Any]], *, source: str = "config"
+) -> tuple[list[tuple[str, TuneConfig, dict[str, Any]]], list[dict[str, Any]]]:
+    """Every combination of ``grid`` applied to the raw config ``base``, validated.
+
+    Returns:
+        ``(runs, skipped)``: runs as ``(name, config, setting)`` in grid order, and the
+        settings left out because they train exactly what an earlier one trains (the
+        method does not use the varied key), each with ``same_as``.
+
+    Raises:
+        SpectuneError: an invalid combination (the message names the setting).
+    """
+    keys = list(grid)
+    runs: list[tuple[str, TuneConfig, dict[str, Any]]] = []
+    skipped: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+        setting = dict(zip(keys, values, strict=True))
+        items = [f"{k}={json.dumps(v)}" for k, v in setting.items()]
+        try:
+            config = TuneConfig.from_dict(apply_overrides(base, items), source=source)
+        except SpectuneError as exc:
+            raise SpectuneError(f"grid setting {setting}: {exc}") from None
+        key = json.dumps(config.relevant(), sort_keys=True, default=str)
+        name = run_name(setting)
+        if key in seen:
+            skipped.append({"setting": setting, "same_as": seen[key]})
+            continue
+        if any(n == name for n, _, _ in runs):
+            raise SpectuneError(f"two grid settings get the run name {name!r}; rename a value")
+        seen[key] = name
+        runs.append((name, config, setting))
+    return runs, skipped
+
+
+def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+#: the columns of results.md (results.csv has them all)
+MD_COLUMNS = ["name", "method", "trainable_percent", "train_loss", "accuracy_before",
+              "accuracy_after", "perplexity_before", "perplexity_after", "train_seconds",
+              "ms_per_token", "peak_rss_mib", "adapter_mib", "adapter_alpha", "base_alpha",
+              "status"]  # fmt: skip
+
+
+def write_comparison(out: Path, rows: list[dict[str, Any]], logs: dict[str, list[dict]],
+                     meta: dict[str, Any]) -> None:  # fmt: skip
+    """results.csv, results.md, comparison.json and the comparison plots (atomically)."""
+    from spectune.cli._common import save_figure
+    from spectune.report import tune_plots as T
+
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "results.csv", buf.getvalue())
+    write_text(out / "results.md", _markdown(rows, [c for c in MD_COLUMNS if c in columns]))
+    write_json(out / "comparison.json", meta)
+    done = [r for r in rows if r.get("status") == "complete"]
+    figures = {"loss_curves.png": T.loss_curve(logs, title="Training loss per run")}
+    if done:
+        for col, label, fname in (
+            ("accuracy_after", "held-out accuracy after training", "accuracy.png"),
+            ("perplexity_change", "perplexity change on general text (forgetting)", "forgetting.png"),
+            ("train_loss", "final training loss", "train_loss.png"),
+            ("train_seconds", "train wall time (s)", "train_time.png"),
+            ("ms_per_token", "inference latency (ms per generated token)", "latency.png"),
+        ):  # fmt: skip
+            figures[fname] = T.metric_bars(done, col, label=label)
+        figures["tradeoff.png"] = T.tradeoff(done)
+    for name, fig in figures.items():
+        save_figure(fig, out / "plots" / name)
+
+
+def run_comparison(
+    runs: list[tuple[str, TuneConfig, dict[str, Any]]],
+    out: str | Path,
+    *,
+    kind: str,
+    title: str,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    prelude: Any = None,
+) -> list[dict[str, Any]]:
+    """Run ``runs`` one after another into ``out/runs/<name>`` and compare them.
+
+    Args:
+        runs: ``(name, config, setting)`` triples (see :func:`expand_grid`).
+        out: the comparison folder.
+        kind: ``"sweep"`` or ``"demo"`` (recorded; a resume must match it).
+        title: heading of the report.
+        meta: extra fields for ``comparison.json``.
+        overwrite / resume: as for :func:`spectune.finetune.recipe.tune`, for the whole folder.
+        progress: progress output.
+        prelude: called with the opened :class:`RunFolder` before the first run (skipped on
+            resume when the prelude's work is done), e.g. to write the base model's spectra.
+
+    Returns:
+        The rows of ``results.csv``.
+    """
+    from spectune.finetune.recipe import flat_metrics, tune
+    from spectune.report.html import write_comparison_report
+
+    out = Path(out)
+    folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
+    folder.own("runs", "results.csv", "results.md", "comparison.json", "plots", "report.html")
+    start = time.perf_counter()
+    if prelude is not None and not folder.state.get("prelude_done"):
+        prelude(folder)
+        folder.update(prelude_done=True)
+    rows: list[dict[str, Any]] = []
+    logs: dict[str, list[dict]] = {}
+    for i, (name, config, setting) in enumerate(runs, 1):
+        run_dir = out / "runs" / name
+        if progress:
+            print(f"[{i}/{len(runs)}] {name}", file=sys.stderr, flush=True)
+        try:
+            result = tune(config, out=run_dir, resume=resume and run_dir.exists(), progress=progress)
+        except (SpectuneError, RuntimeError, ValueError, MemoryError) as exc:
+            rows.append({"name": name, "method": config.method, **setting,
+                         "status": f"failed: {exc}"})  # fmt: skip
+            print(f"spectune: run {name} failed: {exc}", file=sys.stderr)
+            continue
+        rows.append({**flat_metrics(result.metrics), **setting, "status": "complete"})
+        from spectune.finetune.recipe import _log_rows
+
+        logs[name] = _log_rows(run_dir)
+        write_comparison(out, rows, logs, {"kind": kind, "title": title, **(meta or {}),
+                                           "total_seconds": None})  # fmt: skip
+    total = time.perf_counter() - start
+    write_comparison(out, rows, logs, {"kind": kind, "title": title, **(meta or {}),
+                                       "total_seconds": total})  # fmt: skip
+    write_comparison_report(out)
+    folder.update(total_seconds=total)
+    folder.finish()
+    return rows
+
+
+def sweep(
+    config_path: str | Path | None,
+    grid_items: list[str],
+    *,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every combination of ``grid_items`` over the config at ``config_path``.
+
+    Args:
+        config_path: the base YAML config (None: defaults).
+        grid_items: ``key=v1,v2`` items.
+        overrides: ``key=value`` items applied to the base config first.
+        out: the comparison folder (default: the base config's output_dir).
+        overwrite / resume: see :func:`run_comparison`.
+        progress: progress output.
+
+    Returns:
+        The rows of ``results.csv``.
+    """
+    from spectune.finetune.config import read_config_data
+
+    base = read_config_data(config_path) if config_path is not None else {}
+    base = apply_overrides(base, list(overrides or []))
+    source = str(config_path or "config")
+    base_config = TuneConfig.from_dict(base, source=source)
+    grid = parse_grid(grid_items)
+    if not grid:
+        raise SpectuneError("sweep needs --grid key=v1,v2 ... (e.g. r=8,16,32)")
+    runs, skipped = expand_grid(base, grid, source=source)
+    out = Path(out if out is not None else base_config.output_dir)
+    for key in grid:
+        if key == "output_dir":
+            raise SpectuneError("--grid cannot vary output_dir; each run gets runs/<name>")
+    meta = {"grid": grid, "base_config": base_config.to_dict(), "runs": [n for n, _, _ in runs],
+            "skipped_duplicates": skipped}  # fmt: skip
+    if progress and skipped:
+        for s in skipped:
+            print(f"skipping {s['setting']}: trains the same as {s['same_as']}", file=sys.stderr)
+    return run_comparison(runs, out, kind="sweep", title=f"Sweep over {', '.join(grid)}",
+                          meta=meta, overwrite=overwrite, resume=resume, progress=progress)  # fmt: skip
+
+
+__all__ = ["expand_grid", "parse_grid", "run_comparison", "run_name", "sweep", "write_comparison"]

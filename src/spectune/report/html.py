@@ -1,0 +1,963 @@
+"""One self-contained HTML page of a results folder: a run, or a comparison of runs.
+
+The page is a view of the files the folder already holds (``metrics.json`` is the canonical
+artifact, the page only formats it): nothing is recomputed.
+
+- A **run folder** (written by :func:`spectune.finetune.recipe.tune`): ``metrics.json``
+  (required), ``config.yaml``, ``predictions.jsonl``, ``spectra/summary.json``,
+  ``spectra/details.csv``, ``plots/*.png``.
+- A **comparison folder** (a sweep or the demo): ``results.csv`` (required; one row per run,
+  the columns of :func:`spectune.finetune.recipe.flat_metrics`, perhaps a ``status`` column),
+  ``comparison.json`` (kind, title, grid, base_config, total_seconds, notes), ``plots/*.png``
+  and ``runs/<name>/``, each a run folder.
+
+The page stands alone: CSS inline, every image a ``data:image/png;base64,`` URI, no script,
+no external URL. Every string read from the folder is HTML-escaped. A missing optional file
+or value never stops the rendering: a value shows as ``-``, a section without data is left
+out, and files that could not be read are listed at the top of the page.
+
+:func:`render_run` / :func:`render_comparison` return the text; :func:`write_run_report` /
+:func:`write_comparison_report` write ``report.html`` into the folder atomically, and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spectune._io import write_text
+from spectune.errors import SpectuneError
+
+REPORT = "report.html"
+RUN_FILE = "metrics.json"
+COMPARISON_FILE = "results.csv"
+#: rows of predictions.jsonl shown on a run page
+N_PREDICTIONS = 20
+#: longest instruction / answer shown in the predictions table (characters)
+MAX_CELL_CHARS = 400
+DASH = "-"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: the run's plots in reading order, with their captions (other PNG files follow, sorted)
+RUN_PLOTS = {
+    "loss_curve.png": "Training loss by optimizer step",
+    "learning_forgetting.png": "Learning (held-out accuracy) and forgetting (perplexity on "
+    "general text), before and after",
+    "alpha_hist.png": "Power-law alpha of the adapter's matrices",
+    "alpha_vs_base.png": "Adapter alpha against the base matrix's alpha",
+    "frog_layer_importance.png": "FROG: trainable weights per layer",
+}
+
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+ color:#1f2328;background:#fff;margin:0 auto;max-width:1180px;padding:1.2em 1.6em 3em}
+h1{font-size:1.6em;margin:.2em 0 .1em}h2{font-size:1.25em;margin:1.6em 0 .5em;
+ border-bottom:1px solid #d0d7de;padding-bottom:.2em}h3{font-size:1.05em;margin:1.1em 0 .4em}
+.sub{color:#57606a;margin:.1em 0 .8em}.lede{font-size:1.05em;margin:.6em 0 1em}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:.28em .6em;text-align:left;vertical-align:top}
+th{background:#f6f8fa;font-weight:600}tbody tr:nth-child(even){background:#fafbfc}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.best{background:#dafbe1;font-weight:700}tr.failed td{color:#8c959f}
+td.text{max-width:28em;white-space:pre-wrap;word-break:break-word}
+.wide{overflow-x:auto;max-width:100%}
+table.results{font-size:.84em}table.results td{white-space:nowrap}table.results th,table.results td{padding:.25em .45em}
+.pair{display:flex;flex-wrap:wrap;gap:0 1.5em;align-items:flex-start}.ok{color:#1a7f37;font-weight:700}.bad{color:#cf222e;font-weight:700}
+.muted{color:#57606a;font-size:.9em}.file{color:#8c959f;font-size:.85em}
+.problems{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em;border-radius:6px}
+figure{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.5em;background:#fff}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{font-size:.88em;color:#57606a;margin-top:.3em}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:1em}
+pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.8em;
+ overflow-x:auto;font-size:.85em;line-height:1.35}
+details.run{border:1px solid #d0d7de;border-radius:6px;padding:.4em .9em;margin:.6em 0}
+details.run>summary{cursor:pointer;font-weight:600}
+ul.notes li{margin:.2em 0}
+"""
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+class _Html(str):
+    """A string that is already HTML (built here, with every folder string escaped)."""
+
+
+def _esc(value: Any) -> str:
+    """``value`` as escaped HTML text (``&``, ``<``, ``>`` and both quotes)."""
+    return value if isinstance(value, _Html) else html.escape(str(value), quote=True)
+
+
+def _join(parts: Iterable[str]) -> _Html:
+    return _Html("".join(parts))
+
+
+def _tag(name: str, content: Any, cls: str | None = None, **attrs: str) -> _Html:
+    """``<name class=..>content</name>``; ``content`` is escaped unless it is :class:`_Html`."""
+    attr = f' class="{_esc(cls)}"' if cls else ""
+    attr += "".join(f' {k}="{_esc(v)}"' for k, v in attrs.items())
+    return _Html(f"<{name}{attr}>{_esc(content)}</{name}>")
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for None, booleans, non-numbers, NaN and infinities."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _fixed(value: Any, decimals: int, suffix: str = "", *, sign: bool = False) -> str:
+    x = _num(value)
+    if x is None:
+        return DASH
+    return f"{x:{'+' if sign else ''}.{decimals}f}{suffix}"
+
+
+def _pct(fraction: Any) -> str:
+    """0.125 -> "12.5%"."""
+    x = _num(fraction)
+    return DASH if x is None else f"{100 * x:.1f}%"
+
+
+def _points(fraction: Any) -> str:
+    """A change of a fraction in percentage points: 0.25 -> "+25.0 points"."""
+    x = _num(fraction)
+    return DASH if x is None else f"{100 * x:+.1f} points"
+
+
+def _share(percent: Any) -> str:
+    """A value already in percent; small shares keep three significant digits (0.0123%)."""
+    x = _num(percent)
+    if x is None:
+        return DASH
+    return f"{x:.1f}%" if abs(x) >= 1 or x == 0 else f"{x:.3g}%"
+
+
+def _count(value: Any) -> str:
+    x = _num(value)
+    return DASH if x is None else f"{round(x):,}"
+
+
+def _mib(n_bytes: Any) -> str:
+    x = _num(n_bytes)
+    return DASH if x is None else _mib_value(x / 2**20)
+
+
+def _mib_value(mib: Any) -> str:
+    x = _num(mib)
+    if x is None:
+        return DASH
+    return f"{x:.2f} MiB" if abs(x) < 10 else f"{x:,.1f} MiB"
+
+
+def _seconds(value: Any) -> str:
+    x = _num(value)
+    if x is None:
+        return DASH
+    return f"{x:.1f} s" if x < 120 else f"{x:,.0f} s ({x / 60:.1f} min)"
+
+
+def _ms(value: Any) -> str:
+    x = _num(value)
+    if x is None:
+        return DASH
+    return f"{x:.2f} ms" if abs(x) < 10 else f"{x:,.1f} ms"
+
+
+def _general(value: Any) -> str:
+    """A number in its shortest sensible form (integers without decimals), else the text."""
+    x = _num(value)
+    if x is None:
+        return DASH if value is None or str(value).strip() in ("", "nan", "None") else str(value)
+    if x.is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}" if abs(x) >= 10000 else str(int(x))
+    return f"{x:.4g}"
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...``, or None as soon as a level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one (a damaged section reads as missing)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _clip(text: Any, limit: int = MAX_CELL_CHARS) -> str:
+    s = DASH if text is None else str(text)
+    return s if len(s) <= limit else s[: limit - 1] + "\u2026"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+    """Reads a folder's optional files, collecting what could not be read as problems."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[str] = []
+
+    def rel(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def _problem(self, path: Path, what: str) -> None:
+        self.problems.append(f"{self.rel(path)}: {what}")
+
+    def text(self, path: Path) -> str | None:
+        if not path.is_file():
+            return None
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._problem(path, f"could not be read ({exc.strerror or exc})")
+            return None
+
+    def json(self, path: Path) -> Any:
+        text = self.text(path)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            self._problem(path, f"not valid JSON ({exc})")
+            return None
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]] | None:
+        text = self.text(path)
+        if text is None:
+            return None
+        rows, bad = [], 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+        if bad:
+            self._problem(path, f"{bad} line(s) are not JSON objects and were left out")
+        return rows
+
+    def csv(self, path: Path) -> tuple[list[str], list[dict[str, str]]] | None:
+        text = self.text(path)
+        if text is None:
+            return None
+        try:
+            reader = csv.DictReader(text.splitlines())
+            rows = [dict(r) for r in reader]
+            return [str(f) for f in (reader.fieldnames or [])], rows
+        except csv.Error as exc:
+            self._problem(path, f"not valid CSV ({exc})")
+            return None
+
+    def png(self, path: Path) -> bytes | None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self._problem(path, f"could not be read ({exc.strerror or exc})")
+            return None
+        if not data.startswith(PNG_SIGNATURE):
+            self._problem(path, "not a PNG file; left out")
+            return None
+        return data
+
+
+def _required(folder: str | os.PathLike[str], name: str, what: str) -> Path:
+    folder = Path(folder)
+    if not (folder / name).is_file():
+        where = "no such folder" if not folder.is_dir() else f"no {name} in it"
+        raise SpectuneError(f"cannot render {folder}: {where}; {what}")
+    return folder
+
+
+def _metrics(path: Path) -> dict[str, Any]:
+    """metrics.json as a dict (a required file: bad content raises)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SpectuneError(f"{path} could not be read as JSON ({exc}); rerun the run "
+                            "or restore the file") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise SpectuneError(f"{path} holds a {type(data).__name__}, not a metrics object")
+    return data
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _cls(*names: str) -> str:
+    """`` class="a b"`` for the non-empty names, or nothing."""
+    joined = " ".join(n for n in names if n)
+    return f' class="{_esc(joined)}"' if joined else ""
+
+
+def _table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], *, numeric: Iterable[int] = (),
+           row_classes: Sequence[str] | None = None,
+           cell_classes: dict[tuple[int, int], str] | None = None,
+           cls: str = "") -> _Html:  # fmt: skip
+    """A table; columns whose index is in ``numeric`` are right-aligned.
+
+    Cells are escaped unless they are :class:`_Html`; ``row_classes`` (one per row),
+    ``cell_classes`` (by (row, column)) and ``cls`` (the table's) add CSS classes.
+    """
+    num = set(numeric)
+    cell_classes = cell_classes or {}
+    head = "".join(
+        f"<th{_cls('num' if i in num else '')}>{_esc(h)}</th>" for i, h in enumerate(headers)
+    )
+    body = []
+    for r, row in enumerate(rows):
+        cells = "".join(
+            f"<td{_cls('num' if c in num else '', cell_classes.get((r, c), ''))}>{_esc(cell)}</td>"
+            for c, cell in enumerate(row)
+        )
+        body.append(f"<tr{_cls(row_classes[r] if row_classes else '')}>{cells}</tr>")
+    return _Html(f'<div class="wide"><table{_cls(cls)}><thead><tr>{head}</tr></thead>'
+                 f"<tbody>{''.join(body)}</tbody></table></div>")  # fmt: skip
+
+
+def _figure(reader: _Reader, path: Path, caption: str) -> _Html:
+    data = reader.png(path)
+    if data is None:
+        return _Html("")
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return _Html(f'<figure><img src="{uri}" alt="{_esc(caption)}">'
+                 f"<figcaption>{_esc(caption)} "
+                 f'<span class="file">{_esc(reader.rel(path))}</span></figcaption></figure>')  # fmt: skip
+
+
+def _caption(name: str) -> str:
+    """A caption from a file name: ``accuracy_vs_r.png`` -> "Accuracy vs r"."""
+    stem = Path(name).stem.replace("_", " ").replace("-", " ").strip()
+    return stem[:1].upper() + stem[1:] if stem else name
+
+
+def _pngs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png"),
+                  key=lambda p: p.name)  # fmt: skip
+
+
+def _plots(reader: _Reader, folder: Path, *, known: dict[str, str] | None = None) -> _Html:
+    """The PNG files of ``folder``: ``known`` ones first in its order, the rest sorted."""
+    files = _pngs(folder)
+    order = list(known or {})
+    files.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    figures = [_figure(reader, p, (known or {}).get(p.name) or _caption(p.name)) for p in files]
+    figures = [f for f in figures if f]
+    return _Html(f'<div class="plots">{"".join(figures)}</div>') if figures else _Html("")
+
+
+def _section(title: str, body: str, level: int = 2) -> _Html:
+    return _Html(f"<section>{_tag(f'h{level}', title)}{body}</section>") if body else _Html("")
+
+
+def _page(title: str, body: str, problems: Sequence[str]) -> str:
+    from spectune import __version__
+
+    notice = ""
+    if problems:
+        items = "".join(f"<li>{_esc(p)}</li>" for p in problems)
+        notice = f'<div class="problems"><strong>Some files could not be used:</strong><ul>{items}</ul></div>'
+    return (
+        "<!doctype html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta name="generator" content="spectune {_esc(__version__)}">\n'
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"{notice}{body}\n"
+        f'<p class="muted">Written by spectune {_esc(__version__)} from the files in this '
+        "folder.</p>\n</body>\n</html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- run page parts
+
+
+def _acc_cell(fraction: Any, acc: Any) -> str:
+    """ "12.5% (3/24)" from the fraction and the accuracy dict's counts."""
+    text = _pct(fraction)
+    n, k = _num(_get(acc, "n")), _num(_get(acc, "n_correct"))
+    if text != DASH and n is not None and k is not None:
+        text += f" ({round(k)}/{round(n)})"
+    return text
+
+
+def _first(*values: Any) -> float | None:
+    """The first of ``values`` that is a finite number."""
+    return next((x for x in map(_num, values) if x is not None), None)
+
+
+def _diff(before: Any, after: Any) -> float | None:
+    b, a = _num(before), _num(after)
+    return None if a is None or b is None else a - b
+
+
+def _judging(m: dict[str, Any]) -> dict[str, Any]:
+    """The before/after numbers of a run, from ``learning``/``forgetting``/``cost`` with the
+    ``before``/``after`` measurements as fallback."""
+    learn, forget, cost = m.get("learning"), m.get("forgetting"), m.get("cost")
+    before, after = m.get("before"), m.get("after")
+    j = {
+        "acc0": _first(_get(learn, "accuracy_before"), _get(before, "accuracy", "accuracy")),
+        "acc1": _first(_get(learn, "accuracy_after"), _get(after, "accuracy", "accuracy")),
+        "loss0": _first(_get(learn, "heldout_loss_before"), _get(before, "heldout_loss", "loss")),
+        "loss1": _first(_get(learn, "heldout_loss_after"), _get(after, "heldout_loss", "loss")),
+        "ppl0": _first(_get(forget, "perplexity_before"), _get(before, "perplexity", "perplexity")),
+        "ppl1": _first(_get(forget, "perplexity_after"), _get(after, "perplexity", "perplexity")),
+        "ms0": _first(_get(cost, "ms_per_token_before"), _get(before, "latency", "ms_per_token")),
+        "ms1": _first(_get(cost, "ms_per_token"), _get(after, "latency", "ms_per_token")),
+    }
+    j["gain"] = _first(_get(learn, "accuracy_gain"), _diff(j["acc0"], j["acc1"]))
+    j["dppl"] = _first(_get(forget, "perplexity_change"), _diff(j["ppl0"], j["ppl1"]))
+    j["ratio"] = _get(forget, "perplexity_ratio")
+    return j
+
+
+def _lede(m: dict[str, Any]) -> str:
+    """One sentence: what the run learned and what it forgot."""
+    j = _judging(m)
+    parts = []
+    if _num(j["acc1"]) is not None:
+        acc = f"held-out accuracy {_pct(j['acc0'])} \u2192 {_pct(j['acc1'])}"
+        parts.append(acc + (f" ({_points(j['gain'])})" if _num(j["gain"]) is not None else ""))
+    if _num(j["ppl1"]) is not None:
+        ppl = f"perplexity on general text {_fixed(j['ppl0'], 2)} \u2192 {_fixed(j['ppl1'], 2)}"
+        parts.append(ppl + (f" ({_fixed(j['dppl'], 2, sign=True)})"
+                            if _num(j["dppl"]) is not None else ""))  # fmt: skip
+    secs = _get(m, "cost", "train_seconds")
+    if _num(secs) is not None:
+        parts.append(f"{_seconds(secs)} of training")
+    if not parts:
+        return ""
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
+
+
+def _what_happened(m: dict[str, Any]) -> _Html:
+    """Before / after / change of accuracy, held-out loss, perplexity and latency."""
+    j = _judging(m)
+    before, after = m.get("before"), m.get("after")
+    ratio = _num(j["ratio"])
+    dppl = _fixed(j["dppl"], 2, sign=True) + (f" (\u00d7{ratio:.3f})" if ratio is not None else "")
+    rows = [
+        ["held-out accuracy", _acc_cell(j["acc0"], _get(before, "accuracy")),
+         _acc_cell(j["acc1"], _get(after, "accuracy")), _points(j["gain"])],
+        ["held-out loss (nats/token)", _fixed(j["loss0"], 3), _fixed(j["loss1"], 3),
+         _fixed(_diff(j["loss0"], j["loss1"]), 3, sign=True)],
+        ["perplexity on general text", _fixed(j["ppl0"], 2), _fixed(j["ppl1"], 2), dppl],
+        ["generation latency (ms/token)", _ms(j["ms0"]), _ms(j["ms1"]),
+         _fixed(_diff(j["ms0"], j["ms1"]), 2, sign=True)],
+        ["time to first token", _ms(_get(before, "latency", "ms_first_token")),
+         _ms(_get(after, "latency", "ms_first_token")), DASH],
+    ]  # fmt: skip
+    return _table(["measure", "before (base)", "after", "change"], rows, numeric=(1, 2, 3))
+
+
+def _cost_table(m: dict[str, Any]) -> _Html:
+    """What the run cost: time, throughput, memory, parameters, adapter size, loss."""
+    cost, training = _dict(m.get("cost")), _dict(m.get("training"))
+    steps = _first(cost.get("steps"), training.get("global_step"))
+    epochs = _num(training.get("epochs"))
+    extra = ", ".join(filter(None, [f"{round(steps):,} steps" if steps is not None else "",
+                                    f"{epochs:.2f} epochs" if epochs is not None else ""]))  # fmt: skip
+    train = _seconds(cost.get("train_seconds")) + (f" ({extra})" if extra else "")
+    rss = _mib(cost.get("peak_rss_bytes"))
+    if rss != DASH and cost.get("peak_rss_exact") is False:
+        rss += " (estimate)"
+    trainable, total = _count(cost.get("trainable")), _count(cost.get("total"))
+    if trainable != DASH:
+        trainable += f" of {total}" if total != DASH else ""
+        trainable += f" ({_share(cost.get('trainable_percent'))})"
+    loss = f"{_fixed(training.get('first_loss'), 3)} \u2192 {_fixed(training.get('final_loss'), 3)}"
+    rows = [
+        ["train time", train],
+        ["tokens trained", _count(cost.get("tokens"))],
+        ["throughput", _fixed(cost.get("tokens_per_second"), 1, " tokens/s")],
+        ["peak RSS", rss],
+        ["trainable parameters", trainable],
+        ["adapter size", _mib(cost.get("adapter_bytes"))],
+        ["training loss (first \u2192 final)", loss],
+    ]
+    return _table(["cost", "value"], rows, numeric=(1,))
+
+
+def _key_numbers(m: dict[str, Any]) -> _Html:
+    """The before/after table and the cost table, side by side where the page is wide."""
+    return _Html(f'<div class="pair">{_what_happened(m)}{_cost_table(m)}</div>')
+
+
+def _data_line(m: dict[str, Any]) -> _Html:
+    data = m.get("data")
+    if not isinstance(data, dict):
+        return _Html("")
+    tok = _dict(data.get("tokenize"))
+    text = (f"Data: {data.get('source', DASH)}: {_count(data.get('n_train'))} training and "
+            f"{_count(data.get('n_eval'))} held-out examples")  # fmt: skip
+    if tok:
+        text += (f"; tokenized: {_count(tok.get('n_kept'))} kept, "
+                 f"{_count(tok.get('n_truncated'))} truncated at "
+                 f"{_count(tok.get('max_length'))} tokens, {_count(tok.get('n_dropped'))} dropped")  # fmt: skip
+    if data.get("heldout"):
+        text += f"; held out: {data['heldout']}"
+    return _tag("p", text + ".", "muted")
+
+
+def _categories(m: dict[str, Any]) -> _Html:
+    b = _get(m, "before", "accuracy", "by_category")
+    a = _get(m, "after", "accuracy", "by_category")
+    b, a = _dict(b), _dict(a)
+    names = sorted(set(b) | set(a), key=str)
+    if not names:
+        return _Html("")
+    rows = []
+    for name in names:
+        cb, ca = b.get(name), a.get(name)
+        rows.append([name, _count(_first(_get(ca, "n"), _get(cb, "n"))),
+                     _acc_cell(_get(cb, "accuracy"), cb), _acc_cell(_get(ca, "accuracy"), ca),
+                     _points(_diff(_get(cb, "accuracy"), _get(ca, "accuracy")))])  # fmt: skip
+    return _table(["category", "n", "before", "after", "change"], rows, numeric=(1, 2, 3, 4))
+
+
+def _mark(correct: Any) -> _Html:
+    if correct is True:
+        return _Html('<span class="ok" title="right">\u2713</span> ')
+    if correct is False:
+        return _Html('<span class="bad" title="wrong">\u2717</span> ')
+    return _Html("")
+
+
+def _answer(row: dict[str, Any], key: str) -> _Html:
+    """A model's answer with its right/wrong mark."""
+    return _join([_mark(row.get(f"correct_{key}")), _esc(_clip(row.get(key)))])
+
+
+def _predictions(reader: _Reader, path: Path) -> _Html:
+    """The first :data:`N_PREDICTIONS` held-out questions with the answers before and after."""
+    rows = reader.jsonl(path)
+    if not rows:
+        return _Html("")
+    keys = (["before"] if any("before" in r for r in rows) else []) + ["after"]
+    headers = ["#", "category", "instruction", "reference", *keys]
+    table = [[str(i), _clip(r.get("category"), 60), _clip(r.get("instruction")),
+              _clip(r.get("reference")), *(_answer(r, k) for k in keys)]
+             for i, r in enumerate(rows[:N_PREDICTIONS], 1)]  # fmt: skip
+    right = ", ".join(f"{k}: {sum(r.get(f'correct_{k}') is True for r in rows)}" for k in keys)
+    summary = (f"First {len(table)} of {len(rows)} held-out questions; right {right} "
+               "(\u2713 right, \u2717 wrong).")  # fmt: skip
+    text_cols = {(r, c): "text" for r in range(len(table)) for c in range(2, len(headers))}
+    return _join([_tag("p", summary, "muted"),
+                  _table(headers, table, numeric=(0,), cell_classes=text_cols)])  # fmt: skip
+
+
+def _spectra(reader: _Reader, folder: Path, m: dict[str, Any]) -> _Html:
+    s = m.get("spectra")
+    if not isinstance(s, dict):
+        s = reader.json(folder / "spectra" / "summary.json")
+    parts: list[str] = []
+    if isinstance(s, dict):
+        rows = [
+            ["matrices analyzed", f"{_count(s.get('n_analyzed'))} of {_count(s.get('n_layers'))}"],
+            ["mean alpha: adapter", _fixed(s.get("alpha"), 3)],
+            ["mean alpha: base model", _fixed(s.get("base_alpha"), 3)],
+            ["mean alpha_weighted", _fixed(s.get("alpha_weighted"), 3)],
+            ["mean log_norm", _fixed(s.get("log_norm"), 3)],
+            ["mean stable_rank", _fixed(s.get("stable_rank"), 3)],
+        ]
+        if _num(s.get("rank90")) is not None:
+            rows.append(["mean rank90", _fixed(s.get("rank90"), 1)])
+        for key, label in (("status_counts", "status"), ("warning_counts", "warnings")):
+            counts = s.get(key)
+            if isinstance(counts, dict):
+                text = ", ".join(f"{k}: {_general(v)}" for k, v in sorted(counts.items(), key=str))
+                rows.append([label, text or "none"])
+        parts.append(_table(["spectra (means over fitted matrices)", "value"], rows, numeric=(1,)))
+        parts.append(_tag("p", "Alpha is the power-law exponent of the tail of each matrix's "
+                          "eigenvalue spectrum; 2 to 6 is the usual range of well-trained layers.",
+                          "muted"))  # fmt: skip
+    details = reader.csv(folder / "spectra" / "details.csv")
+    if details and details[1]:
+        parts.append(_extremes(details[1]))
+    return _join(parts)
+
+
+def _extremes(rows: list[dict[str, str]], k: int = 5) -> _Html:
+    """The matrices with the lowest and highest alpha (all of them when there are few)."""
+    fitted = sorted(
+        (r for r in rows if _num(r.get("alpha")) is not None), key=lambda r: _num(r["alpha"])
+    )
+    pick = fitted if len(fitted) <= 2 * k else fitted[:k] + fitted[-k:]
+    if not pick:
+        return _tag(
+            "p", f"spectra/details.csv: {len(rows)} matrices, none with a fitted alpha.", "muted"
+        )
+    has_base = any("base_alpha" in r for r in rows)
+    headers = ["matrix", "alpha"] + (["base alpha"] if has_base else []) + ["status", "warning"]
+    table = [[r.get("longname") or r.get("name") or DASH, _fixed(r.get("alpha"), 3)]
+             + ([_fixed(r.get("base_alpha"), 3)] if has_base else [])
+             + [r.get("status") or DASH, r.get("warning") or ""] for r in pick]  # fmt: skip
+    what = "every fitted matrix" if pick is fitted else f"the {k} lowest and {k} highest alphas"
+    note = _tag("p", f"From spectra/details.csv ({len(rows)} matrices): {what}.", "muted")
+    return _join([note, _table(headers, table, numeric=(1, 2) if has_base else (1,))])
+
+
+def _frog(m: dict[str, Any]) -> _Html:
+    f = m.get("frog")
+    if not isinstance(f, dict):
+        return _Html("")
+    rows = [["budget", _general(f.get("budget"))], ["selection", _general(f.get("selection"))],
+            ["importance", _general(f.get("importance"))], ["svd", _general(f.get("svd"))],
+            ["matrices", _count(f.get("num_matrices"))],
+            ["trainable weights", f"{_count(f.get('total_trainable'))} of {_count(f.get('total_weights'))}"
+             f" ({_share(f.get('trainable_percent'))})"]]  # fmt: skip
+    return _table(["FROG plan", "value"], rows, numeric=(1,))
+
+
+def _notes(m: dict[str, Any]) -> _Html:
+    notes = m.get("notes")
+    if isinstance(notes, str):
+        notes = [notes]
+    if not isinstance(notes, list) or not notes:
+        return _Html("")
+    return _Html('<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+
+
+def _config(reader: _Reader, folder: Path, m: dict[str, Any]) -> _Html:
+    text = reader.text(folder / "config.yaml")
+    if text is None and isinstance(m.get("config"), dict):
+        text = json.dumps(m["config"], indent=2, sort_keys=True, default=str)
+    return _tag("pre", text) if text else _Html("")
+
+
+def _run_meta(m: dict[str, Any]) -> str:
+    run = _dict(m.get("run"))
+    items = [("seed", run.get("seed")), ("device", run.get("device")),
+             ("threads", run.get("threads")), ("started", run.get("started"))]  # fmt: skip
+    items += [(pkg, run.get(pkg)) for pkg in ("spectune", "torch", "transformers", "peft")]
+    text = " \u00b7 ".join(f"{k} {v}" for k, v in items if v is not None)
+    if run.get("resumed"):
+        text += " \u00b7 resumed from a checkpoint"
+    return text
+
+
+def _names(m: dict[str, Any], folder: Path) -> tuple[str, str, str]:
+    """(run name, method, model); the folder's name stands in for a missing run name, an
+    empty string for a missing method or model."""
+    run = _dict(m.get("run"))
+    name = run.get("name") or folder.name
+    method = run.get("method") or _get(m, "config", "method") or ""
+    model = run.get("model") or _get(m, "config", "model") or ""
+    return str(name), str(method), str(model)
+
+
+def _headline(name: str, method: str, model: str) -> str:
+    """ "name: method on model", leaving out what is unknown."""
+    what = " on ".join(filter(None, [method or ("run" if model else ""), model]))
+    return f"{name}: {what}" if what else name
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def render_run(folder: str | os.PathLike[str]) -> str:
+    """The HTML page of one run folder.
+
+    Args:
+        folder: a run folder written by :func:`spectune.finetune.recipe.tune` (``metrics.json``
+            is required; config.yaml, predictions.jsonl, spectra/ and plots/ are used when
+            present).
+
+    Returns:
+        The page: headline, what happened (learning, forgetting, latency, cost), accuracy by
+        category, plots, spectra, FROG plan, first predictions, notes, resolved config.
+
+    Raises:
+        SpectuneError: ``folder`` has no readable ``metrics.json``.
+    """
+    folder = _required(folder, RUN_FILE, "a run folder written by `spectune tune` holds one")
+    reader = _Reader(folder)
+    m = _metrics(folder / RUN_FILE)
+    name, method, model = _names(m, folder)
+    lede = _lede(m)
+    body = [
+        _tag("h1", _headline(name, method, model)),
+        _tag("p", _run_meta(m), "sub"),
+        _tag("p", lede, "lede") if lede else "",
+        _section("What happened", _join([_key_numbers(m), _data_line(m)])),
+        _section("Accuracy by category", _categories(m)),
+        _section("Plots", _plots(reader, folder / "plots", known=RUN_PLOTS)),
+        _section("Spectra of the update", _spectra(reader, folder, m)),
+        _section("FROG plan", _frog(m)),
+        _section("Predictions", _predictions(reader, folder / "predictions.jsonl")),
+        _section("Notes", _notes(m)),
+        _section("Resolved config", _config(reader, folder, m)),
+    ]
+    return _page(f"spectune run {_headline(name, method, model)}", "\n".join(body), reader.problems)
+
+
+#: results.csv columns: (header, formatter); other columns are shown as they are
+_COLUMNS: dict[str, tuple[str, Any]] = {
+    "name": ("run", str),
+    "method": ("method", _general),
+    "status": ("status", lambda v: v or DASH),
+    "r": ("r", _general),
+    "lora_alpha": ("lora alpha", _general),
+    "lora_dropout": ("lora dropout", _general),
+    "frog_budget": ("frog budget", _general),
+    "trainable": ("trainable params", _count),
+    "trainable_percent": ("trainable %", _share),
+    "train_loss": ("train loss", lambda v: _fixed(v, 3)),
+    "accuracy_before": ("accuracy before", _pct),
+    "accuracy_after": ("accuracy after", _pct),
+    "heldout_loss_after": ("held-out loss after", lambda v: _fixed(v, 3)),
+    "perplexity_before": ("perplexity before", lambda v: _fixed(v, 2)),
+    "perplexity_after": ("perplexity after", lambda v: _fixed(v, 2)),
+    "perplexity_change": ("perplexity change", lambda v: _fixed(v, 2, sign=True)),
+    "train_seconds": ("train time (s)", lambda v: _fixed(v, 1)),
+    "tokens_per_second": ("tokens/s", lambda v: _fixed(v, 1)),
+    "peak_rss_mib": ("peak RSS (MiB)", lambda v: _fixed(v, 1)),
+    "adapter_mib": ("adapter (MiB)", lambda v: _fixed(v, 2)),
+    "ms_per_token": ("ms/token", lambda v: _fixed(v, 2)),
+    "adapter_alpha": ("adapter alpha", lambda v: _fixed(v, 3)),
+    "base_alpha": ("base alpha", lambda v: _fixed(v, 3)),
+}
+
+
+def _failed(row: dict[str, str]) -> bool:
+    return str(row.get("status") or "").strip().lower().startswith("failed")
+
+
+def _best(rows: list[dict[str, str]], column: str, pick: Any) -> set[int]:
+    """Indices of the rows holding the best value of ``column`` (ties all count)."""
+    values = {i: _num(r.get(column)) for i, r in enumerate(rows) if not _failed(r)}
+    values = {i: v for i, v in values.items() if v is not None}
+    if not values:
+        return set()
+    best = pick(values.values())
+    return {i for i, v in values.items() if v == best}
+
+
+def _results_table(fields: list[str], rows: list[dict[str, str]], anchors: dict[str, str]) -> _Html:
+    """Every run of results.csv; columns no run has a value in are left out (and named)."""
+    order = [c for c in _COLUMNS if c in fields]  # name, method, status first
+    columns = order + [c for c in fields if c not in order]
+    empty = [c for c in columns if c != "name" and all(r.get(c) in ("", None) for r in rows)]
+    columns = [c for c in columns if c not in empty]
+    headers = [_COLUMNS.get(c, (c.replace("_", " "), None))[0] for c in columns]
+    best = {"accuracy_after": _best(rows, "accuracy_after", max),
+            "perplexity_change": _best(rows, "perplexity_change", min)}  # fmt: skip
+    table, cell_classes = [], {}
+    numeric = [i for i, c in enumerate(columns)
+               if c not in ("name", "method", "status") and any(_num(r.get(c)) is not None for r in rows)]  # fmt: skip
+    for r, row in enumerate(rows):
+        cells = []
+        for c, col in enumerate(columns):
+            value = row.get(col)
+            value = None if value in ("", None) else value
+            fmt = _COLUMNS.get(col, (None, _general))[1]
+            text = fmt(value) if value is not None else DASH
+            if col == "name" and value is not None and value in anchors:
+                text = _Html(f'<a href="#{anchors[value]}">{_esc(value)}</a>')
+            if r in best.get(col, ()):
+                cell_classes[(r, c)] = "best"
+                text = _Html(f'<span title="best">{_esc(text)}</span>')
+            cells.append(text)
+        table.append(cells)
+    row_classes = ["failed" if _failed(r) else "" for r in rows]
+    legend = ("Green: the highest accuracy after tuning and the smallest perplexity change on "
+              "general text (the least forgetting). Accuracy is held-out exact match; failed "
+              "runs are greyed out.")  # fmt: skip
+    if empty:
+        legend += f" Columns without a value in any run are left out: {', '.join(empty)}."
+    return _join([_table(headers, table, numeric=numeric, row_classes=row_classes,
+                         cell_classes=cell_classes, cls="results"), _tag("p", legend, "muted")])  # fmt: skip
+
+
+def _comparison_head(info: dict[str, Any], folder: Path, n_runs: int) -> tuple[str, _Html]:
+    kind = str(info.get("kind") or "comparison")
+    title = str(info.get("title") or f"spectune {kind}: {folder.name}")
+    sub = [f"{kind} of {n_runs} run{'s' if n_runs != 1 else ''}"]
+    if _num(info.get("total_seconds")) is not None:
+        sub.append(f"total time {_seconds(info['total_seconds'])}")
+    parts = [_tag("h1", title), _tag("p", " \u00b7 ".join(sub), "sub")]
+    grid = info.get("grid")
+    if isinstance(grid, dict) and grid:
+        rows = [
+            [k, v if isinstance(v, str) else json.dumps(v, default=str)] for k, v in grid.items()
+        ]
+        parts.append(_table(["grid", "values"], rows))
+    elif grid:
+        parts.append(_tag("pre", json.dumps(grid, indent=2, default=str)))
+    return title, _join(parts)
+
+
+def _run_section(reader: _Reader, path: Path, anchor: str, row: dict[str, str] | None) -> _Html:
+    """A collapsible section of one run of a comparison: key numbers and plots."""
+    m: dict[str, Any] | None = None
+    if (path / RUN_FILE).is_file():
+        data = reader.json(path / RUN_FILE)
+        m = data if isinstance(data, dict) else None
+    name = path.name
+    status = (row or {}).get("status") or ""
+    summary = [name]
+    if m is not None:
+        _, method, _ = _names(m, path)
+        j = _judging(m)
+        if method:
+            summary.append(method)
+        if j["acc1"] is not None:
+            summary.append(f"accuracy {_pct(j['acc0'])} \u2192 {_pct(j['acc1'])}")
+        if j["dppl"] is not None:
+            summary.append(f"perplexity change {_fixed(j['dppl'], 2, sign=True)}")
+    if status and status != "complete":
+        summary.append(status)
+    body: list[str] = []
+    if m is not None:
+        lede = _lede(m)
+        body += [_tag("p", lede) if lede else "", _key_numbers(m)]
+    else:
+        why = f" ({status})" if status else ""
+        body.append(_tag("p", f"No readable {reader.rel(path / RUN_FILE)}{why}: the run did not "
+                         "finish, so only what it left behind is shown.", "muted"))  # fmt: skip
+    body.append(_plots(reader, path / "plots", known=RUN_PLOTS))
+    if m is not None:
+        body.append(_section("Notes", _notes(m), level=4))
+    head = _esc(" \u00b7 ".join(summary))
+    return _Html(f'<details class="run" id="{_esc(anchor)}"><summary>{head}</summary>'
+                 f"{''.join(body)}</details>")  # fmt: skip
+
+
+def _base_spectra(reader: _Reader, folder: Path) -> _Html:
+    """The base model's spectral summary and figures (the demo's ``base_spectra/``)."""
+    if not folder.is_dir():
+        return _Html("")
+    summary = _dict(reader.json(folder / "summary.json"))
+    line = ""
+    if summary:
+        line = _tag(
+            "p",
+            f"{_count(summary.get('n_analyzed'))} of {_count(summary.get('n_layers'))} matrices "
+            f"fitted; mean alpha {_fixed(summary.get('alpha'), 2)}, alpha_weighted "
+            f"{_fixed(summary.get('alpha_weighted'), 2)}, log_norm "
+            f"{_fixed(summary.get('log_norm'), 2)}, stable rank "
+            f"{_fixed(summary.get('stable_rank'), 1)} (WeightWatcher definitions; "
+            "details.csv holds every matrix).",
+        )
+    return _join([line, _plots(reader, folder)])
+
+
+def render_comparison(folder: str | os.PathLike[str]) -> str:
+    """The HTML page of a comparison folder (a sweep or the demo).
+
+    Args:
+        folder: a folder holding ``results.csv`` (required) and optionally
+            ``comparison.json``, ``plots/*.png`` and ``runs/<name>/`` run folders.
+
+    Returns:
+        The page: title and grid, the results table (the best accuracy after tuning and the
+        smallest perplexity change highlighted), every plot, the base model's spectra when
+        the folder has ``base_spectra/`` (the demo), then one collapsible section per run
+        with its key numbers and plots.
+
+    Raises:
+        SpectuneError: ``folder`` has no ``results.csv``.
+    """
+    folder = _required(folder, COMPARISON_FILE, "a sweep or demo folder holds one")
+    reader = _Reader(folder)
+    parsed = reader.csv(folder / COMPARISON_FILE)
+    fields, rows = parsed if parsed else ([], [])
+    info = reader.json(folder / "comparison.json")
+    if info is not None and not isinstance(info, dict):
+        reader.problems.append("comparison.json: not a JSON object; left out")
+    info = info if isinstance(info, dict) else {}
+
+    runs_dir = folder / "runs"
+    run_dirs = (
+        sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name)
+        if runs_dir.is_dir()
+        else []
+    )
+    by_name = {str(r.get("name")): r for r in rows if r.get("name")}
+    csv_order = list(by_name)
+    run_dirs.sort(
+        key=lambda p: (csv_order.index(p.name) if p.name in csv_order else len(csv_order), p.name)
+    )
+    anchors = {p.name: f"run-{i}" for i, p in enumerate(run_dirs, 1)}
+
+    title, head = _comparison_head(info, folder, len(rows))
+    notes = info.get("notes")
+    base_config = info.get("base_config")
+    body = [
+        head,
+        _section("Results", _results_table(fields, rows, anchors) if rows else _tag("p", "results.csv holds no runs.")),
+        _section("Plots", _plots(reader, folder / "plots")),
+        _section("Base model spectra", _base_spectra(reader, folder / "base_spectra")),
+        _section("Runs", _join(_run_section(reader, p, anchors[p.name], by_name.get(p.name)) for p in run_dirs)),
+        _section("Notes", _notes({"notes": notes})),
+        _section("Base config", _tag("pre", json.dumps(base_config, indent=2, sort_keys=True, default=str))
+                 if base_config else ""),
+    ]  # fmt: skip
+    return _page(title, "\n".join(body), reader.problems)
+
+
+def write_run_report(folder: str | os.PathLike[str]) -> Path:
+    """Render :func:`render_run` into ``folder/report.html`` (atomically).
+
+    Returns:
+        The path of the report.
+
+    Raises:
+        SpectuneError: ``folder`` has no readable ``metrics.json`` (nothing is written).
+    """
+    text = render_run(folder)
+    path = Path(folder) / REPORT
+    write_text(path, text)
+    return path
+
+
+def write_comparison_report(folder: str | os.PathLike[str]) -> Path:
+    """Render :func:`render_comparison` into ``folder/report.html`` (atomically).
+
+    Returns:
+        The path of the report.
+
+    Raises:
+        SpectuneError: ``folder`` has no ``results.csv`` (nothing is written).
+    """
+    text = render_comparison(folder)
+    path = Path(folder) / REPORT
+    write_text(path, text)
+    return path
+
+
+__all__ = ["render_comparison", "render_run", "write_comparison_report", "write_run_report"]

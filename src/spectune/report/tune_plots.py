@@ -1,0 +1,124 @@
+"""Figures of fine-tuning runs: functions that take results and return matplotlib Figures.
+
+``metrics`` arguments are the dicts a run writes to ``metrics.json``
+(:func:`spectune.finetune.recipe.tune`); ``rows`` are flat rows of ``results.csv``
+(:func:`spectune.finetune.recipe.flat_metrics`). Nothing here writes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
+           "#8c8c8c", "#ccb974", "#64b5cd"]  # fmt: skip
+
+
+def loss_curve(logs: Mapping[str, Sequence[Mapping[str, float]]], title: str = "Training loss") -> Figure:
+    """Training loss against optimizer step, one line per run.
+
+    Args:
+        logs: run name -> rows of ``train_log.csv`` (``step`` and ``loss``).
+    """
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    drawn = 0
+    for i, (name, rows) in enumerate(logs.items()):
+        pts = [(r["step"], r["loss"]) for r in rows if "step" in r and "loss" in r]
+        if not pts:
+            continue
+        x, y = zip(*pts, strict=True)
+        ax.plot(x, y, marker="o" if len(pts) < 30 else None, ms=3, lw=1.4,
+                color=_COLORS[i % len(_COLORS)], label=name)  # fmt: skip
+        drawn += 1
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean token NLL)")
+    ax.set_title(title)
+    if drawn:
+        ax.legend(fontsize=8, ncol=2 if drawn > 6 else 1)
+    else:
+        ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def learning_forgetting(runs: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting") -> Figure:
+    """Two panels: held-out accuracy and general-text perplexity, before and after each run.
+
+    The "before" bar is the base model (the same for every run judged against it).
+    """
+    names = [m["run"]["name"] for m in runs]
+    acc0 = [m["learning"]["accuracy_before"] for m in runs]
+    acc1 = [m["learning"]["accuracy_after"] for m in runs]
+    ppl0 = [m["forgetting"]["perplexity_before"] for m in runs]
+    ppl1 = [m["forgetting"]["perplexity_after"] for m in runs]
+    fig = Figure(figsize=(max(7.0, 1.3 * len(runs) + 4), 4.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    x = np.arange(len(runs))
+    w = 0.38
+    for ax, b, a, label in ((ax1, acc0, acc1, "held-out exact-match accuracy"),
+                            (ax2, ppl0, ppl1, "perplexity on general text")):  # fmt: skip
+        bv = [np.nan if v is None else 100 * v if ax is ax1 else v for v in b]
+        av = [np.nan if v is None else 100 * v if ax is ax1 else v for v in a]
+        ax.bar(x - w / 2, bv, w, color="#bbbbbb", label="before (base)")
+        bars = ax.bar(x + w / 2, av, w, color=[_COLORS[i % len(_COLORS)] for i in x], label="after")
+        for rect, v in zip(bars, av, strict=True):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.1f}" if ax is ax1 else f"{v:.2f}",
+                            (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                            ha="center", va="bottom", fontsize=7)  # fmt: skip
+        ax.set_xticks(x, names, rotation=30 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center", fontsize=8)
+        ax.set_title(label + (" (%)" if ax is ax1 else " (lower: less forgetting)"), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(rows: Sequence[Mapping[str, Any]], column: str, *, label: str | None = None,
+                title: str | None = None) -> Figure:  # fmt: skip
+    """One bar per run of a ``results.csv`` column (missing values left empty)."""
+    names = [str(r["name"]) for r in rows]
+    values = [np.nan if r.get(column) is None else float(r[column]) for r in rows]
+    fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 3), 4.0))
+    ax = fig.subplots()
+    bars = ax.bar(np.arange(len(rows)), values, color=[_COLORS[i % len(_COLORS)] for i in range(len(rows))])
+    for rect, v in zip(bars, values, strict=True):
+        if np.isfinite(v):
+            ax.annotate(f"{v:.3g}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                        ha="center", va="bottom", fontsize=7)  # fmt: skip
+    ax.set_xticks(np.arange(len(rows)), names, rotation=35 if len(rows) > 3 else 0,
+                  ha="right" if len(rows) > 3 else "center", fontsize=8)  # fmt: skip
+    ax.set_ylabel(label or column)
+    ax.set_title(title or (label or column))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(rows: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting per run") -> Figure:
+    """Accuracy gained (y) against perplexity change on general text (x): up and left is best."""
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.subplots()
+    for i, r in enumerate(rows):
+        if r.get("accuracy_after") is None or r.get("perplexity_change") is None:
+            continue
+        gain = 100 * (r["accuracy_after"] - (r.get("accuracy_before") or 0.0))
+        ax.scatter(r["perplexity_change"], gain, s=40, color=_COLORS[i % len(_COLORS)])
+        ax.annotate(str(r["name"]), (r["perplexity_change"], gain), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.axvline(0, color="gray", lw=1, ls="--")
+    ax.set_xlabel("perplexity change on general text (forgetting)")
+    ax.set_ylabel("held-out accuracy gain (points)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["learning_forgetting", "loss_curve", "metric_bars", "tradeoff"]

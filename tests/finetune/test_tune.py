@@ -1,0 +1,355 @@
+"""The tune recipe end to end on a tiny random Llama: files, numbers, interop, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tests.finetune.conftest import tiny_run_config
+
+from spectune.errors import SpectuneError
+from spectune.finetune.config import TuneConfig
+from spectune.finetune.recipe import tune
+
+
+def _run(model_dir, out, method="lora", **changes):
+    config = TuneConfig.from_dict(tiny_run_config(model_dir, method, **changes))
+    return tune(config, out=out, progress=False)
+
+
+def _log(out: Path) -> list[dict[str, str]]:
+    with (out / "train_log.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _lora_count(r: int, hidden: int = 64, kv: int = 32, mlp: int = 128, blocks: int = 2) -> int:
+    """LoRA parameters on every linear of the tiny Llama, by hand: r (in + out) per matrix."""
+    per_block = (hidden + hidden) + (hidden + kv) * 2 + (hidden + hidden) + (hidden + mlp) * 2 + (mlp + hidden)
+    return blocks * r * per_block
+
+
+def test_lora_run_writes_the_whole_folder_with_consistent_numbers(tiny_model_dir, tmp_path, smol_tokenizer):
+    out = tmp_path / "lora"
+    result = _run(tiny_model_dir, out)
+    m = result.metrics
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "run.json", "before.json", "train_log.csv", "checkpoints", "adapter",
+            "metrics.json", "predictions.jsonl", "spectra", "plots", "report.html"} <= names  # fmt: skip
+    marker = json.loads((out / "run.json").read_text())
+    assert marker["status"] == "complete" and set(marker["files"]) == names
+    assert json.loads((out / "metrics.json").read_text())["cost"]["trainable"] == m["cost"]["trainable"]
+    assert (out / "config.yaml").read_text().startswith("# spectune tune --out")
+
+    # trainable parameters: r (in + out) on all 14 linear layers, by hand
+    assert m["cost"]["trainable"] == _lora_count(4) == 8192
+    assert m["cost"]["trainable_percent"] == pytest.approx(100 * 8192 / m["cost"]["total"])
+    # the loss log: one row per step (logging_steps=1), steps 1..4, elapsed increasing
+    log = _log(out)
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
+    assert m["training"]["global_step"] == 4 == m["cost"]["steps"]
+    assert m["training"]["final_loss"] == pytest.approx(float(log[-1]["loss"]))
+    assert all(float(a["elapsed_s"]) < float(b["elapsed_s"]) for a, b in zip(log, log[1:], strict=False))
+    # 4 steps x 4 examples of the task set: every token counted once
+    assert m["cost"]["tokens"] > 16 * 20
+    assert m["cost"]["tokens_per_second"] == pytest.approx(m["cost"]["tokens"] / m["cost"]["train_seconds"])
+    assert m["cost"]["peak_rss_bytes"] > 50 * 2**20
+    files = [p for p in (out / "adapter").rglob("*") if p.is_file()]
+    assert m["cost"]["adapter_bytes"] == sum(p.stat().st_size for p in files)
+    # learning / forgetting are the before/after numbers
+    before = json.loads((out / "before.json").read_text())
+    assert m["learning"]["accuracy_before"] == before["accuracy"]["accuracy"]
+    assert m["forgetting"]["perplexity_before"] == before["perplexity"]["perplexity"]
+    assert m["forgetting"]["perplexity_ratio"] == pytest.approx(
+        m["after"]["perplexity"]["perplexity"] / before["perplexity"]["perplexity"])  # fmt: skip
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 8 == m["data"]["n_eval"]
+    assert sum(p["correct_after"] for p in preds) == m["after"]["accuracy"]["n_correct"]
+    # spectra: one row per LoRA pair with the base matrix's alpha alongside
+    import pandas as pd
+
+    details = pd.read_csv(out / "spectra" / "details.csv")
+    assert len(details) == 14 and (details["lora_rank"] == 4).all()
+    assert details["scaling"].eq(2.0).all()  # lora_alpha / r
+    assert "base_alpha" in details and details["longname"].str.endswith(".lora_BA").all()
+    assert m["spectra"]["n_layers"] == 14
+    assert {p.name for p in (out / "plots").iterdir()} >= {"loss_curve.png", "learning_forgetting.png"}
+
+
+def test_base_judging_matches_a_direct_evaluation(tiny_model_dir, tmp_path, smol_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from spectune.finetune.evaluate import perplexity
+
+    out = tmp_path / "run"
+    _run(tiny_model_dir, out)
+    before = json.loads((out / "before.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    direct = perplexity(base, smol_tokenizer, n_chars=400, window=64, stride=32)
+    assert before["perplexity"]["perplexity"] == pytest.approx(direct.perplexity, rel=1e-6)
+    assert before["perplexity"]["text_sha256"] == direct.text_sha256
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora"])
+def test_saved_adapter_loads_in_plain_peft_and_merged_model_in_transformers(
+    method, tiny_model_dir, tmp_path, smol_tokenizer
+):
+    """The adapter on disk is the trained one: plain peft reproduces the after-perplexity,
+    and the merged folder (plain transformers) gives the same logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from spectune.finetune.evaluate import perplexity
+
+    out = tmp_path / method
+    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, method))
+    m = tune(config, out=out, merge=True, progress=False).metrics
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ppl = perplexity(peft_model, smol_tokenizer, n_chars=400, window=64, stride=32)
+    assert ppl.perplexity == pytest.approx(m["after"]["perplexity"]["perplexity"], rel=1e-5)
+    assert ppl.perplexity != pytest.approx(m["before"]["perplexity"]["perplexity"], rel=1e-4)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
+    ids = torch.tensor([smol_tokenizer("The cat sat on the mat.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, rtol=1e-4, atol=1e-4)
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["use_dora"] == (method == "dora")
+    assert cfg["use_rslora"] == (method == "rslora")
+
+
+def test_frog_interrupted_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    """Kill a FROG run after step 3 (checkpoint at step 2), resume it: the adapter equals an
+    uninterrupted run's, the loss log has steps 1..4, files written before are kept."""
+    from safetensors.torch import load_file
+
+    from spectune.finetune import recipe
+
+    straight = tmp_path / "straight"
+    _run(tiny_model_dir, straight, "frog")
+
+    real = recipe._callbacks
+
+    def with_kill(config, folder):
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 3:
+                    raise KeyboardInterrupt
+
+        return [*real(config, folder), Kill()]
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(recipe, "_callbacks", with_kill)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_model_dir, out, "frog")
+    monkeypatch.setattr(recipe, "_callbacks", real)
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert (out / "checkpoints" / "checkpoint-2" / "frog_config.json").is_file()
+    before = (out / "before.json").read_bytes()
+    with pytest.raises(SpectuneError, match="interrupted run .* --resume"):
+        _run(tiny_model_dir, out, "frog")
+    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "frog"))
+    m = tune(config, out=out, resume=True, progress=False).metrics
+    assert m["run"]["resumed"] is True and m["training"]["global_step"] == 4
+    log = _log(out)
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
+    # train time counts the steps before the checkpoint too
+    assert m["cost"]["train_seconds"] > m["cost"]["train_seconds_this_session"]
+    assert m["cost"]["train_seconds"] >= float(log[-1]["elapsed_s"]) - 1e-3
+    assert (out / "before.json").read_bytes() == before
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+    assert any(k.endswith("frog_values") and a[k].abs().sum() > 0 for k in a)  # it trained
+    # resuming a complete run is a no-op that returns its metrics
+    again = tune(config, out=out, resume=True, progress=False)
+    assert again.metrics == json.loads((out / "metrics.json").read_text())
+
+
+def test_resume_with_another_config_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"spectune_run": 1, "kind": "tune", "status": "running", "files": ["run.json", "config.yaml"]}))
+    from spectune.finetune.config import yaml_dump
+
+    saved = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora"))
+    saved.output_dir = str(out)
+    (out / "config.yaml").write_text(yaml_dump(saved.to_dict()))
+    other = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora", r=8))
+    with pytest.raises(SpectuneError, match=r"--resume: this config differs .*\(in: r\)"):
+        tune(other, out=out, resume=True, progress=False)
+
+
+def test_frog_and_full_runs_analyze_the_weight_delta(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    frog = _run(tiny_model_dir, tmp_path / "frog", "frog").metrics
+    frog_total_weights = 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3)
+    assert frog["cost"]["trainable"] == round(0.05 * frog_total_weights)  # FROG's exact budget
+    assert frog["frog"]["total_trainable"] == frog["cost"]["trainable"]
+    details = pd.read_csv(tmp_path / "frog" / "spectra" / "details.csv")
+    assert len(details) == 14 and "base_alpha" in details
+    assert (tmp_path / "frog" / "plots" / "frog_layer_importance.png").is_file()
+
+    full = _run(tiny_model_dir, tmp_path / "full", "full", train__learning_rate=1e-3).metrics
+    assert full["cost"]["trainable"] == full["cost"]["total"]
+    details = pd.read_csv(tmp_path / "full" / "spectra" / "details.csv")
+    assert "rank90" in details and "base_alpha" in details
+    assert len(details) == 15  # 14 linear layers + the (tied) embedding
+
+
+def test_qlora_run_on_4bit_base(tiny_model_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    m = _run(tiny_model_dir, tmp_path / "qlora", "qlora").metrics
+    assert m["cost"]["trainable"] == _lora_count(4)
+    assert m["training"]["final_loss"] is not None
+    assert m["before"]["model"] == "base model, float32"
+    cfg = json.loads((tmp_path / "qlora" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4
+
+
+def test_gradient_check_stops_a_run_without_gradients():
+    from spectune.finetune.recipe import _callbacks
+
+    config = TuneConfig()
+    check = next(c for c in _callbacks(config, None) if type(c).__name__ == "GradientCheck")
+    model = torch.nn.Linear(3, 3)
+    with pytest.raises(SpectuneError, match="no gradient reached any of the 2 trainable tensors"):
+        check.on_pre_optimizer_step(None, None, None, model=model)
+    model.weight.grad = torch.ones(3, 3)
+    check.checked = False
+    check.on_pre_optimizer_step(None, None, None, model=model)  # a gradient: no error
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_data_and_targets_name_the_problem(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "c", "response"\n')
+    with pytest.raises(SpectuneError, match=r"bad.jsonl, line 2: malformed JSON"):
+        _run(tiny_model_dir, tmp_path / "o1", data__train=str(bad))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SpectuneError, match="holds no examples"):
+        _run(tiny_model_dir, tmp_path / "o2", data__train=str(empty))
+    with pytest.raises(SpectuneError, match=r"missing.jsonl does not exist"):
+        _run(tiny_model_dir, tmp_path / "o3", data__train=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(SpectuneError, match=r"target_modules=\['qproj'\] matches no module .*self_attn.q_proj"):
+        _run(tiny_model_dir, tmp_path / "o4", target_modules=["qproj"])
+    for name in ("o1", "o2", "o3", "o4"):  # checked before the results folder is taken
+        assert not (tmp_path / name).exists()
+    with pytest.raises(SpectuneError, match=r"model '/nonexistent' is neither 'default' nor an existing folder"):
+        _run("/nonexistent", tmp_path / "o5")
+    assert not (tmp_path / "o5").exists()  # nothing written for a run that cannot start
+
+
+def test_file_dataset_with_seeded_holdout(tiny_model_dir, tmp_path):
+    from spectune.finetune.data import InstructionExample
+    from spectune.finetune.recipe import load_run_data
+
+    path = tmp_path / "d.jsonl"
+    rows = [InstructionExample(f"Say {i}.", str(i), category="say").to_dolly() for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, data__train=str(path),
+                                                  data__eval_fraction=0.1))  # fmt: skip
+    train, heldout, info = load_run_data(config)
+    assert len(heldout) == 4 and len(train) == 36
+    assert {e.instruction for e in train}.isdisjoint({e.instruction for e in heldout})
+    again = load_run_data(config)[1]
+    assert [e.instruction for e in again] == [e.instruction for e in heldout]  # seeded
+    assert info["n_eval"] == 4
+
+
+@pytest.mark.parametrize("method", ["plain", "lora", "frog"])
+def test_head_only_on_labels_loss_equals_the_models_own_loss(method, tiny_model_dir, smol_tokenizer, tmp_path):
+    """SpectuneTrainer.compute_loss runs the output head only on labelled positions: same
+    loss and same gradients as the model's own causal-LM loss, also with num_items_in_batch."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from spectune.finetune.data import InstructionCollator, tokenize_examples
+    from spectune.finetune.recipe import _trainer_classes
+    from spectune.finetune.tasks import generate_task_set
+    from spectune.frog import FrogConfig, apply_frog
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        for name, p in model.named_parameters():  # B = 0 at init: make the adapter act
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    elif method == "frog":
+        model = apply_frog(model, FrogConfig(budget=0.05))
+    train, _ = generate_task_set(6, 1, seed=3)
+    features, _ = tokenize_examples(train, smol_tokenizer, max_length=96)
+    batch = InstructionCollator(smol_tokenizer.pad_token_id or smol_tokenizer.eos_token_id)(features)
+    Trainer, _ = _trainer_classes()
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in params]
+
+    torch.manual_seed(0)
+    ours = trainer.compute_loss(model, batch)
+    g_ours = grads(ours)
+    torch.manual_seed(0)
+    ref = model(**batch).loss
+    g_ref = grads(ref)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    n_labels = int((batch["labels"][:, 1:] != -100).sum())
+    scaled = trainer.compute_loss(model, batch, num_items_in_batch=2 * n_labels)
+    assert trainer.model_accepts_loss_kwargs  # Llama's forward takes **kwargs
+    assert scaled.item() == pytest.approx(ref.item() / 2, rel=1e-5)
+
+
+def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(tmp_path, smol_tokenizer, monkeypatch):
+    """On a CPU where bitsandbytes repacks 4-bit weights for inference (AVX512-BF16), a layer
+    whose input width is not a multiple of 64 (down_proj: 96) would assert in evaluation: it
+    stays a plain Linear, with a note; the other layers are 4-bit and training still works."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+    from tests.finetune.conftest import save_tiny_llama
+
+    from spectune.finetune import methods
+
+    folder = save_tiny_llama(tmp_path / "odd", len(smol_tokenizer), hidden=64, mlp=96)
+    smol_tokenizer.save_pretrained(folder)
+    assert methods.unpackable_modules(folder) == [f"model.layers.{i}.mlp.down_proj" for i in (0, 1)]
+    monkeypatch.setattr(methods, "cpu_packs_4bit", lambda: True)
+    config = TuneConfig.from_dict(tiny_run_config(folder, "qlora"))
+    built = methods.build(config, folder, progress=False)
+    kept = [n for n in built.notes if "unquantized" in n]
+    assert len(kept) == 1 and "kept 2 linear layer(s) unquantized" in kept[0]
+    base = built.model.get_base_model()
+    assert not isinstance(base.model.layers[0].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
+    assert isinstance(base.model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
+    m = tune(config, out=tmp_path / "run", progress=False).metrics
+    assert m["notes"] == built.notes and m["training"]["final_loss"] is not None
+
+
+@pytest.mark.parametrize("native,wanted,dtype,noted", [
+    (True, "auto", "bfloat16", False), (False, "auto", "float32", True),
+    (False, "bfloat16", "bfloat16", False), (True, "float32", "float32", False),
+])  # fmt: skip
+def test_4bit_compute_dtype_follows_the_hardware(native, wanted, dtype, noted, monkeypatch):
+    from spectune.finetune import methods
+
+    monkeypatch.setattr(methods, "native_bf16", lambda: native)
+    config = TuneConfig.from_dict({"method": "qlora", "quant": {"compute_dtype": wanted}})
+    got, note = methods.compute_dtype(config)
+    assert got == dtype and (note is not None) == noted
+    if noted:
+        assert "quant.compute_dtype=bfloat16" in note

@@ -1,0 +1,144 @@
+"""The tune / sweep / report / demo commands on the tiny model: exit codes, files, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from tests.finetune.conftest import tiny_run_config
+
+from spectune.cli.main import main
+from spectune.finetune.config import yaml_dump, yaml_load
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture
+def config_file(tiny_model_dir, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("# spectune tune tiny.yaml\n" + yaml_dump(tiny_run_config(tiny_model_dir)))
+    return path
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tune_cli_with_overrides_then_refuses_a_second_run(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["tune", str(config_file), "r=2", "train.max_steps=2", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["r"] == 2 and metrics["training"]["global_step"] == 2
+    printed = capsys.readouterr()
+    assert "learning (held-out accuracy) vs forgetting" in printed.out
+    assert "'loss'" not in printed.out and "Loading weights" not in printed.err  # --no-progress
+    saved = yaml_load((out / "config.yaml").read_text(), "saved")
+    assert saved["r"] == 2 and saved["output_dir"] == str(out)
+    assert main(["tune", str(config_file), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a complete run; pass --overwrite" in err
+    # the report command re-renders the page of a run folder
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["method=lorra"], "method must be one of"),
+        (["r=0"], "r must be >= 1, got 0"),
+        (["data.train=/nope/x.jsonl"], "dataset file /nope/x.jsonl does not exist"),
+        (["target_modules=[nothing]"], "matches no module"),
+        (["train.lerning_rate=1"], "did you mean: 'lerning_rate' -> 'learning_rate'"),
+        (["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_tune_cli_bad_input_is_one_line_exit_2(args, message, config_file, tmp_path, capsys):
+    code = main(["tune", str(config_file), *args, "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("spectune: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_report_cli_on_a_folder_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds neither metrics.json" in capsys.readouterr().err
+
+
+def test_sweep_cli_grid_writes_the_comparison_and_resumes(config_file, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(config_file), "train.max_steps=2", "--grid", "r=2,4", "method=lora,frog",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    rows = _rows(out / "results.csv")
+    assert [r["name"] for r in rows] == ["r2_lora", "r2_frog", "r4_lora"]  # frog runs once
+    assert all(r["status"] == "complete" for r in rows)
+    assert [int(rows[0]["trainable"]), int(rows[2]["trainable"])] == [2 * 2048, 4 * 2048]
+    meta = json.loads((out / "comparison.json").read_text())
+    assert meta["kind"] == "sweep" and meta["skipped_duplicates"] == [
+        {"setting": {"r": 4, "method": "frog"}, "same_as": "r2_frog"}
+    ]
+    md = (out / "results.md").read_text().splitlines()
+    assert md[0].startswith("| name | method |") and len(md) == 2 + 3
+    assert {p.name for p in (out / "plots").iterdir()} >= {"loss_curves.png", "accuracy.png",
+                                                           "forgetting.png", "tradeoff.png"}  # fmt: skip
+    assert (out / "report.html").is_file()
+    for name in ("r2_lora", "r2_frog", "r4_lora"):
+        assert json.loads((out / "runs" / name / "run.json").read_text())["status"] == "complete"
+    # a second plain run is refused; --resume keeps the finished runs as they are
+    assert main(args) == 2
+    stamp = (out / "runs" / "r2_lora" / "metrics.json").stat().st_mtime_ns
+    assert main([*args, "--resume"]) == 0
+    assert (out / "runs" / "r2_lora" / "metrics.json").stat().st_mtime_ns == stamp
+    assert _rows(out / "results.csv") == rows or len(_rows(out / "results.csv")) == 3
+
+
+def test_sweep_cli_bad_grid(config_file, tmp_path, capsys):
+    code = main(["sweep", str(config_file), "--grid", "r=8,0", "--out", str(tmp_path / "s")])
+    assert code == 2
+    assert "grid setting {'r': 0}" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_shipped_demo_config_is_the_builtin_one():
+    from spectune.finetune.demo import DEMO_CONFIG
+
+    text = (CONFIGS / "demo.yaml").read_text()
+    assert yaml_load(text, "demo.yaml") == DEMO_CONFIG
+
+
+def test_demo_budgets_match_lora(tiny_model_dir):
+    from spectune.finetune.demo import DEMO_CONFIG, demo_runs
+    from spectune.frog import total_trainable
+
+    runs = demo_runs(("lora", "dora", "qlora", "frog"), [f"model={tiny_model_dir}"])
+    assert [n for n, _, _ in runs] == ["lora", "dora", "qlora", "frog"]
+    frog = runs[-1][1]
+    targets = 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3)  # all-linear weights, by hand
+    lora = DEMO_CONFIG["r"] * 2 * 1024  # r (in + out) summed over the 14 linear layers
+    assert frog.frog_config().budget == pytest.approx(lora / targets)
+    assert total_trainable(frog.frog_config().budget, targets) == lora
+    assert all(c.training_arguments()["max_steps"] == DEMO_CONFIG["train"]["max_steps"]
+               for _, c, _ in runs)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo_cli_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
+    """The whole demo path (matched budgets, base spectra, four methods, comparison page)."""
+    out = tmp_path / "demo"
+    small = [f"model={tiny_model_dir}", "train.max_steps=2", "data.n_train=32", "data.n_eval=8",
+             "eval.ppl_chars=300", "eval.ppl_window=64", "eval.ppl_stride=32",
+             "eval.latency_prompts=1", "eval.latency_tokens=2", "eval.max_new_tokens=3"]  # fmt: skip
+    assert main(["demo", "--out", str(out), "--no-progress", *small]) == 0
+    rows = _rows(out / "results.csv")
+    assert [r["method"] for r in rows] == ["lora", "dora", "qlora", "frog"]
+    counts = {r["method"]: int(r["trainable"]) for r in rows}
+    assert counts["lora"] == counts["qlora"] == counts["frog"] == 8 * 2048
+    assert counts["dora"] == counts["lora"] + 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64)  # magnitudes
+    assert (out / "base_spectra" / "details.csv").is_file()
+    assert (out / "report.html").is_file() and (out / "results.md").is_file()
+    assert "demo finished in" in capsys.readouterr().out
