@@ -91,8 +91,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="/tmp/spectune-1b")
     ap.add_argument("--precision", default="float64", choices=["float64", "float32"])
-    ap.add_argument("--max-n", type=int, default=200000,
-                    help="analyze the 128256 x 2048 embedding too (WW's default 50000 skips it)")
+    ap.add_argument(
+        "--max-n",
+        type=int,
+        default=200000,
+        help="analyze the 128256 x 2048 embedding too (WW's default 50000 skips it)",
+    )
     args = ap.parse_args()
     folder = Path(args.dir)
     if not (folder / "model.safetensors.index.json").exists():
@@ -106,11 +110,14 @@ def main() -> None:
     peak_gb = res["peak_rss_kb"] / 2**20
     N, M = res["largest"]
     budget = 1.5 + 4 * N * M * 8 / 2**30
-    print(f"{params / 1e9:.2f}B parameters (bf16), {res['analyzed']}/{res['rows']} matrices at "
-          f"{args.precision} in {res['seconds']:.0f} s; largest analyzed {N}x{M}")
-    print(f"peak RSS {peak_gb:.2f} GiB; budget 1.5 + 4 x {N * M * 8 / 2**30:.2f} = {budget:.2f} GiB "
-          f"-> {'OK' if peak_gb <= budget else 'OVER'} ({peak_gb / budget:.2f} of budget)")
-
+    print(
+        f"{params / 1e9:.2f}B parameters (bf16), {res['analyzed']}/{res['rows']} matrices at "
+        f"{args.precision} in {res['seconds']:.0f} s; largest analyzed {N}x{M}"
+    )
+    print(
+        f"peak RSS {peak_gb:.2f} GiB; budget 1.5 + 4 x {N * M * 8 / 2**30:.2f} = {budget:.2f} GiB "
+        f"-> {'OK' if peak_gb <= budget else 'OVER'} ({peak_gb / budget:.2f} of budget)"
+    )
 
 
 if __name__ == "__main__":

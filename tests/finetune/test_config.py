@@ -117,7 +117,10 @@ def test_unknown_training_argument_is_named():
     from spectune.finetune.recipe import training_arguments
 
     config = TuneConfig.from_dict({"train": {"lerning_rate": 1e-3}})
-    with pytest.raises(SpectuneError, match=r"train: unknown TrainingArguments key\(s\) \['lerning_rate'\] \(did you mean: 'lerning_rate' -> 'learning_rate'"):
+    with pytest.raises(
+        SpectuneError,
+        match=r"train: unknown TrainingArguments key\(s\) \['lerning_rate'\] \(did you mean: 'lerning_rate' -> 'learning_rate'",
+    ):
         training_arguments(config, Path("/tmp/x"), progress=False)  # fmt: skip
 
 

@@ -34,7 +34,9 @@ def test_parse_grid_errors(items, message):
 
 
 def test_issue_grid_expands_to_36_runs_in_grid_order():
-    grid = parse_grid(["r=8,16,32", "lora_alpha=16,64,256", "lora_dropout=0,0.1", "method=lora,dora"])
+    grid = parse_grid(
+        ["r=8,16,32", "lora_alpha=16,64,256", "lora_dropout=0,0.1", "method=lora,dora"]
+    )
     runs, skipped = expand_grid({}, grid)
     assert len(runs) == 36 and skipped == []
     names = [n for n, _, _ in runs]
@@ -42,7 +44,12 @@ def test_issue_grid_expands_to_36_runs_in_grid_order():
     assert names[:3] == ["r8_a16_d0_lora", "r8_a16_d0_dora", "r8_a16_d0.1_lora"]
     name, config, setting = runs[-1]
     assert setting == {"r": 32, "lora_alpha": 256, "lora_dropout": 0.1, "method": "dora"}
-    assert (config.r, config.lora_alpha, config.lora_dropout, config.method) == (32, 256, 0.1, "dora")
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.method) == (
+        32,
+        256,
+        0.1,
+        "dora",
+    )
 
 
 def test_settings_a_method_ignores_are_trained_once():
@@ -103,7 +110,9 @@ def test_overwrite_removes_only_what_the_run_wrote(tmp_path):
 def test_foreign_folder_is_refused_even_with_overwrite(tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")
     for flags in ({}, {"overwrite": True}, {"resume": True}):
-        with pytest.raises(SpectuneError, match="holds no spectune run .*thesis.tex.* never deletes"):
+        with pytest.raises(
+            SpectuneError, match="holds no spectune run .*thesis.tex.* never deletes"
+        ):
             RunFolder(tmp_path).open(**flags)
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
     (tmp_path / "file").write_text("x")

@@ -27,11 +27,19 @@ def _log(out: Path) -> list[dict[str, str]]:
 
 def _lora_count(r: int, hidden: int = 64, kv: int = 32, mlp: int = 128, blocks: int = 2) -> int:
     """LoRA parameters on every linear of the tiny Llama, by hand: r (in + out) per matrix."""
-    per_block = (hidden + hidden) + (hidden + kv) * 2 + (hidden + hidden) + (hidden + mlp) * 2 + (mlp + hidden)
+    per_block = (
+        (hidden + hidden)
+        + (hidden + kv) * 2
+        + (hidden + hidden)
+        + (hidden + mlp) * 2
+        + (mlp + hidden)
+    )
     return blocks * r * per_block
 
 
-def test_lora_run_writes_the_whole_folder_with_consistent_numbers(tiny_model_dir, tmp_path, smol_tokenizer):
+def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
+    tiny_model_dir, tmp_path, smol_tokenizer
+):
     out = tmp_path / "lora"
     result = _run(tiny_model_dir, out)
     m = result.metrics
@@ -40,7 +48,10 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(tiny_model_dir
             "metrics.json", "predictions.jsonl", "spectra", "plots", "report.html"} <= names  # fmt: skip
     marker = json.loads((out / "run.json").read_text())
     assert marker["status"] == "complete" and set(marker["files"]) == names
-    assert json.loads((out / "metrics.json").read_text())["cost"]["trainable"] == m["cost"]["trainable"]
+    assert (
+        json.loads((out / "metrics.json").read_text())["cost"]["trainable"]
+        == m["cost"]["trainable"]
+    )
     assert (out / "config.yaml").read_text().startswith("# spectune tune --out")
 
     # trainable parameters: r (in + out) on all 14 linear layers, by hand
@@ -51,10 +62,14 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(tiny_model_dir
     assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
     assert m["training"]["global_step"] == 4 == m["cost"]["steps"]
     assert m["training"]["final_loss"] == pytest.approx(float(log[-1]["loss"]))
-    assert all(float(a["elapsed_s"]) < float(b["elapsed_s"]) for a, b in zip(log, log[1:], strict=False))
+    assert all(
+        float(a["elapsed_s"]) < float(b["elapsed_s"]) for a, b in zip(log, log[1:], strict=False)
+    )
     # 4 steps x 4 examples of the task set: every token counted once
     assert m["cost"]["tokens"] > 16 * 20
-    assert m["cost"]["tokens_per_second"] == pytest.approx(m["cost"]["tokens"] / m["cost"]["train_seconds"])
+    assert m["cost"]["tokens_per_second"] == pytest.approx(
+        m["cost"]["tokens"] / m["cost"]["train_seconds"]
+    )
     assert m["cost"]["peak_rss_bytes"] > 50 * 2**20
     files = [p for p in (out / "adapter").rglob("*") if p.is_file()]
     assert m["cost"]["adapter_bytes"] == sum(p.stat().st_size for p in files)
@@ -75,7 +90,10 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(tiny_model_dir
     assert details["scaling"].eq(2.0).all()  # lora_alpha / r
     assert "base_alpha" in details and details["longname"].str.endswith(".lora_BA").all()
     assert m["spectra"]["n_layers"] == 14
-    assert {p.name for p in (out / "plots").iterdir()} >= {"loss_curve.png", "learning_forgetting.png"}
+    assert {p.name for p in (out / "plots").iterdir()} >= {
+        "loss_curve.png",
+        "learning_forgetting.png",
+    }
 
 
 def test_base_judging_matches_a_direct_evaluation(tiny_model_dir, tmp_path, smol_tokenizer):
@@ -175,7 +193,16 @@ def test_frog_interrupted_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
 def test_resume_with_another_config_is_refused(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({"spectune_run": 1, "kind": "tune", "status": "running", "files": ["run.json", "config.yaml"]}))
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "spectune_run": 1,
+                "kind": "tune",
+                "status": "running",
+                "files": ["run.json", "config.yaml"],
+            }
+        )
+    )
     from spectune.finetune.config import yaml_dump
 
     saved = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora"))
@@ -241,11 +268,15 @@ def test_bad_data_and_targets_name_the_problem(tiny_model_dir, tmp_path):
         _run(tiny_model_dir, tmp_path / "o2", data__train=str(empty))
     with pytest.raises(SpectuneError, match=r"missing.jsonl does not exist"):
         _run(tiny_model_dir, tmp_path / "o3", data__train=str(tmp_path / "missing.jsonl"))
-    with pytest.raises(SpectuneError, match=r"target_modules=\['qproj'\] matches no module .*self_attn.q_proj"):
+    with pytest.raises(
+        SpectuneError, match=r"target_modules=\['qproj'\] matches no module .*self_attn.q_proj"
+    ):
         _run(tiny_model_dir, tmp_path / "o4", target_modules=["qproj"])
     for name in ("o1", "o2", "o3", "o4"):  # checked before the results folder is taken
         assert not (tmp_path / name).exists()
-    with pytest.raises(SpectuneError, match=r"model '/nonexistent' is neither 'default' nor an existing folder"):
+    with pytest.raises(
+        SpectuneError, match=r"model '/nonexistent' is neither 'default' nor an existing folder"
+    ):
         _run("/nonexistent", tmp_path / "o5")
     assert not (tmp_path / "o5").exists()  # nothing written for a run that cannot start
 
@@ -268,7 +299,9 @@ def test_file_dataset_with_seeded_holdout(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["plain", "lora", "frog"])
-def test_head_only_on_labels_loss_equals_the_models_own_loss(method, tiny_model_dir, smol_tokenizer, tmp_path):
+def test_head_only_on_labels_loss_equals_the_models_own_loss(
+    method, tiny_model_dir, smol_tokenizer, tmp_path
+):
     """SpectuneTrainer.compute_loss runs the output head only on labelled positions: same
     loss and same gradients as the model's own causal-LM loss, also with num_items_in_batch."""
     from peft import LoraConfig, get_peft_model
@@ -289,9 +322,14 @@ def test_head_only_on_labels_loss_equals_the_models_own_loss(method, tiny_model_
         model = apply_frog(model, FrogConfig(budget=0.05))
     train, _ = generate_task_set(6, 1, seed=3)
     features, _ = tokenize_examples(train, smol_tokenizer, max_length=96)
-    batch = InstructionCollator(smol_tokenizer.pad_token_id or smol_tokenizer.eos_token_id)(features)
+    batch = InstructionCollator(smol_tokenizer.pad_token_id or smol_tokenizer.eos_token_id)(
+        features
+    )
     Trainer, _ = _trainer_classes()
-    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+    )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -315,7 +353,9 @@ def test_head_only_on_labels_loss_equals_the_models_own_loss(method, tiny_model_
     assert scaled.item() == pytest.approx(ref.item() / 2, rel=1e-5)
 
 
-def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(tmp_path, smol_tokenizer, monkeypatch):
+def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
+    tmp_path, smol_tokenizer, monkeypatch
+):
     """On a CPU where bitsandbytes repacks 4-bit weights for inference (AVX512-BF16), a layer
     whose input width is not a multiple of 64 (down_proj: 96) would assert in evaluation: it
     stays a plain Linear, with a note; the other layers are 4-bit and training still works."""

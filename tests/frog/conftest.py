@@ -40,4 +40,3 @@ def tokens():
 def make_llama():
     """The factory itself, for tests that need several models or other sizes."""
     return make_tiny_llama
-

@@ -107,4 +107,3 @@ def lora16(tmp_path_factory) -> tuple[Any, Path]:
     )
     folder = save_peft(peft_model, tmp_path_factory.mktemp("lora16"))
     return peft_model, folder
-

@@ -13,7 +13,9 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="results/demo", help="results folder (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="results/demo", help="results folder (default: %(default)s)"
+    )
     parser.add_argument(
         "--methods",
         default="lora,dora,qlora,frog",

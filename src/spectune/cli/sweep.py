@@ -55,7 +55,9 @@ def show_comparison(rows: list[dict]) -> None:
     view = []
     for r in rows:
         if r.get("status") != "complete":
-            view.append({"run": r.get("name"), "method": r.get("method"), "status": r.get("status")})
+            view.append(
+                {"run": r.get("name"), "method": r.get("method"), "status": r.get("status")}
+            )
             continue
         acc0, acc1 = _fmt(r.get("accuracy_before"), ".1%"), _fmt(r.get("accuracy_after"), ".1%")
         view.append({

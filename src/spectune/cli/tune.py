@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from spectune.finetune.recipe import tune
 
     config_path, overrides = split_config_and_overrides(args)
-    if config_path is None and args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+    if (
+        config_path is None
+        and args.resume
+        and args.out
+        and (Path(args.out) / "config.yaml").is_file()
+    ):
         config_path = str(Path(args.out) / "config.yaml")
     config = load_config(config_path, overrides)
     result = tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,

@@ -216,7 +216,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in ("before", "spectra"):
             if not isinstance(getattr(self, name), bool):
-                raise SpectuneError(f"eval.{name} must be true or false, got {getattr(self, name)!r}")
+                raise SpectuneError(
+                    f"eval.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         for name, low in (("max_new_tokens", 1), ("batch_size", 1), ("ppl_chars", 100),
                           ("ppl_window", 2), ("ppl_stride", 1), ("latency_tokens", 2),
                           ("latency_prompts", 0)):  # fmt: skip
@@ -250,7 +252,9 @@ class QuantConfig:
     def __post_init__(self) -> None:
         check.choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
         if not isinstance(self.double_quant, bool):
-            raise SpectuneError(f"quant.double_quant must be true or false, got {self.double_quant!r}")
+            raise SpectuneError(
+                f"quant.double_quant must be true or false, got {self.double_quant!r}"
+            )
         check.choice("quant.compute_dtype", self.compute_dtype,
                      ("auto", "bfloat16", "float16", "float32"))  # fmt: skip
 
@@ -405,7 +409,9 @@ class TuneConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TuneConfig:
         """Build from plain data (as read from YAML); unknown keys are errors."""
         if not isinstance(data, dict):
-            raise SpectuneError(f"{source}: a run config must be a mapping, got {type(data).__name__}")
+            raise SpectuneError(
+                f"{source}: a run config must be a mapping, got {type(data).__name__}"
+            )
         check.unknown_keys(source, data, (f.name for f in fields(cls)), "config")
         try:
             return cls(**copy.deepcopy(data))

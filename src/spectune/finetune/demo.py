@@ -33,11 +33,25 @@ DEMO_CONFIG: dict[str, Any] = {
     # system "": an empty system turn instead of SmolLM2's default one: 36 instead of 52
     # tokens per example, a third less compute in training and judging alike
     "data": {"train": "tasks", "n_train": 2000, "n_eval": 64, "max_length": 96, "system": ""},
-    "eval": {"max_new_tokens": 12, "batch_size": 32, "ppl_chars": 4000, "ppl_window": 256,
-             "ppl_stride": 192, "latency_tokens": 16, "latency_prompts": 2},  # fmt: skip
-    "train": {"max_steps": 25, "per_device_train_batch_size": 8, "learning_rate": 1e-3,
-              "lr_scheduler_type": "linear", "warmup_steps": 3, "logging_steps": 5,
-              "save_steps": 25, "save_total_limit": 1},  # fmt: skip
+    "eval": {
+        "max_new_tokens": 12,
+        "batch_size": 32,
+        "ppl_chars": 4000,
+        "ppl_window": 256,
+        "ppl_stride": 192,
+        "latency_tokens": 16,
+        "latency_prompts": 2,
+    },  # fmt: skip
+    "train": {
+        "max_steps": 25,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 3,
+        "logging_steps": 5,
+        "save_steps": 25,
+        "save_total_limit": 1,
+    },  # fmt: skip
 }
 
 #: Per-method changes to :data:`DEMO_CONFIG` (FROG's budget is filled in at run time).
@@ -67,7 +81,9 @@ def demo_runs(
     from spectune.finetune.methods import matched_frog_budget
     from spectune.models import resolve_model_dir
 
-    base = apply_overrides(copy.deepcopy(DEMO_CONFIG if base is None else base), list(overrides or []))
+    base = apply_overrides(
+        copy.deepcopy(DEMO_CONFIG if base is None else base), list(overrides or [])
+    )
     model_dir = resolve_model_dir(base.get("model", "default"))
     budget, _, _ = matched_frog_budget(model_dir, TuneConfig.from_dict(base, source="demo"))
     runs = []
@@ -80,7 +96,9 @@ def demo_runs(
     return runs
 
 
-def write_base_spectra(out: Path, model: str = "default", *, progress: bool = True) -> dict[str, Any]:
+def write_base_spectra(
+    out: Path, model: str = "default", *, progress: bool = True
+) -> dict[str, Any]:
     """The base model's spectra (every matrix) into ``out`` with the usual figures."""
     from spectune.cli.analyze import write_results
     from spectune.models import resolve_model_dir
@@ -118,7 +136,8 @@ def demo(
         "notes": [
             f"matched budgets: LoRA/DoRA/QLoRA r={runs[0][1].r} on all-linear; FROG budget "
             f"G={budget:.5f} of the same target weights gives the same trainable count"
-            if budget is not None else "",
+            if budget is not None
+            else "",
             "before = the float32 base model; QLoRA's forgetting includes 4-bit quantization",
         ],
     }
@@ -135,4 +154,11 @@ def demo(
                           prelude=base_spectra)  # fmt: skip
 
 
-__all__ = ["DEMO_CONFIG", "DEMO_METHODS", "METHOD_OVERRIDES", "demo", "demo_runs", "write_base_spectra"]
+__all__ = [
+    "DEMO_CONFIG",
+    "DEMO_METHODS",
+    "METHOD_OVERRIDES",
+    "demo",
+    "demo_runs",
+    "write_base_spectra",
+]

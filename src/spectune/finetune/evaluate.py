@@ -487,7 +487,9 @@ def heldout_loss(
                 target = labels[:, 1:]
                 keep = target != IGNORE_INDEX  # (batch, length - 1)
                 logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
-                nll = float(torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum"))
+                nll = float(
+                    torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+                )
                 n = int(keep.sum())
             total += nll
             count += n

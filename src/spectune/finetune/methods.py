@@ -300,7 +300,9 @@ def build(config: TuneConfig, model_dir: Path, *, progress: bool = True) -> Buil
     model.train()
     trainable, total = count_parameters(model)
     if trainable == 0:
-        raise SpectuneError(f"method {config.method!r} left no trainable parameter; check target_modules")
+        raise SpectuneError(
+            f"method {config.method!r} left no trainable parameter; check target_modules"
+        )
     return Built(model, tokenizer, trainable, total, targets, notes, plan)
 
 

@@ -391,7 +391,9 @@ def save_adapter(built: Built, config: TuneConfig, path: Path) -> int:
     return _folder_bytes(path)
 
 
-def save_merged(built: Built, config: TuneConfig, model_dir: Path, adapter: Path, path: Path) -> None:
+def save_merged(
+    built: Built, config: TuneConfig, model_dir: Path, adapter: Path, path: Path
+) -> None:
     """A plain transformers model folder with the update merged into the weights.
 
     The 4-bit methods merge into a freshly loaded float32 base (merging into 4-bit weights
@@ -471,7 +473,9 @@ def summarize_judging(before: dict | None, after: dict) -> tuple[dict, dict]:
     learning = {
         "accuracy_before": get(before, "accuracy", "accuracy"),
         "accuracy_after": after["accuracy"]["accuracy"],
-        "accuracy_gain": _change(get(before, "accuracy", "accuracy"), after["accuracy"]["accuracy"]),
+        "accuracy_gain": _change(
+            get(before, "accuracy", "accuracy"), after["accuracy"]["accuracy"]
+        ),
         "heldout_loss_before": get(before, "heldout_loss", "loss"),
         "heldout_loss_after": after["heldout_loss"]["loss"],
     }
@@ -517,8 +521,10 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": metrics["run"]["name"],
         "method": metrics["run"]["method"],
-        **{k: metrics["config"].get(k) if lora else None
-           for k in ("r", "lora_alpha", "lora_dropout")},  # fmt: skip
+        **{
+            k: metrics["config"].get(k) if lora else None
+            for k in ("r", "lora_alpha", "lora_dropout")
+        },  # fmt: skip
         "frog_budget": (metrics.get("frog") or {}).get("budget"),
         "trainable": cost["trainable"],
         "trainable_percent": cost["trainable_percent"],
@@ -553,7 +559,9 @@ class TuneResult:
 def _check_resume_config(folder: RunFolder, config: TuneConfig) -> None:
     from spectune.finetune.config import read_config_data
 
-    saved = TuneConfig.from_dict(read_config_data(folder.path / CONFIG), source=str(folder.path / CONFIG))
+    saved = TuneConfig.from_dict(
+        read_config_data(folder.path / CONFIG), source=str(folder.path / CONFIG)
+    )
     a, b = saved.to_dict(), config.to_dict()
     a.pop("output_dir"), b.pop("output_dir")
     if a != b:
@@ -607,7 +615,9 @@ def tune(
     from spectune.models import resolve_model_dir
 
     # transformers 5 warns about its own internal use of renamed APIs at every step
-    warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
+    )
     out = Path(out if out is not None else config.output_dir)
     config.output_dir = str(out)
     if not progress:
@@ -698,13 +708,23 @@ def tune(
     log = _log_rows(out)
     ms_before = (before or {}).get("latency") or {}
     metrics: dict[str, Any] = {
-        "run": {"name": out.name, "method": config.method, "model": config.model,
-                "model_dir": str(model_dir), "seed": config.seed, "device": str(args.device),
-                "threads": torch.get_num_threads(), "resumed": bool(resume and last),
-                "started": folder.state.get("started"), **_versions()},  # fmt: skip
+        "run": {
+            "name": out.name,
+            "method": config.method,
+            "model": config.model,
+            "model_dir": str(model_dir),
+            "seed": config.seed,
+            "device": str(args.device),
+            "threads": torch.get_num_threads(),
+            "resumed": bool(resume and last),
+            "started": folder.state.get("started"),
+            **_versions(),
+        },  # fmt: skip
         "config": config.to_dict(),
         "data": {**data_info, "tokenize": stats.to_dict()},
-        "before": None if before is None else {k: v for k, v in before.items() if k != "predictions"},
+        "before": None
+        if before is None
+        else {k: v for k, v in before.items() if k != "predictions"},
         "after": {k: v for k, v in after.items() if k != "predictions"},
         "learning": learning,
         "forgetting": forgetting,
@@ -730,10 +750,22 @@ def tune(
             "global_step": int(result.global_step),
             "epochs": log[-1].get("epoch") if log else None,
         },
-        "spectra": None if summary is None else {
-            k: summary.get(k) for k in ("n_layers", "n_analyzed", "alpha", "alpha_weighted",
-                                        "log_norm", "stable_rank", "base_alpha", "rank90",
-                                        "status_counts", "warning_counts")
+        "spectra": None
+        if summary is None
+        else {
+            k: summary.get(k)
+            for k in (
+                "n_layers",
+                "n_analyzed",
+                "alpha",
+                "alpha_weighted",
+                "log_norm",
+                "stable_rank",
+                "base_alpha",
+                "rank90",
+                "status_counts",
+                "warning_counts",
+            )
         },  # fmt: skip
         "frog": None if built.frog_plan is None else built.frog_plan.summary(),
         "notes": built.notes,
@@ -761,7 +793,9 @@ def tune(
     return TuneResult(out, metrics)
 
 
-def write_run_plots(plots: Path, metrics: dict, log: list[dict], details: Any, plan: Any) -> list[Path]:
+def write_run_plots(
+    plots: Path, metrics: dict, log: list[dict], details: Any, plan: Any
+) -> list[Path]:
     """The run's figures as PNG files (each written atomically)."""
     from spectune.cli._common import save_figure
     from spectune.report import plots as P

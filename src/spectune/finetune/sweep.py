@@ -216,7 +216,9 @@ def run_comparison(
         if progress:
             print(f"[{i}/{len(runs)}] {name}", file=sys.stderr, flush=True)
         try:
-            result = tune(config, out=run_dir, resume=resume and run_dir.exists(), progress=progress)
+            result = tune(
+                config, out=run_dir, resume=resume and run_dir.exists(), progress=progress
+            )
         except (SpectuneError, RuntimeError, ValueError, MemoryError) as exc:
             rows.append({"name": name, "method": config.method, **setting,
                          "status": f"failed: {exc}"})  # fmt: skip

@@ -54,7 +54,10 @@ def alpha_by_depth(details: pd.DataFrame, title: str = "Alpha by layer depth") -
     fig = Figure(figsize=(8, 4.2))
     ax = fig.subplots()
     kinds = d["longname"].str.replace(r".*\.", "", regex=True)
-    kinds = [n.split(".")[-2] if n.endswith("lora_BA") else k for n, k in zip(d["longname"], kinds, strict=True)]
+    kinds = [
+        n.split(".")[-2] if n.endswith("lora_BA") else k
+        for n, k in zip(d["longname"], kinds, strict=True)
+    ]
     d["kind"] = kinds
     for kind, group in d.groupby("kind"):
         ax.plot(group["depth"], group["alpha"], marker="o", ms=4, lw=0.8, label=kind)
@@ -99,10 +102,16 @@ def esd_loglog(
     return fig
 
 
-def base_vs_adapter_alpha(details: pd.DataFrame, title: str = "Adapter alpha vs base alpha") -> Figure:
+def base_vs_adapter_alpha(
+    details: pd.DataFrame, title: str = "Adapter alpha vs base alpha"
+) -> Figure:
     """Scatter of each row's alpha against its base matrix's alpha (needs ``base_alpha``)."""
     d = _ok(details)
-    d = d[pd.to_numeric(d.get("base_alpha"), errors="coerce").notna()] if "base_alpha" in d else d.iloc[:0]
+    d = (
+        d[pd.to_numeric(d.get("base_alpha"), errors="coerce").notna()]
+        if "base_alpha" in d
+        else d.iloc[:0]
+    )
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     x = d["base_alpha"].astype(float) if len(d) else pd.Series(dtype=float)
@@ -134,4 +143,10 @@ def pick_layers(details: pd.DataFrame, k: int = 4) -> Sequence[str]:
     return seen[:k]
 
 
-__all__ = ["alpha_by_depth", "alpha_histogram", "base_vs_adapter_alpha", "esd_loglog", "pick_layers"]
+__all__ = [
+    "alpha_by_depth",
+    "alpha_histogram",
+    "base_vs_adapter_alpha",
+    "esd_loglog",
+    "pick_layers",
+]

@@ -17,7 +17,9 @@ _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
            "#8c8c8c", "#ccb974", "#64b5cd"]  # fmt: skip
 
 
-def loss_curve(logs: Mapping[str, Sequence[Mapping[str, float]]], title: str = "Training loss") -> Figure:
+def loss_curve(
+    logs: Mapping[str, Sequence[Mapping[str, float]]], title: str = "Training loss"
+) -> Figure:
     """Training loss against optimizer step, one line per run.
 
     Args:
@@ -46,7 +48,9 @@ def loss_curve(logs: Mapping[str, Sequence[Mapping[str, float]]], title: str = "
     return fig
 
 
-def learning_forgetting(runs: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting") -> Figure:
+def learning_forgetting(
+    runs: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting"
+) -> Figure:
     """Two panels: held-out accuracy and general-text perplexity, before and after each run.
 
     The "before" bar is the base model (the same for every run judged against it).
@@ -71,7 +75,13 @@ def learning_forgetting(runs: Sequence[Mapping[str, Any]], title: str = "Learnin
                 ax.annotate(f"{v:.1f}" if ax is ax1 else f"{v:.2f}",
                             (rect.get_x() + rect.get_width() / 2, rect.get_height()),
                             ha="center", va="bottom", fontsize=7)  # fmt: skip
-        ax.set_xticks(x, names, rotation=30 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center", fontsize=8)
+        ax.set_xticks(
+            x,
+            names,
+            rotation=30 if len(runs) > 3 else 0,
+            ha="right" if len(runs) > 3 else "center",
+            fontsize=8,
+        )
         ax.set_title(label + (" (%)" if ax is ax1 else " (lower: less forgetting)"), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     ax1.legend(fontsize=8)
@@ -87,7 +97,9 @@ def metric_bars(rows: Sequence[Mapping[str, Any]], column: str, *, label: str | 
     values = [np.nan if r.get(column) is None else float(r[column]) for r in rows]
     fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 3), 4.0))
     ax = fig.subplots()
-    bars = ax.bar(np.arange(len(rows)), values, color=[_COLORS[i % len(_COLORS)] for i in range(len(rows))])
+    bars = ax.bar(
+        np.arange(len(rows)), values, color=[_COLORS[i % len(_COLORS)] for i in range(len(rows))]
+    )
     for rect, v in zip(bars, values, strict=True):
         if np.isfinite(v):
             ax.annotate(f"{v:.3g}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
@@ -101,7 +113,9 @@ def metric_bars(rows: Sequence[Mapping[str, Any]], column: str, *, label: str | 
     return fig
 
 
-def tradeoff(rows: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting per run") -> Figure:
+def tradeoff(
+    rows: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting per run"
+) -> Figure:
     """Accuracy gained (y) against perplexity change on general text (x): up and left is best."""
     fig = Figure(figsize=(6.5, 4.8))
     ax = fig.subplots()

@@ -121,5 +121,7 @@ def eigvalsh_upper(c: np.ndarray) -> np.ndarray:
     lwork, liwork = max(1, int(query_w[0])), max(1, int(query_i[0]))
     call(np.empty(lwork, dtype=c.dtype), lwork, np.empty(liwork, dtype=np.int32), liwork)
     if info.value != 0 or m.value != n:
-        raise np.linalg.LinAlgError(f"LAPACK syevr failed (info={info.value}, found {m.value} of {n})")
+        raise np.linalg.LinAlgError(
+            f"LAPACK syevr failed (info={info.value}, found {m.value} of {n})"
+        )
     return w

@@ -159,7 +159,9 @@ def _layer_filter(layers: Any):
         try:
             pattern = re.compile(layers)
         except re.error as exc:
-            raise SpectuneError(f"layers={layers!r} is not a valid regular expression: {exc}") from exc
+            raise SpectuneError(
+                f"layers={layers!r} is not a valid regular expression: {exc}"
+            ) from exc
         return lambda job: bool(pattern.search(job.longname))
     if isinstance(layers, int):
         layers = [layers]
@@ -204,7 +206,9 @@ def _plan(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -
         )
     for i, info in enumerate(weights):
         jobs.append(
-            _Job(ids.get(info.key, i), info.key, info.layer_type, tuple(info.shape), tensor=info.name)
+            _Job(
+                ids.get(info.key, i), info.key, info.layer_type, tuple(info.shape), tensor=info.name
+            )
         )
     if delta:
         matched = []
@@ -237,7 +241,9 @@ def _matrices(W: torch.Tensor, layer_type: str) -> tuple[list[torch.Tensor], flo
     raise ValueError(f"cannot take the ESD of a {W.ndim}-D tensor")
 
 
-def _pooled(mats: list[torch.Tensor], scale: float, precision: str) -> tuple[np.ndarray, int | None]:
+def _pooled(
+    mats: list[torch.Tensor], scale: float, precision: str
+) -> tuple[np.ndarray, int | None]:
     from spectune.spectral.metrics import matrix_rank
 
     evs, rank_loss = [], 0
@@ -301,7 +307,9 @@ def _row_for(
     }
     n_evals = M * rf if job.layer_type != "lora" else job.pair.r
     if job.layer_type != "lora" and n_evals > opts["max_evals"]:
-        row.update(empty_metrics("skipped", f"{n_evals} eigenvalues > max_evals={opts['max_evals']}"))
+        row.update(
+            empty_metrics("skipped", f"{n_evals} eigenvalues > max_evals={opts['max_evals']}")
+        )
         return row
     if job.layer_type != "lora" and N > opts["max_N"]:
         row.update(empty_metrics("skipped", f"N={N} > max_N={opts['max_N']}"))
@@ -372,8 +380,9 @@ def _row_for(
             mats = [(B.double() @ A.double()) * (job.pair.scaling if opts["lora_scaling"] else 1.0)]
         seed = (opts["seed"] * 1_000_003 + job.layer_id) % (2**63)
         row.update(
-            randomized_metrics(mats, evals, row["N"], row["M"], seed=seed, scale=scale,
-                               precision=precision)  # fmt: skip
+            randomized_metrics(
+                mats, evals, row["N"], row["M"], seed=seed, scale=scale, precision=precision
+            )  # fmt: skip
         )
     return row
 
@@ -489,7 +498,7 @@ def analyze(
         raise SpectuneError(f"min_evals must be >= 1, got {min_evals}")
 
     src, close_src = _open(source, peft)
-    base_src, close_base = (_open(base, False) if base is not None else (None, False))
+    base_src, close_base = _open(base, False) if base is not None else (None, False)
     try:
         jobs = _jobs(src, source, peft, delta, base_src)
         keep = _layer_filter(layers)
@@ -565,7 +574,7 @@ def spectrum(
     if (peft == "with_base" or delta) and base is None:
         raise SpectuneError("spectrum(): peft='with_base' and delta=True need base=")
     src, close_src = _open(source, peft)
-    base_src, close_base = (_open(base, False) if base is not None else (None, False))
+    base_src, close_base = _open(base, False) if base is not None else (None, False)
     keep: dict[str, Any] = {}
     try:
         jobs = [j for j in _jobs(src, source, peft, delta, base_src) if j.longname == layer]

@@ -117,8 +117,9 @@ def mp_fit(evals: np.ndarray, N: int, M: int) -> dict[str, float]:
     nan = float("nan")
     total = float(np.sum(ev))
     if len(ev) < 2 or total <= 0 or not np.isfinite(total):
-        return dict(num_spikes=nan, sigma_mp=nan, mp_softrank=nan, bulk_max=nan, bulk_min=nan,
-                    W_scale=nan)
+        return dict(
+            num_spikes=nan, sigma_mp=nan, mp_softrank=nan, bulk_max=nan, bulk_min=nan, W_scale=nan
+        )
     w_scale = np.sqrt(len(ev)) / np.sqrt(total)
     scaled = ev * w_scale**2
     lambda_max = float(scaled.max())
@@ -191,7 +192,9 @@ def randomized_metrics(
         out["rand_distance"] = float(np.sqrt(max((kl_p + kl_q) / 2, 0.0)))
     else:
         out["rand_distance"] = float("nan")
-    out["ww_softrank"] = float(first.max() / ev_sorted.max()) if ev_sorted.max() > 0 else float("nan")
+    out["ww_softrank"] = (
+        float(first.max() / ev_sorted.max()) if ev_sorted.max() > 0 else float("nan")
+    )
     out["ww_maxdist"] = float(ev_sorted.max() - first.max())
     fit = mp_fit(rand, N, M)
     out.update(
