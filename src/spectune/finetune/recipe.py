@@ -489,7 +489,8 @@ def summarize_judging(before: dict | None, after: dict) -> tuple[dict, dict]:
     return learning, forgetting
 
 
-def _log_rows(out: Path) -> list[dict[str, float]]:
+def log_rows(out: Path) -> list[dict[str, float]]:
+    """The rows of a run's train_log.csv as numbers (empty when there is no log yet)."""
     path = out / "train_log.csv"
     if not path.is_file():
         return []
@@ -705,7 +706,7 @@ def tune(
             summary["base_alpha"] = float(ok["base_alpha"].mean()) if len(ok) else None
 
     # metrics
-    log = _log_rows(out)
+    log = log_rows(out)
     ms_before = (before or {}).get("latency") or {}
     metrics: dict[str, Any] = {
         "run": {
@@ -825,6 +826,7 @@ __all__ = [
     "flat_metrics",
     "judge_base",
     "load_run_data",
+    "log_rows",
     "save_adapter",
     "save_merged",
     "summarize_judging",

@@ -199,7 +199,7 @@ def run_comparison(
     Returns:
         The rows of ``results.csv``.
     """
-    from spectune.finetune.recipe import flat_metrics, tune
+    from spectune.finetune.recipe import flat_metrics, log_rows, tune
     from spectune.report.html import write_comparison_report
 
     out = Path(out)
@@ -225,9 +225,7 @@ def run_comparison(
             print(f"spectune: run {name} failed: {exc}", file=sys.stderr)
             continue
         rows.append({**flat_metrics(result.metrics), **setting, "status": "complete"})
-        from spectune.finetune.recipe import _log_rows
-
-        logs[name] = _log_rows(run_dir)
+        logs[name] = log_rows(run_dir)
         write_comparison(out, rows, logs, {"kind": kind, "title": title, **(meta or {}),
                                            "total_seconds": None})  # fmt: skip
     total = time.perf_counter() - start

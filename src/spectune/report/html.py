@@ -159,11 +159,16 @@ def _mib(n_bytes: Any) -> str:
     return DASH if x is None else _mib_value(x / 2**20)
 
 
-def _mib_value(mib: Any) -> str:
-    x = _num(mib)
+def _with_unit(value: Any, unit: str) -> str:
+    """Two decimals below 10, one above (thousands separated), then the unit."""
+    x = _num(value)
     if x is None:
         return DASH
-    return f"{x:.2f} MiB" if abs(x) < 10 else f"{x:,.1f} MiB"
+    return f"{x:.2f} {unit}" if abs(x) < 10 else f"{x:,.1f} {unit}"
+
+
+def _mib_value(mib: Any) -> str:
+    return _with_unit(mib, "MiB")
 
 
 def _seconds(value: Any) -> str:
@@ -174,10 +179,7 @@ def _seconds(value: Any) -> str:
 
 
 def _ms(value: Any) -> str:
-    x = _num(value)
-    if x is None:
-        return DASH
-    return f"{x:.2f} ms" if abs(x) < 10 else f"{x:,.1f} ms"
+    return _with_unit(value, "ms")
 
 
 def _general(value: Any) -> str:
