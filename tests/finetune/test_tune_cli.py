@@ -127,7 +127,7 @@ def test_demo_budgets_match_lora(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_demo_cli_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
+def test_demo_cli_on_the_tiny_model(tiny_model_dir, smol_tokenizer, tmp_path, capsys):
     """The whole demo path (matched budgets, base spectra, four methods, comparison page)."""
     out = tmp_path / "demo"
     small = [f"model={tiny_model_dir}", "train.max_steps=2", "data.n_train=32", "data.n_eval=8",
@@ -139,6 +139,15 @@ def test_demo_cli_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     counts = {r["method"]: int(r["trainable"]) for r in rows}
     assert counts["lora"] == counts["qlora"] == counts["frog"] == 8 * 2048
     assert counts["dora"] == counts["lora"] + 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64)  # magnitudes
-    assert (out / "base_spectra" / "details.csv").is_file()
+    import pandas as pd
+
+    base = pd.read_csv(out / "base_spectra" / "details.csv")  # the tiny model's, not SmolLM2's
+    assert len(base) == 15 and base["N"].max() == len(smol_tokenizer)  # 14 linear + embedding
+    meta = json.loads((out / "comparison.json").read_text())
+    assert (
+        meta["title"]
+        == f"spectune demo: lora, dora, qlora, frog at matched budgets on {tiny_model_dir.name}"
+    )
+    assert all(meta["notes"])
     assert (out / "report.html").is_file() and (out / "results.md").is_file()
     assert "demo finished in" in capsys.readouterr().out

@@ -59,7 +59,7 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     "lora": [],
     "dora": [],
     "qlora": [],
-    "frog": ["train.learning_rate=1e-3"],
+    "frog": [],
     "full": ["train.learning_rate=2e-5"],
 }
 
@@ -130,28 +130,24 @@ def demo(
 
     runs = demo_runs(methods, overrides, base)
     budget = next((c.frog["budget"] for n, c, _ in runs if c.method == "frog"), None)
-    meta = {
-        "base_config": runs[0][1].to_dict(),
-        "methods": list(methods),
-        "notes": [
-            f"matched budgets: LoRA/DoRA/QLoRA r={runs[0][1].r} on all-linear; FROG budget "
-            f"G={budget:.5f} of the same target weights gives the same trainable count"
-            if budget is not None
-            else "",
-            "before = the float32 base model; QLoRA's forgetting includes 4-bit quantization",
-        ],
-    }
+    first = runs[0][1]
+    notes = ["before = the float32 base model; QLoRA's forgetting includes 4-bit quantization"]
+    if budget is not None:
+        notes.insert(0, f"matched budgets: LoRA r={first.r} on {first.target_modules}; FROG "
+                        f"budget G={budget:.5f} of the same target weights gives the same "
+                        "trainable count (DoRA adds its magnitude vectors)")  # fmt: skip
+    meta = {"base_config": first.to_dict(), "methods": list(methods), "notes": notes}
+    model = "SmolLM2-135M-Instruct" if first.model == "default" else Path(first.model).name
+    title = f"spectune demo: {', '.join(methods)} at matched budgets on {model}"
 
     def base_spectra(folder: Any) -> None:
         folder.own("base_spectra")
         if progress:
             print("base model spectra -> base_spectra/", file=sys.stderr, flush=True)
-        write_base_spectra(Path(folder.path) / "base_spectra", progress=progress)
+        write_base_spectra(Path(folder.path) / "base_spectra", first.model, progress=progress)
 
-    return run_comparison(runs, out, kind="demo", title="spectune demo: LoRA, DoRA, QLoRA, "
-                          "FROG at matched budgets on SmolLM2-135M-Instruct", meta=meta,
-                          overwrite=overwrite, resume=resume, progress=progress,
-                          prelude=base_spectra)  # fmt: skip
+    return run_comparison(runs, out, kind="demo", title=title, meta=meta, overwrite=overwrite,
+                          resume=resume, progress=progress, prelude=base_spectra)  # fmt: skip
 
 
 __all__ = [

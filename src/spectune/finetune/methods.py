@@ -232,8 +232,10 @@ def load_base(model_dir: Path, config: TuneConfig | None = None) -> tuple[Any, l
         bnb_4bit_compute_dtype=_dtype(dtype),
         llm_int8_skip_modules=(skip + ["lm_head"]) if skip else None,
     )
+    # 4-bit weights are placed when loaded: on the GPU where there is one
+    device_map = {"": 0} if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quant, dtype=torch.float32, device_map="cpu"
+        model_dir, quantization_config=quant, dtype=torch.float32, device_map=device_map
     )
     return model, notes
 
