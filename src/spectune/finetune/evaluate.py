@@ -142,10 +142,15 @@ def _device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def _inner(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     """(decoder, output head) of a Hugging Face causal LM or a peft model around one; None for
     other models. Lets the loss run the vocabulary projection only where a label is."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _inner(model)
     get_decoder = getattr(base, "get_decoder", None)
     get_head = getattr(base, "get_output_embeddings", None)
     if get_decoder is None or get_head is None:
@@ -156,11 +161,36 @@ def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     return decoder, head
 
 
+def labelled_nll(
+    parts: tuple[Any, Any], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """Summed NLL of the labelled next-token predictions, and their count, with the output
+    head applied only at those positions (the causal-LM loss of the full logits, cheaper).
+
+    Args:
+        parts: ``(decoder, head)`` from :func:`decoder_and_head`.
+        input_ids, attention_mask, labels: (batch, length); label ``-100`` is not scored and
+            position t is predicted at t - 1.
+
+    Returns:
+        ``(nll_sum, n)``: a 0-d tensor (with its graph, for training) and the count.
+    """
+    import torch.nn.functional as F
+
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX  # (batch, length - 1)
+    logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
+    return F.cross_entropy(logits, target[keep], reduction="sum"), int(keep.sum())
+
+
 def _takes_logits_to_keep(model: Any) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers causal LMs do)."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _inner(model)
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
@@ -465,8 +495,6 @@ def heldout_loss(
     Returns:
         A :class:`LossResult`.
     """
-    import torch
-
     features, stats = tokenize_examples(examples, tokenizer, max_length=max_length, system=system)
     collate = InstructionCollator(pad_token_id(tokenizer))
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
@@ -482,15 +510,8 @@ def heldout_loss(
             if parts is None:
                 nll, n = _token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
             else:  # the vocabulary projection only where a label is
-                decoder, head = parts
-                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                target = labels[:, 1:]
-                keep = target != IGNORE_INDEX  # (batch, length - 1)
-                logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
-                nll = float(
-                    torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
-                )
-                n = int(keep.sum())
+                nll_sum, n = labelled_nll(parts, ids, mask, labels)
+                nll = float(nll_sum)
             total += nll
             count += n
     loss = total / count
@@ -870,6 +891,7 @@ __all__ = [
     "has_4bit_weights",
     "heldout_loss",
     "judge",
+    "labelled_nll",
     "perplexity",
     "unpack_4bit_cpu_weights",
 ]

@@ -186,11 +186,9 @@ def judge_base(
 
 def _trainer_classes() -> tuple[type, type]:
     """The Trainer subclass and the callback base (imported lazily: transformers is slow)."""
-    import torch
     from transformers import Trainer, TrainerCallback
 
-    from spectune.finetune.data import IGNORE_INDEX
-    from spectune.finetune.evaluate import decoder_and_head
+    from spectune.finetune.evaluate import decoder_and_head, labelled_nll
 
     class SpectuneTrainer(Trainer):
         """Trainer that computes the output head only where a label is, and checkpoints FROG
@@ -203,17 +201,13 @@ def _trainer_classes() -> tuple[type, type]:
             parts = decoder_and_head(model)
             if parts is None or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            decoder, head = parts
-            labels = inputs["labels"][:, 1:]  # position t is predicted at t - 1
-            hidden = decoder(input_ids=inputs["input_ids"],
-                             attention_mask=inputs["attention_mask"]).last_hidden_state  # fmt: skip
-            keep = labels != IGNORE_INDEX  # (batch, length - 1)
-            logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
-            nll = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+            nll, n = labelled_nll(
+                parts, inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+            )
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                 # Trainer then expects the loss already divided across gradient accumulation
                 return nll / num_items_in_batch
-            return nll / keep.sum().clamp(min=1)
+            return nll / max(n, 1)
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             from spectune.frog import frog_modules, save_frog
