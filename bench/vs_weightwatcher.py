@@ -12,7 +12,9 @@ max |d alpha| <= 0.01, >= 100x on the adapter.
 
 Run: .venv/bin/python bench/vs_weightwatcher.py [--lora-modules 4] [--repeat 1] [--threads N]
 
-Measure on a quiet machine: timings here are ratios taken in one run.
+Measure on a quiet machine. For the model, every round runs WeightWatcher, spectune float64
+and spectune float32 in turn; the speed-up printed is the median of the rounds' ratios, with
+their range.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ def timed(fn, repeat: int):
     return statistics.median(times), out
 
 
+def rounds(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """Run every fn once untimed (imports, caches), then ``repeat`` rounds of all of them in
+    turn; returns the median time of each and its last output. Interleaving puts every tool
+    through the same machine states, so the ratios of one round are comparable."""
+    out = {name: fn() for name, fn in fns.items()}
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return times, out
+
+
 def bench_model(repeat: int) -> None:
     import weightwatcher as ww
 
@@ -53,19 +69,31 @@ def bench_model(repeat: int) -> None:
     model, _ = load_default_model()
     ids = [i for i, (_, m) in enumerate(model.named_modules()) if isinstance(m, torch.nn.Linear)]
     ids = [i for i, (n, _) in enumerate(model.named_modules()) if i in ids and n != "lm_head"]
-    with quiet():
-        watcher = ww.WeightWatcher(model=model)
-        t_ww, ref = timed(lambda: watcher.analyze(layers=ids), repeat)
-    t64, d64 = timed(lambda: analyze(model, layers=ids, progress=False), repeat)
-    t32, d32 = timed(
-        lambda: analyze(model, layers=ids, progress=False, precision="float32"), repeat
+    watcher = ww.WeightWatcher(model=model)
+
+    def weightwatcher():
+        with quiet():
+            return watcher.analyze(layers=ids)
+
+    times, out = rounds(
+        {
+            "weightwatcher": weightwatcher,
+            "float64": lambda: analyze(model, layers=ids, progress=False),
+            "float32": lambda: analyze(model, layers=ids, progress=False, precision="float32"),
+        },
+        repeat,
     )
-    ref = ref.set_index("longname")
-    for label, t, d in (("float64", t64, d64), ("float32", t32, d32)):
+    ref = out["weightwatcher"].set_index("longname")
+    t_ww = times["weightwatcher"]
+    for label in ("float64", "float32"):
+        d, t = out[label], times[label]
         diff = np.abs(d.set_index("longname")["alpha"] - ref.loc[d["longname"], "alpha"].to_numpy())
+        ratios = [a / b for a, b in zip(t_ww, t, strict=True)]
+        spread = f" (rounds: {min(ratios):.1f}x to {max(ratios):.1f}x)" if len(ratios) > 1 else ""
         print(
-            f"SmolLM2-135M linear ({len(d)} matrices) {label}: weightwatcher {t_ww:.1f} s, "
-            f"spectune {t:.1f} s, speed-up {t_ww / t:.1f}x, max |d alpha| {diff.max():.2e}"
+            f"SmolLM2-135M linear ({len(d)} matrices) {label}: weightwatcher "
+            f"{statistics.median(t_ww):.1f} s, spectune {statistics.median(t):.2f} s, "
+            f"speed-up {statistics.median(ratios):.1f}x{spread}, max |d alpha| {diff.max():.2e}"
         )
 
 

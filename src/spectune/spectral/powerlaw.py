@@ -21,7 +21,9 @@ sample is the tail.
 
 WeightWatcher evaluates these in a Python loop, O(N^2) numpy work with O(N) interpreter
 overhead. Here the alphas come from one reversed cumulative sum and the KS distances from
-blocked matrix expressions, so a 4096-eigenvalue fit takes milliseconds.
+blocked matrix expressions, computed only for the candidates that can still be the minimum
+(a branch and bound on exact lower bounds, see :func:`_ks_distances`), so a 4096-eigenvalue
+fit takes milliseconds.
 
 Differences from WeightWatcher, on purpose: a fit that cannot be made (fewer than two
 eigenvalues above the threshold, or a non-finite alpha) has ``status == "failed"`` and
@@ -52,6 +54,8 @@ DEFAULT_FINGER_THRESH = 1.0
 
 _BLOCK_ELEMS = 1 << 21  # ~16 MB of float64 per block of KS work
 _KS_ROWS = 48  # candidates per block: the masked triangle is rows^2 / 2 wasted entries
+_KS_STRIDE = 16  # the pruning bound of the KS distances uses every 16th point
+_KS_BATCH = 16  # candidates computed exactly at a time, lowest bounds first
 
 
 @dataclass
@@ -69,7 +73,8 @@ class PowerLawFit:
         status: "success" or "failed".
         num_fingers: eigenvalues clipped off the top by ``fix_fingers="clip_xmax"`` (0 otherwise).
         raw_alpha: with clip_xmax, the alpha before clipping (NaN otherwise).
-        candidates: the candidate xmins, their alphas and KS distances (for plots); not serialized.
+        candidates: the candidate xmins, their alphas and KS distances (+inf where the search
+            proved a candidate cannot be the minimum without computing it); not serialized.
     """
 
     alpha: float
@@ -104,40 +109,95 @@ def _tail_sums(log_data: np.ndarray) -> np.ndarray:
     return (rev_cum - n * shifted)[:-1]
 
 
-def _ks_distances(data: np.ndarray, log_data: np.ndarray, alphas: np.ndarray, valid: np.ndarray):
-    """KS distance for every candidate i (D = 1 where ``valid`` is False).
+def _ks_rows(log_data: np.ndarray, alphas: np.ndarray, ii: np.ndarray, cols: np.ndarray):
+    """| F_i(x_j) - (j - i) / n_i | for candidates ``ii`` (rows) at points ``cols`` (columns).
+
+    Every entry is computed by the same sequence of float operations whatever the other rows
+    and columns are, so a value taken on a subset of columns equals the full table's entry
+    bit for bit (the pruning in :func:`_ks_distances` relies on it). Entries left of a row's
+    own start are not part of its tail and are meaningless; callers mask them.
+    """
+    L = log_data[cols][None, :] - log_data[ii][:, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # alpha = inf: 0 * inf = NaN, kept
+        L *= (1.0 - alphas[ii])[:, None]
+        np.exp(L, out=L)
+    inv_n = 1.0 / (len(log_data) - ii).astype(np.float64)  # k / n = (j - i) / n_i
+    L += cols.astype(np.float64)[None, :] * inv_n[:, None] - (ii * inv_n)[:, None]
+    np.subtract(1.0, L, out=L)
+    np.abs(L, out=L)
+    return L
+
+
+def _ks_exact(log_data: np.ndarray, alphas: np.ndarray, rows: np.ndarray, Ds: np.ndarray) -> None:
+    """Ds[i] = the KS distance of candidate i, for every i in ``rows`` (ascending).
+
+    Blocks of candidates close together share one table over the columns their tails cover;
+    a block spans at most :data:`_KS_ROWS` candidate positions, so the work left of each
+    row's own start (masked) stays small.
+    """
+    N = len(log_data)
+    k = 0
+    while k < len(rows):
+        c0 = int(rows[k])
+        span = max(1, min(_KS_ROWS, _BLOCK_ELEMS // (N - c0)))
+        stop = int(np.searchsorted(rows, c0 + span, side="left"))
+        ii = rows[k:stop]
+        L = _ks_rows(log_data, alphas, ii, np.arange(c0, N))
+        for r in np.nonzero(ii > c0)[0]:  # columns left of a row's start are not its tail
+            L[r, : ii[r] - c0] = 0.0
+        Ds[ii] = L.max(axis=1)
+        k = stop
+
+
+def _ks_distances(data: np.ndarray, log_data: np.ndarray, alphas: np.ndarray, valid: np.ndarray,
+                  *, prune: bool = True) -> np.ndarray:  # fmt: skip
+    """KS distance of every candidate xmin that can be the minimum (D = 1 where not ``valid``).
 
     For candidate i, tail x_i..x_{N-1} (n = N - i points):
         D_i = max_{k=0..n-1} | 1 - exp((1 - alpha_i)(ln x_{i+k} - ln x_i)) - k / n |.
-    Computed for blocks of consecutive candidates over the columns their tails cover: the
-    upper triangle of the (candidate, point) table, cut into blocks of at most
-    :data:`_KS_ROWS` rows so that the work left of each row's own start (masked) stays small.
+
+    The fit only needs the first minimum of D. With ``prune`` (default) D is computed exactly
+    only where it can be that minimum: a lower bound for every candidate comes from every
+    :data:`_KS_STRIDE`-th point (entries identical to the full table's, so bound <= D
+    exactly). Candidates are then computed exactly in order of their bounds, and the search
+    stops at the first bound above the smallest D found: no candidate left can reach it. The
+    minimum and its first position are the same as with the full table (ties included: a
+    bound equal to the minimum is still computed); candidates never computed get +inf.
+    ``prune=False`` computes every D (for plots of D against xmin).
     """
     N = len(data)
     Ds = np.ones(N - 1, dtype=np.float64)
-    if not valid.any():
+    cand = np.nonzero(valid)[0]
+    if cand.size == 0:
         return Ds
-    cols_all = np.arange(N, dtype=np.float64)
-    i = 0
-    while i < N - 1:
-        width = N - i
-        rows = max(1, min(N - 1 - i, _KS_ROWS, _BLOCK_ELEMS // width))
-        ii = np.arange(i, i + rows)
-        ii = ii[valid[ii]]
-        if ii.size:
-            c0 = ii[0]
-            L = log_data[c0:] - log_data[ii][:, None]  # (rows, N - c0)
-            L *= (1.0 - alphas[ii])[:, None]
-            with np.errstate(over="ignore", invalid="ignore"):
-                np.exp(L, out=L)
-            inv_n = 1.0 / (N - ii).astype(np.float64)  # k / n = (j - i) / n_i
-            L += cols_all[c0:][None, :] * inv_n[:, None] - (ii * inv_n)[:, None]
-            np.subtract(1.0, L, out=L)
-            np.abs(L, out=L)
-            for r in np.nonzero(ii > c0)[0]:  # columns left of a row's start are not its tail
-                L[r, : ii[r] - c0] = 0.0
-            Ds[ii] = L.max(axis=1)
-        i += rows
+    if not prune or N < 4 * _KS_STRIDE:
+        _ks_exact(log_data, alphas, cand, Ds)
+        return Ds
+    cols = np.arange(0, N, _KS_STRIDE)
+    bound = np.zeros(N - 1, dtype=np.float64)
+    step = max(1, _BLOCK_ELEMS // len(cols))
+    for b in range(0, cand.size, step):
+        ii = cand[b : b + step]
+        L = _ks_rows(log_data, alphas, ii, cols)
+        L[cols[None, :] < ii[:, None]] = 0.0  # points left of a candidate's start
+        bound[ii] = L.max(axis=1)
+    # An infinite alpha (a tail of equal values) gives D = NaN, which argmin picks before any
+    # number: if there is one, nothing else matters. The shortest tails are computed first
+    # (their bounds see few points, their exact D costs little) for a first upper bound.
+    first = ~np.isfinite(alphas[cand]) | (cand >= N - 4 * _KS_STRIDE)
+    _ks_exact(log_data, alphas, cand[first], Ds)
+    Ds[cand[~first]] = np.inf
+    upper = float(np.min(Ds[cand[first]])) if first.any() else np.inf
+    if np.isnan(upper):
+        return Ds
+    rest = cand[~first]
+    rest = rest[np.argsort(bound[rest], kind="stable")]
+    for b in range(0, rest.size, _KS_BATCH):  # branch and bound, lowest bounds first
+        if bound[rest[b]] > upper:
+            break
+        batch = np.sort(rest[b : b + _KS_BATCH])
+        _ks_exact(log_data, alphas, batch, Ds)
+        upper = min(upper, float(np.min(Ds[batch])))
     return Ds
 
 
