@@ -142,9 +142,10 @@ def _ks_exact(log_data: np.ndarray, alphas: np.ndarray, rows: np.ndarray, Ds: np
         span = max(1, min(_KS_ROWS, _BLOCK_ELEMS // (N - c0)))
         stop = int(np.searchsorted(rows, c0 + span, side="left"))
         ii = rows[k:stop]
-        L = _ks_rows(log_data, alphas, ii, np.arange(c0, N))
-        for r in np.nonzero(ii > c0)[0]:  # columns left of a row's start are not its tail
-            L[r, : ii[r] - c0] = 0.0
+        cols = np.arange(c0, N)
+        L = _ks_rows(log_data, alphas, ii, cols)
+        if ii.size > 1:  # columns left of a row's start are not its tail
+            L[cols[None, :] < ii[:, None]] = 0.0
         Ds[ii] = L.max(axis=1)
         k = stop
 
