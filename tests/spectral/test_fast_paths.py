@@ -63,7 +63,7 @@ def test_pruning_skips_most_candidates_of_a_real_sized_spectrum():
     assert computed < 0.5 * valid.sum(), computed
 
 
-def test_alpha_of_an_equal_valued_tail_is_the_fits_answer_as_before():
+def test_a_tail_of_equal_values_still_fails_the_fit_with_pruning():
     # the top three eigenvalues are equal: that candidate's alpha is infinite and its D NaN;
     # WW's argmin picks it, so the fit fails (alpha NaN) with or without pruning
     ev = np.r_[np.linspace(1.0, 2.0, 100), [5.0, 5.0, 5.0]]

@@ -9,8 +9,9 @@ WeightWatcher computes them with a full float64 SciPy SVD per matrix. We form th
 matrix once (BLAS syrk: half of one GEMM, O(N M^2 / 2)) and run LAPACK's symmetric
 eigensolver (sytrd + sterf, O(M^3), a fraction of an SVD's cost) on it. In float64 the
 eigenvalues agree with the SVD's squared singular values to about 1e-13 * lambda_max
-(absolute), which changes no power-law fit: the tail eigenvalues that the fit uses are large. ``precision="float32"`` does both steps in float32 (about twice as
-fast again; relative error ~1e-6 on the tail, alphas within ~1e-3). ``method="svd"`` uses
+(absolute), which changes no power-law fit: the tail eigenvalues that the fit uses are
+large. ``precision="float32"`` does both steps in float32 (about twice as fast again;
+relative error ~1e-6 on the tail, alphas within ~1e-3). ``method="svd"`` uses
 ``torch.linalg.svdvals`` instead (slower, most accurate for the smallest eigenvalues).
 
 A LoRA update Delta W = s * B A (B: N x r, A: r x M) has at most r nonzero eigenvalues; they
