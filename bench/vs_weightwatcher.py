@@ -36,7 +36,11 @@ def quiet():
 
 
 def timed(fn, repeat: int):
-    """Median wall time of ``repeat`` runs after one untimed warm-up (imports, caches)."""
+    """Median wall time of ``repeat`` runs after one untimed warm-up (imports, caches).
+
+    The LoRA case times each tool in its own block rather than in :func:`rounds`: a 50 ms run
+    started right after WeightWatcher's multi-threaded SVD measures 85 ms (the other tool's
+    BLAS threads are still winding down), which is not spectune's speed."""
     fn()
     times, out = [], None
     for _ in range(repeat):
@@ -48,8 +52,8 @@ def timed(fn, repeat: int):
 
 def rounds(fns: dict, repeat: int) -> tuple[dict, dict]:
     """Run every fn once untimed (imports, caches), then ``repeat`` rounds of all of them in
-    turn; returns the median time of each and its last output. Interleaving puts every tool
-    through the same machine states, so the ratios of one round are comparable."""
+    turn; returns each fn's times (one per round) and its last output. Interleaving puts every
+    tool through the same machine states, so the ratios of one round are comparable."""
     out = {name: fn() for name, fn in fns.items()}
     times: dict = {name: [] for name in fns}
     for _ in range(repeat):
