@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from spectune.errors import SpectuneError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -126,3 +128,85 @@ def publish_dir(build: Callable[[Path], None], final: str | os.PathLike[str]) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (a file or a folder)."""
+    probe = path
+    while True:
+        try:
+            probe.stat()
+            return probe
+        except (FileNotFoundError, NotADirectoryError):
+            if probe.parent == probe:
+                return probe
+            probe = probe.parent
+
+
+def _can_create_in(folder: Path) -> OSError | None:
+    """Create and remove a temporary file in ``folder``; the error if that fails, else None.
+
+    A real write, not ``os.access``: it also catches read-only file systems and holds for root.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc
+    return None
+
+
+def check_writable_dir(
+    path: str | os.PathLike[str], what: str, fix: str = "pass a folder you can write to"
+) -> Path:
+    """Check, before any work, that the folder ``path`` exists or can be made, and is writable.
+
+    Nothing is created: the check writes and removes a temporary file in ``path`` or in its
+    nearest existing ancestor.
+
+    Args:
+        path: the output folder.
+        what: how the user named it, for the message (e.g. ``"--out"``).
+        fix: what the user should do, the message's last words.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        SpectuneError: ``path`` (or an ancestor) is a file, or the folder cannot be written.
+    """
+    folder = Path(path).expanduser()
+    try:
+        probe = _first_existing(folder)
+    except OSError as exc:
+        raise SpectuneError(f"{what} {folder}: cannot look at it ({exc.strerror}); {fix}") from exc
+    if not probe.is_dir():
+        where = "is a file" if probe == folder else f"is inside {probe}, which is a file"
+        raise SpectuneError(f"{what} {folder} {where}; {fix}")
+    problem = _can_create_in(probe)
+    if problem is not None:
+        where = "" if probe == folder else f" (no folder can be made in {probe})"
+        raise SpectuneError(f"{what} {folder} is not writable{where}: {problem.strerror}; {fix}")
+    return folder
+
+
+def check_writable_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Check, before any work, that a file can be written at ``path`` (replacing any file there).
+
+    Args:
+        path: the output file.
+        what: how the user named it, for the message (e.g. ``"--csv"``).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        SpectuneError: ``path`` is a folder, or its folder cannot be made or written.
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise SpectuneError(f"{what} {file} is a folder; pass a file name, e.g. {file / 'out.csv'}")
+    check_writable_dir(
+        file.parent, f"{what} {file}: its folder", "pass a file in a folder you can write to"
+    )
+    return file

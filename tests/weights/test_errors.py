@@ -180,3 +180,31 @@ def test_every_error_is_one_line(tmp_path):
     with pytest.raises(SpectuneError) as err:
         open_source(path)
     assert "\n" not in str(err.value)
+
+
+class _RunsCode:
+    """Unpickling this would call os.system: the classic malicious pickle."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo executed > spectune-pwned.txt",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle protocol 4", "pickle protocol 2"])
+def test_bin_with_code_says_weights_only_refuses_it_not_truncated(tmp_path, monkeypatch, how):
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "pytorch_model.bin"
+    payload = {"w": torch.ones(2, 2), "evil": _RunsCode()}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps({"evil": _RunsCode()}, protocol=int(how[-1])))
+    with pytest.raises(SpectuneError) as err:
+        open_source(path)
+    msg = str(err.value)
+    assert str(path) in msg and "truncated" not in msg
+    assert "system" in msg and "weights_only=True) refuses" in msg
+    assert not (tmp_path / "spectune-pwned.txt").exists()

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from spectune.report.files import write_results  # noqa: F401 - re-exported for callers
+
 HELP = "WeightWatcher-style spectral diagnostics (alpha, norms, ranks) of any weights"
 
 
@@ -45,56 +47,15 @@ def resolve_source(source: str) -> Any:
     return source
 
 
-def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
-                  source: Any = None, peft: bool | str = False,
-                  base: Any = None) -> list[Path]:  # fmt: skip
-    """Write details.csv, details.json, summary.json and (optionally) figures, each atomically.
-
-    The ESD figures recompute the plotted rows' spectra with the options in ``details.attrs``
-    (delta, W + Delta W, LoRA scaling, precision, finger clipping) and ``base``.
-    """
-    from spectune._io import atomic_path, write_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    with atomic_path(out / "details.csv") as tmp:
-        details.to_csv(tmp, index=False)
-    written.append(out / "details.csv")
-    write_json(out / "details.json", details.to_dict(orient="records"))
-    written.append(out / "details.json")
-    write_json(out / "summary.json", {**summary, "options": details.attrs.get("spectune", {})})
-    written.append(out / "summary.json")
-    if plots:
-        from spectune.cli._common import save_figure
-        from spectune.report import plots as P
-        from spectune.spectral import spectrum
-
-        figs = {"alpha_hist.png": P.alpha_histogram(details),
-                "alpha_depth.png": P.alpha_by_depth(details)}  # fmt: skip
-        if "base_alpha" in details:
-            figs["alpha_vs_base.png"] = P.base_vs_adapter_alpha(details)
-        if source is not None:
-            opts = details.attrs.get("spectune", {})
-            for i, name in enumerate(P.pick_layers(details)):
-                evals, fit = spectrum(
-                    source, name, peft=opts.get("peft", peft), base=base,
-                    delta=bool(opts.get("delta", False)),
-                    lora_scaling=opts.get("lora_scaling", True),
-                    precision=opts.get("precision", "float64"),
-                    fix_fingers=opts.get("fix_fingers"),
-                )  # fmt: skip
-                figs[f"esd_{i}.png"] = P.esd_loglog(evals, fit, title=f"ESD of {name}")
-        for fname, fig in figs.items():
-            save_figure(fig, out / fname)
-            written.append(out / fname)
-    return written
-
-
 def show_summary(details: Any, summary: dict, title: str) -> None:
+    import pandas as pd
+
     from spectune.cli._common import print_table
 
     worst = details[details["status"] == "success"].sort_values("alpha")
-    rows = worst.head(5).to_dict(orient="records") + worst.tail(5).to_dict(orient="records")
+    # the 5 lowest and 5 highest; with 10 rows or fewer, each row once
+    shown = worst if len(worst) <= 10 else pd.concat([worst.head(5), worst.tail(5)])
+    rows = shown.to_dict(orient="records")
     print_table(rows, f"{title}: lowest and highest alpha",
                 ["longname", "N", "M", "alpha", "alpha_weighted", "log_norm", "stable_rank", "D",
                  "warning"])  # fmt: skip
@@ -106,8 +67,11 @@ def show_summary(details: Any, summary: dict, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectune._io import check_writable_dir
     from spectune.spectral import analyze, summarize
 
+    # checked before the analysis, which can take minutes, not after it
+    out = check_writable_dir(args.out, "--out") if args.out else None
     source = resolve_source(args.source)
     base = resolve_source(args.base) if args.base else None
     peft: bool | str = "with_base" if args.with_base else bool(args.peft)
@@ -119,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     summary = summarize(details)
     show_summary(details, summary, str(args.source))
-    if args.out:
-        written = write_results(details, summary, Path(args.out), plots=args.plots,
+    if out is not None:
+        written = write_results(details, summary, out, plots=args.plots,
                                 source=source, peft=peft, base=base)  # fmt: skip
         print(f"wrote {len(written)} files to {args.out}")
     elif args.plots:

@@ -15,17 +15,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectune._io import check_writable_file
     from spectune.cli._common import print_table
     from spectune.cli.analyze import resolve_source
+    from spectune.errors import SpectuneError
     from spectune.spectral import describe
 
+    csv = check_writable_file(args.csv, "--csv") if args.csv else None
     desc = describe(resolve_source(args.source), peft=args.peft, layers=args.layers)
+    if args.layers is not None and desc.empty:
+        raise SpectuneError(
+            f"--layers {args.layers!r} selects no matrix; run without --layers to list them all"
+        )
     cols = [c for c in ["layer_id", "longname", "layer_type", "N", "M", "Q", "rf", "num_evals",
                         "lora_rank", "scaling"] if c in desc.columns]  # fmt: skip
     print_table(desc.to_dict(orient="records"), f"{args.source}: {len(desc)} matrices", cols)
-    if args.csv:
+    if csv is not None:
         from spectune._io import atomic_path
 
-        with atomic_path(args.csv) as tmp:
+        with atomic_path(csv) as tmp:
             desc.to_csv(tmp, index=False)
     return 0

@@ -8,6 +8,7 @@ the standard library at top level, so ``spectune --help`` answers without loadin
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -24,6 +25,13 @@ COMMANDS: dict[str, str] = {
     "frog-plan": "spectune.cli.frog_plan",
     "model": "spectune.cli.model",
 }
+
+
+#: OSError numbers that say something about the user's files, not about spectune's code
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+    errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"spectune: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a file or folder that cannot be written or read for a reason of the user's machine
+        # (no permission, a file where a folder is needed, read-only or full disk): one line
+        # naming it, unless --debug. Any other OSError (a missing file...) keeps its traceback.
+        if debug or exc.filename is None or exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(
+            f"spectune: error: {target}: {exc.strerror or exc} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("spectune: interrupted", file=sys.stderr)

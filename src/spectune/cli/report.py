@@ -18,6 +18,12 @@ def run(args: argparse.Namespace) -> int:
     from spectune.report.html import write_comparison_report, write_run_report
 
     folder = Path(args.folder)
+    if not folder.exists():
+        raise SpectuneError(
+            f"{folder}: no such folder; pass a results folder of tune, sweep or demo"
+        )
+    if not folder.is_dir():
+        raise SpectuneError(f"{folder} is a file; pass a results folder of tune, sweep or demo")
     if (folder / "results.csv").is_file():
         path = write_comparison_report(folder)
     elif (folder / "metrics.json").is_file():

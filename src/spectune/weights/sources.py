@@ -705,22 +705,71 @@ def _is_zip_checkpoint(path: Path) -> bool:
         return False
 
 
+def _refused_globals(path: Path) -> list[str]:
+    """The globals (``module.name``) a pickle refers to that weights_only does not allow.
+
+    Reads the pickle's opcodes with :mod:`pickletools` (nothing is executed); for a zip
+    checkpoint, its ``data.pkl``. Empty when the file cannot be read this way.
+    """
+    import pickletools
+    from contextlib import ExitStack
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except Exception:  # a private torch API; without it, torch's own classes pass
+        allowed = set()
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with ExitStack() as stack:
+            if zipfile.is_zipfile(path):
+                zf = stack.enter_context(zipfile.ZipFile(path))
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                fh = stack.enter_context(zf.open(name))
+            else:
+                fh = stack.enter_context(open(path, "rb"))
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # unreadable, truncated or not a pickle: keep what was read
+        pass
+    refused = [
+        g for g in found
+        if (g not in allowed if allowed else not g.startswith(("torch.", "collections.")))
+    ]  # fmt: skip
+    return list(dict.fromkeys(refused))
+
+
 def _torch_load(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into a SpectuneError."""
+    import warnings
+
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's note on pickle protocols is not the user's
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found is None:
+        found = re.search(r"(?i)unsupported global:? GLOBAL ([\w.]+)", text)
+        refused = [found.group(1)] if found else _refused_globals(path)
+        if not refused:
             raise SpectuneError(
                 f"cannot read {path} with torch.load(weights_only=True): it is truncated, "
                 "corrupt or not a PyTorch checkpoint"
             ) from exc
+        what = f"a pickled {refused[0]}" if len(refused) == 1 else (
+            "pickled objects (" + ", ".join(refused[:4]) + ("..." if len(refused) > 4 else "") + ")"
+        )  # fmt: skip
         raise SpectuneError(
-            f"{path} is not a plain weights file: it holds a pickled {found.group(1)}, which "
+            f"{path} is not a plain weights file: it holds {what}, which "
             "torch.load(weights_only=True) refuses to run. If you trust the file, load it "
             "yourself and pass model.state_dict(), or re-save it with "
             "torch.save(model.state_dict(), ...) or as .safetensors"

@@ -1,0 +1,193 @@
+"""Bad inputs a user can give analyze, describe and report: one line on stderr, exit code 2.
+
+Output folders are checked before any computing. The tests run as any user, root included:
+root can write into a folder whatever its mode, so an "unwritable folder" here is a path under
+a regular file (no folder can be made there); where the machine has a folder that even root
+cannot write (sysfs), that is tested too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import spectune.spectral
+from spectune.cli.main import main
+
+
+def _unwritable_root_folder() -> Path | None:
+    """A folder that exists and cannot be written, even by root (sysfs), or None."""
+    folder = Path("/sys")
+    if not folder.is_dir():
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError:
+        return folder
+
+
+UNWRITABLE = _unwritable_root_folder()
+
+
+@pytest.fixture(scope="module")
+def few_matrices(tmp_path_factory) -> Path:
+    """A safetensors file with three matrices: fewer than the 5 + 5 rows analyze shows."""
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path_factory.mktemp("few") / "few.safetensors"
+    save_file(
+        {f"layers.{i}.proj.weight": torch.randn(96, 48, generator=g) for i in range(3)},
+        str(path),
+    )
+    return path
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "plain.txt"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if the analysis starts: output checks must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the analysis ran before the output folder was checked")
+
+    monkeypatch.setattr(spectune.spectral, "analyze", refuse)
+    monkeypatch.setattr(spectune.spectral, "describe", refuse)
+
+
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and err.startswith("spectune: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+def test_analyze_out_under_a_file_exits_2_before_computing(few_matrices, a_file, no_compute,
+                                                          capsys):  # fmt: skip
+    out = a_file / "results"
+    assert main(["analyze", str(few_matrices), "--out", str(out), "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "--out" in err and str(out) in err and "is a file" in err
+
+
+def test_analyze_out_that_is_a_file_exits_2(few_matrices, a_file, no_compute, capsys):
+    assert main(["analyze", str(few_matrices), "--out", str(a_file), "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert f"--out {a_file} is a file" in err
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(UNWRITABLE is None, reason="no folder here that root cannot write")
+def test_analyze_out_in_a_read_only_folder_exits_2(few_matrices, no_compute, capsys):
+    out = UNWRITABLE / "spectune-results"
+    assert main(["analyze", str(few_matrices), "--out", str(out), "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "not writable" in err and str(out) in err
+
+
+def test_describe_csv_into_an_unwritable_folder_exits_2(few_matrices, a_file, no_compute,
+                                                       capsys):  # fmt: skip
+    target = a_file / "sub" / "desc.csv"
+    assert main(["describe", str(few_matrices), "--csv", str(target)]) == 2
+    err = one_line_error(capsys)
+    assert "--csv" in err and "is a file" in err
+
+
+def test_describe_csv_given_a_folder_exits_2(few_matrices, tmp_path, no_compute, capsys):
+    assert main(["describe", str(few_matrices), "--csv", str(tmp_path)]) == 2
+    err = one_line_error(capsys)
+    assert f"--csv {tmp_path} is a folder" in err and "out.csv" in err
+
+
+@pytest.mark.skipif(UNWRITABLE is None, reason="no folder here that root cannot write")
+def test_describe_csv_in_a_read_only_folder_exits_2(few_matrices, no_compute, capsys):
+    assert main(["describe", str(few_matrices), "--csv", str(UNWRITABLE / "d.csv")]) == 2
+    assert "not writable" in one_line_error(capsys)
+
+
+def test_describe_csv_into_a_new_folder_still_works(few_matrices, tmp_path, capsys):
+    target = tmp_path / "new" / "deeper" / "desc.csv"
+    assert main(["describe", str(few_matrices), "--csv", str(target)]) == 0
+    assert target.read_text().count("\n") == 4  # header + 3 matrices
+
+
+def test_describe_layers_matching_nothing_exits_2_like_analyze(few_matrices, capsys):
+    assert main(["describe", str(few_matrices), "--layers", "no_such_layer"]) == 2
+    err = one_line_error(capsys)
+    assert "--layers 'no_such_layer' selects no matrix" in err
+    assert capsys.readouterr().out == ""
+    assert main(["analyze", str(few_matrices), "--layers", "no_such_layer", "--no-progress"]) == 2
+    assert "selects no matrix" in one_line_error(capsys)
+
+
+def test_report_on_a_missing_folder_says_it_is_missing(tmp_path, a_file, capsys):
+    missing = tmp_path / "no_run_here"
+    assert main(["report", str(missing)]) == 2
+    err = one_line_error(capsys)
+    assert str(missing) in err and "no such folder" in err
+    assert main(["report", str(a_file)]) == 2
+    assert "is a file" in one_line_error(capsys)
+    assert main(["report", str(tmp_path)]) == 2  # exists, but holds no run
+    assert "neither metrics.json" in one_line_error(capsys)
+
+
+def test_analyze_table_shows_each_row_once_with_few_matrices(few_matrices, capsys):
+    assert main(["analyze", str(few_matrices), "--no-progress", "--min-evals", "4"]) == 0
+    out = capsys.readouterr().out
+    for i in range(3):
+        assert out.count(f"layers.{i}.proj") == 1, out
+
+
+def test_analyze_table_shows_5_lowest_and_5_highest_of_many(tmp_path, capsys):
+    g = torch.Generator().manual_seed(1)
+    path = tmp_path / "many.safetensors"
+    save_file({f"m{i:02d}.weight": torch.randn(64, 32, generator=g) for i in range(12)},
+              str(path))  # fmt: skip
+    assert main(["analyze", str(path), "--no-progress", "--min-evals", "4"]) == 0
+    out = capsys.readouterr().out
+    shown = [i for i in range(12) if f"m{i:02d}" in out]
+    assert len(shown) == 10 and all(out.count(f"m{i:02d}") == 1 for i in shown)
+
+
+def test_an_os_error_naming_a_file_is_one_line_and_debug_shows_it(monkeypatch, tmp_path,
+                                                                  capsys):  # fmt: skip
+    """The last net in main: an OSError about a path the user gave (no permission, disk full)
+    that no check caught is one line with exit 2; --debug keeps the traceback."""
+    import spectune.cli.report as report_cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
+
+    monkeypatch.setattr(report_cli, "run", denied)
+    assert main(["report", str(tmp_path)]) == 2
+    err = one_line_error(capsys)
+    assert f"{tmp_path / 'x'}: Permission denied" in err and "--debug" in err
+    with pytest.raises(PermissionError):
+        main(["--debug", "report", str(tmp_path)])
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "y"))
+
+    monkeypatch.setattr(report_cli, "run", disk_full)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "No space left on device" in one_line_error(capsys)
+
+    for bug in (OSError("no file named: a bug, not the user's input"),
+                FileNotFoundError(2, "No such file or directory", "spectune/internal.json")):  # fmt: skip
+
+        def raise_bug(args, bug=bug):
+            raise bug
+
+        monkeypatch.setattr(report_cli, "run", raise_bug)
+        with pytest.raises(OSError):
+            main(["report", str(tmp_path)])
