@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spectune._io import publish_dir, write_json
+from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
 
 if TYPE_CHECKING:
@@ -141,6 +141,18 @@ def cache_problem(folder: Path) -> str | None:
     return None
 
 
+def check_cache_writable(folder: Path) -> Path:
+    """Check that a folder of the spectune cache can be made and written, before building it.
+
+    Raises:
+        SpectuneError: naming ``SPECTUNE_CACHE`` when it (or a folder above it) is a file or
+            cannot be written.
+    """
+    env = os.environ.get("SPECTUNE_CACHE")
+    what = f"the spectune cache (SPECTUNE_CACHE={env}):" if env else "the spectune cache:"
+    return check_writable_dir(folder, what, "set SPECTUNE_CACHE to a folder you can write to")
+
+
 @contextmanager
 def _build_lock(root: Path):
     """Serialize cache builds between processes (a no-op where ``fcntl`` is unavailable)."""
@@ -227,6 +239,7 @@ def default_model_dir(*, rebuild: bool = False) -> Path:
     folder = root / f"{DEFAULT_MODEL_NAME}-{_gguf_key(gguf)}"
     if not rebuild and cache_problem(folder) is None:
         return folder
+    check_cache_writable(root)
     with _build_lock(root):
         # Another process may have built it while we waited for the lock.
         if rebuild or cache_problem(folder) is not None:
