@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -75,3 +76,31 @@ def test_version_and_no_command(capsys):
     assert exc.value.code == 0
     assert __version__ in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_progress_is_one_style_tqdm_on_stderr_and_silent_when_disabled(capsys):
+    """analyze's bar is drawn by tqdm like the Trainer's and judging's, not by rich."""
+    from spectune._progress import progress_bar, track
+
+    assert list(track(iter(range(3)), 3, "spectra")) == [0, 1, 2]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.search(r"spectra: +\d+%\|.*\| \d/3 \[", captured.err)  # tqdm's own layout
+    assert list(track(range(3), 3, "quiet", enabled=False)) == [0, 1, 2]
+    with progress_bar(2, "hidden", enabled=False) as bar:
+        bar.update(2)
+    assert capsys.readouterr().err == ""
+    with progress_bar(4, "matrices", unit="matrix") as bar:
+        bar.update(4)
+    assert re.search(r"matrices: +\d+%\|.*\| \d/4 \[.*matrix/s", capsys.readouterr().err)
+
+
+def test_analyze_progress_uses_the_shared_tqdm_bar(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({f"m{i}.weight": torch.randn(48, 24) for i in range(3)}, str(path))
+    assert main(["analyze", str(path), "--min-evals", "4"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"spectra: +\d+%\|.*\| \d/3 \[", err)
