@@ -180,7 +180,7 @@ def test_bad_layers_argument():
     [
         (dict(peft="yes"), "peft must be"),
         (dict(precision="float16"), "precision must be"),
-        (dict(fix_fingers="xmin_peak"), "fix_fingers must be"),
+        (dict(fix_fingers="peak"), "fix_fingers must be"),
         (dict(peft="with_base"), "needs base="),
         (dict(min_evals=0), "min_evals must be"),
         (dict(delta=True, peft=True, base={"a.weight": torch.ones(2, 2)}), "full fine-tunes"),

@@ -122,7 +122,7 @@ def test_failed_fits_are_nan_not_minus_one():
     nonfinite = fit_powerlaw(np.array([1.0, 2.0, np.nan, 4.0]))
     assert nonfinite.status == "failed"
     with pytest.raises(ValueError, match="fix_fingers"):
-        fit_powerlaw(np.arange(1.0, 30.0), fix_fingers="xmin_peak")
+        fit_powerlaw(np.arange(1.0, 30.0), fix_fingers="peak")
 
 
 def with_fingers(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -362,7 +362,8 @@ def _row_for(
         keep["evals"] = np.sort(evals)
     metrics, _fit = esd_metrics(
         evals, row["N"], min_evals=opts["min_evals"], fix_fingers=opts["fix_fingers"],
-        rank_loss=rank_loss, rank_floor=rank_floor,
+        rank_loss=rank_loss, rank_floor=rank_floor, fit_type=opts.get("fit_type", "power_law"),
+        detX=opts.get("detX", False), compare_fits=opts.get("compare_fits", False),
     )  # fmt: skip
     if job.layer_type == "lora" and metrics.get("status") in ("success", "failed"):
         # the ESD of a rank-r update has r nonzero eigenvalues; the reliability rule is on r
@@ -403,7 +404,8 @@ def _base_metrics(base_src: Any, name: str, opts: dict[str, Any], cache: dict[st
         N = max(W.shape[0], W.shape[1])
         metrics, _ = esd_metrics(evals, N, min_evals=opts["min_evals"],
                                  fix_fingers=opts["fix_fingers"], rank_loss=rank_loss,
-                                 rank_floor=gram_rank_floor(opts["precision"]))  # fmt: skip
+                                 rank_floor=gram_rank_floor(opts["precision"]),
+                                 fit_type=opts.get("fit_type", "power_law"))  # fmt: skip
         cache[name] = {f"base_{c}": metrics[c] for c in BASE_COLUMNS}
     return cache[name]
 
@@ -426,6 +428,32 @@ def _jobs(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -
     return jobs
 
 
+#: accepted ``fit=`` names (WeightWatcher's) -> (fit type, forced fix_fingers)
+FIT_NAMES = {
+    "PL": ("power_law", None), "power_law": ("power_law", None),
+    "TPL": ("truncated_power_law", None), "truncated_power_law": ("truncated_power_law", None),
+    "E_TPL": ("truncated_power_law", "xmin_peak"),
+}  # fmt: skip
+
+
+def _fit_options(fit: str, fix_fingers: str | None) -> tuple[str, str | None]:
+    """Check ``fit`` and ``fix_fingers`` together; returns (fit type, fix_fingers)."""
+    if fit not in FIT_NAMES:
+        raise SpectuneError(f"fit must be one of {', '.join(FIT_NAMES)}, got {fit!r}")
+    if fix_fingers not in (None, False, "", "clip_xmax", "xmin_peak"):
+        raise SpectuneError(
+            f"fix_fingers must be None, 'clip_xmax' or 'xmin_peak', got {fix_fingers!r}"
+        )
+    fit_type, forced = FIT_NAMES[fit]
+    fix_fingers = fix_fingers or None
+    if fit_type == "truncated_power_law" and fix_fingers == "clip_xmax":
+        raise SpectuneError(
+            f"fit={fit!r} cannot be combined with fix_fingers='clip_xmax' (as in WeightWatcher); "
+            "use fix_fingers='xmin_peak' or fit='E_TPL'"
+        )
+    return fit_type, forced or fix_fingers
+
+
 def analyze(
     source: Any,
     peft: bool | str = False,
@@ -444,6 +472,9 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    fit: str = "PL",
+    detX: bool = False,
+    compare_fits: bool = False,
 ) -> pd.DataFrame:
     """Spectral diagnostics of every weight matrix (or LoRA update) of ``source``.
 
@@ -463,7 +494,9 @@ def analyze(
             reliable fit" (the row is still reported).
         max_evals: matrices with more eigenvalues (M * rf) are listed as "skipped".
         max_N: matrices with a larger dimension above this are listed as "skipped".
-        fix_fingers: None or "clip_xmax" (WW's finger clipping; adds num_fingers, raw_alpha).
+        fix_fingers: None, "clip_xmax" (WW's finger clipping; adds num_fingers, raw_alpha)
+            or "xmin_peak" (xmin searched up to 1.5 x the ESD's peak, as WW with
+            ``pl_package='powerlaw'``; WW's default package fails every such fit).
         mp_fit: add the Marchenko-Pastur columns (num_spikes, sigma_mp, bulk_max, bulk_min,
             mp_softrank, W_scale).
         randomize: add WW's randomized-ESD columns (seeded by ``seed``).
@@ -474,6 +507,13 @@ def analyze(
         workers: matrices computed at the same time, each on one thread (None: torch's
             thread count). Reading stays sequential, so at most ``workers + 1`` matrices are
             in memory; the rows are the same for any value.
+        fit: "PL" (power law, the default), "TPL" (truncated power law: alpha is the TPL's,
+            a ``Lambda`` column is added) or "E_TPL" (TPL with ``fix_fingers="xmin_peak"``),
+            WeightWatcher's names and definitions (see :mod:`spectune.spectral.tpl`).
+        detX: add WW's detX / ERG columns (detX_num, num_ERG_spikes, ERG_gap, detX_val,
+            detX_val_unrescaled).
+        compare_fits: add the log-likelihood ratio test of power law against truncated power
+            law on each row's tail (pl_tpl_R, pl_tpl_p, pl_tpl_R_normalized, better_fit).
 
     Returns:
         One row per matrix (see the module docstring for the columns); ``details.attrs``
@@ -486,8 +526,7 @@ def analyze(
         raise SpectuneError(f"peft must be True, False or 'with_base', got {peft!r}")
     if precision not in ("float64", "float32"):
         raise SpectuneError(f"precision must be 'float64' or 'float32', got {precision!r}")
-    if fix_fingers not in (None, False, "clip_xmax"):
-        raise SpectuneError(f"fix_fingers must be None or 'clip_xmax', got {fix_fingers!r}")
+    fit_type, fix_fingers = _fit_options(fit, fix_fingers)
     if peft == "with_base" and base is None:
         raise SpectuneError("peft='with_base' needs base= (the model the adapter was trained on)")
     if delta and base is None:
@@ -508,7 +547,8 @@ def analyze(
         opts = dict(
             min_evals=min_evals, max_evals=max_evals, max_N=max_N, fix_fingers=fix_fingers or None,
             mp_fit=mp_fit, randomize=randomize, lora_scaling=lora_scaling, precision=precision,
-            seed=seed, delta=delta, with_base=peft == "with_base",
+            seed=seed, delta=delta, with_base=peft == "with_base", fit_type=fit_type,
+            detX=detX, compare_fits=compare_fits,
         )  # fmt: skip
         base_cache: dict[str, dict] = {}
         lock = threading.Lock()
@@ -535,7 +575,8 @@ def analyze(
     details.attrs["spectune"] = {
         "peft": peft, "delta": delta, "min_evals": min_evals, "max_evals": max_evals,
         "max_N": max_N, "fix_fingers": fix_fingers, "mp_fit": mp_fit, "randomize": randomize,
-        "lora_scaling": lora_scaling, "precision": precision, "seed": seed,
+        "lora_scaling": lora_scaling, "precision": precision, "seed": seed, "fit": fit,
+        "detX": detX, "compare_fits": compare_fits,
     }  # fmt: skip
     return details
 

@@ -30,6 +30,11 @@ from typing import Any
 import numpy as np
 
 from spectune.spectral.powerlaw import EVALS_THRESH, PowerLawFit, alpha_warning, fit_powerlaw
+from spectune.spectral.tpl import (
+    TruncatedPowerLawFit,
+    compare_pl_tpl,
+    fit_truncated_powerlaw,
+)
 
 #: eigenvalues below this count as lost rank in ``weak_rank_loss`` (WW's default tolerance)
 WEAK_RANK_TOLERANCE = 1e-6
@@ -93,9 +98,12 @@ def esd_metrics(
     min_evals: int = 8,
     fix_fingers: str | None = None,
     rank_loss: int | None = None,
-    fit: PowerLawFit | None = None,
+    fit: PowerLawFit | TruncatedPowerLawFit | None = None,
     rank_floor: float = 0.0,
-) -> tuple[dict[str, Any], PowerLawFit | None]:
+    fit_type: str = "power_law",
+    detX: bool = False,
+    compare_fits: bool = False,
+) -> tuple[dict[str, Any], PowerLawFit | TruncatedPowerLawFit | None]:
     """All metric columns of one layer from its ESD.
 
     Args:
@@ -103,10 +111,19 @@ def esd_metrics(
         N: the larger matrix dimension (for the rank tolerance).
         min_evals: fewer eigenvalues above the fit threshold than this add the warning
             "too few eigenvalues for a reliable fit".
-        fix_fingers: passed to :func:`~spectune.spectral.powerlaw.fit_powerlaw`.
+        fix_fingers: passed to :func:`~spectune.spectral.powerlaw.fit_powerlaw` (or, for a
+            TPL fit, "xmin_peak" to :func:`~spectune.spectral.tpl.fit_truncated_powerlaw`).
         rank_loss: precomputed rank loss (summed over Conv2D positions); default from evals.
         fit: a precomputed power-law fit (skips fitting).
         rank_floor: passed to :func:`matrix_rank` as ``floor``.
+        fit_type: "power_law" (WW's default fit) or "truncated_power_law" (WW's
+            ``fit='TPL'``; with ``fix_fingers="xmin_peak"`` WW's ``fit='E_TPL'``): alpha is the
+            TPL's and a ``Lambda`` column is added.
+        detX: add WW's detX / ERG columns (:func:`detx_columns`).
+        compare_fits: add ``pl_tpl_R``, ``pl_tpl_p``, ``pl_tpl_R_normalized`` and
+            ``better_fit``: the log-likelihood ratio test of power law against truncated
+            power law on the tail above the row's xmin
+            (:func:`~spectune.spectral.tpl.compare_pl_tpl`).
 
     Returns:
         ``(row, fit)``: the metric columns (see :data:`METRIC_COLUMNS`) and the power-law fit
@@ -125,7 +142,10 @@ def esd_metrics(
     sv = np.sqrt(ev)
     rank = matrix_rank(sv, N, rank_floor)
     norm = float(np.sum(ev))
-    if fit is None:
+    tpl = fit_type == "truncated_power_law"
+    if fit is None and tpl:
+        fit = fit_truncated_powerlaw(ev, fix_fingers=fix_fingers or None)
+    elif fit is None:
         fit = fit_powerlaw(ev, fix_fingers=fix_fingers)
     alpha = fit.alpha if fit.status == "success" else NAN
     with np.errstate(over="ignore"):
@@ -135,6 +155,8 @@ def esd_metrics(
         w = alpha_warning(alpha)
         if w:
             warnings.append(w)
+    if tpl and fit.warning:
+        warnings.append(fit.warning)
     if int(np.count_nonzero(ev > EVALS_THRESH)) < min_evals:
         warnings.append(TOO_FEW)
     row = {
@@ -163,10 +185,56 @@ def esd_metrics(
         "status": fit.status,
         "warning": "; ".join(warnings),
     }
+    if tpl:
+        row["Lambda"] = fit.Lambda
     if fix_fingers == "clip_xmax":
         row["num_fingers"] = fit.num_fingers
         row["raw_alpha"] = fit.raw_alpha
+    if detX:
+        row.update(detx_columns(ev, fit.num_pl_spikes if fit.status == "success" else None))
+    if compare_fits:
+        cmp = compare_pl_tpl(ev, fit.xmin) if fit.status == "success" else None
+        row["pl_tpl_R"] = cmp.R if cmp else NAN
+        row["pl_tpl_p"] = cmp.p if cmp else NAN
+        row["pl_tpl_R_normalized"] = cmp.R_normalized if cmp else NAN
+        row["better_fit"] = cmp.preferred if cmp else ""
     return row, fit
+
+
+def detx_columns(evals: np.ndarray, num_pl_spikes: int | None) -> dict[str, Any]:
+    """WeightWatcher 0.7.7's detX / ERG columns of an ESD.
+
+    The ESD is rescaled to mean 1 (lambda * M / sum lambda, M eigenvalues, zeros included);
+    scanning down from the top, the first index idx >= 1 whose tail product
+    prod(lambda[idx:]) falls below 1 gives
+    ``detX_num = M - idx`` (M when no product drops below 1). ``num_ERG_spikes`` is the same
+    number, ``ERG_gap = detX_num - num_pl_spikes``, ``detX_val`` the eigenvalue at idx in the
+    ESD's units and ``detX_val_unrescaled`` the same eigenvalue rescaled to mean 1 (WW's names,
+    kept as WW assigns them).
+    """
+    ev = np.sort(np.asarray(evals, dtype=np.float64))
+    out: dict[str, Any] = {"detX_num": 0, "num_ERG_spikes": 0, "ERG_gap": NAN,
+                           "detX_val": NAN, "detX_val_unrescaled": NAN}  # fmt: skip
+    total = float(np.sum(ev))
+    if len(ev) < 2 or total <= 0:
+        return out
+    scale = len(ev) / total
+    rescaled = scale * ev
+    idx, num = 1, len(ev)
+    if rescaled[0] < rescaled[-1]:
+        with np.errstate(over="ignore", under="ignore"):
+            prods = np.cumprod(rescaled[::-1])[::-1]  # prods[i] = prod(rescaled[i:])
+        below = np.nonzero(prods[1:] < 1.0)[0]
+        if below.size:
+            idx = int(below[-1]) + 1
+            num = len(ev) - idx
+    else:
+        idx, num = 0, 0
+    out.update(detX_num=num, num_ERG_spikes=num, detX_val=float(rescaled[idx] / scale),
+               detX_val_unrescaled=float(rescaled[idx]))  # fmt: skip
+    if num_pl_spikes is not None:
+        out["ERG_gap"] = num - int(num_pl_spikes)
+    return out
 
 
 def rank_at_energy(evals: np.ndarray, fraction: float = 0.9) -> int:
@@ -185,6 +253,7 @@ def rank_at_energy(evals: np.ndarray, fraction: float = 0.9) -> int:
 __all__ = [
     "METRIC_COLUMNS",
     "TOO_FEW",
+    "detx_columns",
     "empty_metrics",
     "esd_metrics",
     "matrix_entropy",

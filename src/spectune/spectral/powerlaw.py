@@ -302,6 +302,42 @@ def _clip_xmax(data: np.ndarray, max_fingers: int, finger_thresh: float) -> Powe
     return best
 
 
+def _fit_xmin_peak(data: np.ndarray) -> PowerLawFit:
+    """WeightWatcher's ``fix_fingers='xmin_peak'`` (through the ``powerlaw`` package): xmin
+    searched only among the eigenvalues up to 1.5 x the peak of the ESD's log-histogram
+    (:func:`spectune.spectral.tpl.xmin_peak_range`), with the plain estimator at every size
+    (``powerlaw`` has no small-sample branch)."""
+    from spectune.spectral.tpl import candidate_xmins, xmin_peak_range
+
+    N = len(data)
+    if N < 2:
+        return _failed(float(data[-1]) if N else float("nan"))
+    cand = candidate_xmins(data, xmin_peak_range(data, 0.0))
+    if cand.size == 0:
+        return _failed(float(data[-1]))
+    log_data = np.log(data)
+    s = _tail_sums(log_data)
+    n = (N - np.arange(N - 1)).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alphas = 1.0 + n / s
+    valid = np.zeros(N - 1, dtype=bool)
+    valid[cand] = alphas[cand] > 1.0
+    if not valid.any():
+        return _failed(float(data[-1]))
+    Ds = _ks_distances(data, log_data, alphas, valid, prune=False)
+    Ds[~valid] = np.inf
+    best = int(np.argmin(Ds))
+    alpha = float(alphas[best])
+    if not np.isfinite(alpha):
+        return _failed(float(data[-1]))
+    return PowerLawFit(
+        alpha=alpha, xmin=float(data[best]), xmax=float(data[-1]), D=float(Ds[best]),
+        sigma=float((alpha - 1.0) / np.sqrt(n[best])), num_pl_spikes=int(n[best]),
+        n_tail=int(n[best]), status="success",
+        candidates={"xmins": data[:-1], "alphas": alphas, "Ds": Ds},
+    )  # fmt: skip
+
+
 def fit_powerlaw(
     evals: np.ndarray,
     *,
@@ -314,7 +350,9 @@ def fit_powerlaw(
 
     Args:
         evals: eigenvalues (any order); values <= ``thresh`` are ignored.
-        fix_fingers: None, or "clip_xmax" to clip "fingers" (a few outsized eigenvalues).
+        fix_fingers: None; "clip_xmax" to clip "fingers" (a few outsized eigenvalues); or
+            "xmin_peak" to search xmin only up to 1.5 x the ESD's peak (see
+            :func:`_fit_xmin_peak`).
         max_fingers: with clip_xmax, the most eigenvalues that may be clipped.
         finger_thresh: with clip_xmax, how much alpha must drop to accept clipping.
         thresh: eigenvalues at or below this are dropped before fitting.
@@ -334,8 +372,12 @@ def fit_powerlaw(
         fit = _fit_sorted(data)
     elif fix_fingers == "clip_xmax":
         fit = _clip_xmax(data, max_fingers, finger_thresh)
+    elif fix_fingers == "xmin_peak":
+        fit = _fit_xmin_peak(data)
     else:
-        raise ValueError(f"fix_fingers must be None or 'clip_xmax', got {fix_fingers!r}")
+        raise ValueError(
+            f"fix_fingers must be None, 'clip_xmax' or 'xmin_peak', got {fix_fingers!r}"
+        )
     if fit.status == "success":
         fit.num_pl_spikes = int(np.count_nonzero(ev >= fit.xmin))
     return fit
