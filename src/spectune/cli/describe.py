@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     desc = describe(resolve_source(args.source), peft=args.peft, layers=args.layers)
     if args.layers is not None and desc.empty:
         raise SpectuneError(
-            f"--layers {args.layers!r} selects no matrix; run without --layers to list them all"
+            f"--layers '{args.layers}' selects no matrix; run without --layers to list them all"
         )
     cols = [c for c in ["layer_id", "longname", "layer_type", "N", "M", "Q", "rf", "num_evals",
                         "lora_rank", "scaling"] if c in desc.columns]  # fmt: skip
