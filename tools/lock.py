@@ -54,11 +54,16 @@ def main() -> None:
         f"# Resolved {stamp} with pip {pip_version}, Python {platform.python_version()}, "
         f"{sys.platform} {platform.machine()}.",
     ]
-    lines += [
+    body = [
         f"{name}=={version}" for name, version in sorted(pins.items(), key=lambda kv: kv[0].lower())
     ]
-    LOCK.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {LOCK.name}: {len(pins)} packages")
+    old = LOCK.read_text(encoding="utf-8").splitlines() if LOCK.exists() else []
+    if [line for line in old if not line.startswith("#")] == body:
+        print(f"{LOCK.name} unchanged: {len(pins)} packages, the same versions")
+        return
+    LOCK.write_text("\n".join(lines + body) + "\n", encoding="utf-8")
+    changed = sorted(set(body) - set(old))
+    print(f"wrote {LOCK.name}: {len(pins)} packages; new or changed: {', '.join(changed) or '-'}")
 
 
 if __name__ == "__main__":
