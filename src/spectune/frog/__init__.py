@@ -54,6 +54,7 @@ from spectune.frog.model import (
     set_frog_step,
     trainable_summary,
 )
+from spectune.frog.peft_export import save_frog_as_shira, shira_export_plan
 from spectune.frog.scoring import alpha_importance, frobenius_importance, relevance
 
 __all__ = [
@@ -71,7 +72,9 @@ __all__ = [
     "plan_frog",
     "relevance",
     "save_frog",
+    "save_frog_as_shira",
     "set_frog_step",
+    "shira_export_plan",
     "total_trainable",
     "trainable_summary",
 ]
