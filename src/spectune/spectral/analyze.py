@@ -373,6 +373,8 @@ def _row_for(
     row.update(extra)
     if opts["delta"] or job.layer_type == "lora":
         row["rank90"] = rank_at_energy(evals, 0.9)
+    if opts.get("intruders"):
+        row.update(_intruder_columns(job, src, base_src, opts))
     ok = metrics["status"] in ("success", "failed")
     if opts["mp_fit"] and ok:
         row.update(_mp_fit(evals, row["N"], row["M"] if job.layer_type != "lora" else job.pair.r))
@@ -386,6 +388,48 @@ def _row_for(
             )  # fmt: skip
         )
     return row
+
+
+def _intruder_columns(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) -> dict:
+    """num_intruders / intruder_min_sim of one row (NaN with a reason where not defined)."""
+    from spectune.spectral.intruders import intruder_dimensions, lora_intruder_dimensions
+
+    nan = {"num_intruders": math.nan, "intruder_min_sim": math.nan}
+    if job.base_tensor is None:
+        return nan
+    W0 = base_src.load(job.base_tensor).double()
+    kw = dict(top_k=opts["intruder_top_k"], threshold=opts["intruder_threshold"])
+    try:
+        if job.pair is not None:
+            pair = job.pair
+            if W0.ndim != 2 or pair.magnitude_name:  # conv kernels, DoRA: not defined here
+                return nan
+            B, A = src.load_pair(pair)  # oriented like the base weight (B A has pair.shape)
+            res = lora_intruder_dimensions(W0.reshape(pair.shape), B, A, pair.scaling, **kw)
+        else:
+            Wt = src.load(job.tensor).double()
+            if Wt.ndim != 2:
+                return nan
+            res = intruder_dimensions(W0, Wt, **kw)
+    except ValueError:  # NaN/Inf: the row's status already says so
+        return nan
+    return {"num_intruders": res.num_intruders, "intruder_min_sim": res.min_similarity}
+
+
+#: alpha above this: an overparameterized layer (FROG paper / WeightWatcher: "under-trained")
+OVERPARAMETERIZED_ALPHA = 6.0
+#: a LoRA update whose alpha is below this on an overparameterized base layer is flagged
+OVERFIT_ADAPTER_ALPHA = 2.0
+OVERFIT_ADAPTER = "adapter alpha < 2 on an alpha > 6 base layer (overfitting signal)"
+
+
+def _flag_overfit_adapter(row: dict[str, Any]) -> None:
+    """The blog's overfitting signal: a LoRA update with alpha < 2 on a base layer with alpha > 6."""
+    if row.get("layer_type") != "lora":
+        return
+    alpha, base_alpha = row.get("alpha", math.nan), row.get("base_alpha", math.nan)
+    if alpha < OVERFIT_ADAPTER_ALPHA and base_alpha > OVERPARAMETERIZED_ALPHA:
+        row["warning"] = "; ".join(filter(None, [row.get("warning", ""), OVERFIT_ADAPTER]))
 
 
 def _base_metrics(base_src: Any, name: str, opts: dict[str, Any], cache: dict[str, dict]) -> dict:
@@ -475,6 +519,9 @@ def analyze(
     fit: str = "PL",
     detX: bool = False,
     compare_fits: bool = False,
+    intruders: bool = False,
+    intruder_top_k: int = 10,
+    intruder_threshold: float = 0.5,
 ) -> pd.DataFrame:
     """Spectral diagnostics of every weight matrix (or LoRA update) of ``source``.
 
@@ -514,6 +561,13 @@ def analyze(
             detX_val_unrescaled).
         compare_fits: add the log-likelihood ratio test of power law against truncated power
             law on each row's tail (pl_tpl_R, pl_tpl_p, pl_tpl_R_normalized, better_fit).
+        intruders: add intruder dimensions of the tuned matrix against the base
+            (``num_intruders``, ``intruder_min_sim``; see
+            :mod:`spectune.spectral.intruders`): for LoRA rows W_0 + s B A (computed without
+            forming B A), for ``delta=True`` rows the tuned matrix itself. Needs ``base``.
+        intruder_top_k: how many top singular vectors of the tuned matrix are examined.
+        intruder_threshold: best |cosine| with the base's singular vectors below which a
+            direction is an intruder.
 
     Returns:
         One row per matrix (see the module docstring for the columns); ``details.attrs``
@@ -535,6 +589,21 @@ def analyze(
         raise SpectuneError("delta=True is for full fine-tunes; for an adapter use peft=True")
     if min_evals < 1:
         raise SpectuneError(f"min_evals must be >= 1, got {min_evals}")
+    if intruders and base is None:
+        raise SpectuneError(
+            "intruders=True needs base= (the model before fine-tuning): intruder dimensions "
+            "compare the tuned matrix's singular vectors with the base's"
+        )
+    if intruders and not (peft or delta):
+        raise SpectuneError(
+            "intruders=True needs a tuned model to compare: peft=True (an adapter) or "
+            "delta=True (a full fine-tune), with base="
+        )
+    if intruder_top_k < 1 or not 0.0 < intruder_threshold <= 1.0:
+        raise SpectuneError(
+            f"intruder_top_k must be >= 1 and intruder_threshold in (0, 1], got "
+            f"{intruder_top_k} and {intruder_threshold}"
+        )
 
     src, close_src = _open(source, peft)
     base_src, close_base = _open(base, False) if base is not None else (None, False)
@@ -548,7 +617,8 @@ def analyze(
             min_evals=min_evals, max_evals=max_evals, max_N=max_N, fix_fingers=fix_fingers or None,
             mp_fit=mp_fit, randomize=randomize, lora_scaling=lora_scaling, precision=precision,
             seed=seed, delta=delta, with_base=peft == "with_base", fit_type=fit_type,
-            detX=detX, compare_fits=compare_fits,
+            detX=detX, compare_fits=compare_fits, intruders=intruders,
+            intruder_top_k=intruder_top_k, intruder_threshold=intruder_threshold,
         )  # fmt: skip
         base_cache: dict[str, dict] = {}
         lock = threading.Lock()
@@ -559,6 +629,7 @@ def analyze(
             row = _row_for(job, src_l, base_l, opts)
             if base_l is not None and job.base_tensor is not None:
                 row.update(_base_metrics(base_l, job.base_tensor, opts, base_cache))
+                _flag_overfit_adapter(row)
             return row
 
         n_workers = torch.get_num_threads() if workers is None else int(workers)
@@ -576,7 +647,8 @@ def analyze(
         "peft": peft, "delta": delta, "min_evals": min_evals, "max_evals": max_evals,
         "max_N": max_N, "fix_fingers": fix_fingers, "mp_fit": mp_fit, "randomize": randomize,
         "lora_scaling": lora_scaling, "precision": precision, "seed": seed, "fit": fit,
-        "detX": detX, "compare_fits": compare_fits,
+        "detX": detX, "compare_fits": compare_fits, "intruders": intruders,
+        "intruder_top_k": intruder_top_k, "intruder_threshold": intruder_threshold,
     }  # fmt: skip
     return details
 
@@ -672,8 +744,11 @@ def summarize(details: pd.DataFrame) -> dict[str, Any]:
     means (WW averages its -1 placeholders in) and counted instead.
 
     Returns:
-        dict with n_layers, n_analyzed, counts per status and per warning, and the mean of
-        each column of :data:`SUMMARY_COLUMNS` present in ``details``.
+        dict with n_layers, n_analyzed, counts per status and per warning, the mean of each
+        column of :data:`SUMMARY_COLUMNS` present in ``details``, the overparameterized layers
+        (alpha > 6: ``n_overparameterized``, ``overparameterized_layers``), with intruder
+        columns their total (``num_intruders``) and ``layers_with_intruders``, and LoRA rows
+        flagged as overfitting (``overfit_adapter_layers``: alpha < 2 on a base alpha > 6).
     """
     if not isinstance(details, pd.DataFrame):
         raise SpectuneError("summarize() takes the DataFrame returned by analyze()")
@@ -694,6 +769,18 @@ def summarize(details: pd.DataFrame) -> dict[str, Any]:
         if col in ok.columns:
             values = pd.to_numeric(ok[col], errors="coerce").dropna()
             out[col] = float(values.mean()) if len(values) else math.nan
+    if "alpha" in ok.columns and "longname" in ok.columns:
+        over = ok[pd.to_numeric(ok["alpha"], errors="coerce") > OVERPARAMETERIZED_ALPHA]
+        out["n_overparameterized"] = int(len(over))
+        out["overparameterized_layers"] = [str(x) for x in over["longname"]]
+    if "num_intruders" in details.columns:
+        n = pd.to_numeric(details["num_intruders"], errors="coerce")
+        out["num_intruders"] = int(n.fillna(0).sum())
+        out["layers_with_intruders"] = int((n > 0).sum())
+    if "warning" in details.columns and "longname" in details.columns:
+        flagged = details[details["warning"].fillna("").str.contains(OVERFIT_ADAPTER, regex=False)]
+        if len(flagged):
+            out["overfit_adapter_layers"] = [str(x) for x in flagged["longname"]]
     return out
 
 
