@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# Test modules import shared helpers as ``tests.<package>.conftest``: make the repository root
+# importable under plain ``pytest`` too, not only under ``python -m pytest`` (which adds the
+# working directory), and from any working directory.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 
 def pytest_report_header(config) -> list[str]:

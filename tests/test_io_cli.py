@@ -104,3 +104,24 @@ def test_analyze_progress_uses_the_shared_tqdm_bar(tmp_path, capsys):
     assert main(["analyze", str(path), "--min-evals", "4"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"spectra: +\d+%\|.*\| \d/3 \[", err)
+
+
+def test_plain_pytest_collects_tests_importing_shared_helpers(tmp_path):
+    """``pytest`` (not only ``python -m pytest``), run from another folder, imports the shared
+    helpers that test modules take from ``tests.<package>.conftest``."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pytest_bin = Path(sys.executable).with_name("pytest")
+    if not pytest_bin.exists():
+        pytest.skip(f"no pytest script beside {sys.executable}")
+    users = [str(p) for p in sorted(root.glob("tests/**/test_*.py"))
+             if "from tests." in p.read_text(encoding="utf-8")]  # fmt: skip
+    if not users:
+        pytest.skip("no test module imports from tests.<package>")
+    proc = subprocess.run(
+        [str(pytest_bin), "--collect-only", "-q", "-p", "no:cacheprovider", *users],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ModuleNotFoundError" not in proc.stdout
