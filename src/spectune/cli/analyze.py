@@ -24,7 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
     parser.add_argument("--min-evals", type=int, default=8)
     parser.add_argument("--max-evals", type=int, default=15000)
-    parser.add_argument("--fix-fingers", choices=["clip_xmax"], default=None)
+    parser.add_argument("--fix-fingers", choices=["clip_xmax", "xmin_peak"], default=None,
+                        help="WeightWatcher's finger fixes: clip the top eigenvalues, or search "
+                        "xmin near the ESD's peak")  # fmt: skip
+    parser.add_argument("--fit", choices=["PL", "TPL", "E_TPL"], default="PL",
+                        help="power law (default), truncated power law (adds Lambda), or TPL "
+                        "with xmin near the peak; WeightWatcher's definitions")  # fmt: skip
+    parser.add_argument("--compare-fits", action="store_true",
+                        help="add the log-likelihood ratio test power law vs truncated power "
+                        "law per matrix (pl_tpl_R, pl_tpl_p, better_fit)")  # fmt: skip
+    parser.add_argument("--detx", action="store_true",
+                        help="add WeightWatcher's detX / ERG columns")  # fmt: skip
+    parser.add_argument("--intruders", action="store_true",
+                        help="with --base and --peft or --delta: count intruder dimensions "
+                        "(top-10 tuned singular vectors with |cos| < 0.5 to every base one)")  # fmt: skip
     parser.add_argument("--mp-fit", action="store_true", help="add Marchenko-Pastur columns")
     parser.add_argument("--randomize", action="store_true", help="add randomized-ESD columns")
     parser.add_argument("--no-lora-scaling", action="store_true",
@@ -80,9 +93,18 @@ def run(args: argparse.Namespace) -> int:
         min_evals=args.min_evals, max_evals=args.max_evals, fix_fingers=args.fix_fingers,
         mp_fit=args.mp_fit, randomize=args.randomize, lora_scaling=not args.no_lora_scaling,
         precision=args.precision, seed=args.seed, progress=not args.no_progress,
+        fit=args.fit, detX=args.detx, compare_fits=args.compare_fits, intruders=args.intruders,
     )  # fmt: skip
     summary = summarize(details)
     show_summary(details, summary, str(args.source))
+    if summary.get("n_overparameterized"):
+        print(f"overparameterized (alpha > 6): {summary['n_overparameterized']} layers")
+    if "num_intruders" in summary:
+        print(f"intruder dimensions: {summary['num_intruders']} in "
+              f"{summary['layers_with_intruders']} layers")  # fmt: skip
+    if summary.get("overfit_adapter_layers"):
+        print("adapter alpha < 2 on an alpha > 6 base layer: "
+              + ", ".join(summary["overfit_adapter_layers"]))  # fmt: skip
     if out is not None:
         written = write_results(details, summary, out, plots=args.plots,
                                 source=source, peft=peft, base=base)  # fmt: skip

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "report": "spectune.cli.report",
     "describe": "spectune.cli.describe",
     "analyze": "spectune.cli.analyze",
+    "compare": "spectune.cli.compare",
     "frog-plan": "spectune.cli.frog_plan",
     "model": "spectune.cli.model",
 }

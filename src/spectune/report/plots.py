@@ -143,10 +143,119 @@ def pick_layers(details: pd.DataFrame, k: int = 4) -> Sequence[str]:
     return seen[:k]
 
 
+def scale_collapse(table: pd.DataFrame, title: str = "Norm change per layer (b - a)") -> Figure:
+    """Change of log10 spectral and Frobenius norms per matched layer (a :func:`compare`
+    table), in model order; collapsed layers marked in red."""
+    d = table[table["match"] == "matched"].reset_index(drop=True)
+    fig = Figure(figsize=(9, 4.2))
+    ax = fig.subplots()
+    x = np.arange(len(d))
+    ax.plot(x, d["d_log_spectral_norm"].astype(float), marker="o", ms=3, lw=0.8,
+            label="d log10 spectral norm^2")  # fmt: skip
+    ax.plot(x, d["d_log_norm"].astype(float), marker="s", ms=3, lw=0.8,
+            label="d log10 Frobenius norm^2")  # fmt: skip
+    bad = d.index[d["collapsed"].astype(bool)]
+    if len(bad):
+        ax.scatter(bad, d.loc[bad, "d_log_spectral_norm"].astype(float), s=60, facecolors="none",
+                   edgecolors="#c44e52", lw=1.5, label="collapsed", zorder=3)  # fmt: skip
+        for i in bad[:8]:
+            ax.annotate(str(d.loc[i, "longname"]), (i, float(d.loc[i, "d_log_spectral_norm"])),
+                        fontsize=6, rotation=30, color="#c44e52")  # fmt: skip
+    ax.axhline(0.0, color="gray", ls="--", lw=1)
+    ax.set_xlabel("layer (order of the reference model)")
+    ax.set_ylabel("change (log10 units)")
+    ax.set_title(f"{title}: {len(bad)} collapsed of {len(d)}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def correlation_flow_plot(
+    flow: pd.DataFrame,
+    other: pd.DataFrame | None = None,
+    column: str = "alpha",
+    labels: tuple[str, str] = ("base", "tuned"),
+    title: str = "Correlation flow",
+) -> Figure:
+    """Alpha along depth per layer type with its fitted trend (a :func:`correlation_flow`
+    table); layers breaking the flow circled. With ``other`` (e.g. the tuned model's flow)
+    both are drawn, the second dashed, so the bends fine-tuning made show."""
+    kinds = sorted(set(flow["kind"]) | (set(other["kind"]) if other is not None else set()))
+    n = max(1, len(kinds))
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, kind in zip(axes, kinds, strict=False):
+        for f, style, label in ((flow, "-", labels[0]), (other, "--", labels[1])):
+            if f is None:
+                continue
+            g = f[f["kind"] == kind].sort_values("depth")
+            if g.empty:
+                continue
+            (line,) = ax.plot(g["depth"], g[column], style, marker="o", ms=3, lw=0.8, label=label)
+            ax.plot(g["depth"], g["trend"], ":", color=line.get_color(), lw=1)
+            br = g[g["breaks_flow"]]
+            ax.scatter(br["depth"], br[column], s=60, facecolors="none", edgecolors="#c44e52",
+                       lw=1.5)  # fmt: skip
+        ax.set_title(kind, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(kinds) :]:
+        ax.set_visible(False)
+    if other is not None and len(kinds):
+        axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def intruders_by_layer(details: pd.DataFrame, title: str = "Intruder dimensions") -> Figure:
+    """Intruder dimensions per layer (needs ``num_intruders``: ``analyze(intruders=True)``)."""
+    d = details[pd.to_numeric(details.get("num_intruders"), errors="coerce").notna()] \
+        if "num_intruders" in details else details.iloc[:0]  # fmt: skip
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.subplots()
+    n = d["num_intruders"].astype(float).to_numpy() if len(d) else np.zeros(0)
+    ax.bar(np.arange(len(n)), n, color="#8172b2")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("intruders in the top k")
+    ax.set_title(f"{title}: {int(n.sum())} in {int((n > 0).sum())} of {len(n)} layers")
+    fig.tight_layout()
+    return fig
+
+
+def esd_tpl(
+    evals: np.ndarray, fit, title: str = "ESD, truncated power law", bins: int = 80
+) -> Figure:
+    """Log-log ESD density with a truncated power-law fit
+    (:class:`~spectune.spectral.tpl.TruncatedPowerLawFit`) drawn over its tail."""
+    from spectune.spectral.tpl import log_upper_gamma
+
+    fig = esd_loglog(evals, None, title=title, bins=bins)
+    ax = fig.axes[0]
+    ev = np.asarray(evals, dtype=np.float64)
+    ev = ev[ev > 0]
+    if fit is not None and fit.status == "success" and len(ev):
+        frac = np.count_nonzero(ev >= fit.xmin) / len(ev)
+        x = np.logspace(np.log10(fit.xmin), np.log10(ev.max()), 80)
+        a = 1.0 - fit.alpha
+        log_c = a * np.log(fit.Lambda) - log_upper_gamma(a, fit.Lambda * fit.xmin)
+        pdf = frac * np.exp(log_c - fit.alpha * np.log(x) - fit.Lambda * x)
+        ax.loglog(x, pdf, "--", color="#dd8452", lw=2,
+                  label=f"TPL alpha={fit.alpha:.2f}, Lambda={fit.Lambda:.2g}")  # fmt: skip
+        ax.axvline(fit.xmin, color="#dd8452", lw=1, alpha=0.6)
+        ax.legend(fontsize=8)
+    return fig
+
+
 __all__ = [
     "alpha_by_depth",
     "alpha_histogram",
     "base_vs_adapter_alpha",
+    "correlation_flow_plot",
     "esd_loglog",
+    "esd_tpl",
+    "intruders_by_layer",
     "pick_layers",
+    "scale_collapse",
 ]
