@@ -50,6 +50,51 @@ def total_trainable(budget: float, total: int) -> int:
     return count
 
 
+def overparam_importance(
+    importance: Sequence[float] | np.ndarray,
+    alphas: Sequence[float] | np.ndarray,
+    *,
+    mode: str,
+    factor: float = 0.5,
+    threshold: float = 6.0,
+) -> np.ndarray:
+    """Move budget away from (or towards) overparameterized matrices.
+
+    The FROG paper's WeightWatcher section reads alpha > 6 as an overparameterized (under-
+    trained, close to random) layer. ``mode='away'`` multiplies those matrices' importance
+    by ``factor`` and ``'towards'`` divides it by ``factor``; the result is renormalized to
+    sum 1, so the total budget is unchanged and only its split moves. NaN alphas (failed
+    fits) are left as they are.
+
+    Args:
+        importance: R_i, one per matrix (e.g. Frobenius importance).
+        alphas: power-law alpha of each matrix.
+        mode: "none", "away" or "towards".
+        factor: in (0, 1).
+        threshold: alpha above which a matrix is overparameterized.
+
+    Returns:
+        float64 importance summing to 1.
+
+    Raises:
+        SpectuneError: mismatched lengths, a bad mode or factor.
+    """
+    r = np.asarray(importance, dtype=np.float64)
+    a = np.asarray(alphas, dtype=np.float64)
+    if r.shape != a.shape or r.ndim != 1:
+        raise SpectuneError(f"overparam_importance: got {a.size} alphas for {r.size} matrices")
+    if mode not in ("none", "away", "towards"):
+        raise SpectuneError(f"overparam mode must be 'none', 'away' or 'towards', got {mode!r}")
+    if not 0.0 < factor < 1.0:
+        raise SpectuneError(f"overparam factor must be in (0, 1), got {factor!r}")
+    if mode == "none" or r.sum() <= 0:
+        return r / r.sum() if r.sum() > 0 else r
+    over = np.isfinite(a) & (a > threshold)
+    tilt = np.where(over, factor if mode == "away" else 1.0 / factor, 1.0)
+    w = r * tilt
+    return w / w.sum()
+
+
 def allocate(total: int, weights: Sequence[float] | np.ndarray, caps: Sequence[int]) -> np.ndarray:
     """Split ``total`` units over matrices in proportion to ``weights``, capped at ``caps``.
 

@@ -17,6 +17,7 @@ from spectune.errors import SpectuneError
 SELECTIONS = ("per_matrix", "global")
 SVD_METHODS = ("exact", "randomized")
 IMPORTANCES = ("frobenius", "alpha")
+OVERPARAM_MODES = ("none", "away", "towards")
 SCORE_DTYPES = ("float32", "bfloat16", "float16")
 ALL_LINEAR = "all-linear"
 
@@ -99,6 +100,23 @@ class FrogConfig:
             "fit cannot take the whole budget."
         },
     )
+    overparam: str = field(
+        default="none",
+        metadata={
+            "help": "budget for overparameterized matrices (power-law alpha > overparam_alpha, "
+            "the FROG paper's WeightWatcher section): 'none', 'away' (their importance R_i "
+            "times overparam_factor) or 'towards' (divided by it); then renormalized. "
+            "per_matrix selection only; see spectune.frog.budget.overparam_importance."
+        },
+    )
+    overparam_factor: float = field(
+        default=0.5,
+        metadata={"help": "the factor in (0, 1) of overparam='away' / 'towards'."},
+    )
+    overparam_alpha: float = field(
+        default=6.0,
+        metadata={"help": "alpha above which a matrix counts as overparameterized."},
+    )
     init_scale: float = field(
         default=0.0,
         metadata={
@@ -172,6 +190,19 @@ class FrogConfig:
                 f"FrogConfig.alpha_range must satisfy 0 < low < high < inf, got {(low, high)}"
             )
         self.alpha_range = (low, high)
+        self.overparam = _choice("overparam", self.overparam, OVERPARAM_MODES)
+        self.overparam_factor = _number("overparam_factor", self.overparam_factor)
+        if not 0.0 < self.overparam_factor < 1.0:
+            raise SpectuneError(
+                f"FrogConfig.overparam_factor must be in (0, 1) (0.5 halves or doubles the "
+                f"share of overparameterized matrices), got {self.overparam_factor!r}"
+            )
+        self.overparam_alpha = _number("overparam_alpha", self.overparam_alpha)
+        if self.overparam != "none" and self.selection == "global":
+            raise SpectuneError(
+                "FrogConfig.overparam applies to selection='per_matrix' (with 'global' there "
+                "are no per-matrix shares to move); use overparam='none' or per_matrix"
+            )
         self.init_scale = _number("init_scale", self.init_scale, nonnegative=True)
         self.noise_scale = _number("noise_scale", self.noise_scale, nonnegative=True)
         self.noise_sigma = _number("noise_sigma", self.noise_sigma)
