@@ -39,6 +39,16 @@ _LAZY: dict[str, str] = {
     "TuneConfig": "spectune.finetune.config",
     "load_config": "spectune.finetune.config",
     "tune": "spectune.finetune.recipe",
+    "RunMetrics": "spectune.finetune.results",
+    # plug-ins: methods and objectives
+    "Method": "spectune.finetune.methods",
+    "register_method": "spectune.finetune.methods",
+    "unregister_method": "spectune.finetune.methods",
+    "methods": "spectune.finetune.methods",
+    "Objective": "spectune.finetune.objectives",
+    "register_objective": "spectune.finetune.objectives",
+    "unregister_objective": "spectune.finetune.objectives",
+    "objectives": "spectune.finetune.objectives",
     "sweep": "spectune.finetune.sweep",
     "demo": "spectune.finetune.demo",
 }

@@ -60,10 +60,10 @@ def tiny_run_config(model_dir: Path, method: str = "lora", **changes: Any) -> di
         "model": str(model_dir),
         "method": method,
         "seed": 0,
-        "r": 4,
-        "lora_alpha": 8,
-        "lora_dropout": 0.0,
+        # each method gets only the sections it reads (a foreign section is an error)
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         "frog": {"budget": 0.05},
+        "shira": {"r": 4},
         "data": {"train": "tasks", "n_train": 48, "n_eval": 8, "max_length": 96},
         "eval": {
             "max_new_tokens": 4,
@@ -83,6 +83,15 @@ def tiny_run_config(model_dir: Path, method: str = "lora", **changes: Any) -> di
             "warmup_steps": 0,
         },  # fmt: skip
     }
+    from spectune.finetune.methods import get_method
+
+    try:
+        reads = set(get_method(method).sections)
+    except Exception:  # an unknown method: let the config say so
+        reads = set()
+    for name in ("lora", "frog", "shira"):
+        if name not in reads:
+            data.pop(name)
     for key, value in changes.items():
         section, _, leaf = key.partition("__")
         if leaf:

@@ -44,29 +44,38 @@ def test_issue_grid_expands_to_36_runs_in_grid_order():
     assert names[:3] == ["r8_a16_d0_lora", "r8_a16_d0_dora", "r8_a16_d0.1_lora"]
     name, config, setting = runs[-1]
     assert setting == {"r": 32, "lora_alpha": 256, "lora_dropout": 0.1, "method": "dora"}
-    assert (config.r, config.lora_alpha, config.lora_dropout, config.method) == (
-        32,
-        256,
-        0.1,
-        "dora",
-    )
+    lora = config.section("lora")
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, config.method) == (32, 256, 0.1, "dora")
+    # the same grid in the section form gives the same runs and names
+    again, _ = expand_grid({}, parse_grid(["lora.r=8,16,32", "lora.lora_alpha=16,64,256",
+                                           "lora.lora_dropout=0,0.1", "method=lora,dora"]))  # fmt: skip
+    assert [n for n, _, _ in again] == names
+    assert [c.to_dict() for _, c, _ in again] == [c.to_dict() for _, c, _ in runs]
 
 
 def test_settings_a_method_ignores_are_trained_once():
-    runs, skipped = expand_grid({}, parse_grid(["method=lora,frog,full", "r=8,16"]))
-    assert [n for n, _, _ in runs] == ["lora_r8", "lora_r16", "frog_r8", "full_r8"]
+    runs, skipped = expand_grid({}, parse_grid(["method=lora,frog,full,shira", "r=8,16"]))
+    assert [n for n, _, _ in runs] == ["lora_r8", "lora_r16", "frog_r8", "full_r8", "shira_r8"]
     assert skipped == [{"setting": {"method": "frog", "r": 16}, "same_as": "frog_r8"},
-                       {"setting": {"method": "full", "r": 16}, "same_as": "full_r8"}]  # fmt: skip
+                       {"setting": {"method": "full", "r": 16}, "same_as": "full_r8"},
+                       {"setting": {"method": "shira", "r": 16}, "same_as": "shira_r8"}]  # fmt: skip
+    # a base config holding every method's section serves them all
+    base = {"lora": {"r": 4}, "frog": {"budget": 0.02}, "quant": {"quant_type": "fp4"}}
+    runs, _ = expand_grid(base, parse_grid(["method=lora,frog,qlora"]))
+    assert [set(c.sections) for _, c, _ in runs] == [{"lora"}, {"frog"}, {"lora", "quant"}]
+    assert runs[1][1].section("frog").budget == 0.02
 
 
 def test_invalid_combination_names_the_setting():
-    with pytest.raises(SpectuneError, match=r"grid setting \{'r': 0\}: .*r must be >= 1"):
+    with pytest.raises(SpectuneError, match=r"grid setting \{'r': 0\}: .*lora.r must be >= 1"):
         expand_grid({}, parse_grid(["r=8,0"]))
 
 
 def test_run_names_are_safe_folder_names():
     assert run_name({"frog.budget": 0.01, "method": "frog"}) == "G0.01_frog"
-    assert run_name({"target_modules": ["q_proj", "v_proj"]}) == "target_modules-q_proj-v_proj"
+    assert run_name({"target_modules": ["q_proj", "v_proj"]}) == "target_modules=q_proj+v_proj"
+    assert run_name({"target_modules": "q_proj"}) == "target_modules=q_proj"  # a separator
+    assert run_name({"lora.r": 8, "method": "dora"}) == "r8_dora"
     assert "/" not in run_name({"data.train": "/etc/passwd"})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests.finetune.conftest import tiny_run_config
+from transformers import TrainerCallback
 
 from spectune.errors import SpectuneError
 from spectune.finetune.config import TuneConfig
@@ -23,6 +24,26 @@ def _run(model_dir, out, method="lora", **changes):
 def _log(out: Path) -> list[dict[str, str]]:
     with (out / "train_log.csv").open() as fh:
         return list(csv.DictReader(fh))
+
+
+class KillAt(TrainerCallback):
+    """Interrupts training at the end of step ``at_step``."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def _killing(real, *, at_step: int):
+    """recipe.callbacks plus one that interrupts training at the end of ``at_step``."""
+
+    def callbacks(run):
+        return [*real(run), KillAt(at_step)]
+
+    return callbacks
 
 
 def _lora_count(r: int, hidden: int = 64, kv: int = 32, mlp: int = 128, blocks: int = 2) -> int:
@@ -48,40 +69,35 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
             "metrics.json", "predictions.jsonl", "spectra", "plots", "report.html"} <= names  # fmt: skip
     marker = json.loads((out / "run.json").read_text())
     assert marker["status"] == "complete" and set(marker["files"]) == names
-    assert (
-        json.loads((out / "metrics.json").read_text())["cost"]["trainable"]
-        == m["cost"]["trainable"]
-    )
+    assert json.loads((out / "metrics.json").read_text())["cost"]["trainable"] == m.cost.trainable
     assert (out / "config.yaml").read_text().startswith("# spectune tune --out")
 
     # trainable parameters: r (in + out) on all 14 linear layers, by hand
-    assert m["cost"]["trainable"] == _lora_count(4) == 8192
-    assert m["cost"]["trainable_percent"] == pytest.approx(100 * 8192 / m["cost"]["total"])
+    assert m.cost.trainable == _lora_count(4) == 8192
+    assert m.cost.trainable_percent == pytest.approx(100 * 8192 / m.cost.total)
     # the loss log: one row per step (logging_steps=1), steps 1..4, elapsed increasing
     log = _log(out)
     assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
-    assert m["training"]["global_step"] == 4 == m["cost"]["steps"]
-    assert m["training"]["final_loss"] == pytest.approx(float(log[-1]["loss"]))
+    assert m.training.global_step == 4 == m.cost.steps
+    assert m.training.final_loss == pytest.approx(float(log[-1]["loss"]))
     assert all(
         float(a["elapsed_s"]) < float(b["elapsed_s"]) for a, b in zip(log, log[1:], strict=False)
     )
     # 4 steps x 4 examples of the task set: every token counted once
-    assert m["cost"]["tokens"] > 16 * 20
-    assert m["cost"]["tokens_per_second"] == pytest.approx(
-        m["cost"]["tokens"] / m["cost"]["train_seconds"]
-    )
-    assert m["cost"]["peak_rss_bytes"] > 50 * 2**20
+    assert m.cost.tokens > 16 * 20
+    assert m.cost.tokens_per_second == pytest.approx(m.cost.tokens / m.cost.train_seconds)
+    assert m.cost.peak_rss_bytes > 50 * 2**20
     files = [p for p in (out / "adapter").rglob("*") if p.is_file()]
-    assert m["cost"]["adapter_bytes"] == sum(p.stat().st_size for p in files)
+    assert m.cost.adapter_bytes == sum(p.stat().st_size for p in files)
     # learning / forgetting are the before/after numbers
     before = json.loads((out / "before.json").read_text())
-    assert m["learning"]["accuracy_before"] == before["accuracy"]["accuracy"]
-    assert m["forgetting"]["perplexity_before"] == before["perplexity"]["perplexity"]
-    assert m["forgetting"]["perplexity_ratio"] == pytest.approx(
-        m["after"]["perplexity"]["perplexity"] / before["perplexity"]["perplexity"])  # fmt: skip
+    assert m.learning.accuracy_before == before["accuracy"]["accuracy"]
+    assert m.forgetting.perplexity_before == before["perplexity"]["perplexity"]
+    assert m.forgetting.perplexity_ratio == pytest.approx(
+        m.after.perplexity.perplexity / before["perplexity"]["perplexity"])  # fmt: skip
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 8 == m["data"]["n_eval"]
-    assert sum(p["correct_after"] for p in preds) == m["after"]["accuracy"]["n_correct"]
+    assert len(preds) == 8 == m.data["n_eval"]
+    assert sum(p["correct_after"] for p in preds) == m.after.accuracy.n_correct
     # spectra: one row per LoRA pair with the base matrix's alpha alongside
     import pandas as pd
 
@@ -89,7 +105,7 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
     assert len(details) == 14 and (details["lora_rank"] == 4).all()
     assert details["scaling"].eq(2.0).all()  # lora_alpha / r
     assert "base_alpha" in details and details["longname"].str.endswith(".lora_BA").all()
-    assert m["spectra"]["n_layers"] == 14
+    assert m.spectra.n_layers == 14
     assert {p.name for p in (out / "plots").iterdir()} >= {
         "loss_curve.png",
         "learning_forgetting.png",
@@ -127,8 +143,8 @@ def test_saved_adapter_loads_in_plain_peft_and_merged_model_in_transformers(
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
     ppl = perplexity(peft_model, smol_tokenizer, n_chars=400, window=64, stride=32)
-    assert ppl.perplexity == pytest.approx(m["after"]["perplexity"]["perplexity"], rel=1e-5)
-    assert ppl.perplexity != pytest.approx(m["before"]["perplexity"]["perplexity"], rel=1e-4)
+    assert ppl.perplexity == pytest.approx(m.after.perplexity.perplexity, rel=1e-5)
+    assert ppl.perplexity != pytest.approx(m.before.perplexity.perplexity, rel=1e-4)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32).eval()
     ids = torch.tensor([smol_tokenizer("The cat sat on the mat.")["input_ids"]])
     with torch.no_grad():
@@ -148,23 +164,12 @@ def test_frog_interrupted_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
     straight = tmp_path / "straight"
     _run(tiny_model_dir, straight, "frog")
 
-    real = recipe._callbacks
-
-    def with_kill(config, folder):
-        from transformers import TrainerCallback
-
-        class Kill(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == 3:
-                    raise KeyboardInterrupt
-
-        return [*real(config, folder), Kill()]
-
     out = tmp_path / "killed"
-    monkeypatch.setattr(recipe, "_callbacks", with_kill)
+    real = recipe.callbacks
+    monkeypatch.setattr(recipe, "callbacks", _killing(real, at_step=3))
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_model_dir, out, "frog")
-    monkeypatch.setattr(recipe, "_callbacks", real)
+    monkeypatch.setattr(recipe, "callbacks", real)  # (undo() would drop the cache fixture too)
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     assert (out / "checkpoints" / "checkpoint-2" / "frog_config.json").is_file()
     before = (out / "before.json").read_bytes()
@@ -172,12 +177,12 @@ def test_frog_interrupted_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
         _run(tiny_model_dir, out, "frog")
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "frog"))
     m = tune(config, out=out, resume=True, progress=False).metrics
-    assert m["run"]["resumed"] is True and m["training"]["global_step"] == 4
+    assert m.run.resumed is True and m.training.global_step == 4
     log = _log(out)
     assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
     # train time counts the steps before the checkpoint too
-    assert m["cost"]["train_seconds"] > m["cost"]["train_seconds_this_session"]
-    assert m["cost"]["train_seconds"] >= float(log[-1]["elapsed_s"]) - 1e-3
+    assert m.cost.train_seconds > m.cost.train_seconds_this_session
+    assert m.cost.train_seconds >= float(log[-1]["elapsed_s"]) - 1e-3
     assert (out / "before.json").read_bytes() == before
     a = load_file(straight / "adapter" / "adapter_model.safetensors")
     b = load_file(out / "adapter" / "adapter_model.safetensors")
@@ -187,7 +192,7 @@ def test_frog_interrupted_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_pa
     assert any(k.endswith("frog_values") and a[k].abs().sum() > 0 for k in a)  # it trained
     # resuming a complete run is a no-op that returns its metrics
     again = tune(config, out=out, resume=True, progress=False)
-    assert again.metrics == json.loads((out / "metrics.json").read_text())
+    assert again.metrics.to_dict() == json.loads((out / "metrics.json").read_text())
 
 
 def test_resume_with_another_config_is_refused(tiny_model_dir, tmp_path, monkeypatch):
@@ -208,8 +213,8 @@ def test_resume_with_another_config_is_refused(tiny_model_dir, tmp_path, monkeyp
     saved = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora"))
     saved.output_dir = str(out)
     (out / "config.yaml").write_text(yaml_dump(saved.to_dict()))
-    other = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora", r=8))
-    with pytest.raises(SpectuneError, match=r"--resume: this config differs .*\(in: r\)"):
+    other = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora", lora__r=8))
+    with pytest.raises(SpectuneError, match=r"--resume: this config differs .*\(in: lora\)"):
         tune(other, out=out, resume=True, progress=False)
 
 
@@ -218,14 +223,14 @@ def test_frog_and_full_runs_analyze_the_weight_delta(tiny_model_dir, tmp_path):
 
     frog = _run(tiny_model_dir, tmp_path / "frog", "frog").metrics
     frog_total_weights = 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3)
-    assert frog["cost"]["trainable"] == round(0.05 * frog_total_weights)  # FROG's exact budget
-    assert frog["frog"]["total_trainable"] == frog["cost"]["trainable"]
+    assert frog.cost.trainable == round(0.05 * frog_total_weights)  # FROG's exact budget
+    assert frog.method_extras["total_trainable"] == frog.cost.trainable
     details = pd.read_csv(tmp_path / "frog" / "spectra" / "details.csv")
     assert len(details) == 14 and "base_alpha" in details
     assert (tmp_path / "frog" / "plots" / "frog_layer_importance.png").is_file()
 
     full = _run(tiny_model_dir, tmp_path / "full", "full", train__learning_rate=1e-3).metrics
-    assert full["cost"]["trainable"] == full["cost"]["total"]
+    assert full.cost.trainable == full.cost.total
     details = pd.read_csv(tmp_path / "full" / "spectra" / "details.csv")
     assert "rank90" in details and "base_alpha" in details
     assert len(details) == 15  # 14 linear layers + the (tied) embedding
@@ -234,18 +239,17 @@ def test_frog_and_full_runs_analyze_the_weight_delta(tiny_model_dir, tmp_path):
 def test_qlora_run_on_4bit_base(tiny_model_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     m = _run(tiny_model_dir, tmp_path / "qlora", "qlora").metrics
-    assert m["cost"]["trainable"] == _lora_count(4)
-    assert m["training"]["final_loss"] is not None
-    assert m["before"]["model"] == "base model, float32"
+    assert m.cost.trainable == _lora_count(4)
+    assert m.training.final_loss is not None
+    assert m.before.model == "base model, float32"
     cfg = json.loads((tmp_path / "qlora" / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 4
 
 
 def test_gradient_check_stops_a_run_without_gradients():
-    from spectune.finetune.recipe import _callbacks
+    from spectune.finetune.trainer import GradientCheck
 
-    config = TuneConfig()
-    check = next(c for c in _callbacks(config, None) if type(c).__name__ == "GradientCheck")
+    check = GradientCheck()
     model = torch.nn.Linear(3, 3)
     with pytest.raises(SpectuneError, match="no gradient reached any of the 2 trainable tensors"):
         check.on_pre_optimizer_step(None, None, None, model=model)
@@ -290,10 +294,11 @@ def test_file_dataset_with_seeded_holdout(tiny_model_dir, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, data__train=str(path),
                                                   data__eval_fraction=0.1))  # fmt: skip
-    train, heldout, info = load_run_data(config)
+    data = load_run_data(config)
+    train, heldout, info = data.train, data.heldout, data.info
     assert len(heldout) == 4 and len(train) == 36
     assert {e.instruction for e in train}.isdisjoint({e.instruction for e in heldout})
-    again = load_run_data(config)[1]
+    again = load_run_data(config).heldout
     assert [e.instruction for e in again] == [e.instruction for e in heldout]  # seeded
     assert info["n_eval"] == 4
 
@@ -308,8 +313,9 @@ def test_head_only_on_labels_loss_equals_the_models_own_loss(
     from transformers import AutoModelForCausalLM, TrainingArguments
 
     from spectune.finetune.data import InstructionCollator, tokenize_examples
-    from spectune.finetune.recipe import _trainer_classes
+    from spectune.finetune.objectives import get_objective
     from spectune.finetune.tasks import generate_task_set
+    from spectune.finetune.trainer import SpectuneTrainer
     from spectune.frog import FrogConfig, apply_frog
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -325,10 +331,10 @@ def test_head_only_on_labels_loss_equals_the_models_own_loss(
     batch = InstructionCollator(smol_tokenizer.pad_token_id or smol_tokenizer.eos_token_id)(
         features
     )
-    Trainer, _ = _trainer_classes()
-    trainer = Trainer(
+    trainer = SpectuneTrainer(
         model=model,
         args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+        objective=get_objective("sft"),
     )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -363,21 +369,24 @@ def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
     import bitsandbytes as bnb
     from tests.finetune.conftest import save_tiny_llama
 
-    from spectune.finetune import methods
+    from spectune.finetune.methods import get_method, qlora
+    from spectune.finetune.methods.base import BuildContext
+    from spectune.finetune.recipe import build_model
 
     folder = save_tiny_llama(tmp_path / "odd", len(smol_tokenizer), hidden=64, mlp=96)
     smol_tokenizer.save_pretrained(folder)
-    assert methods.unpackable_modules(folder) == [f"model.layers.{i}.mlp.down_proj" for i in (0, 1)]
-    monkeypatch.setattr(methods, "cpu_packs_4bit", lambda: True)
+    assert qlora.unpackable_modules(folder) == [f"model.layers.{i}.mlp.down_proj" for i in (0, 1)]
+    monkeypatch.setattr(qlora, "cpu_packs_4bit", lambda: True)
     config = TuneConfig.from_dict(tiny_run_config(folder, "qlora"))
-    built = methods.build(config, folder, progress=False)
+    ctx = BuildContext(config, folder, tmp_path, progress=False)
+    built = build_model(get_method("qlora"), ctx)
     kept = [n for n in built.notes if "unquantized" in n]
     assert len(kept) == 1 and "kept 2 linear layer(s) unquantized" in kept[0]
     base = built.model.get_base_model()
     assert not isinstance(base.model.layers[0].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
     assert isinstance(base.model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
     m = tune(config, out=tmp_path / "run", progress=False).metrics
-    assert m["notes"] == built.notes and m["training"]["final_loss"] is not None
+    assert m.notes == built.notes and m.training.final_loss is not None
 
 
 @pytest.mark.parametrize("native,wanted,dtype,noted", [
@@ -385,11 +394,11 @@ def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
     (False, "bfloat16", "bfloat16", False), (True, "float32", "float32", False),
 ])  # fmt: skip
 def test_4bit_compute_dtype_follows_the_hardware(native, wanted, dtype, noted, monkeypatch):
-    from spectune.finetune import methods
+    from spectune.finetune.methods import qlora
 
-    monkeypatch.setattr(methods, "native_bf16", lambda: native)
+    monkeypatch.setattr(qlora, "native_bf16", lambda: native)
     config = TuneConfig.from_dict({"method": "qlora", "quant": {"compute_dtype": wanted}})
-    got, note = methods.compute_dtype(config)
+    got, note = qlora.compute_dtype(config)
     assert got == dtype and (note is not None) == noted
     if noted:
         assert "quant.compute_dtype=bfloat16" in note

@@ -31,12 +31,14 @@ def test_tune_cli_with_overrides_then_refuses_a_second_run(config_file, tmp_path
     assert main(["tune", str(config_file), "r=2", "train.max_steps=2", "--out", str(out),
                  "--no-progress"]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["r"] == 2 and metrics["training"]["global_step"] == 2
+    assert metrics["schema_version"] == 2
+    assert metrics["config"]["lora"]["r"] == 2 and metrics["training"]["global_step"] == 2
+    assert metrics["settings"] == {"r": 2, "lora_alpha": 8, "lora_dropout": 0.0}
     printed = capsys.readouterr()
     assert "learning (held-out accuracy) vs forgetting" in printed.out
     assert "'loss'" not in printed.out and "Loading weights" not in printed.err  # --no-progress
     saved = yaml_load((out / "config.yaml").read_text(), "saved")
-    assert saved["r"] == 2 and saved["output_dir"] == str(out)
+    assert saved["lora"]["r"] == 2 and saved["output_dir"] == str(out)
     assert main(["tune", str(config_file), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds a complete run; pass --overwrite" in err
@@ -49,8 +51,16 @@ def test_tune_cli_with_overrides_then_refuses_a_second_run(config_file, tmp_path
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["method=lorra"], "method must be one of"),
-        (["r=0"], "r must be >= 1, got 0"),
+        (
+            ["method=lorra"],
+            "unknown method 'lorra' (did you mean 'lora'?); registered methods: lora,",
+        ),
+        (["objective=sft2"], "unknown objective 'sft2'"),
+        (["r=0"], "lora.r must be >= 1, got 0"),
+        (
+            ["frog.budget=0.1"],
+            "the frog: section is read by method(s)/objective(s) frog, but this run's method is 'lora'",
+        ),
         (["data.train=/nope/x.jsonl"], "dataset file /nope/x.jsonl does not exist"),
         (["target_modules=[nothing]"], "matches no module"),
         (["train.lerning_rate=1"], "did you mean: 'lerning_rate' -> 'learning_rate'"),
@@ -94,7 +104,7 @@ def test_sweep_cli_grid_writes_the_comparison_and_resumes(config_file, tmp_path,
     stamp = (out / "runs" / "r2_lora" / "metrics.json").stat().st_mtime_ns
     assert main([*args, "--resume"]) == 0
     assert (out / "runs" / "r2_lora" / "metrics.json").stat().st_mtime_ns == stamp
-    assert _rows(out / "results.csv") == rows or len(_rows(out / "results.csv")) == 3
+    assert _rows(out / "results.csv") == rows  # the same runs, read back from their metrics
 
 
 def test_sweep_cli_bad_grid(config_file, tmp_path, capsys):
@@ -119,9 +129,12 @@ def test_demo_budgets_match_lora(tiny_model_dir):
     assert [n for n, _, _ in runs] == ["lora", "dora", "qlora", "frog"]
     frog = runs[-1][1]
     targets = 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3)  # all-linear weights, by hand
-    lora = DEMO_CONFIG["r"] * 2 * 1024  # r (in + out) summed over the 14 linear layers
-    assert frog.frog_config().budget == pytest.approx(lora / targets)
-    assert total_trainable(frog.frog_config().budget, targets) == lora
+    lora = DEMO_CONFIG["lora"]["r"] * 2 * 1024  # r (in + out) summed over the 14 linear layers
+    assert frog.section("frog").budget == pytest.approx(lora / targets)
+    assert total_trainable(frog.section("frog").budget, targets) == lora
+    assert [c.section("lora").r for _, c, _ in runs[:3]] == [8, 8, 8]  # LoRA's own r
+    shira = demo_runs(("shira",), [f"model={tiny_model_dir}"])[0][1]
+    assert shira.section("shira").r == 8  # SHiRA: r (in + out) per target, like LoRA
     assert all(c.training_arguments()["max_steps"] == DEMO_CONFIG["train"]["max_steps"]
                for _, c, _ in runs)  # fmt: skip
 

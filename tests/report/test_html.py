@@ -138,38 +138,71 @@ def save_png(path: Path, color: str = "#4c72b0") -> None:
 
 
 def metrics(name: str = "lora-r8", **over) -> dict:
-    """A synthetic metrics.json with every section filled in."""
+    """A synthetic metrics.json (schema version 2) with every section filled in."""
+
+    def judging(acc, n_correct, cats, loss, ppl, ms, first):
+        return {
+            "accuracy": {
+                "accuracy": acc,
+                "n": 24,
+                "n_correct": n_correct,
+                "max_new_tokens": 16,
+                "by_category": cats,
+            },
+            "heldout_loss": {
+                "loss": loss,
+                "perplexity": 12.18,
+                "n_tokens": 100,
+                "n_examples": 24,
+                "n_truncated": 0,
+            },
+            "perplexity": {
+                "perplexity": ppl,
+                "nll": 3.0,
+                "n_tokens": 900,
+                "n_scored": 899,
+                "n_chars": 4000,
+                "window": 256,
+                "stride": 128,
+                "text_sha256": "ab",
+                "source": "pydoc",
+            },
+            "latency": {
+                "ms_per_token": ms,
+                "ms_first_token": first,
+                "ms_per_token_overall": ms,
+                "new_tokens": 16,
+                "n_prompts": 2,
+                "warmup": 1,
+                "threads": 2,
+            },
+            "seconds": {"accuracy": 1.0},
+            "model": None,
+            "extras": {},
+        }
+
     m = {
-        "run": {"name": name, "method": "lora", "model": "default", "seed": 7, "device": "cpu",
-                "threads": 2, "started": "2025-01-01T00:00:00+00:00", "spectune": "0.1.0",
-                "torch": "2.13.0"},
-        "config": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05},
+        "schema_version": 2,
+        "run": {"name": name, "method": "lora", "objective": "sft", "model": "default", "seed": 7,
+                "device": "cpu", "threads": 2, "started": "2025-01-01T00:00:00+00:00",
+                "versions": {"spectune": "0.1.0", "torch": "2.13.0"}},
+        "config": {"method": "lora", "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}},
+        "settings": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05},
         "data": {"source": "spectune task set", "n_train": 96, "n_eval": 24,
                  "tokenize": {"n_examples": 96, "n_kept": 95, "n_truncated": 3, "n_dropped": 1,
                               "max_length": 256}},
-        "before": {
-            "accuracy": {"accuracy": 0.125, "n": 24, "n_correct": 3, "max_new_tokens": 16,
-                         "by_category": {"arithmetic": {"n": 16, "n_correct": 1, "accuracy": 0.0625},
-                                         "reverse": {"n": 8, "n_correct": 2, "accuracy": 0.25}}},
-            "heldout_loss": {"loss": 2.5, "perplexity": 12.18},
-            "perplexity": {"perplexity": 20.0, "nll": 3.0, "n_tokens": 900, "source": "pydoc"},
-            "latency": {"ms_per_token": 31.25, "ms_first_token": 80.0},
-            "seconds": {"accuracy": 1.0},
-        },
-        "after": {
-            "accuracy": {"accuracy": 0.5, "n": 24, "n_correct": 12, "max_new_tokens": 16,
-                         "by_category": {"arithmetic": {"n": 16, "n_correct": 6, "accuracy": 0.375},
-                                         "reverse": {"n": 8, "n_correct": 6, "accuracy": 0.75}}},
-            "heldout_loss": {"loss": 1.23456, "perplexity": 3.44},
-            "perplexity": {"perplexity": 21.5, "nll": 3.07, "n_tokens": 900, "source": "pydoc"},
-            "latency": {"ms_per_token": 33.5, "ms_first_token": 85.0},
-            "seconds": {"accuracy": 1.0},
-        },
+        "before": judging(0.125, 3, {"arithmetic": {"n": 16, "n_correct": 1, "accuracy": 0.0625},
+                                     "reverse": {"n": 8, "n_correct": 2, "accuracy": 0.25}},
+                          2.5, 20.0, 31.25, 80.0),
+        "after": judging(0.5, 12, {"arithmetic": {"n": 16, "n_correct": 6, "accuracy": 0.375},
+                                   "reverse": {"n": 8, "n_correct": 6, "accuracy": 0.75}},
+                         1.23456, 21.5, 33.5, 85.0),
         "learning": {"accuracy_before": 0.125, "accuracy_after": 0.5, "accuracy_gain": 0.375,
                      "heldout_loss_before": 2.5, "heldout_loss_after": 1.23456},
         "forgetting": {"perplexity_before": 20.0, "perplexity_after": 21.5,
                        "perplexity_change": 1.5, "perplexity_ratio": 1.075},
-        "cost": {"train_seconds": 42.0, "steps": 12, "tokens": 5000, "tokens_per_second": 119.04,
+        "cost": {"train_seconds": 42.0, "train_seconds_this_session": 42.0, "steps": 12,
+                 "tokens": 5000, "tokens_per_second": 119.04,
                  "peak_rss_bytes": 12 * 2**20, "peak_rss_exact": True, "trainable": 1234567,
                  "total": 135000000, "trainable_percent": 0.9145, "adapter_bytes": 3 * 2**20,
                  "ms_per_token": 33.5, "ms_per_token_before": 31.25},
@@ -178,7 +211,8 @@ def metrics(name: str = "lora-r8", **over) -> dict:
                     "log_norm": 0.5, "stable_rank": 2.0, "base_alpha": 4.56, "rank90": None,
                     "status_counts": {"success": 58, "failed": 2},
                     "warning_counts": {"too few eigenvalues for a reliable fit": 60}},
-        "frog": None,
+        "method_extras": {},
+        "objective_extras": {},
         "notes": ["lora_dropout is ignored & kept for <compatibility>"],
     }  # fmt: skip
     for key, value in over.items():
@@ -359,10 +393,11 @@ def test_run_name_and_folder_strings_are_escaped(tmp_path):
 
 
 def test_run_page_tolerates_missing_and_null_values(tmp_path):
-    m = metrics(before=None, spectra=None, frog=None, notes=[], training=None)
+    m = metrics(before=None, spectra=None, notes=[])
+    m["training"] = dict.fromkeys(m["training"])
     m["after"]["latency"] = None
     m["cost"] = dict.fromkeys(m["cost"])
-    m["after"]["accuracy"]["by_category"] = None
+    m["after"]["accuracy"]["by_category"] = {}
     folder = make_run(tmp_path / "run", m, plots=[], full=False)
     text = render_run(folder)
     page = check_self_contained(text, n_images=0)
@@ -375,32 +410,50 @@ def test_run_page_tolerates_missing_and_null_values(tmp_path):
 
 
 @pytest.mark.parametrize("content", [{}, {"run": None, "after": "garbage", "cost": [1, 2]}])
-def test_run_page_from_a_nearly_empty_metrics_file(tmp_path, content):
+def test_a_damaged_metrics_file_is_a_clear_error(tmp_path, content):
     folder = make_run(tmp_path / "run", content, plots=[], full=False)
-    text = render_run(folder)
-    check_self_contained(text, n_images=0)
-    assert "<h1>run</h1>" in text  # the folder's name stands in for the run's
-    assert "<title>spectune run run</title>" in text
+    with pytest.raises(SpectuneError, match=r"metrics.json: metrics of schema version 1 .* are "
+                       r"incomplete or damaged .* re-run the run"):  # fmt: skip
+        render_run(folder)
+    assert not (folder / "report.html").exists()
 
 
-def test_run_page_survives_any_damaged_value(tmp_path):
+def test_any_damaged_value_renders_or_is_a_clear_error(tmp_path):
     """Every key of the first two levels of metrics.json replaced by null, a string, a list,
-    an empty dict and NaN: the page still renders."""
+    an empty dict and NaN: the page renders, or the load fails with a SpectuneError that
+    names the file (never another exception)."""
     base = metrics()
     keys = [(k,) for k in base] + [
         (k, k2) for k, v in base.items() if isinstance(v, dict) for k2 in v
     ]
     folder = tmp_path / "run"
     folder.mkdir()
+    rendered = refused = 0
     for key in keys:
         for junk in (None, "junk", [1], {}, float("nan")):
             m = copy.deepcopy(base)
             parent = m if len(key) == 1 else m[key[0]]
             parent[key[-1]] = junk
             (folder / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
-            text = render_run(folder)
+            try:
+                text = render_run(folder)
+            except SpectuneError as exc:
+                assert "metrics.json" in str(exc), key
+                refused += 1
+                continue
             assert text.endswith("</html>\n"), key
-    check_self_contained(text, n_images=0)
+            rendered += 1
+    assert rendered > 100 and refused > 10
+
+
+def test_metrics_from_a_newer_schema_say_which_version_wrote_them(tmp_path):
+    m = metrics()
+    m["schema_version"] = 99
+    m["run"]["versions"]["spectune"] = "7.0.0"
+    folder = make_run(tmp_path / "run", m, plots=[], full=False)
+    with pytest.raises(SpectuneError, match=r"schema version 99 \(written by spectune 7.0.0\); "
+                       r"this spectune reads versions 1 to 2"):  # fmt: skip
+        render_run(folder)
 
 
 def test_run_page_reports_unreadable_optional_files(tmp_path):
@@ -439,7 +492,7 @@ def test_write_run_report_is_atomic_and_writes_only_the_report(tmp_path):
     assert path == folder / "report.html"
     assert files(folder) == before | {"report.html"}  # no temporary file left behind
     assert path.read_text(encoding="utf-8") == render_run(folder)
-    assert render_run(folder) == render_run(folder)  # deterministic
+    assert render_run(folder) == path.read_text(encoding="utf-8")  # rendering again: the same
 
 
 def test_failed_write_keeps_the_old_report(tmp_path, monkeypatch):
@@ -537,7 +590,7 @@ def test_comparison_escapes_and_tolerates_bad_files(tmp_path):
     page = check_self_contained(text, n_images=5)
     assert page.all("script") == []
     assert page.text.count(evil) >= 3  # title, h1, table (and the grid)
-    assert "runs/r8/metrics.json: not valid JSON" in page.text
+    assert "runs/r8/metrics.json cannot be read as JSON" in page.text
 
 
 def test_missing_results_csv_raises(tmp_path):

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib Figure as PNG atomically."""
-    from spectune._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+from spectune.report.files import save_figure  # noqa: F401 - re-exported for callers
 
 
 def print_table(
@@ -42,3 +36,46 @@ def _fmt(v: Any) -> str:
             return "-"
         return f"{v:.3f}" if abs(v) < 1e5 else f"{v:.3e}"
     return "" if v is None else str(v)
+
+
+def split_config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """argparse puts a first ``key=value`` into ``config`` when no config file is given."""
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        return None, [config, *overrides]
+    return config, overrides
+
+
+def _fmt_num(value: Any, spec: str) -> str:
+    return "-" if value is None or value == "" else format(float(value), spec)
+
+
+def show_comparison(outcomes: list[Any]) -> None:
+    """The runs' headline numbers (``RunOutcome`` objects, typed metrics) as a terminal
+    table; results.csv holds every column."""
+    view = []
+    for o in outcomes:
+        m = o.metrics
+        if m is None:
+            view.append({"run": o.name, "method": o.method, "status": o.status})
+            continue
+        learn, forget, cost = m.learning, m.forgetting, m.cost
+        spectra = m.spectra
+        view.append({
+            "run": o.name,
+            "method": m.run.method,
+            "trainable": _fmt_num(cost.trainable_percent, ".2f") + "%",
+            "accuracy": f"{_fmt_num(learn.accuracy_before, '.1%')} -> "
+                        f"{_fmt_num(learn.accuracy_after, '.1%')}",
+            "perplexity": f"{_fmt_num(forget.perplexity_before, '.2f')} -> "
+                          f"{_fmt_num(forget.perplexity_after, '.2f')}",
+            "train s": _fmt_num(cost.train_seconds, ".0f"),
+            "ms/token": _fmt_num(cost.ms_per_token, ".0f"),
+            "alpha (base)": f"{_fmt_num(spectra and spectra.alpha, '.2f')} "
+                            f"({_fmt_num(spectra and spectra.base_alpha, '.2f')})",
+            "status": "ok",
+        })  # fmt: skip
+    columns = ["run", "method", "trainable", "accuracy", "perplexity", "train s", "ms/token",
+               "alpha (base)", "status"]  # fmt: skip
+    print_table(view, "learning (held-out accuracy) vs forgetting (perplexity on general text)",
+                columns, first_width=8)  # fmt: skip

@@ -39,19 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectune import _check as check
-    from spectune.cli.sweep import show_comparison
-    from spectune.finetune.config import METHODS, read_config_data
+    from spectune.cli._common import show_comparison
+    from spectune.finetune.config import read_config_data
     from spectune.finetune.demo import demo
+    from spectune.finetune.methods import get_method
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     for m in methods:
-        check.choice("--methods", m, METHODS)
+        get_method(m)  # an unknown name lists the registered methods
     start = time.perf_counter()
     out = Path(args.out)
     base = read_config_data(args.config) if args.config else None
-    rows = demo(out, methods=methods, overrides=args.overrides, base=base,
+    outcomes = demo(out, methods=methods, overrides=args.overrides, base=base,
                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)  # fmt: skip
-    show_comparison(rows)
+    show_comparison(outcomes)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; open {out / 'report.html'}")
-    return 1 if any(r.get("status") != "complete" for r in rows) else 0
+    return 1 if any(o.error is not None for o in outcomes) else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "fine-tune with lora/rslora/dora/qlora/qdora/frog/full, judge it, write a results folder"
+HELP = "fine-tune with a registered method (spectune methods), judge it, write a results folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,29 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
-def split_config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    """argparse puts a first ``key=value`` into ``config`` when no config file is given."""
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        return None, [config, *overrides]
-    return config, overrides
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from spectune.cli._common import split_config_and_overrides
     from spectune.finetune.config import load_config
     from spectune.finetune.recipe import tune
 
     config_path, overrides = split_config_and_overrides(args)
+    saved = False
     if (
         config_path is None
         and args.resume
         and args.out
         and (Path(args.out) / "config.yaml").is_file()
     ):
-        config_path = str(Path(args.out) / "config.yaml")
-    config = load_config(config_path, overrides)
+        config_path, saved = str(Path(args.out) / "config.yaml"), True
+    # a config saved by an older version holds every section: keep the run's own
+    config = load_config(config_path, overrides, foreign_sections="drop" if saved else "error")
     result = tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,
                   merge=args.merge, progress=not args.no_progress)  # fmt: skip
     show_run(result.metrics)
@@ -64,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_run(metrics: dict) -> None:
-    """The run's headline numbers as a terminal table."""
-    from spectune.cli.sweep import show_comparison
-    from spectune.finetune.recipe import flat_metrics
+def show_run(metrics: object) -> None:
+    """The run's headline numbers (a RunMetrics) as a terminal table."""
+    from spectune.cli._common import show_comparison
+    from spectune.finetune.sweep import RunOutcome
 
-    show_comparison([{**flat_metrics(metrics), "status": "complete"}])
+    show_comparison([RunOutcome(metrics.run.name, metrics.run.method, {}, metrics=metrics)])

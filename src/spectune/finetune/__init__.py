@@ -1,10 +1,13 @@
 """Fine-tuning: the run config, the methods, the recipe, sweeps, the demo, data and judging.
 
-- :mod:`spectune.finetune.config`: :class:`TuneConfig` (YAML + ``key=value`` overrides).
-- :mod:`spectune.finetune.methods`: the model of each method (lora, rslora, dora, qlora,
-  qdora, frog, full) from one config.
-- :mod:`spectune.finetune.recipe`: :func:`tune`, the linear run: data, judge the base, build,
-  train (transformers Trainer), save, judge again, spectra, results folder.
+- :mod:`spectune.finetune.config`: :class:`TuneConfig` (YAML + ``key=value`` overrides), with
+  each method's and objective's settings in its own section.
+- :mod:`spectune.finetune.methods`: the method registry and one module per method (lora,
+  rslora, dora, qlora, qdora, pissa, olora, shira, frog, full); nothing else knows their names.
+- :mod:`spectune.finetune.objectives`: the objective registry (sft; its data, loss, metrics).
+- :mod:`spectune.finetune.recipe`: :func:`tune`, the run in named phases: set up, judge the
+  base, build, train (transformers Trainer: :mod:`.trainer`), save, judge, analyze, report.
+- :mod:`spectune.finetune.results`: :class:`RunMetrics`, the typed ``metrics.json``.
 - :mod:`spectune.finetune.sweep`: :func:`sweep` over a grid, and the comparison folder.
 - :mod:`spectune.finetune.demo`: :func:`demo`, the methods at matched budgets.
 - :mod:`spectune.finetune.runfolder`: the results-folder rules (refuse, resume, overwrite).
@@ -30,9 +33,13 @@ _LAZY: dict[str, str] = {
     # the pipeline
     "TuneConfig": "spectune.finetune.config",
     "load_config": "spectune.finetune.config",
-    "METHODS": "spectune.finetune.config",
     "tune": "spectune.finetune.recipe",
     "TuneResult": "spectune.finetune.recipe",
+    "RunMetrics": "spectune.finetune.results",
+    "register_method": "spectune.finetune.methods",
+    "methods": "spectune.finetune.methods",
+    "register_objective": "spectune.finetune.objectives",
+    "objectives": "spectune.finetune.objectives",
     "sweep": "spectune.finetune.sweep",
     "demo": "spectune.finetune.demo",
     # data

@@ -1,27 +1,28 @@
 """The run config of ``spectune tune`` / ``sweep``: one validated tree for every method.
 
-A config is a YAML file (see ``configs/``) or a dict with these sections::
+A config is a YAML file (see ``configs/``) or a dict with these keys::
 
     model: default            # 'default' (embedded SmolLM2-135M-Instruct) or a local HF folder
-    method: lora              # lora | rslora | dora | qlora | qdora | frog | full
+    method: lora              # a registered method: spectune.methods()
+    objective: sft            # a registered objective: spectune.objectives()
     seed: 0
     output_dir: results/lora
-    r: 8                      # LoRA family: rank, scaling numerator, dropout
-    lora_alpha: 16
-    lora_dropout: 0.05
-    target_modules: all-linear   # LoRA and FROG: 'all-linear', names/suffixes, or a regex
+    target_modules: all-linear   # 'all-linear', names/suffixes, or a regex (adapting methods)
     exclude_modules: null
-    frog: {budget: 0.01, ...}    # FROG fields (spectune.frog.FrogConfig), target_modules above
-    quant: {quant_type: nf4, double_quant: true, compute_dtype: auto}   # qlora / qdora
+    lora: {r: 8, lora_alpha: 16, lora_dropout: 0.05}   # the method's own section(s)
     data: {train: tasks, ...}    # DataConfig
     eval: {before: true, ...}    # EvalConfig
     train: {learning_rate: 2.0e-4, max_steps: 200, ...}   # transformers.TrainingArguments
 
-Every field is checked when the config is built; an unknown key anywhere is an error that
-names it (with the closest valid key), so a typo never silently falls back to a default.
-``key=value`` overrides (:func:`apply_overrides`) address nested fields with dots
-(``train.learning_rate=1e-4``, ``frog.budget=0.02``) and parse the value as YAML
-(``target_modules=[q_proj,v_proj]``).
+Each method and objective declares the sections it reads (``lora``, ``quant``, ``frog``,
+``shira``, ``pissa``...: :mod:`spectune.finetune.methods`); a section that the run's method
+and objective do not read is an error naming who reads it. The old flat LoRA keys (``r``,
+``lora_alpha``, ``lora_dropout`` at the top) are still read into ``lora:``; giving both forms
+is an error. Every field is checked when the config is built; an unknown key anywhere is an
+error that names it (with the closest valid key), so a typo never silently falls back to a
+default. ``key=value`` overrides (:func:`apply_overrides`) address nested fields with dots
+(``train.learning_rate=1e-4``, ``frog.budget=0.02``; ``r=16`` still reaches ``lora.r``) and
+parse the value as YAML (``target_modules=[q_proj,v_proj]``).
 
 ``train`` is passed to ``transformers.TrainingArguments``; its keys are checked against that
 class when the run starts. spectune sets ``output_dir`` (``<output_dir>/checkpoints``),
@@ -39,12 +40,6 @@ from typing import Any
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
-
-METHODS = ("lora", "rslora", "dora", "qlora", "qdora", "frog", "full")
-#: methods built on peft's LoRA layers
-LORA_METHODS = ("lora", "rslora", "dora", "qlora", "qdora")
-#: methods whose base model is quantized to 4 bits by bitsandbytes
-QUANT_METHODS = ("qlora", "qdora")
 
 #: TrainingArguments defaults of a spectune run (a config's ``train`` section overrides them).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -65,10 +60,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 #: TrainingArguments keys spectune sets itself (refused in ``train``).
 RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_from_checkpoint")
-
-#: FROG fields that are shared with the LoRA methods and so live at the top level.
-_FROG_SHARED = ("target_modules", "exclude_modules", "seed")
-
 
 # --------------------------------------------------------------------------- YAML
 
@@ -231,93 +222,121 @@ class EvalConfig:
         check.choice("eval.spectra_precision", self.spectra_precision, ("float32", "float64"))
 
 
-@dataclass
-class QuantConfig:
-    """bitsandbytes 4-bit settings of qlora / qdora."""
+_SECTIONS = {"data": DataConfig, "eval": EvalConfig}
 
-    quant_type: str = field(default="nf4", metadata={"help": "'nf4' (QLoRA) or 'fp4'."})
-    double_quant: bool = field(
-        default=True, metadata={"help": "quantize the quantization constants too (QLoRA)."}
-    )
-    compute_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "dtype of the 4-bit layers' matmuls: 'auto' (bfloat16, QLoRA's choice, "
-            "where the hardware runs it natively: a bf16 GPU or a CPU with AVX512-BF16; "
-            "float32 elsewhere, where emulated bf16 made a step 10x slower), or 'bfloat16', "
-            "'float16', 'float32'."
-        },
-    )
+#: the config's own top-level keys (everything else is a method's or objective's section)
+FIELDS = ("model", "method", "objective", "seed", "output_dir", "target_modules",
+          "exclude_modules", "data", "eval", "train")  # fmt: skip
 
-    def __post_init__(self) -> None:
-        check.choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
-        if not isinstance(self.double_quant, bool):
+#: the old flat LoRA keys, read into the ``lora:`` section
+LEGACY_LORA_KEYS = ("r", "lora_alpha", "lora_dropout")
+LEGACY_SECTION = "lora"
+
+
+def _registries() -> tuple[Any, Any]:
+    from spectune.finetune.methods import METHODS
+    from spectune.finetune.objectives import OBJECTIVES
+
+    return METHODS, OBJECTIVES
+
+
+def _target_spec(value: Any, label: str) -> str | list[str] | None:
+    """``'all-linear'``, a regular expression, or a non-empty list of names / suffixes."""
+    if value is None and label == "exclude_modules":
+        return None
+    if isinstance(value, str):
+        if not value:
+            raise SpectuneError(f"{label} is empty; use 'all-linear', a list of module names "
+                                "or a regular expression")  # fmt: skip
+        if value.lower() == "all-linear":
+            return "all-linear"
+        try:
+            re.compile(value)
+        except re.error as exc:
             raise SpectuneError(
-                f"quant.double_quant must be true or false, got {self.double_quant!r}"
-            )
-        check.choice("quant.compute_dtype", self.compute_dtype,
-                     ("auto", "bfloat16", "float16", "float32"))  # fmt: skip
+                f"{label} {value!r} is not a valid regular expression ({exc}); pass a list of "
+                "module names instead"
+            ) from None
+        return value
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise SpectuneError(
+            f"{label} must be 'all-linear', a regular expression or a non-empty list of "
+            f"module names, got {value!r}"
+        )
+    return list(value)
 
 
-_SECTIONS = {"data": DataConfig, "eval": EvalConfig, "quant": QuantConfig}
+def _section_data(cls: type, value: Any) -> dict[str, Any]:
+    out = asdict(value) if not isinstance(value, dict) else dict(value)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 @dataclass
 class TuneConfig:
-    """One fine-tuning run: model, method, adapter fields, data, judging, training arguments."""
+    """One fine-tuning run: model, method, objective, their sections, data, judging, training.
+
+    The method's and the objective's settings live in their own sections (``lora:``,
+    ``frog:``, ``quant:``...), declared by the registered method or objective
+    (:mod:`spectune.finetune.methods`, :mod:`spectune.finetune.objectives`); ``sections``
+    holds them, validated (``config.section("lora").r``). A section that the run's method and
+    objective do not read is an error that names who reads it.
+    """
 
     model: str = field(
         default="default",
         metadata={"help": "'default' (embedded SmolLM2-135M-Instruct) or a local HF folder."},
     )
-    method: str = field(default="lora", metadata={"help": f"one of {', '.join(METHODS)}."})
+    method: str = field(
+        default="lora", metadata={"help": "a registered method (spectune.methods())."}
+    )
+    objective: str = field(
+        default="sft", metadata={"help": "a registered training objective (spectune.objectives())."}
+    )
     seed: int = field(default=0, metadata={"help": "seed of data, init, noise and training."})
     output_dir: str = field(
         default="results/tune", metadata={"help": "results folder (--out overrides)."}
     )
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(
-        default=16, metadata={"help": "LoRA scaling numerator: alpha/r (rsLoRA: alpha/sqrt(r))."}
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input."})
     target_modules: str | list[str] = field(
         default="all-linear",
         metadata={
             "help": "'all-linear' (every Linear but the output head), module names or "
-            "suffixes, or a regex matching whole names; LoRA and FROG."
+            "suffixes, or a regex matching whole names (methods that adapt modules)."
         },
     )
     exclude_modules: list[str] | None = field(
         default=None, metadata={"help": "module names or suffixes to leave out."}
     )
-    frog: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "FROG fields (spectune.frog.FrogConfig) but target_modules and seed."},
-    )
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
     train: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "transformers.TrainingArguments fields (over TRAIN_DEFAULTS)."},
+    )
+    sections: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "the method's and objective's sections, name -> settings."},
     )
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise SpectuneError(f"model must be 'default' or a folder path, got {self.model!r}")
-        self.method = check.choice("method", self.method, METHODS)
+        methods, objectives = _registries()
+        method, objective = methods.get(self.method), objectives.get(self.objective)
         self.seed = check.integer("seed", self.seed, minimum=0)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise SpectuneError(f"output_dir must be a folder path, got {self.output_dir!r}")
-        self.r = check.integer("r", self.r, minimum=1)
-        self.lora_alpha = check.number("lora_alpha", self.lora_alpha)
-        if self.lora_alpha <= 0:
-            raise SpectuneError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        if self.lora_alpha.is_integer():
-            self.lora_alpha = int(self.lora_alpha)
-        self.lora_dropout = check.number("lora_dropout", self.lora_dropout)
-        if not 0 <= self.lora_dropout < 1:
-            raise SpectuneError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        self.target_modules = _target_spec(self.target_modules, "target_modules")
+        if self.exclude_modules is not None:
+            self.exclude_modules = _target_spec(list(self.exclude_modules)
+                                                if isinstance(self.exclude_modules, (list, tuple))
+                                                else self.exclude_modules, "exclude_modules")  # fmt: skip
+            if isinstance(self.exclude_modules, str):
+                raise SpectuneError("exclude_modules must be a list of module names or suffixes, "
+                                    f"got {self.exclude_modules!r}")  # fmt: skip
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -325,16 +344,40 @@ class TuneConfig:
                 setattr(self, name, cls(**value))
             elif not isinstance(value, cls):
                 raise SpectuneError(f"{name} must be a mapping of settings, got {value!r}")
-        if not isinstance(self.frog, dict):
-            raise SpectuneError(f"frog must be a mapping of FROG settings, got {self.frog!r}")
-        shared = sorted(set(self.frog) & set(_FROG_SHARED))
-        if shared:
-            raise SpectuneError(
-                f"frog.{shared[0]} is set at the top level of the config (shared by all methods); "
-                f"move it out of the frog section"
-            )
-        fc = self.frog_config()  # validates the frog fields and target_modules
-        self.target_modules, self.exclude_modules = fc.target_modules, fc.exclude_modules
+        if not isinstance(self.sections, dict):
+            raise SpectuneError(f"sections must be a mapping, got {self.sections!r}")
+        used = {**objective.sections, **method.sections}
+        for name, value in self.sections.items():
+            if name not in used and value not in (None, {}):
+                readers = methods.readers(name) + objectives.readers(name)
+                who = (f"method(s)/objective(s) {', '.join(readers)}" if readers
+                       else "no registered method or objective")  # fmt: skip
+                raise SpectuneError(
+                    f"the {name}: section is read by {who}, but this run's method is "
+                    f"{self.method!r} and its objective {self.objective!r}; remove the section "
+                    f"or set method/objective to one that reads it"
+                )
+        resolved: dict[str, Any] = {}
+        for name, cls in used.items():
+            value = self.sections.get(name)
+            if value is None:
+                value = {}
+            if isinstance(value, dict):
+                shared = sorted(set(value) & set(FIELDS))
+                if shared:
+                    raise SpectuneError(
+                        f"{name}.{shared[0]} is a top-level key of the config (shared by every "
+                        f"method); move it out of the {name}: section"
+                    )
+                check.unknown_keys(name, value, (f.name for f in fields(cls)), "setting")
+                try:
+                    value = cls(**value)
+                except TypeError as exc:
+                    raise SpectuneError(f"{name}: {exc}") from None
+            elif not isinstance(value, cls):
+                raise SpectuneError(f"{name} must be a mapping of settings, got {value!r}")
+            resolved[name] = value
+        self.sections = resolved
         if not isinstance(self.train, dict):
             raise SpectuneError(f"train must be a mapping of TrainingArguments, got {self.train!r}")
         reserved = sorted(set(self.train) & set(RESERVED_TRAIN_KEYS))
@@ -354,21 +397,34 @@ class TuneConfig:
         lr = check.number("train.learning_rate", args["learning_rate"])
         if lr <= 0:
             raise SpectuneError(f"train.learning_rate must be > 0, got {lr!r}")
-        if self.method == "frog" and fc.noise_scale > 0 and self.checkpointing():
-            raise SpectuneError(
-                "frog.noise_scale > 0 cannot be combined with train.gradient_checkpointing: "
-                "the recomputed forward would draw other noise; switch one of them off"
-            )
+        method.check(self)
+        objective.check(self)
 
     # -- views ----------------------------------------------------------------------------
 
-    def frog_config(self) -> Any:
-        """The :class:`spectune.frog.FrogConfig` of this run (shared fields filled in)."""
-        from spectune.frog.config import FrogConfig
+    def section(self, name: str) -> Any:
+        """The validated settings of section ``name`` (``config.section("lora").r``).
 
-        data = {**self.frog, "target_modules": self.target_modules,
-                "exclude_modules": self.exclude_modules, "seed": self.seed}  # fmt: skip
-        return FrogConfig.from_dict(data, source="frog")
+        Raises:
+            SpectuneError: neither the run's method nor its objective reads that section.
+        """
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise SpectuneError(
+                f"method {self.method!r} and objective {self.objective!r} read no {name}: "
+                f"section (they read: {', '.join(self.sections) or 'none'})"
+            ) from None
+
+    def get(self, dotted: str) -> Any:
+        """A setting by its dotted key (``"lora.r"``, ``"train.learning_rate"``, ``"seed"``);
+        None when the run has no such setting."""
+        node: Any = self.to_dict()
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
 
     def checkpointing(self) -> bool:
         """Whether the training recomputes activations (``gradient_checkpointing``, called
@@ -381,53 +437,106 @@ class TuneConfig:
         return {**TRAIN_DEFAULTS, **self.train}
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config as plain data (every default written out)."""
-        out = asdict(self)
-        out["frog"] = {k: v for k, v in self.frog_config().to_dict().items()
-                       if k not in _FROG_SHARED}  # fmt: skip
+        """The resolved config as plain data (every default written out); sections are
+        top-level keys, as in the YAML file."""
+        out: dict[str, Any] = {}
+        for name in FIELDS:
+            value = getattr(self, name)
+            out[name] = asdict(value) if name in _SECTIONS else copy.deepcopy(value)
+            if name == "exclude_modules":
+                for sec, data in self.sections.items():
+                    out[sec] = _section_data(type(data), data)
         out["train"] = self.training_arguments()
         return out
 
     def relevant(self) -> dict[str, Any]:
-        """The settings that change what this method trains (for naming and de-duplication):
-        LoRA fields only for LoRA methods, FROG fields only for FROG, quant only for 4-bit."""
+        """The settings that change what this run trains (for naming and de-duplication): the
+        sections of its method and objective only, the targets only where the method uses
+        them."""
+        methods, _ = _registries()
         d = self.to_dict()
         d.pop("output_dir")
-        if self.method not in LORA_METHODS:
-            for key in ("r", "lora_alpha", "lora_dropout"):
-                d.pop(key)
-        if self.method != "frog":
-            d.pop("frog")
-        if self.method not in QUANT_METHODS:
-            d.pop("quant")
-        if self.method == "full":
+        if not methods.get(self.method).uses_target_modules:
             d.pop("target_modules")
             d.pop("exclude_modules")
         return d
 
+    def replace(self, **changes: Any) -> TuneConfig:
+        """A validated copy with top-level fields changed (the caller's config is untouched)."""
+        data = self.to_dict()
+        data.update(changes)
+        return TuneConfig.from_dict(data, source="config")
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TuneConfig:
-        """Build from plain data (as read from YAML); unknown keys are errors."""
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config",
+                  foreign_sections: str = "error") -> TuneConfig:  # fmt: skip
+        """Build from plain data (as read from YAML); unknown keys are errors.
+
+        Args:
+            data: the config; sections are top-level keys (``lora:``, ``frog:``...). The old
+                flat LoRA keys (``r``, ``lora_alpha``, ``lora_dropout``) are read into the
+                ``lora:`` section; giving both forms is an error.
+            source: what the data came from (a file name), for messages.
+            foreign_sections: ``"error"``: a section (or flat LoRA key) the run's method and
+                objective do not read is an error naming both; ``"drop"``: it is left out
+                (sweeps, whose base config serves several methods, and configs saved by
+                older versions, which wrote every section).
+
+        Raises:
+            SpectuneError: an unknown key (with the closest valid one) or a bad value.
+        """
         if not isinstance(data, dict):
             raise SpectuneError(
                 f"{source}: a run config must be a mapping, got {type(data).__name__}"
             )
-        check.unknown_keys(source, data, (f.name for f in fields(cls)), "config")
+        check.choice("foreign_sections", foreign_sections, ("error", "drop"))
+        methods, objectives = _registries()
+        known_sections = {**methods.sections(), **objectives.sections()}
+        known = [*FIELDS, *LEGACY_LORA_KEYS, *known_sections]
+        check.unknown_keys(source, data, known, "config")
+        data = copy.deepcopy(data)
+        flat = {k: data.pop(k) for k in LEGACY_LORA_KEYS if k in data}
+        if flat:
+            if data.get(LEGACY_SECTION):
+                raise SpectuneError(
+                    f"{source}: LoRA settings are given both flat ({', '.join(flat)}) and in the "
+                    f"{LEGACY_SECTION}: section; keep one form (the section: "
+                    f"{LEGACY_SECTION}: {{{', '.join(f'{k}: ...' for k in flat)}}})"
+                )
+            data[LEGACY_SECTION] = flat
+        sections = {k: data.pop(k) for k in list(data) if k in known_sections}
         try:
-            return cls(**copy.deepcopy(data))
+            method = methods.get(data.get("method", "lora"))
+            objective = objectives.get(data.get("objective", "sft"))
+            used = {**objective.sections, **method.sections}
+            if foreign_sections == "drop":
+                sections = {k: v for k, v in sections.items() if k in used}
+            elif flat and LEGACY_SECTION not in used:
+                raise SpectuneError(
+                    f"{', '.join(flat)}: LoRA settings (the {LEGACY_SECTION}: section, read by "
+                    f"{', '.join(methods.readers(LEGACY_SECTION))}), but method "
+                    f"{method.name!r} does not read them; remove them"
+                )
+            return cls(**data, sections=sections)
         except SpectuneError as exc:
             raise SpectuneError(f"{source}: {exc}") from None
 
     @classmethod
     def help(cls) -> dict[str, str]:
-        """Dotted key -> help text, for the CLI and the docs."""
+        """Dotted key -> help text, for the CLI and the docs (every registered section)."""
+        methods, objectives = _registries()
         out = {}
         for f in fields(cls):
+            if f.name == "sections":
+                continue
             if f.name in _SECTIONS:
                 for sub in fields(_SECTIONS[f.name]):
                     out[f"{f.name}.{sub.name}"] = sub.metadata["help"]
             else:
                 out[f.name] = f.metadata["help"]
+        for name, sec in {**methods.sections(), **objectives.sections()}.items():
+            for sub in fields(sec):
+                out[f"{name}.{sub.name}"] = sub.metadata.get("help", "")
         return out
 
 
@@ -461,6 +570,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise SpectuneError(
                 f"override {item!r} is not key=value (e.g. r=16 or train.learning_rate=1e-4)"
             )
+        if key in LEGACY_LORA_KEYS and not any(k in out for k in LEGACY_LORA_KEYS):
+            key = f"{LEGACY_SECTION}.{key}"  # r=16 reaches lora.r unless the file is flat
         *parents, leaf = key.split(".")
         node = out
         for i, part in enumerate(parents):
@@ -496,7 +607,10 @@ def read_config_data(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    *,
+    foreign_sections: str = "error",
 ) -> TuneConfig:
     """Read a YAML run config, apply ``key=value`` overrides, validate.
 
@@ -506,23 +620,24 @@ def load_config(
     Args:
         path: the YAML file, or None for the defaults.
         overrides: ``key=value`` items.
+        foreign_sections: see :meth:`TuneConfig.from_dict` (``"drop"`` for a config saved
+            in a results folder by an older version).
 
     Returns:
         The validated :class:`TuneConfig`.
     """
     data = read_config_data(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    return TuneConfig.from_dict(data, source=str(path) if path else "config")
+    return TuneConfig.from_dict(data, source=str(path) if path else "config",
+                                foreign_sections=foreign_sections)  # fmt: skip
 
 
 __all__ = [
-    "LORA_METHODS",
-    "METHODS",
-    "QUANT_METHODS",
+    "FIELDS",
+    "LEGACY_LORA_KEYS",
     "TRAIN_DEFAULTS",
     "DataConfig",
     "EvalConfig",
-    "QuantConfig",
     "TuneConfig",
     "apply_overrides",
     "load_config",

@@ -26,10 +26,8 @@ from spectune.finetune.config import TuneConfig, apply_overrides
 DEMO_CONFIG: dict[str, Any] = {
     "model": "default",
     "seed": 0,
-    "r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.05,
     "target_modules": "all-linear",
+    "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05},
     # system "": an empty system turn instead of SmolLM2's default one: 36 instead of 52
     # tokens per example, a third less compute in training and judging alike
     "data": {"train": "tasks", "n_train": 2000, "n_eval": 64, "max_length": 96, "system": ""},
@@ -54,14 +52,12 @@ DEMO_CONFIG: dict[str, Any] = {
     },  # fmt: skip
 }
 
-#: Per-method changes to :data:`DEMO_CONFIG` (FROG's budget is filled in at run time).
-METHOD_OVERRIDES: dict[str, list[str]] = {
-    "lora": [],
-    "dora": [],
-    "qlora": [],
-    "frog": [],
-    "full": ["train.learning_rate=2e-5"],
-}
+#: Per-method changes to :data:`DEMO_CONFIG` (data, not dispatch: full fine-tuning's learning
+#: rate is 50x lower, as its best rate is far below LoRA's). Budgets are matched at run time.
+METHOD_OVERRIDES: dict[str, list[str]] = {"full": ["train.learning_rate=2e-5"]}
+
+#: the method whose trainable count the others are matched to
+REFERENCE = "lora"
 
 DEMO_METHODS = ("lora", "dora", "qlora", "frog")
 
@@ -71,37 +67,66 @@ def demo_runs(
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
 ) -> list[tuple[str, TuneConfig, dict[str, Any]]]:
-    """The demo's runs: one config per method, FROG's budget matched to LoRA's count.
+    """The demo's runs: one config per method, each at the reference method's (LoRA's)
+    trainable count where the method can match a budget (:meth:`Method.match_budget`).
 
     Args:
         methods: the methods to compare.
         overrides: ``key=value`` changes for every run.
         base: raw base config (default :data:`DEMO_CONFIG`).
     """
-    from spectune.finetune.methods import matched_frog_budget
+    from spectune.finetune.methods import get_method
     from spectune.models import resolve_model_dir
 
     base = apply_overrides(
         copy.deepcopy(DEMO_CONFIG if base is None else base), list(overrides or [])
     )
     model_dir = resolve_model_dir(base.get("model", "default"))
-    budget, _, _ = matched_frog_budget(model_dir, TuneConfig.from_dict(base, source="demo"))
+    reference = _budget(REFERENCE, base, model_dir)
     runs = []
     for method in methods:
         items = [f"method={method}", *METHOD_OVERRIDES.get(method, [])]
-        if method == "frog":
-            items.append(f"frog.budget={budget!r}")
-        config = TuneConfig.from_dict(apply_overrides(base, items), source=f"demo ({method})")
+        config = TuneConfig.from_dict(apply_overrides(base, items), source=f"demo ({method})",
+                                      foreign_sections="drop")  # fmt: skip
+        ctx = _context(config, model_dir)
+        match = get_method(method).match_budget(ctx, reference)
+        if match:
+            config = TuneConfig.from_dict(apply_overrides(config.to_dict(), match),
+                                          source=f"demo ({method})")  # fmt: skip
         runs.append((method, config, {"method": method}))
     return runs
+
+
+def _context(config: TuneConfig, model_dir: Path) -> Any:
+    import tempfile
+
+    from spectune.finetune.methods.base import BuildContext
+
+    return BuildContext(config, model_dir, Path(tempfile.gettempdir()), progress=False)
+
+
+def _budget(method: str, base: dict[str, Any], model_dir: Path) -> int:
+    """The trainable count of ``method`` under the base config, from the shapes (no weights):
+    the reference the others are matched to."""
+    from spectune.finetune.methods.base import meta_model, target_modules
+    from spectune.finetune.methods.lora import lora_trainable
+
+    config = TuneConfig.from_dict(apply_overrides(base, [f"method={method}"]),
+                                  source="demo", foreign_sections="drop")  # fmt: skip
+    meta = meta_model(model_dir)
+    return lora_trainable(meta, target_modules(config, meta), config.section("lora").r)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
 def write_base_spectra(
     out: Path, model: str = "default", *, progress: bool = True
 ) -> dict[str, Any]:
     """The base model's spectra (every matrix) into ``out`` with the usual figures."""
-    from spectune.cli.analyze import write_results
     from spectune.models import resolve_model_dir
+    from spectune.report.files import write_results
     from spectune.spectral import analyze, summarize
 
     folder = resolve_model_dir(model)
@@ -120,22 +145,30 @@ def demo(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Run the demo comparison into ``out``; returns the rows of ``results.csv``.
+) -> list[Any]:
+    """Run the demo comparison into ``out``; returns one
+    :class:`~spectune.finetune.sweep.RunOutcome` per method.
 
     ``base`` replaces :data:`DEMO_CONFIG` (e.g. ``configs/demo.yaml`` edited); ``overrides``
     change every run.
     """
+    from spectune.finetune.methods import get_method
     from spectune.finetune.sweep import run_comparison
 
     runs = demo_runs(methods, overrides, base)
-    budget = next((c.frog["budget"] for n, c, _ in runs if c.method == "frog"), None)
     first = runs[0][1]
-    notes = ["before = the float32 base model; QLoRA's forgetting includes 4-bit quantization"]
-    if budget is not None:
-        notes.insert(0, f"matched budgets: LoRA r={first.r} on {first.target_modules}; FROG "
-                        f"budget G={budget:.5f} of the same target weights gives the same "
-                        "trainable count (DoRA adds its magnitude vectors)")  # fmt: skip
+    notes = ["before = the float32 base model; 4-bit methods' forgetting includes quantization",
+             f"matched budgets: every method that can set its trainable count is set to "
+             f"{REFERENCE}'s at the base config's rank on {first.target_modules} (DoRA adds its "
+             "magnitude vectors); full fine-tuning trains everything"]  # fmt: skip
+    settings = []
+    for name, config, _ in runs:
+        keys = get_method(config.method).settings
+        if keys:
+            values = ", ".join(f"{col}={_short(config.get(key))}" for col, key in keys.items())
+            settings.append(f"{name} {values}")
+    if settings:
+        notes.append("settings: " + "; ".join(settings))
     meta = {"base_config": first.to_dict(), "methods": list(methods), "notes": notes}
     model = "SmolLM2-135M-Instruct" if first.model == "default" else Path(first.model).name
     title = f"spectune demo: {', '.join(methods)} at matched budgets on {model}"

@@ -8,7 +8,7 @@ that crosses ``method=lora,frog`` with ``r=8,16`` trains FROG once, not twice.
 Comparison folder (the demo writes the same layout)::
 
     runs/<name>/      one run folder per setting (spectune.finetune.recipe)
-    results.csv       one row per run (recipe.flat_metrics + the grid's keys + status)
+    results.csv       one row per run (RunMetrics.row() + the grid's keys + status)
     results.md        the same as a markdown table
     comparison.json   kind, title, grid, base config, timings, skipped duplicates
     plots/            loss curves, accuracy, forgetting, train time, latency, trade-off
@@ -28,16 +28,48 @@ import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spectune._io import write_json, write_text
 from spectune.errors import SpectuneError
 from spectune.finetune.config import TuneConfig, apply_overrides, parse_value
+from spectune.finetune.results import RunMetrics
 from spectune.finetune.runfolder import RunFolder
 
 #: short forms of common keys in run names
-_SHORT = {"r": "r", "lora_alpha": "a", "lora_dropout": "d", "frog.budget": "G"}
+_SHORT = {"r": "r", "lora_alpha": "a", "lora_dropout": "d", "lora.r": "r", "lora.lora_alpha": "a",
+          "lora.lora_dropout": "d", "frog.budget": "G", "shira.r": "r"}  # fmt: skip
+
+
+@dataclass
+class RunOutcome:
+    """One run of a sweep or the demo: its name, grid setting, and its metrics or failure.
+
+    Attributes:
+        name: the run's folder name under ``runs/``.
+        method: the run's method.
+        setting: the grid values that made this run.
+        metrics: the run's metrics (None when it failed).
+        error: why it failed (None when it completed).
+    """
+
+    name: str
+    method: str
+    setting: dict[str, Any]
+    metrics: RunMetrics | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "complete" if self.error is None else f"failed: {self.error}"
+
+    def row(self) -> dict[str, Any]:
+        """The run's row of results.csv (:meth:`RunMetrics.row`, the grid's keys, status)."""
+        base = (self.metrics.row() if self.metrics is not None
+                else {"name": self.name, "method": self.method})  # fmt: skip
+        return {**base, **self.setting, "status": self.status}
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -77,8 +109,16 @@ def run_name(setting: dict[str, Any]) -> str:
     """A folder name for a grid setting: ``method=dora, r=16`` -> ``dora_r16``."""
     parts = []
     for key, value in setting.items():
-        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        parts.append(text if key == "method" else f"{_SHORT.get(key, key.split('.')[-1])}{text}")
+        if isinstance(value, list):
+            text = "+".join(map(str, value))
+        else:
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+        if key == "method":
+            parts.append(text)
+        elif key in _SHORT:
+            parts.append(f"{_SHORT[key]}{text}")
+        else:
+            parts.append(f"{key.split('.')[-1]}={text}")
     name = "_".join(parts) or "run"
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip("-")[:120] or "run"
 
@@ -104,7 +144,8 @@ def expand_grid(
         setting = dict(zip(keys, values, strict=True))
         items = [f"{k}={json.dumps(v)}" for k, v in setting.items()]
         try:
-            config = TuneConfig.from_dict(apply_overrides(base, items), source=source)
+            config = TuneConfig.from_dict(apply_overrides(base, items), source=source,
+                                          foreign_sections="drop")  # fmt: skip
         except SpectuneError as exc:
             raise SpectuneError(f"grid setting {setting}: {exc}") from None
         key = json.dumps(config.relevant(), sort_keys=True, default=str)
@@ -139,12 +180,13 @@ MD_COLUMNS = ["name", "method", "trainable_percent", "train_loss", "accuracy_bef
               "status"]  # fmt: skip
 
 
-def write_comparison(out: Path, rows: list[dict[str, Any]], logs: dict[str, list[dict]],
+def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list[dict]],
                      meta: dict[str, Any]) -> None:  # fmt: skip
     """results.csv, results.md, comparison.json and the comparison plots (atomically)."""
-    from spectune.cli._common import save_figure
     from spectune.report import tune_plots as T
+    from spectune.report.files import save_figures
 
+    rows = [o.row() for o in outcomes]
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
@@ -167,8 +209,7 @@ def write_comparison(out: Path, rows: list[dict[str, Any]], logs: dict[str, list
         ):  # fmt: skip
             figures[fname] = T.metric_bars(done, col, label=label)
         figures["tradeoff.png"] = T.tradeoff(done)
-    for name, fig in figures.items():
-        save_figure(fig, out / "plots" / name)
+    save_figures(figures, out / "plots")
 
 
 def run_comparison(
@@ -182,7 +223,7 @@ def run_comparison(
     resume: bool = False,
     progress: bool = True,
     prelude: Any = None,
-) -> list[dict[str, Any]]:
+) -> list[RunOutcome]:
     """Run ``runs`` one after another into ``out/runs/<name>`` and compare them.
 
     Args:
@@ -197,9 +238,9 @@ def run_comparison(
             resume when the prelude's work is done), e.g. to write the base model's spectra.
 
     Returns:
-        The rows of ``results.csv``.
+        One :class:`RunOutcome` per run, in order.
     """
-    from spectune.finetune.recipe import flat_metrics, log_rows, tune
+    from spectune.finetune.recipe import log_rows, tune
     from spectune.report.html import write_comparison_report
 
     out = Path(out)
@@ -209,7 +250,7 @@ def run_comparison(
     if prelude is not None and not folder.state.get("prelude_done"):
         prelude(folder)
         folder.update(prelude_done=True)
-    rows: list[dict[str, Any]] = []
+    outcomes: list[RunOutcome] = []
     logs: dict[str, list[dict]] = {}
     for i, (name, config, setting) in enumerate(runs, 1):
         run_dir = out / "runs" / name
@@ -220,21 +261,21 @@ def run_comparison(
                 config, out=run_dir, resume=resume and run_dir.exists(), progress=progress
             )
         except (SpectuneError, RuntimeError, ValueError, MemoryError) as exc:
-            rows.append({"name": name, "method": config.method, **setting,
-                         "status": f"failed: {exc}"})  # fmt: skip
+            outcomes.append(RunOutcome(name, config.method, setting, error=str(exc)))
             print(f"spectune: run {name} failed: {exc}", file=sys.stderr)
             continue
-        rows.append({**flat_metrics(result.metrics), **setting, "status": "complete"})
+        outcomes.append(RunOutcome(name, config.method, setting, metrics=result.metrics))
         logs[name] = log_rows(run_dir)
-        write_comparison(out, rows, logs, {"kind": kind, "title": title, **(meta or {}),
-                                           "total_seconds": None})  # fmt: skip
+        write_comparison(out, outcomes, logs, {"kind": kind, "title": title, **(meta or {}),
+                                               "total_seconds": None})  # fmt: skip
     total = time.perf_counter() - start
-    write_comparison(out, rows, logs, {"kind": kind, "title": title, **(meta or {}),
-                                       "total_seconds": total})  # fmt: skip
+    write_comparison(out, outcomes, logs, {"kind": kind, "title": title, **(meta or {}),
+                                           "total_seconds": total})  # fmt: skip
     write_comparison_report(out)
-    folder.update(total_seconds=total)
+    failed = [o.name for o in outcomes if o.error is not None]
+    folder.update(total_seconds=total, failed_runs=failed)
     folder.finish()
-    return rows
+    return outcomes
 
 
 def sweep(
@@ -246,7 +287,7 @@ def sweep(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[RunOutcome]:
     """Run every combination of ``grid_items`` over the config at ``config_path``.
 
     Args:
@@ -258,14 +299,14 @@ def sweep(
         progress: progress output.
 
     Returns:
-        The rows of ``results.csv``.
+        One :class:`RunOutcome` per run (``.row()`` is its line of ``results.csv``).
     """
     from spectune.finetune.config import read_config_data
 
     base = read_config_data(config_path) if config_path is not None else {}
     base = apply_overrides(base, list(overrides or []))
     source = str(config_path or "config")
-    base_config = TuneConfig.from_dict(base, source=source)
+    base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     grid = parse_grid(grid_items)
     if not grid:
         raise SpectuneError("sweep needs --grid key=v1,v2 ... (e.g. r=8,16,32)")
@@ -283,4 +324,12 @@ def sweep(
                           meta=meta, overwrite=overwrite, resume=resume, progress=progress)  # fmt: skip
 
 
-__all__ = ["expand_grid", "parse_grid", "run_comparison", "run_name", "sweep", "write_comparison"]
+__all__ = [
+    "RunOutcome",
+    "expand_grid",
+    "parse_grid",
+    "run_comparison",
+    "run_name",
+    "sweep",
+    "write_comparison",
+]

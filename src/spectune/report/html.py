@@ -30,11 +30,15 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spectune._io import write_text
 from spectune.errors import SpectuneError
+
+if TYPE_CHECKING:
+    from spectune.finetune.results import RunMetrics
 
 REPORT = "report.html"
 RUN_FILE = "metrics.json"
@@ -301,16 +305,11 @@ def _required(folder: str | os.PathLike[str], name: str, what: str) -> Path:
     return folder
 
 
-def _metrics(path: Path) -> dict[str, Any]:
-    """metrics.json as a dict (a required file: bad content raises)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SpectuneError(f"{path} could not be read as JSON ({exc}); rerun the run "
-                            "or restore the file") from None  # fmt: skip
-    if not isinstance(data, dict):
-        raise SpectuneError(f"{path} holds a {type(data).__name__}, not a metrics object")
-    return data
+def _metrics(folder: Path) -> RunMetrics:
+    """The run's typed metrics (a required file: bad content raises, naming the version)."""
+    from spectune.finetune.results import RunMetrics
+
+    return RunMetrics.load(folder)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -407,9 +406,11 @@ def _page(title: str, body: str, problems: Sequence[str]) -> str:
 
 
 def _acc_cell(fraction: Any, acc: Any) -> str:
-    """ "12.5% (3/24)" from the fraction and the accuracy dict's counts."""
+    """ "12.5% (3/24)" from the fraction and the counts (an AccuracyResult or a category's
+    dict)."""
     text = _pct(fraction)
-    n, k = _num(_get(acc, "n")), _num(_get(acc, "n_correct"))
+    counts = acc if isinstance(acc, dict) else vars(acc) if acc is not None else None
+    n, k = _num(_get(counts, "n")), _num(_get(counts, "n_correct"))
     if text != DASH and n is not None and k is not None:
         text += f" ({round(k)}/{round(n)})"
     return text
@@ -425,28 +426,23 @@ def _diff(before: Any, after: Any) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _judging(m: dict[str, Any]) -> dict[str, Any]:
-    """The before/after numbers of a run, from ``learning``/``forgetting``/``cost`` with the
-    ``before``/``after`` measurements as fallback."""
-    learn, forget, cost = m.get("learning"), m.get("forgetting"), m.get("cost")
-    before, after = m.get("before"), m.get("after")
-    j = {
-        "acc0": _first(_get(learn, "accuracy_before"), _get(before, "accuracy", "accuracy")),
-        "acc1": _first(_get(learn, "accuracy_after"), _get(after, "accuracy", "accuracy")),
-        "loss0": _first(_get(learn, "heldout_loss_before"), _get(before, "heldout_loss", "loss")),
-        "loss1": _first(_get(learn, "heldout_loss_after"), _get(after, "heldout_loss", "loss")),
-        "ppl0": _first(_get(forget, "perplexity_before"), _get(before, "perplexity", "perplexity")),
-        "ppl1": _first(_get(forget, "perplexity_after"), _get(after, "perplexity", "perplexity")),
-        "ms0": _first(_get(cost, "ms_per_token_before"), _get(before, "latency", "ms_per_token")),
-        "ms1": _first(_get(cost, "ms_per_token"), _get(after, "latency", "ms_per_token")),
-    }
-    j["gain"] = _first(_get(learn, "accuracy_gain"), _diff(j["acc0"], j["acc1"]))
-    j["dppl"] = _first(_get(forget, "perplexity_change"), _diff(j["ppl0"], j["ppl1"]))
-    j["ratio"] = _get(forget, "perplexity_ratio")
-    return j
+def _judging(m: RunMetrics) -> dict[str, Any]:
+    """The before/after numbers of a run."""
+    learn, forget, cost = m.learning, m.forgetting, m.cost
+    lat0 = None if m.before is None or m.before.latency is None else m.before.latency
+    return {
+        "acc0": _num(learn.accuracy_before), "acc1": _num(learn.accuracy_after),
+        "loss0": _num(learn.heldout_loss_before), "loss1": _num(learn.heldout_loss_after),
+        "ppl0": _num(forget.perplexity_before), "ppl1": _num(forget.perplexity_after),
+        "ms0": _first(cost.ms_per_token_before, lat0 and lat0.ms_per_token),
+        "ms1": _num(cost.ms_per_token),
+        "gain": _first(learn.accuracy_gain, _diff(learn.accuracy_before, learn.accuracy_after)),
+        "dppl": _num(forget.perplexity_change),
+        "ratio": _num(forget.perplexity_ratio),
+    }  # fmt: skip
 
 
-def _lede(m: dict[str, Any]) -> str:
+def _lede(m: RunMetrics) -> str:
     """One sentence: what the run learned and what it forgot."""
     j = _judging(m)
     parts = []
@@ -457,7 +453,7 @@ def _lede(m: dict[str, Any]) -> str:
         ppl = f"perplexity on general text {_fixed(j['ppl0'], 2)} \u2192 {_fixed(j['ppl1'], 2)}"
         parts.append(ppl + (f" ({_fixed(j['dppl'], 2, sign=True)})"
                             if _num(j["dppl"]) is not None else ""))  # fmt: skip
-    secs = _get(m, "cost", "train_seconds")
+    secs = m.cost.train_seconds
     if _num(secs) is not None:
         parts.append(f"{_seconds(secs)} of training")
     if not parts:
@@ -466,61 +462,69 @@ def _lede(m: dict[str, Any]) -> str:
     return text[0].upper() + text[1:]
 
 
-def _what_happened(m: dict[str, Any]) -> _Html:
+def _what_happened(m: RunMetrics) -> _Html:
     """Before / after / change of accuracy, held-out loss, perplexity and latency."""
     j = _judging(m)
-    before, after = m.get("before"), m.get("after")
+    before, after = m.before, m.after
+    acc0 = None if before is None else before.accuracy
+    ttf0 = None if before is None or before.latency is None else before.latency.ms_first_token
+    ttf1 = None if after.latency is None else after.latency.ms_first_token
     ratio = _num(j["ratio"])
     dppl = _fixed(j["dppl"], 2, sign=True) + (f" (\u00d7{ratio:.3f})" if ratio is not None else "")
     rows = [
-        ["held-out accuracy", _acc_cell(j["acc0"], _get(before, "accuracy")),
-         _acc_cell(j["acc1"], _get(after, "accuracy")), _points(j["gain"])],
+        ["held-out accuracy", _acc_cell(j["acc0"], acc0),
+         _acc_cell(j["acc1"], after.accuracy), _points(j["gain"])],
         ["held-out loss (nats/token)", _fixed(j["loss0"], 3), _fixed(j["loss1"], 3),
          _fixed(_diff(j["loss0"], j["loss1"]), 3, sign=True)],
         ["perplexity on general text", _fixed(j["ppl0"], 2), _fixed(j["ppl1"], 2), dppl],
         ["generation latency (ms/token)", _ms(j["ms0"]), _ms(j["ms1"]),
          _fixed(_diff(j["ms0"], j["ms1"]), 2, sign=True)],
-        ["time to first token", _ms(_get(before, "latency", "ms_first_token")),
-         _ms(_get(after, "latency", "ms_first_token")), DASH],
+        ["time to first token", _ms(ttf0), _ms(ttf1), DASH],
     ]  # fmt: skip
+    # the objective's own judged numbers (e.g. agreement with a teacher, ranking accuracy)
+    extras0 = {} if before is None else before.extras
+    for key, value in after.extras.items():
+        if _num(value) is not None:
+            b = extras0.get(key)
+            rows.append([f"{m.run.objective}: {str(key).replace('_', ' ')}", _fixed(b, 4),
+                         _fixed(value, 4), _fixed(_diff(b, value), 4, sign=True)])  # fmt: skip
     return _table(["measure", "before (base)", "after", "change"], rows, numeric=(1, 2, 3))
 
 
-def _cost_table(m: dict[str, Any]) -> _Html:
+def _cost_table(m: RunMetrics) -> _Html:
     """What the run cost: time, throughput, memory, parameters, adapter size, loss."""
-    cost, training = _dict(m.get("cost")), _dict(m.get("training"))
-    steps = _first(cost.get("steps"), training.get("global_step"))
-    epochs = _num(training.get("epochs"))
+    cost, training = m.cost, m.training
+    steps, epochs = _num(cost.steps), _num(training.epochs)
     extra = ", ".join(filter(None, [f"{round(steps):,} steps" if steps is not None else "",
                                     f"{epochs:.2f} epochs" if epochs is not None else ""]))  # fmt: skip
-    train = _seconds(cost.get("train_seconds")) + (f" ({extra})" if extra else "")
-    rss = _mib(cost.get("peak_rss_bytes"))
-    if rss != DASH and cost.get("peak_rss_exact") is False:
+    train = _seconds(cost.train_seconds) + (f" ({extra})" if extra else "")
+    rss = _mib(cost.peak_rss_bytes)
+    if rss != DASH and cost.peak_rss_exact is False:
         rss += " (estimate)"
-    trainable, total = _count(cost.get("trainable")), _count(cost.get("total"))
+    trainable, total = _count(cost.trainable), _count(cost.total)
     if trainable != DASH:
         trainable += f" of {total}" if total != DASH else ""
-        trainable += f" ({_share(cost.get('trainable_percent'))})"
-    loss = f"{_fixed(training.get('first_loss'), 3)} \u2192 {_fixed(training.get('final_loss'), 3)}"
+        trainable += f" ({_share(cost.trainable_percent)})"
+    loss = f"{_fixed(training.first_loss, 3)} \u2192 {_fixed(training.final_loss, 3)}"
     rows = [
         ["train time", train],
-        ["tokens trained", _count(cost.get("tokens"))],
-        ["throughput", _fixed(cost.get("tokens_per_second"), 1, " tokens/s")],
+        ["tokens trained", _count(cost.tokens)],
+        ["throughput", _fixed(cost.tokens_per_second, 1, " tokens/s")],
         ["peak RSS", rss],
         ["trainable parameters", trainable],
-        ["adapter size", _mib(cost.get("adapter_bytes"))],
+        ["adapter size", _mib(cost.adapter_bytes)],
         ["training loss (first \u2192 final)", loss],
     ]
     return _table(["cost", "value"], rows, numeric=(1,))
 
 
-def _key_numbers(m: dict[str, Any]) -> _Html:
+def _key_numbers(m: RunMetrics) -> _Html:
     """The before/after table and the cost table, side by side where the page is wide."""
     return _Html(f'<div class="pair">{_what_happened(m)}{_cost_table(m)}</div>')
 
 
-def _data_line(m: dict[str, Any]) -> _Html:
-    data = m.get("data")
+def _data_line(m: RunMetrics) -> _Html:
+    data = m.data
     if not isinstance(data, dict):
         return _Html("")
     tok = _dict(data.get("tokenize"))
@@ -535,10 +539,9 @@ def _data_line(m: dict[str, Any]) -> _Html:
     return _tag("p", text + ".", "muted")
 
 
-def _categories(m: dict[str, Any]) -> _Html:
-    b = _get(m, "before", "accuracy", "by_category")
-    a = _get(m, "after", "accuracy", "by_category")
-    b, a = _dict(b), _dict(a)
+def _categories(m: RunMetrics) -> _Html:
+    b = {} if m.before is None else _dict(m.before.accuracy.by_category)
+    a = _dict(m.after.accuracy.by_category)
     names = sorted(set(b) | set(a), key=str)
     if not names:
         return _Html("")
@@ -582,8 +585,8 @@ def _predictions(reader: _Reader, path: Path) -> _Html:
                   _table(headers, table, numeric=(0,), cell_classes=text_cols)])  # fmt: skip
 
 
-def _spectra(reader: _Reader, folder: Path, m: dict[str, Any]) -> _Html:
-    s = m.get("spectra")
+def _spectra(reader: _Reader, folder: Path, m: RunMetrics) -> _Html:
+    s = asdict(m.spectra) if m.spectra is not None else None
     if not isinstance(s, dict):
         s = reader.json(folder / "spectra" / "summary.json")
     parts: list[str] = []
@@ -633,20 +636,24 @@ def _extremes(rows: list[dict[str, str]], k: int = 5) -> _Html:
     return _join([note, _table(headers, table, numeric=(1, 2) if has_base else (1,))])
 
 
-def _frog(m: dict[str, Any]) -> _Html:
-    f = m.get("frog")
-    if not isinstance(f, dict):
+def _extras(extras: dict[str, Any], title: str) -> _Html:
+    """A method's (or objective's) own results as a two-column table: scalars and short
+    lists; nested mappings (a config) are shown flattened one level."""
+    if not extras:
         return _Html("")
-    rows = [["budget", _general(f.get("budget"))], ["selection", _general(f.get("selection"))],
-            ["importance", _general(f.get("importance"))], ["svd", _general(f.get("svd"))],
-            ["matrices", _count(f.get("num_matrices"))],
-            ["trainable weights", f"{_count(f.get('total_trainable'))} of {_count(f.get('total_weights'))}"
-             f" ({_share(f.get('trainable_percent'))})"]]  # fmt: skip
-    return _table(["FROG plan", "value"], rows, numeric=(1,))
+    rows = []
+    for key, value in extras.items():
+        if isinstance(value, dict):
+            text = ", ".join(f"{k}: {_general(v)}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            text = ", ".join(_general(v) for v in value[:12]) + (" ..." if len(value) > 12 else "")
+        else:
+            text = _general(value)
+        rows.append([str(key).replace("_", " "), _clip(text)])
+    return _table([title, "value"], rows, numeric=(1,))
 
 
-def _notes(m: dict[str, Any]) -> _Html:
-    notes = m.get("notes")
+def _notes(notes: Any) -> _Html:
     if isinstance(notes, str):
         notes = [notes]
     if not isinstance(notes, list) or not notes:
@@ -654,32 +661,27 @@ def _notes(m: dict[str, Any]) -> _Html:
     return _Html('<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
 
 
-def _config(reader: _Reader, folder: Path, m: dict[str, Any]) -> _Html:
+def _config(reader: _Reader, folder: Path, m: RunMetrics) -> _Html:
     text = reader.text(folder / "config.yaml")
-    if text is None and isinstance(m.get("config"), dict):
-        text = json.dumps(m["config"], indent=2, sort_keys=True, default=str)
+    if text is None and m.config:
+        text = json.dumps(m.config, indent=2, sort_keys=True, default=str)
     return _tag("pre", text) if text else _Html("")
 
 
-def _run_meta(m: dict[str, Any]) -> str:
-    run = _dict(m.get("run"))
-    items = [("seed", run.get("seed")), ("device", run.get("device")),
-             ("threads", run.get("threads")), ("started", run.get("started"))]  # fmt: skip
-    items += [(pkg, run.get(pkg)) for pkg in ("spectune", "torch", "transformers", "peft")]
-    text = " \u00b7 ".join(f"{k} {v}" for k, v in items if v is not None)
-    if run.get("resumed"):
+def _run_meta(m: RunMetrics) -> str:
+    run = m.run
+    items = [("objective", run.objective), ("seed", run.seed), ("device", run.device),
+             ("threads", run.threads), ("started", run.started)]  # fmt: skip
+    items += [(pkg, run.versions.get(pkg)) for pkg in ("spectune", "torch", "transformers", "peft")]
+    text = " \u00b7 ".join(f"{k} {v}" for k, v in items if v not in (None, ""))
+    if run.resumed:
         text += " \u00b7 resumed from a checkpoint"
     return text
 
 
-def _names(m: dict[str, Any], folder: Path) -> tuple[str, str, str]:
-    """(run name, method, model); the folder's name stands in for a missing run name, an
-    empty string for a missing method or model."""
-    run = _dict(m.get("run"))
-    name = run.get("name") or folder.name
-    method = run.get("method") or _get(m, "config", "method") or ""
-    model = run.get("model") or _get(m, "config", "model") or ""
-    return str(name), str(method), str(model)
+def _names(m: RunMetrics, folder: Path) -> tuple[str, str, str]:
+    """(run name, method, model); the folder's name stands in for a missing run name."""
+    return str(m.run.name or folder.name), str(m.run.method or ""), str(m.run.model or "")
 
 
 def _headline(name: str, method: str, model: str) -> str:
@@ -708,7 +710,7 @@ def render_run(folder: str | os.PathLike[str]) -> str:
     """
     folder = _required(folder, RUN_FILE, "a run folder written by `spectune tune` holds one")
     reader = _Reader(folder)
-    m = _metrics(folder / RUN_FILE)
+    m = _metrics(folder)
     name, method, model = _names(m, folder)
     lede = _lede(m)
     body = [
@@ -719,9 +721,13 @@ def render_run(folder: str | os.PathLike[str]) -> str:
         _section("Accuracy by category", _categories(m)),
         _section("Plots", _plots(reader, folder / "plots", known=RUN_PLOTS)),
         _section("Spectra of the update", _spectra(reader, folder, m)),
-        _section("FROG plan", _frog(m)),
+        _section(f"Method: {method}", _extras(m.method_extras, f"{method} reports")),
+        _section(
+            f"Objective: {m.run.objective}",
+            _extras(m.objective_extras, f"{m.run.objective} reports"),
+        ),
         _section("Predictions", _predictions(reader, folder / "predictions.jsonl")),
-        _section("Notes", _notes(m)),
+        _section("Notes", _notes(m.notes)),
         _section("Resolved config", _config(reader, folder, m)),
     ]
     return _page(f"spectune run {_headline(name, method, model)}", "\n".join(body), reader.problems)
@@ -825,10 +831,12 @@ def _comparison_head(info: dict[str, Any], folder: Path, n_runs: int) -> tuple[s
 
 def _run_section(reader: _Reader, path: Path, anchor: str, row: dict[str, str] | None) -> _Html:
     """A collapsible section of one run of a comparison: key numbers and plots."""
-    m: dict[str, Any] | None = None
+    m: RunMetrics | None = None
     if (path / RUN_FILE).is_file():
-        data = reader.json(path / RUN_FILE)
-        m = data if isinstance(data, dict) else None
+        try:
+            m = _metrics(path)
+        except SpectuneError as exc:
+            reader.problems.append(str(exc))
     name = path.name
     status = (row or {}).get("status") or ""
     summary = [name]
@@ -853,7 +861,7 @@ def _run_section(reader: _Reader, path: Path, anchor: str, row: dict[str, str] |
                          "finish, so only what it left behind is shown.", "muted"))  # fmt: skip
     body.append(_plots(reader, path / "plots", known=RUN_PLOTS))
     if m is not None:
-        body.append(_section("Notes", _notes(m), level=4))
+        body.append(_section("Notes", _notes(m.notes), level=4))
     head = _esc(" \u00b7 ".join(summary))
     return _Html(f'<details class="run" id="{_esc(anchor)}"><summary>{head}</summary>'
                  f"{''.join(body)}</details>")  # fmt: skip
@@ -925,7 +933,7 @@ def render_comparison(folder: str | os.PathLike[str]) -> str:
         _section("Plots", _plots(reader, folder / "plots")),
         _section("Base model spectra", _base_spectra(reader, folder / "base_spectra")),
         _section("Runs", _join(_run_section(reader, p, anchors[p.name], by_name.get(p.name)) for p in run_dirs)),
-        _section("Notes", _notes({"notes": notes})),
+        _section("Notes", _notes(notes)),
         _section("Base config", _tag("pre", json.dumps(base_config, indent=2, sort_keys=True, default=str))
                  if base_config else ""),
     ]  # fmt: skip

@@ -1,17 +1,19 @@
 """Figures of fine-tuning runs: functions that take results and return matplotlib Figures.
 
-``metrics`` arguments are the dicts a run writes to ``metrics.json``
-(:func:`spectune.finetune.recipe.tune`); ``rows`` are flat rows of ``results.csv``
-(:func:`spectune.finetune.recipe.flat_metrics`). Nothing here writes files.
+``runs`` are :class:`~spectune.finetune.results.RunMetrics` (``metrics.json``, typed);
+``rows`` are flat rows of ``results.csv`` (:meth:`RunMetrics.row`). Nothing here writes files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from spectune.finetune.results import RunMetrics
 
 _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
            "#8c8c8c", "#ccb974", "#64b5cd"]  # fmt: skip
@@ -49,17 +51,18 @@ def loss_curve(
 
 
 def learning_forgetting(
-    runs: Sequence[Mapping[str, Any]], title: str = "Learning vs forgetting"
+    runs: Sequence[RunMetrics], title: str = "Learning vs forgetting"
 ) -> Figure:
-    """Two panels: held-out accuracy and general-text perplexity, before and after each run.
+    """Two panels: held-out accuracy and general-text perplexity, before and after each run
+    (:class:`~spectune.finetune.results.RunMetrics`).
 
     The "before" bar is the base model (the same for every run judged against it).
     """
-    names = [m["run"]["name"] for m in runs]
-    acc0 = [m["learning"]["accuracy_before"] for m in runs]
-    acc1 = [m["learning"]["accuracy_after"] for m in runs]
-    ppl0 = [m["forgetting"]["perplexity_before"] for m in runs]
-    ppl1 = [m["forgetting"]["perplexity_after"] for m in runs]
+    names = [m.run.name for m in runs]
+    acc0 = [m.learning.accuracy_before for m in runs]
+    acc1 = [m.learning.accuracy_after for m in runs]
+    ppl0 = [m.forgetting.perplexity_before for m in runs]
+    ppl1 = [m.forgetting.perplexity_after for m in runs]
     fig = Figure(figsize=(max(7.0, 1.3 * len(runs) + 4), 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     x = np.arange(len(runs))

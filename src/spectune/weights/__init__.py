@@ -10,9 +10,10 @@ safetensors, ``pytorch_model*.bin``), single ``.safetensors`` / ``.bin`` / ``.pt
 ``.gguf`` files and PEFT adapter folders. See :func:`open_source`.
 """
 
+from spectune.weights.formats import open_source
 from spectune.weights.names import gguf_to_hf_name, natural_key, normalize_module_name
 from spectune.weights.peft import LoraPair, lora_scaling, pattern_key, read_lora_config
-from spectune.weights.sources import TensorInfo, WeightSource, open_source
+from spectune.weights.sources import TensorInfo, WeightSource
 
 __all__ = [
     "LoraPair",

@@ -28,13 +28,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spectune.errors import SpectuneError
 from spectune.weights.names import natural_key, normalize_module_name, parse_lora_name
 
-if TYPE_CHECKING:
-    from spectune.weights.sources import TensorInfo, WeightSource
+#: the source and tensor types of :mod:`spectune.weights.sources`, which imports this module
+#: (pairing is a method of its sources): named here without importing it, so the two stay
+#: one-way
+WeightSource = Any
+TensorInfo = Any
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -207,47 +210,6 @@ def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Adapter folders
-# ---------------------------------------------------------------------------------------------
-
-
-def open_adapter_folder(folder: Path) -> WeightSource:
-    """Open a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.*``).
-
-    Raises:
-        SpectuneError: the config is missing or invalid, or there is no weights file.
-    """
-    from spectune.weights.sources import SafetensorsSource, TorchFileSource
-
-    config_path = folder / ADAPTER_CONFIG
-    weights = [folder / n for n in ("adapter_model.safetensors", "adapter_model.bin")]
-    present = [w for w in weights if w.is_file()]
-    if not config_path.is_file():
-        raise SpectuneError(
-            f"{folder} has {present[0].name if present else 'adapter weights'} but no "
-            f"{ADAPTER_CONFIG}; copy the {ADAPTER_CONFIG} saved with the adapter into the folder "
-            "(the LoRA scaling comes from it)"
-        )
-    config = read_lora_config(config_path)
-    if not present:
-        raise SpectuneError(
-            f"{folder} has {ADAPTER_CONFIG} but no adapter_model.safetensors or "
-            "adapter_model.bin; copy the adapter weights saved by peft into the folder"
-        )
-    file = present[0]
-    source: WeightSource
-    if file.suffix == ".safetensors":
-        source = SafetensorsSource([file], folder)
-    else:
-        source = TorchFileSource([file], folder)
-    source.weights_format = source.kind  # type: ignore[attr-defined]
-    source.kind = "peft"
-    source.peft = True
-    source.peft_configs = {"default": config}
-    return source
-
-
-# ---------------------------------------------------------------------------------------------
-# Pairing
 # ---------------------------------------------------------------------------------------------
 
 

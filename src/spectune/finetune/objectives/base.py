@@ -1,0 +1,118 @@
+"""What a training objective is: the :class:`Objective` protocol every registered one follows.
+
+An objective decides what the model is trained on and with which loss: its data format, how
+examples become Trainer features, the loss the Trainer computes, and any metric of its own
+that is judged before and after training. The recipe calls only these hooks, so a new
+objective (distillation, preference optimization...) is one module that subclasses
+:class:`Objective` and calls :func:`spectune.register_objective`.
+
+=================================  ==========================================================
+hook                               what it does
+=================================  ==========================================================
+``sections``                       config sections it reads (name -> dataclass)
+``check(config)``                  cross-field checks when the config is validated
+``load_data(config)``              -> :class:`RunData`: training records in the objective's
+                                   format, and the held-out instruction examples every run
+                                   is judged on (accuracy, held-out loss)
+``features(config, data, tok)``    -> :class:`TrainData`: the Trainer's dataset and collator
+``compute_loss(trainer, ...)``     the loss of one batch (the Trainer's ``compute_loss``)
+``judge(ctx, model, phase)``       objective-specific metrics of a model, ``phase`` "before"
+                                   (the base model) or "after"; JSON-able
+``callbacks(config)``              extra Trainer callbacks
+=================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spectune.finetune.config import TuneConfig
+    from spectune.finetune.data import InstructionExample
+
+
+@dataclass
+class RunData:
+    """A run's data.
+
+    Attributes:
+        train: training records, in the objective's own format.
+        heldout: held-out instruction examples (judged by every run).
+        info: where the data came from (JSON-able, goes to ``metrics.json``).
+        extra: anything else the objective keeps (held-out lists for its own metrics...).
+    """
+
+    train: list[Any]
+    heldout: list[InstructionExample]
+    info: dict[str, Any] = field(default_factory=dict)
+    extra: Any = None
+
+
+@dataclass
+class TrainData:
+    """What the Trainer gets: a dataset (a list of feature dicts), a collator, and a
+    description of how the records were tokenized (JSON-able)."""
+
+    dataset: Any
+    collator: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JudgeContext:
+    """What an objective's :meth:`Objective.judge` gets.
+
+    Attributes:
+        config: the run config.
+        tokenizer: the tokenizer.
+        data: the run's data.
+        model_dir: the base model folder.
+        progress: show progress bars.
+    """
+
+    config: TuneConfig
+    tokenizer: Any
+    data: RunData
+    model_dir: Path
+    progress: bool = False
+
+
+class Objective:
+    """A training objective; subclass, override the hooks, register an instance with
+    :func:`spectune.register_objective`."""
+
+    name: str = ""
+    description: str = ""
+    sections: Mapping[str, type] = {}
+
+    def check(self, config: TuneConfig) -> None:
+        """Cross-field checks of a config that uses this objective (raise SpectuneError)."""
+
+    def load_data(self, config: TuneConfig) -> RunData:
+        raise NotImplementedError(f"objective {self.name!r} does not define load_data()")
+
+    def features(self, config: TuneConfig, data: RunData, tokenizer: Any) -> TrainData:
+        raise NotImplementedError(f"objective {self.name!r} does not define features()")
+
+    def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
+                     return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
+        """The batch loss; the default is the model's own (``trainer.model_loss``)."""
+        return trainer.model_loss(model, inputs, return_outputs=return_outputs,
+                                  num_items_in_batch=num_items_in_batch)  # fmt: skip
+
+    def judge(self, ctx: JudgeContext, model: Any, phase: str) -> dict[str, Any]:
+        """Objective-specific metrics of ``model`` (phase ``"before"`` or ``"after"``)."""
+        return {}
+
+    def callbacks(self, config: TuneConfig) -> list[Any]:
+        return []
+
+    def __repr__(self) -> str:
+        return f"<objective {self.name or type(self).__name__}: {self.description}>"
+
+
+__all__ = ["JudgeContext", "Objective", "RunData", "TrainData"]

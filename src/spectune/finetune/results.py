@@ -1,0 +1,404 @@
+"""The typed results of a run: :class:`RunMetrics`, the one reader and writer of ``metrics.json``.
+
+``metrics.json`` is :meth:`RunMetrics.to_dict` as JSON; :meth:`RunMetrics.load` reads it back
+into the same types. Everything that shows a run (the HTML report, the sweep's tables, the
+CLI) reads a :class:`RunMetrics`, never the raw keys.
+
+Sections::
+
+    schema_version   2 (a file without it was written by spectune 0.1.0's first layout, 1)
+    run              RunInfo: name, method, objective, model, seed, device, versions...
+    config           the resolved config (plain data, as in config.yaml)
+    settings         the method's headline settings (r, lora_alpha... / frog_budget)
+    data             where the data came from, how it was tokenized
+    before, after    Judging: accuracy, held-out loss, perplexity, latency (+ objective extras)
+    learning         Learning: accuracy before / after / gain, held-out loss before / after
+    forgetting       Forgetting: perplexity on general text before / after / change / ratio
+    cost             Cost: train time, tokens/s, peak RSS, trainable parameters, adapter bytes
+    training         Training: first / final loss, steps, epochs
+    spectra          SpectraSummary of the adapter (or delta) spectra, or None
+    method_extras    what the method reports (FROG: its plan)
+    objective_extras what the objective reports
+    notes            things the user should know
+
+Version 1 files (no ``schema_version``; FROG's plan under ``frog``) load into the same types.
+A file from a newer schema is refused with a message naming the version that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from spectune.errors import SpectuneError
+from spectune.finetune.evaluate import AccuracyResult, LatencyResult, LossResult, PerplexityResult
+
+SCHEMA_VERSION = 2
+METRICS = "metrics.json"
+
+
+def _check_shapes(obj: Any, where: str) -> None:
+    """Fields declared as mappings or lists must hold one (JSON from elsewhere may not)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kind = str(f.type)
+        if kind.startswith("dict") and not isinstance(value, dict):
+            raise ValueError(f"{where}.{f.name} must be a mapping, got {type(value).__name__}")
+        if kind.startswith("list") and not isinstance(value, list):
+            raise ValueError(f"{where}.{f.name} must be a list, got {type(value).__name__}")
+        if hasattr(value, "__dataclass_fields__"):
+            _check_shapes(value, f"{where}.{f.name}")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of ``cls`` (older files may hold fewer)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class RunInfo:
+    """Who ran what, where."""
+
+    name: str
+    method: str
+    objective: str = "sft"
+    model: str = ""
+    model_dir: str = ""
+    seed: int = 0
+    device: str = ""
+    threads: int = 0
+    resumed: bool = False
+    started: str | None = None
+    merged: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Judging:
+    """Every measurement of one model (the base before training, or the tuned one).
+
+    Attributes:
+        accuracy: held-out exact match (without the predictions, in ``predictions.jsonl``).
+        heldout_loss: NLL of the held-out reference answers.
+        perplexity: perplexity on general text (forgetting).
+        latency: generation speed, None when skipped.
+        seconds: wall time of each measurement.
+        model: what was judged ("base model, float32"), when it is not the tuned model.
+        extras: the objective's own metrics.
+    """
+
+    accuracy: AccuracyResult
+    heldout_loss: LossResult
+    perplexity: PerplexityResult
+    latency: LatencyResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Judging:
+        acc = dict(data["accuracy"])
+        acc.setdefault("predictions", [])
+        return cls(
+            accuracy=AccuracyResult(**_known(AccuracyResult, acc)),
+            heldout_loss=LossResult(**_known(LossResult, data["heldout_loss"])),
+            perplexity=PerplexityResult(**_known(PerplexityResult, data["perplexity"])),
+            latency=None if not data.get("latency") else LatencyResult(
+                **_known(LatencyResult, data["latency"])),
+            seconds=data.get("seconds", {}),
+            model=data.get("model"),
+            extras=data.get("extras", {}),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy.to_dict(predictions=False),
+            "heldout_loss": self.heldout_loss.to_dict(),
+            "perplexity": self.perplexity.to_dict(),
+            "latency": None if self.latency is None else self.latency.to_dict(),
+            "seconds": self.seconds,
+            "model": self.model,
+            "extras": self.extras,
+        }
+
+
+@dataclass
+class Learning:
+    """What the run learned: held-out accuracy and loss, before and after."""
+
+    accuracy_before: float | None
+    accuracy_after: float
+    accuracy_gain: float | None
+    heldout_loss_before: float | None
+    heldout_loss_after: float
+
+    @classmethod
+    def compare(cls, before: Judging | None, after: Judging) -> Learning:
+        acc0 = None if before is None else before.accuracy.accuracy
+        return cls(
+            accuracy_before=acc0,
+            accuracy_after=after.accuracy.accuracy,
+            accuracy_gain=None if acc0 is None else after.accuracy.accuracy - acc0,
+            heldout_loss_before=None if before is None else before.heldout_loss.loss,
+            heldout_loss_after=after.heldout_loss.loss,
+        )
+
+
+@dataclass
+class Forgetting:
+    """What the run forgot: perplexity on general text, before and after."""
+
+    perplexity_before: float | None
+    perplexity_after: float
+    perplexity_change: float | None
+    perplexity_ratio: float | None
+
+    @classmethod
+    def compare(cls, before: Judging | None, after: Judging) -> Forgetting:
+        p0 = None if before is None else before.perplexity.perplexity
+        p1 = after.perplexity.perplexity
+        return cls(p0, p1, None if p0 is None else p1 - p0, None if p0 is None else p1 / p0)
+
+
+@dataclass
+class Cost:
+    """What the run cost.
+
+    ``train_seconds`` counts training across resumes (the time up to the checkpoint resumed
+    from, plus this session); ``tokens`` and ``tokens_per_second`` are this session's.
+    """
+
+    train_seconds: float
+    train_seconds_this_session: float
+    steps: int
+    tokens: int
+    tokens_per_second: float | None
+    peak_rss_bytes: int
+    peak_rss_exact: bool
+    trainable: int
+    total: int
+    trainable_percent: float
+    adapter_bytes: int
+    ms_per_token: float | None = None
+    ms_per_token_before: float | None = None
+
+
+@dataclass
+class Training:
+    """The training loss curve's ends."""
+
+    first_loss: float | None
+    final_loss: float | None
+    global_step: int
+    epochs: float | None
+
+
+@dataclass
+class SpectraSummary:
+    """Means over the adapter's (or delta's) fitted matrices, and counts."""
+
+    n_layers: int | None = None
+    n_analyzed: int | None = None
+    alpha: float | None = None
+    alpha_weighted: float | None = None
+    log_norm: float | None = None
+    stable_rank: float | None = None
+    base_alpha: float | None = None
+    rank90: float | None = None
+    status_counts: dict[str, int] = field(default_factory=dict)
+    warning_counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> SpectraSummary:
+        """From :func:`spectune.spectral.summarize`'s dict (other keys ignored)."""
+        data = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in _known(cls, summary).items()
+        }  # fmt: skip  (JSON has no NaN)
+        data.setdefault("status_counts", {})
+        data.setdefault("warning_counts", {})
+        return cls(**data)
+
+
+@dataclass
+class RunMetrics:
+    """Everything a run measured (``metrics.json``); see the module docstring."""
+
+    run: RunInfo
+    config: dict[str, Any]
+    data: dict[str, Any]
+    before: Judging | None
+    after: Judging
+    learning: Learning
+    forgetting: Forgetting
+    cost: Cost
+    training: Training
+    spectra: SpectraSummary | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    method_extras: dict[str, Any] = field(default_factory=dict)
+    objective_extras: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    # -- serialization -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the content of ``metrics.json``)."""
+        return {
+            "schema_version": self.schema_version,
+            "run": asdict(self.run),
+            "config": self.config,
+            "settings": self.settings,
+            "data": self.data,
+            "before": None if self.before is None else self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "learning": asdict(self.learning),
+            "forgetting": asdict(self.forgetting),
+            "cost": asdict(self.cost),
+            "training": asdict(self.training),
+            "spectra": None if self.spectra is None else asdict(self.spectra),
+            "method_extras": self.method_extras,
+            "objective_extras": self.objective_extras,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = METRICS) -> RunMetrics:
+        """Read :meth:`to_dict` output, or a version-1 file.
+
+        Raises:
+            SpectuneError: a newer or unknown schema version, or a file missing a section.
+        """
+        if not isinstance(data, dict):
+            raise SpectuneError(f"{source}: not a spectune metrics file (a JSON object expected)")
+        version = data.get("schema_version", 1)
+        run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
+        writer = versions.get("spectune") or run.get("spectune") or "an unknown version"
+        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+            raise SpectuneError(
+                f"{source} has metrics schema version {version!r} (written by spectune "
+                f"{writer}); this spectune reads versions 1 to {SCHEMA_VERSION}: upgrade "
+                "spectune, or re-run the run with this one"
+            )
+        try:
+            metrics = cls._from_v2(_upgrade_v1(data) if version == 1 else data)
+            _check_shapes(metrics, "metrics")
+            return metrics
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SpectuneError(
+                f"{source}: metrics of schema version {version} (written by spectune {writer}) "
+                f"are incomplete or damaged ({type(exc).__name__}: {exc}); re-run the run "
+                "(spectune tune --overwrite) to write them anew"
+            ) from None
+
+    @classmethod
+    def _from_v2(cls, d: dict[str, Any]) -> RunMetrics:
+        return cls(
+            run=RunInfo(**_known(RunInfo, d["run"])),
+            config=d["config"],
+            settings=d.get("settings", {}),
+            data=d.get("data", {}),
+            before=None if d.get("before") is None else Judging.from_dict(d["before"]),
+            after=Judging.from_dict(d["after"]),
+            learning=Learning(**_known(Learning, d["learning"])),
+            forgetting=Forgetting(**_known(Forgetting, d["forgetting"])),
+            cost=Cost(**_known(Cost, d["cost"])),
+            training=Training(**_known(Training, d["training"])),
+            spectra=None if d.get("spectra") is None else SpectraSummary.from_summary(d["spectra"]),
+            method_extras=d.get("method_extras", {}),
+            objective_extras=d.get("objective_extras", {}),
+            notes=d.get("notes", []),
+            schema_version=SCHEMA_VERSION,
+        )
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> RunMetrics:
+        """The metrics of the run in ``folder`` (its ``metrics.json``).
+
+        Raises:
+            SpectuneError: no metrics file, unreadable JSON, or an unknown schema version.
+        """
+        path = Path(folder) / METRICS
+        if not path.is_file():
+            raise SpectuneError(f"{path} does not exist: {folder} holds no finished spectune run")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SpectuneError(f"{path} cannot be read as JSON: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``metrics.json`` into ``folder`` atomically; returns its path."""
+        from spectune._io import write_json
+
+        path = Path(folder) / METRICS
+        write_json(path, self.to_dict())
+        return path
+
+    # -- views ---------------------------------------------------------------------------
+
+    def row(self) -> dict[str, Any]:
+        """One flat row (results.csv of sweeps and the demo): see :data:`ROW_COLUMNS`."""
+        spectra = self.spectra or SpectraSummary()
+        return {
+            "name": self.run.name,
+            "method": self.run.method,
+            "objective": self.run.objective,
+            **self.settings,
+            "trainable": self.cost.trainable,
+            "trainable_percent": self.cost.trainable_percent,
+            "train_loss": self.training.final_loss,
+            "accuracy_before": self.learning.accuracy_before,
+            "accuracy_after": self.learning.accuracy_after,
+            "heldout_loss_after": self.learning.heldout_loss_after,
+            "perplexity_before": self.forgetting.perplexity_before,
+            "perplexity_after": self.forgetting.perplexity_after,
+            "perplexity_change": self.forgetting.perplexity_change,
+            "train_seconds": self.cost.train_seconds,
+            "tokens_per_second": self.cost.tokens_per_second,
+            "peak_rss_mib": self.cost.peak_rss_bytes / 2**20,
+            "adapter_mib": self.cost.adapter_bytes / 2**20,
+            "ms_per_token": self.cost.ms_per_token,
+            "adapter_alpha": spectra.alpha,
+            "base_alpha": spectra.base_alpha,
+        }
+
+
+def _upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 ``metrics.json`` (spectune 0.1.0's first layout) in the version-2 layout."""
+    out = dict(d)
+    run = dict(d["run"])
+    run["versions"] = {k: run.pop(k) for k in list(run)
+                       if k in ("python", "spectune", "torch", "transformers", "peft",
+                                "bitsandbytes")}  # fmt: skip
+    run.setdefault("objective", "sft")
+    out["run"] = run
+    out["method_extras"] = dict(d.get("frog") or {})
+    config = d.get("config") or {}
+    settings: dict[str, Any] = {}
+    if run.get("method") in ("lora", "rslora", "dora", "qlora", "qdora"):  # v1 knew only these
+        settings = {k: config.get(k) for k in ("r", "lora_alpha", "lora_dropout")}
+    if d.get("frog"):
+        settings = {"frog_budget": d["frog"].get("budget")}
+    out["settings"] = settings
+    return out
+
+
+__all__ = [
+    "METRICS",
+    "SCHEMA_VERSION",
+    "Cost",
+    "Forgetting",
+    "Judging",
+    "Learning",
+    "RunInfo",
+    "RunMetrics",
+    "SpectraSummary",
+    "Training",
+]
