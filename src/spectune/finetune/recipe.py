@@ -109,6 +109,7 @@ class Run:
     progress: bool = True
     resume: bool = False
     tokenizer: Any = None
+    objective_state: Any = None
     train_data: TrainData | None = None
     before: Judging | None = None
     built: Built | None = None
@@ -274,15 +275,19 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
 def _judge_context(run: Run) -> Any:
     from spectune.finetune.objectives.base import JudgeContext
 
-    return JudgeContext(run.config, run.tokenizer, run.data, run.model_dir, run.progress)
+    return JudgeContext(run.config, run.tokenizer, run.data, run.model_dir, run.progress,
+                        state=run.objective_state, out=run.out)  # fmt: skip
 
 
 def judge_base(run: Run) -> None:
-    """Phase 2: tokenize the training data; judge the base model (``before.json``)."""
+    """Phase 2: the objective's per-run state and training features; judge the base model
+    (``before.json``)."""
     from spectune.finetune.methods.base import load_float_base, load_tokenizer
 
     run.tokenizer = load_tokenizer(run.model_dir)
-    run.train_data = run.objective.features(run.config, run.data, run.tokenizer)
+    run.objective_state = run.objective.prepare(_judge_context(run))
+    run.train_data = run.objective.features(run.config, run.data, run.tokenizer,
+                                            _judge_context(run))  # fmt: skip
     tok = run.train_data.info
     _say(f"data: {tok.get('n_kept', len(run.train_data.dataset))} training examples "
          f"({tok.get('n_truncated', 0)} truncated at {tok.get('max_length', '?')} tokens, "
@@ -385,7 +390,7 @@ def train(run: Run) -> None:
     cbs = callbacks(run)
     trainer = SpectuneTrainer(model=run.built.model, args=args, train_dataset=run.train_data.dataset,
                               data_collator=collator, callbacks=cbs, objective=run.objective,
-                              method=run.method)  # fmt: skip
+                              method=run.method, objective_state=run.objective_state)  # fmt: skip
     if not run.progress:  # without tqdm, Trainer prints every log line instead
         from transformers.trainer_callback import PrinterCallback
 

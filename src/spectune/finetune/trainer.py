@@ -37,13 +37,16 @@ class SpectuneTrainer(Trainer):
     Args:
         objective: the run's :class:`~spectune.finetune.objectives.base.Objective`.
         method: the run's :class:`~spectune.finetune.methods.base.Method`.
+        objective_state: what the objective's ``prepare`` returned (a teacher...).
         **kwargs: ``transformers.Trainer`` arguments.
     """
 
-    def __init__(self, *args: Any, objective: Any = None, method: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, objective: Any = None, method: Any = None,
+                 objective_state: Any = None, **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.method = method
+        self.objective_state = objective_state
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):
         """The Trainer's own loss (the model's ``loss`` output)."""

@@ -11,6 +11,8 @@ hook                               what it does
 =================================  ==========================================================
 ``sections``                       config sections it reads (name -> dataclass)
 ``check(config)``                  cross-field checks when the config is validated
+``prepare(ctx)``                   per-run state (a teacher model, a reference...), kept in
+                                   ``ctx.state`` and ``trainer.objective_state``
 ``load_data(config)``              -> :class:`RunData`: training records in the objective's
                                    format, and the held-out instruction examples every run
                                    is judged on (accuracy, held-out loss)
@@ -72,6 +74,8 @@ class JudgeContext:
         data: the run's data.
         model_dir: the base model folder.
         progress: show progress bars.
+        state: what :meth:`Objective.prepare` returned for this run.
+        out: the run's results folder (None outside a run).
     """
 
     config: TuneConfig
@@ -79,6 +83,8 @@ class JudgeContext:
     data: RunData
     model_dir: Path
     progress: bool = False
+    state: Any = None
+    out: Path | None = None
 
 
 class Objective:
@@ -92,10 +98,18 @@ class Objective:
     def check(self, config: TuneConfig) -> None:
         """Cross-field checks of a config that uses this objective (raise SpectuneError)."""
 
+    def prepare(self, ctx: JudgeContext) -> Any:
+        """Per-run state made once, before the training features: a teacher model, generated
+        data... It is passed back as ``ctx.state`` (features, judge) and
+        ``trainer.objective_state`` (compute_loss)."""
+        return None
+
     def load_data(self, config: TuneConfig) -> RunData:
         raise NotImplementedError(f"objective {self.name!r} does not define load_data()")
 
-    def features(self, config: TuneConfig, data: RunData, tokenizer: Any) -> TrainData:
+    def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                 ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+        """The Trainer's dataset and collator (``ctx`` carries the run's state)."""
         raise NotImplementedError(f"objective {self.name!r} does not define features()")
 
     def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,

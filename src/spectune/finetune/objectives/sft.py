@@ -69,7 +69,8 @@ class SFT(Objective):
     def load_data(self, config: TuneConfig) -> RunData:
         return load_instruction_data(config)
 
-    def features(self, config: TuneConfig, data: RunData, tokenizer: Any) -> TrainData:
+    def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                 ctx: Any = None) -> TrainData:  # fmt: skip
         from spectune.finetune.data import InstructionCollator, pad_token_id, tokenize_examples
 
         features, stats = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length,
