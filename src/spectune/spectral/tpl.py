@@ -133,7 +133,13 @@ def log_upper_gamma(a: float, z: float) -> float:
     """
     if z >= _SPLIT:
         return _log_gamma_cf(a, z)
-    return math.log(math.exp(_log_gamma_cf(a, _SPLIT)) + _series_below(a, z))
+    try:
+        value = math.exp(_log_gamma_cf(a, _SPLIT)) + _series_below(a, z)
+    except OverflowError:  # a far below 0 and z small: beyond float range, stay in logs
+        value = math.inf
+    if not (0.0 < value < math.inf):
+        return _log_gamma_cf(a, z)  # the continued fraction converges for every z > 0
+    return math.log(value)
 
 
 def log_upper_gamma_array(a: float, z: np.ndarray) -> np.ndarray:
@@ -165,6 +171,7 @@ def log_upper_gamma_array(a: float, z: np.ndarray) -> np.ndarray:
         out[hi] = -zz + a * np.log(zz) + np.log(h)
     lo = ~hi
     if lo.any():
+        err = np.seterr(all="ignore")  # huge orders overflow here; _fix_overflow redoes them
         log_r = np.log(z[lo] / _SPLIT)
         log_c = math.log(_SPLIT)
         total = np.zeros_like(log_r)
@@ -177,6 +184,15 @@ def log_upper_gamma_array(a: float, z: np.ndarray) -> np.ndarray:
             term = g * (math.exp(s * log_c) / fact)
             total += -term if k % 2 else term
         out[lo] = np.log(math.exp(_log_gamma_cf(a, _SPLIT)) + total)
+        np.seterr(**err)
+    return _fix_overflow(np.full(z.shape, a), z, out)
+
+
+def _fix_overflow(a: np.ndarray, z: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Entries the series could not hold in floats (NaN/inf): the continued fraction, in logs."""
+    bad = ~np.isfinite(out)
+    for i in zip(*np.nonzero(bad), strict=True):
+        out[i] = _log_gamma_cf(float(a[i]), float(z[i]))
     return out
 
 
@@ -286,6 +302,7 @@ def _log_upper_gamma_many(a: np.ndarray, z: np.ndarray) -> np.ndarray:
     out[hi] = log_cf[hi]
     lo = ~hi
     if lo.any():
+        err = np.seterr(all="ignore")  # huge orders overflow here; _fix_overflow redoes them
         al, zl = a[lo], z[lo]
         log_r = np.log(zl / _SPLIT)
         total = np.zeros_like(zl)
@@ -298,7 +315,8 @@ def _log_upper_gamma_many(a: np.ndarray, z: np.ndarray) -> np.ndarray:
             g = np.where(sk != 0.0, -np.expm1(sk * log_r) / safe, -log_r)
             total = total + weight * g
         out[lo] = np.log(np.exp(log_cf[lo]) + total)
-    return out
+        np.seterr(**err)
+    return _fix_overflow(a, z, out)
 
 
 class _TailStats:
