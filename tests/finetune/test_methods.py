@@ -248,3 +248,27 @@ def test_no_library_module_imports_the_cli():
                  if not p.relative_to(src).as_posix().startswith("cli/")
                  and "spectune.cli" in p.read_text()]  # fmt: skip
     assert offenders == []
+
+
+def test_the_readme_plugin_example_runs_as_written(tiny_model_dir, tmp_path, smol_tokenizer):
+    """The README's out-of-tree method, executed as written, passes the shared checks and its
+    section is validated like the built-in ones."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- plugin-example -->", 1)[1].split("```python", 1)[1]
+    code = block.split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # registers "norms"
+    try:
+        assert "norms" in st.methods()
+        with pytest.raises(SpectuneError, match=r"norms: unknown setting key\(s\) \['embedings'\]"):
+            TuneConfig.from_dict({"method": "norms", "norms": {"embedings": True}})
+        run = check_method("norms", tiny_model_dir, tmp_path / "a", smol_tokenizer)
+        assert run.metrics.settings == {"embeddings": False}
+        assert run.built.trainable == 2 * 2 * 64 + 64
+        with_emb = check_method("norms", tiny_model_dir, tmp_path / "b", smol_tokenizer,
+                                norms__embeddings=True)  # fmt: skip
+        assert with_emb.built.trainable == 2 * 2 * 64 + 64 + len(smol_tokenizer) * 64
+    finally:
+        st.unregister_method("norms")
