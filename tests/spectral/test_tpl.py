@@ -282,3 +282,26 @@ def test_lockstep_nelder_mead_follows_scipy_fmin_exactly():
     np.testing.assert_array_equal(alphas, ref[:, 0])
     np.testing.assert_array_equal(lams, ref[:, 1])
     np.testing.assert_allclose(lls, ref[:, 2], rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_tpl_parity_with_weightwatcher_on_a_whole_model(tiny, capsys):
+    """Every matrix of the tiny Llama (16 ESDs of 16-32 eigenvalues); every TPL alpha sits at
+    its bound 1, which WW reports silently and we flag."""
+    import time
+
+    import weightwatcher as ww
+
+    t0 = time.perf_counter()
+    theirs = _ww_analyze(ww, tiny, fit="TPL", pl_package="powerlaw")
+    t1 = time.perf_counter()
+    ours = analyze(tiny, fit="TPL", progress=False)
+    t2 = time.perf_counter()
+    m = ours.merge(theirs, on="longname", suffixes=("", "_ww"))
+    assert len(m) == 16 and (m["status_ww"] == "success").all()
+    for col in ["alpha", "Lambda", "xmin", "D"]:
+        np.testing.assert_allclose(m[col], m[f"{col}_ww"].astype(float), rtol=RTOL, err_msg=col)
+    assert m["warning"].str.contains(ALPHA_AT_BOUND, regex=False).all()
+    with capsys.disabled():
+        print(f"\n[tpl] tiny Llama, 16 matrices: WeightWatcher {t1 - t0:.1f} s, "
+              f"spectune {t2 - t1:.2f} s")  # fmt: skip

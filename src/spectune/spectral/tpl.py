@@ -56,6 +56,7 @@ _LOG_UNDERFLOW = -744.0  # exp() of less than this is 0 in float64
 _CF_EPS = 1e-16
 _CF_MAX_ITER = 2000
 _SERIES_TERMS = 45
+_BATCH_MIN = 48  # candidates from which the lockstep Nelder-Mead beats scipy's fmin
 _SPLIT = 3.0  # Gamma(a, z): continued fraction for z >= 3 (~40 terms), series below
 #: alpha within this of 1 is "at its lower bound"
 ALPHA_BOUND_TOL = 1e-3
@@ -548,8 +549,11 @@ def fit_truncated_powerlaw(
     ecdf_all = first / len(data)  # fraction of the data strictly below each distinct value
     Ds = np.empty(cand.size)
     with np.errstate(all="ignore"):
-        alphas, lams, lls = _mle_batch(data, cand)
-    fits = list(zip(alphas.tolist(), lams.tolist(), lls.tolist(), strict=True))
+        if cand.size >= _BATCH_MIN:
+            alphas, lams, lls = _mle_batch(data, cand)
+            fits = list(zip(alphas.tolist(), lams.tolist(), lls.tolist(), strict=True))
+        else:  # few candidates: scipy's fmin one by one costs less than the batch overhead
+            fits = [_mle(data[i:], float(data[i])) for i in cand]
     for j, i in enumerate(cand):
         xmin = float(data[i])
         with np.errstate(all="ignore"):
