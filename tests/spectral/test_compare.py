@@ -9,7 +9,13 @@ import torch
 
 from spectune.errors import SpectuneError
 from spectune.spectral import analyze
-from spectune.spectral.compare import compare, compare_summary, correlation_flow, layer_depth
+from spectune.spectral.compare import (
+    compare,
+    compare_summary,
+    correlation_flow,
+    flow_change,
+    layer_depth,
+)
 
 
 def stack(n: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -80,6 +86,12 @@ def test_correlation_flow_fits_a_trend_and_flags_the_outlier():
     assert flow.loc[flow["breaks_flow"], "longname"].tolist() == ["model.layers.7.self_attn.q_proj"]
     down = flow[flow["kind"] == "down_proj"]
     np.testing.assert_allclose(down["slope"].iloc[0], -0.05, atol=0.01)
+    # a "tuned" model whose down_proj at depth 3 moved: the flow is bent there only
+    tuned = details.copy()
+    tuned.loc[12 + 3, "alpha"] += 2.0
+    change = flow_change(flow, correlation_flow(tuned))
+    assert change.loc[change["bent"], "longname"].tolist() == ["model.layers.3.mlp.down_proj"]
+    assert change.loc[change["longname"] == "model.layers.7.self_attn.q_proj", "breaks_a"].all()
 
 
 def test_plots_of_compare_flow_intruders_and_tpl():

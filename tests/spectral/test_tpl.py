@@ -305,3 +305,14 @@ def test_tpl_parity_with_weightwatcher_on_a_whole_model(tiny, capsys):
     with capsys.disabled():
         print(f"\n[tpl] tiny Llama, 16 matrices: WeightWatcher {t1 - t0:.1f} s, "
               f"spectune {t2 - t1:.2f} s")  # fmt: skip
+
+
+def test_spectrum_gives_the_rows_tpl_fit():
+    from spectune.spectral import spectrum
+
+    sv = np.sqrt(tpl_sample(40, 1.7, 0.05, 1.0, seed=12))
+    W = matrix_with_singular_values(sv, 80, seed=13)
+    row = analyze({"layer.weight": W}, fit="E_TPL", progress=False).iloc[0]
+    evals, fit = spectrum({"layer.weight": W}, "layer", fit="E_TPL")
+    assert len(evals) == 40
+    assert fit.alpha == row["alpha"] and fit.Lambda == row["Lambda"]

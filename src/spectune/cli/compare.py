@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import print_table
     from spectune.cli.analyze import resolve_source
     from spectune.spectral import analyze
-    from spectune.spectral.compare import compare, compare_summary, correlation_flow
+    from spectune.spectral.compare import compare, compare_summary, correlation_flow, flow_change
 
     out = check_writable_dir(args.out, "--out") if args.out else None
     a, b = resolve_source(args.a), resolve_source(args.b)
@@ -40,12 +40,17 @@ def run(args: argparse.Namespace) -> int:
     flow_a, flow_b = correlation_flow(ta), correlation_flow(tb)
     summary["flow_breaks_a"] = flow_a.loc[flow_a["breaks_flow"], "longname"].tolist()
     summary["flow_breaks_b"] = flow_b.loc[flow_b["breaks_flow"], "longname"].tolist()
+    change = flow_change(flow_a, flow_b)
+    summary["flow_bent"] = change.loc[change["bent"], "longname"].tolist()
     matched = table[table["match"] == "matched"]
     shown = matched.sort_values("d_log_spectral_norm").head(10)
     print_table(shown.to_dict(orient="records"), "largest norm drops (b - a, log10 units)",
                 ["longname", "d_log_spectral_norm", "d_log_norm", "d_alpha", "collapsed"])  # fmt: skip
     print(f"matched {summary['n_matched']} layers; collapsed: {summary['n_collapsed']}"
           + (f" ({', '.join(summary['collapsed_layers'][:10])})" if summary["n_collapsed"] else ""))  # fmt: skip
+    if summary["flow_bent"]:
+        print("alpha flow bent in b (breaks b's trend, not a's): "
+              + ", ".join(summary["flow_bent"][:10]))  # fmt: skip
     if summary["mismatched"]:
         print(f"not compared ({len(summary['mismatched'])}): "
               + "; ".join(summary["mismatched"][:10]))  # fmt: skip

@@ -663,18 +663,21 @@ def spectrum(
     lora_scaling: bool = True,
     precision: str = "float64",
     fix_fingers: str | None = None,
+    fit: str = "PL",
 ):
     """The ESD of one row of :func:`analyze` and its power-law fit (for plots).
 
     Args:
         source: as for :func:`analyze`.
         layer: the row's ``longname``.
-        peft, base, delta, lora_scaling, precision, fix_fingers: as for :func:`analyze`, so
-            the spectrum is the one the row was computed from (a delta, W + Delta W...).
+        peft, base, delta, lora_scaling, precision, fix_fingers, fit: as for
+            :func:`analyze`, so the spectrum is the one the row was computed from (a delta,
+            W + Delta W...) and the fit the one its alpha came from.
 
     Returns:
         ``(evals, fit)``: ascending float64 eigenvalues and a
-        :class:`~spectune.spectral.powerlaw.PowerLawFit`.
+        :class:`~spectune.spectral.powerlaw.PowerLawFit` (with ``fit="TPL"`` / ``"E_TPL"`` a
+        :class:`~spectune.spectral.tpl.TruncatedPowerLawFit`).
 
     Raises:
         SpectuneError: no row has that longname, inconsistent options, or the matrix holds
@@ -686,6 +689,7 @@ def spectrum(
 
     if (peft == "with_base" or delta) and base is None:
         raise SpectuneError("spectrum(): peft='with_base' and delta=True need base=")
+    fit_type, fix_fingers = _fit_options(fit, fix_fingers)
     src, close_src = _open(source, peft)
     base_src, close_base = _open(base, False) if base is not None else (None, False)
     keep: dict[str, Any] = {}
@@ -707,6 +711,10 @@ def spectrum(
     if "evals" not in keep:
         raise SpectuneError(f"{layer}: the matrix holds NaN or Inf values; it has no spectrum")
     evals = keep["evals"]
+    if fit_type == "truncated_power_law":
+        from spectune.spectral.tpl import fit_truncated_powerlaw
+
+        return evals, fit_truncated_powerlaw(evals, fix_fingers=fix_fingers)
     return evals, fit_powerlaw(evals, fix_fingers=fix_fingers)
 
 

@@ -217,4 +217,21 @@ def correlation_flow(
     )
 
 
-__all__ = ["compare", "compare_summary", "correlation_flow", "layer_depth"]
+def flow_change(flow_a: pd.DataFrame, flow_b: pd.DataFrame, column: str = "alpha") -> pd.DataFrame:
+    """Where fine-tuning bent the flow: two :func:`correlation_flow` tables (base, tuned)
+    side by side.
+
+    Returns:
+        One row per layer in both: ``longname``, ``kind``, ``depth``, ``<column>_a``,
+        ``<column>_b``, ``d_<column>``, ``breaks_a``, ``breaks_b`` and ``bent`` (breaks the
+        tuned model's flow but not the base's).
+    """
+    keep = ["longname", "kind", "depth", column, "breaks_flow"]
+    m = flow_a[keep].merge(flow_b[keep], on=["longname", "kind", "depth"], suffixes=("_a", "_b"))
+    m[f"d_{column}"] = m[f"{column}_b"] - m[f"{column}_a"]
+    m = m.rename(columns={"breaks_flow_a": "breaks_a", "breaks_flow_b": "breaks_b"})
+    m["bent"] = m["breaks_b"] & ~m["breaks_a"]
+    return m
+
+
+__all__ = ["compare", "compare_summary", "correlation_flow", "flow_change", "layer_depth"]
