@@ -25,6 +25,11 @@ blocked matrix expressions, computed only for the candidates that can still be t
 (a branch and bound on exact lower bounds, see :func:`_ks_distances`), so a 4096-eigenvalue
 fit takes milliseconds.
 
+``fix_fingers="xmin_peak"`` restricts the xmin candidates to the eigenvalues up to 1.5 x the
+peak of the ESD's log-histogram (WeightWatcher with ``pl_package='powerlaw'``; with its default
+package every such fit fails) and uses the plain estimator at every sample size, as the
+``powerlaw`` package does. The truncated power law is in :mod:`spectune.spectral.tpl`.
+
 Differences from WeightWatcher, on purpose: a fit that cannot be made (fewer than two
 eigenvalues above the threshold, or a non-finite alpha) has ``status == "failed"`` and
 ``alpha = NaN`` (WeightWatcher reports -1, which then reads as "over-trained"); all-equal
