@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "demo": "spectune.cli.demo",
     "tune": "spectune.cli.tune",
     "sweep": "spectune.cli.sweep",
+    "study": "spectune.cli.study",
     "advise": "spectune.cli.advise",
     "report": "spectune.cli.report",
     "describe": "spectune.cli.describe",
