@@ -4,6 +4,7 @@
 objective  what the model learns from                                          module
 =========  ==================================================================  ==========
 sft        supervised fine-tuning: NLL of the reference response tokens        sft.py
+lipo       ranked lists of responses (LiPO-lambda; DPO, softmax baselines)     lipo.py
 =========  ==================================================================  ==========
 
 An objective is an instance of :class:`~spectune.finetune.objectives.base.Objective`
@@ -17,7 +18,10 @@ from __future__ import annotations
 from spectune.finetune.objectives.base import JudgeContext, Objective, RunData, TrainData
 from spectune.finetune.registry import Registry
 
-BUILTIN_MODULES = ("spectune.finetune.objectives.sft",)
+BUILTIN_MODULES = (
+    "spectune.finetune.objectives.sft",
+    "spectune.finetune.objectives.lipo",
+)
 
 OBJECTIVES = Registry(
     "objective",
