@@ -193,6 +193,12 @@ def test_shipped_configs_are_valid_and_say_how_to_run_them():
     for path in files:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# spectune "), path  # opens with the command that runs it
+        if first.startswith("# spectune study"):  # a run config plus a study: block
+            from spectune.finetune.config import read_config_data
+            from spectune.finetune.study import split_study_config
+
+            split_study_config(read_config_data(path), str(path))
+            continue
         if "sweep" in first or "demo" in first:
             config = load_config(path, foreign_sections="drop")
         else:
