@@ -85,7 +85,7 @@ def compare_distributions(ours: list, theirs: list) -> dict[str, float]:
 @pytest.mark.slow
 def test_rand_columns_match_weightwatcher_in_distribution_on_a_planted_trap():
     W = planted("offset", 300, 120, seed=1)
-    K = 6
+    K = 4
     ours = [analyze({"w.weight": W}, randomize=True, mp_fit=True, seed=s, progress=False).iloc[0]
             for s in range(K)]  # fmt: skip
     theirs = ww_rows(module_of(W), range(K))
@@ -100,7 +100,7 @@ def test_rand_columns_match_weightwatcher_in_distribution_on_the_embedded_model(
 
     with open_source(str(default_model_dir())) as src:
         W = src.load("model.layers.3.self_attn.k_proj.weight").double()
-    K = 8
+    K = 6
     ours = [analyze({"w.weight": W}, randomize=True, mp_fit=True, seed=s, progress=False).iloc[0]
             for s in range(K)]  # fmt: skip
     theirs = ww_rows(module_of(W), range(K))
