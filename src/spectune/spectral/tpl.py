@@ -32,6 +32,9 @@ exactly the branches scipy's ``fmin`` takes for it (bit-identical results, teste
 KS distances are vectorized. The result is the same optimization as WeightWatcher's,
 computed 10x-45x faster on SmolLM2's layers (``bench/tpl_vs_weightwatcher.py``).
 
+Differences from WeightWatcher's row: ``xmax`` is the largest eigenvalue fitted (WW writes
+None there for TPL fits), and a failed fit is NaN with status "failed" and a reason (WW: -1).
+
 A fit at a parameter bound is reported as such: when alpha ends within 1e-3 of its lower
 bound 1 (common on trained layers: the cutoff Lambda carries the tail) or Lambda is
 negligible against the tail (Lambda xmax < 1e-6: no truncation, a plain power law), the
@@ -643,7 +646,9 @@ def compare_pl_tpl(
     Both laws are fitted by maximum likelihood on the same tail (the PL alpha in closed form,
     the TPL by Nelder-Mead as in :func:`fit_truncated_powerlaw`). A significant negative R
     says the tail bends away from a straight line on the log-log plot, so the plain alpha
-    describes it less well.
+    describes it less well. The PL is a TPL with Lambda = 0, so at the true maxima R <= 0; a
+    significant positive R means the TPL's Nelder-Mead stopped short (typically with alpha
+    pinned at 1), exactly as ``powerlaw`` would report it.
 
     Args:
         evals: eigenvalues (any order); values <= ``thresh`` are ignored.
