@@ -328,6 +328,65 @@ def write_task_set(
     return files
 
 
+# --------------------------------------------------------------------------- rationales
+
+_NUMS = re.compile(r"\d+")
+
+
+def _after_colon(instruction: str) -> str:
+    return instruction.split(":", 1)[1].strip().rstrip("?").strip()
+
+
+def task_rationale(example: InstructionExample) -> str | None:
+    """How the answer of a task-set example is reached, in one or two sentences (the
+    "rationale" of distilling step by step), or None for a category it does not know.
+
+    The generator knows each answer's derivation; this rebuilds it from the instruction, so
+    it works on files written by :func:`write_task_set` too. The rationale ends with the
+    answer itself.
+
+    Args:
+        example: a task-set example (its ``category`` names the generator).
+
+    Returns:
+        The rationale text, e.g. ``"23 + 58: 20 + 50 = 70 and 3 + 8 = 11, so the sum is 81."``.
+    """
+    q, a, cat = example.instruction, example.response, example.category
+    if cat == "largest":
+        return f"Compare {_after_colon(q)} one by one: the largest is {a}."
+    if cat == "convert":
+        m = re.match(r"Convert (\d+) (\w+) to (\w+)\.", q)
+        if not m:
+            return None
+        n, src, dst = m.groups()
+        factor = int(a) // int(n) if int(n) else 0
+        return f"One {src[:-1]} is {factor} {dst}, so {n} x {factor} = {a}."
+    if cat == "last_word":
+        return f"The list is {_after_colon(q)}; its last word is {a}."
+    if cat == "snake_case":
+        words = _after_colon(q).lower().split()
+        return f"Lower-case {', '.join(words)} and join them with underscores: {a}."
+    if cat == "reverse":
+        return f"Read {_after_colon(q)} from the end: {a}."
+    if cat == "next_number":
+        nums = [int(x) for x in _NUMS.findall(q.split("?")[0])]
+        if len(nums) < 2:
+            return None
+        step = nums[1] - nums[0]
+        return f"Each number is {step} more than the one before, so {nums[-1]} + {step} = {a}."
+    if cat == "initials":
+        words = _after_colon(q).split()
+        return f"The first letters of {', '.join(words)} are {', '.join(w[0] for w in words)}: {a}."
+    if cat == "add":
+        nums = [int(x) for x in _NUMS.findall(q)][:2]
+        if len(nums) != 2:
+            return None
+        x, y = nums
+        tens, ones = x // 10 * 10 + y // 10 * 10, x % 10 + y % 10
+        return f"{x} + {y}: {x // 10 * 10} + {y // 10 * 10} = {tens} and {x % 10} + {y % 10} = {ones}, so {tens} + {ones} = {a}."
+    return None
+
+
 __all__ = [
     "CATEGORIES",
     "TASKS_VERSION",
@@ -335,5 +394,6 @@ __all__ = [
     "answers_match",
     "generate_task_set",
     "normalize_answer",
+    "task_rationale",
     "write_task_set",
 ]

@@ -4,6 +4,7 @@
 objective  what the model learns from                                          module
 =========  ==================================================================  ==========
 sft        supervised fine-tuning: NLL of the reference response tokens        sft.py
+distill    the teacher's next-token distributions (forward/reverse KL, JSD)    distill.py
 lipo       ranked lists of responses (LiPO-lambda; DPO, softmax baselines)     lipo.py
 =========  ==================================================================  ==========
 
@@ -20,6 +21,7 @@ from spectune.finetune.registry import Registry
 
 BUILTIN_MODULES = (
     "spectune.finetune.objectives.sft",
+    "spectune.finetune.objectives.distill",
     "spectune.finetune.objectives.lipo",
 )
 
