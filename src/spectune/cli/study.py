@@ -14,14 +14,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted study (finished runs kept)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one run after another; ray: runs as Ray tasks (pip install 'spectune[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to use ('auto', 'ray://host:10001'); default: a local instance of 2 CPUs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectune.errors import SpectuneError
     from spectune.finetune.study import study
 
+    if args.address and args.backend != "ray":
+        raise SpectuneError("--address is for --backend ray")
+
     result = study(args.config, out=args.out, overwrite=args.overwrite, resume=args.resume,
-                   progress=not args.no_progress)  # fmt: skip
+                   progress=not args.no_progress, backend=args.backend, address=args.address)  # fmt: skip
     for note in result.notes:
         print(f"- {note}")
     if args.out:

@@ -525,6 +525,143 @@ def study_figures(summaries: list[dict], searches: list[LRSearch], rows: list[di
     return figs, skipped
 
 
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Job:
+    """One run to do: its name, method, raw config, folder, whether to resume, or why not."""
+
+    name: str
+    method: str
+    config: dict[str, Any] | None
+    out: Path
+    resume: bool
+    error: str | None = None
+
+
+#: what a run's failure may raise (anything else is a bug and propagates)
+RUN_ERRORS = (SpectuneError, RuntimeError, ValueError, MemoryError)
+
+
+def _run_job(run_fn: Callable[..., Any], job: Job, progress: bool) -> tuple[Any, str | None]:
+    """``(RunMetrics, None)`` or ``(None, why it failed)``."""
+    if job.error is not None:
+        return None, job.error
+    try:
+        cfg = TuneConfig.from_dict(job.config, source=f"study ({job.name})")
+        res = run_fn(cfg, out=job.out, resume=job.resume and job.out.exists(), progress=progress)
+        return res.metrics, None
+    except RUN_ERRORS as exc:
+        return None, str(exc)
+
+
+def _executor(backend: str, address: str | None, run_fn: Callable[..., Any],
+              progress: bool) -> Callable[[list[Job], str], list[tuple[Any, str | None]]]:  # fmt: skip
+    """A function running a list of jobs and returning their results in order."""
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    if backend == "local":
+
+        def local(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
+            results = []
+            for i, job in enumerate(jobs, 1):
+                say(f"[{what} {i}/{len(jobs)}] {job.name}")
+                metrics, error = _run_job(run_fn, job, progress)
+                if error is not None:
+                    say(f"spectune: run {job.name} failed: {error}")
+                results.append((metrics, error))
+            return results
+
+        return local
+    ray = _start_ray(address)
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
+
+    def on_ray(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
+        if not jobs:
+            return []
+        say(f"[{what}] {len(jobs)} run(s) on Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+        refs = [remote.remote(run_fn, job) for job in jobs]
+        results = []
+        for job, ref in zip(jobs, refs, strict=True):
+            try:
+                metrics, error = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a crashed worker is a failed trial
+                metrics, error = None, f"Ray trial failed: {type(exc).__name__}: {exc}"
+            if error is not None:
+                say(f"spectune: run {job.name} failed: {error}")
+            results.append((None if metrics is None else _metrics(metrics), error))
+        return results
+
+    return on_ray
+
+
+def _metrics(data: dict[str, Any]) -> Any:
+    from spectune.finetune.results import RunMetrics
+
+    return RunMetrics.from_dict(data)
+
+
+def _ray_job(run_fn: Callable[..., Any], job: Job) -> tuple[dict[str, Any] | None, str | None]:
+    """A Ray task: one run in a worker process (metrics as plain data)."""
+    metrics, error = _run_job(run_fn, job, False)
+    return (None if metrics is None else metrics.to_dict()), error
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP connection to ``host:port`` (ray:// or a GCS address) within 5 s, so that an
+    unreachable cluster is one clear error instead of Ray's minutes of retries."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpectuneError(f"--address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SpectuneError(
+            f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); nothing was "
+            "started: check the address, start one (ray start --head), or leave out --address "
+            "for a local instance"
+        ) from None
+
+
+def _start_ray(address: str | None) -> Any:
+    """The ``ray`` module, connected to ``address`` or to a new local instance of 2 CPUs.
+
+    Raises:
+        SpectuneError: Ray is not installed, or the address cannot be reached (nothing is
+            started then).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise SpectuneError(
+            "--backend ray needs Ray: pip install 'spectune[ray]' (or pip install ray)"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    if address not in (None, "auto"):
+        _check_reachable(address)
+    try:
+        if address is None:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # fmt: skip
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise SpectuneError(
+            f"cannot reach a Ray cluster at {address!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing was started: start one "
+            "(ray start --head) or leave out --address for a local instance"
+        ) from None
+    return ray
+
+
 # --------------------------------------------------------------------------- the study
 
 
@@ -582,6 +719,8 @@ def study(
     resume: bool = False,
     progress: bool = True,
     run_fn: Callable[..., Any] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> StudyResult:
     """Run a study (see the module docstring) into ``out``.
 
@@ -592,6 +731,10 @@ def study(
         overwrite / resume: as for sweeps.
         progress: progress output.
         run_fn: the run function (default :func:`spectune.finetune.recipe.tune`).
+        backend: ``"local"`` (one run after another) or ``"ray"`` (the runs of each stage
+            as Ray tasks of one CPU each, as many at once as the instance has CPUs).
+        address: the Ray cluster (``"auto"``, ``"ray://host:10001"``); None starts a local
+            instance of 2 CPUs.
 
     Returns:
         The :class:`StudyResult` (also in ``study.json``).
@@ -599,6 +742,7 @@ def study(
     Raises:
         SpectuneError: a bad config, a changed config on resume, or every run failed.
     """
+    from spectune._check import choice as check_choice
     from spectune.finetune.config import read_config_data
     from spectune.finetune.recipe import log_rows, tune
     from spectune.finetune.runfolder import RunFolder
@@ -607,12 +751,14 @@ def study(
     from spectune.report.html import write_comparison_report
 
     run_fn = run_fn or tune
+    check_choice("backend", backend, ("local", "ray"))
     source = str(config_path or "study config")
     raw = copy.deepcopy(data) if data is not None else read_config_data(config_path)
     base, spec = split_study_config(raw, source)
     base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     out = Path(out if out is not None else base_config.output_dir)
     plans = plan_configs(base, spec)  # checks the model and methods before the folder
+    executor = _executor(backend, address, run_fn, progress)  # an unreachable Ray: nothing done
     folder = RunFolder(out, "study").open(overwrite=overwrite, resume=resume)
     saved = out / STUDY_CONFIG
     if resume and saved.is_file():
@@ -639,67 +785,62 @@ def study(
     need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
     if need:
         split = _write_validation_split(base, spec, out / "lr_search" / "data")
+    search_jobs: list[Job] = []
     for _cname, method, _point, config in plans:
+        if method in {j.method for j in search_jobs} or len(spec.lr_grid[method]) == 1:
+            continue
+        search_data = apply_overrides(config.to_dict(), [
+            f"seed={spec.lr_seed}", "eval.latency_prompts=0", "eval.spectra=false",
+            *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
+            *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else [])])  # fmt: skip
+        for lr in spec.lr_grid[method]:
+            name = f"{method}-lr{lr:g}"
+            search_jobs.append(Job(name, method, apply_overrides(
+                search_data, [f"train.learning_rate={lr}"]), out / "lr_search" / name, True))  # fmt: skip
+    done_search = {j.name: r for j, r in zip(search_jobs, executor(search_jobs, "lr search"),
+                                              strict=True)}  # fmt: skip
+    for _cname, method, _point, _config in plans:
         if method in searches:
             continue
         rates = spec.lr_grid[method]
         if len(rates) == 1:
             searches[method] = LRSearch(method, rates, [None], rates[0])
             continue
-        search_data = apply_overrides(config.to_dict(), [
-            f"seed={spec.lr_seed}", "eval.latency_prompts=0", "eval.spectra=false",
-            *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
-            *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else [])])  # fmt: skip
 
-        def one(lr: float, method: str = method, search_data: dict = search_data) -> tuple:
-            name = f"{method}-lr{lr:g}"
-            say(f"[lr search] {name}")
-            cfg = TuneConfig.from_dict(apply_overrides(search_data, [f"train.learning_rate={lr}"]),
-                                       source=f"study lr search ({name})")  # fmt: skip
-            run_dir = out / "lr_search" / name
-            res = run_fn(cfg, out=run_dir, resume=run_dir.exists(), progress=progress)
-            after = res.metrics.after
-            return after.accuracy.accuracy, after.heldout_loss.loss
+        def one(lr: float, method: str = method) -> tuple[float, float]:
+            metrics, error = done_search[f"{method}-lr{lr:g}"]
+            if metrics is None:
+                raise RuntimeError(error)
+            return metrics.after.accuracy.accuracy, metrics.after.heldout_loss.loss
 
-        searches[method] = search_learning_rate(method, rates, one)
-        s = searches[method]
-        say(f"[lr search] {method}: chose {s.chosen}" if s.chosen else
+        searches[method] = s = search_learning_rate(method, rates, one)
+        say(f"[lr search] {method}: chose {s.chosen:g}" if s.chosen else
             f"[lr search] {method}: every rate failed")  # fmt: skip
     folder.update(lr_chosen={m: s.chosen for m, s in searches.items()})
 
     # 2. the real runs: method x grid point x seed at the chosen rate
-    outcomes: list[RunOutcome] = []
-    rows: list[dict[str, Any]] = []
-    logs: dict[str, list[dict]] = {}
     groups: dict[str, list[str]] = {}
-    runs_total = len(plans) * len(spec.seeds)
-    i = 0
+    jobs: list[Job] = []
+    settings: list[dict[str, Any]] = []
     for cname, method, point, config in plans:
         lr = searches[method].chosen
         for seed in spec.seeds:
-            i += 1
             name = f"{cname}-s{seed}"
             groups.setdefault(cname, []).append(name)
-            setting = {**point, "seed": seed, "learning_rate": lr}
-            run_dir = out / "runs" / name
-            say(f"[{i}/{runs_total}] {name} (lr {lr})")
-            if lr is None:
-                o = RunOutcome(
-                    name, method, setting, error="learning-rate search: every rate failed"
-                )
-            else:
-                try:
-                    cfg = TuneConfig.from_dict(apply_overrides(config.to_dict(), [
-                        f"seed={seed}", f"train.learning_rate={lr}"]), source=f"study ({name})")  # fmt: skip
-                    res = run_fn(cfg, out=run_dir, resume=resume and run_dir.exists(),
-                                 progress=progress)  # fmt: skip
-                    o = RunOutcome(name, method, setting, metrics=res.metrics)
-                    logs[name] = log_rows(run_dir)
-                except (SpectuneError, RuntimeError, ValueError, MemoryError) as exc:
-                    o = RunOutcome(name, method, setting, error=str(exc))
-                    say(f"spectune: run {name} failed: {exc}")
-            outcomes.append(o)
-            rows.append(study_row(o, run_dir))
+            settings.append({**point, "seed": seed, "learning_rate": lr})
+            data = None if lr is None else apply_overrides(
+                config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])  # fmt: skip
+            jobs.append(Job(name, method, data, out / "runs" / name, resume,
+                            None if lr is not None else "learning-rate search: every rate failed"))  # fmt: skip
+    outcomes: list[RunOutcome] = []
+    rows: list[dict[str, Any]] = []
+    logs: dict[str, list[dict]] = {}
+    for job, setting, (metrics, error) in zip(jobs, settings, executor(jobs, "run"), strict=True):
+        o = RunOutcome(job.name, job.method, setting, metrics=metrics, error=error)
+        if metrics is not None:
+            logs[job.name] = log_rows(job.out)
+        outcomes.append(o)
+        rows.append(study_row(o, job.out))
     failed = {o.name: o.error for o in outcomes if o.error is not None}
     folder.update(failed_runs=sorted(failed))
     varied = [k for k in spec.grid if len(spec.grid[k]) > 1]
@@ -752,6 +893,7 @@ def study(
 
 
 __all__ = [
+    "Job",
     "LRSearch",
     "MethodSummary",
     "StudyResult",
