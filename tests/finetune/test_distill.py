@@ -312,3 +312,46 @@ def test_context_distillation_moves_the_embedded_model_towards_its_teacher(tmp_p
                       "peak_rss": m.cost.peak_rss_bytes}))  # fmt: skip
     assert after["teacher_kl"] < 0.7 * before["teacher_kl"]
     assert after["teacher_agreement"] > before["teacher_agreement"] + 0.15
+
+
+# --------------------------------------------------------------------------- augment
+
+
+def test_augment_writes_a_deduplicated_dolly_file_that_tune_reads(tiny_model_dir, tmp_path,
+                                                                  capsys):  # fmt: skip
+    from spectune.cli.main import main
+    from spectune.finetune.data import load_instructions
+    from spectune.finetune.objectives.sft import load_instruction_data
+
+    out = tmp_path / "aug.jsonl"
+    argv = ["augment", "--model", str(tiny_model_dir), "--out", str(out), "-n", "6",
+            "--n-seeds", "16", "--max-new-tokens", "6", "--answer-tokens", "3",
+            "--context", "Be terse.", "--seed", "1", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    examples = load_instructions(out)
+    side = json.loads((tmp_path / "aug.jsonl.json").read_text())
+    assert 1 <= len(examples) == side["n_written"] <= 6
+    assert side["n_attempts"] >= side["n_written"] + side["n_duplicates"] + side["n_empty"] - 1
+    assert side["temperature"] == 0.8 and side["seed"] == 1 and side["context"] == "Be terse."
+    assert sum(side["categories"].values()) == len(examples)
+    keys = [ex.instruction.strip().lower() for ex in examples]
+    assert len(set(keys)) == len(keys)
+    # spectune tune reads it
+    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, data={"train": str(out)}))
+    assert len(load_instruction_data(config).train) == len(examples) - 1
+    # the same seed gives the same file
+    first = out.read_text()
+    assert main(argv) == 0 and out.read_text() == first
+
+
+def test_augment_refuses_a_teacher_with_another_vocabulary_before_writing(
+    tiny_model_dir, tmp_path, smol_tokenizer
+):
+    from spectune.cli.main import main
+
+    small = save_tiny_llama(tmp_path / "small", 1000)
+    smol_tokenizer.save_pretrained(small)
+    out = tmp_path / "aug.jsonl"
+    assert main(["augment", "--model", str(tiny_model_dir), "--teacher", str(small), "--out",
+                 str(out), "-n", "2", "--no-progress"]) == 2  # fmt: skip
+    assert not out.exists()

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "demo": "spectune.cli.demo",
     "tune": "spectune.cli.tune",
     "sweep": "spectune.cli.sweep",
+    "augment": "spectune.cli.augment",
     "study": "spectune.cli.study",
     "advise": "spectune.cli.advise",
     "report": "spectune.cli.report",

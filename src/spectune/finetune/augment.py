@@ -1,0 +1,254 @@
+"""Teacher-written training data: new instruction examples from seed examples.
+
+:func:`augment` has a teacher (``context``: the base model itself, a model folder sharing the
+student's tokenizer, or a spectune run folder, as in ``objective: distill``) write new
+examples:
+
+1. pick a seed category (seed examples without a category form one group) and ``shots`` seed
+   examples of it;
+2. *instruction*: the teacher is shown the seeds' instructions and asked for one new task of
+   the same kind; sampled (``temperature``, ``top_p``), first non-empty line kept;
+3. *response*: the teacher answers the new instruction greedily, after the seeds as solved
+   chat turns (and ``context`` as its system prompt), so answers follow the seeds' format;
+4. de-duplication: an instruction equal (normalized: case, spaces, quotes) to a seed or to an
+   earlier new one is dropped and counted, as are empty instructions or answers.
+
+The result is Dolly records (category = the seeds' category) that ``spectune tune`` reads
+(``data.train: <file>``), and an :class:`AugmentInfo` with every generation setting and
+count, which ``spectune augment`` writes beside the file (``<file>.json``). Sampling is seeded
+(``torch.manual_seed(seed)`` before each batch), so a seed gives the same file on one machine.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spectune.errors import SpectuneError
+from spectune.finetune.data import InstructionExample
+
+#: what the teacher is asked to write an instruction from
+INSTRUCTION_REQUEST = (
+    "Here are some example tasks:\n{examples}\n\nWrite one new task of the same kind, with "
+    "different details. Reply with the task only, on one line."
+)
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*])\s*")
+
+
+@dataclass
+class AugmentInfo:
+    """How a file of teacher-written examples was made (JSON-able)."""
+
+    teacher: str
+    seeds: str
+    n_seeds: int
+    n_requested: int
+    n_written: int = 0
+    n_attempts: int = 0
+    n_duplicates: int = 0
+    n_empty: int = 0
+    shots: int = 3
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    answer_tokens: int = 32
+    context: str | None = None
+    seed: int = 0
+    seconds: float = 0.0
+    categories: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _norm(text: str) -> str:
+    from spectune.finetune.tasks import normalize_answer
+
+    return normalize_answer(text)
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = _NUMBERING.sub("", line).strip().strip('"').strip()
+        if line:
+            return line
+    return ""
+
+
+def _sample(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
+            temperature: float, top_p: float, seed: int) -> list[str]:  # fmt: skip
+    """Sampled continuations of chat prompts (left padding, batched)."""
+    import torch
+
+    torch.manual_seed(seed)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    new = out[:, enc["input_ids"].shape[1] :]
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
+
+def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context",
+            model: str = "default", context: str | None = None, shots: int = 3,
+            temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 48,
+            answer_tokens: int = 32, batch_size: int = 8, seed: int = 0,
+            seeds_name: str = "", progress: bool = False
+            ) -> tuple[list[InstructionExample], AugmentInfo]:  # fmt: skip
+    """Have the teacher write ``n`` new examples from ``seeds`` (see the module docstring).
+
+    Args:
+        seeds: the seed examples (instructions and responses).
+        n: new examples wanted; fewer come back when the attempts (4 n) run out.
+        teacher: ``"context"``, a model folder or a spectune run folder.
+        model: the student's model (``"default"`` or a folder): the teacher must share its
+            tokenizer; it is also the ``context`` teacher.
+        context: the teacher's system prompt when it answers.
+        shots: seed examples shown per new example.
+        temperature, top_p: sampling of the new instructions.
+        max_new_tokens: longest new instruction; ``answer_tokens``: longest answer.
+        batch_size: prompts per generation batch.
+        seed: seeds the choice of shots and the sampling.
+        seeds_name: where the seeds came from (recorded).
+        progress: a progress bar.
+
+    Returns:
+        ``(examples, info)``.
+
+    Raises:
+        SpectuneError: bad settings, no seeds, a teacher that does not share the tokenizer.
+    """
+    from spectune import __version__
+    from spectune.finetune.evaluate import greedy_generate
+    from spectune.finetune.methods.base import load_tokenizer
+    from spectune.finetune.objectives.distill import (
+        DistillSection,
+        load_teacher,
+        resolve_teacher,
+        teacher_prompt,
+    )
+    from spectune.models import resolve_model_dir
+
+    if n < 1:
+        raise SpectuneError(f"n (new examples) must be >= 1, got {n}")
+    if not seeds:
+        raise SpectuneError("augment needs at least one seed example")
+    if shots < 1:
+        raise SpectuneError(f"shots must be >= 1, got {shots}")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise SpectuneError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, "
+                            f"{top_p}")  # fmt: skip
+    for name, value in (("max_new_tokens", max_new_tokens), ("answer_tokens", answer_tokens),
+                        ("batch_size", batch_size)):  # fmt: skip
+        if value < 1:
+            raise SpectuneError(f"{name} must be >= 1, got {value}")
+    student_dir = resolve_model_dir(model)
+    section = DistillSection(teacher=teacher, context=context)
+    source = resolve_teacher(section, student_dir)  # tokenizer checked before any weight
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(student_dir)
+    net = load_teacher(source, progress=progress)
+    groups: dict[str, list[InstructionExample]] = {}
+    for ex in seeds:
+        groups.setdefault(ex.category, []).append(ex)
+    names = sorted(groups)
+    rng = random.Random(f"spectune-augment:{seed}")
+    seen = {_norm(ex.instruction) for ex in seeds}
+    info = AugmentInfo(source.describe(), seeds_name, len(seeds), n, shots=shots,
+                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                       answer_tokens=answer_tokens, context=context, seed=seed,
+                       versions={"spectune": __version__})  # fmt: skip
+    out: list[InstructionExample] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="augment", leave=False)
+    batch_no = 0
+    while len(out) < n and info.n_attempts < 4 * n:
+        plans = []
+        for _ in range(min(batch_size, 4 * n - info.n_attempts)):
+            cat = rng.choice(names)
+            group = groups[cat]
+            plans.append((cat, rng.sample(group, min(shots, len(group)))))
+        requests = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": INSTRUCTION_REQUEST.format(
+                    examples="\n".join(f"{i + 1}. {ex.instruction}" for i, ex in enumerate(s)))}],
+                tokenize=False, add_generation_prompt=True)
+            for _, s in plans
+        ]  # fmt: skip
+        texts = _sample(net, tokenizer, requests, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, seed=seed * 100003 + batch_no)  # fmt: skip
+        batch_no += 1
+        info.n_attempts += len(plans)
+        fresh = []
+        for (cat, shots_used), text in zip(plans, texts, strict=True):
+            instruction = _first_line(text)
+            if not instruction:
+                info.n_empty += 1
+                continue
+            key = _norm(instruction)
+            if key in seen:
+                info.n_duplicates += 1
+                continue
+            seen.add(key)
+            fresh.append((cat, shots_used, instruction))
+        if not fresh:
+            continue
+        system = context
+        prompts = [teacher_prompt(tokenizer, InstructionExample(instr, ""), system=system,
+                                  shots=shots_used)
+                   for _, shots_used, instr in fresh]  # fmt: skip
+        answers = greedy_generate(net, tokenizer, prompts, max_new_tokens=answer_tokens,
+                                  batch_size=batch_size)  # fmt: skip
+        for (cat, _, instr), answer in zip(fresh, answers, strict=True):
+            if not answer.strip():
+                info.n_empty += 1
+                continue
+            if len(out) < n:
+                out.append(InstructionExample(instr, answer.strip(), category=cat))
+                info.categories[cat] = info.categories.get(cat, 0) + 1
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    info.n_written = len(out)
+    info.seconds = round(time.perf_counter() - start, 3)
+    if not out:
+        raise SpectuneError(
+            f"the teacher wrote no usable example in {info.n_attempts} attempts "
+            f"({info.n_duplicates} duplicates, {info.n_empty} empty); raise temperature or "
+            "give more varied seeds"
+        )
+    return out, info
+
+
+def write_augmented(path: str | Path, examples: list[InstructionExample],
+                    info: AugmentInfo) -> Path:  # fmt: skip
+    """Write the examples as Dolly JSON Lines and ``<path>.json`` with the settings (both
+    atomically). Returns the sidecar's path."""
+    import json
+
+    from spectune._io import write_json, write_text
+
+    path = Path(path)
+    write_text(path, "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n"
+                             for ex in examples))  # fmt: skip
+    sidecar = path.with_name(path.name + ".json")
+    write_json(sidecar, {"format": "dolly", "file": path.name, **info.to_dict()})
+    return sidecar
+
+
+__all__ = ["INSTRUCTION_REQUEST", "AugmentInfo", "augment", "write_augmented"]
