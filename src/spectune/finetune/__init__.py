@@ -10,6 +10,8 @@
 - :mod:`spectune.finetune.results`: :class:`RunMetrics`, the typed ``metrics.json``.
 - :mod:`spectune.finetune.sweep`: :func:`sweep` over a grid, and the comparison folder.
 - :mod:`spectune.finetune.demo`: :func:`demo`, the methods at matched budgets.
+- :mod:`spectune.finetune.study`: :func:`study`, methods at their own learning rates over
+  seeds, with intervals (:mod:`.stats`) and a recommendation (:mod:`.advice`).
 - :mod:`spectune.finetune.runfolder`: the results-folder rules (refuse, resume, overwrite).
 
 - :mod:`spectune.finetune.data`: Dolly JSONL / Alpaca JSON loading, chat-template prompts,
@@ -42,6 +44,10 @@ _LAZY: dict[str, str] = {
     "objectives": "spectune.finetune.objectives",
     "sweep": "spectune.finetune.sweep",
     "demo": "spectune.finetune.demo",
+    "study": "spectune.finetune.study",
+    "StudyResult": "spectune.finetune.study",
+    "advise": "spectune.finetune.advice",
+    "Constraints": "spectune.finetune.advice",
     # data
     "IGNORE_INDEX": "spectune.finetune.data",
     "InstructionCollator": "spectune.finetune.data",
