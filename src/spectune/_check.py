@@ -46,11 +46,14 @@ def choice(label: str, value: Any, choices: Iterable[str]) -> str:
     return str(value)
 
 
-def unknown_keys(where: str, keys: Iterable[str], known: Iterable[str], kind: str) -> None:
+def unknown_keys(
+    where: str, keys: Iterable[str], known: Iterable[str], kind: str, *, list_valid: bool = True
+) -> None:
     """Refuse keys not in ``known``, suggesting the closest known key for each typo.
 
     The message reads ``"<where>: unknown <kind> key(s) ['budgit'] (did you mean 'budget'?);
-    valid keys: [...]"``.
+    valid keys: [...]"``; with ``list_valid=False`` (a class with a hundred fields) the valid
+    keys are not listed.
     """
     known = sorted(known)
     unknown = sorted(set(keys) - set(known))
@@ -62,4 +65,6 @@ def unknown_keys(where: str, keys: Iterable[str], known: Iterable[str], kind: st
         if close:
             hints.append(f"{key!r} -> {close[0]!r}")
     hint = f" (did you mean: {', '.join(hints)}?)" if hints else ""
+    if not list_valid:
+        raise SpectuneError(f"{where}: unknown {kind} key(s) {unknown}{hint}")
     raise SpectuneError(f"{where}: unknown {kind} key(s) {unknown}{hint}; valid keys: {known}")

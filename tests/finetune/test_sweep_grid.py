@@ -7,7 +7,7 @@ import json
 import pytest
 
 from spectune.errors import SpectuneError
-from spectune.finetune.runfolder import MARKER, RunFolder
+from spectune.finetune.runfolder import LOCK, MARKER, RunFolder
 from spectune.finetune.sweep import expand_grid, parse_grid, run_name
 
 
@@ -89,12 +89,16 @@ def test_fresh_folder_then_refusals(tmp_path):
     (out / "metrics.json").write_text("{}")
     marker = json.loads((out / MARKER).read_text())
     assert marker["status"] == "running" and marker["files"] == [MARKER, "metrics.json"]
+    with pytest.raises(SpectuneError, match=r"is in use by a running spectune \(pid \d+\)"):
+        RunFolder(out).open()  # the live run holds the folder's lock
+    folder.close()
     with pytest.raises(SpectuneError, match="holds an interrupted run .* --resume"):
         RunFolder(out).open()
     folder.finish()
     with pytest.raises(SpectuneError, match="already holds a complete run; pass --overwrite"):
         RunFolder(out).open()
-    assert RunFolder(out).open(resume=True).complete
+    with RunFolder(out).open(resume=True) as again:
+        assert again.complete
     with pytest.raises(SpectuneError, match="exclude each other"):
         RunFolder(out).open(overwrite=True, resume=True)
     with pytest.raises(SpectuneError, match="holds a spectune tune run, not a sweep run"):
@@ -111,7 +115,7 @@ def test_overwrite_removes_only_what_the_run_wrote(tmp_path):
     (out / "my_notes.txt").write_text("mine")  # the user's file, never ours
     folder.finish()
     again = RunFolder(out).open(overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "my_notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "my_notes.txt", LOCK])
     assert (out / "my_notes.txt").read_text() == "mine"
     assert again.state["status"] == "running"
 

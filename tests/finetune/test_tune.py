@@ -65,10 +65,14 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
     result = _run(tiny_model_dir, out)
     m = result.metrics
     names = {p.name for p in out.iterdir()}
-    assert {"config.yaml", "run.json", "before.json", "train_log.csv", "checkpoints", "adapter",
+    assert {"config.yaml", "run.json", "before.json", "train_log.csv", "adapter",
             "metrics.json", "predictions.jsonl", "spectra", "plots", "report.html"} <= names  # fmt: skip
     marker = json.loads((out / "run.json").read_text())
-    assert marker["status"] == "complete" and set(marker["files"]) == names
+    assert marker["status"] == "complete" and set(marker["files"]) == names - {".spectune.lock"}
+    assert "checkpoints" not in names  # removed once the adapter is written
+    assert marker["tree"]["adapter"] == sorted(
+        p.relative_to(out / "adapter").as_posix() for p in (out / "adapter").rglob("*") if p.is_file()
+    )
     assert json.loads((out / "metrics.json").read_text())["cost"]["trainable"] == m.cost.trainable
     assert (out / "config.yaml").read_text().startswith("# spectune tune --out")
 

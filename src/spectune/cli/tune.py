@@ -31,17 +31,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--merge", action="store_true", help="also write merged/: the tuned model, adapter merged"
     )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep checkpoints/ after the run is complete (train.keep_checkpoints; removed "
+        "otherwise, once the adapter is written)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from spectune._io import check_writable_dir
     from spectune.cli._common import split_config_and_overrides
+    from spectune.errors import SpectuneError
     from spectune.finetune.config import load_config
     from spectune.finetune.recipe import tune
 
     config_path, overrides = split_config_and_overrides(args)
+    if args.out:
+        check_writable_dir(args.out, "--out")  # before any work, not after training
+    if args.keep_checkpoints:
+        overrides.append("train.keep_checkpoints=true")
     saved = False
     if (
         config_path is None
@@ -50,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         and (Path(args.out) / "config.yaml").is_file()
     ):
         config_path, saved = str(Path(args.out) / "config.yaml"), True
+    elif config_path is None and args.resume:
+        where = args.out or "the default output folder"
+        raise SpectuneError(
+            f"--resume: {where} holds no run to resume (no config.yaml); give --out the folder "
+            "of an interrupted run, or start a run with a config file"
+        )
     # a config saved by an older version holds every section: keep the run's own
     config = load_config(config_path, overrides, foreign_sections="drop" if saved else "error")
     result = tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,

@@ -56,7 +56,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "bf16": False,
     "dataloader_num_workers": 0,
+    "keep_checkpoints": False,
 }
+
+#: ``train`` keys that are spectune's own, not TrainingArguments fields:
+#: keep_checkpoints keeps ``checkpoints/`` after a complete run (it is removed otherwise)
+SPECTUNE_TRAIN_KEYS = ("keep_checkpoints",)
 
 #: TrainingArguments keys spectune sets itself (refused in ``train``).
 RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_from_checkpoint")
@@ -397,6 +402,10 @@ class TuneConfig:
         lr = check.number("train.learning_rate", args["learning_rate"])
         if lr <= 0:
             raise SpectuneError(f"train.learning_rate must be > 0, got {lr!r}")
+        if not isinstance(args["keep_checkpoints"], bool):
+            raise SpectuneError(
+                f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
+            )
         method.check(self)
         objective.check(self)
 
@@ -435,6 +444,12 @@ class TuneConfig:
     def training_arguments(self) -> dict[str, Any]:
         """TRAIN_DEFAULTS updated with ``train`` (without the keys spectune adds)."""
         return {**TRAIN_DEFAULTS, **self.train}
+
+    def trainer_arguments(self) -> dict[str, Any]:
+        """:meth:`training_arguments` without spectune's own keys: what goes to
+        ``transformers.TrainingArguments``."""
+        args = self.training_arguments()
+        return {k: v for k, v in args.items() if k not in SPECTUNE_TRAIN_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (every default written out); sections are
@@ -635,6 +650,7 @@ def load_config(
 __all__ = [
     "FIELDS",
     "LEGACY_LORA_KEYS",
+    "SPECTUNE_TRAIN_KEYS",
     "TRAIN_DEFAULTS",
     "DataConfig",
     "EvalConfig",

@@ -152,6 +152,51 @@ def check_targets(config: TuneConfig, model_dir: Path) -> None:
     match_modules(meta_model(model_dir), config.target_modules, config.exclude_modules)
 
 
+def check_model(model_dir: Path) -> None:
+    """Fail early, before the results folder exists, on a model folder a run cannot use: not a
+    causal LM, no usable tokenizer, no chat template, a tokenizer larger than the model's
+    vocabulary, truncated or corrupt safetensors weights (headers and sizes only)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from spectune.finetune.methods.base import load_tokenizer
+    from spectune.models import safetensors_problem
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SpectuneError(
+            f"model folder {model_dir}: its config.json cannot be read ({exc})"
+        ) from None
+    if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise SpectuneError(
+            f"model folder {model_dir} holds a {cfg.model_type!r} model, which is not a causal "
+            "language model; spectune tunes causal LMs (AutoModelForCausalLM)"
+        )
+    try:
+        tokenizer = load_tokenizer(model_dir)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise SpectuneError(
+            f"model folder {model_dir} has no usable tokenizer ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); copy the model's tokenizer files into it"
+        ) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise SpectuneError(
+            f"model folder {model_dir}: its tokenizer has no chat template; spectune builds "
+            "prompts with the model's chat template (tokenizer_config.json 'chat_template')"
+        )
+    vocab = getattr(cfg.get_text_config(), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise SpectuneError(
+            f"model folder {model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocabulary has {vocab}; they do not belong together"
+        )
+    for path in sorted(model_dir.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise SpectuneError(f"model folder {model_dir}: {problem}")
+
+
 def load_run_data(config: TuneConfig) -> RunData:
     """The run's data, as its objective reads it."""
     from spectune.finetune.objectives import get_objective
@@ -196,12 +241,24 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
     folder = RunFolder(out, "tune")
     # what can be checked without loading weights is checked before the folder is touched
     model_dir = resolve_model_dir(config.model)
+    check_model(model_dir)
     check_targets(config, model_dir)
+    training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
     data = objective.load_data(config)
+    if config.eval.before:
+        from spectune.models import check_cache_writable
+
+        check_cache_writable(_judge_cache_dir())
     folder.open(overwrite=overwrite, resume=resume)
-    if resume and (out / CONFIG).is_file():
-        _check_resume_config(folder, config)
+    try:
+        if resume and (out / CONFIG).is_file():
+            _check_resume_config(folder, config)
+    except BaseException:
+        folder.close()
+        raise
+    if resume:
+        folder.resumed()
     run = Run(config, out, folder, get_method(config.method), objective, model_dir, data,
               progress=progress, resume=resume)  # fmt: skip
     if folder.complete:
@@ -345,9 +402,9 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
 
     from spectune import _check as check
 
-    args = config.training_arguments()
+    args = config.trainer_arguments()
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    check.unknown_keys("train", args, known, "TrainingArguments")
+    check.unknown_keys("train", args, known, "TrainingArguments", list_valid=False)
     for flag in ("gradient_checkpointing", "activation_checkpointing"):
         if args.get(flag) and f"{flag}_kwargs" not in args:
             args[f"{flag}_kwargs"] = {"use_reentrant": False}  # needed with frozen base weights
@@ -364,10 +421,11 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
 def callbacks(run: Run) -> list[Any]:
     """The run's Trainer callbacks: loss log, first-step gradient check, the method's and the
     objective's."""
-    from spectune.finetune.trainer import GradientCheck, LossLog
+    from spectune.finetune.trainer import FiniteLoss, GradientCheck, LossLog, RecordFiles
 
-    return [LossLog(run.out / "train_log.csv"), GradientCheck(),
-            *run.method.callbacks(run.config), *run.objective.callbacks(run.config)]  # fmt: skip
+    return [LossLog(run.out / "train_log.csv"), GradientCheck(), FiniteLoss(),
+            RecordFiles(run.folder.record), *run.method.callbacks(run.config),
+            *run.objective.callbacks(run.config)]  # fmt: skip
 
 
 def train(run: Run) -> None:
@@ -582,6 +640,8 @@ def report(run: Run, *, merge: bool = False) -> RunMetrics:
     metrics.save(run.out)
     run.folder.own("report.html")
     write_run_report(run.out)
+    if not run.config.training_arguments()["keep_checkpoints"]:
+        run.folder.disown("checkpoints")  # the adapter is written: resuming needs them no more
     run.folder.finish()
     run.metrics = metrics
     return metrics
@@ -618,16 +678,21 @@ def tune(
             gets no gradient.
     """
     run = setup(config, out=out, overwrite=overwrite, resume=resume, progress=progress)
-    if run.folder.complete:
-        _say(f"{run.out} holds a complete run; nothing to do", progress)
-        return TuneResult(run.out, RunMetrics.load(run.out))
-    judge_base(run)
-    build(run)
-    train(run)
-    save(run)
-    judge_tuned(run)
-    analyze(run)
-    return TuneResult(run.out, report(run, merge=merge))
+    with run.folder:  # the folder's lock is released however the run ends
+        if run.folder.complete:
+            _say(f"{run.out} holds a complete run; nothing to do", progress)
+            return TuneResult(run.out, RunMetrics.load(run.out))
+        try:
+            judge_base(run)
+            build(run)
+            train(run)
+            save(run)
+            judge_tuned(run)
+            analyze(run)
+            return TuneResult(run.out, report(run, merge=merge))
+        except Exception as exc:  # an interruption (KeyboardInterrupt) stays "running"
+            run.folder.fail(f"{type(exc).__name__}: {exc}")
+            raise
 
 
 __all__ = [

@@ -1,19 +1,31 @@
 """The results folder of a run: who owns it, whether it is done, what may be replaced.
 
 A folder holds a spectune run when it has ``run.json``: the marker, with the run's status
-(``running`` until the last file is written, then ``complete``) and the list of every
-top-level file or folder the run wrote. That list is what ``--overwrite`` removes: files
-that spectune did not write are never deleted. A folder that holds other files but no
-marker is refused (pick another ``--out``).
+(``running`` until the last file is written, then ``complete``; ``failed`` with the reason
+when the run stopped on an error) and what the run wrote: every top-level file or folder
+(``files``) and, inside those folders, every file it wrote (``tree``, refreshed whenever the
+marker is saved and at each Trainer checkpoint). That record is what ``--overwrite`` removes:
+files that spectune did not write are never deleted, not even inside the run's own
+sub-folders (a file of yours in ``adapter/`` makes ``--overwrite`` refuse, naming it, rather
+than delete it). A folder that holds other files but no marker is refused (pick another
+``--out``).
 
-=====================  ================  =============================================
+=====================  ================  ======================  =====================
 folder holds           no flag           ``resume=True``          ``overwrite=True``
 =====================  ================  ======================  =====================
 nothing / no folder    start             start                   start
 a complete run         refuse            nothing to do (done)    remove its files, start
-an interrupted run     refuse            continue it             remove its files, start
+an interrupted or      refuse            continue it             remove its files, start
+failed run
 other files only       refuse            refuse                  refuse
+a run in use           refuse            refuse                  refuse
 =====================  ================  ======================  =====================
+
+**One process at a time.** While a run is open its folder is locked (``fcntl.flock`` on
+``.spectune.lock`` in the folder): a second ``tune`` / ``--resume`` / ``--overwrite`` on the
+same folder is refused with the other process's id, so it can neither write into the live
+run nor delete its files. The operating system drops the lock when the process ends, however
+it ends, so a crashed run never leaves the folder stuck.
 
 Every file is written atomically (``spectune._io``), so an interruption leaves each file
 either whole or absent; resuming keeps what was written before.
@@ -22,6 +34,7 @@ either whole or absent; resuming keeps what was written before.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,10 +44,30 @@ from spectune.errors import SpectuneError
 
 MARKER = "run.json"
 CONFIG = "config.yaml"
+LOCK = ".spectune.lock"
+
+#: names of temporary files and folders that spectune and the Trainer write before renaming
+_TEMPORARY = (".tmp", ".old")
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _temporary(rel: str) -> bool:
+    """A half-written leftover of ours: an atomic write's temporary or a Trainer tmp dir."""
+    return any(part.startswith(".") and part.endswith(_TEMPORARY) or part.startswith("tmp-checkpoint-")
+               for part in rel.split("/"))  # fmt: skip
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Every file (and symlink) under ``folder``, as paths relative to it."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        out += [(base / f).relative_to(folder).as_posix() for f in files]
+        out += [(base / d).relative_to(folder).as_posix() for d in dirs if (base / d).is_symlink()]
+    return sorted(out)
 
 
 class RunFolder:
@@ -49,6 +82,7 @@ class RunFolder:
         self.path = Path(path)
         self.kind = kind
         self.state: dict[str, Any] = {}
+        self._lock_fd: int | None = None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -73,28 +107,78 @@ class RunFolder:
     def complete(self) -> bool:
         return self.state.get("status") == "complete"
 
+    # -- the lock ---------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        """Take the folder's lock or refuse, naming the process that holds it."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SpectuneError(
+                f"output folder {self.path} is in use by a running spectune ({holder}); wait "
+                "for it to finish or stop it, or pick another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the folder's lock (the run ends; also dropped when the process ends)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # -- opening ----------------------------------------------------------------------------
 
     def open(self, *, overwrite: bool = False, resume: bool = False) -> RunFolder:
-        """Check the folder against the rules and take it (writes the marker).
+        """Check the folder against the rules, lock it and take it (writes the marker).
 
         Raises:
             SpectuneError: the folder holds a run and neither flag is given, holds files that
-                are not a spectune run, holds a run of another kind, or both flags are given.
+                are not a spectune run, holds a run of another kind, is in use by another
+                process, or both flags are given.
         """
         if overwrite and resume:
             raise SpectuneError("--overwrite and --resume exclude each other; pick one")
         if self.path.exists() and not self.path.is_dir():
             raise SpectuneError(f"output folder {self.path} is a file; pick another --out")
-        marker = self.read_marker()
+        if self.read_marker() is None:
+            self._refuse_foreign()
+        self._lock()
+        try:
+            return self._open_locked(overwrite=overwrite, resume=resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _refuse_foreign(self) -> None:
+        others = (sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
+                  if self.path.is_dir() else [])  # fmt: skip
+        if others:
+            raise SpectuneError(
+                f"output folder {self.path} is not empty and holds no spectune run "
+                f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); spectune "
+                "never deletes files it did not write: pick another --out"
+            )
+
+    def _open_locked(self, *, overwrite: bool, resume: bool) -> RunFolder:
+        marker = self.read_marker()  # again, under the lock
         if marker is None:
-            others = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
-            if others:
-                raise SpectuneError(
-                    f"output folder {self.path} is not empty and holds no spectune run "
-                    f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); spectune "
-                    "never deletes files it did not write: pick another --out"
-                )
+            self._refuse_foreign()
             return self._start()
         if marker.get("kind", "tune") != self.kind:
             raise SpectuneError(
@@ -107,34 +191,56 @@ class RunFolder:
             return self._start()
         if resume:
             self.state = marker
-            self.state.setdefault("resumed", []).append(_now())
-            if status != "complete":
-                self._save_marker()
             return self
         if status == "complete":
             raise SpectuneError(
                 f"output folder {self.path} already holds a complete run; pass --overwrite to "
                 "replace it or pick another --out"
             )
+        why = f" ({marker['error']})" if status == "failed" and marker.get("error") else ""
         raise SpectuneError(
-            f"output folder {self.path} holds an interrupted run (status {status!r}); pass "
+            f"output folder {self.path} holds an interrupted run (status {status!r}{why}); pass "
             "--resume to continue it, --overwrite to start again, or pick another --out"
         )
+
+    def resumed(self) -> None:
+        """Record that the run continues (after its config was checked against the saved
+        one, so a refused resume leaves the marker as it was)."""
+        if not self.complete:
+            self.state.setdefault("resumed", []).append(_now())
+            self.state["status"] = "running"
+            self.state.pop("error", None)
+            self._save_marker()
 
     def _start(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.state = {"spectune_run": 1, "kind": self.kind, "status": "running",
-                      "started": _now(), "files": [MARKER]}  # fmt: skip
+                      "started": _now(), "files": [MARKER], "tree": {}}  # fmt: skip
         self._save_marker()
         return self
 
     def _remove_owned(self, marker: dict[str, Any]) -> None:
-        for name in marker.get("files", []):
-            if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
-                continue  # only plain top-level names this run recorded
+        """Remove what the run wrote; refuse, before removing anything, when its folders hold
+        files it did not write."""
+        names = [n for n in marker.get("files", [])
+                 if isinstance(n, str) and "/" not in n and n not in ("", ".", "..", MARKER,
+                                                                      LOCK)]  # fmt: skip
+        tree = marker.get("tree") if isinstance(marker.get("tree"), dict) else {}
+        foreign = []
+        for name in names:
             target = self.path / name
-            if name == MARKER:
-                continue
+            if target.is_dir() and not target.is_symlink():
+                ours = set(tree.get(name) or [])
+                foreign += [f"{name}/{rel}" for rel in _files_under(target)
+                            if rel not in ours and not _temporary(rel)]  # fmt: skip
+        if foreign:
+            raise SpectuneError(
+                f"--overwrite: {self.path} holds files the run did not write "
+                f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); spectune "
+                "never deletes them: move them out of the run folder, then --overwrite"
+            )
+        for name in names:
+            target = self.path / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
@@ -144,7 +250,18 @@ class RunFolder:
     # -- writing ----------------------------------------------------------------------------
 
     def _save_marker(self) -> None:
+        tree = {}
+        for name in self.state.get("files", []):
+            target = self.path / name
+            if name != MARKER and target.is_dir() and not target.is_symlink():
+                tree[name] = _files_under(target)
+        self.state["tree"] = tree
         write_json(self.path / MARKER, self.state)
+
+    def record(self) -> None:
+        """Save the marker now, recording every file written so far (e.g. a checkpoint)."""
+        if self.state:
+            self._save_marker()
 
     def own(self, *names: str) -> list[Path]:
         """Record top-level files/folders as written by this run (before writing them), so
@@ -152,7 +269,7 @@ class RunFolder:
         added = [n for n in names if n not in self.state["files"]]
         if added:
             self.state["files"].extend(added)
-            self._save_marker()
+        self._save_marker()
         return [self.path / n for n in names]
 
     def update(self, **fields: Any) -> None:
@@ -160,11 +277,30 @@ class RunFolder:
         self.state.update(fields)
         self._save_marker()
 
+    def disown(self, name: str) -> None:
+        """Remove a top-level folder the run wrote and no longer needs (its checkpoints once
+        the run is complete)."""
+        target = self.path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        if name in self.state.get("files", []):
+            self.state["files"].remove(name)
+        self._save_marker()
+
+    def fail(self, error: str) -> None:
+        """Mark the run failed with the reason (a rerun says why; ``--resume`` continues)."""
+        if self.state and not self.complete:
+            self.state["status"] = "failed"
+            self.state["error"] = error[:500]
+            self._save_marker()
+        self.close()
+
     def finish(self) -> None:
-        """Mark the run complete (the last write of a run)."""
+        """Mark the run complete (the last write of a run) and release the lock."""
         self.state["status"] = "complete"
         self.state["finished"] = _now()
         self._save_marker()
+        self.close()
 
 
-__all__ = ["CONFIG", "MARKER", "RunFolder"]
+__all__ = ["CONFIG", "LOCK", "MARKER", "RunFolder"]

@@ -862,6 +862,8 @@ def study(
 
     summaries, diffs, effects, corrs, advice, notes = analyze_study(out, rows, groups, varied)
     figs, skipped = study_figures(summaries, list(searches.values()), rows, varied)
+    skipped += [f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
+                "needs several" for k, v in spec.grid.items() if len(v) == 1]  # fmt: skip
     half = [s["accuracy_gain"]["half_width"] for s in summaries if s["accuracy_gain"]]
     notes = [f"held-out questions per run: {base_config.data.n_eval}; interval half-width of "
              f"a method's accuracy gain over its seeds: {100 * min(half):.1f} to "

@@ -240,11 +240,19 @@ def run_comparison(
     Returns:
         One :class:`RunOutcome` per run, in order.
     """
+    out = Path(out)
+    folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
+    with folder:  # the folder's lock is released however the sweep ends
+        return _run_all(runs, out, folder, kind=kind, title=title, meta=meta, resume=resume,
+                        progress=progress, prelude=prelude)  # fmt: skip
+
+
+def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, folder: RunFolder,
+             *, kind: str, title: str, meta: dict[str, Any] | None, resume: bool,
+             progress: bool, prelude: Any) -> list[RunOutcome]:  # fmt: skip
     from spectune.finetune.recipe import log_rows, tune
     from spectune.report.html import write_comparison_report
 
-    out = Path(out)
-    folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
     folder.own("runs", "results.csv", "results.md", "comparison.json", "plots", "report.html")
     start = time.perf_counter()
     if prelude is not None and not folder.state.get("prelude_done"):
@@ -274,7 +282,10 @@ def run_comparison(
     write_comparison_report(out)
     failed = [o.name for o in outcomes if o.error is not None]
     folder.update(total_seconds=total, failed_runs=failed)
-    folder.finish()
+    if failed:  # not "complete": --resume runs the failed ones again
+        folder.fail(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
+    else:
+        folder.finish()
     return outcomes
 
 

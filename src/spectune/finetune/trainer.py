@@ -10,6 +10,8 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
   training time across resumes.
 - :class:`GradientCheck`: stops at the first optimizer step if no trainable parameter got a
   gradient (a 4-bit model whose weights bitsandbytes repacked for CPU inference).
+- :class:`FiniteLoss`: stops a run whose loss became NaN or infinite, saying what to change.
+- :class:`RecordFiles`: records the checkpoint files in the run folder's marker.
 - :class:`CountingCollator`: wraps the objective's collator and counts the real tokens it
   batches (tokens/s).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,32 @@ class GradientCheck(TrainerCallback):
             )
 
 
+class FiniteLoss(TrainerCallback):
+    """Stop a run whose training loss is NaN or infinite, saying what to change (the files
+    written so far stay; the run is marked failed)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise SpectuneError(
+                f"the training loss is {loss} at step {state.global_step}: training diverged; "
+                f"lower train.learning_rate (now {args.learning_rate:g}), add warmup "
+                "(train.warmup_steps) or clip gradients (train.max_grad_norm), then start again "
+                "with --overwrite"
+            )
+
+
+class RecordFiles(TrainerCallback):
+    """Records the run folder's files in its marker at every checkpoint, so that
+    ``--overwrite`` of an interrupted run knows the checkpoints are the run's own."""
+
+    def __init__(self, record: Any) -> None:
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        self.record()
+
+
 class CountingCollator:
     """The objective's collator, counting the real tokens it batches (for tokens/s)."""
 
@@ -143,4 +172,12 @@ class CountingCollator:
         return batch
 
 
-__all__ = ["LOG_COLUMNS", "CountingCollator", "GradientCheck", "LossLog", "SpectuneTrainer"]
+__all__ = [
+    "LOG_COLUMNS",
+    "CountingCollator",
+    "FiniteLoss",
+    "GradientCheck",
+    "LossLog",
+    "RecordFiles",
+    "SpectuneTrainer",
+]

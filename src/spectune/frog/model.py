@@ -180,6 +180,15 @@ def match_modules(
     if not matched:
         available = _pattern_of(linear)
         shown = ", ".join(available[:25]) + (" ..." if len(available) > 25 else "")
+        if isinstance(target_modules, str) and target_modules != ALL_LINEAR:
+            suffixes = [n for n in linear if n.split(".")[-1] == target_modules]
+            if suffixes:  # a bare module name: peft reads a single string as a full-name regex
+                raise SpectuneError(
+                    f"{label}={target_modules!r} is read as a regular expression that must "
+                    f"match a whole module name (as in peft), and matches none; for every module "
+                    f"called {target_modules} pass a list: {label}=[{target_modules}] "
+                    f"({len(suffixes)} modules)"
+                )
         raise SpectuneError(
             f"{label}={target_modules!r}"
             + (f" (exclude_modules={exclude_modules!r})" if exclude_modules else "")

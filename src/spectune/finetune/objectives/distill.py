@@ -49,6 +49,10 @@ Options:
 * ``responses: reference`` trains on the data's responses (token-level distillation);
   ``responses: teacher`` replaces them with the teacher's own greedy answers, made once before
   training (sequence-level distillation, Kim & Rush 2016).
+* ``on_policy`` f > 0: at a seeded fraction f of the training steps the student answers the
+  batch's prompts itself (greedy, up to ``max_new_tokens``) and the loss is taken on its own
+  tokens, the teacher scoring them after its own prompt (on-policy distillation, GKD's
+  lambda). The ``sft_weight`` term is then the NLL of the student's own tokens.
 * ``rationale_weight`` > 0 (distilling step by step, Hsieh et al. 2023): every training
   example also becomes a rationale task. Prompts carry a task prefix (``[answer]`` /
   ``[rationale]``); the rationale task is the NLL of a rationale written by the task-set
@@ -140,13 +144,21 @@ class DistillSection:
         },
     )
     max_new_tokens: int = field(
-        default=32, metadata={"help": "responses=teacher: longest teacher answer generated."}
+        default=32,
+        metadata={"help": "longest answer generated (responses=teacher, on_policy)."},
     )
     rationale_weight: float = field(
         default=0.0,
         metadata={
             "help": "> 0: also train a [rationale] task (task-set rationales) with this "
             "weight; prompts get [answer] / [rationale] prefixes."
+        },
+    )
+    on_policy: float = field(
+        default=0.0,
+        metadata={
+            "help": "fraction of training steps (seeded) whose responses the student generates "
+            "itself (greedy, up to max_new_tokens) for the teacher to score: on-policy."
         },
     )
     spectra_vs_teacher: bool = field(
@@ -182,6 +194,9 @@ class DistillSection:
                                             minimum=1)  # fmt: skip
         self.rationale_weight = check.number("distill.rationale_weight", self.rationale_weight,
                                              nonnegative=True)  # fmt: skip
+        self.on_policy = check.number("distill.on_policy", self.on_policy)
+        if not 0 <= self.on_policy <= 1:
+            raise SpectuneError(f"distill.on_policy must be in [0, 1], got {self.on_policy!r}")
         if not isinstance(self.spectra_vs_teacher, bool):
             raise SpectuneError(f"distill.spectra_vs_teacher must be true or false, got "
                                 f"{self.spectra_vs_teacher!r}")  # fmt: skip
@@ -272,6 +287,8 @@ class DistillState:
     shots: list[Any]
     train: list[Any]
     rationales: list[str] | None = None
+    pad_id: int = 0
+    eot: int | None = None
     teacher_responses: list[str] | None = None
     heldout_teacher_answers: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -473,7 +490,8 @@ def distill_features(examples: list[InstructionExample], tokenizer: Any, *, max_
             continue
         n_label += n
         features.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids),
-                         "teacher_input_ids": t_ids, "teacher_labels": t_labels, "task": 0})  # fmt: skip
+                         "teacher_input_ids": t_ids, "teacher_labels": t_labels, "task": 0,
+                         "prompt_len": n_prompt, "teacher_prompt_len": len(t_prompt)})  # fmt: skip
         if rationales is not None and rationales[i]:
             rex = InstructionExample(RATIONALE_PREFIX + _strip_prefix(ex.instruction),
                                      rationales[i], ex.context, ex.category)  # fmt: skip
@@ -508,6 +526,7 @@ class DistillCollator:
 
         batch = self.student(features)
         batch["task"] = torch.tensor([f.get("task", 0) for f in features], dtype=torch.long)
+        batch["prompt_len"] = torch.tensor([f.get("prompt_len", 0) for f in features])
         rows = [{"input_ids": f["teacher_input_ids"], "labels": f["teacher_labels"]}
                 for f in features if f.get("task", 0) == 0]  # fmt: skip
         if rows:
@@ -515,6 +534,9 @@ class DistillCollator:
             batch["teacher_input_ids"] = t["input_ids"]
             batch["teacher_attention_mask"] = t["attention_mask"]
             batch["teacher_labels"] = t["labels"]
+            batch["teacher_prompt_len"] = torch.tensor(
+                [f.get("teacher_prompt_len", 0) for f in features if f.get("task", 0) == 0]
+            )
         return batch
 
 
@@ -577,6 +599,43 @@ def distill_batch_loss(student: Any, teacher: Any, inputs: dict[str, torch.Tenso
     return loss, int(keep.sum())
 
 
+def on_policy_inputs(student: Any, inputs: dict[str, torch.Tensor], *, pad_id: int,
+                     eot: int | None, max_new_tokens: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The batch with each answer row's response replaced by the student's own greedy answer
+    (on-policy distillation, Agarwal et al. 2024): the student's and the teacher's prompts are
+    kept, the generated tokens and the end-of-turn token are labelled; rationale rows stay."""
+    from spectune.finetune.data import IGNORE_INDEX
+    from spectune.finetune.evaluate import _eval_mode, _greedy_batch
+
+    ids, mask, labels, task = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                               inputs["task"])  # fmt: skip
+    answer_rows = [r for r in range(ids.shape[0]) if int(task[r]) == 0]
+    s_prompts = [ids[r, : int(inputs["prompt_len"][r])].tolist() for r in answer_rows]
+    t_prompts = [inputs["teacher_input_ids"][j, : int(inputs["teacher_prompt_len"][j])].tolist()
+                 for j in range(len(answer_rows))]  # fmt: skip
+    with _eval_mode(student):
+        generated = _greedy_batch(student, s_prompts, max_new_tokens=max_new_tokens,
+                                  pad_id=pad_id, stop_ids=set() if eot is None else {eot})  # fmt: skip
+    features, j = [], 0
+    for r in range(ids.shape[0]):
+        if int(task[r]) != 0:
+            keep = mask[r] == 1
+            features.append({"input_ids": ids[r][keep].tolist(), "labels": labels[r][keep].tolist(),
+                             "task": 1})  # fmt: skip
+            continue
+        answer = generated[j] + ([] if eot is None else [eot])
+        if not answer:
+            answer = [pad_id]
+        sp, tp = s_prompts[j], t_prompts[j]
+        features.append({"input_ids": sp + answer, "labels": [IGNORE_INDEX] * len(sp) + answer,
+                         "teacher_input_ids": tp + answer,
+                         "teacher_labels": [IGNORE_INDEX] * len(tp) + answer, "task": 0,
+                         "prompt_len": len(sp), "teacher_prompt_len": len(tp)})  # fmt: skip
+        j += 1
+    batch = DistillCollator(pad_id)(features)
+    return {k: v.to(ids.device) for k, v in batch.items()}
+
+
 # --------------------------------------------------------------------------- judging
 
 
@@ -617,16 +676,17 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _spectra_vs_teacher(teacher: Any, student: Any, progress: bool) -> dict[str, Any]:
-    """Student vs teacher layer by layer (:func:`spectune.spectral.compare.compare`), on the
-    student's merged weights (a copy when the method keeps an adapter)."""
+    """Student vs teacher layer by layer (:func:`spectune.spectral.compare.compare`), on
+    merged weights (copies, for a model that keeps a peft adapter)."""
     import copy
 
     from spectune.spectral.compare import compare, compare_summary
 
-    model = student
-    if hasattr(model, "merge_and_unload"):
-        model = copy.deepcopy(model).merge_and_unload()
-    table = compare(teacher, model, progress=progress, precision="float32")
+    def plain(model: Any) -> Any:  # a peft model's weights with the adapter merged in
+        return copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") \
+            else model  # fmt: skip
+
+    table = compare(plain(teacher), plain(student), progress=progress, precision="float32")
     summary = compare_summary(table)
     ok = table[table["match"] == "matched"]
     summary["layers"] = [
@@ -698,7 +758,8 @@ class Distill(Objective):
             shots = rng.sample(train, min(sec.shots, len(train)))
         system = _teacher_system(sec, ctx.config.data.system, source.kind)
         rationales = ctx.data.extra.get("rationales")
-        state = DistillState(source, sec, teacher, system, shots, train, rationales)
+        state = DistillState(source, sec, teacher, system, shots, train, rationales,
+                             pad_id=_pad_id(ctx.tokenizer), eot=ctx.tokenizer.eos_token_id)  # fmt: skip
         state.info = {"teacher": source.describe(), "teacher_system": system,
                       "shots": len(shots), "beta": sec.effective_beta}  # fmt: skip
         if sec.responses == "teacher":
@@ -740,6 +801,12 @@ class Distill(Objective):
                                       num_items_in_batch=num_items_in_batch)  # fmt: skip
         state: DistillState = trainer.objective_state
         sec = state.section
+        if sec.on_policy > 0:
+            draw = random.Random(f"spectune-distill-on-policy:{trainer.args.seed}:"
+                                 f"{trainer.state.global_step}").random()  # fmt: skip
+            if draw < sec.on_policy:
+                inputs = on_policy_inputs(model, inputs, pad_id=state.pad_id, eot=state.eot,
+                                          max_new_tokens=sec.max_new_tokens)  # fmt: skip
         loss, n = distill_batch_loss(model, state.teacher, inputs, beta=sec.effective_beta,
                                      temperature=sec.temperature, sft_weight=sec.sft_weight,
                                      rationale_weight=sec.rationale_weight)  # fmt: skip
@@ -799,6 +866,7 @@ __all__ = [
     "distill_features",
     "generalized_jsd",
     "load_teacher",
+    "on_policy_inputs",
     "resolve_teacher",
     "teacher_agreement",
     "teacher_prompt",

@@ -10,7 +10,8 @@ adds the exact answer (all graded by the checker). A ``.jsonl`` file gives one l
 ``{"prompt": ..., "responses": [...], "scores": [...]}`` (:func:`load_lists`): lists with
 fewer than two responses or all-equal scores are skipped and counted (an error if none
 remain), a score that is not a number is an error naming the file and line, and a list longer
-than ``lipo.list_size`` is cut to a seeded sample of ``list_size`` responses.
+than ``lipo.list_size`` is cut to ``list_size`` responses (:func:`cut_list`; held-out lists
+to ``lipo.eval_list_size``, 4 by default whatever K training uses, so runs compare).
 
 Losses, over the implicit rewards s_i = beta * (log pi(y_i|x) - log pi_ref(y_i|x)) (sequence
 log-probabilities: the sum over the response tokens and the end-of-turn token), per list, then
@@ -106,6 +107,13 @@ class LipoSection:
             "file are cut to a seeded sample of K."
         },
     )
+    eval_list_size: int = field(
+        default=4,
+        metadata={
+            "help": "responses per held-out list the ranking metrics are judged on (the same "
+            "for every loss and list_size, so runs compare); longer lists of a file are cut."
+        },
+    )
     lists: str = field(
         default="generated",
         metadata={
@@ -117,6 +125,14 @@ class LipoSection:
     temperature: float = field(default=1.0, metadata={"help": "on_policy: sampling temperature."})
     max_new_tokens: int = field(
         default=24, metadata={"help": "on_policy: longest sampled answer (tokens)."}
+    )
+    share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "run each list's prompt once and continue its K responses from the KV "
+            "cache (same log-probs, about K times less prompt work); false: every response "
+            "with its prompt. Off by itself under activation checkpointing."
+        },
     )
     batch_size: int = field(
         default=32,
@@ -137,11 +153,16 @@ class LipoSection:
         if not self.beta > 0:
             raise SpectuneError(f"lipo.beta must be > 0, got {self.beta!r}")
         self.list_size = check.integer("lipo.list_size", self.list_size, minimum=2)
+        self.eval_list_size = check.integer("lipo.eval_list_size", self.eval_list_size, minimum=2)
         self.temperature = check.number("lipo.temperature", self.temperature)
         if not self.temperature > 0:
             raise SpectuneError(f"lipo.temperature must be > 0, got {self.temperature!r}")
         self.max_new_tokens = check.integer("lipo.max_new_tokens", self.max_new_tokens, minimum=1)
         self.batch_size = check.integer("lipo.batch_size", self.batch_size, minimum=1)
+        if not isinstance(self.share_prompt, bool):
+            raise SpectuneError(
+                f"lipo.share_prompt must be true or false, got {self.share_prompt!r}"
+            )
         if self.memory_gb is not None:
             self.memory_gb = check.number("lipo.memory_gb", self.memory_gb)
             if not self.memory_gb > 0:
@@ -318,13 +339,51 @@ def _number(value: Any) -> bool:
             and math.isfinite(value))  # fmt: skip
 
 
-def load_lists(path: str | os.PathLike[str], list_size: int, *, seed: int | str = 0,
-               ) -> tuple[list[RankedList], ListStats]:  # fmt: skip
+def cut_list(lst: RankedList, list_size: int, *, seed: int | str) -> RankedList:
+    """``lst`` cut to ``list_size`` responses (in list order): one best and one worst response
+    (seeded among ties, so the list keeps a pair) and a seeded sample of the others;
+    unchanged when it is not longer."""
+    if len(lst.responses) <= list_size:
+        return lst
+    rng = random.Random(f"spectune-lipo-cut:{seed}:{lst.prompt}")
+    k = range(len(lst.responses))
+    top = rng.choice([i for i in k if lst.scores[i] == max(lst.scores)])
+    low = rng.choice([i for i in k if lst.scores[i] == min(lst.scores)])
+    rest = [i for i in k if i not in (top, low)]
+    keep = sorted({top, low, *rng.sample(rest, list_size - len({top, low}))})
+    return RankedList(lst.prompt, tuple(lst.responses[i] for i in keep),
+                      tuple(lst.scores[i] for i in keep), lst.category, lst.reference)  # fmt: skip
+
+
+def cut_lists(lists: list[RankedList], list_size: int | None, *, seed: int | str,
+              stats: ListStats | None = None) -> list[RankedList]:  # fmt: skip
+    """:func:`cut_list` over ``lists``; a list left with all-equal scores is skipped (both
+    counted in ``stats``)."""
+    if list_size is None:
+        return list(lists)
+    out = []
+    for lst in lists:
+        short = cut_list(lst, list_size, seed=seed)
+        if short is not lst and stats is not None:
+            stats.n_cut += 1
+        if len(set(short.scores)) < 2:
+            if stats is not None:
+                stats.n_all_equal += 1
+            continue
+        out.append(short)
+    if stats is not None:
+        stats.n_kept = len(out)
+    return out
+
+
+def load_lists(path: str | os.PathLike[str], list_size: int | None = None, *,
+               seed: int | str = 0) -> tuple[list[RankedList], ListStats]:  # fmt: skip
     """Read ranked lists from a JSONL file: one ``{"prompt", "responses", "scores"}`` per line.
 
     Args:
         path: the file.
-        list_size: lists with more responses are cut to a seeded sample of this many.
+        list_size: lists with more responses are cut to a seeded sample of this many (None:
+            kept whole).
         seed: seed of that sample.
 
     Returns:
@@ -373,16 +432,11 @@ def load_lists(path: str | os.PathLike[str], list_size: int, *, seed: int | str 
             raise SpectuneError(f"{where}: {len(responses)} responses but {len(scores)} scores; "
                                 "give one score per response")  # fmt: skip
         stats.n_read += 1
-        pairs = list(zip(responses, (float(s) for s in scores), strict=True))
-        if len(pairs) > list_size:
-            stats.n_cut += 1
-            rng = random.Random(f"spectune-lipo-cut:{seed}:{lineno}")
-            keep = sorted(rng.sample(range(len(pairs)), list_size))
-            pairs = [pairs[i] for i in keep]
-        lst = RankedList(prompt, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs),
+        lst = RankedList(prompt, tuple(responses), tuple(float(x) for x in scores),
                          str(rec.get("category") or ""))  # fmt: skip
         if _keep(lst, stats):
             lists.append(lst)
+    lists = cut_lists(lists, list_size, seed=seed, stats=stats)
     stats.n_kept = len(lists)
     if not lists:
         raise SpectuneError(
@@ -558,6 +612,108 @@ def sequence_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     return out.index_add(0, rows[keep], token_logp)
 
 
+def _cache_kwarg(decoder: Any) -> str | None:
+    """The decoder's keyword for a KV cache (``cache`` from transformers 5.x, earlier
+    ``past_key_values``); None: it takes none."""
+    import inspect
+
+    try:
+        params = inspect.signature(decoder.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _checkpointing(model: Any) -> bool:
+    from spectune.finetune.evaluate import _inner
+
+    inner = _inner(model)
+    flag = getattr(type(inner), "is_activation_checkpointing", None)
+    if flag is not None:
+        return bool(inner.is_activation_checkpointing)
+    return any(getattr(m, "gradient_checkpointing", False) for m in inner.modules())
+
+
+def shared_prompt_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """Sequence log-probs of every response with each list's prompt run **once**: the prompt
+    (left-padded, B rows) goes through the decoder with a KV cache, the cache rows are picked
+    for each response (``list_index``) and the responses (right-padded, N rows) continue from
+    it. The same values as :func:`sequence_logps` on prompt + response (tested), and the
+    gradient reaches the prompt's keys and values through the cache; a K-response list costs
+    one prompt instead of K (the prompt is most of a task-set sequence).
+
+    Returns:
+        (N,), or None when the model cannot do it (no decoder/head split, no KV cache
+        argument, activation checkpointing, which turns the cache off).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from spectune.finetune.data import IGNORE_INDEX
+    from spectune.finetune.evaluate import decoder_and_head
+
+    parts = decoder_and_head(model)
+    if parts is None or "prompt_ids" not in batch or _checkpointing(model):
+        return None
+    decoder, head = parts
+    kw = _cache_kwarg(decoder)
+    if kw is None:
+        return None
+    from transformers import DynamicCache
+
+    p_ids, p_mask = batch["prompt_ids"], batch["prompt_mask"]  # (B, Lp), left-padded
+    a_ids, a_mask, a_lab = batch["answer_ids"], batch["answer_mask"], batch["answer_labels"]
+    idx = batch["list_index"]  # (N,): the list of each response row
+    cache = DynamicCache()
+    p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
+    out = decoder(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                  **{kw: cache})  # fmt: skip
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
+    if cache.get_seq_length() != p_ids.shape[1]:
+        return None
+    last = out.last_hidden_state[:, -1]  # (B, hidden): predicts each answer's first token
+    cache.batch_select_indices(idx)
+    lengths = p_mask.sum(1)[idx]  # (N,)
+    a_pos = lengths[:, None] + torch.arange(a_ids.shape[1], device=a_ids.device)[None]
+    mask = torch.cat([p_mask[idx], a_mask], dim=1)  # (N, Lp + La)
+    out = decoder(input_ids=a_ids, attention_mask=mask, position_ids=a_pos, use_cache=True,
+                  **{kw: cache})  # fmt: skip
+    hidden = torch.cat([last[idx][:, None], out.last_hidden_state[:, :-1]], dim=1)  # (N, La)
+    keep = a_lab != IGNORE_INDEX
+    logits = head(hidden[keep]).float()  # (labelled tokens, vocab)
+    token_logp = -F.cross_entropy(logits, a_lab[keep], reduction="none")
+    rows = torch.arange(a_ids.shape[0], device=a_ids.device)[:, None].expand_as(a_lab)
+    values = torch.zeros(a_ids.shape[0], dtype=token_logp.dtype, device=token_logp.device)
+    return values.index_add(0, rows[keep], token_logp)
+
+
+def list_logps(model: Any, batch: dict[str, torch.Tensor], *, share_prompt: bool = True,
+               ) -> torch.Tensor:  # fmt: skip
+    """Sequence log-probs of the responses of a :class:`ListCollator` batch, (N,): with the
+    prompt shared (:func:`shared_prompt_logps`) where the model allows, else every response
+    with its prompt (:func:`sequence_logps`)."""
+    if share_prompt:
+        shared = shared_prompt_logps(model, batch)
+        if shared is not None:
+            return shared
+    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+
+def _prompt_length(feature: dict[str, Any]) -> int | None:
+    """Length of the prompt every response of a tokenized list starts with (the tokens before
+    the first label); None when they do not share one."""
+    from spectune.finetune.data import IGNORE_INDEX
+
+    lengths = {next(i for i, x in enumerate(lab) if x != IGNORE_INDEX) for lab in feature["labels"]}
+    if len(lengths) != 1:
+        return None
+    n = lengths.pop()
+    first = feature["input_ids"][0][:n]
+    if n < 1 or any(ids[:n] != first for ids in feature["input_ids"]):
+        return None
+    return n
+
+
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     import torch
 
@@ -577,38 +733,41 @@ def _batch(seqs: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Ten
 
 
 def score_features(model: Any, features: list[dict[str, Any]], pad_id: int, *,
-                   batch_size: int = 32, progress: bool = False,
-                   desc: str = "log-probs") -> list[list[float]]:  # fmt: skip
+                   batch_size: int = 32, progress: bool = False, desc: str = "log-probs",
+                   share_prompt: bool = True) -> list[list[float]]:  # fmt: skip
     """The model's sequence log-probability of every response of every tokenized list, in
     eval mode without gradients (mode restored afterwards)."""
     import torch
 
     from spectune.finetune.evaluate import _device, _progress
 
-    flat = [{"input_ids": ids, "labels": lab}
-            for f in features for ids, lab in zip(f["input_ids"], f["labels"], strict=True)]  # fmt: skip
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]["input_ids"]))  # less padding
-    values = [0.0] * len(flat)
+    order = sorted(range(len(features)), key=lambda i: max(map(len, features[i]["input_ids"])))
+    groups, size = [[]], 0  # lists in length order, about batch_size responses a forward
+    for i in order:
+        k = len(features[i]["input_ids"])
+        if groups[-1] and size + k > batch_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += k
+    collate = ListCollator(pad_id)
+    out: list[list[float]] = [[] for _ in features]
     device = _device(model)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
         with torch.no_grad():
-            starts = range(0, len(order), batch_size)
-            for start in _progress(starts, total=len(starts), desc=desc, show=progress):
-                idx = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in _batch([flat[i] for i in idx], pad_id).items()}
-                logps = sequence_logps(model, **batch).tolist()
-                for i, v in zip(idx, logps, strict=True):
-                    values[i] = v
+            for group in _progress(groups, total=len(groups), desc=desc, show=progress):
+                batch = {k: v.to(device) for k, v in collate([features[i] for i in group]).items()}
+                logps = list_logps(model, batch, share_prompt=share_prompt).tolist()
+                pos = 0
+                for i in group:
+                    k = len(features[i]["input_ids"])
+                    out[i] = logps[pos : pos + k]
+                    pos += k
     finally:
         if was_training:
             model.train()
-    out, pos = [], 0
-    for f in features:
-        k = len(f["input_ids"])
-        out.append(values[pos : pos + k])
-        pos += k
     return out
 
 
@@ -680,7 +839,37 @@ class ListCollator:
             scores[b, :k] = torch.as_tensor(f["scores"], dtype=torch.float32)
             ref[b, :k] = torch.as_tensor(f.get("ref_logps", [0.0] * k), dtype=torch.float32)
             mask[b, :k] = True
-        return {**batch, "scores": scores, "ref_logps": ref, "list_mask": mask}
+        out = {**batch, "scores": scores, "ref_logps": ref, "list_mask": mask}
+        n_prompt = [_prompt_length(f) for f in features]
+        if all(n is not None for n in n_prompt):
+            out.update(self._shared(features, n_prompt))
+        return out
+
+    def _shared(self, features: list[dict[str, Any]], n_prompt: list[int]) -> dict[str, Any]:
+        """The prompts (left-padded) and answers (right-padded) apart, for
+        :func:`shared_prompt_logps`."""
+        import torch
+
+        from spectune.finetune.data import IGNORE_INDEX
+
+        prompts = [f["input_ids"][0][:n] for f, n in zip(features, n_prompt, strict=True)]
+        width = max(len(p) for p in prompts)
+        p_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        p_mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            p_ids[b, width - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            p_mask[b, width - len(p) :] = 1
+        answers, labels, index = [], [], []
+        for b, (f, n) in enumerate(zip(features, n_prompt, strict=True)):
+            for ids, lab in zip(f["input_ids"], f["labels"], strict=True):
+                answers.append(ids[n:])
+                labels.append(lab[n:])
+                index.append(b)
+        return {"prompt_ids": p_ids, "prompt_mask": p_mask,
+                "answer_ids": _pad(answers, self.pad_token_id),
+                "answer_mask": _pad([[1] * len(a) for a in answers], 0),
+                "answer_labels": _pad(labels, IGNORE_INDEX),
+                "list_index": torch.as_tensor(index, dtype=torch.long)}  # fmt: skip
 
 
 def _available_bytes() -> int | None:
@@ -749,21 +938,22 @@ class LiPO(Objective):
 
             train_ex, heldout = generate_task_set(d.n_train, d.n_eval, seed=config.seed)
             held_lists, held_stats = make_lists(
-                heldout, sec.list_size, seed=f"{config.seed}:heldout"
+                heldout, sec.eval_list_size, seed=f"{config.seed}:heldout"
             )
             if sec.lists == "on_policy":
                 train, stats = list(train_ex), None  # sampled in prepare()
             else:
                 train, stats = make_lists(train_ex, sec.list_size, seed=config.seed)
             info = {"source": "spectune task set", "version": TASKS_VERSION, "seed": config.seed,
-                    "lists": sec.lists, "list_size": sec.list_size, "n_train": len(train),
+                    "lists": sec.lists, "list_size": sec.list_size,
+                    "eval_list_size": sec.eval_list_size, "n_train": len(train),
                     "n_eval": len(heldout), "heldout_lists": held_stats.to_dict()}  # fmt: skip
             if stats is not None:
                 info["train_lists"] = stats.to_dict()
             return RunData(train, heldout, info, extra={"heldout_lists": held_lists})
-        train, stats = load_lists(d.train, sec.list_size, seed=config.seed)
+        train, stats = load_lists(d.train, None, seed=config.seed)
         if d.eval is not None:
-            held_lists, held_stats = load_lists(d.eval, sec.list_size, seed=config.seed)
+            held_lists, held_stats = load_lists(d.eval, sec.eval_list_size, seed=config.seed)
             split = f"file {d.eval}"
         else:
             if len(train) < 2:
@@ -775,15 +965,21 @@ class LiPO(Objective):
             held = set(order[:n_hold])
             held_lists = [lst for i, lst in enumerate(train) if i in held]
             train = [lst for i, lst in enumerate(train) if i not in held]
-            held_stats = None
+            held_stats = ListStats(n_read=len(held_lists))
+            held_lists = cut_lists(held_lists, sec.eval_list_size, seed=config.seed,
+                                   stats=held_stats)  # fmt: skip
             split = f"{n_hold} of the file's lists (eval_fraction {d.eval_fraction}, seeded)"
+        train = cut_lists(train, sec.list_size, seed=config.seed, stats=stats)
+        if not train:
+            raise SpectuneError(f"lists file {d.train}: no training list keeps two different "
+                                f"scores when cut to lipo.list_size={sec.list_size}")  # fmt: skip
         held_lists = held_lists[: d.n_eval]
         heldout = [InstructionExample(lst.prompt, lst.best(), category=lst.category)
                    for lst in held_lists]  # fmt: skip
         info = {"source": d.train, "heldout": split, "list_size": sec.list_size,
+                "eval_list_size": sec.eval_list_size,
                 "n_train": len(train), "n_eval": len(heldout), "train_lists": stats.to_dict()}  # fmt: skip
-        if held_stats is not None:
-            info["heldout_lists"] = held_stats.to_dict()
+        info["heldout_lists"] = held_stats.to_dict()
         return RunData(train, heldout, info, extra={"heldout_lists": held_lists})
 
     # -- per-run state ---------------------------------------------------------------------
@@ -814,7 +1010,11 @@ class LiPO(Objective):
             )
         self._check_memory(config, base.config, train)
         pad = pad_token_id(ctx.tokenizer)
-        kw2 = {"batch_size": sec.batch_size, "progress": ctx.progress}
+        kw2 = {
+            "batch_size": sec.batch_size,
+            "progress": ctx.progress,
+            "share_prompt": sec.share_prompt,
+        }
         for feats, desc in ((train, "reference log-probs (train)"),
                             (heldout, "reference log-probs (held-out)")):  # fmt: skip
             for f, ref in zip(feats, score_features(base, feats, pad, desc=desc, **kw2),
@@ -871,8 +1071,7 @@ class LiPO(Objective):
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
         """The list loss of the batch (``lipo.loss``) on the implicit rewards."""
         sec = _section_of(trainer)
-        logps = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"],
-                               inputs["labels"])  # fmt: skip
+        logps = list_logps(model, inputs, share_prompt=sec.share_prompt)
         mask = inputs["list_mask"]
         policy = logps.new_zeros(mask.shape)
         policy = policy.masked_scatter(mask, logps)  # rows are the lists' responses in order
@@ -901,7 +1100,8 @@ class LiPO(Objective):
         else:
             policy = score_features(model(), feats, pad_token_id(ctx.tokenizer),
                                     batch_size=sec.batch_size, progress=ctx.progress,
-                                    desc="held-out list log-probs")  # fmt: skip
+                                    desc="held-out list log-probs",
+                                    share_prompt=sec.share_prompt)  # fmt: skip
         labels = [f["scores"] for f in feats]
         rewards = [[sec.beta * (p - r) for p, r in zip(ps, rs, strict=True)]
                    for ps, rs in zip(policy, refs, strict=True)]  # fmt: skip
@@ -983,9 +1183,12 @@ __all__ = [
     "ListStats",
     "RankedList",
     "batch_memory_bytes",
+    "cut_list",
+    "cut_lists",
     "grade",
     "lambda_weights",
     "lipo_loss",
+    "list_logps",
     "load_lists",
     "make_lists",
     "ndcg",
@@ -995,6 +1198,7 @@ __all__ = [
     "sample_lists",
     "score_features",
     "sequence_logps",
+    "shared_prompt_logps",
     "tokenize_lists",
     "write_lists",
 ]
