@@ -174,6 +174,29 @@ def test_batch_loss_is_zero_against_itself_and_sft_at_weight_one(batch, smol_tok
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_on_policy_batch_labels_the_students_own_answer(batch, smol_tokenizer):
+    from spectune.finetune.objectives.distill import on_policy_inputs
+
+    b, _ = batch
+    model = tiny_llama(len(smol_tokenizer)).train()
+    eot = smol_tokenizer.eos_token_id
+    new = on_policy_inputs(model, b, pad_id=eot, eot=eot, max_new_tokens=3)
+    assert model.training  # restored after generating
+    answer = new["task"] == 0
+    for row, j in zip(answer.nonzero().flatten().tolist(), range(int(answer.sum())), strict=True):
+        s = new["input_ids"][row][new["labels"][row] != -100].tolist()
+        t = new["teacher_input_ids"][j][new["teacher_labels"][j] != -100].tolist()
+        assert s == t and 1 <= len(s) <= 4 and s[-1] == eot
+        # the prompts are the original ones
+        n = int(new["prompt_len"][row])
+        assert new["input_ids"][row, :n].tolist() == b["input_ids"][row, :n].tolist()
+    # rationale rows are kept as they were
+    assert int((new["task"] == 1).sum()) == int((b["task"] == 1).sum())
+    loss, _ = distill_batch_loss(model, model, new, beta=0.0, temperature=1.0, sft_weight=0.0,
+                                 rationale_weight=1.0)  # fmt: skip
+    assert math.isfinite(float(loss))
+
+
 # --------------------------------------------------------------------------- bad teachers
 
 
@@ -288,10 +311,15 @@ def test_frog_student_of_a_model_folder_with_rationales_and_teacher_answers(
 def test_full_student_of_a_spectune_run_folder(lora_context_run, tiny_model_dir, tmp_path):
     teacher_run, _ = lora_context_run
     out = tmp_path / "full"
-    result = tune(_fast(tiny_model_dir, "full", teacher=str(teacher_run), loss="forward_kl"),
+    result = tune(_fast(tiny_model_dir, "full", teacher=str(teacher_run), loss="forward_kl",
+                        on_policy=1.0, max_new_tokens=3, spectra_vs_teacher=True),
                   out=out, progress=False)  # fmt: skip
     _check_folder(out, result.metrics)
     assert "spectune run" in result.metrics.data["teacher"]
+    # the student's layers against the teacher's (scale collapse): every matrix matched
+    spectra = result.metrics.after.extras["spectra_vs_teacher"]
+    assert spectra["n_matched"] >= 14 and len(spectra["layers"]) == spectra["n_matched"]
+    assert all(math.isfinite(row["d_log_norm"]) for row in spectra["layers"])
 
 
 # --------------------------------------------------------------------------- the embedded model
