@@ -95,7 +95,7 @@ def _study_data(model_dir: Path, **study_block) -> dict:
 def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path):
     out = tmp_path / "study"
     calls: list[str] = []
-    data = _study_data(tiny_model_dir)
+    data = _study_data(tiny_model_dir, grid={"lora.lora_dropout": [0.0]})
     result = study(data=data, out=out, progress=False, run_fn=_fake_run({"frog-s1"}, calls))
     assert calls[:3] == ["lora-lr0.001", "lora-lr0.01", "lora-lr0.1"]
     assert {s["method"]: s["chosen"] for s in result.lr_search} == {"lora": 0.01, "frog": 0.01}
@@ -106,6 +106,8 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
     assert result.advice["choice"] == "lora"
     assert any("lora - frog" in n and "lora higher" in n for n in result.notes)
     assert any("metric-vs-parameter curves skipped" in n for n in result.notes)
+    assert any("curve of lora.lora_dropout skipped: the grid gives it one value (0)" in n
+               for n in result.notes)  # fmt: skip
     corr = next(c for c in result.correlations if c["x"] == "adapter_alpha")
     assert corr["rho"] is None and "at least 5" in corr["reason"]  # 3 runs: undetermined
     for name in ("study.json", "results.csv", "report.html", "plots/pareto.png",
@@ -120,7 +122,7 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
     again = study(data=data, out=out, resume=True, progress=False, run_fn=_fake_run())
     assert again.failed_runs == {} and again.advice["choice"] == "lora"
     # resume with a changed config names the fields
-    changed = _study_data(tiny_model_dir, seeds=3)
+    changed = _study_data(tiny_model_dir, grid={"lora.lora_dropout": [0.0]}, seeds=3)
     changed["train"]["max_steps"] = 5
     with pytest.raises(SpectuneError, match=r"in: study.seeds, train.max_steps"):
         study(data=changed, out=out, resume=True, progress=False, run_fn=_fake_run())

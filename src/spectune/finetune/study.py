@@ -321,7 +321,7 @@ def _frac_below_2(run_dir: Path) -> float | None:
 
 def study_row(outcome: Any, run_dir: Path) -> dict[str, Any]:
     """A run's row of results.csv with the study's columns (gain, forgetting, spectra)."""
-    row = outcome.row()
+    row = {**outcome.row(), "name": outcome.name}  # the folder's name under runs/
     m = outcome.metrics
     if m is not None:
         s = m.spectra
@@ -705,7 +705,8 @@ def plan_configs(base: dict[str, Any], spec: StudySpec) -> list[tuple[str, str, 
             if key in seen:
                 continue
             seen.add(key)
-            suffix = "".join(f"-{k.split('.')[-1]}{_short(v)}" for k, v in point.items())
+            suffix = "".join(f"-{k.split('.')[-1]}{_short(v)}" for k, v in point.items()
+                             if len(spec.grid[k]) > 1)  # fmt: skip
             out.append((f"{method}{suffix}", method, point, config))
     return out
 
