@@ -178,7 +178,7 @@ def check_model(model_dir: Path) -> None:
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise SpectuneError(
             f"model folder {model_dir} has no usable tokenizer ({type(exc).__name__}: "
-            f"{str(exc)[:200]}); copy the model's tokenizer files into it"
+            f"{' '.join(str(exc).split())[:160]}); copy the model's tokenizer files into it"
         ) from None
     if not getattr(tokenizer, "chat_template", None):
         raise SpectuneError(
@@ -405,6 +405,8 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
     args = config.trainer_arguments()
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     check.unknown_keys("train", args, known, "TrainingArguments", list_valid=False)
+    # a NaN loss must reach the log (FiniteLoss stops the run) instead of being averaged away
+    args.setdefault("logging_nan_inf_filter", False)
     for flag in ("gradient_checkpointing", "activation_checkpointing"):
         if args.get(flag) and f"{flag}_kwargs" not in args:
             args[f"{flag}_kwargs"] = {"use_reentrant": False}  # needed with frozen base weights

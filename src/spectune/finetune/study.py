@@ -761,138 +761,148 @@ def study(
     plans = plan_configs(base, spec)  # checks the model and methods before the folder
     executor = _executor(backend, address, run_fn, progress)  # an unreachable Ray: nothing done
     folder = RunFolder(out, "study").open(overwrite=overwrite, resume=resume)
-    saved = out / STUDY_CONFIG
-    if resume and saved.is_file():
-        from spectune.finetune.config import yaml_load
+    with folder:  # the folder's lock is released however the study ends
+        saved = out / STUDY_CONFIG
+        if resume and saved.is_file():
+            from spectune.finetune.config import yaml_load
 
-        old = yaml_load(saved.read_text(encoding="utf-8"), str(saved))
-        diff = changed_fields(old, raw)
-        if diff:
-            raise SpectuneError(
-                f"--resume: this study config differs from the one {out} started with (in: "
-                f"{', '.join(diff)}); resume with {saved} or start over with --overwrite"
-            )
-    folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",
-               "comparison.json", "plots", "report.html", STUDY_JSON, "study.md")  # fmt: skip
-    write_text(saved, f"# spectune study {saved} --resume (the study's config)\n" + yaml_dump(raw))
-    start = time.perf_counter()
-
-    def say(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr, flush=True)
-
-    # 1. learning-rate search per method (on the first grid point), on the validation split
-    searches: dict[str, LRSearch] = {}
-    need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
-    if need:
-        split = _write_validation_split(base, spec, out / "lr_search" / "data")
-    search_jobs: list[Job] = []
-    for _cname, method, _point, config in plans:
-        if method in {j.method for j in search_jobs} or len(spec.lr_grid[method]) == 1:
-            continue
-        search_data = apply_overrides(config.to_dict(), [
-            f"seed={spec.lr_seed}", "eval.latency_prompts=0", "eval.spectra=false",
-            *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
-            *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else [])])  # fmt: skip
-        for lr in spec.lr_grid[method]:
-            name = f"{method}-lr{lr:g}"
-            search_jobs.append(Job(name, method, apply_overrides(
-                search_data, [f"train.learning_rate={lr}"]), out / "lr_search" / name, True))  # fmt: skip
-    done_search = {j.name: r for j, r in zip(search_jobs, executor(search_jobs, "lr search"),
-                                              strict=True)}  # fmt: skip
-    for _cname, method, _point, _config in plans:
-        if method in searches:
-            continue
-        rates = spec.lr_grid[method]
-        if len(rates) == 1:
-            searches[method] = LRSearch(method, rates, [None], rates[0])
-            continue
-
-        def one(lr: float, method: str = method) -> tuple[float, float]:
-            metrics, error = done_search[f"{method}-lr{lr:g}"]
-            if metrics is None:
-                raise RuntimeError(error)
-            return metrics.after.accuracy.accuracy, metrics.after.heldout_loss.loss
-
-        searches[method] = s = search_learning_rate(method, rates, one)
-        say(f"[lr search] {method}: chose {s.chosen:g}" if s.chosen else
-            f"[lr search] {method}: every rate failed")  # fmt: skip
-    folder.update(lr_chosen={m: s.chosen for m, s in searches.items()})
-
-    # 2. the real runs: method x grid point x seed at the chosen rate
-    groups: dict[str, list[str]] = {}
-    jobs: list[Job] = []
-    settings: list[dict[str, Any]] = []
-    for cname, method, point, config in plans:
-        lr = searches[method].chosen
-        for seed in spec.seeds:
-            name = f"{cname}-s{seed}"
-            groups.setdefault(cname, []).append(name)
-            settings.append({**point, "seed": seed, "learning_rate": lr})
-            data = None if lr is None else apply_overrides(
-                config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])  # fmt: skip
-            jobs.append(Job(name, method, data, out / "runs" / name, resume,
-                            None if lr is not None else "learning-rate search: every rate failed"))  # fmt: skip
-    outcomes: list[RunOutcome] = []
-    rows: list[dict[str, Any]] = []
-    logs: dict[str, list[dict]] = {}
-    for job, setting, (metrics, error) in zip(jobs, settings, executor(jobs, "run"), strict=True):
-        o = RunOutcome(job.name, job.method, setting, metrics=metrics, error=error)
-        if metrics is not None:
-            logs[job.name] = log_rows(job.out)
-        outcomes.append(o)
-        rows.append(study_row(o, job.out))
-    failed = {o.name: o.error for o in outcomes if o.error is not None}
-    folder.update(failed_runs=sorted(failed))
-    varied = [k for k in spec.grid if len(spec.grid[k]) > 1]
-    title = (f"spectune study: {', '.join(spec.methods)} over {len(spec.seeds)} seed(s), "
-             "per-method learning rates")  # fmt: skip
-    meta = {"kind": "study", "title": title, "grid": {**spec.grid, "seed": spec.seeds},
-            "base_config": base_config.to_dict(), "runs": [o.name for o in outcomes]}  # fmt: skip
-    write_comparison(out, outcomes, logs, {**meta, "total_seconds": None})
-    if len(failed) == len(outcomes):
-        folder.update(status="failed")
-        raise SpectuneError(
-            f"every run of the study failed ({len(outcomes)}); first: "
-            f"{next(iter(failed.items()))[0]}: {next(iter(failed.values()))}"
+            old = yaml_load(saved.read_text(encoding="utf-8"), str(saved))
+            diff = changed_fields(old, raw)
+            if diff:
+                raise SpectuneError(
+                    f"--resume: this study config differs from the one {out} started with (in: "
+                    f"{', '.join(diff)}); resume with {saved} or start over with --overwrite"
+                )
+        if resume:
+            folder.resumed()
+        folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",
+                   "comparison.json", "plots", "report.html", STUDY_JSON, "study.md")  # fmt: skip
+        write_text(
+            saved, f"# spectune study {saved} --resume (the study's config)\n" + yaml_dump(raw)
         )
+        start = time.perf_counter()
 
-    # 3. analysis, plots, report
-    import csv
-    import io
+        def say(msg: str) -> None:
+            if progress:
+                print(msg, file=sys.stderr, flush=True)
 
-    summaries, diffs, effects, corrs, advice, notes = analyze_study(out, rows, groups, varied)
-    figs, skipped = study_figures(summaries, list(searches.values()), rows, varied)
-    skipped += [f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
-                "needs several" for k, v in spec.grid.items() if len(v) == 1]  # fmt: skip
-    half = [s["accuracy_gain"]["half_width"] for s in summaries if s["accuracy_gain"]]
-    notes = [f"held-out questions per run: {base_config.data.n_eval}; interval half-width of "
-             f"a method's accuracy gain over its seeds: {100 * min(half):.1f} to "
-             f"{100 * max(half):.1f} points" if half else "no interval: no run finished",
-             "learning rates chosen on a validation split of "
-             f"{spec.validation} training examples (seed {spec.lr_seed}), never the held-out "
-             "questions: " + ", ".join(f"{m} {s.chosen:g}" if s.chosen else f"{m} failed"
-                                        for m, s in searches.items()),
-             *skipped, *notes]  # fmt: skip
-    total = time.perf_counter() - start
-    result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
-                         rows, summaries, diffs, effects, corrs, advice, notes, failed, total)  # fmt: skip
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
-    write_text(out / "results.csv", buf.getvalue())  # the study's columns on top of the sweep's
-    save_figures(figs, out / "plots")
-    write_json(out / STUDY_JSON, result.to_dict())
-    write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    write_comparison_report(out)
-    folder.update(total_seconds=total)
-    folder.finish()
-    return result
+        # 1. learning-rate search per method (on the first grid point), on the validation split
+        searches: dict[str, LRSearch] = {}
+        need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
+        if need:
+            split = _write_validation_split(base, spec, out / "lr_search" / "data")
+        search_jobs: list[Job] = []
+        for _cname, method, _point, config in plans:
+            if method in {j.method for j in search_jobs} or len(spec.lr_grid[method]) == 1:
+                continue
+            search_data = apply_overrides(config.to_dict(), [
+                f"seed={spec.lr_seed}", "eval.latency_prompts=0", "eval.spectra=false",
+                *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
+                *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else [])])  # fmt: skip
+            for lr in spec.lr_grid[method]:
+                name = f"{method}-lr{lr:g}"
+                search_jobs.append(Job(name, method, apply_overrides(
+                    search_data, [f"train.learning_rate={lr}"]), out / "lr_search" / name, True))  # fmt: skip
+        done_search = {j.name: r for j, r in zip(search_jobs, executor(search_jobs, "lr search"),
+                                                  strict=True)}  # fmt: skip
+        for _cname, method, _point, _config in plans:
+            if method in searches:
+                continue
+            rates = spec.lr_grid[method]
+            if len(rates) == 1:
+                searches[method] = LRSearch(method, rates, [None], rates[0])
+                continue
+
+            def one(lr: float, method: str = method) -> tuple[float, float]:
+                metrics, error = done_search[f"{method}-lr{lr:g}"]
+                if metrics is None:
+                    raise RuntimeError(error)
+                return metrics.after.accuracy.accuracy, metrics.after.heldout_loss.loss
+
+            searches[method] = s = search_learning_rate(method, rates, one)
+            say(f"[lr search] {method}: chose {s.chosen:g}" if s.chosen else
+                f"[lr search] {method}: every rate failed")  # fmt: skip
+        folder.update(lr_chosen={m: s.chosen for m, s in searches.items()})
+
+        # 2. the real runs: method x grid point x seed at the chosen rate
+        groups: dict[str, list[str]] = {}
+        jobs: list[Job] = []
+        settings: list[dict[str, Any]] = []
+        for cname, method, point, config in plans:
+            lr = searches[method].chosen
+            for seed in spec.seeds:
+                name = f"{cname}-s{seed}"
+                groups.setdefault(cname, []).append(name)
+                settings.append({**point, "seed": seed, "learning_rate": lr})
+                data = None if lr is None else apply_overrides(
+                    config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])  # fmt: skip
+                jobs.append(Job(name, method, data, out / "runs" / name, resume,
+                                None if lr is not None else "learning-rate search: every rate failed"))  # fmt: skip
+        outcomes: list[RunOutcome] = []
+        rows: list[dict[str, Any]] = []
+        logs: dict[str, list[dict]] = {}
+        for job, setting, (metrics, error) in zip(
+            jobs, settings, executor(jobs, "run"), strict=True
+        ):
+            o = RunOutcome(job.name, job.method, setting, metrics=metrics, error=error)
+            if metrics is not None:
+                logs[job.name] = log_rows(job.out)
+            outcomes.append(o)
+            rows.append(study_row(o, job.out))
+        failed = {o.name: o.error for o in outcomes if o.error is not None}
+        folder.update(failed_runs=sorted(failed))
+        varied = [k for k in spec.grid if len(spec.grid[k]) > 1]
+        title = (f"spectune study: {', '.join(spec.methods)} over {len(spec.seeds)} seed(s), "
+                 "per-method learning rates")  # fmt: skip
+        meta = {"kind": "study", "title": title, "grid": {**spec.grid, "seed": spec.seeds},
+                "base_config": base_config.to_dict(), "runs": [o.name for o in outcomes]}  # fmt: skip
+        write_comparison(out, outcomes, logs, {**meta, "total_seconds": None})
+        if len(failed) == len(outcomes):
+            folder.fail(f"every run failed ({len(outcomes)})")
+            raise SpectuneError(
+                f"every run of the study failed ({len(outcomes)}); first: "
+                f"{next(iter(failed.items()))[0]}: {next(iter(failed.values()))}"
+            )
+
+        # 3. analysis, plots, report
+        import csv
+        import io
+
+        summaries, diffs, effects, corrs, advice, notes = analyze_study(out, rows, groups, varied)
+        figs, skipped = study_figures(summaries, list(searches.values()), rows, varied)
+        skipped += [f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
+                    "needs several" for k, v in spec.grid.items() if len(v) == 1]  # fmt: skip
+        half = [s["accuracy_gain"]["half_width"] for s in summaries if s["accuracy_gain"]]
+        notes = [f"held-out questions per run: {base_config.data.n_eval}; interval half-width of "
+                 f"a method's accuracy gain over its seeds: {100 * min(half):.1f} to "
+                 f"{100 * max(half):.1f} points" if half else "no interval: no run finished",
+                 "learning rates chosen on a validation split of "
+                 f"{spec.validation} training examples (seed {spec.lr_seed}), never the held-out "
+                 "questions: " + ", ".join(f"{m} {s.chosen:g}" if s.chosen else f"{m} failed"
+                                            for m, s in searches.items()),
+                 *skipped, *notes]  # fmt: skip
+        total = time.perf_counter() - start
+        result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
+                             rows, summaries, diffs, effects, corrs, advice, notes, failed, total)  # fmt: skip
+        columns: list[str] = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
+        write_text(out / "results.csv", buf.getvalue())  # the study's columns on top of the sweep's
+        save_figures(figs, out / "plots")
+        write_json(out / STUDY_JSON, result.to_dict())
+        write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        write_comparison_report(out)
+        folder.update(total_seconds=total)
+        if failed:  # not "complete": --resume runs the failed ones again
+            folder.fail(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
+        else:
+            folder.finish()
+        return result
 
 
 __all__ = [

@@ -138,12 +138,21 @@ class FiniteLoss(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise SpectuneError(
-                f"the training loss is {loss} at step {state.global_step}: training diverged; "
-                f"lower train.learning_rate (now {args.learning_rate:g}), add warmup "
-                "(train.warmup_steps) or clip gradients (train.max_grad_norm), then start again "
-                "with --overwrite"
-            )
+            self.stop(args, state, loss)
+        norm = (logs or {}).get("grad_norm")
+        if norm is not None and not math.isfinite(float(norm)):
+            self.stop(args, state, loss if loss is not None else "unknown", norm)
+
+    @staticmethod
+    def stop(args: Any, state: Any, loss: Any, norm: Any = None) -> None:
+        what = f"the training loss is {loss}" + (f" (gradient norm {norm})" if norm is not None
+                                                 else "")  # fmt: skip
+        raise SpectuneError(
+            f"{what} at step {state.global_step}: training diverged; "
+            f"lower train.learning_rate (now {args.learning_rate:g}), add warmup "
+            "(train.warmup_steps) or clip gradients (train.max_grad_norm), then start again "
+            "with --overwrite"
+        )
 
 
 class RecordFiles(TrainerCallback):
