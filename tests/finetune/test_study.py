@@ -117,10 +117,15 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
     assert len(val) == 8
     assert StudyResult.load(out).advice["choice"] == "lora"
     assert "failed: planted failure" in (out / "results.csv").read_text()
+    marker = json.loads((out / "run.json").read_text())
+    assert (
+        marker["kind"] == "study" and marker["status"] == "failed" and "frog-s1" in marker["error"]
+    )
 
     # resume with the same config: nothing new fails, the result is the same
     again = study(data=data, out=out, resume=True, progress=False, run_fn=_fake_run())
     assert again.failed_runs == {} and again.advice["choice"] == "lora"
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
     # resume with a changed config names the fields
     changed = _study_data(tiny_model_dir, grid={"lora.lora_dropout": [0.0]}, seeds=3)
     changed["train"]["max_steps"] = 5
