@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show full tracebacks for errors in your input"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every library warning (by default those a user cannot act on are hidden)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -69,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("SPECTUNE_DEBUG") == "1"
+    from spectune._quiet import quiet_libraries
     from spectune.errors import SpectuneError
 
+    quiet_libraries(verbose=args.verbose)
     try:
         return int(args._run(args) or 0)
     except SpectuneError as exc:

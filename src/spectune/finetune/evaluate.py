@@ -10,7 +10,7 @@
 Every function takes ``(model, tokenizer, ...)`` and returns a dataclass with a ``to_dict()``
 that serializes to JSON. The model may be a plain Hugging Face causal LM, a ``peft`` model or
 a model whose linear layers were replaced by custom modules: only ``model(input_ids=...,
-attention_mask=..., position_ids=..., past_key_values=..., use_cache=...)`` and its
+attention_mask=..., position_ids=..., cache=... (past_key_values before transformers 5.2x), use_cache=...)`` and its
 ``.logits`` / ``.past_key_values`` are used. Each function switches the model to eval mode and
 restores its previous mode on return; nothing is computed with gradients.
 
@@ -197,6 +197,19 @@ def _takes_logits_to_keep(model: Any) -> bool:
         return False
 
 
+def _cache_argument(model: Any) -> str:
+    """The forward's name for the key/value cache: ``cache`` from transformers 5.2x on,
+    ``past_key_values`` before (deprecated since, to be removed in 5.40)."""
+    import inspect
+
+    base = _inner(model)
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 # --------------------------------------------------------------------------- generation
 
 
@@ -231,6 +244,7 @@ def _greedy_batch(
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, length)
     keep = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}  # only the last
+    cache_arg = _cache_argument(model)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out_tokens: list[torch.Tensor] = []
@@ -241,8 +255,8 @@ def _greedy_batch(
             input_ids=step_in,
             attention_mask=mask,
             position_ids=step_pos,
-            past_key_values=past,
             use_cache=True,
+            **{cache_arg: past},
             **keep,
         )
         next_ids = out.logits[:, -1, :].argmax(dim=-1)  # (batch,)
@@ -257,7 +271,9 @@ def _greedy_batch(
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
         new_pos = positions[:, -1:] + 1
         positions = torch.cat([positions, new_pos], dim=1)
-        past = getattr(out, "past_key_values", None)
+        past = getattr(out, "cache", None)
+        if past is None:
+            past = getattr(out, "past_key_values", None)
         if past is None:  # no cache: feed the whole sequence again
             ids = torch.cat([ids, next_ids[:, None]], dim=1)
             step_in, step_pos = ids, positions

@@ -1,0 +1,52 @@
+"""Library messages a user cannot act on, kept off the terminal (``--verbose`` shows them).
+
+Each entry names the message and why it is noise for a spectune user; nothing here hides a
+warning about the user's own input or results. The filters are installed by the CLI
+(:func:`quiet_libraries`), never on import, so a program that uses spectune as a library keeps
+its own warning settings.
+
+=====================================================  =========================================
+message                                                why it is silenced
+=====================================================  =========================================
+bitsandbytes "Failed to load CPU gemm_4bit_forward      an optional kernel downloaded from a model
+from kernels-community"                                 hub; the built-in CPU path is used
+transformers "`is_gradient_checkpointing` is           transformers' own internal call (and
+deprecated", "... deprecated and will be removed in    peft's), not spectune's; fixed by them
+v6"
+torch "`torch.jit.script_method` is deprecated"        raised while importing libraries
+torch "Sparse invariant checks are implicitly          peft's SHiRA builds sparse tensors with
+disabled"                                              valid indices
+torch "an autograd kernel was not registered"          bitsandbytes' 4-bit CPU kernels; the
+(bitsandbytes::gemv_4bit)                              gradients are tested to match
+=====================================================  =========================================
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+#: (category, message regex) of the warnings silenced
+WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r".*is_gradient_checkpointing.*deprecated"),
+    (FutureWarning, r".*deprecated and will be removed in v6"),
+    (DeprecationWarning, r".*torch\.jit\.script_method.*deprecated"),
+    (UserWarning, r"Sparse invariant checks are implicitly disabled"),
+    (UserWarning, r".*autograd kernel was not registered.*"),
+)
+
+#: loggers whose warnings are silenced (the messages above that come through logging)
+LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Install the filters (nothing with ``verbose``)."""
+    if verbose:
+        return
+    for category, message in WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+__all__ = ["LOGGERS", "WARNINGS", "quiet_libraries"]
