@@ -13,10 +13,14 @@ def _emit() -> list[str]:
         warnings.simplefilter("always")
         quiet_libraries(verbose=False)
         warnings.warn(
-            "`is_gradient_checkpointing` is deprecated and will be removed", FutureWarning
+            "`is_gradient_checkpointing` is deprecated and will be removed",
+            FutureWarning,
+            stacklevel=2,
         )
-        warnings.warn("Sparse invariant checks are implicitly disabled.", UserWarning)
-        warnings.warn("your learning rate is very high", UserWarning)  # the user's business
+        warnings.warn("Sparse invariant checks are implicitly disabled.", UserWarning, stacklevel=2)
+        warnings.warn(
+            "your learning rate is very high", UserWarning, stacklevel=2
+        )  # the user's business
     return [str(w.message) for w in caught]
 
 
@@ -32,5 +36,5 @@ def test_verbose_installs_nothing():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_libraries(verbose=True)
-        warnings.warn("Sparse invariant checks are implicitly disabled.", UserWarning)
+        warnings.warn("Sparse invariant checks are implicitly disabled.", UserWarning, stacklevel=2)
     assert len(caught) == 1
