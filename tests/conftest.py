@@ -15,6 +15,21 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
+def require(module: str, why: str = "an anchor the suite compares against") -> object:
+    """Import ``module`` for a test. Under ``make test`` (``SPECTUNE_REQUIRE_ANCHORS=1``, what
+    CI runs) a missing anchor fails the test; elsewhere (plain pytest) the test is skipped with
+    the reason."""
+    import importlib
+    import os
+
+    if os.environ.get("SPECTUNE_REQUIRE_ANCHORS") == "1":
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"{module} ({why}) is not installed: {exc}; make setup-dev installs it")
+    return pytest.importorskip(module, reason=f"{module} ({why}) is not installed")
+
+
 def pytest_report_header(config) -> list[str]:
     """Say up front whether the embedded model is there and its cache built: tests that load
     it build the cache on first use (tens of seconds), or fail naming the install command."""

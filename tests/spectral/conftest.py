@@ -49,7 +49,9 @@ def quiet() -> Iterator[None]:
 def ww() -> Any:
     """The weightwatcher package (0.7.7, the dev extra), imported quietly."""
     with quiet():
-        module = pytest.importorskip("weightwatcher")
+        from tests.conftest import require
+
+        module = require("weightwatcher", "WeightWatcher 0.7.7, the parity anchor")
     assert module.__version__ == "0.7.7", module.__version__
     return module
 
