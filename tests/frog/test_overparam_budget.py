@@ -36,3 +36,23 @@ def test_bad_options_name_the_field():
         overparam_importance([0.5, 0.5], [7.0], mode="away")
     cfg = FrogConfig(overparam="towards", overparam_factor=0.25)
     assert FrogConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_plan_frog_moves_the_budget_by_overparam():
+    """plan_frog applies the option: with alphas given, 'away' gives the alpha > 6 matrix a
+    smaller share of the same total than 'none', 'towards' a larger one."""
+    import torch
+
+    from spectune.frog import FrogConfig, plan_frog
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(32, 32))
+    alphas = {"0": 7.5, "1": 3.0}  # module "0" is overparameterized
+    share = {}
+    for mode in ("none", "away", "towards"):
+        plan = plan_frog(model, FrogConfig(budget=0.1, overparam=mode, target_modules=["0", "1"]),
+                         alphas=alphas)  # fmt: skip
+        counts = dict(zip(plan.table["name"], plan.table["trainable"], strict=True))
+        assert plan.total_trainable == sum(counts.values()) == round(0.1 * 2 * 32 * 32)
+        share[mode] = counts["0"] / plan.total_trainable
+    assert share["away"] < share["none"] < share["towards"]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spectune.errors import SpectuneError
-from spectune.frog.budget import allocate, total_trainable
+from spectune.frog.budget import allocate, overparam_importance, total_trainable
 from spectune.frog.config import ALL_LINEAR, FrogConfig
 from spectune.frog.layer import FrogLinear, _check_indices, name_seed
 from spectune.frog.scoring import (
@@ -326,6 +326,12 @@ def plan_frog(
         )
     else:
         importance = frobenius_importance(norms)
+    if config.overparam != "none":  # move budget off (or onto) alpha > overparam_alpha matrices
+        if alpha_values is None:
+            alpha_values = _resolve_alphas(names, weights, alphas, progress)
+        importance = overparam_importance(importance, alpha_values, mode=config.overparam,
+                                          factor=config.overparam_factor,
+                                          threshold=config.overparam_alpha)  # fmt: skip
     counts = allocate(k_total, importance, sizes) if config.selection == "per_matrix" else None
 
     # pass 2: relevance and selection
