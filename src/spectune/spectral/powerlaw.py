@@ -307,13 +307,48 @@ def _clip_xmax(data: np.ndarray, max_fingers: int, finger_thresh: float) -> Powe
     return best
 
 
+#: fix_fingers='xmin_peak': bins of the log-histogram whose peak sets the xmin range, and how
+#: far above the peak xmin may go (WeightWatcher 0.7.7's values)
+PEAK_BINS = 100
+PEAK_XMIN_MAX = 1.5
+
+
+def xmin_peak_range(evals: np.ndarray, thresh: float = EVALS_THRESH) -> tuple[float, float]:
+    """WeightWatcher 0.7.7's xmin range for ``fix_fingers='xmin_peak'``.
+
+    The peak is the left edge of the most populated of 100 bins of log10(evals > thresh);
+    WW then searches xmin in (log10(0.95 peak), 1.5 peak). The lower end mixes a log10 with
+    linear eigenvalues (as WW computes it); with the usual eigenvalue scales it lies below
+    every eigenvalue, so in effect xmin ranges over the eigenvalues up to 1.5 x the peak.
+
+    Returns:
+        ``(low, high)`` as WW passes them to ``powerlaw.Fit(xmin=...)``.
+    """
+    ev = np.asarray(evals, dtype=np.float64)
+    nz = ev[ev > thresh]
+    counts, edges = np.histogram(np.log10(nz), bins=PEAK_BINS)
+    peak = 10 ** edges[int(np.argmax(counts))]
+    return float(np.log10(0.95 * peak)), float(PEAK_XMIN_MAX * peak)
+
+
+def candidate_xmins(data: np.ndarray, xmin_range: tuple[float, float] | None) -> np.ndarray:
+    """Indices (into sorted ``data``) of the distinct values tried as xmin, as ``powerlaw``
+    1.5 picks them: the first index of each distinct value (within ``xmin_range`` if given),
+    the largest such value left out."""
+    if xmin_range is None:
+        pool = np.arange(len(data))
+    else:
+        lo, hi = min(xmin_range), max(xmin_range)
+        pool = np.nonzero((data >= lo) & (data <= hi))[0]
+    _, first = np.unique(data[pool], return_index=True)
+    return pool[first][:-1]
+
+
 def _fit_xmin_peak(data: np.ndarray) -> PowerLawFit:
     """WeightWatcher's ``fix_fingers='xmin_peak'`` (through the ``powerlaw`` package): xmin
     searched only among the eigenvalues up to 1.5 x the peak of the ESD's log-histogram
-    (:func:`spectune.spectral.tpl.xmin_peak_range`), with the plain estimator at every size
+    (:func:`xmin_peak_range`), with the plain estimator at every size
     (``powerlaw`` has no small-sample branch)."""
-    from spectune.spectral.tpl import candidate_xmins, xmin_peak_range
-
     N = len(data)
     if N < 2:
         return _failed(float(data[-1]) if N else float("nan"))

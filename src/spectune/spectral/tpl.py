@@ -50,7 +50,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import optimize
 
-from spectune.spectral.powerlaw import EVALS_THRESH
+from spectune.spectral.powerlaw import (  # noqa: F401 - re-exported: TPL shares the xmin rules
+    EVALS_THRESH,
+    PEAK_BINS,
+    PEAK_XMIN_MAX,
+    candidate_xmins,
+    xmin_peak_range,
+)
 
 #: powerlaw's likelihood for impossible points (10 ** sys.float_info.min_10_exp)
 _TINY = 10.0**sys.float_info.min_10_exp
@@ -67,9 +73,6 @@ ALPHA_BOUND_TOL = 1e-3
 LAMBDA_BOUND_TOL = 1e-6
 ALPHA_AT_BOUND = "TPL alpha at its lower bound 1 (the cutoff Lambda carries the tail)"
 LAMBDA_AT_BOUND = "TPL Lambda at its lower bound 0 (no truncation: a plain power law)"
-#: xmin_peak: histogram bins of log10(evals) and the top of the xmin range (x the peak)
-PEAK_BINS = 100
-PEAK_XMIN_MAX = 1.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,37 +483,6 @@ def _ks(bins: np.ndarray, ecdf: np.ndarray, alpha: float, lam: float, xmin: floa
     actual = (ecdf - ecdf[0]) / (1.0 - ecdf[0])
     diff = tpl_cdf(bins, alpha, lam, xmin) - actual
     return float(max(diff.max(), -diff.min()))
-
-
-def xmin_peak_range(evals: np.ndarray, thresh: float = EVALS_THRESH) -> tuple[float, float]:
-    """WeightWatcher 0.7.7's xmin range for ``fix_fingers='xmin_peak'``.
-
-    The peak is the left edge of the most populated of 100 bins of log10(evals > thresh);
-    WW then searches xmin in (log10(0.95 peak), 1.5 peak). The lower end mixes a log10 with
-    linear eigenvalues (as WW computes it); with the usual eigenvalue scales it lies below
-    every eigenvalue, so in effect xmin ranges over the eigenvalues up to 1.5 x the peak.
-
-    Returns:
-        ``(low, high)`` as WW passes them to ``powerlaw.Fit(xmin=...)``.
-    """
-    ev = np.asarray(evals, dtype=np.float64)
-    nz = ev[ev > thresh]
-    counts, edges = np.histogram(np.log10(nz), bins=PEAK_BINS)
-    peak = 10 ** edges[int(np.argmax(counts))]
-    return float(np.log10(0.95 * peak)), float(PEAK_XMIN_MAX * peak)
-
-
-def candidate_xmins(data: np.ndarray, xmin_range: tuple[float, float] | None) -> np.ndarray:
-    """Indices (into sorted ``data``) of the distinct values tried as xmin, as ``powerlaw``
-    1.5 picks them: the first index of each distinct value (within ``xmin_range`` if given),
-    the largest such value left out."""
-    if xmin_range is None:
-        pool = np.arange(len(data))
-    else:
-        lo, hi = min(xmin_range), max(xmin_range)
-        pool = np.nonzero((data >= lo) & (data <= hi))[0]
-    _, first = np.unique(data[pool], return_index=True)
-    return pool[first][:-1]
 
 
 def fit_truncated_powerlaw(
