@@ -7,7 +7,8 @@ examples:
 1. pick a seed category (seed examples without a category form one group) and ``shots`` seed
    examples of it;
 2. *instruction*: the teacher is shown the seeds' instructions and asked for one new task of
-   the same kind; sampled (``temperature``, ``top_p``), first non-empty line kept;
+   the same kind; sampled (``temperature``, ``top_p``), the first non-empty line kept (a
+   preamble line ending with a colon is skipped);
 3. *response*: the teacher answers the new instruction greedily, after the seeds as solved
    chat turns (and ``context`` as its system prompt), so answers follow the seeds' format;
 4. de-duplication: an instruction equal (normalized: case, spaces, quotes) to a seed or to an
@@ -73,9 +74,11 @@ def _norm(text: str) -> str:
 
 
 def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        line = _NUMBERING.sub("", line).strip().strip('"').strip()
-        if line:
+    """The first non-empty line that is not a preamble ("Here is a new task:")."""
+    lines = [_NUMBERING.sub("", line).strip().strip('"').strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if not line.endswith(":"):
             return line
     return ""
 

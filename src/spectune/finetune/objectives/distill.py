@@ -785,6 +785,9 @@ class Distill(Objective):
 
     def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
                  ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+        if ctx is None or not isinstance(ctx.state, DistillState):
+            raise SpectuneError("objective distill: features() needs the run's state (the "
+                                "teacher from prepare(ctx)), passed in ctx")  # fmt: skip
         state: DistillState = ctx.state
         features, info = distill_features(
             state.train, tokenizer, max_length=config.data.max_length, system=config.data.system,
