@@ -110,6 +110,9 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
     assert details["scaling"].eq(2.0).all()  # lora_alpha / r
     assert "base_alpha" in details and details["longname"].str.endswith(".lora_BA").all()
     assert m.spectra.n_layers == 14
+    # intruder dimensions of W + s B A against W, per pair, summed in the summary
+    assert "num_intruders" in details and details["num_intruders"].notna().all()
+    assert m.spectra.num_intruders == int(details["num_intruders"].sum())
     assert {p.name for p in (out / "plots").iterdir()} >= {
         "loss_curve.png",
         "learning_forgetting.png",

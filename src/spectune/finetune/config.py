@@ -204,13 +204,20 @@ class EvalConfig:
         default=True,
         metadata={"help": "analyze the adapter's (or the weight delta's) spectra vs the base."},
     )
+    intruders: bool = field(
+        default=True,
+        metadata={
+            "help": "count intruder dimensions (Shuttleworth et al. 2024): tuned singular "
+            "vectors unlike every base one; LoRA-family and full runs (one base SVD per matrix)."
+        },
+    )
     spectra_precision: str = field(
         default="float32",
         metadata={"help": "'float32' (fast) or 'float64' (WeightWatcher's exact numbers)."},
     )
 
     def __post_init__(self) -> None:
-        for name in ("before", "spectra"):
+        for name in ("before", "spectra", "intruders"):
             if not isinstance(getattr(self, name), bool):
                 raise SpectuneError(
                     f"eval.{name} must be true or false, got {getattr(self, name)!r}"
@@ -230,8 +237,8 @@ class EvalConfig:
 _SECTIONS = {"data": DataConfig, "eval": EvalConfig}
 
 #: the config's own top-level keys (everything else is a method's or objective's section)
-FIELDS = ("model", "method", "objective", "seed", "output_dir", "target_modules",
-          "exclude_modules", "data", "eval", "train")  # fmt: skip
+FIELDS = ("model", "model_dtype", "attn_implementation", "method", "objective", "seed",
+          "output_dir", "target_modules", "exclude_modules", "data", "eval", "train")  # fmt: skip
 
 #: the old flat LoRA keys, read into the ``lora:`` section
 LEGACY_LORA_KEYS = ("r", "lora_alpha", "lora_dropout")
@@ -295,6 +302,22 @@ class TuneConfig:
         default="default",
         metadata={"help": "'default' (embedded SmolLM2-135M-Instruct) or a local HF folder."},
     )
+    model_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "what the base weights load in: 'float32', 'bfloat16', 'float16', or "
+            "'auto' (bfloat16 on a bf16 GPU or a CPU with AVX512-BF16, float32 elsewhere; "
+            "the run notes what it picked). Adapters stay float32. 4-bit methods keep "
+            "quant.compute_dtype."
+        },
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "attention kernel passed to transformers: 'sdpa', 'eager', or "
+            "'flash_attention_2' (needs the flash-attn package and a CUDA GPU)."
+        },
+    )
     method: str = field(
         default="lora", metadata={"help": "a registered method (spectune.methods())."}
     )
@@ -332,6 +355,12 @@ class TuneConfig:
         methods, objectives = _registries()
         method, objective = methods.get(self.method), objectives.get(self.objective)
         self.seed = check.integer("seed", self.seed, minimum=0)
+        check.choice("model_dtype", self.model_dtype, ("auto", "float32", "bfloat16", "float16"))
+        check.choice("attn_implementation", self.attn_implementation,
+                     ("sdpa", "eager", "flash_attention_2"))  # fmt: skip
+        from spectune.finetune.methods.base import check_attn_implementation
+
+        check_attn_implementation(self.attn_implementation)
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise SpectuneError(f"output_dir must be a folder path, got {self.output_dir!r}")
         self.target_modules = _target_spec(self.target_modules, "target_modules")

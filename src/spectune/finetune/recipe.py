@@ -297,8 +297,9 @@ def _judge_cache_dir() -> Path:
 
 def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionExample],
                      config: TuneConfig, *, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Judge the float32 base model, cached under ``$SPECTUNE_CACHE/judge`` by model files,
-    held-out data, settings and Python version (the forgetting text depends on it).
+    """Judge the base model (in ``model_dtype``), cached under ``$SPECTUNE_CACHE/judge`` by
+    model files, held-out data, settings, dtype and Python version (the forgetting text
+    depends on it).
 
     The 4-bit methods are judged against this full-precision base too: it is the model the
     user starts from, so "forgetting" includes what quantization costs.
@@ -308,11 +309,16 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
     """
     from spectune import __version__
     from spectune.finetune.evaluate import judge
-    from spectune.finetune.methods.base import load_float_base
+    from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
 
+    dtype, _ = resolve_model_dtype(config.model_dtype)
     key_data = {"v": JUDGE_VERSION, "spectune": __version__, "model": str(model_dir.resolve()),
                 "files": _model_fingerprint(model_dir), "heldout": _examples_hash(heldout),
                 "settings": _judge_kwargs(config), "python": sys.version_info[:2]}  # fmt: skip
+    if dtype != "float32":  # float32 keys stay those of the runs before model_dtype existed
+        key_data["dtype"] = dtype
+    if config.attn_implementation != "sdpa":
+        key_data["attn"] = config.attn_implementation
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:20]
     cache = _judge_cache_dir() / f"{key}.json"
     if cache.is_file():
@@ -321,9 +327,9 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
         except ValueError:
             pass  # a damaged entry is recomputed
     _say("judging the base model (cached for later runs)", progress)
-    model = load_float_base(model_dir)
+    model = load_float_base(model_dir, dtype, attn_implementation=config.attn_implementation)
     result = judge(model, tokenizer, heldout, progress=progress, **_judge_kwargs(config))
-    result["model"] = "base model, float32"
+    result["model"] = f"base model, {dtype}"
     del model
     write_json(cache, result)
     return result
@@ -339,7 +345,11 @@ def _judge_context(run: Run) -> Any:
 def judge_base(run: Run) -> None:
     """Phase 2: the objective's per-run state and training features; judge the base model
     (``before.json``)."""
-    from spectune.finetune.methods.base import load_float_base, load_tokenizer
+    from spectune.finetune.methods.base import (
+        load_float_base,
+        load_tokenizer,
+        resolve_model_dtype,
+    )
 
     run.tokenizer = load_tokenizer(run.model_dir)
     run.objective_state = run.objective.prepare(_judge_context(run))
@@ -354,8 +364,11 @@ def judge_base(run: Run) -> None:
     result = judge_base_model(run.model_dir, run.tokenizer, run.data.heldout, run.config,
                               progress=run.progress)  # fmt: skip
     run.before_predictions = list(result.get("predictions") or [])
-    result["extras"] = run.objective.judge(_judge_context(run),
-                                           lambda: load_float_base(run.model_dir), "before")  # fmt: skip
+    dtype, _ = resolve_model_dtype(run.config.model_dtype)
+    attn = run.config.attn_implementation
+    result["extras"] = run.objective.judge(
+        _judge_context(run), lambda: load_float_base(run.model_dir, dtype, attn_implementation=attn),
+        "before")  # fmt: skip
     run.before = Judging.from_dict(result)
     run.folder.own("before.json")
     write_json(run.out / "before.json", result)
@@ -521,8 +534,10 @@ def analyze(run: Run) -> None:
     from spectune.spectral import summarize
 
     what = run.method.spectra(run.built, run.context, run.out / "adapter")
+    intruders = run.config.eval.intruders and (what.peft or what.delta)  # a tuned W to compare
     details = analyze_spectra(what.source, peft=what.peft, delta=what.delta, base=run.model_dir,
-                              precision=run.config.eval.spectra_precision, progress=run.progress)  # fmt: skip
+                              precision=run.config.eval.spectra_precision, intruders=intruders,
+                              progress=run.progress)  # fmt: skip
     summary = summarize(details)
     if "base_alpha" in details:
         ok = details[details["base_status"] == "success"]

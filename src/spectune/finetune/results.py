@@ -210,6 +210,9 @@ class SpectraSummary:
     stable_rank: float | None = None
     base_alpha: float | None = None
     rank90: float | None = None
+    num_intruders: int | None = None
+    layers_with_intruders: int | None = None
+    n_overparameterized: int | None = None
     status_counts: dict[str, int] = field(default_factory=dict)
     warning_counts: dict[str, int] = field(default_factory=dict)
 
@@ -367,6 +370,7 @@ class RunMetrics:
             "ms_per_token": self.cost.ms_per_token,
             "adapter_alpha": spectra.alpha,
             "base_alpha": spectra.base_alpha,
+            "num_intruders": spectra.num_intruders,
         }
 
 

@@ -601,6 +601,10 @@ def _spectra(reader: _Reader, folder: Path, m: RunMetrics) -> _Html:
         ]
         if _num(s.get("rank90")) is not None:
             rows.append(["mean rank90", _fixed(s.get("rank90"), 1)])
+        if _num(s.get("num_intruders")) is not None:
+            rows.append(["intruder dimensions (layers with any)",
+                         f"{_count(s.get('num_intruders'))} "
+                         f"({_count(s.get('layers_with_intruders'))})"])  # fmt: skip
         for key, label in (("status_counts", "status"), ("warning_counts", "warnings")):
             counts = s.get(key)
             if isinstance(counts, dict):
