@@ -374,7 +374,26 @@ def test_latency_generates_fixed_token_count(tok):
 def test_latency_on_tiny_llama(tok, tiny):
     result = generation_latency(tiny, tok, new_tokens=4, warmup=1)
     assert result.n_prompts == len(LATENCY_PROMPTS)
-    assert 0 < result.ms_per_token < 10_000
+    assert result.ms_per_token > 0 and result.ms_first_token > 0
+
+
+def test_latency_measures_the_time_per_decoded_token(tok, tiny, monkeypatch):
+    """Every forward made 25 ms slower: the per-token figure rises by those 25 ms (the
+    decode steps after the first token), not by the prompt or warm-up time."""
+    import time as _time
+
+    fast = generation_latency(tiny, tok, new_tokens=4, warmup=1)
+    forward = tiny.forward
+
+    def slow(*args, **kwargs):
+        _time.sleep(0.025)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "forward", slow)
+    slowed = generation_latency(tiny, tok, new_tokens=4, warmup=1)
+    added = slowed.ms_per_token - fast.ms_per_token
+    assert 24 < added < 60, (fast.ms_per_token, slowed.ms_per_token)
+    assert slowed.ms_first_token - fast.ms_first_token > 24  # the first token's step too
     with pytest.raises(SpectuneError, match="new_tokens"):
         generation_latency(tiny, tok, new_tokens=1)
     with pytest.raises(SpectuneError, match="at least one prompt"):
