@@ -10,10 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.finetune.conftest import tiny_run_config
 from tests.finetune.test_study import _study_data
 
 from spectune.errors import SpectuneError
+from spectune.finetune.config import yaml_dump
 from spectune.finetune.study import study
+from spectune.finetune.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +44,13 @@ def test_an_unreachable_ray_address_is_one_error_and_nothing_starts(tiny_model_d
         study(data=_study_data(tiny_model_dir), out=out, backend="ray", address="127.0.0.1:1",
               progress=False)  # fmt: skip
     assert not out.exists()
+    from spectune.cli.main import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml_dump(tiny_run_config(tiny_model_dir)))
+    assert main(["sweep", str(cfg), "--grid", "lora.r=2,4", "--out", str(out), "--backend",
+                 "ray", "--address", "ray://127.0.0.1:1", "--no-progress"]) == 2  # fmt: skip
+    assert not out.exists()
     with pytest.raises(SpectuneError, match="not host:port"):
         study(data=_study_data(tiny_model_dir), out=out, backend="ray", address="nowhere",
               progress=False)  # fmt: skip
@@ -59,10 +69,19 @@ def test_study_on_a_local_ray_instance_runs_two_trials_at_once(tiny_model_dir, t
     data["data"]["n_eval"] = 8
     data["train"]["max_steps"] = 2
     out = tmp_path / "study"
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml_dump({k: v for k, v in data.items() if k != "study"}))
     try:
         result = study(data=data, out=out, progress=False, run_fn=failing_tune, backend="ray")
+        # a sweep on the same instance: two trials at once, the comparison folder as ever
+        outcomes = sweep(cfg, ["lora.r=2,4"], out=tmp_path / "sweep", progress=False,
+                         backend="ray")  # fmt: skip
     finally:
         ray.shutdown()
+    assert [o.status for o in outcomes] == ["complete", "complete"]
+    assert (tmp_path / "sweep/results.csv").is_file() and (tmp_path / "sweep/report.html").is_file()
+    a, b = (_span(tmp_path / "sweep/runs" / o.name) for o in outcomes)
+    assert a[0] <= b[1] and b[0] <= a[1]
     assert result.failed_runs == {"full-s0": "planted failure of full-s0"}
     assert [r["status"] for r in result.runs] == ["complete", "failed: planted failure of full-s0"]
     assert (out / "runs/lora-s0/metrics.json").is_file()

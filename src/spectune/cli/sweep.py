@@ -25,6 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted sweep (finished runs kept)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one run after another; ray: runs as Ray tasks (pip install 'spectune[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to use ('auto', 'ray://host:10001'); default: a local instance of 2 CPUs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
@@ -34,9 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import show_comparison, split_config_and_overrides
     from spectune.finetune.sweep import sweep
 
+    if args.address and args.backend != "ray":
+        from spectune.errors import SpectuneError
+
+        raise SpectuneError("--address is for --backend ray")
     config_path, overrides = split_config_and_overrides(args)
     outcomes = sweep(config_path, args.grid, overrides=overrides, out=args.out,
-                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)  # fmt: skip
+                 overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                 backend=args.backend, address=args.address)  # fmt: skip
     show_comparison(outcomes)
     out = Path(args.out) if args.out else None
     if out is not None:

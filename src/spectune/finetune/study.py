@@ -52,6 +52,7 @@ from typing import Any
 
 from spectune._io import write_json, write_text
 from spectune.errors import SpectuneError
+from spectune.finetune.backends import Job, make_executor
 from spectune.finetune.config import TuneConfig, apply_overrides, yaml_dump
 
 STUDY_CONFIG = "study.yaml"
@@ -525,143 +526,6 @@ def study_figures(summaries: list[dict], searches: list[LRSearch], rows: list[di
     return figs, skipped
 
 
-# --------------------------------------------------------------------------- backends
-
-
-@dataclass
-class Job:
-    """One run to do: its name, method, raw config, folder, whether to resume, or why not."""
-
-    name: str
-    method: str
-    config: dict[str, Any] | None
-    out: Path
-    resume: bool
-    error: str | None = None
-
-
-#: what a run's failure may raise (anything else is a bug and propagates)
-RUN_ERRORS = (SpectuneError, RuntimeError, ValueError, MemoryError)
-
-
-def _run_job(run_fn: Callable[..., Any], job: Job, progress: bool) -> tuple[Any, str | None]:
-    """``(RunMetrics, None)`` or ``(None, why it failed)``."""
-    if job.error is not None:
-        return None, job.error
-    try:
-        cfg = TuneConfig.from_dict(job.config, source=f"study ({job.name})")
-        res = run_fn(cfg, out=job.out, resume=job.resume and job.out.exists(), progress=progress)
-        return res.metrics, None
-    except RUN_ERRORS as exc:
-        return None, str(exc)
-
-
-def _executor(backend: str, address: str | None, run_fn: Callable[..., Any],
-              progress: bool) -> Callable[[list[Job], str], list[tuple[Any, str | None]]]:  # fmt: skip
-    """A function running a list of jobs and returning their results in order."""
-
-    def say(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr, flush=True)
-
-    if backend == "local":
-
-        def local(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
-            results = []
-            for i, job in enumerate(jobs, 1):
-                say(f"[{what} {i}/{len(jobs)}] {job.name}")
-                metrics, error = _run_job(run_fn, job, progress)
-                if error is not None:
-                    say(f"spectune: run {job.name} failed: {error}")
-                results.append((metrics, error))
-            return results
-
-        return local
-    ray = _start_ray(address)
-    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
-
-    def on_ray(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
-        if not jobs:
-            return []
-        say(f"[{what}] {len(jobs)} run(s) on Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
-        refs = [remote.remote(run_fn, job) for job in jobs]
-        results = []
-        for job, ref in zip(jobs, refs, strict=True):
-            try:
-                metrics, error = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a crashed worker is a failed trial
-                metrics, error = None, f"Ray trial failed: {type(exc).__name__}: {exc}"
-            if error is not None:
-                say(f"spectune: run {job.name} failed: {error}")
-            results.append((None if metrics is None else _metrics(metrics), error))
-        return results
-
-    return on_ray
-
-
-def _metrics(data: dict[str, Any]) -> Any:
-    from spectune.finetune.results import RunMetrics
-
-    return RunMetrics.from_dict(data)
-
-
-def _ray_job(run_fn: Callable[..., Any], job: Job) -> tuple[dict[str, Any] | None, str | None]:
-    """A Ray task: one run in a worker process (metrics as plain data)."""
-    metrics, error = _run_job(run_fn, job, False)
-    return (None if metrics is None else metrics.to_dict()), error
-
-
-def _check_reachable(address: str) -> None:
-    """A TCP connection to ``host:port`` (ray:// or a GCS address) within 5 s, so that an
-    unreachable cluster is one clear error instead of Ray's minutes of retries."""
-    import socket
-
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise SpectuneError(f"--address {address!r} is not host:port, ray://host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise SpectuneError(
-            f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); nothing was "
-            "started: check the address, start one (ray start --head), or leave out --address "
-            "for a local instance"
-        ) from None
-
-
-def _start_ray(address: str | None) -> Any:
-    """The ``ray`` module, connected to ``address`` or to a new local instance of 2 CPUs.
-
-    Raises:
-        SpectuneError: Ray is not installed, or the address cannot be reached (nothing is
-            started then).
-    """
-    try:
-        import ray
-    except ImportError:
-        raise SpectuneError(
-            "--backend ray needs Ray: pip install 'spectune[ray]' (or pip install ray)"
-        ) from None
-    if ray.is_initialized():
-        return ray
-    if address not in (None, "auto"):
-        _check_reachable(address)
-    try:
-        if address is None:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        raise SpectuneError(
-            f"cannot reach a Ray cluster at {address!r} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing was started: start one "
-            "(ray start --head) or leave out --address for a local instance"
-        ) from None
-    return ray
-
-
 # --------------------------------------------------------------------------- the study
 
 
@@ -759,7 +623,7 @@ def study(
     base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     out = Path(out if out is not None else base_config.output_dir)
     plans = plan_configs(base, spec)  # checks the model and methods before the folder
-    executor = _executor(backend, address, run_fn, progress)  # an unreachable Ray: nothing done
+    executor = make_executor(backend, address, run_fn, progress)  # an unreachable Ray: nothing done
     folder = RunFolder(out, "study").open(overwrite=overwrite, resume=resume)
     with folder:  # the folder's lock is released however the study ends
         saved = out / STUDY_CONFIG
@@ -906,7 +770,6 @@ def study(
 
 
 __all__ = [
-    "Job",
     "LRSearch",
     "MethodSummary",
     "StudyResult",

@@ -223,6 +223,8 @@ def run_comparison(
     resume: bool = False,
     progress: bool = True,
     prelude: Any = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[RunOutcome]:
     """Run ``runs`` one after another into ``out/runs/<name>`` and compare them.
 
@@ -236,20 +238,26 @@ def run_comparison(
         progress: progress output.
         prelude: called with the opened :class:`RunFolder` before the first run (skipped on
             resume when the prelude's work is done), e.g. to write the base model's spectra.
+        backend / address: ``"local"`` or ``"ray"`` and the Ray cluster
+            (:func:`spectune.finetune.backends.make_executor`).
 
     Returns:
         One :class:`RunOutcome` per run, in order.
     """
+    from spectune.finetune.backends import make_executor
+    from spectune.finetune.recipe import tune
+
     out = Path(out)
+    execute = None if backend == "local" else make_executor(backend, address, tune, progress)
     folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
     with folder:  # the folder's lock is released however the sweep ends
         return _run_all(runs, out, folder, kind=kind, title=title, meta=meta, resume=resume,
-                        progress=progress, prelude=prelude)  # fmt: skip
+                        progress=progress, prelude=prelude, execute=execute)  # fmt: skip
 
 
 def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, folder: RunFolder,
              *, kind: str, title: str, meta: dict[str, Any] | None, resume: bool,
-             progress: bool, prelude: Any) -> list[RunOutcome]:  # fmt: skip
+             progress: bool, prelude: Any, execute: Any = None) -> list[RunOutcome]:  # fmt: skip
     from spectune.finetune.recipe import log_rows, tune
     from spectune.report.html import write_comparison_report
 
@@ -260,7 +268,16 @@ def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, fold
         folder.update(prelude_done=True)
     outcomes: list[RunOutcome] = []
     logs: dict[str, list[dict]] = {}
-    for i, (name, config, setting) in enumerate(runs, 1):
+    if execute is not None:  # another backend runs them all, then they are compared
+        from spectune.finetune.backends import Job
+
+        jobs = [Job(n, c.method, c.to_dict(), out / "runs" / n, resume) for n, c, _ in runs]
+        for (name, config, setting), (metrics, error) in zip(runs, execute(jobs, "run"),
+                                                             strict=True):  # fmt: skip
+            outcomes.append(RunOutcome(name, config.method, setting, metrics=metrics, error=error))
+            if metrics is not None:
+                logs[name] = log_rows(out / "runs" / name)
+    for i, (name, config, setting) in enumerate(runs if execute is None else [], 1):
         run_dir = out / "runs" / name
         if progress:
             print(f"[{i}/{len(runs)}] {name}", file=sys.stderr, flush=True)
@@ -298,6 +315,8 @@ def sweep(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[RunOutcome]:
     """Run every combination of ``grid_items`` over the config at ``config_path``.
 
@@ -308,6 +327,7 @@ def sweep(
         out: the comparison folder (default: the base config's output_dir).
         overwrite / resume: see :func:`run_comparison`.
         progress: progress output.
+        backend / address: see :func:`run_comparison`.
 
     Returns:
         One :class:`RunOutcome` per run (``.row()`` is its line of ``results.csv``).
@@ -332,7 +352,8 @@ def sweep(
         for s in skipped:
             print(f"skipping {s['setting']}: trains the same as {s['same_as']}", file=sys.stderr)
     return run_comparison(runs, out, kind="sweep", title=f"Sweep over {', '.join(grid)}",
-                          meta=meta, overwrite=overwrite, resume=resume, progress=progress)  # fmt: skip
+                          meta=meta, overwrite=overwrite, resume=resume, progress=progress,
+                          backend=backend, address=address)  # fmt: skip
 
 
 __all__ = [
