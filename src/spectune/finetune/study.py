@@ -230,6 +230,12 @@ def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path)
 
     config = TuneConfig.from_dict(apply_overrides(base, [f"seed={spec.lr_seed}"]),
                                   source="study", foreign_sections="drop")  # fmt: skip
+    if config.objective != "sft":
+        raise SpectuneError(
+            f"study.lr_grid: the learning-rate search carves its validation split from "
+            f"instruction data (objective sft), not from objective {config.objective!r}'s; give "
+            "each method one rate (study.lr_grid: {method: [rate]})"
+        )
     train = list(load_instruction_data(config).train)
     if len(train) <= spec.validation:
         raise SpectuneError(f"study.lr_search.validation ({spec.validation}) must be below the "
