@@ -14,7 +14,7 @@ hook                          what it does (default)
 ``settings``                  table column -> dotted config key, the method's headline
                               settings in results tables (``{"r": "lora.r"}``)
 ``check(config)``             cross-field checks when the config is validated (none)
-``load_base(ctx)``            the base model (float32 ``AutoModelForCausalLM``)
+``load_base(ctx)``            the base model (``AutoModelForCausalLM`` in ``model_dtype``)
 ``build(ctx, model)``         make it trainable -> :class:`Built` (required)
 ``count_parameters(model)``   (trainable, total) (4-bit weights counted as weights)
 ``save(built, folder)``       write the adapter (default: the trainable tensors as
@@ -147,8 +147,12 @@ class Method:
     # -- building ------------------------------------------------------------------------
 
     def load_base(self, ctx: BuildContext) -> tuple[nn.Module, list[str]]:
-        """The base model to train, and notes about how it was loaded."""
-        return load_float_base(ctx.model_dir), []
+        """The base model to train (in ``model_dtype``, with ``attn_implementation``), and
+        notes about how it was loaded (the dtype picked)."""
+        dtype, notes = resolve_model_dtype(ctx.config.model_dtype)
+        model = load_float_base(ctx.model_dir, dtype=dtype,
+                                attn_implementation=ctx.config.attn_implementation)  # fmt: skip
+        return model, notes
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         """Make ``model`` trainable the method's way (``tokenizer``, counts filled in later)."""
@@ -215,12 +219,102 @@ class Method:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def load_float_base(model_dir: Path) -> nn.Module:
-    """The base causal LM in float32 (CPU training)."""
+#: ``model_dtype`` settings: what the base weights load in
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: ``attn_implementation`` settings (passed to ``from_pretrained``)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_implementation(name: str) -> None:
+    """Refuse ``flash_attention_2`` where the ``flash_attn`` package (and CUDA) is missing.
+
+    Raises:
+        SpectuneError: naming the setting and what to use instead.
+    """
+    import importlib.util
+
+    if name != "flash_attention_2":
+        return
+    if importlib.util.find_spec("flash_attn") is None:
+        raise SpectuneError(
+            "attn_implementation=flash_attention_2 needs the flash-attn package (a CUDA GPU "
+            "and `pip install flash-attn`), which is not installed here; use "
+            "attn_implementation=sdpa (the default) or eager"
+        )
+
+
+def _cpu_runs(dtype: Any) -> bool:
+    """Whether this torch runs a matmul, its backward and SDPA in ``dtype`` on the CPU."""
+    import torch
+
+    try:
+        a = torch.ones(4, 8, dtype=dtype, requires_grad=True)
+        (a @ torch.ones(8, 4, dtype=dtype)).sum().backward()
+        q = torch.ones(1, 1, 4, 8, dtype=dtype)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
+    """The dtype the base weights load in for ``model_dtype=name``, and notes saying so
+    (none for float32, the default).
+
+    ``auto``: bfloat16 where the hardware runs it natively (a bf16 GPU, a CPU with
+    AVX512-BF16: :func:`spectune.finetune.methods.qlora.native_bf16`), float32 elsewhere.
+    An explicit ``bfloat16`` on a CPU without native bf16 runs emulated (about 10x slower: a
+    note says so); ``float16`` on a CPU is refused where torch cannot run it.
+
+    Raises:
+        SpectuneError: an unknown name, or a dtype this machine cannot compute in.
+    """
+    import torch
+
+    from spectune import _check as check
+    from spectune.finetune.methods import qlora
+
+    check.choice("model_dtype", name, MODEL_DTYPES)
+    gpu = torch.cuda.is_available()
+    if name == "auto":
+        if qlora.native_bf16():
+            why = "a bf16 GPU" if gpu else "a CPU with AVX512-BF16"
+            return "bfloat16", [f"base weights loaded in bfloat16 (model_dtype=auto: {why})"]
+        return "float32", ["base weights loaded in float32 (model_dtype=auto: no native bf16 "
+                           "here, emulated bf16 is about 10x slower)"]  # fmt: skip
+    if name == "float32":
+        return name, []  # the default: nothing to say
+    notes = [f"base weights loaded in {name} (model_dtype={name}); adapters train in float32"]
+    if name == "bfloat16" and not qlora.native_bf16():
+        notes.append("model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
+                     "CPU): about 10x slower than model_dtype=float32 (or auto)")  # fmt: skip
+    if name in ("float16", "bfloat16") and not gpu and not _cpu_runs(getattr(torch, name)):
+        raise SpectuneError(
+            f"model_dtype={name}: torch {torch.__version__} cannot run {name} matmuls on this "
+            "CPU; use model_dtype=float32 (or auto)"
+        )
+    return name, notes
+
+
+def load_float_base(
+    model_dir: Path, dtype: str = "float32", *, attn_implementation: str | None = None
+) -> nn.Module:
+    """The base causal LM in ``dtype`` (float32 by default: CPU training).
+
+    Args:
+        model_dir: the model folder.
+        dtype: a resolved dtype name (:func:`resolve_model_dtype`): float32, bfloat16, float16.
+        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``; None: transformers'
+            default.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    kwargs: dict[str, Any] = {}
+    if attn_implementation is not None:
+        check_attn_implementation(attn_implementation)
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **kwargs)
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -317,11 +411,15 @@ __all__ = [
     "Built",
     "Method",
     "SpectraInput",
+    "ATTN_IMPLEMENTATIONS",
+    "MODEL_DTYPES",
+    "check_attn_implementation",
     "count_parameters",
     "load_float_base",
     "load_tokenizer",
     "load_trainable",
     "meta_model",
+    "resolve_model_dtype",
     "save_trainable",
     "target_modules",
 ]

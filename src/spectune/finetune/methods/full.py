@@ -25,7 +25,12 @@ class FullMethod(Method):
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         model.requires_grad_(True)
-        return Built(model)
+        dtype = next(model.parameters()).dtype
+        notes = [] if dtype.is_floating_point and dtype.itemsize >= 4 else [
+            f"full fine-tuning updates the {str(dtype).removeprefix('torch.')} weights in place "
+            "(no float32 master copy): updates smaller than the dtype's resolution round away; "
+            "model_dtype=float32 avoids that"]  # fmt: skip
+        return Built(model, notes=notes)
 
     def save(self, built: Built, folder: Path) -> None:
         built.model.save_pretrained(folder)

@@ -160,7 +160,11 @@ def load_4bit_base(model_dir: Path, config: TuneConfig) -> tuple[nn.Module, list
     # 4-bit weights are placed when loaded: on the GPU where there is one
     device_map = {"": 0} if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quant, dtype=torch.float32, device_map=device_map
+        model_dir,
+        quantization_config=quant,
+        dtype=torch.float32,
+        device_map=device_map,
+        attn_implementation=config.attn_implementation,
     )
     return model, notes
 
