@@ -404,9 +404,9 @@ def test_lipo_moves_heldout_ranking_accuracy_on_the_embedded_model(tmp_path):
         "model": str(default_model_dir()), "method": "lora", "objective": "lipo", "seed": 0,
         "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
         "lipo": {"loss": "lambda", "beta": 0.1, "list_size": 4},
-        "data": {"train": "tasks", "n_train": 48, "n_eval": 24, "max_length": 96},
+        "data": {"train": "tasks", "n_train": 32, "n_eval": 16, "max_length": 96},
         "eval": {"before": False},
-        "train": {"max_steps": 12, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+        "train": {"max_steps": 8, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
                   "warmup_steps": 2, "logging_steps": 4, "save_steps": 100},
     })  # fmt: skip
     run = recipe.setup(config, out=tmp_path / "lipo", progress=False)
