@@ -327,19 +327,23 @@ def test_full_student_of_a_spectune_run_folder(lora_context_run, tiny_model_dir,
 
 @pytest.mark.slow
 def test_context_distillation_moves_the_embedded_model_towards_its_teacher(tmp_path):
-    """Measured (2 CPUs): see the README's Distillation section."""
+    """Measured 2026-11-29 on 2 shared CPUs (load ~14, OMP_NUM_THREADS=1; 16 min in all, 554 s
+    of training): teacher KL 0.931 -> 0.213 nats/token, token agreement 0.569 -> 0.804,
+    answer agreement 0.000 -> 0.208, accuracy 0.000 -> 0.125, peak RSS (training, with the
+    teacher) 2.97 GB."""
     from spectune.finetune.config import load_config
 
-    config = load_config("configs/distill.yaml", ["data.n_eval=32", "train.max_steps=30",
-                                                  "eval.latency_prompts=0", "eval.spectra=false",
-                                                  "eval.ppl_chars=1000"])  # fmt: skip
+    config = load_config("configs/distill.yaml", [
+        "data.n_train=160", "data.n_eval=24", "train.max_steps=16", "eval.latency_prompts=0",
+        "eval.spectra=false", "eval.ppl_chars=1000"])  # fmt: skip
     m = tune(config, out=tmp_path / "distill", progress=False).metrics
     before, after = m.before.extras, m.after.extras
     print(json.dumps({"before": before, "after": after, "accuracy": [m.before.accuracy.accuracy,
                       m.after.accuracy.accuracy], "seconds": m.cost.train_seconds,
                       "peak_rss": m.cost.peak_rss_bytes}))  # fmt: skip
-    assert after["teacher_kl"] < 0.7 * before["teacher_kl"]
-    assert after["teacher_agreement"] > before["teacher_agreement"] + 0.15
+    assert after["teacher_kl"] < 0.8 * before["teacher_kl"]
+    assert after["teacher_token_agreement"] > before["teacher_token_agreement"]
+    assert after["teacher_agreement"] > before["teacher_agreement"]
 
 
 # --------------------------------------------------------------------------- augment
