@@ -38,7 +38,14 @@ full model) and QLoRA (whose reference is the float base it was quantized from, 
 rewards at step 0 already hold what 4-bit quantization changed, as the recipe's "before"
 judging does). The price is one forward pass per response before training (about a third of
 a training step's work per response) and, on ``--resume``, doing it again (it is
-deterministic: eval mode, no dropout).
+deterministic: eval mode, no dropout). A live reference (a ``Method.reference(model)``
+context that disables the adapter, zeroes FROG's deltas, or keeps a frozen copy for full
+fine-tuning) would cost a second forward per response at every step, a hook in every method,
+and for full fine-tuning a second model in memory; the precomputed one needs none of it.
+
+Each list's prompt runs once per forward and its K responses continue from the prompt's KV
+cache (:func:`shared_prompt_logps`; ``lipo.share_prompt``): on the task set the prompt is
+most of every sequence, so a list of 4 costs about one sequence and a half, not four.
 
 Judged (``Judging.extras``, before and after, on held-out lists made from the held-out
 questions, or ``data.eval`` / an ``eval_fraction`` split of a lists file):
@@ -641,6 +648,9 @@ def shared_prompt_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Ten
     it. The same values as :func:`sequence_logps` on prompt + response (tested), and the
     gradient reaches the prompt's keys and values through the cache; a K-response list costs
     one prompt instead of K (the prompt is most of a task-set sequence).
+
+    Methods with a per-forward effect see two forwards: FROG's guided noise (training only)
+    is drawn once for the prompts and once for the responses.
 
     Returns:
         (N,), or None when the model cannot do it (no decoder/head split, no KV cache
