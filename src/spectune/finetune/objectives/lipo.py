@@ -27,7 +27,8 @@ averaged over the lists of a batch (``lipo.loss``):
 - ``softmax``: the listwise softmax cross-entropy -sum_i w_i log softmax(s)_i with
   w = (psi - min psi) / sum(psi - min psi) (labels shifted so the worst response weighs 0).
 
-Reference policy: the frozen base model, the float32 model the user starts from. Its
+Reference policy: the frozen base model the user starts from (float32, or the run's
+``model_dtype``). Its
 log-probabilities of every training and held-out response are computed **once**, before
 training, with the untouched base (:meth:`LiPO.prepare`), and travel in the dataset next to
 the tokens (as TRL's ``precompute_ref_log_probs``). So no reference model, no second copy of
@@ -996,12 +997,14 @@ class LiPO(Objective):
 
     def prepare(self, ctx: JudgeContext) -> LipoState:
         """Build on-policy lists (if asked), tokenize, and compute the reference log-probs of
-        every training and held-out response with the float32 base model, once."""
+        every training and held-out response with the base model, once."""
         from spectune.finetune.data import pad_token_id
-        from spectune.finetune.methods.base import load_float_base
+        from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
 
         config, sec = ctx.config, ctx.config.section("lipo")
-        base = load_float_base(ctx.model_dir)
+        # the base as the method loads it (model_dtype, attention kernel): rewards start at 0
+        dtype, _ = resolve_model_dtype(config.model_dtype)
+        base = load_float_base(ctx.model_dir, dtype, attn_implementation=config.attn_implementation)
         info: dict[str, Any] = {}
         train_lists = ctx.data.train
         if sec.lists == "on_policy" and config.data.train == "tasks":
@@ -1031,7 +1034,7 @@ class LiPO(Objective):
                               strict=True):  # fmt: skip
                 f["ref_logps"] = ref
         del base
-        info.update(tokenize={**tinfo, "heldout": hinfo}, reference="float32 base model, "
+        info.update(tokenize={**tinfo, "heldout": hinfo}, reference=f"base model ({dtype}), "
                     "log-probs precomputed once before training")  # fmt: skip
         return LipoState(train, heldout, info, sec)
 
