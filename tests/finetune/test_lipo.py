@@ -353,7 +353,18 @@ def test_lipo_lora_run_writes_a_complete_results_folder(tiny_model_dir, tmp_path
     assert "lipo: reward ndcg" in (out / "report.html").read_text()  # the judged extras
 
 
-@pytest.mark.parametrize("method", ["frog", "full", "dora"])
+def _every_method() -> list:
+    """Every registered method: frog, full and dora in the fast suite, the rest (lora has its
+    own end-to-end run above) marked slow (each a few seconds; bitsandbytes ones skip
+    without it)."""
+    from spectune.finetune.methods import METHODS
+
+    fast = ("frog", "full", "dora")
+    return [m if m in fast else pytest.param(m, marks=pytest.mark.slow)
+            for m in METHODS.names() if m != "lora"]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", _every_method())
 def test_lipo_trains_with_other_methods(method, tiny_model_dir, tmp_path):
     """Every objective works with every method: the reference log-probs are precomputed, so
     nothing method-specific is needed; the trainable tensors move and the judged metrics
@@ -361,6 +372,10 @@ def test_lipo_trains_with_other_methods(method, tiny_model_dir, tmp_path):
     config = TuneConfig.from_dict(tiny_run_config(
         tiny_model_dir, method, objective="lipo", lipo={"list_size": 2}, data__n_train=8,
         train__max_steps=2, eval__before=False))  # fmt: skip
+    from spectune.finetune.methods import get_method
+
+    if "quant" in get_method(method).sections:
+        pytest.importorskip("bitsandbytes")
     run = recipe.setup(config, out=tmp_path / method, progress=False)
     recipe.judge_base(run)
     recipe.build(run)
