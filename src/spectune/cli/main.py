@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "spectune.cli.analyze",
     "compare": "spectune.cli.compare",
     "frog-plan": "spectune.cli.frog_plan",
+    "plan": "spectune.cli.plan",
     "model": "spectune.cli.model",
 }
 

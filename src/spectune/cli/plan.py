@@ -1,0 +1,101 @@
+"""``spectune plan``: estimated peak training memory per method, from the model's config.json."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("estimate the peak memory of training a model (weights, adapter, gradients, optimizer, "
+        "activations with and without checkpointing) for every method, and the largest batch "
+        "that fits a budget; reads config.json only")  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="'default' or a model folder (only config.json is read)")
+    parser.add_argument("--method", default="all",
+                        help="a registered method, or 'all' (default): one row per method")  # fmt: skip
+    parser.add_argument("--r", type=int, default=16, help="LoRA / SHiRA r (default: 16)")
+    parser.add_argument("--frog-budget", type=float, default=0.01,
+                        help="FROG's budget (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=4, help="per-device batch (default: 4)")
+    parser.add_argument("--seq", type=int, default=2048, help="tokens per example (default: 2048)")
+    parser.add_argument("--dtype", default="float32",
+                        choices=("auto", "float32", "bfloat16", "float16"),
+                        help="model_dtype (default: float32, spectune's default)")  # fmt: skip
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"),
+                        help="attn_implementation (default: sdpa)")  # fmt: skip
+    parser.add_argument("--optim", default="adamw_torch",
+                        help="optimizer: adamw_torch (default), paged_adamw_32bit, "
+                        "paged_adamw_8bit, adamw_8bit, sgd")  # fmt: skip
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="detail the peak with gradient checkpointing")  # fmt: skip
+    parser.add_argument("--budget-gib", type=float, default=None,
+                        help="memory budget: also print the largest batch that fits it")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the plans as JSON")
+
+
+def _gib(n: int) -> float:
+    return n / 2**30
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from spectune.errors import SpectuneError
+    from spectune.finetune.config import TuneConfig
+    from spectune.finetune.methods import get_method, meta_model
+    from spectune.finetune.plan import largest_batch, plan_memory, plan_methods
+    from spectune.models import resolve_model_dir
+
+    folder = resolve_model_dir(args.model)
+    meta = meta_model(folder)
+    data = {"model": str(folder), "model_dtype": args.dtype, "attn_implementation": args.attn,
+            "lora": {"r": args.r}, "shira": {"r": args.r},
+            "frog": {"budget": args.frog_budget}}  # fmt: skip
+    kwargs = {"batch": args.batch, "seq": args.seq, "optim": args.optim,
+              "checkpointing": args.checkpointing}  # fmt: skip
+
+    def config(method: str) -> TuneConfig:
+        return TuneConfig.from_dict({**data, "method": method}, foreign_sections="drop")
+
+    if args.method == "all":
+        plans = plan_methods(folder, data, meta=meta, **kwargs)
+    else:
+        get_method(args.method)  # an unknown name lists the registered ones
+        plan = plan_memory(folder, config(args.method), meta=meta, **kwargs)
+        if plan is None:
+            raise SpectuneError(f"the planner has no memory model for method {args.method!r}")
+        plans = [plan]
+    budget = None if args.budget_gib is None else int(args.budget_gib * 2**30)
+    fits = {p.method: {"without": largest_batch(p, budget, checkpointing=False),
+                       "with": largest_batch(p, budget, checkpointing=True)}
+            for p in plans} if budget is not None else {}  # fmt: skip
+    if args.json:
+        out = [{**p.to_dict(), **({"largest_batch": fits[p.method]} if fits else {})}
+               for p in plans]  # fmt: skip
+        print(json.dumps(out, indent=2))
+        return 0
+
+    p0 = plans[0]
+    print(f"{folder.name}: {p0.params / 1e9:.3g}B parameters; batch {args.batch} x {args.seq} "
+          f"tokens, model_dtype={args.dtype}, {args.attn} attention, {args.optim}; GiB")  # fmt: skip
+    head = (f"{'method':<8} {'weights':>8} {'adapter':>8} {'grads':>8} {'optim':>8} "
+            f"{'act':>8} {'act ckpt':>8} {'peak':>8} {'peak ckpt':>9}")  # fmt: skip
+    if fits:
+        head += f"  {'batch fits (ckpt)':>17}"
+    print(head)
+    for p in plans:
+        line = (f"{p.method:<8} {_gib(p.weights):8.2f} {_gib(p.adapter + p.buffers):8.3f} "
+                f"{_gib(p.gradients):8.3f} {_gib(p.optimizer):8.3f} "
+                f"{_gib(p.activations_full):8.2f} {_gib(p.activations_checkpointed):8.2f} "
+                f"{_gib(p.peak_with(False)):8.2f} {_gib(p.peak_with(True)):9.2f}")  # fmt: skip
+        if fits:
+            f = fits[p.method]
+            line += f"  {f['without']:>9} ({f['with']})"
+        print(line)
+    print(f"trainable: {', '.join(f'{p.method} {p.trainable:,}' for p in plans)}")
+    print(f"overhead (process, in every peak): {_gib(p0.overhead):.2f} GiB; 'adapter' includes "
+          "sparse methods' index buffers; 4-bit methods: weights at 4 bits, the rest float32")  # fmt: skip
+    if budget is not None:
+        print(f"budget {args.budget_gib:g} GiB: the largest batch of {args.seq} tokens that "
+              "fits, without (and with) gradient checkpointing; 0: not even one")  # fmt: skip
+    return 0
