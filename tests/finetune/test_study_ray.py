@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.conftest import require
 from tests.finetune.conftest import tiny_run_config
 from tests.finetune.test_study import _study_data
 
@@ -38,7 +39,7 @@ def _span(run_dir: Path) -> tuple[dt.datetime, dt.datetime]:
 
 
 def test_an_unreachable_ray_address_is_one_error_and_nothing_starts(tiny_model_dir, tmp_path):
-    pytest.importorskip("ray")
+    require("ray", "the Ray backend")
     out = tmp_path / "study"
     with pytest.raises(SpectuneError, match="cannot reach a Ray cluster at '127.0.0.1:1'"):
         study(data=_study_data(tiny_model_dir), out=out, backend="ray", address="127.0.0.1:1",
@@ -59,7 +60,7 @@ def test_an_unreachable_ray_address_is_one_error_and_nothing_starts(tiny_model_d
 @pytest.mark.slow  # starting Ray and two tiny runs: ~40 s idle, minutes on a busy machine
 def test_study_on_a_local_ray_instance_runs_two_trials_at_once(tiny_model_dir, tmp_path,
                                                                monkeypatch):  # fmt: skip
-    ray = pytest.importorskip("ray")
+    ray = require("ray", "the Ray backend")
     # the workers import this module (the planted failure) and keep their caches here
     paths = [str(ROOT), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
