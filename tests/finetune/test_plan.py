@@ -129,8 +129,8 @@ print(json.dumps({"measured": m.cost.peak_rss_bytes, "estimate": plan.peak}))
 @pytest.mark.slow
 def test_estimate_against_measured_peak_rss(tiny_model_dir, tmp_path):
     """A short tune in a fresh process (the training phase's exact peak RSS): the estimate is
-    within 25% (on the tiny model the process overhead dominates; see the README for the
-    135M model's figures)."""
+    within 25% (on the tiny model the process overhead dominates; the 135M model's figures
+    are in spectune.finetune.plan's docstring)."""
     words = " ".join(["the cat sat on the mat"] * 60)
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"story {i}", "response": words}) + "\n"
