@@ -79,3 +79,32 @@ def show_comparison(outcomes: list[Any]) -> None:
                "alpha (base)", "status"]  # fmt: skip
     print_table(view, "learning (held-out accuracy) vs forgetting (perplexity on general text)",
                 columns, first_width=8)  # fmt: skip
+
+
+def add_comparison_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--out / --overwrite / --resume / --backend / --address / --no-progress of a command
+    that runs many runs into one folder (``what``: "sweep", "study")."""
+    parser.add_argument("--out", help=f"{what} folder (default: the config's output_dir)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace a {what} in the folder")
+    parser.add_argument(
+        "--resume", action="store_true", help=f"continue an interrupted {what} (finished runs kept)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one run after another; ray: runs as Ray tasks (pip install 'spectune[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to use ('auto', 'ray://host:10001'); default: a local instance of 2 CPUs",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress output")
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """--address only goes with --backend ray."""
+    if args.address and args.backend != "ray":
+        from spectune.errors import SpectuneError
+
+        raise SpectuneError("--address is for --backend ray")

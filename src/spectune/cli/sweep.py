@@ -20,34 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="values to cross, e.g. --grid r=8,16,32 lora_alpha=16,64,256 lora_dropout=0,0.1 "
         "method=lora,dora",
     )
-    parser.add_argument("--out", help="comparison folder (default: the config's output_dir)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a sweep in the folder")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted sweep (finished runs kept)"
-    )
-    parser.add_argument(
-        "--backend",
-        choices=("local", "ray"),
-        default="local",
-        help="local: one run after another; ray: runs as Ray tasks (pip install 'spectune[ray]')",
-    )
-    parser.add_argument(
-        "--address",
-        help="Ray cluster to use ('auto', 'ray://host:10001'); default: a local instance of 2 CPUs",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    from spectune.cli._common import add_comparison_arguments
+
+    add_comparison_arguments(parser, "sweep")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spectune.cli._common import show_comparison, split_config_and_overrides
+    from spectune.cli._common import check_backend, show_comparison, split_config_and_overrides
     from spectune.finetune.sweep import sweep
 
-    if args.address and args.backend != "ray":
-        from spectune.errors import SpectuneError
-
-        raise SpectuneError("--address is for --backend ray")
+    check_backend(args)
     config_path, overrides = split_config_and_overrides(args)
     outcomes = sweep(config_path, args.grid, overrides=overrides, out=args.out,
                  overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,

@@ -216,6 +216,26 @@ class Method:
         return f"<method {self.name or type(self).__name__}: {self.description}>"
 
 
+class PeftMethod(Method):
+    """A method whose model is a ``peft.PeftModel``: the adapter is peft's own folder
+    (``save_pretrained``), loads with ``PeftModel.from_pretrained`` and merges with
+    ``merge_and_unload()``; its spectra are the LoRA pairs (override for other tuners)."""
+
+    def save(self, built: Built, folder: Path) -> None:
+        built.model.save_pretrained(folder)
+
+    def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, folder)
+
+    def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
+        return built.model.merge_and_unload()
+
+    def spectra(self, built: Built, ctx: BuildContext, folder: Path) -> SpectraInput:
+        return SpectraInput(folder, peft=True)
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -410,6 +430,7 @@ __all__ = [
     "BuildContext",
     "Built",
     "Method",
+    "PeftMethod",
     "SpectraInput",
     "ATTN_IMPLEMENTATIONS",
     "MODEL_DTYPES",

@@ -16,7 +16,6 @@ pair by pair, Delta W = s B A, through the exact rank-r route of the spectral en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune import _check as check
@@ -25,8 +24,7 @@ from spectune.finetune.methods import register_method
 from spectune.finetune.methods.base import (
     BuildContext,
     Built,
-    Method,
-    SpectraInput,
+    PeftMethod,
     meta_model,
     target_modules,
 )
@@ -70,7 +68,7 @@ def lora_trainable(model: nn.Module, targets: list[str], r: int, *, dora: bool =
     return total
 
 
-class LoraMethod(Method):
+class LoraMethod(PeftMethod):
     """peft LoRA with the variant flags of :class:`peft.LoraConfig`.
 
     Args:
@@ -127,20 +125,6 @@ class LoraMethod(Method):
         meta = meta_model(ctx.model_dir)
         per_rank = lora_trainable(meta, target_modules(ctx, meta), 1)
         return [f"lora.r={max(1, round(n_params / per_rank))}"]
-
-    def save(self, built: Built, folder: Path) -> None:
-        built.model.save_pretrained(folder)
-
-    def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, folder)
-
-    def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
-        return built.model.merge_and_unload()
-
-    def spectra(self, built: Built, ctx: BuildContext, folder: Path) -> SpectraInput:
-        return SpectraInput(folder, peft=True)
 
 
 register_method("lora", LoraMethod("peft LoRA: Delta W = (lora_alpha / r) B A on each target"))

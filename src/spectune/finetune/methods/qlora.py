@@ -184,11 +184,6 @@ class QuantizedLoraMethod(LoraMethod):
             model, use_gradient_checkpointing=ctx.config.checkpointing()
         )
 
-    def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, folder)
-
     def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
         from peft import PeftModel
 

@@ -20,7 +20,7 @@ from spectune.finetune.methods import register_method
 from spectune.finetune.methods.base import (
     BuildContext,
     Built,
-    Method,
+    PeftMethod,
     SpectraInput,
     meta_model,
     target_modules,
@@ -46,7 +46,7 @@ class ShiraSection:
         self.r = check.integer("shira.r", self.r, minimum=1)
 
 
-class ShiraMethod(Method):
+class ShiraMethod(PeftMethod):
     description = "peft SHiRA: a sparse delta at r (in + out) random positions per target"
     sections = {"shira": ShiraSection}
     settings = {"r": "shira.r"}
@@ -68,17 +68,6 @@ class ShiraMethod(Method):
         meta = meta_model(ctx.model_dir)
         per_rank = lora_trainable(meta, target_modules(ctx, meta), 1)
         return [f"shira.r={max(1, round(n_params / per_rank))}"]
-
-    def save(self, built: Built, folder: Path) -> None:
-        built.model.save_pretrained(folder)
-
-    def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, folder)
-
-    def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
-        return built.model.merge_and_unload()
 
     def spectra(self, built: Built, ctx: BuildContext, folder: Path) -> SpectraInput:
         from peft.tuners.shira.layer import ShiraLayer
