@@ -47,26 +47,26 @@ def test_full_fine_tuning_in_bf16_trains_bf16_and_says_so(tiny_model_dir, tmp_pa
 
 @pytest.mark.parametrize("native,dtype", [(True, "bfloat16"), (False, "float32")])
 def test_auto_follows_the_hardware_and_says_what_it_picked(native, dtype, monkeypatch):
-    from spectune.finetune.methods import qlora
+    from spectune.finetune import hardware
 
-    monkeypatch.setattr(qlora, "native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
     got, notes = resolve_model_dtype("auto")
     assert got == dtype and len(notes) == 1
     assert f"loaded in {dtype} (model_dtype=auto" in notes[0]
 
 
 def test_explicit_bf16_without_native_bf16_is_allowed_with_a_note(monkeypatch):
-    from spectune.finetune.methods import qlora
+    from spectune.finetune import hardware
 
-    monkeypatch.setattr(qlora, "native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     got, notes = resolve_model_dtype("bfloat16")
     assert got == "bfloat16" and any("emulated" in n and "10x" in n for n in notes)
 
 
 def test_a_dtype_the_cpu_cannot_run_is_refused(monkeypatch):
-    from spectune.finetune.methods import base
+    from spectune.finetune import hardware
 
-    monkeypatch.setattr(base, "_cpu_runs", lambda dtype: False)
+    monkeypatch.setattr(hardware, "cpu_runs", lambda dtype: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SpectuneError, match=r"model_dtype=float16: .*use model_dtype=float32"):
         resolve_model_dtype("float16")
@@ -74,7 +74,7 @@ def test_a_dtype_the_cpu_cannot_run_is_refused(monkeypatch):
 
 def test_float16_runs_on_this_torch_cpu():
     """torch 2.x runs float16 matmuls, their backward and SDPA on the CPU: not refused."""
-    from spectune.finetune.methods.base import _cpu_runs
+    from spectune.finetune.hardware import cpu_runs as _cpu_runs
 
     assert _cpu_runs(torch.float16) and _cpu_runs(torch.bfloat16)
 

@@ -71,7 +71,9 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
     assert marker["status"] == "complete" and set(marker["files"]) == names - {".spectune.lock"}
     assert "checkpoints" not in names  # removed once the adapter is written
     assert marker["tree"]["adapter"] == sorted(
-        p.relative_to(out / "adapter").as_posix() for p in (out / "adapter").rglob("*") if p.is_file()
+        p.relative_to(out / "adapter").as_posix()
+        for p in (out / "adapter").rglob("*")
+        if p.is_file()
     )
     assert json.loads((out / "metrics.json").read_text())["cost"]["trainable"] == m.cost.trainable
     assert (out / "config.yaml").read_text().startswith("# spectune tune --out")
@@ -376,6 +378,7 @@ def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
     import bitsandbytes as bnb
     from tests.finetune.conftest import save_tiny_llama
 
+    from spectune.finetune import hardware
     from spectune.finetune.methods import get_method, qlora
     from spectune.finetune.methods.base import BuildContext
     from spectune.finetune.recipe import build_model
@@ -383,7 +386,7 @@ def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
     folder = save_tiny_llama(tmp_path / "odd", len(smol_tokenizer), hidden=64, mlp=96)
     smol_tokenizer.save_pretrained(folder)
     assert qlora.unpackable_modules(folder) == [f"model.layers.{i}.mlp.down_proj" for i in (0, 1)]
-    monkeypatch.setattr(qlora, "cpu_packs_4bit", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_packs_4bit", lambda: True)
     config = TuneConfig.from_dict(tiny_run_config(folder, "qlora"))
     ctx = BuildContext(config, folder, tmp_path, progress=False)
     built = build_model(get_method("qlora"), ctx)
@@ -401,9 +404,10 @@ def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
     (False, "bfloat16", "bfloat16", False), (True, "float32", "float32", False),
 ])  # fmt: skip
 def test_4bit_compute_dtype_follows_the_hardware(native, wanted, dtype, noted, monkeypatch):
+    from spectune.finetune import hardware
     from spectune.finetune.methods import qlora
 
-    monkeypatch.setattr(qlora, "native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
     config = TuneConfig.from_dict({"method": "qlora", "quant": {"compute_dtype": wanted}})
     got, note = qlora.compute_dtype(config)
     assert got == dtype and (note is not None) == noted

@@ -358,7 +358,7 @@ class TuneConfig:
         check.choice("model_dtype", self.model_dtype, ("auto", "float32", "bfloat16", "float16"))
         check.choice("attn_implementation", self.attn_implementation,
                      ("sdpa", "eager", "flash_attention_2"))  # fmt: skip
-        from spectune.finetune.methods.base import check_attn_implementation
+        from spectune.finetune.hardware import check_attn_implementation
 
         check_attn_implementation(self.attn_implementation)
         if not isinstance(self.output_dir, str) or not self.output_dir:

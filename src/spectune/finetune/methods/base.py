@@ -245,44 +245,12 @@ MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
 
-def check_attn_implementation(name: str) -> None:
-    """Refuse ``flash_attention_2`` where the ``flash_attn`` package (and CUDA) is missing.
-
-    Raises:
-        SpectuneError: naming the setting and what to use instead.
-    """
-    import importlib.util
-
-    if name != "flash_attention_2":
-        return
-    if importlib.util.find_spec("flash_attn") is None:
-        raise SpectuneError(
-            "attn_implementation=flash_attention_2 needs the flash-attn package (a CUDA GPU "
-            "and `pip install flash-attn`), which is not installed here; use "
-            "attn_implementation=sdpa (the default) or eager"
-        )
-
-
-def _cpu_runs(dtype: Any) -> bool:
-    """Whether this torch runs a matmul, its backward and SDPA in ``dtype`` on the CPU."""
-    import torch
-
-    try:
-        a = torch.ones(4, 8, dtype=dtype, requires_grad=True)
-        (a @ torch.ones(8, 4, dtype=dtype)).sum().backward()
-        q = torch.ones(1, 1, 4, 8, dtype=dtype)
-        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
-    except (RuntimeError, NotImplementedError):
-        return False
-    return True
-
-
 def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
     """The dtype the base weights load in for ``model_dtype=name``, and notes saying so
     (none for float32, the default).
 
     ``auto``: bfloat16 where the hardware runs it natively (a bf16 GPU, a CPU with
-    AVX512-BF16: :func:`spectune.finetune.methods.qlora.native_bf16`), float32 elsewhere.
+    AVX512-BF16: :func:`spectune.finetune.hardware.native_bf16`), float32 elsewhere.
     An explicit ``bfloat16`` on a CPU without native bf16 runs emulated (about 10x slower: a
     note says so); ``float16`` on a CPU is refused where torch cannot run it.
 
@@ -292,12 +260,12 @@ def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
     import torch
 
     from spectune import _check as check
-    from spectune.finetune.methods import qlora
+    from spectune.finetune import hardware
 
     check.choice("model_dtype", name, MODEL_DTYPES)
     gpu = torch.cuda.is_available()
     if name == "auto":
-        if qlora.native_bf16():
+        if hardware.native_bf16():
             why = "a bf16 GPU" if gpu else "a CPU with AVX512-BF16"
             return "bfloat16", [f"base weights loaded in bfloat16 (model_dtype=auto: {why})"]
         return "float32", ["base weights loaded in float32 (model_dtype=auto: no native bf16 "
@@ -305,10 +273,10 @@ def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
     if name == "float32":
         return name, []  # the default: nothing to say
     notes = [f"base weights loaded in {name} (model_dtype={name}); adapters train in float32"]
-    if name == "bfloat16" and not qlora.native_bf16():
+    if name == "bfloat16" and not hardware.native_bf16():
         notes.append("model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
                      "CPU): about 10x slower than model_dtype=float32 (or auto)")  # fmt: skip
-    if name in ("float16", "bfloat16") and not gpu and not _cpu_runs(getattr(torch, name)):
+    if name in ("float16", "bfloat16") and not gpu and not hardware.cpu_runs(getattr(torch, name)):
         raise SpectuneError(
             f"model_dtype={name}: torch {torch.__version__} cannot run {name} matmuls on this "
             "CPU; use model_dtype=float32 (or auto)"
@@ -329,6 +297,8 @@ def load_float_base(
     """
     import torch
     from transformers import AutoModelForCausalLM
+
+    from spectune.finetune.hardware import check_attn_implementation
 
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
@@ -434,7 +404,6 @@ __all__ = [
     "SpectraInput",
     "ATTN_IMPLEMENTATIONS",
     "MODEL_DTYPES",
-    "check_attn_implementation",
     "count_parameters",
     "load_float_base",
     "load_tokenizer",

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.finetune import hardware
+from spectune.finetune.hardware import cpu_packs_4bit, native_bf16  # noqa: F401 - re-exported
 from spectune.finetune.methods import register_method
 from spectune.finetune.methods.base import BuildContext, Built, load_float_base, meta_model
 from spectune.finetune.methods.lora import LoraMethod, LoraSection
@@ -75,38 +77,12 @@ def _dtype(name: str) -> Any:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def _has_avx512bf16() -> bool:
-    try:
-        from bitsandbytes.functional import has_avx512bf16
-    except ImportError:  # pragma: no cover - bitsandbytes is a dependency
-        return False
-    return bool(has_avx512bf16())
-
-
-def native_bf16() -> bool:
-    """Whether bf16 matmuls run natively here: a CUDA GPU with bf16, or a CPU with
-    AVX512-BF16 (bitsandbytes' own test). Elsewhere torch emulates them, far slower."""
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    return _has_avx512bf16()
-
-
-def cpu_packs_4bit() -> bool:
-    """Whether bitsandbytes repacks 4-bit weights for CPU inference on this machine (CPU
-    training, and a CPU with AVX512-BF16: bitsandbytes' own test)."""
-    import torch
-
-    return not torch.cuda.is_available() and _has_avx512bf16()
-
-
 def compute_dtype(config: TuneConfig) -> tuple[str, str | None]:
     """The 4-bit compute dtype to use and, for 'auto' without native bf16, a note saying so."""
     wanted = config.section("quant").compute_dtype
     if wanted != "auto":
         return wanted, None
-    if native_bf16():
+    if hardware.native_bf16():
         return "bfloat16", None
     return "float32", (
         "4-bit compute dtype float32: this machine has no native bf16 (emulated bf16 made a "
@@ -138,7 +114,7 @@ def load_4bit_base(model_dir: Path, config: TuneConfig) -> tuple[nn.Module, list
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     notes: list[str] = []
-    skip = unpackable_modules(model_dir) if cpu_packs_4bit() else []
+    skip = unpackable_modules(model_dir) if hardware.cpu_packs_4bit() else []
     if skip:
         notes.append(
             f"kept {len(skip)} linear layer(s) unquantized: on this CPU bitsandbytes repacks "

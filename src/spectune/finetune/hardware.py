@@ -1,0 +1,70 @@
+"""What this machine can compute: native bf16, bitsandbytes' CPU 4-bit packing, dtypes on the
+CPU, FlashAttention. One small module below the methods and the config, so that both can ask
+without importing each other (tests patch these functions here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spectune.errors import SpectuneError
+
+
+def _has_avx512bf16() -> bool:
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except ImportError:  # pragma: no cover - bitsandbytes is a dependency
+        return False
+    return bool(has_avx512bf16())
+
+
+def native_bf16() -> bool:
+    """Whether bf16 matmuls run natively here: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 (bitsandbytes' own test). Elsewhere torch emulates them, far slower."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return _has_avx512bf16()
+
+
+def cpu_packs_4bit() -> bool:
+    """Whether bitsandbytes repacks 4-bit weights for CPU inference on this machine (CPU
+    training, and a CPU with AVX512-BF16: bitsandbytes' own test)."""
+    import torch
+
+    return not torch.cuda.is_available() and _has_avx512bf16()
+
+
+def cpu_runs(dtype: Any) -> bool:
+    """Whether this torch runs a matmul, its backward and SDPA in ``dtype`` on the CPU."""
+    import torch
+
+    try:
+        a = torch.ones(4, 8, dtype=dtype, requires_grad=True)
+        (a @ torch.ones(8, 4, dtype=dtype)).sum().backward()
+        q = torch.ones(1, 1, 4, 8, dtype=dtype)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def check_attn_implementation(name: str) -> None:
+    """Refuse ``flash_attention_2`` where the ``flash_attn`` package (and CUDA) is missing.
+
+    Raises:
+        SpectuneError: naming the setting and what to use instead.
+    """
+    import importlib.util
+
+    if name != "flash_attention_2":
+        return
+    if importlib.util.find_spec("flash_attn") is None:
+        raise SpectuneError(
+            "attn_implementation=flash_attention_2 needs the flash-attn package (a CUDA GPU "
+            "and `pip install flash-attn`), which is not installed here; use "
+            "attn_implementation=sdpa (the default) or eager"
+        )
+
+
+__all__ = ["check_attn_implementation", "cpu_packs_4bit", "cpu_runs", "native_bf16"]
