@@ -149,6 +149,31 @@ def log_upper_gamma(a: float, z: float) -> float:
     return math.log(value)
 
 
+def _log_gamma_cf_many(a: float | np.ndarray, z: np.ndarray) -> np.ndarray:
+    """log Gamma(a, z) elementwise by the modified Lentz continued fraction (z >= 3), each
+    element iterated until its own term converges; ``a`` a number or an array like ``z``."""
+    tiny = 1e-300
+    b = z + 1.0 - a
+    c = np.full_like(z, 1.0 / tiny)
+    d = 1.0 / b
+    h = d.copy()
+    active = np.ones(z.shape, dtype=bool)
+    for i in range(1, _CF_MAX_ITER):
+        an = -i * (i - a)
+        b = b + 2.0
+        d = an * d + b
+        d = np.where(np.abs(d) < tiny, tiny, d)
+        c = b + an / c
+        c = np.where(np.abs(c) < tiny, tiny, c)
+        d = 1.0 / d
+        delta = d * c
+        h = np.where(active, h * delta, h)
+        active &= np.abs(delta - 1.0) >= _CF_EPS
+        if not active.any():
+            break
+    return -z + a * np.log(z) + np.log(h)
+
+
 def log_upper_gamma_array(a: float, z: np.ndarray) -> np.ndarray:
     """:func:`log_upper_gamma` for one order ``a`` at many points ``z`` (vectorized)."""
     z = np.asarray(z, dtype=np.float64)
@@ -156,26 +181,7 @@ def log_upper_gamma_array(a: float, z: np.ndarray) -> np.ndarray:
     hi = z >= _SPLIT
     if hi.any():
         zz = z[hi]
-        tiny = 1e-300
-        b = zz + 1.0 - a
-        c = np.full_like(zz, 1.0 / tiny)
-        d = 1.0 / b
-        h = d.copy()
-        active = np.ones(zz.shape, dtype=bool)
-        for i in range(1, _CF_MAX_ITER):
-            an = -i * (i - a)
-            b = b + 2.0
-            d = an * d + b
-            d = np.where(np.abs(d) < tiny, tiny, d)
-            c = b + an / c
-            c = np.where(np.abs(c) < tiny, tiny, c)
-            d = 1.0 / d
-            delta = d * c
-            h = np.where(active, h * delta, h)
-            active &= np.abs(delta - 1.0) >= _CF_EPS
-            if not active.any():
-                break
-        out[hi] = -zz + a * np.log(zz) + np.log(h)
+        out[hi] = _log_gamma_cf_many(a, zz)
     lo = ~hi
     if lo.any():
         err = np.seterr(all="ignore")  # huge orders overflow here; _fix_overflow redoes them
@@ -284,27 +290,7 @@ def _log_upper_gamma_many(a: np.ndarray, z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     out = np.empty_like(z)
     zc = np.maximum(z, _SPLIT)  # the continued fraction at max(z, 3)
-    ac = a
-    tiny = 1e-300
-    b = zc + 1.0 - ac
-    c = np.full_like(zc, 1.0 / tiny)
-    d = 1.0 / b
-    h = d.copy()
-    active = np.ones(zc.shape, dtype=bool)
-    for i in range(1, _CF_MAX_ITER):
-        an = -i * (i - ac)
-        b = b + 2.0
-        d = an * d + b
-        d = np.where(np.abs(d) < tiny, tiny, d)
-        c = b + an / c
-        c = np.where(np.abs(c) < tiny, tiny, c)
-        d = 1.0 / d
-        delta = d * c
-        h = np.where(active, h * delta, h)
-        active &= np.abs(delta - 1.0) >= _CF_EPS
-        if not active.any():
-            break
-    log_cf = -zc + ac * np.log(zc) + np.log(h)
+    log_cf = _log_gamma_cf_many(a, zc)
     hi = z >= _SPLIT
     out[hi] = log_cf[hi]
     lo = ~hi
