@@ -85,6 +85,7 @@ def check_method(name: str, model_dir, tmp_path, tokenizer, **changes) -> recipe
     if has_4bit_weights(merged):
         raise AssertionError(f"{name}: merge left 4-bit weights")
     torch.testing.assert_close(_logits(merged, ids), got, rtol=1e-4, atol=1e-4)
+    assert not (out / "checkpoints").exists()  # reloading and merging made none again
     # ... and, where it is a peft adapter (or has a peft copy), loads in plain peft
     for folder in (out / "adapter", out / "adapter" / "peft"):
         if (folder / "adapter_config.json").is_file():

@@ -133,7 +133,8 @@ class Run:
         from spectune.finetune.methods.base import BuildContext
 
         workdir = self.out / "checkpoints"
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not self.folder.complete:  # a complete run's checkpoints are gone for good
+            workdir.mkdir(parents=True, exist_ok=True)
         return BuildContext(self.config, self.model_dir, workdir, self.progress)
 
 
@@ -379,6 +380,7 @@ def build(run: Run) -> None:
     from transformers import set_seed
 
     set_seed(run.config.seed)
+    run.folder.own("checkpoints")  # the method may keep files there (PiSSA's initial adapter)
     built = build_model(run.method, run.context, tokenizer=run.tokenizer)
     for note in built.notes:
         _say(f"note: {note}", run.progress)
