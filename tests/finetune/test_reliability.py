@@ -324,7 +324,10 @@ def test_epochs_instead_of_steps(tiny_model_dir, tmp_path):
 
 
 def test_a_sweep_records_a_failed_run_and_goes_on(tiny_model_dir, tmp_path, monkeypatch):
-    from spectune.finetune import sweep as sweep_module
+    import importlib
+
+    # the module, not the lazily exported function of the same name
+    sweep_module = importlib.import_module("spectune.finetune.sweep")
 
     base = tiny_run_config(tiny_model_dir, "lora", train__max_steps=2, eval__spectra=False)
     path = tmp_path / "s.yaml"
