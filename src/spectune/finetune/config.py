@@ -282,7 +282,7 @@ def _target_spec(value: Any, label: str) -> str | list[str] | None:
     return list(value)
 
 
-def _section_data(cls: type, value: Any) -> dict[str, Any]:
+def _section_data(value: Any) -> dict[str, Any]:
     out = asdict(value) if not isinstance(value, dict) else dict(value)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
@@ -489,7 +489,7 @@ class TuneConfig:
             out[name] = asdict(value) if name in _SECTIONS else copy.deepcopy(value)
             if name == "exclude_modules":
                 for sec, data in self.sections.items():
-                    out[sec] = _section_data(type(data), data)
+                    out[sec] = _section_data(data)
         out["train"] = self.training_arguments()
         return out
 

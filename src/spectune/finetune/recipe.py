@@ -153,10 +153,14 @@ def check_targets(config: TuneConfig, model_dir: Path) -> None:
     match_modules(meta_model(model_dir), config.target_modules, config.exclude_modules)
 
 
-def check_model(model_dir: Path) -> None:
+def check_model(model_dir: Path) -> Any:
     """Fail early, before the results folder exists, on a model folder a run cannot use: not a
     causal LM, no usable tokenizer, no chat template, a tokenizer larger than the model's
-    vocabulary, truncated or corrupt safetensors weights (headers and sizes only)."""
+    vocabulary, truncated or corrupt safetensors weights (headers and sizes only).
+
+    Returns:
+        The model's tokenizer (checked; the run uses it, so it is loaded once).
+    """
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -196,6 +200,7 @@ def check_model(model_dir: Path) -> None:
         problem = safetensors_problem(path)
         if problem:
             raise SpectuneError(f"model folder {model_dir}: {problem}")
+    return tokenizer
 
 
 def load_run_data(config: TuneConfig) -> RunData:
@@ -242,7 +247,7 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
     folder = RunFolder(out, "tune")
     # what can be checked without loading weights is checked before the folder is touched
     model_dir = resolve_model_dir(config.model)
-    check_model(model_dir)
+    tokenizer = check_model(model_dir)  # the run's tokenizer, loaded once
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
@@ -261,7 +266,7 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
     if resume:
         folder.resumed()
     run = Run(config, out, folder, get_method(config.method), objective, model_dir, data,
-              progress=progress, resume=resume)  # fmt: skip
+              progress=progress, resume=resume, tokenizer=tokenizer)  # fmt: skip
     if folder.complete:
         return run
     folder.own(CONFIG)
@@ -352,7 +357,8 @@ def judge_base(run: Run) -> None:
         resolve_model_dtype,
     )
 
-    run.tokenizer = load_tokenizer(run.model_dir)
+    if run.tokenizer is None:
+        run.tokenizer = load_tokenizer(run.model_dir)
     run.objective_state = run.objective.prepare(_judge_context(run))
     run.train_data = run.objective.features(run.config, run.data, run.tokenizer,
                                             _judge_context(run))  # fmt: skip
