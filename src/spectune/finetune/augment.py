@@ -175,9 +175,9 @@ def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context"
     out: list[InstructionExample] = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from spectune._progress import progress_bar
 
-        bar = tqdm(total=n, desc="augment", leave=False)
+        bar = progress_bar(n, "augment", unit="example")
     batch_no = 0
     while len(out) < n and info.n_attempts < 4 * n:
         plans = []

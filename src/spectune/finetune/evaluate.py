@@ -68,11 +68,9 @@ LATENCY_PROMPTS = (
 
 
 def _progress(iterable: Any, *, total: int | None, desc: str, show: bool) -> Any:
-    if not show:
-        return iterable
-    from tqdm.auto import tqdm
+    from spectune._progress import track
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    return track(iterable, total, desc, enabled=show, unit="batch")
 
 
 def _4bit_layers(model: Any) -> list[Any]:

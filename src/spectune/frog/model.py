@@ -255,9 +255,9 @@ def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from spectune._progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="matrix", disable=not enabled, leave=False)
+    return progress_bar(total, desc, enabled=enabled, unit="matrix")
 
 
 def plan_frog(
