@@ -235,7 +235,7 @@ def test_overparameterized_base_layers_and_the_overfitting_signal(tmp_path):
     (folder / "spectra" / "summary.json").write_text(json.dumps(summarize(d)))
     page = rendered(render_run(folder))
     assert "Overparameterized layers (alpha > 6)" in headings(page)
-    assert ("2 base matrices with alpha > 6 among the 3 analyzed; 1 adapter with alpha < 2 on "
+    assert ("2 base matrices have alpha > 6 (of 3 analyzed); 1 LoRA adapter has alpha < 2 on "
             "one of them (the overfitting signal).") in page.text  # fmt: skip
     assert table_row(page, "base alpha", "model.layers.0.self_attn.q_proj.lora_BA") == [
         "model.layers.0.self_attn.q_proj.lora_BA", "7.250", "1.600", "yes: alpha < 2"]  # fmt: skip
@@ -353,3 +353,20 @@ def test_comparison_page_lists_the_warning_signs_of_each_run(tmp_path):
                               "model.layers.3.self_attn.o_proj.lora_BA"]  # fmt: skip
     signs = next(t for t in page.tables if t[0][:2] == ["run", "intruder dimensions (matrices)"])
     assert len(signs) == 2  # the header and r4: r8 and broken have no spectra/
+
+
+def test_a_sparse_update_lists_the_base_layers_without_the_lora_signal(tmp_path):
+    """FROG / full runs: base alphas alongside, but the alpha < 2 signal is LoRA's only."""
+    d = lora_rows().assign(layer_type="linear", warning="",
+                           longname=lambda t: t["longname"].str.removesuffix(".lora_BA"))  # fmt: skip
+    s = summarize(d)
+    assert "n_overfit_adapters" not in s and s["n_base_overparameterized"] == 2
+    folder = tmp_path / "an"
+    folder.mkdir()
+    d.to_csv(folder / "details.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps(s))
+    page = rendered(render_spectra(folder))
+    assert "2 base matrices have alpha > 6 (of 3 analyzed)." in page.text
+    assert "LoRA adapter" not in page.text.split("FROG's overparam option")[1]
+    assert table_row(page, ["matrix", "base alpha", "alpha of the update"],
+                     "model.layers.0.mlp.up_proj") == ["model.layers.0.mlp.up_proj", "6.500", "2.500"]  # fmt: skip

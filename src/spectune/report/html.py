@@ -753,11 +753,11 @@ def _watch_figure(reader: _Reader, folder: Path, name: str) -> _Html:
 
 def _fits(rows: list[dict[str, str]], fields: list[str], options: dict[str, Any]) -> _Html:
     """TPL / E_TPL fits and the power law against truncated power law test."""
-    from spectune.spectral.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND
-
     has_tpl, has_test = "Lambda" in fields, "better_fit" in fields
     if not (has_tpl or has_test) or not rows:
         return _Html("")
+    from spectune.spectral.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND  # (imports the engine)
+
     fit = str(options.get("fit") or ("TPL" if has_tpl else "PL"))
     verdicts = {"power_law": "alpha trustworthy (power law preferred)",
                 "undecided": "alpha trustworthy (no significant difference)",
@@ -818,7 +818,9 @@ def _overparameterized(rows: list[dict[str, str]], summary: dict[str, Any]) -> _
     adapters flagged with alpha < 2 on them (lists from summary.json)."""
     base_list = summary.get("base_overparameterized_layers")
     plain = summary.get("overparameterized_layers")
-    overfit = summary.get("overfit_adapter_layers") or []
+    overfit = summary.get("overfit_adapter_layers")
+    overfit = [str(n) for n in overfit] if isinstance(overfit, list) else []
+    lora = "n_overfit_adapters" in summary or bool(overfit)  # LoRA rows with base alphas
     by_name = {str(r.get("longname")): r for r in rows}
     parts = [_explain(
         "WeightWatcher and the FROG paper read alpha > 6 as an overparameterized (under-trained) "
@@ -829,18 +831,22 @@ def _overparameterized(rows: list[dict[str, str]], summary: dict[str, Any]) -> _
         "(or towards) these layers."
     )]  # fmt: skip
     if isinstance(base_list, list) and (base_list or overfit):
-        n = summary.get("n_base_overparameterized", len(base_list))
-        parts.append(_tag("p", f"{_count(n)} base matrices with alpha > 6 among the "
-                          f"{_count(summary.get('n_layers'))} analyzed; {len(overfit)} adapter"
-                          f"{'s' if len(overfit) != 1 else ''} with alpha < 2 on one of them "
-                          "(the overfitting signal)."))  # fmt: skip
-        names = list(dict.fromkeys([*map(str, base_list), *map(str, overfit)]))
+        n = _num(summary.get("n_base_overparameterized"))
+        n = len(base_list) if n is None else round(n)
+        line = (f"{n} base {'matrix has' if n == 1 else 'matrices have'} alpha > 6 (of "
+                f"{_count(summary.get('n_layers'))} analyzed)")  # fmt: skip
+        if lora:
+            line += (f"; {len(overfit)} LoRA adapter{' has' if len(overfit) == 1 else 's have'} "
+                     "alpha < 2 on one of them (the overfitting signal)")  # fmt: skip
+        parts.append(_tag("p", line + "."))
+        names = list(dict.fromkeys([*map(str, base_list), *overfit]))
         names, note = _capped(names, "matrices")
-        table = [[n, _fixed(_get(by_name, n, "base_alpha"), 3), _fixed(_get(by_name, n, "alpha"), 3),
-                  _Html('<span class="bad">yes: alpha &lt; 2</span>') if n in overfit else ""]
-                 for n in names]  # fmt: skip
-        return _join([*parts, _table(["matrix", "base alpha", "alpha of the update", "overfitting signal"],
-                                     table, numeric=(1, 2)), note])  # fmt: skip
+        headers = ["matrix", "base alpha", "alpha of the update"]
+        headers += ["overfitting signal"] if lora else []
+        table = [[n, _fixed(_get(by_name, n, "base_alpha"), 3), _fixed(_get(by_name, n, "alpha"), 3)]
+                 + ([_Html('<span class="bad">yes: alpha &lt; 2</span>') if n in overfit else ""]
+                    if lora else []) for n in names]  # fmt: skip
+        return _join([*parts, _table(headers, table, numeric=(1, 2)), note])
     if isinstance(plain, list) and plain and not isinstance(base_list, list):
         parts.append(_tag("p", f"{len(plain)} of {_count(summary.get('n_analyzed'))} fitted "
                           "matrices have alpha > 6."))  # fmt: skip
