@@ -54,6 +54,24 @@ def test_intruders_with_delta(tmp_path, capsys):
     assert summary["num_intruders"] == 1
 
 
+def test_analyze_report_embeds_the_intruder_and_flow_sections(tmp_path, capsys):
+    base = write(tmp_path / "base", tensors(0))
+    tuned = write(tmp_path / "tuned", tensors(0, bump=30.0))
+    out = tmp_path / "out"
+    args = ["analyze", str(tuned), "--base", str(base), "--delta", "--intruders", "--report",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.html", "intruders.png"} <= names
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert f"spectune analyze: {tuned}" in text
+    assert "1 intruder dimension in 1 of 2 matrices." in text
+    # no delta has a fitted alpha (one is zero, one rank 1): no flow, no flow section
+    assert "flow.csv" not in names and "correlation_flow.png" not in names
+    assert "Correlation flow" not in text
+    assert text.count("data:image/png;base64,") == len([n for n in names if n.endswith(".png")])
+
+
 def test_intruders_without_base_is_an_input_error(tmp_path, capsys):
     src = write(tmp_path / "m", tensors(0))
     assert main(["analyze", str(src), "--intruders", "--no-progress"]) == 2

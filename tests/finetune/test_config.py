@@ -117,6 +117,7 @@ def test_a_section_given_to_another_method_is_an_error_naming_both():
         ({"train": {"learning_rate": -1}}, r"train.learning_rate must be > 0"),
         ({"train": {"per_device_train_batch_size": 0}}, r"train.per_device_train_batch_size must be >= 1"),
         ({"eval": {"ppl_stride": 300}}, r"eval.ppl_stride \(300\) must be below eval.ppl_window"),
+        ({"eval": {"compare_base": "yes"}}, r"eval.compare_base must be true or false"),
         ({"data": {"eval_fraction": 0.9}}, r"data.eval_fraction must be in \(0, 0.5\]"),
         ({"method": "qlora", "quant": {"quant_type": "int8"}}, r"quant.quant_type must be one of 'nf4', 'fp4'"),
         ({"target_modules": "("}, r"not a valid regular expression"),

@@ -119,6 +119,63 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
         "loss_curve.png",
         "learning_forgetting.png",
     }
+    # the tuned matrices W + s B A against the base's: scale collapse and correlation flow
+    _check_base_against_tuned(out, tiny_model_dir, _lora_tuned(out, tiny_model_dir), 14)
+    assert m.spectra.n_collapsed == 0 and m.spectra.n_flow_bent == 0
+    assert m.row()["n_collapsed"] == 0
+    assert {"scale_collapse.png", "correlation_flow.png", "intruders.png"} <= {
+        p.name for p in (out / "spectra").iterdir()
+    }
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "Scale collapse: tuned against base" in report and "14 matrices compared" in report
+
+
+def _base_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.double() for k, v in load_file(model_dir / "model.safetensors").items()}
+
+
+def _lora_tuned(out: Path, model_dir: Path) -> dict[str, torch.Tensor]:
+    """W + s B A of every adapted module, by hand from the adapter file (s = 8 / 4)."""
+    from safetensors.torch import load_file
+
+    ad = load_file(out / "adapter" / "adapter_model.safetensors")
+    base = _base_weights(model_dir)
+    tuned = {}
+    for key in ad:
+        if key.endswith("lora_A.weight"):
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            B = ad[key.replace("lora_A", "lora_B")].double()
+            tuned[module] = base[module + ".weight"] + 2.0 * B @ ad[key].double()
+    return tuned
+
+
+def _log10_sq(W: torch.Tensor) -> tuple[float, float]:
+    """(log10 ||W||_2^2, log10 ||W||_F^2)."""
+    return (2 * float(torch.log10(torch.linalg.matrix_norm(W, 2))),
+            2 * float(torch.log10(torch.linalg.matrix_norm(W, "fro"))))  # fmt: skip
+
+
+def _check_base_against_tuned(out: Path, model_dir: Path, tuned: dict, n: int) -> None:
+    """spectra/compare.csv's norm changes equal the ones computed by hand (float32 spectra)."""
+    import pandas as pd
+
+    table = pd.read_csv(out / "spectra" / "compare.csv").set_index("longname")
+    assert len(table) == n and (table["match"] == "matched").all()
+    base = _base_weights(model_dir)
+    for module, W in tuned.items():
+        spec0, frob0 = _log10_sq(base[module + ".weight"])
+        spec1, frob1 = _log10_sq(W)
+        row = table.loc[module]
+        assert row["log_norm_a"] == pytest.approx(frob0, abs=2e-6)
+        assert row["d_log_norm"] == pytest.approx(frob1 - frob0, abs=2e-6)
+        assert row["d_log_spectral_norm"] == pytest.approx(spec1 - spec0, abs=2e-6)
+    summary = json.loads((out / "spectra" / "compare.json").read_text())
+    assert summary["labels"] == ["base", "tuned"] and summary["n_matched"] == n
+    flow = pd.read_csv(out / "spectra" / "flow.csv")
+    assert set(flow["kind"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                 "up_proj", "down_proj"}  # fmt: skip
 
 
 def test_base_judging_matches_a_direct_evaluation(tiny_model_dir, tmp_path, smol_tokenizer):
@@ -237,6 +294,24 @@ def test_frog_and_full_runs_analyze_the_weight_delta(tiny_model_dir, tmp_path):
     details = pd.read_csv(tmp_path / "frog" / "spectra" / "details.csv")
     assert len(details) == 14 and "base_alpha" in details
     assert (tmp_path / "frog" / "plots" / "frog_layer_importance.png").is_file()
+    # the rows are the sparse update itself (the base only alongside), and the comparison's
+    # tuned matrices are W_base + the update: both by hand from the adapter file
+    from safetensors.torch import load_file
+
+    ad = load_file(tmp_path / "frog" / "adapter" / "adapter_model.safetensors")
+    base = _base_weights(tiny_model_dir)
+    tuned = {}
+    by_name = details.set_index("longname")
+    for key in ad:
+        if key.endswith(".frog_indices"):
+            module = key.removesuffix(".frog_indices")
+            W0 = base[module + ".weight"]
+            delta = torch.zeros(W0.numel(), dtype=torch.float64)
+            delta[ad[key].long()] = ad[module + ".frog_values"].double()
+            delta = delta.reshape(W0.shape)
+            assert by_name.loc[module, "log_norm"] == pytest.approx(_log10_sq(delta)[1], abs=2e-6)
+            tuned[module] = W0 + delta
+    _check_base_against_tuned(tmp_path / "frog", tiny_model_dir, tuned, 14)
 
     full = _run(tiny_model_dir, tmp_path / "full", "full", train__learning_rate=1e-3).metrics
     assert full.cost.trainable == full.cost.total

@@ -650,7 +650,7 @@ def browse(exe: str, page: Path, tmp: Path, *extra: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["run", "comparison"])
+@pytest.mark.parametrize("kind", ["run", "comparison", "spectra"])
 def test_pages_render_in_chromium(tmp_path, kind):
     from PIL import Image
 
@@ -659,6 +659,15 @@ def test_pages_render_in_chromium(tmp_path, kind):
         folder, n_images = make_run(tmp_path / "run"), len(RUN_PLOTS)
         write_run_report(folder)
         expected = ["What happened", "held-out accuracy", "50.0% (12/24)", "What is 0 + 0?"]
+    elif kind == "spectra":
+        from spectune.report.html import write_spectra_report
+
+        from .test_watch_html import planted_collapse
+
+        folder, n_images = planted_collapse(tmp_path / "cmp"), 2
+        write_spectra_report(folder)
+        expected = ["Scale collapse: tuned against base", "10 matrices compared; 1 collapsed.",
+                    "spectral, frobenius", "Correlation flow"]  # fmt: skip
     else:
         folder, n_images = make_comparison(tmp_path / "sweep"), 5
         write_comparison_report(folder)

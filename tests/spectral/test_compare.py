@@ -10,7 +10,9 @@ import torch
 from spectune.errors import SpectuneError
 from spectune.spectral import analyze
 from spectune.spectral.compare import (
+    base_and_tuned,
     compare,
+    compare_models,
     compare_summary,
     correlation_flow,
     flow_change,
@@ -118,3 +120,62 @@ def test_plots_of_compare_flow_intruders_and_tpl():
     ev = np.sort(np.random.default_rng(0).pareto(1.5, 120) + 1.0)
     fig = esd_tpl(ev, fit_truncated_powerlaw(ev[::2]))
     assert any("TPL" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_compare_models_collects_collapse_and_flow():
+    a = stack()
+    b = {k: v * (0.3 if "layers.5." in k else 1.0) for k, v in a.items()}
+    ta, tb = analyze(a, progress=False), analyze(b, progress=False)
+    c = compare_models(ta, tb, labels=("base", "tuned"))
+    assert c.summary["collapsed_layers"] == ["model.layers.5.mlp.up_proj"]
+    assert c.summary["labels"] == ["base", "tuned"] and c.summary["z"] == 3.5
+    # scaling a matrix leaves its alpha alone: the flows are the same, nothing bent
+    np.testing.assert_allclose(c.flow["d_alpha"], 0.0, atol=1e-9)
+    assert c.summary["n_flow_bent"] == 0 and c.summary["flow_bent"] == []
+    np.testing.assert_allclose(c.flow["slope_a"], c.flow["slope_b"], atol=1e-9)
+    assert list(c.flow.columns) == ["longname", "kind", "depth", "alpha_a", "alpha_b", "d_alpha",
+                                    "trend_a", "trend_b", "slope_a", "slope_b", "breaks_a",
+                                    "breaks_b", "bent"]  # fmt: skip
+
+
+def test_equal_alphas_break_no_flow():
+    """Alphas equal up to rounding (fits pinned at a bound) have no outliers."""
+    names = [f"model.layers.{i}.mlp.up_proj" for i in range(8)]
+    alpha = 1.0 + np.array([0, 1e-15, -1e-15, 0, 2e-15, 0, 0, -1e-15])
+    flow = correlation_flow(pd.DataFrame({"longname": names, "alpha": alpha, "status": "success"}))
+    assert not flow["breaks_flow"].any()
+
+
+def test_base_and_tuned_split_a_with_base_table():
+    base = stack(4)
+    tuned = {k: v * (2.0 if "layers.1." in k else 1.0) for k, v in base.items()}
+    d = analyze(tuned, base=base, progress=False)
+    # rows are the tuned matrices themselves (base not subtracted), with the base alongside
+    assert (d["status"] == "success").all()
+    b, t = base_and_tuned(d)
+    direct_b, direct_t = analyze(base, progress=False), analyze(tuned, progress=False)
+    for col in ("alpha", "log_norm", "log_spectral_norm"):
+        np.testing.assert_allclose(b[col], direct_b[col], rtol=1e-12)
+        np.testing.assert_allclose(t[col], direct_t[col], rtol=1e-12)
+    lora = d.assign(longname=d["longname"] + ".lora_BA")
+    assert base_and_tuned(lora)[0]["longname"].tolist() == d["longname"].tolist()
+    with pytest.raises(SpectuneError, match="base="):
+        base_and_tuned(direct_t)
+
+
+def test_plus_base_analyzes_the_base_plus_the_update():
+    base = stack(3)
+    g = torch.Generator().manual_seed(5)
+    update = {
+        k: 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in base.items()
+    }
+    got = analyze(update, base=base, plus_base=True, progress=False)
+    want = analyze({k: base[k] + update[k] for k in base}, progress=False)
+    for col in ("alpha", "log_norm", "log_spectral_norm", "stable_rank"):
+        np.testing.assert_allclose(got[col], want[col], rtol=1e-12)
+    np.testing.assert_allclose(got["base_log_norm"], analyze(base, progress=False)["log_norm"])
+    # without plus_base the update itself is analyzed (the base only gives base_* columns)
+    plain = analyze(update, base=base, progress=False)
+    np.testing.assert_allclose(plain["log_norm"], analyze(update, progress=False)["log_norm"])
+    with pytest.raises(SpectuneError, match="plus_base=True needs base="):
+        analyze(update, plus_base=True, progress=False)

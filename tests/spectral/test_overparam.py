@@ -38,3 +38,23 @@ def test_adapter_with_low_alpha_on_an_overparameterized_base_is_flagged():
     details = pd.DataFrame({"longname": ["x"], "alpha": [1.6], "status": ["success"],
                             "warning": [OVERFIT_ADAPTER]})  # fmt: skip
     assert summarize(details)["overfit_adapter_layers"] == ["x"]
+
+
+def test_summarize_lists_the_base_layers_with_alpha_above_6():
+    details = pd.DataFrame(
+        {
+            "longname": ["q.lora_BA", "k.lora_BA", "v.lora_BA"],
+            "layer_type": "lora",
+            "alpha": [1.6, 1.5, 3.0],
+            "base_alpha": [7.2, 4.0, 6.5],
+            "status": "success",
+            "base_status": ["success", "success", "failed"],
+            "warning": [OVERFIT_ADAPTER, "", ""],
+        }
+    )
+    out = summarize(details)
+    assert out["n_base_overparameterized"] == 1  # v's base fit failed: not counted
+    assert out["base_overparameterized_layers"] == ["q.lora_BA"]
+    assert out["n_overfit_adapters"] == 1 and out["overfit_adapter_layers"] == ["q.lora_BA"]
+    none = summarize(details.assign(warning=""))
+    assert none["n_overfit_adapters"] == 0 and "overfit_adapter_layers" not in none

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
     parser.add_argument("--out", help="results folder for details.csv/.json, summary.json, plots")
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
+    parser.add_argument("--report", action="store_true",
+                        help="also write report.html to --out, with the figures and flow.csv "
+                        "(alpha along depth per layer type)")  # fmt: skip
     parser.add_argument("--min-evals", type=int, default=8)
     parser.add_argument("--max-evals", type=int, default=15000)
     parser.add_argument("--fix-fingers", choices=["clip_xmax", "xmin_peak"], default=None,
@@ -81,8 +84,11 @@ def show_summary(details: Any, summary: dict, title: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_dir
+    from spectune.errors import SpectuneError
     from spectune.spectral import analyze, summarize
 
+    if args.report and not args.out:
+        raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")
     # checked before the analysis, which can take minutes, not after it
     out = check_writable_dir(args.out, "--out") if args.out else None
     source = resolve_source(args.source)
@@ -106,8 +112,13 @@ def run(args: argparse.Namespace) -> int:
         print("adapter alpha < 2 on an alpha > 6 base layer: "
               + ", ".join(summary["overfit_adapter_layers"]))  # fmt: skip
     if out is not None:
-        written = write_results(details, summary, out, plots=args.plots,
-                                source=source, peft=peft, base=base)  # fmt: skip
+        summary["source"] = str(args.source)
+        written = write_results(details, summary, out, plots=args.plots or args.report,
+                                source=source, peft=peft, base=base, flow=args.report)  # fmt: skip
+        if args.report:
+            from spectune.report.html import write_spectra_report
+
+            written.append(write_spectra_report(out))
         print(f"wrote {len(written)} files to {args.out}")
     elif args.plots:
         print("--plots needs --out DIR; no figures written")

@@ -11,8 +11,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", help="the reference model (teacher, base): folder, file or 'default'")
     parser.add_argument("b", help="the other model (student, tuned)")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
-    parser.add_argument("--out", help="results folder for compare.csv, compare.json and plots")
+    parser.add_argument("--out", help="results folder for compare.csv, compare.json, flow.csv "
+                        "and plots")  # fmt: skip
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
+    parser.add_argument("--report", action="store_true",
+                        help="also write report.html (with the figures) to --out")  # fmt: skip
     parser.add_argument("--z", type=float, default=3.5,
                         help="robust standard deviations below the typical norm change that "
                         "flag a collapsed layer (default 3.5)")  # fmt: skip
@@ -25,23 +28,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spectune._io import atomic_path, check_writable_dir, write_json, write_text
+    from spectune._io import check_writable_dir
     from spectune.cli._common import print_table
     from spectune.cli.analyze import resolve_source
+    from spectune.errors import SpectuneError
     from spectune.spectral import analyze
-    from spectune.spectral.compare import compare, compare_summary, correlation_flow, flow_change
+    from spectune.spectral.compare import compare_models
 
+    if args.report and not args.out:
+        raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")
+    if args.z <= 0 or args.min_drop < 0:
+        raise SpectuneError(
+            f"--z must be > 0 and --min-drop >= 0, got {args.z} and {args.min_drop}"
+        )
     out = check_writable_dir(args.out, "--out") if args.out else None
     a, b = resolve_source(args.a), resolve_source(args.b)
     kw = dict(layers=args.layers, precision=args.precision, progress=not args.no_progress)
     ta, tb = analyze(a, **kw), analyze(b, **kw)
-    table = compare(ta, tb, z=args.z, min_drop=args.min_drop)
-    summary = compare_summary(table)
-    flow_a, flow_b = correlation_flow(ta), correlation_flow(tb)
-    summary["flow_breaks_a"] = flow_a.loc[flow_a["breaks_flow"], "longname"].tolist()
-    summary["flow_breaks_b"] = flow_b.loc[flow_b["breaks_flow"], "longname"].tolist()
-    change = flow_change(flow_a, flow_b)
-    summary["flow_bent"] = change.loc[change["bent"], "longname"].tolist()
+    labels = (Path(str(args.a)).name, Path(str(args.b)).name)
+    if labels[0] == labels[1]:
+        labels = (str(args.a), str(args.b))
+    comparison = compare_models(ta, tb, z=args.z, min_drop=args.min_drop, labels=labels)
+    table, summary = comparison.table, comparison.summary
     matched = table[table["match"] == "matched"]
     shown = matched.sort_values("d_log_spectral_norm").head(10)
     print_table(shown.to_dict(orient="records"), "largest norm drops (b - a, log10 units)",
@@ -55,24 +63,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"not compared ({len(summary['mismatched'])}): "
               + "; ".join(summary["mismatched"][:10]))  # fmt: skip
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "compare.csv", table.to_csv(index=False))
-        write_json(out / "compare.json", summary)
-        written = 2
-        if args.plots:
-            from spectune.report.plots import correlation_flow_plot, scale_collapse
+        from spectune.report.files import write_comparison_results
 
-            figures = {
-                "scale_collapse.png": scale_collapse(table),
-                "correlation_flow.png": correlation_flow_plot(
-                    flow_a, flow_b, labels=(Path(str(args.a)).name, Path(str(args.b)).name)
-                ),
-            }
-            for name, fig in figures.items():
-                with atomic_path(out / name) as tmp:
-                    fig.savefig(tmp, format="png", dpi=110)
-                written += 1
-        print(f"wrote {written} files to {args.out}")
+        written = write_comparison_results(comparison, out, plots=args.plots or args.report)
+        if args.report:
+            from spectune.report.html import write_spectra_report
+
+            written.append(write_spectra_report(out))
+        print(f"wrote {len(written)} files to {args.out}")
     elif args.plots:
         print("--plots needs --out DIR; no figures written")
     return 0

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "write report.html for a results folder of tune, sweep or demo"
+HELP = "write report.html for a results folder of tune, sweep, demo, analyze or compare"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="a folder written by spectune tune, sweep or demo")
+    parser.add_argument("folder", help="a folder written by spectune tune, sweep or demo, or "
+                        "by analyze / compare with --out")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from spectune.errors import SpectuneError
-    from spectune.report.html import write_comparison_report, write_run_report
+    from spectune.report.html import (
+        SPECTRA_FILES,
+        write_comparison_report,
+        write_run_report,
+        write_spectra_report,
+    )
 
     folder = Path(args.folder)
     if not folder.exists():
@@ -28,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
         path = write_comparison_report(folder)
     elif (folder / "metrics.json").is_file():
         path = write_run_report(folder)
+    elif any((folder / name).is_file() for name in SPECTRA_FILES):
+        path = write_spectra_report(folder)
     else:
         raise SpectuneError(
-            f"{folder} holds neither metrics.json (a tune run) nor results.csv (a sweep or the "
-            "demo); pass a results folder"
+            f"{folder} holds neither metrics.json (a tune run), results.csv (a sweep or the "
+            "demo) nor details.csv / compare.csv (analyze or compare --out); pass a results folder"
         )
     print(f"wrote {path}")
     return 0

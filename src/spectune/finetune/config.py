@@ -211,13 +211,20 @@ class EvalConfig:
             "vectors unlike every base one; LoRA-family and full runs (one base SVD per matrix)."
         },
     )
+    compare_base: bool = field(
+        default=True,
+        metadata={
+            "help": "compare the tuned matrices (base + update) with the base's: scale collapse "
+            "and correlation flow, in spectra/compare.* and flow.csv (one more analysis)."
+        },
+    )
     spectra_precision: str = field(
         default="float32",
         metadata={"help": "'float32' (fast) or 'float64' (WeightWatcher's exact numbers)."},
     )
 
     def __post_init__(self) -> None:
-        for name in ("before", "spectra", "intruders"):
+        for name in ("before", "spectra", "intruders", "compare_base"):
             if not isinstance(getattr(self, name), bool):
                 raise SpectuneError(
                     f"eval.{name} must be true or false, got {getattr(self, name)!r}"

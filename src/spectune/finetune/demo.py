@@ -124,7 +124,8 @@ def _short(value: Any) -> str:
 def write_base_spectra(
     out: Path, model: str = "default", *, progress: bool = True
 ) -> dict[str, Any]:
-    """The base model's spectra (every matrix) into ``out`` with the usual figures."""
+    """The base model's spectra (every matrix) into ``out`` with the usual figures and its
+    correlation flow (``flow.csv``)."""
     from spectune.models import resolve_model_dir
     from spectune.report.files import write_results
     from spectune.spectral import analyze, summarize
@@ -132,7 +133,7 @@ def write_base_spectra(
     folder = resolve_model_dir(model)
     details = analyze(folder, precision="float32", progress=progress)
     summary = summarize(details)
-    write_results(details, summary, out, plots=True, source=folder)
+    write_results(details, summary, out, plots=True, source=folder, flow=True)
     return summary
 
 

@@ -27,7 +27,9 @@ Results folder (every file written atomically; ``run.json`` is the marker):
 ``merged/``           with ``merge``: a plain transformers model folder
 ``metrics.json``      :class:`~spectune.finetune.results.RunMetrics`
 ``predictions.jsonl`` every held-out question, reference, answers before and after
-``spectra/``          details.csv / details.json / summary.json of the adapter spectra
+``spectra/``          details.csv / details.json / summary.json of the adapter spectra;
+                      compare.csv / compare.json / flow.csv and figures of the base against
+                      the tuned matrices (``eval.compare_base``)
 ``plots/``            loss_curve, learning_forgetting, alpha_hist, alpha_vs_base (+ method's)
 ``report.html``       one self-contained page
 ====================  ===============================================================
@@ -126,6 +128,7 @@ class Run:
     before_predictions: list[str] | None = None
     details: Any = None
     summary: dict[str, Any] | None = None
+    comparison: Any = None
     metrics: RunMetrics | None = None
 
     @property
@@ -552,7 +555,42 @@ def analyze(run: Run) -> None:
         summary["base_alpha"] = float(ok["base_alpha"].mean()) if len(ok) else None
     run.details, run.summary = details, summary
     run.folder.own("spectra")
+    if run.config.eval.compare_base:
+        run.comparison = compare_base(run, what, details)
+    if run.comparison is not None:
+        summary["n_collapsed"] = run.comparison.summary["n_collapsed"]
+        summary["n_flow_bent"] = run.comparison.summary["n_flow_bent"]
     write_results(details, summary, run.out / "spectra", plots=False)
+
+
+def compare_base(run: Run, what: Any, details: Any) -> Any:
+    """The tuned matrices (base + the update) against the base's, layer by layer: a
+    :class:`~spectune.spectral.compare.ModelComparison` (scale collapse, correlation flow),
+    or None, with a note, when they cannot be formed.
+
+    The tuned matrices are analyzed with the base alongside (its columns give the base's
+    table): a LoRA-family adapter as W + Delta W (``peft="with_base"``; DoRA's magnitudes
+    applied; a 4-bit base's rounding left out), a model (full fine-tuning) as it is, and a
+    mapping of updates (FROG, ShiRA) as W_base + Delta W (``plus_base``).
+    """
+    from spectune.errors import SpectuneError
+    from spectune.spectral import analyze as analyze_spectra
+    from spectune.spectral.compare import base_and_tuned, compare_models
+
+    kw = dict(base=run.model_dir, precision=run.config.eval.spectra_precision,
+              progress=run.progress)  # fmt: skip
+    try:
+        if what.peft:
+            tuned = analyze_spectra(what.source, peft="with_base", **kw)
+        elif what.delta:
+            tuned = analyze_spectra(what.source, layers=[str(n) for n in details["longname"]], **kw)
+        else:
+            tuned = analyze_spectra(what.source, plus_base=True, **kw)
+        base_table, tuned_table = base_and_tuned(tuned)
+        return compare_models(base_table, tuned_table, labels=("base", "tuned"))
+    except SpectuneError as exc:
+        run.built.notes.append(f"base against tuned comparison left out: {exc}")
+        return None
 
 
 def _versions() -> dict[str, str]:
@@ -642,6 +680,18 @@ def write_run_plots(plots: Path, metrics: RunMetrics, log: list[dict], details: 
     return save_figures(figures, plots)
 
 
+def write_spectra_files(spectra: Path, details: Any, comparison: Any) -> list[Path]:
+    """The watch files of a run's ``spectra/``: the base against tuned comparison
+    (compare.csv, compare.json, flow.csv, scale_collapse.png, correlation_flow.png) and the
+    intruder figure."""
+    from spectune.report.files import save_figures, spectral_figures, write_comparison_results
+
+    written = save_figures(spectral_figures(details), spectra)
+    if comparison is not None:
+        written += write_comparison_results(comparison, spectra, plots=True)
+    return written
+
+
 def report(run: Run, *, merge: bool = False) -> RunMetrics:
     """Phase 8: metrics.json, plots, the merged model (``merge``), report.html; the run is
     then marked complete."""
@@ -651,6 +701,8 @@ def report(run: Run, *, merge: bool = False) -> RunMetrics:
     run.folder.own("plots")
     write_run_plots(run.out / "plots", metrics, log_rows(run.out), run.details,
                     run.method.figures(run.built))  # fmt: skip
+    if run.details is not None:
+        write_spectra_files(run.out / "spectra", run.details, run.comparison)
     if merge:
         run.folder.own("merged")
         merged = run.method.merge(run.built, run.context, run.out / "adapter")
@@ -729,6 +781,7 @@ __all__ = [
     "callbacks",
     "check_targets",
     "collect_metrics",
+    "compare_base",
     "judge_base",
     "judge_base_model",
     "judge_tuned",
@@ -741,4 +794,5 @@ __all__ = [
     "training_arguments",
     "tune",
     "write_run_plots",
+    "write_spectra_files",
 ]

@@ -213,6 +213,10 @@ class SpectraSummary:
     num_intruders: int | None = None
     layers_with_intruders: int | None = None
     n_overparameterized: int | None = None
+    n_base_overparameterized: int | None = None
+    n_overfit_adapters: int | None = None
+    n_collapsed: int | None = None
+    n_flow_bent: int | None = None
     status_counts: dict[str, int] = field(default_factory=dict)
     warning_counts: dict[str, int] = field(default_factory=dict)
 
@@ -371,6 +375,10 @@ class RunMetrics:
             "adapter_alpha": spectra.alpha,
             "base_alpha": spectra.base_alpha,
             "num_intruders": spectra.num_intruders,
+            "n_base_overparameterized": spectra.n_base_overparameterized,
+            "n_overfit_adapters": spectra.n_overfit_adapters,
+            "n_collapsed": spectra.n_collapsed,
+            "n_flow_bent": spectra.n_flow_bent,
         }
 
 

@@ -28,25 +28,58 @@ def save_figures(figures: dict[str, Any], folder: Path) -> list[Path]:
     return [save_figure(fig, Path(folder) / name) for name, fig in figures.items()]
 
 
+def write_csv(frame: Any, path: Path) -> Path:
+    """A DataFrame as CSV (no index), atomically; returns ``path``."""
+    from spectune._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def spectral_figures(details: Any = None, flow: Any = None) -> dict[str, Any]:
+    """The figures of a details table's watch columns: ``intruders.png`` (intruder dimensions
+    per layer, with ``num_intruders``) and ``correlation_flow.png`` (a non-empty
+    :func:`~spectune.spectral.compare.correlation_flow` table)."""
+    import pandas as pd
+
+    from spectune.report import plots as P
+
+    figs: dict[str, Any] = {}
+    if details is not None and "num_intruders" in details:
+        if pd.to_numeric(details["num_intruders"], errors="coerce").notna().any():
+            figs["intruders.png"] = P.intruders_by_layer(details)
+    if flow is not None and len(flow):
+        figs["correlation_flow.png"] = P.correlation_flow_plot(flow, title="Alpha along depth")
+    return figs
+
+
 def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
                   source: Any = None, peft: bool | str = False,
-                  base: Any = None) -> list[Path]:  # fmt: skip
+                  base: Any = None, flow: bool = False) -> list[Path]:  # fmt: skip
     """Write details.csv, details.json, summary.json and (optionally) figures, each atomically.
 
-    The ESD figures recompute the plotted rows' spectra with the options in ``details.attrs``
-    (delta, W + Delta W, LoRA scaling, precision, finger clipping) and ``base``.
+    With ``flow``, also ``flow.csv``: alpha along depth per layer type with its trend and the
+    layers that break it (:func:`~spectune.spectral.compare.correlation_flow`; written when
+    any row has a block index), and with ``plots`` its figure. The ESD figures recompute the
+    plotted rows' spectra with the options in ``details.attrs`` (delta, W + Delta W, LoRA
+    scaling, precision, finger clipping) and ``base``.
     """
-    from spectune._io import atomic_path, write_json
+    from spectune._io import write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    with atomic_path(out / "details.csv") as tmp:
-        details.to_csv(tmp, index=False)
-    written.append(out / "details.csv")
+    written = [write_csv(details, out / "details.csv")]
     write_json(out / "details.json", details.to_dict(orient="records"))
     written.append(out / "details.json")
     write_json(out / "summary.json", {**summary, "options": details.attrs.get("spectune", {})})
     written.append(out / "summary.json")
+    flow_table = None
+    if flow:
+        from spectune.spectral.compare import correlation_flow
+
+        flow_table = correlation_flow(details)
+        if len(flow_table):
+            written.append(write_csv(flow_table, out / "flow.csv"))
     if plots:
         from spectune.report import plots as P
         from spectune.spectral import spectrum
@@ -61,15 +94,51 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
                 evals, fit = spectrum(
                     source, name, peft=opts.get("peft", peft), base=base,
                     delta=bool(opts.get("delta", False)),
+                    plus_base=bool(opts.get("plus_base", False)),
                     lora_scaling=opts.get("lora_scaling", True),
                     precision=opts.get("precision", "float64"),
                     fix_fingers=opts.get("fix_fingers"),
                 )  # fmt: skip
                 figs[f"esd_{i}.png"] = P.esd_loglog(evals, fit, title=f"ESD of {name}")
+        figs.update(spectral_figures(details, flow_table))
         for fname, fig in figs.items():
             save_figure(fig, out / fname)
             written.append(out / fname)
     return written
 
 
-__all__ = ["save_figure", "save_figures", "write_results"]
+def write_comparison_results(comparison: Any, out: Path, *, plots: bool) -> list[Path]:
+    """Write a :class:`~spectune.spectral.compare.ModelComparison` into ``out``, each file
+    atomically: ``compare.csv`` (per layer), ``compare.json`` (the summary), ``flow.csv``
+    (both flows side by side) and, with ``plots``, ``scale_collapse.png`` and
+    ``correlation_flow.png``. Returns the paths written."""
+    from spectune._io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_csv(comparison.table, out / "compare.csv")]
+    write_json(out / "compare.json", comparison.summary)
+    written.append(out / "compare.json")
+    written.append(write_csv(comparison.flow, out / "flow.csv"))
+    if plots:
+        from spectune.report.plots import correlation_flow_plot, scale_collapse
+
+        a, b = comparison.summary.get("labels") or ("a", "b")
+        figures = {
+            "scale_collapse.png": scale_collapse(comparison.table, title=f"Norm change ({b} - {a})"),
+            "correlation_flow.png": correlation_flow_plot(
+                comparison.flow_a, comparison.flow_b, labels=(a, b),
+                title=f"Alpha along depth: {a} (solid) and {b} (dashed)",
+            ),
+        }  # fmt: skip
+        written += save_figures(figures, out)
+    return written
+
+
+__all__ = [
+    "save_figure",
+    "save_figures",
+    "spectral_figures",
+    "write_comparison_results",
+    "write_csv",
+    "write_results",
+]

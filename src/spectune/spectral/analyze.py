@@ -184,7 +184,9 @@ def _module_ids(source: Any) -> dict[str, int]:
     return {normalize_module_name(name): i for i, (name, _) in enumerate(module.named_modules())}
 
 
-def _plan(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -> list[_Job]:
+def _plan(src: Any, source: Any, peft: bool | str, delta: bool | str, base_src: Any) -> list[_Job]:
+    """The rows; with ``delta`` (True, or "plus_base") only the matrices matching a base matrix
+    by name and shape, each with its base tensor."""
     ids = _module_ids(getattr(src, "module", None) or source)
     jobs: list[_Job] = []
     if peft:
@@ -211,6 +213,7 @@ def _plan(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -
             )
         )
     if delta:
+        what = "plus_base" if delta == "plus_base" else "delta"
         matched = []
         for job in jobs:
             base_info = base_src.find_weight(job.longname)
@@ -218,13 +221,15 @@ def _plan(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -
                 continue
             if tuple(base_info.shape) != job.shape:
                 raise SpectuneError(
-                    f"delta: {job.tensor} has shape {job.shape} but the base's {base_info.name} "
+                    f"{what}: {job.tensor} has shape {job.shape} but the base's {base_info.name} "
                     f"has {tuple(base_info.shape)}; is base= the model this one was tuned from?"
                 )
             job.base_tensor = base_info.name
             matched.append(job)
         if not matched:
-            raise SpectuneError("delta=True: no matrix of the model matches a base matrix by name")
+            raise SpectuneError(
+                f"{what}=True: no matrix of the model matches a base matrix by name"
+            )
         return matched
     return jobs
 
@@ -347,8 +352,10 @@ def _row_for(
                 evals = lora_eigenvalues(A, B, scaling)
         else:
             W = src.load(job.tensor)
-            if job.base_tensor is not None:
+            if job.base_tensor is not None and opts["delta"]:  # W - W_base
                 W = W.double() - base_src.load(job.base_tensor).double()
+            elif job.base_tensor is not None and opts.get("plus_base"):  # W_base + Delta W
+                W = base_src.load(job.base_tensor).double() + W.double()
             mats, scale = _matrices(W, job.layer_type)
             evals, rank_loss = _pooled(mats, scale, precision)
             rank_floor = gram_rank_floor(precision)
@@ -408,6 +415,8 @@ def _intruder_columns(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) 
             res = lora_intruder_dimensions(W0.reshape(pair.shape), B, A, pair.scaling, **kw)
         else:
             Wt = src.load(job.tensor).double()
+            if opts.get("plus_base"):  # the source holds the update; the tuned matrix is W_0 + it
+                Wt = W0 + Wt
             if Wt.ndim != 2:
                 return nan
             res = intruder_dimensions(W0, Wt, **kw)
@@ -454,8 +463,9 @@ def _base_metrics(base_src: Any, name: str, opts: dict[str, Any], cache: dict[st
     return cache[name]
 
 
-def _jobs(src: Any, source: Any, peft: bool | str, delta: bool, base_src: Any) -> list[_Job]:
-    """The rows to compute, with their base matrices matched (see :func:`analyze`)."""
+def _jobs(src: Any, source: Any, peft: bool | str, delta: bool | str, base_src: Any) -> list[_Job]:
+    """The rows to compute, with their base matrices matched (see :func:`analyze`); ``delta``
+    is True (W - W_base), "plus_base" (W_base + the source's update) or False."""
     use_peft = bool(peft) or getattr(src, "kind", "") == "peft"
     jobs = _plan(src, source, use_peft, delta, base_src)
     if base_src is not None and not delta:
@@ -505,6 +515,7 @@ def analyze(
     layers: Any = None,
     *,
     delta: bool = False,
+    plus_base: bool = False,
     min_evals: int = DEFAULT_MIN_EVALS,
     max_evals: int = DEFAULT_MAX_EVALS,
     max_N: int = DEFAULT_MAX_N,
@@ -537,6 +548,9 @@ def analyze(
             and/or longnames.
         delta: analyze W - W_base for every matrix that matches a base matrix by name (full
             fine-tunes); adds ``rank90``.
+        plus_base: the source holds updates Delta W (e.g. a mapping ``"<module>.weight" ->
+            delta`` of a sparse fine-tune): analyze the tuned matrices W_base + Delta W, for
+            every one that matches a base matrix by name (needs ``base``).
         min_evals: fewer eigenvalues than this add the warning "too few eigenvalues for a
             reliable fit" (the row is still reported).
         max_evals: matrices with more eigenvalues (M * rf) are listed as "skipped".
@@ -587,6 +601,11 @@ def analyze(
         raise SpectuneError("delta=True needs base= (the model before fine-tuning)")
     if delta and peft:
         raise SpectuneError("delta=True is for full fine-tunes; for an adapter use peft=True")
+    if plus_base and (base is None or delta or peft):
+        raise SpectuneError(
+            "plus_base=True needs base= (the model the update applies to) and neither delta=True "
+            "nor peft (for an adapter use peft='with_base')"
+        )
     if min_evals < 1:
         raise SpectuneError(f"min_evals must be >= 1, got {min_evals}")
     if intruders and base is None:
@@ -594,10 +613,10 @@ def analyze(
             "intruders=True needs base= (the model before fine-tuning): intruder dimensions "
             "compare the tuned matrix's singular vectors with the base's"
         )
-    if intruders and not (peft or delta):
+    if intruders and not (peft or delta or plus_base):
         raise SpectuneError(
-            "intruders=True needs a tuned model to compare: peft=True (an adapter) or "
-            "delta=True (a full fine-tune), with base="
+            "intruders=True needs a tuned model to compare: peft=True (an adapter), "
+            "delta=True (a full fine-tune) or plus_base=True (an update), with base="
         )
     if intruder_top_k < 1 or not 0.0 < intruder_threshold <= 1.0:
         raise SpectuneError(
@@ -608,7 +627,7 @@ def analyze(
     src, close_src = _open(source, peft)
     base_src, close_base = _open(base, False) if base is not None else (None, False)
     try:
-        jobs = _jobs(src, source, peft, delta, base_src)
+        jobs = _jobs(src, source, peft, "plus_base" if plus_base else delta, base_src)
         keep = _layer_filter(layers)
         jobs = [j for j in jobs if keep(j)]
         if not jobs:
@@ -616,8 +635,8 @@ def analyze(
         opts = dict(
             min_evals=min_evals, max_evals=max_evals, max_N=max_N, fix_fingers=fix_fingers or None,
             mp_fit=mp_fit, randomize=randomize, lora_scaling=lora_scaling, precision=precision,
-            seed=seed, delta=delta, with_base=peft == "with_base", fit_type=fit_type,
-            detX=detX, compare_fits=compare_fits, intruders=intruders,
+            seed=seed, delta=delta, plus_base=plus_base, with_base=peft == "with_base",
+            fit_type=fit_type, detX=detX, compare_fits=compare_fits, intruders=intruders,
             intruder_top_k=intruder_top_k, intruder_threshold=intruder_threshold,
         )  # fmt: skip
         base_cache: dict[str, dict] = {}
@@ -644,8 +663,8 @@ def analyze(
     ordered = LEAD_COLUMNS + [c for c in METRIC_COLUMNS if c in details.columns]
     details = details[ordered + [c for c in details.columns if c not in ordered]]
     details.attrs["spectune"] = {
-        "peft": peft, "delta": delta, "min_evals": min_evals, "max_evals": max_evals,
-        "max_N": max_N, "fix_fingers": fix_fingers, "mp_fit": mp_fit, "randomize": randomize,
+        "peft": peft, "delta": delta, "plus_base": plus_base, "min_evals": min_evals,
+        "max_evals": max_evals, "max_N": max_N, "fix_fingers": fix_fingers, "mp_fit": mp_fit, "randomize": randomize,
         "lora_scaling": lora_scaling, "precision": precision, "seed": seed, "fit": fit,
         "detX": detX, "compare_fits": compare_fits, "intruders": intruders,
         "intruder_top_k": intruder_top_k, "intruder_threshold": intruder_threshold,
@@ -660,6 +679,7 @@ def spectrum(
     *,
     base: Any = None,
     delta: bool = False,
+    plus_base: bool = False,
     lora_scaling: bool = True,
     precision: str = "float64",
     fix_fingers: str | None = None,
@@ -670,7 +690,7 @@ def spectrum(
     Args:
         source: as for :func:`analyze`.
         layer: the row's ``longname``.
-        peft, base, delta, lora_scaling, precision, fix_fingers, fit: as for
+        peft, base, delta, plus_base, lora_scaling, precision, fix_fingers, fit: as for
             :func:`analyze`, so the spectrum is the one the row was computed from (a delta,
             W + Delta W...) and the fit the one its alpha came from.
 
@@ -687,20 +707,23 @@ def spectrum(
 
     from spectune.spectral.powerlaw import fit_powerlaw
 
-    if (peft == "with_base" or delta) and base is None:
-        raise SpectuneError("spectrum(): peft='with_base' and delta=True need base=")
+    if (peft == "with_base" or delta or plus_base) and base is None:
+        raise SpectuneError(
+            "spectrum(): peft='with_base', delta=True and plus_base=True need base="
+        )
     fit_type, fix_fingers = _fit_options(fit, fix_fingers)
     src, close_src = _open(source, peft)
     base_src, close_base = _open(base, False) if base is not None else (None, False)
     keep: dict[str, Any] = {}
     try:
-        jobs = [j for j in _jobs(src, source, peft, delta, base_src) if j.longname == layer]
+        match = "plus_base" if plus_base else delta
+        jobs = [j for j in _jobs(src, source, peft, match, base_src) if j.longname == layer]
         if not jobs:
             raise SpectuneError(f"no matrix named {layer!r} in {src!r}")
         opts = dict(
             min_evals=1, max_evals=sys.maxsize, max_N=sys.maxsize, fix_fingers=None,
             mp_fit=False, randomize=False, lora_scaling=lora_scaling, precision=precision,
-            seed=0, delta=delta, with_base=peft == "with_base",
+            seed=0, delta=delta, plus_base=plus_base, with_base=peft == "with_base",
         )  # fmt: skip
         _row_for(jobs[0], src, base_src, opts, keep)
     finally:
@@ -754,9 +777,11 @@ def summarize(details: pd.DataFrame) -> dict[str, Any]:
     Returns:
         dict with n_layers, n_analyzed, counts per status and per warning, the mean of each
         column of :data:`SUMMARY_COLUMNS` present in ``details``, the overparameterized layers
-        (alpha > 6: ``n_overparameterized``, ``overparameterized_layers``), with intruder
-        columns their total (``num_intruders``) and ``layers_with_intruders``, and LoRA rows
-        flagged as overfitting (``overfit_adapter_layers``: alpha < 2 on a base alpha > 6).
+        (alpha > 6: ``n_overparameterized``, ``overparameterized_layers``; with base columns
+        also the base's: ``n_base_overparameterized``, ``base_overparameterized_layers``),
+        with intruder columns their total (``num_intruders``) and ``layers_with_intruders``,
+        and LoRA rows flagged as overfitting (``n_overfit_adapters``,
+        ``overfit_adapter_layers``: alpha < 2 on a base alpha > 6).
     """
     if not isinstance(details, pd.DataFrame):
         raise SpectuneError("summarize() takes the DataFrame returned by analyze()")
@@ -781,6 +806,13 @@ def summarize(details: pd.DataFrame) -> dict[str, Any]:
         over = ok[pd.to_numeric(ok["alpha"], errors="coerce") > OVERPARAMETERIZED_ALPHA]
         out["n_overparameterized"] = int(len(over))
         out["overparameterized_layers"] = [str(x) for x in over["longname"]]
+    if {"base_alpha", "base_status", "longname"} <= set(details.columns):
+        base_ok = details[details["base_status"] == "success"]
+        over = base_ok[
+            pd.to_numeric(base_ok["base_alpha"], errors="coerce") > OVERPARAMETERIZED_ALPHA
+        ]
+        out["n_base_overparameterized"] = int(len(over))
+        out["base_overparameterized_layers"] = [str(x) for x in over["longname"]]
     if "num_intruders" in details.columns:
         n = pd.to_numeric(details["num_intruders"], errors="coerce")
         out["num_intruders"] = int(n.fillna(0).sum())
@@ -789,6 +821,9 @@ def summarize(details: pd.DataFrame) -> dict[str, Any]:
         flagged = details[details["warning"].fillna("").str.contains(OVERFIT_ADAPTER, regex=False)]
         if len(flagged):
             out["overfit_adapter_layers"] = [str(x) for x in flagged["longname"]]
+        lora = "layer_type" in details.columns and (details["layer_type"] == "lora").any()
+        if len(flagged) or (lora and "base_alpha" in details.columns):
+            out["n_overfit_adapters"] = int(len(flagged))
     return out
 
 

@@ -18,12 +18,19 @@ listed with their reason and left out of the comparison.
 Correlation flow (:func:`correlation_flow`): per layer type (``q_proj``, ``down_proj``...),
 alpha against depth (the block index in the name) with a least-squares line; layers whose
 residual exceeds ``z`` robust standard deviations of that type's residuals break the flow.
+
+:func:`compare_models` does both for two tables at once (a :class:`ModelComparison`: the
+compare table, its summary, both flows and where the second bent the first);
+:func:`base_and_tuned` splits one table of tuned matrices with ``base_*`` columns (what
+``analyze(..., base=...)`` gives) into the base's table and the tuned one, so a fine-tune's
+run compares its base and tuned matrices without analyzing the base twice.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +43,7 @@ COMPARED = ["log_spectral_norm", "log_norm", "alpha"]
 DEFAULT_Z = 3.5
 DEFAULT_MIN_DROP = 0.1
 _MAD_SCALE = 1.4826  # MAD -> standard deviation for normal data
+_FLAT_RESIDUAL = 1e-9  # robust spread of a flow's residuals below this (relative): no outliers
 
 
 def _table(x: Any, progress: bool, **kwargs: Any) -> pd.DataFrame:
@@ -206,7 +214,9 @@ def correlation_flow(
         res = y - trend
         med = float(np.median(res))
         sd = _MAD_SCALE * float(np.median(np.abs(res - med)))
-        breaks = np.abs(res - med) > z * sd if sd > 0 and len(g) >= 4 else np.zeros(len(g), bool)
+        # a spread at rounding level (equal alphas, e.g. fits pinned at a bound) flags nothing
+        tiny = _FLAT_RESIDUAL * max(1.0, float(np.max(np.abs(y))))
+        breaks = np.abs(res - med) > z * sd if sd > tiny and len(g) >= 4 else np.zeros(len(g), bool)
         for i, name in enumerate(g["longname"]):
             rows.append({"longname": name, "kind": kind, "depth": int(x[i]), column: y[i],
                          "trend": trend[i], "slope": float(slope), "residual": res[i],
@@ -223,15 +233,116 @@ def flow_change(flow_a: pd.DataFrame, flow_b: pd.DataFrame, column: str = "alpha
 
     Returns:
         One row per layer in both: ``longname``, ``kind``, ``depth``, ``<column>_a``,
-        ``<column>_b``, ``d_<column>``, ``breaks_a``, ``breaks_b`` and ``bent`` (breaks the
-        tuned model's flow but not the base's).
+        ``<column>_b``, ``d_<column>``, each flow's ``trend_a`` / ``trend_b`` and
+        ``slope_a`` / ``slope_b``, ``breaks_a``, ``breaks_b`` and ``bent`` (breaks the tuned
+        model's flow but not the base's).
     """
-    keep = ["longname", "kind", "depth", column, "breaks_flow"]
+    keep = ["longname", "kind", "depth", column, "trend", "slope", "breaks_flow"]
     m = flow_a[keep].merge(flow_b[keep], on=["longname", "kind", "depth"], suffixes=("_a", "_b"))
     m[f"d_{column}"] = m[f"{column}_b"] - m[f"{column}_a"]
     m = m.rename(columns={"breaks_flow_a": "breaks_a", "breaks_flow_b": "breaks_b"})
     m["bent"] = m["breaks_b"] & ~m["breaks_a"]
-    return m
+    order = ["longname", "kind", "depth", f"{column}_a", f"{column}_b", f"d_{column}",
+             "trend_a", "trend_b", "slope_a", "slope_b", "breaks_a", "breaks_b", "bent"]  # fmt: skip
+    return m[order]
 
 
-__all__ = ["compare", "compare_summary", "correlation_flow", "flow_change", "layer_depth"]
+@dataclass
+class ModelComparison:
+    """Two models compared layer by layer (:func:`compare_models`).
+
+    Attributes:
+        table: the :func:`compare` table (scale collapse).
+        summary: :func:`compare_summary` of it plus the flow's lists: ``flow_breaks_a`` /
+            ``flow_breaks_b`` (layers breaking each model's flow) and ``flow_bent`` (breaking
+            b's but not a's), ``n_flow_bent``, and the ``labels`` of the two models.
+        flow_a: :func:`correlation_flow` of a.
+        flow_b: :func:`correlation_flow` of b.
+        flow: :func:`flow_change` of the two.
+    """
+
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    flow_a: pd.DataFrame
+    flow_b: pd.DataFrame
+    flow: pd.DataFrame
+
+
+def compare_models(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    *,
+    z: float = DEFAULT_Z,
+    min_drop: float = DEFAULT_MIN_DROP,
+    labels: tuple[str, str] = ("a", "b"),
+) -> ModelComparison:
+    """Scale collapse and correlation flow of two :func:`~spectune.spectral.analyze.analyze`
+    tables (reference first: teacher, base).
+
+    Args:
+        a / b: the two tables.
+        z / min_drop: as for :func:`compare` (the flow's outliers use the same ``z``).
+        labels: names of the two models (recorded in the summary, used by reports).
+
+    Returns:
+        A :class:`ModelComparison`.
+
+    Raises:
+        SpectuneError: as :func:`compare`.
+    """
+    table = compare(a, b, z=z, min_drop=min_drop, progress=False)
+    summary = compare_summary(table)
+    flow_a, flow_b = correlation_flow(a, z=z), correlation_flow(b, z=z)
+    flow = flow_change(flow_a, flow_b)
+    summary["flow_breaks_a"] = [str(x) for x in flow_a.loc[flow_a["breaks_flow"], "longname"]]
+    summary["flow_breaks_b"] = [str(x) for x in flow_b.loc[flow_b["breaks_flow"], "longname"]]
+    summary["flow_bent"] = [str(x) for x in flow.loc[flow["bent"], "longname"]]
+    summary["n_flow_bent"] = len(summary["flow_bent"])
+    summary["labels"] = [str(labels[0]), str(labels[1])]
+    summary["z"], summary["min_drop"] = z, min_drop
+    return ModelComparison(table, summary, flow_a, flow_b, flow)
+
+
+#: the columns :func:`base_and_tuned` reads as the base's (``base_<column>``)
+_BASE_AS = ["alpha", "log_norm", "log_spectral_norm", "status"]
+
+
+def base_and_tuned(details: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The base's table and the tuned one from one table of tuned matrices with ``base_*``
+    columns (``analyze(tuned, base=...)``, ``peft="with_base"``, ``plus_base=True``).
+
+    The base rows keep the tuned rows' names, types and shapes; a LoRA pair's ``.lora_BA``
+    suffix is dropped from the names (the rows are the module's weight W + Delta W).
+
+    Returns:
+        ``(base, tuned)``, each with ``longname``, ``layer_type``, ``N``, ``M`` and
+        ``alpha``, ``log_norm``, ``log_spectral_norm``, ``status``.
+
+    Raises:
+        SpectuneError: the table lacks a base column (analyze it with ``base=``).
+    """
+    need = {"longname", "layer_type", "N", "M", *_BASE_AS, *(f"base_{c}" for c in _BASE_AS)}
+    missing = need - set(details.columns)
+    if missing:
+        raise SpectuneError(
+            f"base_and_tuned(): the table lacks {sorted(missing)}; analyze the tuned model "
+            "with base= (the model it was tuned from)"
+        )
+    names = details["longname"].astype(str).str.replace(r"\.lora_BA$", "", regex=True)
+    lead = details[["layer_type", "N", "M"]].assign(longname=names)
+    tuned = lead.assign(**{c: details[c] for c in _BASE_AS})
+    base = lead.assign(**{c: details[f"base_{c}"] for c in _BASE_AS})
+    order = ["longname", "layer_type", "N", "M", *_BASE_AS]
+    return base[order].reset_index(drop=True), tuned[order].reset_index(drop=True)
+
+
+__all__ = [
+    "ModelComparison",
+    "base_and_tuned",
+    "compare",
+    "compare_models",
+    "compare_summary",
+    "correlation_flow",
+    "flow_change",
+    "layer_depth",
+]
