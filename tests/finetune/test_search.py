@@ -183,14 +183,19 @@ def test_grid_search_of_a_fake_objective_returns_the_known_pareto_set(tiny_model
 def test_nsga2_search_is_seeded_and_its_pareto_set_is_optunas(tiny_model_dir, tmp_path):
     import optuna
 
+    from spectune.finetune.search import make_sampler, parse_space
+
     search = _search()
     base = _base(tmp_path, tiny_model_dir)
     space = ["r=2..16", "lora_dropout=0..0.3", "learning_rate=1e-5..1e-2:log"]
-    runs = [search(base, space=space, trials=8, population=4, seed=s, out=tmp_path / f"s{s}-{i}",
-                   progress=False, run_fn=_fake_run(smooth=True))
-            for i, s in enumerate((3, 3, 4))]  # fmt: skip
-    a, b, c = ([t["params"] for t in r.trials] for r in runs)
-    assert a == b and a != c  # the same seed samples the same points
+    runs = [search(base, space=space, trials=8, population=4, seed=3, out=tmp_path / f"s3-{i}",
+                   progress=False, run_fn=_fake_run(smooth=True)) for i in range(2)]  # fmt: skip
+    a, b = ([t["params"] for t in r.trials] for r in runs)
+    assert a == b  # the same seed samples the same points; another seed, others
+    other = optuna.create_study(sampler=make_sampler("nsga2", 4, parse_space(space), 4),
+                                directions=["maximize", "minimize"])  # fmt: skip
+    first = other.ask()
+    assert {p.key: p.value(p.suggest(first)) for p in parse_space(space)} != a[0]
     result = runs[0]
     assert result.sampler == {"name": "nsga2", "seed": 3, "population": 4}
     assert all(t["state"] == "complete" for t in result.trials) and len(result.trials) == 8

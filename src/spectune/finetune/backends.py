@@ -232,19 +232,16 @@ def _job_trainable(config: dict[str, Any], *, run_fn: Callable[..., Any], jobs: 
 def trial_error(exc: BaseException) -> str:
     """The failure of a Ray trial in one line: a run's own message, or the exception that
     ended the trial (a worker that died, a bug) with its type."""
-    cause: BaseException | None = exc
-    seen = set()
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, TrialFailed):
-            return str(cause)
-        nxt = getattr(cause, "cause", None) or cause.__cause__
-        if nxt is None:
+    cause = exc
+    for _ in range(8):  # Ray wraps the trial's exception (RayTaskError.cause), maybe twice
+        inner = getattr(cause, "cause", None)
+        if not isinstance(inner, BaseException) or inner is cause:
             break
-        cause = nxt
-    cause = cause or exc
+        cause = inner
+    if isinstance(cause, TrialFailed):
+        return str(cause)
     text = str(cause).strip().splitlines()
-    return f"Ray trial failed: {type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
+    return f"Ray trial failed: {type(cause).__name__}" + (f": {text[0]}" if text else "")
 
 
 @contextlib.contextmanager
@@ -332,6 +329,7 @@ def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[s
                     num_samples=num_samples,
                     search_alg=search_alg,
                     max_concurrent_trials=_slots(backend),
+                    reuse_actors=True,  # a worker imports torch once, not once per run
                     trial_name_creator=label,
                     trial_dirname_creator=label,
                 ),  # fmt: skip
@@ -394,8 +392,13 @@ def start_ray(backend: Backend) -> Any:
                          configure_logging=False)  # fmt: skip
             else:
                 ray.init(address=backend.address, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception on a start timeout
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if backend.address is None:
+                raise SpectuneError(
+                    f"the local Ray instance did not start ({type(exc).__name__}: {first}); "
+                    "on a busy machine try again, or use --backend local"
+                ) from None
             raise SpectuneError(
                 f"cannot reach a Ray cluster at {backend.address!r} ({type(exc).__name__}: "
                 f"{first}); nothing was started: start one (ray start --head) or leave out "

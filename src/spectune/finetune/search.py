@@ -416,7 +416,8 @@ class Planner:
 def _search_trainable(config: dict[str, Any], *, run_fn: Callable[..., Any],
                       objectives: list[Objective]) -> None:  # fmt: skip
     """A Ray Tune function trainable: the planned run of one Optuna trial; reports the
-    objectives (and the metrics), or raises :class:`TrialFailed` (the trial fails)."""
+    objectives (the run folder holds the rest), or raises :class:`TrialFailed` (the trial
+    fails)."""
     from ray import tune
 
     plan = config["spectune"]
@@ -430,9 +431,7 @@ def _search_trainable(config: dict[str, Any], *, run_fn: Callable[..., Any],
     metrics, error = run_job(run_fn, job, False)
     if error is not None:
         raise TrialFailed(error)
-    values = objective_values(metrics, objectives)
-    tune.report({**dict(zip(names, values, strict=True)),
-                 "spectune_metrics": json.dumps(metrics.to_dict())})  # fmt: skip
+    tune.report(dict(zip(names, objective_values(metrics, objectives), strict=True)))
 
 
 # --------------------------------------------------------------------------- results
