@@ -82,29 +82,45 @@ def show_comparison(outcomes: list[Any]) -> None:
 
 
 def add_comparison_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """--out / --overwrite / --resume / --backend / --address / --no-progress of a command
-    that runs many runs into one folder (``what``: "sweep", "study")."""
+    """--out / --overwrite / --resume / the backend options / --no-progress of a command
+    that runs many runs into one folder (``what``: "sweep", "study", "search")."""
     parser.add_argument("--out", help=f"{what} folder (default: the config's output_dir)")
     parser.add_argument("--overwrite", action="store_true", help=f"replace a {what} in the folder")
     parser.add_argument(
         "--resume", action="store_true", help=f"continue an interrupted {what} (finished runs kept)"
     )
-    parser.add_argument(
+    ray = parser.add_argument_group("where the runs go")
+    ray.add_argument(
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="local: one run after another; ray: runs as Ray tasks (pip install 'spectune[ray]')",
+        help="local: one run after another here (default); ray: the runs as Ray Tune trials, "
+        "several at once (pip install 'spectune[ray]')",
     )
-    parser.add_argument(
+    ray.add_argument(
         "--address",
-        help="Ray cluster to use ('auto', 'ray://host:10001'); default: a local instance of 2 CPUs",
+        help="the Ray cluster: 'auto' (the one started with `ray start` on this machine), "
+        "host:port or ray://host:10001; default: a local instance that spectune starts",
+    )
+    ray.add_argument(
+        "--cpus", type=int, help="CPUs of the local Ray instance (default: all of this machine's)"
+    )
+    ray.add_argument(
+        "--cpus-per-trial", type=float, metavar="N", help="CPUs each Ray trial asks for (default 1)"
+    )
+    ray.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        metavar="N",
+        help="GPUs each Ray trial asks for, fractions allowed (default 0)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
 
 
-def check_backend(args: argparse.Namespace) -> None:
-    """--address only goes with --backend ray."""
-    if args.address and args.backend != "ray":
-        from spectune.errors import SpectuneError
+def backend_from_args(args: argparse.Namespace) -> Any:
+    """The checked :class:`~spectune.finetune.backends.Backend` of the options (an option
+    that only goes with ``--backend ray`` is refused with the local backend)."""
+    from spectune.finetune.backends import Backend
 
-        raise SpectuneError("--address is for --backend ray")
+    return Backend(args.backend, args.address, args.cpus, args.cpus_per_trial,
+                   args.gpus_per_trial).check()  # fmt: skip

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "spectune.cli.sweep",
     "augment": "spectune.cli.augment",
     "study": "spectune.cli.study",
+    "search": "spectune.cli.search",
     "advise": "spectune.cli.advise",
     "report": "spectune.cli.report",
     "describe": "spectune.cli.describe",

@@ -15,13 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectune.cli._common import check_backend
+    from spectune.cli._common import backend_from_args
     from spectune.finetune.study import study
 
-    check_backend(args)
+    backend = backend_from_args(args)
 
     result = study(args.config, out=args.out, overwrite=args.overwrite, resume=args.resume,
-                   progress=not args.no_progress, backend=args.backend, address=args.address)  # fmt: skip
+                   progress=not args.no_progress, backend=backend)  # fmt: skip
     for note in result.notes:
         print(f"- {note}")
     if args.out:

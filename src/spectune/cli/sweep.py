@@ -28,14 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spectune.cli._common import check_backend, show_comparison, split_config_and_overrides
+    from spectune.cli._common import backend_from_args, show_comparison, split_config_and_overrides
     from spectune.finetune.sweep import sweep
 
-    check_backend(args)
+    backend = backend_from_args(args)
     config_path, overrides = split_config_and_overrides(args)
     outcomes = sweep(config_path, args.grid, overrides=overrides, out=args.out,
                  overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                 backend=args.backend, address=args.address)  # fmt: skip
+                 backend=backend)  # fmt: skip
     show_comparison(outcomes)
     out = Path(args.out) if args.out else None
     if out is not None:

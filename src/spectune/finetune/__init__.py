@@ -12,6 +12,10 @@
 - :mod:`spectune.finetune.demo`: :func:`demo`, the methods at matched budgets.
 - :mod:`spectune.finetune.study`: :func:`study`, methods at their own learning rates over
   seeds, with intervals (:mod:`.stats`) and a recommendation (:mod:`.advice`).
+- :mod:`spectune.finetune.search`: :func:`search`, a multi-objective Optuna search over run
+  settings and its Pareto set, resumable from its SQLite storage.
+- :mod:`spectune.finetune.backends`: where the runs of a sweep, study or search go: here, or
+  as Ray Tune trials (:class:`Backend`).
 - :mod:`spectune.finetune.runfolder`: the results-folder rules (refuse, resume, overwrite).
 
 - :mod:`spectune.finetune.data`: Dolly JSONL / Alpaca JSON loading, chat-template prompts,
@@ -46,6 +50,9 @@ _LAZY: dict[str, str] = {
     "demo": "spectune.finetune.demo",
     "study": "spectune.finetune.study",
     "StudyResult": "spectune.finetune.study",
+    "search": "spectune.finetune.search",
+    "SearchResult": "spectune.finetune.search",
+    "Backend": "spectune.finetune.backends",
     "advise": "spectune.finetune.advice",
     "Constraints": "spectune.finetune.advice",
     # data

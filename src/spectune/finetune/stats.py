@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from spectune.errors import SpectuneError
+
 #: default number of bootstrap resamples
 N_BOOT = 2000
 
@@ -401,6 +403,47 @@ def variance_explained(
     return sorted(effects, key=lambda e: (e.eta_squared is None, -(e.eta_squared or 0.0)))
 
 
+def pareto_set(points: Sequence[Sequence[float] | None], directions: Sequence[str]) -> list[bool]:
+    """Which points are Pareto-optimal under ``directions`` (one per objective, "maximize" or
+    "minimize").
+
+    A point is optimal when no other point is at least as good in every objective and better
+    in one. Equal points do not dominate each other (both are optimal). A point that is None
+    or has a missing or non-finite value is not optimal.
+
+    Returns:
+        One flag per point, in order.
+
+    Raises:
+        SpectuneError: a direction that is not "maximize"/"minimize", or a point with another
+            number of values than there are directions.
+    """
+    sign = []
+    for d in directions:
+        if d not in ("maximize", "minimize"):
+            raise SpectuneError(f"pareto_set: direction {d!r} is not 'maximize' or 'minimize'")
+        sign.append(1.0 if d == "maximize" else -1.0)
+    pts: list[tuple[float, ...] | None] = []
+    for p in points:
+        if p is None:
+            pts.append(None)
+            continue
+        if len(p) != len(sign):
+            raise SpectuneError(f"pareto_set: a point has {len(p)} values for {len(sign)} "
+                                "objectives")  # fmt: skip
+        ok = all(v is not None and math.isfinite(v) for v in p)
+        pts.append(tuple(s * float(v) for s, v in zip(sign, p, strict=True)) if ok else None)
+    out = []
+    for i, p in enumerate(pts):
+        if p is None:
+            out.append(False)
+            continue
+        dominated = any(q is not None and j != i and all(a >= b for a, b in zip(q, p, strict=True))
+                        and q != p for j, q in enumerate(pts))  # fmt: skip
+        out.append(not dominated)
+    return out
+
+
 def pareto_front(gain: Sequence[float | None], forgetting: Sequence[float | None]) -> list[bool]:
     """Which points are on the Pareto front of (higher gain, lower forgetting).
 
@@ -410,17 +453,8 @@ def pareto_front(gain: Sequence[float | None], forgetting: Sequence[float | None
     Returns:
         One flag per point, in order.
     """
-    pts = [(g, f) if g is not None and f is not None and math.isfinite(g) and math.isfinite(f)
-           else None for g, f in zip(gain, forgetting, strict=True)]  # fmt: skip
-    out = []
-    for i, p in enumerate(pts):
-        if p is None:
-            out.append(False)
-            continue
-        dominated = any(q is not None and j != i and q[0] >= p[0] and q[1] <= p[1]
-                        and (q[0] > p[0] or q[1] < p[1]) for j, q in enumerate(pts))  # fmt: skip
-        out.append(not dominated)
-    return out
+    return pareto_set([(g, f) for g, f in zip(gain, forgetting, strict=True)],
+                      ("maximize", "minimize"))  # fmt: skip
 
 
 __all__ = [
@@ -433,6 +467,7 @@ __all__ = [
     "bootstrap_runs",
     "paired_difference",
     "pareto_front",
+    "pareto_set",
     "spearman",
     "variance_explained",
 ]

@@ -52,7 +52,7 @@ from typing import Any
 
 from spectune._io import write_json, write_text
 from spectune.errors import SpectuneError
-from spectune.finetune.backends import Job, make_executor
+from spectune.finetune.backends import Backend, Job, make_executor
 from spectune.finetune.config import TuneConfig, apply_overrides, yaml_dump
 
 STUDY_CONFIG = "study.yaml"
@@ -590,7 +590,7 @@ def study(
     resume: bool = False,
     progress: bool = True,
     run_fn: Callable[..., Any] | None = None,
-    backend: str = "local",
+    backend: str | Backend = "local",
     address: str | None = None,
 ) -> StudyResult:
     """Run a study (see the module docstring) into ``out``.
@@ -602,10 +602,11 @@ def study(
         overwrite / resume: as for sweeps.
         progress: progress output.
         run_fn: the run function (default :func:`spectune.finetune.recipe.tune`).
-        backend: ``"local"`` (one run after another) or ``"ray"`` (the runs of each stage
-            as Ray tasks of one CPU each, as many at once as the instance has CPUs).
+        backend: ``"local"`` (one run after another), ``"ray"`` (the runs of each stage as
+            Ray Tune trials, as many at once as the cluster holds) or a
+            :class:`~spectune.finetune.backends.Backend` (cluster, CPUs/GPUs per trial).
         address: the Ray cluster (``"auto"``, ``"ray://host:10001"``); None starts a local
-            instance of 2 CPUs.
+            instance.
 
     Returns:
         The :class:`StudyResult` (also in ``study.json``).
@@ -613,7 +614,6 @@ def study(
     Raises:
         SpectuneError: a bad config, a changed config on resume, or every run failed.
     """
-    from spectune._check import choice as check_choice
     from spectune.finetune.config import read_config_data
     from spectune.finetune.recipe import log_rows, tune
     from spectune.finetune.runfolder import RunFolder
@@ -622,14 +622,15 @@ def study(
     from spectune.report.html import write_comparison_report
 
     run_fn = run_fn or tune
-    check_choice("backend", backend, ("local", "ray"))
+    backend = Backend.of(backend, address)
     source = str(config_path or "study config")
     raw = copy.deepcopy(data) if data is not None else read_config_data(config_path)
     base, spec = split_study_config(raw, source)
     base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     out = Path(out if out is not None else base_config.output_dir)
     plans = plan_configs(base, spec)  # checks the model and methods before the folder
-    executor = make_executor(backend, address, run_fn, progress)  # an unreachable Ray: nothing done
+    executor = make_executor(backend, None, run_fn, progress)  # an unreachable Ray: nothing done
+    root = out.absolute()  # the runs' folders, wherever a Ray trial runs
     folder = RunFolder(out, "study").open(overwrite=overwrite, resume=resume)
     with folder:  # the folder's lock is released however the study ends
         saved = out / STUDY_CONFIG
@@ -660,7 +661,7 @@ def study(
         searches: dict[str, LRSearch] = {}
         need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
         if need:
-            split = _write_validation_split(base, spec, out / "lr_search" / "data")
+            split = _write_validation_split(base, spec, root / "lr_search" / "data")
         search_jobs: list[Job] = []
         for _cname, method, _point, config in plans:
             if method in {j.method for j in search_jobs} or len(spec.lr_grid[method]) == 1:
@@ -672,7 +673,7 @@ def study(
             for lr in spec.lr_grid[method]:
                 name = f"{method}-lr{lr:g}"
                 search_jobs.append(Job(name, method, apply_overrides(
-                    search_data, [f"train.learning_rate={lr}"]), out / "lr_search" / name, True))  # fmt: skip
+                    search_data, [f"train.learning_rate={lr}"]), root / "lr_search" / name, True))  # fmt: skip
         done_search = {j.name: r for j, r in zip(search_jobs, executor(search_jobs, "lr search"),
                                                   strict=True)}  # fmt: skip
         for _cname, method, _point, _config in plans:
@@ -706,7 +707,7 @@ def study(
                 settings.append({**point, "seed": seed, "learning_rate": lr})
                 data = None if lr is None else apply_overrides(
                     config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])  # fmt: skip
-                jobs.append(Job(name, method, data, out / "runs" / name, resume,
+                jobs.append(Job(name, method, data, root / "runs" / name, resume,
                                 None if lr is not None else "learning-rate search: every rate failed"))  # fmt: skip
         outcomes: list[RunOutcome] = []
         rows: list[dict[str, Any]] = []

@@ -30,13 +30,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spectune._io import write_json, write_text
 from spectune.errors import SpectuneError
 from spectune.finetune.config import TuneConfig, apply_overrides, parse_value
 from spectune.finetune.results import RunMetrics
 from spectune.finetune.runfolder import RunFolder
+
+if TYPE_CHECKING:
+    from spectune.finetune.backends import Backend
 
 #: short forms of common keys in run names
 _SHORT = {"r": "r", "lora_alpha": "a", "lora_dropout": "d", "lora.r": "r", "lora.lora_alpha": "a",
@@ -66,10 +69,11 @@ class RunOutcome:
         return "complete" if self.error is None else f"failed: {self.error}"
 
     def row(self) -> dict[str, Any]:
-        """The run's row of results.csv (:meth:`RunMetrics.row`, the grid's keys, status)."""
+        """The run's row of results.csv (:meth:`RunMetrics.row`, the grid's keys, status); its
+        name is the folder's under ``runs/``."""
         base = (self.metrics.row() if self.metrics is not None
                 else {"name": self.name, "method": self.method})  # fmt: skip
-        return {**base, **self.setting, "status": self.status}
+        return {**base, "name": self.name, **self.setting, "status": self.status}
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -223,7 +227,7 @@ def run_comparison(
     resume: bool = False,
     progress: bool = True,
     prelude: Any = None,
-    backend: str = "local",
+    backend: str | Backend = "local",
     address: str | None = None,
 ) -> list[RunOutcome]:
     """Run ``runs`` one after another into ``out/runs/<name>`` and compare them.
@@ -238,17 +242,20 @@ def run_comparison(
         progress: progress output.
         prelude: called with the opened :class:`RunFolder` before the first run (skipped on
             resume when the prelude's work is done), e.g. to write the base model's spectra.
-        backend / address: ``"local"`` or ``"ray"`` and the Ray cluster
-            (:func:`spectune.finetune.backends.make_executor`).
+        backend / address: ``"local"``, ``"ray"`` (the runs as Ray Tune trials) or a
+            :class:`~spectune.finetune.backends.Backend` (cluster, resources per trial), and
+            the Ray cluster (:func:`spectune.finetune.backends.make_executor`).
 
     Returns:
         One :class:`RunOutcome` per run, in order.
     """
-    from spectune.finetune.backends import make_executor
+    from spectune.finetune.backends import Backend, make_executor
     from spectune.finetune.recipe import tune
 
     out = Path(out)
-    execute = None if backend == "local" else make_executor(backend, address, tune, progress)
+    backend = Backend.of(backend, address)
+    # Ray is reached (or refused) before the folder is touched
+    execute = None if backend.name == "local" else make_executor(backend, None, tune, progress)
     folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
     with folder:  # the folder's lock is released however the sweep ends
         return _run_all(runs, out, folder, kind=kind, title=title, meta=meta, resume=resume,
@@ -271,7 +278,8 @@ def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, fold
     if execute is not None:  # another backend runs them all, then they are compared
         from spectune.finetune.backends import Job
 
-        jobs = [Job(n, c.method, c.to_dict(), out / "runs" / n, resume) for n, c, _ in runs]
+        runs_dir = out.absolute() / "runs"  # a trial's folder does not depend on its directory
+        jobs = [Job(n, c.method, c.to_dict(), runs_dir / n, resume) for n, c, _ in runs]
         for (name, config, setting), (metrics, error) in zip(runs, execute(jobs, "run"),
                                                              strict=True):  # fmt: skip
             outcomes.append(RunOutcome(name, config.method, setting, metrics=metrics, error=error))
@@ -315,7 +323,7 @@ def sweep(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-    backend: str = "local",
+    backend: str | Backend = "local",
     address: str | None = None,
 ) -> list[RunOutcome]:
     """Run every combination of ``grid_items`` over the config at ``config_path``.

@@ -11,10 +11,11 @@ artifact, the page only formats it): nothing is recomputed.
   ``compare.json`` and ``flow.csv`` (two models compared), figures; the *watch sections*
   (fits, overparameterized layers, intruder dimensions, scale collapse, correlation flow)
   read them, each shown only when its file or column is there.
-- A **comparison folder** (a sweep or the demo): ``results.csv`` (required; one row per run,
-  the columns of :func:`spectune.finetune.recipe.flat_metrics`, perhaps a ``status`` column),
-  ``comparison.json`` (kind, title, grid, base_config, total_seconds, notes), ``plots/*.png``
-  and ``runs/<name>/``, each a run folder.
+- A **comparison folder** (a sweep, a study, a search or the demo): ``results.csv``
+  (required; one row per run, the columns of :func:`spectune.finetune.recipe.flat_metrics`,
+  perhaps a ``status`` column), ``comparison.json`` (kind, title, grid, base_config,
+  total_seconds, notes; a search's objectives and Pareto set), ``plots/*.png`` and
+  ``runs/<name>/``, each a run folder.
 
 The page stands alone: CSS inline, every image a ``data:image/png;base64,`` URI, no script,
 no external URL. Every string read from the folder is HTML-escaped. A missing optional file
@@ -1215,10 +1216,39 @@ def _comparison_head(info: dict[str, Any], folder: Path, n_runs: int) -> tuple[s
         rows = [
             [k, v if isinstance(v, str) else json.dumps(v, default=str)] for k, v in grid.items()
         ]
-        parts.append(_table(["grid", "values"], rows))
+        label = "search space" if kind == "search" else "grid"
+        parts.append(_table([label, "values"], rows))
     elif grid:
         parts.append(_tag("pre", json.dumps(grid, indent=2, default=str)))
     return title, _join(parts)
+
+
+def _pareto(info: dict[str, Any], anchors: dict[str, str]) -> _Html:
+    """The Pareto set of a search (``comparison.json``'s ``pareto``: one mapping per run, its
+    objectives first) as a table, each run linked to its section."""
+    front = info.get("pareto")
+    if not isinstance(front, list) or not front or not all(isinstance(p, dict) for p in front):
+        return _Html("")
+    objectives = [o.get("name") for o in info.get("objectives") or [] if isinstance(o, dict)]
+    columns: list[str] = ["run"]
+    for p in front:
+        columns += [k for k in p if k not in columns and k != "trial"]
+    rows = []
+    for p in front:
+        cells = []
+        for c in columns:
+            value = p.get(c)
+            if c == "run" and str(value) in anchors:
+                cells.append(_Html(f'<a href="#{anchors[str(value)]}">{_esc(value)}</a>'))
+            else:
+                cells.append(DASH if value is None else _general(value))
+        rows.append(cells)
+    ways = ", ".join(f"{o.get('name')} ({o.get('direction')})"
+                     for o in info.get("objectives") or [] if isinstance(o, dict))  # fmt: skip
+    legend = (f"The runs no other trial beats on every objective ({ways}): no run is at least "
+              "as good in all of them and better in one.")  # fmt: skip
+    numeric = [i for i, c in enumerate(columns) if c in objectives]
+    return _join([_table(columns, rows, numeric=numeric), _tag("p", legend, "muted")])
 
 
 def _run_section(reader: _Reader, path: Path, anchor: str, row: dict[str, str] | None) -> _Html:
@@ -1288,10 +1318,10 @@ def render_comparison(folder: str | os.PathLike[str]) -> str:
 
     Returns:
         The page: title and grid, the results table (the best accuracy after tuning and the
-        smallest perplexity change highlighted), every plot, the spectral warning signs of
-        each run (from ``runs/<name>/spectra/``), the base model's spectra when the folder
-        has ``base_spectra/`` (the demo), then one collapsible section per run with its key
-        numbers and plots.
+        smallest perplexity change highlighted), a search's Pareto set, every plot, the
+        spectral warning signs of each run (from ``runs/<name>/spectra/``), the base model's
+        spectra when the folder has ``base_spectra/`` (the demo), then one collapsible section
+        per run with its key numbers and plots.
 
     Raises:
         SpectuneError: ``folder`` has no ``results.csv``.
@@ -1324,6 +1354,7 @@ def render_comparison(folder: str | os.PathLike[str]) -> str:
     body = [
         head,
         _section("Results", _results_table(fields, rows, anchors) if rows else _tag("p", "results.csv holds no runs.")),
+        _section("Pareto set", _pareto(info, anchors)),
         _section("Plots", _plots(reader, folder / "plots")),
         _section("Spectral warning signs per run", _watch_runs(reader, run_dirs, anchors)),
         _section("Base model spectra", _base_spectra(reader, folder / "base_spectra")),

@@ -138,4 +138,35 @@ def tradeoff(
     return fig
 
 
-__all__ = ["learning_forgetting", "loss_curve", "metric_bars", "tradeoff"]
+def objective_scatter(points: Sequence[Sequence[float]], labels: Sequence[str],
+                      front: Sequence[bool], names: Sequence[str],
+                      directions: Sequence[str]) -> Figure:  # fmt: skip
+    """The first two objectives of a search's trials, the Pareto-optimal ones in red and
+    joined (the front), each point labelled with its run.
+
+    Args:
+        points: per trial, its objective values (at least two).
+        labels: per trial, the label drawn beside it.
+        front: per trial, whether it is Pareto-optimal.
+        names / directions: the objectives' names and "maximize"/"minimize".
+    """
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.subplots()
+    for p, label, on in zip(points, labels, front, strict=True):
+        ax.scatter(p[0], p[1], s=40 if on else 24, color="#c44e52" if on else "#4c72b0",
+                   zorder=3 if on else 2)  # fmt: skip
+        ax.annotate(label, (p[0], p[1]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    best = sorted((p[0], p[1]) for p, on in zip(points, front, strict=True) if on)
+    if len(best) > 1:
+        ax.plot(*zip(*best, strict=True), "--", color="#c44e52", lw=1, label="Pareto front")
+        ax.legend(fontsize=8)
+    arrow = {"maximize": "higher is better", "minimize": "lower is better"}
+    ax.set_xlabel(f"{names[0]} ({arrow[directions[0]]})")
+    ax.set_ylabel(f"{names[1]} ({arrow[directions[1]]})")
+    ax.set_title("Search trials (red: Pareto-optimal)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["learning_forgetting", "loss_curve", "metric_bars", "objective_scatter", "tradeoff"]
