@@ -580,6 +580,7 @@ def train(run: Run) -> None:
     run.last_checkpoint = last if run.resume else None
     if run.last_checkpoint:
         _say(f"resuming from {last}", run.progress)
+        args.eval_on_start = False  # step 0 was evaluated in the first session (if asked)
     with PeakRSS() as peak:
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=run.last_checkpoint)
