@@ -50,9 +50,37 @@ def _fmt_num(value: Any, spec: str) -> str:
     return "-" if value is None or value == "" else format(float(value), spec)
 
 
+def accuracy_text(learning: Any) -> str:
+    """``"0.0% -> 40.6% [28.1, 53.1]"``: held-out accuracy before and after, with the after
+    accuracy's 95% bootstrap interval over the questions when the run recorded it."""
+    text = (f"{_fmt_num(learning.accuracy_before, '.1%')} -> "
+            f"{_fmt_num(learning.accuracy_after, '.1%')}")  # fmt: skip
+    ci = learning.accuracy_after_interval
+    if ci is not None:
+        text += f" [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
+    return text
+
+
+def seeds_line(outcomes: list[Any]) -> str | None:
+    """What the table's intervals are: over questions, one seed per run (None without
+    intervals)."""
+    done = [o.metrics for o in outcomes if o.metrics is not None]
+    with_ci = [m for m in done if m.learning.accuracy_after_interval is not None]
+    if not with_ci:
+        return None
+    seeds = sorted({m.run.seed for m in done})
+    n = sorted({m.learning.accuracy_after_interval.n for m in with_ci})
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    return (
+        f"One seed per run ({which}): [low, high] is the after-accuracy's 95% bootstrap "
+        f"interval over the {' / '.join(map(str, n))} held-out questions, not over seeds "
+        "(spectune study repeats seeds)."
+    )
+
+
 def show_comparison(outcomes: list[Any]) -> None:
     """The runs' headline numbers (``RunOutcome`` objects, typed metrics) as a terminal
-    table; results.csv holds every column."""
+    table, and a line saying what its intervals are; results.csv holds every column."""
     view = []
     for o in outcomes:
         m = o.metrics
@@ -65,8 +93,7 @@ def show_comparison(outcomes: list[Any]) -> None:
             "run": o.name,
             "method": m.run.method,
             "trainable": _fmt_num(cost.trainable_percent, ".2f") + "%",
-            "accuracy": f"{_fmt_num(learn.accuracy_before, '.1%')} -> "
-                        f"{_fmt_num(learn.accuracy_after, '.1%')}",
+            "accuracy": accuracy_text(learn),
             "perplexity": f"{_fmt_num(forget.perplexity_before, '.2f')} -> "
                           f"{_fmt_num(forget.perplexity_after, '.2f')}",
             "train s": _fmt_num(cost.train_seconds, ".0f"),
@@ -79,6 +106,9 @@ def show_comparison(outcomes: list[Any]) -> None:
                "alpha (base)", "status"]  # fmt: skip
     print_table(view, "learning (held-out accuracy) vs forgetting (perplexity on general text)",
                 columns, first_width=8)  # fmt: skip
+    line = seeds_line(outcomes)
+    if line:
+        print(line)
 
 
 def add_comparison_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -27,6 +27,17 @@ parse the value as YAML (``target_modules=[q_proj,v_proj]``).
 ``train`` is passed to ``transformers.TrainingArguments``; its keys are checked against that
 class when the run starts. spectune sets ``output_dir`` (``<output_dir>/checkpoints``),
 ``seed``, ``report_to`` and ``use_cpu`` itself: those keys are refused in ``train``.
+
+Validation during training uses TrainingArguments' own words. ``data.n_validation`` carves
+that many training examples out (seeded) as the validation split; it is evaluated with the
+objective's loss at ``train.eval_strategy`` (``steps`` when a split is given) every
+``train.eval_steps`` (default ``logging_steps``) and at the last step.
+``train.load_best_model_at_end: true`` keeps the adapter of the step with the lowest
+validation loss (a checkpoint at every evaluation: ``save_steps`` follows ``eval_steps``);
+``train.early_stopping_patience`` / ``early_stopping_threshold`` (spectune's keys, the
+arguments of transformers' ``EarlyStoppingCallback``) stop a run whose validation loss has
+not improved by more than the threshold for that many evaluations. What needs a split without
+one, or a best checkpoint that could not be restored, is an error when the config is built.
 """
 
 from __future__ import annotations
@@ -60,8 +71,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 #: ``train`` keys that are spectune's own, not TrainingArguments fields:
-#: keep_checkpoints keeps ``checkpoints/`` after a complete run (it is removed otherwise)
-SPECTUNE_TRAIN_KEYS = ("keep_checkpoints",)
+#: keep_checkpoints keeps ``checkpoints/`` after a complete run (it is removed otherwise);
+#: early_stopping_patience / early_stopping_threshold go to transformers'
+#: ``EarlyStoppingCallback`` (evaluations without an improvement larger than the threshold)
+SPECTUNE_TRAIN_KEYS = ("keep_checkpoints", "early_stopping_patience", "early_stopping_threshold")
 
 #: TrainingArguments keys spectune sets itself (refused in ``train``).
 RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_from_checkpoint")
@@ -151,6 +164,14 @@ class DataConfig:
         default=0.05,
         metadata={"help": "a train file without eval: fraction held out, in (0, 0.5]."},
     )
+    n_validation: int = field(
+        default=0,
+        metadata={
+            "help": "training examples carved out (seeded) as the validation split, evaluated "
+            "during training with the objective's loss (train.eval_steps); disjoint from the "
+            "training and held-out examples. 0: no validation."
+        },
+    )
     system: str | None = field(
         default=None,
         metadata={
@@ -167,6 +188,12 @@ class DataConfig:
         self.max_length = check.integer("data.max_length", self.max_length, minimum=8)
         self.n_train = check.integer("data.n_train", self.n_train, minimum=1)
         self.n_eval = check.integer("data.n_eval", self.n_eval, minimum=1)
+        self.n_validation = check.integer("data.n_validation", self.n_validation, minimum=0)
+        if self.train == "tasks" and self.n_validation >= self.n_train:
+            raise SpectuneError(
+                f"data.n_validation ({self.n_validation}) must be below data.n_train "
+                f"({self.n_train}): the validation examples are carved from the training ones"
+            )
         self.eval_fraction = check.number("data.eval_fraction", self.eval_fraction)
         if not 0 < self.eval_fraction <= 0.5:
             raise SpectuneError(
@@ -222,6 +249,14 @@ class EvalConfig:
         default="float32",
         metadata={"help": "'float32' (fast) or 'float64' (WeightWatcher's exact numbers)."},
     )
+    spectra_every_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "during training, the adapter's spectra every N optimizer steps and at the "
+            "last (spectra_log.csv: alpha per layer; mean alpha and the fraction of layers "
+            "with alpha < 2 plotted against the validation loss). None: off."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("before", "spectra", "intruders", "compare_base"):
@@ -239,6 +274,9 @@ class EvalConfig:
                 f"({self.ppl_window}): the rest of each window is context"
             )
         check.choice("eval.spectra_precision", self.spectra_precision, ("float32", "float64"))
+        if self.spectra_every_steps is not None:
+            self.spectra_every_steps = check.integer("eval.spectra_every_steps",
+                                                     self.spectra_every_steps, minimum=1)  # fmt: skip
 
 
 _SECTIONS = {"data": DataConfig, "eval": EvalConfig}
@@ -442,8 +480,73 @@ class TuneConfig:
             raise SpectuneError(
                 f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
             )
+        self._check_validation(args)
         method.check(self)
         objective.check(self)
+
+    def _check_validation(self, args: dict[str, Any]) -> None:
+        """The validation settings (data.n_validation, train.eval_*, best checkpoint, early
+        stopping) agree with each other (``args``: :meth:`training_arguments`)."""
+        n_val = self.data.n_validation
+        strategy = check.choice("train.eval_strategy", args.get("eval_strategy", "no"),
+                                ("no", "steps", "epoch"))  # fmt: skip
+        if strategy != "no" and not n_val:
+            raise SpectuneError(
+                f"train.eval_strategy: {strategy} evaluates a validation split, and there is "
+                "none: set data.n_validation (training examples carved out for it, e.g. 64)"
+            )
+        if n_val and strategy == "no":
+            raise SpectuneError(
+                f"data.n_validation carves {n_val} training examples out that train.eval_strategy"
+                ": no never evaluates; set train.eval_strategy: steps (or data.n_validation: 0)"
+            )
+        if strategy == "steps":
+            check.integer("train.eval_steps", args["eval_steps"], minimum=1)
+        if "per_device_eval_batch_size" in args:
+            check.integer("train.per_device_eval_batch_size", args["per_device_eval_batch_size"],
+                          minimum=1)  # fmt: skip
+        best = args.get("load_best_model_at_end", False)
+        if not isinstance(best, bool):
+            raise SpectuneError(f"train.load_best_model_at_end must be true or false, got {best!r}")
+        patience = args.get("early_stopping_patience")
+        threshold = args.get("early_stopping_threshold")
+        for key, on in (("load_best_model_at_end", best),
+                        ("early_stopping_patience", patience is not None)):  # fmt: skip
+            if on and not n_val:
+                raise SpectuneError(
+                    f"train.{key} needs a validation split to watch: set data.n_validation "
+                    "(training examples carved out for it, e.g. 64)"
+                )
+        if patience is not None:
+            check.integer("train.early_stopping_patience", patience, minimum=1)
+        if threshold is not None:
+            if patience is None:
+                raise SpectuneError("train.early_stopping_threshold is read only with "
+                                    "train.early_stopping_patience; set both or neither")  # fmt: skip
+            check.number("train.early_stopping_threshold", threshold, nonnegative=True)
+        metric = args.get("metric_for_best_model")
+        if metric not in (None, "loss", "eval_loss"):
+            raise SpectuneError(
+                f"train.metric_for_best_model: spectune's validation measures the objective's "
+                f"loss only; use 'loss' (or leave it out), got {metric!r}"
+            )
+        if args.get("greater_is_better"):
+            raise SpectuneError("train.greater_is_better: a lower validation loss is better; "
+                                "remove the key")  # fmt: skip
+        save = check.choice("train.save_strategy", args.get("save_strategy", "steps"),
+                            ("steps", "epoch"))  # fmt: skip
+        if best and save != strategy:
+            raise SpectuneError(
+                f"train.load_best_model_at_end restores a checkpoint of an evaluated step: "
+                f"train.save_strategy ({save}) must be train.eval_strategy ({strategy}); remove "
+                "train.save_strategy (it then follows eval_strategy)"
+            )
+        if best and strategy == "steps" and args["save_steps"] != args["eval_steps"]:
+            raise SpectuneError(
+                f"train.load_best_model_at_end restores the checkpoint of the best evaluated "
+                f"step: train.save_steps ({args['save_steps']}) must equal train.eval_steps "
+                f"({args['eval_steps']}); remove train.save_steps (it then follows eval_steps)"
+            )
 
     # -- views ----------------------------------------------------------------------------
 
@@ -478,8 +581,29 @@ class TuneConfig:
         return bool(args.get("gradient_checkpointing") or args.get("activation_checkpointing"))
 
     def training_arguments(self) -> dict[str, Any]:
-        """TRAIN_DEFAULTS updated with ``train`` (without the keys spectune adds)."""
-        return {**TRAIN_DEFAULTS, **self.train}
+        """TRAIN_DEFAULTS updated with ``train`` (without the keys spectune adds), and the
+        validation defaults: with ``data.n_validation``, ``eval_strategy: steps`` and
+        ``eval_steps`` = ``logging_steps``; with a best checkpoint or early stopping,
+        ``metric_for_best_model: loss``; with a best checkpoint, ``save_strategy`` and
+        ``save_steps`` those of the evaluation (a checkpoint at every evaluation). Keys the
+        config gives are kept (and checked)."""
+        args = {**TRAIN_DEFAULTS, **self.train}
+        given = self.train
+        if self.data.n_validation and "eval_strategy" not in given:
+            args["eval_strategy"] = "steps"
+        strategy = args.get("eval_strategy", "no")
+        if strategy == "steps" and args.get("eval_steps") is None:
+            args["eval_steps"] = args["logging_steps"]
+        best = args.get("load_best_model_at_end") is True
+        if (best or args.get("early_stopping_patience") is not None) and strategy != "no":
+            if args.get("metric_for_best_model") is None:
+                args["metric_for_best_model"] = "loss"
+        if best and strategy in ("steps", "epoch"):
+            if "save_strategy" not in given:
+                args["save_strategy"] = strategy
+            if strategy == "steps" and "save_steps" not in given:
+                args["save_steps"] = args["eval_steps"]
+        return args
 
     def trainer_arguments(self) -> dict[str, Any]:
         """:meth:`training_arguments` without spectune's own keys: what goes to

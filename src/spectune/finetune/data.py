@@ -28,9 +28,11 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from spectune.errors import SpectuneError
+
+_Record = TypeVar("_Record")
 
 if TYPE_CHECKING:
     import torch
@@ -541,6 +543,43 @@ class InstructionCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+# --------------------------------------------------------------------------- validation split
+
+
+def split_validation(records: Sequence[_Record], n: int, seed: int | str, *,
+                     label: str = "data.n_validation") -> tuple[list[_Record], list[_Record]]:  # fmt: skip
+    """Carve ``n`` records out of ``records`` as a validation split (seeded).
+
+    The records are shuffled by index with ``random.Random(f"spectune-validation:{seed}")``
+    and the first ``n`` indices are the validation split; both parts keep the records' order.
+    The records can be of any type (instruction examples, ranked lists...).
+
+    Args:
+        records: the training records.
+        n: how many to carve out, ``1 <= n < len(records)``.
+        seed: the split's seed (a run's seed).
+        label: the setting that asked for ``n`` (named in the error).
+
+    Returns:
+        ``(train, validation)``: the remaining records and the carved ones, disjoint.
+
+    Raises:
+        SpectuneError: ``n`` leaves no training record (or is below 1).
+    """
+    import random
+
+    if n < 1 or n >= len(records):
+        raise SpectuneError(
+            f"{label} ({n}) must be at least 1 and below the {len(records)} training examples "
+            "it is carved from; lower it (or give more training data)"
+        )
+    order = list(range(len(records)))
+    random.Random(f"spectune-validation:{seed}").shuffle(order)
+    held = set(order[:n])
+    return ([r for i, r in enumerate(records) if i not in held],
+            [records[i] for i in sorted(held)])  # fmt: skip
+
+
 __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
@@ -553,6 +592,7 @@ __all__ = [
     "end_of_turn_id",
     "load_instructions",
     "pad_token_id",
+    "split_validation",
     "tokenize_example",
     "tokenize_examples",
     "user_message",

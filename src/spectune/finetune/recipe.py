@@ -22,6 +22,10 @@ Results folder (every file written atomically; ``run.json`` is the marker):
 ``run.json``          status (running / complete), times, files written
 ``before.json``       the base model's measurements
 ``train_log.csv``     step, epoch, loss, learning_rate, grad_norm, elapsed_s
+``validation_log.csv`` with ``data.n_validation``: step, epoch, validation_loss, examples,
+                      seconds
+``spectra_log.csv``   with ``eval.spectra_every_steps``: step, layer_id, longname, status,
+                      alpha, stable_rank, log_norm, seconds (one row per matrix and step)
 ``checkpoints/``      Trainer checkpoints (what ``--resume`` continues from)
 ``adapter/``          what the method saves (peft adapter, FROG adapter, the full model...)
 ``merged/``           with ``merge``: a plain transformers model folder
@@ -30,7 +34,8 @@ Results folder (every file written atomically; ``run.json`` is the marker):
 ``spectra/``          details.csv / details.json / summary.json of the adapter spectra;
                       compare.csv / compare.json / flow.csv and figures of the base against
                       the tuned matrices (``eval.compare_base``)
-``plots/``            loss_curve, learning_forgetting, alpha_hist, alpha_vs_base (+ method's)
+``plots/``            loss_curve, learning_forgetting, alpha_hist, alpha_vs_base,
+                      validation_curve, spectra_vs_validation (+ method's)
 ``report.html``       one self-contained page
 ====================  ===============================================================
 """
@@ -58,8 +63,11 @@ from spectune.finetune.results import (
     Learning,
     RunInfo,
     RunMetrics,
+    SpectraPoint,
     SpectraSummary,
     Training,
+    Validation,
+    ValidationPoint,
 )
 from spectune.finetune.runfolder import CONFIG, RunFolder
 
@@ -67,6 +75,7 @@ if TYPE_CHECKING:
     from spectune.finetune.data import InstructionExample
     from spectune.finetune.methods.base import BuildContext, Built, Method
     from spectune.finetune.objectives.base import Objective, RunData, TrainData
+    from spectune.finetune.trainer import EarlyStopping
 
 #: version of the "before" measurements' cache entries (bump when judging changes)
 JUDGE_VERSION = 1
@@ -98,7 +107,10 @@ class Run:
         data: the objective's data (training records, held-out questions).
         progress: progress output.
         resume: continue from the last checkpoint.
-        tokenizer, train_data, before, built, after...: what each phase produced.
+        tokenizer, train_data, before, built, after...: what each phase produced
+            (``validation``: the validation split's features; ``early_stopping``,
+            ``best_step``, ``restored_best``, ``stopped_early``: what training did with it;
+            ``correct_after`` / ``correct_before``: right or wrong per held-out question).
     """
 
     config: TuneConfig
@@ -113,6 +125,11 @@ class Run:
     tokenizer: Any = None
     objective_state: Any = None
     train_data: TrainData | None = None
+    validation: TrainData | None = None
+    early_stopping: EarlyStopping | None = None
+    best_step: int | None = None
+    restored_best: bool = False
+    stopped_early: bool = False
     before: Judging | None = None
     built: Built | None = None
     last_checkpoint: str | None = None
@@ -126,6 +143,8 @@ class Run:
     after: Judging | None = None
     after_predictions: list[str] = field(default_factory=list)
     before_predictions: list[str] | None = None
+    correct_after: list[bool] = field(default_factory=list)
+    correct_before: list[bool] | None = None
     details: Any = None
     summary: dict[str, Any] | None = None
     comparison: Any = None
@@ -207,10 +226,25 @@ def check_model(model_dir: Path) -> Any:
 
 
 def load_run_data(config: TuneConfig) -> RunData:
-    """The run's data, as its objective reads it."""
+    """The run's data, as its objective reads it; with ``data.n_validation`` that many
+    training records carved out (seeded by the run's seed,
+    :func:`spectune.finetune.data.split_validation`) into ``validation``: disjoint from the
+    records trained on and from the held-out questions.
+
+    Raises:
+        SpectuneError: bad data, or a validation split that leaves no training record.
+    """
+    from spectune.finetune.data import split_validation
     from spectune.finetune.objectives import get_objective
 
-    return get_objective(config.objective).load_data(config)
+    data = get_objective(config.objective).load_data(config)
+    n = config.data.n_validation
+    if n:
+        data.train, data.validation = split_validation(data.train, n, config.seed)
+        data.info.update(n_train=len(data.train), n_validation=len(data.validation),
+                         validation=f"{n} of the training records (seeded by the run's seed), "
+                         "disjoint from training and held-out")  # fmt: skip
+    return data
 
 
 def _check_resume_config(folder: RunFolder, config: TuneConfig) -> None:
@@ -254,7 +288,7 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
-    data = objective.load_data(config)
+    data = load_run_data(config)  # the validation split is carved before the folder is made
     if config.eval.before:
         from spectune.models import check_cache_writable
 
@@ -365,10 +399,21 @@ def judge_base(run: Run) -> None:
     run.objective_state = run.objective.prepare(_judge_context(run))
     run.train_data = run.objective.features(run.config, run.data, run.tokenizer,
                                             _judge_context(run))  # fmt: skip
+    if run.data.validation:
+        run.validation = run.objective.validation_features(run.config, run.data, run.tokenizer,
+                                                           _judge_context(run))  # fmt: skip
+        if not len(run.validation.dataset):
+            raise SpectuneError(
+                f"data.n_validation: none of the {len(run.data.validation)} validation examples "
+                f"keeps a response token at data.max_length={run.config.data.max_length}; "
+                "raise data.max_length"
+            )
     tok = run.train_data.info
+    val = f", {len(run.validation.dataset)} for validation" if run.validation else ""
     _say(f"data: {tok.get('n_kept', len(run.train_data.dataset))} training examples "
          f"({tok.get('n_truncated', 0)} truncated at {tok.get('max_length', '?')} tokens, "
-         f"{tok.get('n_dropped', 0)} dropped), {len(run.data.heldout)} held out", run.progress)  # fmt: skip
+         f"{tok.get('n_dropped', 0)} dropped){val}, {len(run.data.heldout)} held out",
+         run.progress)  # fmt: skip
     if not run.config.eval.before:
         return
     result = judge_base_model(run.model_dir, run.tokenizer, run.data.heldout, run.config,
@@ -434,24 +479,73 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
     for flag in ("gradient_checkpointing", "activation_checkpointing"):
         if args.get(flag) and f"{flag}_kwargs" not in args:
             args[f"{flag}_kwargs"] = {"use_reentrant": False}  # needed with frozen base weights
+    args.setdefault("save_strategy", "steps")
     try:
         return TrainingArguments(
             output_dir=str(out / "checkpoints"), seed=config.seed, data_seed=config.seed,
             report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=not progress,
-            remove_unused_columns=False, label_names=["labels"], save_strategy="steps", **args,
+            remove_unused_columns=False, label_names=["labels"], **args,
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise SpectuneError(f"train: TrainingArguments refused the settings: {exc}") from None
 
 
 def callbacks(run: Run) -> list[Any]:
-    """The run's Trainer callbacks: loss log, first-step gradient check, the method's and the
-    objective's."""
-    from spectune.finetune.trainer import FiniteLoss, GradientCheck, LossLog, RecordFiles
+    """The run's Trainer callbacks: loss log, first-step gradient check, the validation log
+    and early stopping (with a validation split), the spectra watch
+    (``eval.spectra_every_steps``), the method's and the objective's."""
+    from spectune.finetune.trainer import (
+        EarlyStopping,
+        FiniteLoss,
+        GradientCheck,
+        LossLog,
+        RecordFiles,
+        SpectraWatch,
+        ValidationLog,
+    )
 
-    return [LossLog(run.out / "train_log.csv"), GradientCheck(), FiniteLoss(),
-            RecordFiles(run.folder.record), *run.method.callbacks(run.config),
-            *run.objective.callbacks(run.config)]  # fmt: skip
+    out: list[Any] = [LossLog(run.out / "train_log.csv"), GradientCheck(), FiniteLoss(),
+                      RecordFiles(run.folder.record)]  # fmt: skip
+    args = run.config.training_arguments()
+    if run.validation is not None:
+        out.append(ValidationLog(run.out / "validation_log.csv"))
+        if args.get("early_stopping_patience") is not None:
+            run.early_stopping = EarlyStopping(args["early_stopping_patience"],
+                                               args.get("early_stopping_threshold") or 0.0)  # fmt: skip
+            out.append(run.early_stopping)
+    every = run.config.eval.spectra_every_steps
+    if every is not None:
+        out.append(SpectraWatch(every, lambda: spectra_rows(run), run.out / "spectra_log.csv"))
+    return [*out, *run.method.callbacks(run.config), *run.objective.callbacks(run.config)]
+
+
+def spectra_rows(run: Run) -> list[dict[str, Any]]:
+    """The spectra of the model as it is now (:meth:`Method.spectra`, without the base
+    comparison), one row per analyzed matrix (the :data:`~spectune.finetune.trainer.
+    SPECTRA_COLUMNS`). The adapter is saved (into a temporary folder under ``checkpoints/``)
+    only when the method's spectra read the saved folder (the LoRA family: its low-rank path)."""
+    import math
+    import tempfile
+
+    from spectune.spectral import analyze as analyze_spectra
+
+    with tempfile.TemporaryDirectory(dir=run.out / "checkpoints", prefix="spectra-") as tmp:
+        folder = Path(tmp) / "adapter"
+        what = run.method.spectra(run.built, run.context, folder)
+        if isinstance(what.source, (str, Path)) and Path(what.source).is_relative_to(folder):
+            folder.mkdir()
+            run.method.save(run.built, folder)
+        details = analyze_spectra(what.source, peft=what.peft, delta=what.delta,
+                                  base=run.model_dir if what.delta else None,
+                                  precision=run.config.eval.spectra_precision,
+                                  progress=False)  # fmt: skip
+    rows = []
+    for rec in details.to_dict(orient="records"):
+        row = {k: rec.get(k) for k in ("layer_id", "longname", "status", "alpha", "stable_rank",
+                                       "log_norm")}  # fmt: skip
+        rows.append({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                     for k, v in row.items()})  # fmt: skip
+    return rows
 
 
 def train(run: Run) -> None:
@@ -471,10 +565,15 @@ def train(run: Run) -> None:
     run.device = str(args.device)
     collator = CountingCollator(run.train_data.collator)
     run.folder.own("checkpoints", "train_log.csv")
+    if run.validation is not None:
+        run.folder.own("validation_log.csv")
+    if run.config.eval.spectra_every_steps is not None:
+        run.folder.own("spectra_log.csv")
     cbs = callbacks(run)
     trainer = SpectuneTrainer(model=run.built.model, args=args, train_dataset=run.train_data.dataset,
                               data_collator=collator, callbacks=cbs, objective=run.objective,
-                              method=run.method, objective_state=run.objective_state)  # fmt: skip
+                              method=run.method, objective_state=run.objective_state,
+                              validation=run.validation)  # fmt: skip
     if not run.progress:  # without tqdm, Trainer prints every log line instead
         from transformers.trainer_callback import PrinterCallback
 
@@ -484,6 +583,7 @@ def train(run: Run) -> None:
     run.last_checkpoint = last if run.resume else None
     if run.last_checkpoint:
         _say(f"resuming from {last}", run.progress)
+        args.eval_on_start = False  # step 0 was evaluated in the first session (if asked)
     with PeakRSS() as peak:
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=run.last_checkpoint)
@@ -492,6 +592,19 @@ def train(run: Run) -> None:
     run.peak_rss = (peak.bytes, peak.exact)
     run.tokens = collator.tokens
     run.global_step = int(result.global_step)
+    state = trainer.state
+    if run.validation is not None:
+        es = run.early_stopping
+        run.stopped_early = es is not None and es.stopped and state.global_step < state.max_steps
+        if run.stopped_early:
+            _say(f"stopped early at step {state.global_step}: the validation loss did not improve "
+                 f"for {es.early_stopping_patience} evaluations", run.progress)  # fmt: skip
+        best = state.best_model_checkpoint
+        run.restored_best = bool(args.load_best_model_at_end and best)
+        if run.restored_best:
+            run.best_step = int(Path(best).name.rsplit("-", 1)[-1])
+            _say(f"restored the best checkpoint: step {run.best_step} (validation loss "
+                 f"{state.best_metric:.4f})", run.progress)  # fmt: skip
     run.built.model.eval()
 
 
@@ -513,11 +626,21 @@ def judge_tuned(run: Run) -> None:
     result = judge(run.built.model, run.tokenizer, run.data.heldout, progress=run.progress,
                    **_judge_kwargs(run.config))  # fmt: skip
     run.after_predictions = list(result["predictions"])
+    run.correct_after = _correct(run.data.heldout, run.after_predictions)
+    if run.before_predictions:
+        run.correct_before = _correct(run.data.heldout, run.before_predictions)
     result["extras"] = run.objective.judge(_judge_context(run), lambda: run.built.model, "after")
     run.after = Judging.from_dict(result)
     run.folder.own("predictions.jsonl")
     write_text(run.out / "predictions.jsonl",
                _predictions(run.data.heldout, run.before_predictions, run.after_predictions))  # fmt: skip
+
+
+def _correct(heldout: list[InstructionExample], answers: list[str]) -> list[bool]:
+    """Per held-out question: is the answer right (the check of ``predictions.jsonl``)."""
+    from spectune.finetune.tasks import answers_match
+
+    return [answers_match(a, ex.response) for a, ex in zip(answers, heldout, strict=True)]
 
 
 def _predictions(heldout: list[InstructionExample], before: list[str] | None,
@@ -615,6 +738,70 @@ def log_rows(out: Path) -> list[dict[str, float]]:
                 for row in csv.DictReader(fh)]  # fmt: skip
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in ("", None) else None
+    except ValueError:
+        return None
+
+
+def validation_points(out: Path) -> list[ValidationPoint]:
+    """The validation curve of a run folder (``validation_log.csv``; empty without one)."""
+    return [ValidationPoint(step=int(float(r["step"])), loss=float(r["validation_loss"]),
+                            epoch=_float(r.get("epoch")), seconds=_float(r.get("seconds")))
+            for r in _csv_rows(out / "validation_log.csv")]  # fmt: skip
+
+
+def spectra_points(out: Path) -> list[SpectraPoint]:
+    """Mean alpha and the fraction of fitted matrices with alpha < 2 per step of a run's
+    ``spectra_log.csv`` (empty without one); a matrix counts as fitted when its status is
+    ``success`` and its alpha finite (as in ``spectra/summary.json``)."""
+    import math
+
+    steps: dict[int, list[dict[str, str]]] = {}
+    for r in _csv_rows(out / "spectra_log.csv"):
+        steps.setdefault(int(float(r["step"])), []).append(r)
+    points = []
+    for step, rows in sorted(steps.items()):
+        alphas = [a for r in rows if r.get("status") == "success"
+                  and (a := _float(r.get("alpha"))) is not None and math.isfinite(a)]  # fmt: skip
+        points.append(SpectraPoint(
+            step=step, mean_alpha=sum(alphas) / len(alphas) if alphas else None,
+            frac_alpha_below_2=sum(a < 2 for a in alphas) / len(alphas) if alphas else None,
+            n_layers=len(rows), n_fitted=len(alphas), seconds=_float(rows[0].get("seconds"))))  # fmt: skip
+    return points
+
+
+def _validation(run: Run) -> Validation | None:
+    if run.validation is None:
+        return None
+    args = run.config.training_arguments()
+    curve = validation_points(run.out)
+    best = min(curve, key=lambda p: (p.loss, p.step)) if curve else None
+    es = run.early_stopping
+    return Validation(
+        n_examples=len(run.validation.dataset),
+        strategy=args["eval_strategy"],
+        every_steps=args.get("eval_steps") if args["eval_strategy"] == "steps" else None,
+        curve=curve,
+        best_step=None if best is None else best.step,
+        best_loss=None if best is None else best.loss,
+        adapter_step=run.best_step if run.restored_best else run.global_step,
+        restored_best=run.restored_best,
+        early_stopping_patience=None if es is None else es.early_stopping_patience,
+        early_stopping_threshold=None if es is None else es.early_stopping_threshold,
+        stopped_early=run.stopped_early,
+        seconds=sum(p.seconds or 0.0 for p in curve),
+    )
+
+
 def collect_metrics(run: Run) -> RunMetrics:
     """The run's :class:`RunMetrics` from what the phases measured."""
     import torch
@@ -632,7 +819,8 @@ def collect_metrics(run: Run) -> RunMetrics:
         data={**run.data.info, "tokenize": run.train_data.info},
         before=run.before,
         after=after,
-        learning=Learning.compare(run.before, after),
+        learning=Learning.compare(run.before, after, correct_before=run.correct_before,
+                                  correct_after=run.correct_after),
         forgetting=Forgetting.compare(run.before, after),
         cost=Cost(
             train_seconds=run.train_offset + run.train_seconds,
@@ -660,6 +848,8 @@ def collect_metrics(run: Run) -> RunMetrics:
         method_extras=run.method.extras(built),
         objective_extras={},
         notes=list(built.notes),
+        validation=_validation(run),
+        spectra_curve=spectra_points(run.out),
     )  # fmt: skip
 
 
@@ -672,6 +862,12 @@ def write_run_plots(plots: Path, metrics: RunMetrics, log: list[dict], details: 
 
     figures = {"loss_curve.png": T.loss_curve({metrics.run.name: log}),
                "learning_forgetting.png": T.learning_forgetting([metrics])}  # fmt: skip
+    if metrics.validation is not None and metrics.validation.curve:
+        figures["validation_curve.png"] = T.validation_curve(log, metrics.validation)
+    if metrics.spectra_curve:
+        figures["spectra_vs_validation.png"] = T.spectra_vs_validation(
+            metrics.spectra_curve, metrics.validation
+        )
     if details is not None and (details["status"] == "success").any():
         figures["alpha_hist.png"] = P.alpha_histogram(details, title="Adapter alphas")
         if "base_alpha" in details:

@@ -16,13 +16,18 @@ Sections::
     forgetting       Forgetting: perplexity on general text before / after / change / ratio
     cost             Cost: train time, tokens/s, peak RSS, trainable parameters, adapter bytes
     training         Training: first / final loss, steps, epochs
+    validation       Validation: the validation-loss curve, best step, the adapter's step,
+                     early stopping (None without data.n_validation)
+    spectra_curve    SpectraPoint per analysis during training (eval.spectra_every_steps)
     spectra          SpectraSummary of the adapter (or delta) spectra, or None
     method_extras    what the method reports (FROG: its plan)
     objective_extras what the objective reports
     notes            things the user should know
 
 Version 1 files (no ``schema_version``; FROG's plan under ``frog``) load into the same types.
-A file from a newer schema is refused with a message naming the version that wrote it.
+A file from a newer schema is refused with a message naming the version that wrote it. Fields
+added since (the accuracy intervals, ``validation``, ``spectra_curve``) are optional: files
+without them load with None / empty values, and older readers ignore them.
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spectune.errors import SpectuneError
 from spectune.finetune.evaluate import AccuracyResult, LatencyResult, LossResult, PerplexityResult
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from spectune.finetune.stats import Interval
 
 SCHEMA_VERSION = 2
 METRICS = "metrics.json"
@@ -127,18 +137,41 @@ class Judging:
         }
 
 
+def _interval(data: Any) -> Interval | None:
+    from spectune.finetune.stats import Interval
+
+    return None if not isinstance(data, dict) else Interval(**_known(Interval, data))
+
+
 @dataclass
 class Learning:
-    """What the run learned: held-out accuracy and loss, before and after."""
+    """What the run learned: held-out accuracy and loss, before and after.
+
+    ``accuracy_*_interval``: the 95% percentile bootstrap interval of the accuracy over the
+    held-out questions (:func:`spectune.finetune.stats.bootstrap_mean`, seed 0, on the
+    per-question results of ``predictions.jsonl``); one run is one seed, so it says nothing
+    about the spread over seeds.
+    """
 
     accuracy_before: float | None
     accuracy_after: float
     accuracy_gain: float | None
     heldout_loss_before: float | None
     heldout_loss_after: float
+    accuracy_before_interval: Interval | None = None
+    accuracy_after_interval: Interval | None = None
 
     @classmethod
-    def compare(cls, before: Judging | None, after: Judging) -> Learning:
+    def compare(cls, before: Judging | None, after: Judging, *,
+                correct_before: Sequence[bool] | None = None,
+                correct_after: Sequence[bool] | None = None) -> Learning:  # fmt: skip
+        """From the two judgings; ``correct_*``: the per-question results (for the
+        intervals)."""
+        from spectune.finetune.stats import bootstrap_mean
+
+        def interval(correct: Sequence[bool] | None) -> Interval | None:
+            return bootstrap_mean([float(c) for c in correct]) if correct else None
+
         acc0 = None if before is None else before.accuracy.accuracy
         return cls(
             accuracy_before=acc0,
@@ -146,7 +179,16 @@ class Learning:
             accuracy_gain=None if acc0 is None else after.accuracy.accuracy - acc0,
             heldout_loss_before=None if before is None else before.heldout_loss.loss,
             heldout_loss_after=after.heldout_loss.loss,
+            accuracy_before_interval=None if before is None else interval(correct_before),
+            accuracy_after_interval=interval(correct_after),
         )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Learning:
+        d = _known(cls, data)
+        for key in ("accuracy_before_interval", "accuracy_after_interval"):
+            d[key] = _interval(d.get(key))
+        return cls(**d)
 
 
 @dataclass
@@ -196,6 +238,82 @@ class Training:
     final_loss: float | None
     global_step: int
     epochs: float | None
+
+
+@dataclass
+class ValidationPoint:
+    """The validation loss at one step (a row of ``validation_log.csv``)."""
+
+    step: int
+    loss: float
+    epoch: float | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Validation:
+    """Validation during training (``data.n_validation``).
+
+    Attributes:
+        n_examples: validation examples (carved from the training data, seeded; disjoint from
+            the training and held-out examples).
+        strategy: when it was evaluated (``train.eval_strategy``: "steps" or "epoch").
+        every_steps: ``train.eval_steps`` (None for "epoch"); also at the last step.
+        loss: what was measured: the objective's loss, batch means weighted by batch size.
+        curve: the validation loss at every evaluation.
+        best_step / best_loss: the evaluation with the lowest loss (the first of equals).
+        adapter_step: the step whose weights the saved adapter holds.
+        restored_best: the adapter is the best step's (``load_best_model_at_end``), restored
+            from its checkpoint after training.
+        early_stopping_patience / early_stopping_threshold: the early-stopping rule, or None.
+        stopped_early: training stopped before ``max_steps`` because the loss stopped improving.
+        seconds: time spent evaluating (inside the train time).
+    """
+
+    n_examples: int
+    strategy: str
+    every_steps: int | None
+    curve: list[ValidationPoint] = field(default_factory=list)
+    best_step: int | None = None
+    best_loss: float | None = None
+    adapter_step: int | None = None
+    restored_best: bool = False
+    early_stopping_patience: int | None = None
+    early_stopping_threshold: float | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    loss: str = "the objective's loss, batch means weighted by batch size"
+
+    @property
+    def adapter_loss(self) -> float | None:
+        """The validation loss of the step the adapter holds."""
+        return next((p.loss for p in self.curve if p.step == self.adapter_step), None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Validation:
+        d = _known(cls, data)
+        d["curve"] = [ValidationPoint(**_known(ValidationPoint, p)) for p in d.get("curve", [])]
+        return cls(**d)
+
+
+@dataclass
+class SpectraPoint:
+    """The adapter's spectra at one step during training (``eval.spectra_every_steps``).
+
+    Attributes:
+        step: the optimizer step.
+        mean_alpha: mean power-law alpha of the fitted matrices (None when none fitted).
+        frac_alpha_below_2: fraction of the fitted matrices with alpha < 2.
+        n_layers: matrices analyzed; n_fitted: those with a fitted alpha.
+        seconds: time the analysis took (inside the train time).
+    """
+
+    step: int
+    mean_alpha: float | None
+    frac_alpha_below_2: float | None
+    n_layers: int
+    n_fitted: int
+    seconds: float | None = None
 
 
 @dataclass
@@ -250,6 +368,8 @@ class RunMetrics:
     method_extras: dict[str, Any] = field(default_factory=dict)
     objective_extras: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    validation: Validation | None = None
+    spectra_curve: list[SpectraPoint] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     # -- serialization -------------------------------------------------------------------
@@ -268,6 +388,8 @@ class RunMetrics:
             "forgetting": asdict(self.forgetting),
             "cost": asdict(self.cost),
             "training": asdict(self.training),
+            "validation": None if self.validation is None else asdict(self.validation),
+            "spectra_curve": [asdict(p) for p in self.spectra_curve],
             "spectra": None if self.spectra is None else asdict(self.spectra),
             "method_extras": self.method_extras,
             "objective_extras": self.objective_extras,
@@ -313,10 +435,16 @@ class RunMetrics:
             data=d.get("data", {}),
             before=None if d.get("before") is None else Judging.from_dict(d["before"]),
             after=Judging.from_dict(d["after"]),
-            learning=Learning(**_known(Learning, d["learning"])),
+            learning=Learning.from_dict(d["learning"]),
             forgetting=Forgetting(**_known(Forgetting, d["forgetting"])),
             cost=Cost(**_known(Cost, d["cost"])),
             training=Training(**_known(Training, d["training"])),
+            validation=None
+            if d.get("validation") is None
+            else Validation.from_dict(d["validation"]),
+            spectra_curve=[
+                SpectraPoint(**_known(SpectraPoint, p)) for p in d.get("spectra_curve") or []
+            ],
             spectra=None if d.get("spectra") is None else SpectraSummary.from_summary(d["spectra"]),
             method_extras=d.get("method_extras", {}),
             objective_extras=d.get("objective_extras", {}),
@@ -363,7 +491,12 @@ class RunMetrics:
             "train_loss": self.training.final_loss,
             "accuracy_before": self.learning.accuracy_before,
             "accuracy_after": self.learning.accuracy_after,
+            "accuracy_after_low": None
+            if (ci := self.learning.accuracy_after_interval) is None
+            else ci.low,
+            "accuracy_after_high": None if ci is None else ci.high,
             "heldout_loss_after": self.learning.heldout_loss_after,
+            "validation_loss": None if self.validation is None else self.validation.adapter_loss,
             "perplexity_before": self.forgetting.perplexity_before,
             "perplexity_after": self.forgetting.perplexity_after,
             "perplexity_change": self.forgetting.perplexity_change,
@@ -411,6 +544,9 @@ __all__ = [
     "Learning",
     "RunInfo",
     "RunMetrics",
+    "SpectraPoint",
     "SpectraSummary",
     "Training",
+    "Validation",
+    "ValidationPoint",
 ]

@@ -222,10 +222,10 @@ def search_learning_rate(
 
 
 def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path) -> dict[str, Any]:
-    """Carve the validation split from the training data (seeded) and write both as Dolly
-    files; returns the ``data`` changes of the search runs."""
-    import random
-
+    """Carve the validation split from the training data (seeded,
+    :func:`spectune.finetune.data.split_validation`, as ``data.n_validation`` does in a run)
+    and write both as Dolly files; returns the ``data`` changes of the search runs."""
+    from spectune.finetune.data import split_validation
     from spectune.finetune.objectives.sft import load_instruction_data
 
     config = TuneConfig.from_dict(apply_overrides(base, [f"seed={spec.lr_seed}"]),
@@ -236,20 +236,16 @@ def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path)
             f"instruction data (objective sft), not from objective {config.objective!r}'s; give "
             "each method one rate (study.lr_grid: {method: [rate]})"
         )
-    train = list(load_instruction_data(config).train)
-    if len(train) <= spec.validation:
-        raise SpectuneError(f"study.lr_search.validation ({spec.validation}) must be below the "
-                            f"training examples ({len(train)})")  # fmt: skip
-    order = list(range(len(train)))
-    random.Random(f"spectune-validation:{spec.lr_seed}").shuffle(order)
-    held = set(order[: spec.validation])
+    train, validation = split_validation(list(load_instruction_data(config).train),
+                                         spec.validation, spec.lr_seed,
+                                         label="study.lr_search.validation")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
 
     def dump(rows: list[Any]) -> str:
         return "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n" for ex in rows)
 
-    write_text(folder / "train.jsonl", dump([ex for i, ex in enumerate(train) if i not in held]))
-    write_text(folder / "validation.jsonl", dump([train[i] for i in sorted(held)]))
+    write_text(folder / "train.jsonl", dump(train))
+    write_text(folder / "validation.jsonl", dump(validation))
     return {"train": str(folder / "train.jsonl"), "eval": str(folder / "validation.jsonl"),
             "format": "dolly", "n_eval": spec.validation}  # fmt: skip
 

@@ -178,10 +178,11 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 #: the columns of results.md (results.csv has them all)
+#: (accuracy_after_low / _high: its 95% bootstrap interval over the held-out questions)
 MD_COLUMNS = ["name", "method", "trainable_percent", "train_loss", "accuracy_before",
-              "accuracy_after", "perplexity_before", "perplexity_after", "train_seconds",
-              "ms_per_token", "peak_rss_mib", "adapter_mib", "adapter_alpha", "base_alpha",
-              "status"]  # fmt: skip
+              "accuracy_after", "accuracy_after_low", "accuracy_after_high", "perplexity_before",
+              "perplexity_after", "train_seconds", "ms_per_token", "peak_rss_mib", "adapter_mib",
+              "adapter_alpha", "base_alpha", "status"]  # fmt: skip
 
 
 def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list[dict]],

@@ -5,9 +5,16 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
 
 - :class:`SpectuneTrainer`: ``compute_loss`` is the objective's
   (:meth:`~spectune.finetune.objectives.base.Objective.compute_loss`); checkpoints are written
-  and restored by the method when it has its own format (FROG: indices and values only).
+  and restored by the method when it has its own format (FROG: indices and values only), the
+  best checkpoint (``load_best_model_at_end``) too; ``evaluate`` scores the validation split
+  with the objective's loss (:func:`validation_loss`).
 - :class:`LossLog`: ``train_log.csv`` rewritten atomically at every log; ``elapsed_s`` counts
   training time across resumes.
+- :class:`ValidationLog`: ``validation_log.csv`` (step, epoch, validation loss, seconds) from
+  the Trainer's log history, so a resumed run continues its curve.
+- :class:`EarlyStopping`: transformers' ``EarlyStoppingCallback`` whose patience counter is
+  recounted from the log history when training resumes.
+- :class:`SpectraWatch`: the adapter's spectra every N steps (``spectra_log.csv``).
 - :class:`GradientCheck`: stops at the first optimizer step if no trainable parameter got a
   gradient (a 4-bit model whose weights bitsandbytes repacked for CPU inference).
 - :class:`FiniteLoss`: stops a run whose loss became NaN or infinite, saying what to change.
@@ -22,15 +29,73 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 
 from spectune._io import write_text
 from spectune.errors import SpectuneError
 
 LOG_COLUMNS = ["step", "epoch", "loss", "learning_rate", "grad_norm", "elapsed_s"]
+#: columns of validation_log.csv
+VALIDATION_COLUMNS = ["step", "epoch", "validation_loss", "examples", "seconds"]
+#: columns of spectra_log.csv (one row per analyzed matrix and step)
+SPECTRA_COLUMNS = ["step", "layer_id", "longname", "status", "alpha", "stable_rank", "log_norm",
+                   "seconds"]  # fmt: skip
+
+
+def _write_csv(path: Path, columns: list[str], rows: Sequence[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: Callable,
+                    batch_size: int) -> tuple[float, int]:  # fmt: skip
+    """The objective's loss on a validation split: batches of ``batch_size`` features in the
+    split's order, each scored by ``trainer.compute_loss`` in eval mode (no dropout) without
+    gradients, averaged with the batches' sizes as weights.
+
+    Afterwards the model is back in its former mode, and 4-bit weights that bitsandbytes
+    repacked for CPU inference in eval mode are unpacked (or the adapters would get no
+    gradient from the next step on: :func:`spectune.finetune.evaluate.unpack_4bit_cpu_weights`).
+
+    Args:
+        trainer: the :class:`SpectuneTrainer` (its objective's ``compute_loss``).
+        model: the model.
+        dataset: the validation features (a sequence).
+        collator: the validation collator.
+        batch_size: features per batch.
+
+    Returns:
+        ``(loss, examples)``.
+    """
+    import torch
+
+    from spectune.finetune.evaluate import unpack_4bit_cpu_weights
+
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                batch = trainer._prepare_inputs(collator(features))
+                loss = trainer.compute_loss(model, batch)
+                total += float(loss.detach().float()) * len(features)
+                n += len(features)
+    finally:
+        model.train(was_training)
+        unpack_4bit_cpu_weights(model)
+    if n == 0:
+        raise SpectuneError("the validation split has no example left after tokenization; "
+                            "raise data.n_validation or data.max_length")  # fmt: skip
+    return total / n, n
 
 
 class SpectuneTrainer(Trainer):
@@ -45,11 +110,32 @@ class SpectuneTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, objective: Any = None, method: Any = None,
-                 objective_state: Any = None, **kwargs: Any):  # fmt: skip
+                 objective_state: Any = None, validation: Any = None, **kwargs: Any):  # fmt: skip
+        if validation is not None:
+            kwargs.setdefault("eval_dataset", validation.dataset)
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.method = method
         self.objective_state = objective_state
+        self.validation = validation
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+        """Score the validation split with the objective's loss (:func:`validation_loss`);
+        logs ``eval_loss`` (with ``eval_runtime``, ``eval_samples``) and calls the callbacks'
+        ``on_evaluate``, as ``Trainer.evaluate`` does."""
+        if self.validation is None:
+            raise SpectuneError("evaluation needs a validation split: set data.n_validation")
+        start = time.perf_counter()
+        loss, n = validation_loss(self, self.model, self.validation.dataset,
+                                  self.validation.collator, self.args.per_device_eval_batch_size)  # fmt: skip
+        metrics = {f"{metric_key_prefix}_loss": loss,
+                   f"{metric_key_prefix}_runtime": round(time.perf_counter() - start, 4),
+                   f"{metric_key_prefix}_samples": n}  # fmt: skip
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
+                                                         metrics)  # fmt: skip
+        return metrics
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):
         """The Trainer's own loss (the model's ``loss`` output)."""
@@ -78,6 +164,12 @@ class SpectuneTrainer(Trainer):
             return None
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if self.method is not None and best and self.method.load_checkpoint(self.model, Path(best)):
+            return None
+        return super()._load_best_model()
+
 
 class LossLog(TrainerCallback):
     """Rewrites ``train_log.csv`` (atomically) at every log; ``elapsed_s`` counts training
@@ -102,12 +194,97 @@ class LossLog(TrainerCallback):
             state.log_history[-1]["elapsed_s"] = round(
                 self.offset + time.perf_counter() - self.start, 3
             )
-        rows = [e for e in state.log_history if "loss" in e]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.path, buf.getvalue())
+        _write_csv(self.path, LOG_COLUMNS, [e for e in state.log_history if "loss" in e])
+
+
+def validation_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The validation points of a Trainer log history (``eval_loss`` entries) as rows of
+    ``validation_log.csv``."""
+    return [{"step": e.get("step"), "epoch": e.get("epoch"), "validation_loss": e["eval_loss"],
+             "examples": e.get("eval_samples"), "seconds": e.get("eval_runtime")}
+            for e in log_history if "eval_loss" in e]  # fmt: skip
+
+
+class ValidationLog(TrainerCallback):
+    """Rewrites ``validation_log.csv`` (atomically) after every evaluation, from the Trainer's
+    log history (which a resumed run restores from its checkpoint: the curve continues).
+
+    Args:
+        path: the CSV file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        _write_csv(self.path, VALIDATION_COLUMNS, validation_rows(state.log_history))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            _write_csv(self.path, VALIDATION_COLUMNS, validation_rows(state.log_history))
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' ``EarlyStoppingCallback``: training stops once the validation loss has
+    not improved on the best so far by more than ``early_stopping_threshold`` for
+    ``early_stopping_patience`` evaluations in a row. On (re)start the patience counter is
+    recounted from the log history, so a resumed run stops where an uninterrupted one would.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.early_stopping_patience_counter = 0
+        best = None
+        for entry in state.log_history:
+            value = entry.get("eval_loss")
+            if value is None:
+                continue
+            if best is None or (value < best and abs(value - best) > self.early_stopping_threshold):
+                self.early_stopping_patience_counter = 0
+            else:
+                self.early_stopping_patience_counter += 1
+            best = value if best is None else min(best, value)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the patience ran out (training was stopped early)."""
+        return self.early_stopping_patience_counter >= self.early_stopping_patience
+
+
+class SpectraWatch(TrainerCallback):
+    """The adapter's spectra every ``every`` optimizer steps and at the last step, one row per
+    analyzed matrix in ``spectra_log.csv`` (rewritten atomically). A resumed run drops the rows
+    after the step it resumes from, so they are computed again.
+
+    Args:
+        every: steps between two analyses.
+        compute: returns the spectra of the model as it is now (rows with the
+            :data:`SPECTRA_COLUMNS` keys but ``step`` and ``seconds``).
+        path: the CSV file.
+    """
+
+    def __init__(self, every: int, compute: Callable[[], list[dict[str, Any]]], path: Path) -> None:
+        self.every = every
+        self.compute = compute
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rows = []
+        if self.path.is_file():
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                self.rows = [r for r in csv.DictReader(fh)
+                             if int(r["step"]) <= state.global_step]  # fmt: skip
+        _write_csv(self.path, SPECTRA_COLUMNS, self.rows)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if step % self.every and step < state.max_steps:
+            return
+        start = time.perf_counter()
+        rows = self.compute()
+        seconds = round(time.perf_counter() - start, 3)
+        self.rows += [{**r, "step": step, "seconds": seconds} for r in rows]
+        _write_csv(self.path, SPECTRA_COLUMNS, self.rows)
 
 
 class GradientCheck(TrainerCallback):
@@ -183,10 +360,17 @@ class CountingCollator:
 
 __all__ = [
     "LOG_COLUMNS",
+    "SPECTRA_COLUMNS",
+    "VALIDATION_COLUMNS",
     "CountingCollator",
+    "EarlyStopping",
     "FiniteLoss",
     "GradientCheck",
     "LossLog",
     "RecordFiles",
+    "SpectraWatch",
     "SpectuneTrainer",
+    "ValidationLog",
+    "validation_loss",
+    "validation_rows",
 ]

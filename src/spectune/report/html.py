@@ -63,6 +63,9 @@ RUN_PLOTS = {
     "general text), before and after",
     "alpha_hist.png": "Power-law alpha of the adapter's matrices",
     "alpha_vs_base.png": "Adapter alpha against the base matrix's alpha",
+    "validation_curve.png": "Training and validation loss by optimizer step",
+    "spectra_vs_validation.png": "Adapter spectra during training (mean alpha, layers with "
+    "alpha < 2) against the validation loss",
     "frog_layer_importance.png": "FROG: trainable weights per layer",
 }
 
@@ -426,6 +429,12 @@ def _acc_cell(fraction: Any, acc: Any) -> str:
     return text
 
 
+def _ci(interval: Any) -> str:
+    """ " [28.1, 53.1]" (percent) from an accuracy interval, "" without one."""
+    low, high = _num(getattr(interval, "low", None)), _num(getattr(interval, "high", None))
+    return "" if low is None or high is None else f" [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def _first(*values: Any) -> float | None:
     """The first of ``values`` that is a finite number."""
     return next((x for x in map(_num, values) if x is not None), None)
@@ -481,9 +490,10 @@ def _what_happened(m: RunMetrics) -> _Html:
     ttf1 = None if after.latency is None else after.latency.ms_first_token
     ratio = _num(j["ratio"])
     dppl = _fixed(j["dppl"], 2, sign=True) + (f" (\u00d7{ratio:.3f})" if ratio is not None else "")
+    ci0, ci1 = m.learning.accuracy_before_interval, m.learning.accuracy_after_interval
     rows = [
-        ["held-out accuracy", _acc_cell(j["acc0"], acc0),
-         _acc_cell(j["acc1"], after.accuracy), _points(j["gain"])],
+        ["held-out accuracy", _acc_cell(j["acc0"], acc0) + _ci(ci0),
+         _acc_cell(j["acc1"], after.accuracy) + _ci(ci1), _points(j["gain"])],
         ["held-out loss (nats/token)", _fixed(j["loss0"], 3), _fixed(j["loss1"], 3),
          _fixed(_diff(j["loss0"], j["loss1"]), 3, sign=True)],
         ["perplexity on general text", _fixed(j["ppl0"], 2), _fixed(j["ppl1"], 2), dppl],
@@ -538,7 +548,9 @@ def _data_line(m: RunMetrics) -> _Html:
     if not isinstance(data, dict):
         return _Html("")
     tok = _dict(data.get("tokenize"))
-    text = (f"Data: {data.get('source', DASH)}: {_count(data.get('n_train'))} training and "
+    val = (f", {_count(data.get('n_validation'))} validation" if data.get("n_validation")
+           else "")  # fmt: skip
+    text = (f"Data: {data.get('source', DASH)}: {_count(data.get('n_train'))} training{val} and "
             f"{_count(data.get('n_eval'))} held-out examples")  # fmt: skip
     if tok:
         text += (f"; tokenized: {_count(tok.get('n_kept'))} kept, "
@@ -546,7 +558,45 @@ def _data_line(m: RunMetrics) -> _Html:
                  f"{_count(tok.get('max_length'))} tokens, {_count(tok.get('n_dropped'))} dropped")  # fmt: skip
     if data.get("heldout"):
         text += f"; held out: {data['heldout']}"
+    if m.learning.accuracy_after_interval is not None:
+        text += (
+            "; [low, high] after an accuracy: its 95% bootstrap interval over the held-out "
+            f"questions (one run, seed {m.run.seed}: not an interval over seeds)"
+        )
     return _tag("p", text + ".", "muted")
+
+
+def _validation(m: RunMetrics) -> _Html:
+    """The validation split, its best step, the adapter's step, early stopping, and the
+    spectra watched during training."""
+    v, rows = m.validation, []
+    if v is not None:
+        every = (f"every {v.every_steps} steps and at the last" if v.every_steps
+                 else f"every {v.strategy}")  # fmt: skip
+        rows += [
+            ["validation examples", f"{_count(v.n_examples)} (carved from the training data, "
+             "seeded; disjoint from training and held-out)"],
+            ["evaluated", f"{every}: {_count(len(v.curve))} evaluations, {_seconds(v.seconds)}"],
+            ["validation loss (first \u2192 last)",
+             f"{_fixed(v.curve[0].loss if v.curve else None, 4)} \u2192 "
+             f"{_fixed(v.curve[-1].loss if v.curve else None, 4)}"],
+            ["best step", f"{_count(v.best_step)} (validation loss {_fixed(v.best_loss, 4)})"],
+            ["saved adapter", f"step {_count(v.adapter_step)}" + (
+                " (the best checkpoint, restored)" if v.restored_best else "")],
+            ["early stopping", DASH if v.early_stopping_patience is None else
+             f"patience {v.early_stopping_patience}, threshold "
+             f"{_general(v.early_stopping_threshold)}: "
+             + ("stopped early" if v.stopped_early else "ran to the end")],
+        ]  # fmt: skip
+    pts = m.spectra_curve
+    if pts:
+        last = pts[-1]
+        rows.append(["spectra during training",
+                     f"{len(pts)} analyses (steps {pts[0].step} to {last.step}); last: mean "
+                     f"alpha {_fixed(last.mean_alpha, 3)}, {_pct(last.frac_alpha_below_2)} of "
+                     f"{_count(last.n_fitted)} fitted layers below 2; "
+                     f"{_seconds(sum(p.seconds or 0.0 for p in pts))}"])  # fmt: skip
+    return _table(["validation", "value"], rows) if rows else _Html("")
 
 
 def _categories(m: RunMetrics) -> _Html:
@@ -1110,6 +1160,7 @@ def render_run(folder: str | os.PathLike[str]) -> str:
         _tag("p", _run_meta(m), "sub"),
         _tag("p", lede, "lede") if lede else "",
         _section("What happened", _join([_key_numbers(m), _data_line(m)])),
+        _section("Validation during training", _validation(m)),
         _section("Accuracy by category", _categories(m)),
         _section("Plots", _plots(reader, folder / "plots", known=RUN_PLOTS)),
         _section("Spectra of the update", _spectra(reader, folder, m)),
@@ -1140,6 +1191,9 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "train_loss": ("train loss", lambda v: _fixed(v, 3)),
     "accuracy_before": ("accuracy before", _pct),
     "accuracy_after": ("accuracy after", _pct),
+    "accuracy_after_low": ("accuracy after, 95% low", _pct),
+    "accuracy_after_high": ("accuracy after, 95% high", _pct),
+    "validation_loss": ("validation loss", lambda v: _fixed(v, 3)),
     "heldout_loss_after": ("held-out loss after", lambda v: _fixed(v, 3)),
     "perplexity_before": ("perplexity before", lambda v: _fixed(v, 2)),
     "perplexity_after": ("perplexity after", lambda v: _fixed(v, 2)),

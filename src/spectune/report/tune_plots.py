@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from spectune.finetune.results import RunMetrics
+    from spectune.finetune.results import RunMetrics, SpectraPoint, Validation
 
 _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
            "#8c8c8c", "#ccb974", "#64b5cd"]  # fmt: skip
@@ -46,6 +46,93 @@ def loss_curve(
     else:
         ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def validation_curve(log: Sequence[Mapping[str, float]], validation: Validation,
+                     title: str = "Training and validation loss") -> Figure:  # fmt: skip
+    """Training loss (``train_log.csv`` rows) and validation loss against optimizer step;
+    the best validation step is marked, and the step the adapter holds when it is another
+    (early stopping without restoring the best)."""
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    pts = [(r["step"], r["loss"]) for r in log if "step" in r and "loss" in r]
+    if pts:
+        ax.plot(*zip(*pts, strict=True), lw=1.2, color="#8c8c8c", label="training loss")
+    curve = validation.curve
+    ax.plot([p.step for p in curve], [p.loss for p in curve], marker="o", ms=3.5, lw=1.6,
+            color=_COLORS[0], label=f"validation loss ({validation.n_examples} examples)")  # fmt: skip
+    if validation.best_step is not None:
+        ax.axvline(validation.best_step, color=_COLORS[2], ls="--", lw=1,
+                   label=f"best: step {validation.best_step} ({validation.best_loss:.3f})")  # fmt: skip
+    if validation.stopped_early and curve:
+        ax.axvline(curve[-1].step, color=_COLORS[3], ls=":", lw=1,
+                   label=f"early stop: step {curve[-1].step}")  # fmt: skip
+    kept = (
+        "best step's (restored)"
+        if validation.restored_best
+        else f"step {validation.adapter_step}'s"
+    )
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (the objective's)")
+    ax.set_title(f"{title}; saved adapter: the {kept}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def spectra_vs_validation(points: Sequence[SpectraPoint], validation: Validation | None,
+                          title: str = "Adapter spectra during training") -> Figure:  # fmt: skip
+    """The adapter's mean alpha and fraction of layers with alpha < 2 against optimizer step,
+    under the validation loss; beside them, mean alpha against the validation loss at the
+    steps that have both (each point labelled with its step)."""
+    fig = Figure(figsize=(11.0, 6.4))
+    grid = fig.add_gridspec(3, 2, width_ratios=(1.5, 1.0))
+    ax_loss = fig.add_subplot(grid[0, 0])
+    ax_alpha = fig.add_subplot(grid[1, 0], sharex=ax_loss)
+    ax_frac = fig.add_subplot(grid[2, 0], sharex=ax_loss)
+    ax_xy = fig.add_subplot(grid[:, 1])
+    steps = [p.step for p in points]
+    curve = [] if validation is None else validation.curve
+    if curve:
+        ax_loss.plot([p.step for p in curve], [p.loss for p in curve], marker="o", ms=3,
+                     color=_COLORS[0])  # fmt: skip
+    else:
+        ax_loss.text(0.5, 0.5, "no validation split (data.n_validation)", ha="center",
+                     va="center", transform=ax_loss.transAxes, fontsize=8)  # fmt: skip
+    ax_loss.set_ylabel("validation loss", fontsize=8)
+    alphas = [np.nan if p.mean_alpha is None else p.mean_alpha for p in points]
+    fracs = [np.nan if p.frac_alpha_below_2 is None else p.frac_alpha_below_2 for p in points]
+    ax_alpha.plot(steps, alphas, marker="o", ms=3, color=_COLORS[1])
+    ax_alpha.axhline(2.0, color="gray", ls="--", lw=0.8)
+    ax_alpha.set_ylabel("mean alpha", fontsize=8)
+    ax_frac.plot(steps, fracs, marker="o", ms=3, color=_COLORS[3])
+    ax_frac.set_ylim(-0.05, 1.05)
+    ax_frac.set_ylabel("layers alpha < 2", fontsize=8)
+    ax_frac.set_xlabel("optimizer step")
+    for ax in (ax_loss, ax_alpha, ax_frac):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    by_step = {p.step: p.loss for p in curve}
+    pairs = [(by_step[p.step], p.mean_alpha, p.step) for p in points
+             if p.step in by_step and p.mean_alpha is not None]  # fmt: skip
+    if pairs:
+        xs, ys, labels = zip(*pairs, strict=True)
+        ax_xy.plot(xs, ys, color="#bbbbbb", lw=0.8, zorder=1)
+        sc = ax_xy.scatter(xs, ys, c=labels, cmap="viridis", s=28, zorder=2)
+        for x, y, step in pairs:
+            ax_xy.annotate(str(step), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fig.colorbar(sc, ax=ax_xy, label="optimizer step")
+    else:
+        ax_xy.text(0.5, 0.5, "no step with both a validation loss\nand the spectra",
+                   ha="center", va="center", transform=ax_xy.transAxes, fontsize=8)  # fmt: skip
+    ax_xy.axhline(2.0, color="gray", ls="--", lw=0.8)
+    ax_xy.set_xlabel("validation loss")
+    ax_xy.set_ylabel("mean adapter alpha")
+    ax_xy.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -169,4 +256,12 @@ def objective_scatter(points: Sequence[Sequence[float]], labels: Sequence[str],
     return fig
 
 
-__all__ = ["learning_forgetting", "loss_curve", "metric_bars", "objective_scatter", "tradeoff"]
+__all__ = [
+    "learning_forgetting",
+    "loss_curve",
+    "metric_bars",
+    "objective_scatter",
+    "spectra_vs_validation",
+    "tradeoff",
+    "validation_curve",
+]

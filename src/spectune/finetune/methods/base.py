@@ -23,7 +23,9 @@ hook                          what it does (default)
 ``merge(built, ctx, folder)`` a plain model with the update in its weights (default: the
                               trained model itself: its weights are the update)
 ``spectra(built, ctx, folder)``  what the spectral engine reads: a :class:`SpectraInput`
-                              (default: every weight matrix against the base, W - W_base)
+                              (default: every weight matrix against the base, W - W_base);
+                              during training (``eval.spectra_every_steps``) ``folder`` is
+                              written by ``save`` only when the source returned points into it
 ``callbacks(config)``         extra ``transformers.TrainerCallback`` objects (none)
 ``save_checkpoint`` /         own checkpoint format inside the Trainer (False: the Trainer's)
 ``load_checkpoint``

@@ -11,8 +11,10 @@ weights and asserts when a layer's output width is not a multiple of :data:`BNB_
 its input width not one of :data:`BNB_BLOCKSIZE`), so such layers stay unquantized there
 (listed in ``Built.notes``); and an eval-mode no-grad forward on the 4-bit model before training
 would repack the weights and leave the adapters without gradients: the recipe never evaluates
-a 4-bit model before training (the "before" numbers come from the full-precision base), and its
-first-step gradient check stops a run that gets no gradient.
+a 4-bit model before training (the "before" numbers come from the full-precision base), the
+validation split scored during training is followed by undoing that repacking
+(:func:`spectune.finetune.evaluate.unpack_4bit_cpu_weights`), and the first-step gradient
+check stops a run that gets no gradient.
 
 Merging happens into a freshly loaded float32 base (merging into 4-bit weights would round the
 update away).

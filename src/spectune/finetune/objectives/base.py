@@ -17,6 +17,10 @@ hook                               what it does
                                    format, and the held-out instruction examples every run
                                    is judged on (accuracy, held-out loss)
 ``features(config, data, tok)``    -> :class:`TrainData`: the Trainer's dataset and collator
+``validation_features(...)``        -> :class:`TrainData` of ``data.validation`` (the split
+                                   ``data.n_validation`` carved from the training records),
+                                   evaluated during training with ``compute_loss``; the
+                                   default is ``features`` of those records
 ``compute_loss(trainer, ...)``     the loss of one batch (the Trainer's ``compute_loss``)
 ``judge(ctx, model, phase)``       objective-specific metrics of a model, ``phase`` "before"
                                    (the base model) or "after"; JSON-able
@@ -46,12 +50,15 @@ class RunData:
         heldout: held-out instruction examples (judged by every run).
         info: where the data came from (JSON-able, goes to ``metrics.json``).
         extra: anything else the objective keeps (held-out lists for its own metrics...).
+        validation: records carved out of ``train`` by the recipe (``data.n_validation``),
+            in the same format; empty without validation.
     """
 
     train: list[Any]
     heldout: list[InstructionExample]
     info: dict[str, Any] = field(default_factory=dict)
     extra: Any = None
+    validation: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -112,9 +119,24 @@ class Objective:
         """The Trainer's dataset and collator (``ctx`` carries the run's state)."""
         raise NotImplementedError(f"objective {self.name!r} does not define features()")
 
+    def validation_features(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                            ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+        """The validation split's dataset and collator (``data.validation``), scored during
+        training with :meth:`compute_loss` on the model in eval mode. The default is
+        :meth:`features` of those records; an objective whose features come from its state
+        (made in :meth:`prepare`) overrides it."""
+        import dataclasses
+
+        return self.features(config, dataclasses.replace(data, train=list(data.validation)),
+                             tokenizer, ctx)  # fmt: skip
+
     def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
-        """The batch loss; the default is the model's own (``trainer.model_loss``)."""
+        """The batch loss; the default is the model's own (``trainer.model_loss``).
+
+        It also scores the validation split (``num_items_in_batch`` None, the model in eval
+        mode, no gradient): the validation loss is the mean of these batch losses weighted by
+        the batches' sizes."""
         return trainer.model_loss(model, inputs, return_outputs=return_outputs,
                                   num_items_in_batch=num_items_in_batch)  # fmt: skip
 

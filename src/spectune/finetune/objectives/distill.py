@@ -287,6 +287,8 @@ class DistillState:
     shots: list[Any]
     train: list[Any]
     rationales: list[str] | None = None
+    validation: list[Any] = field(default_factory=list)
+    validation_rationales: list[str] | None = None
     pad_id: int = 0
     eot: int | None = None
     teacher_responses: list[str] | None = None
@@ -698,6 +700,32 @@ def _spectra_vs_teacher(teacher: Any, student: Any, progress: bool) -> dict[str,
     return summary
 
 
+def _teacher_answers(teacher: Any, ctx: JudgeContext, state: DistillState, examples: list[Any],
+                     rationales: list[str] | None) -> tuple[list[Any], list[str] | None, int]:  # fmt: skip
+    """The examples with the teacher's greedy answers as responses (empty answers dropped),
+    their rationales, and how many were dropped."""
+    from spectune.finetune.data import InstructionExample
+    from spectune.finetune.evaluate import greedy_generate
+
+    prompts = [teacher_prompt(ctx.tokenizer, ex, system=state.system, shots=state.shots)
+               for ex in examples]  # fmt: skip
+    answers = greedy_generate(teacher, ctx.tokenizer, prompts,
+                              max_new_tokens=state.section.max_new_tokens,
+                              batch_size=ctx.config.eval.batch_size, progress=ctx.progress)  # fmt: skip
+    kept = [i for i, a in enumerate(answers) if a.strip()]
+    out = [InstructionExample(examples[i].instruction, answers[i], examples[i].context,
+                              examples[i].category) for i in kept]  # fmt: skip
+    return out, None if rationales is None else [rationales[i] for i in kept], \
+        len(examples) - len(kept)  # fmt: skip
+
+
+def _state(ctx: JudgeContext | None, hook: str) -> DistillState:
+    if ctx is None or not isinstance(ctx.state, DistillState):
+        raise SpectuneError(f"objective distill: {hook}() needs the run's state (the "
+                            "teacher from prepare(ctx)), passed in ctx")  # fmt: skip
+    return ctx.state
+
+
 # --------------------------------------------------------------------------- the objective
 
 
@@ -724,76 +752,83 @@ class Distill(Objective):
         the student's tokenizer first: a wrong teacher fails before any work."""
         from spectune.finetune.data import InstructionExample
         from spectune.finetune.objectives.sft import load_instruction_data
-        from spectune.finetune.tasks import task_rationale
         from spectune.models import resolve_model_dir
 
         sec = config.section("distill")
         source = resolve_teacher(sec, resolve_model_dir(config.model))
         data = load_instruction_data(config)
-        rationales = None
         if sec.rationale_weight > 0:
-            rationales = [task_rationale(ex) or "" for ex in data.train]
             data.heldout = [InstructionExample(ANSWER_PREFIX + ex.instruction, ex.response,
                                                ex.context, ex.category)
                             for ex in data.heldout]  # fmt: skip
         data.info["teacher"] = source.describe()
-        data.extra = {"source": source, "rationales": rationales}
+        data.extra = {"source": source}
         return data
 
     def prepare(self, ctx: JudgeContext) -> DistillState:
-        """Load the teacher (frozen); pick the few-shot turns; with ``responses: teacher``
-        have it answer every training prompt once (greedy)."""
+        """Load the teacher (frozen); pick the few-shot turns (from the training records);
+        with ``responses: teacher`` have it answer every training and validation prompt once
+        (greedy)."""
         import time
 
-        from spectune.finetune.data import InstructionExample
-        from spectune.finetune.evaluate import greedy_generate
+        from spectune.finetune.tasks import task_rationale
 
         sec = ctx.config.section("distill")
         source: TeacherSource = ctx.data.extra["source"]
         teacher = load_teacher(source, progress=ctx.progress)
-        train = list(ctx.data.train)
+        train, validation = list(ctx.data.train), list(ctx.data.validation)
         shots = []
         if sec.shots:
             rng = random.Random(f"spectune-distill-shots:{ctx.config.seed}")
             shots = rng.sample(train, min(sec.shots, len(train)))
         system = _teacher_system(sec, ctx.config.data.system, source.kind)
-        rationales = ctx.data.extra.get("rationales")
-        state = DistillState(source, sec, teacher, system, shots, train, rationales,
-                             pad_id=_pad_id(ctx.tokenizer), eot=ctx.tokenizer.eos_token_id)  # fmt: skip
+
+        def rationales(examples: list[Any]) -> list[str] | None:
+            return [task_rationale(ex) or "" for ex in examples] if sec.rationale_weight > 0 \
+                else None  # fmt: skip
+
+        state = DistillState(source, sec, teacher, system, shots, train, rationales(train),
+                             validation, rationales(validation), pad_id=_pad_id(ctx.tokenizer),
+                             eot=ctx.tokenizer.eos_token_id)  # fmt: skip
         state.info = {"teacher": source.describe(), "teacher_system": system,
                       "shots": len(shots), "beta": sec.effective_beta}  # fmt: skip
         if sec.responses == "teacher":
             start = time.perf_counter()
-            prompts = [teacher_prompt(ctx.tokenizer, ex, system=system, shots=shots)
-                       for ex in train]  # fmt: skip
-            answers = greedy_generate(teacher, ctx.tokenizer, prompts,
-                                      max_new_tokens=sec.max_new_tokens,
-                                      batch_size=ctx.config.eval.batch_size,
-                                      progress=ctx.progress)  # fmt: skip
-            kept = [i for i, a in enumerate(answers) if a.strip()]
-            state.train = [InstructionExample(train[i].instruction, answers[i], train[i].context,
-                                              train[i].category) for i in kept]  # fmt: skip
-            if rationales is not None:
-                state.rationales = [rationales[i] for i in kept]
-            state.info.update(teacher_responses=len(state.train),
-                              teacher_responses_empty=len(train) - len(kept),
+            state.train, state.rationales, empty = _teacher_answers(
+                teacher, ctx, state, train, state.rationales)  # fmt: skip
+            if validation:
+                state.validation, state.validation_rationales, _ = _teacher_answers(
+                    teacher, ctx, state, validation, state.validation_rationales)  # fmt: skip
+            state.info.update(teacher_responses=len(state.train), teacher_responses_empty=empty,
                               teacher_generation_seconds=time.perf_counter() - start)  # fmt: skip
             if not state.train:
                 raise SpectuneError("distill.responses=teacher: the teacher answered every "
                                     "training prompt with nothing")  # fmt: skip
+            if validation and not state.validation:
+                raise SpectuneError("distill.responses=teacher: the teacher answered every "
+                                    "validation prompt with nothing")  # fmt: skip
         return state
 
     def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
                  ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
-        if ctx is None or not isinstance(ctx.state, DistillState):
-            raise SpectuneError("objective distill: features() needs the run's state (the "
-                                "teacher from prepare(ctx)), passed in ctx")  # fmt: skip
-        state: DistillState = ctx.state
+        state = _state(ctx, "features")
         features, info = distill_features(
             state.train, tokenizer, max_length=config.data.max_length, system=config.data.system,
             teacher_system=state.system, shots=state.shots, rationales=state.rationales,
         )  # fmt: skip
         info.update(state.info)
+        return TrainData(features, DistillCollator(_pad_id(tokenizer)), info)
+
+    def validation_features(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                            ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+        """The validation records as training features (the teacher's answers with
+        ``responses: teacher``, the same shots and rationales as training)."""
+        state = _state(ctx, "validation_features")
+        features, info = distill_features(
+            state.validation, tokenizer, max_length=config.data.max_length,
+            system=config.data.system, teacher_system=state.system, shots=state.shots,
+            rationales=state.validation_rationales,
+        )  # fmt: skip
         return TrainData(features, DistillCollator(_pad_id(tokenizer)), info)
 
     def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
@@ -804,7 +839,7 @@ class Distill(Objective):
                                       num_items_in_batch=num_items_in_batch)  # fmt: skip
         state: DistillState = trainer.objective_state
         sec = state.section
-        if sec.on_policy > 0:
+        if sec.on_policy > 0 and model.training:  # validation scores the fixed sequences
             draw = random.Random(f"spectune-distill-on-policy:{trainer.args.seed}:"
                                  f"{trainer.state.global_step}").random()  # fmt: skip
             if draw < sec.on_policy:

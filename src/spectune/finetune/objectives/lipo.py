@@ -924,6 +924,7 @@ class LipoState:
     heldout: list[dict[str, Any]]
     info: dict[str, Any]
     section: LipoSection = field(default_factory=LipoSection)
+    validation: list[dict[str, Any]] = field(default_factory=list)
 
 
 class LiPO(Objective):
@@ -997,7 +998,7 @@ class LiPO(Objective):
 
     def prepare(self, ctx: JudgeContext) -> LipoState:
         """Build on-policy lists (if asked), tokenize, and compute the reference log-probs of
-        every training and held-out response with the base model, once."""
+        every training, validation and held-out response with the base model, once."""
         from spectune.finetune.data import pad_token_id
         from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
 
@@ -1006,15 +1007,25 @@ class LiPO(Objective):
         dtype, _ = resolve_model_dtype(config.model_dtype)
         base = load_float_base(ctx.model_dir, dtype, attn_implementation=config.attn_implementation)
         info: dict[str, Any] = {}
-        train_lists = ctx.data.train
+        train_lists, val_lists = ctx.data.train, ctx.data.validation
         if sec.lists == "on_policy" and config.data.train == "tasks":
             train_lists, stats = sample_lists(base, ctx.tokenizer, ctx.data.train, sec,
                                               system=config.data.system, seed=config.seed,
                                               progress=ctx.progress)  # fmt: skip
             info["on_policy_lists"] = stats.to_dict()
+            if val_lists:
+                val_lists, _ = sample_lists(base, ctx.tokenizer, val_lists, sec,
+                                            system=config.data.system, seed=config.seed + 1,
+                                            progress=ctx.progress)  # fmt: skip
         kw = {"max_length": config.data.max_length, "system": config.data.system}
         train, tinfo = tokenize_lists(train_lists, ctx.tokenizer, **kw)
         heldout, hinfo = tokenize_lists(ctx.data.extra["heldout_lists"], ctx.tokenizer, **kw)
+        validation, _ = tokenize_lists(val_lists, ctx.tokenizer, **kw) if val_lists else ([], {})
+        if val_lists and not validation:
+            raise SpectuneError(
+                f"lipo: no validation list left after tokenization at data.max_length="
+                f"{config.data.max_length}; raise data.max_length or data.n_validation"
+            )
         if not train:
             raise SpectuneError(
                 f"lipo: no training list left after tokenization ({tinfo['n_dropped']} of "
@@ -1029,14 +1040,17 @@ class LiPO(Objective):
             "share_prompt": sec.share_prompt,
         }
         for feats, desc in ((train, "reference log-probs (train)"),
+                            (validation, "reference log-probs (validation)"),
                             (heldout, "reference log-probs (held-out)")):  # fmt: skip
+            if not feats:
+                continue
             for f, ref in zip(feats, score_features(base, feats, pad, desc=desc, **kw2),
                               strict=True):  # fmt: skip
                 f["ref_logps"] = ref
         del base
         info.update(tokenize={**tinfo, "heldout": hinfo}, reference=f"base model ({dtype}), "
                     "log-probs precomputed once before training")  # fmt: skip
-        return LipoState(train, heldout, info, sec)
+        return LipoState(train, heldout, info, sec, validation)
 
     def _check_memory(self, config: TuneConfig, model_config: Any,
                       train: list[dict[str, Any]]) -> None:  # fmt: skip
@@ -1077,6 +1091,15 @@ class LiPO(Objective):
         info = {**state.info["tokenize"], **{k: v for k, v in state.info.items()
                                              if k != "tokenize"}}  # fmt: skip
         return TrainData(state.train, ListCollator(pad_token_id(tokenizer)), info)
+
+    def validation_features(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                            ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+        """The validation lists, tokenized with their reference log-probs in ``prepare``."""
+        from spectune.finetune.data import pad_token_id
+
+        state = self._state(config, data, tokenizer, ctx)
+        return TrainData(state.validation, ListCollator(pad_token_id(tokenizer)),
+                         {"n_lists": len(state.validation)})  # fmt: skip
 
     # -- loss ------------------------------------------------------------------------------
 
