@@ -1,5 +1,5 @@
 """What this machine can compute: native bf16, bitsandbytes' CPU 4-bit packing, dtypes on the
-CPU, FlashAttention. One small module below the methods and the config, so that both can ask
+CPU, FlashAttention, paged optimizers. One small module below the methods and the config, so that both can ask
 without importing each other (tests patch these functions here)."""
 
 from __future__ import annotations
@@ -49,6 +49,24 @@ def cpu_runs(dtype: Any) -> bool:
     return True
 
 
+def training_notes(train: dict[str, Any]) -> list[str]:
+    """Notes on ``train`` settings (TrainingArguments) that run differently on this machine.
+
+    bitsandbytes' paged optimizers (``paged_adamw_32bit``, ``paged_adamw_8bit``, ...: QLoRA's
+    choice) keep their state in CUDA unified memory, which the driver pages out to the CPU
+    under memory pressure. Without CUDA there is nothing to page to: bitsandbytes (0.50) keeps
+    the state in ordinary tensors and runs the same optimizer unpaged (same update, same 32-
+    or 8-bit state); the note says so.
+    """
+    import torch
+
+    optim = str(train.get("optim", ""))
+    if not optim.startswith("paged_") or torch.cuda.is_available():
+        return []
+    return [f"train.optim={optim}: paging needs CUDA; on this CPU bitsandbytes runs the same "
+            "optimizer unpaged (same update, its state in ordinary memory)"]  # fmt: skip
+
+
 def check_attn_implementation(name: str) -> None:
     """Refuse ``flash_attention_2`` where the ``flash_attn`` package (and CUDA) is missing.
 
@@ -67,4 +85,10 @@ def check_attn_implementation(name: str) -> None:
         )
 
 
-__all__ = ["check_attn_implementation", "cpu_packs_4bit", "cpu_runs", "native_bf16"]
+__all__ = [
+    "check_attn_implementation",
+    "cpu_packs_4bit",
+    "cpu_runs",
+    "native_bf16",
+    "training_notes",
+]

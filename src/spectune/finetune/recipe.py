@@ -385,9 +385,12 @@ def build(run: Run) -> None:
     """Phase 3: load the base model and make it trainable the method's way."""
     from transformers import set_seed
 
+    from spectune.finetune import hardware
+
     set_seed(run.config.seed)
     run.folder.own("checkpoints")  # the method may keep files there (PiSSA's initial adapter)
     built = build_model(run.method, run.context, tokenizer=run.tokenizer)
+    built.notes.extend(hardware.training_notes(run.config.training_arguments()))
     for note in built.notes:
         _say(f"note: {note}", run.progress)
     _say(f"{run.config.method}: {built.trainable:,} trainable parameters "
@@ -458,7 +461,7 @@ def train(run: Run) -> None:
     from transformers.trainer_utils import get_last_checkpoint
 
     from spectune._memory import PeakRSS
-    from spectune.finetune.trainer import CountingCollator, LossLog, SpectuneTrainer
+    from spectune.finetune.trainer import LossLog, SpectuneTrainer
 
     # transformers 5 warns about its own internal use of renamed APIs at every step
     warnings.filterwarnings(
@@ -466,11 +469,10 @@ def train(run: Run) -> None:
     )
     args = training_arguments(run.config, run.out, progress=run.progress)
     run.device = str(args.device)
-    collator = CountingCollator(run.train_data.collator)
     run.folder.own("checkpoints", "train_log.csv")
     cbs = callbacks(run)
     trainer = SpectuneTrainer(model=run.built.model, args=args, train_dataset=run.train_data.dataset,
-                              data_collator=collator, callbacks=cbs, objective=run.objective,
+                              data_collator=run.train_data.collator, callbacks=cbs, objective=run.objective,
                               method=run.method, objective_state=run.objective_state)  # fmt: skip
     if not run.progress:  # without tqdm, Trainer prints every log line instead
         from transformers.trainer_callback import PrinterCallback
@@ -487,7 +489,7 @@ def train(run: Run) -> None:
         run.train_seconds = time.perf_counter() - start
     run.train_offset = next(c.offset for c in cbs if isinstance(c, LossLog))
     run.peak_rss = (peak.bytes, peak.exact)
-    run.tokens = collator.tokens
+    run.tokens = trainer.tokens
     run.global_step = int(result.global_step)
     run.built.model.eval()
 

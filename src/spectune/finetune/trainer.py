@@ -5,15 +5,15 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
 
 - :class:`SpectuneTrainer`: ``compute_loss`` is the objective's
   (:meth:`~spectune.finetune.objectives.base.Objective.compute_loss`); checkpoints are written
-  and restored by the method when it has its own format (FROG: indices and values only).
+  and restored by the method when it has its own format (FROG: indices and values only); it
+  counts the real tokens it trains on (tokens/s) in the main process, so data loader workers
+  (``train.dataloader_num_workers``), which collate batches in other processes, count too.
 - :class:`LossLog`: ``train_log.csv`` rewritten atomically at every log; ``elapsed_s`` counts
   training time across resumes.
 - :class:`GradientCheck`: stops at the first optimizer step if no trainable parameter got a
   gradient (a 4-bit model whose weights bitsandbytes repacked for CPU inference).
 - :class:`FiniteLoss`: stops a run whose loss became NaN or infinite, saying what to change.
 - :class:`RecordFiles`: records the checkpoint files in the run folder's marker.
-- :class:`CountingCollator`: wraps the objective's collator and counts the real tokens it
-  batches (tokens/s).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,14 @@ class SpectuneTrainer(Trainer):
         self.objective = objective
         self.method = method
         self.objective_state = objective_state
+        #: real (attention-mask) tokens of the batches trained on in this session
+        self.tokens = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+        if mask is not None:
+            self.tokens += int(mask.sum())
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):
         """The Trainer's own loss (the model's ``loss`` output)."""
@@ -166,24 +175,8 @@ class RecordFiles(TrainerCallback):
         self.record()
 
 
-class CountingCollator:
-    """The objective's collator, counting the real tokens it batches (for tokens/s)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.tokens = 0
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.inner(features)
-        mask = batch.get("attention_mask")
-        if mask is not None:
-            self.tokens += int(mask.sum())
-        return batch
-
-
 __all__ = [
     "LOG_COLUMNS",
-    "CountingCollator",
     "FiniteLoss",
     "GradientCheck",
     "LossLog",
