@@ -314,6 +314,7 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
         :func:`spectune.finetune.evaluate.judge`'s dict, with ``model``.
     """
     from spectune import __version__
+    from spectune.finetune import hardware
     from spectune.finetune.evaluate import judge
     from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
 
@@ -334,6 +335,7 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
             pass  # a damaged entry is recomputed
     _say("judging the base model (cached for later runs)", progress)
     model = load_float_base(model_dir, dtype, attn_implementation=config.attn_implementation)
+    model = hardware.to_compute_device(model)  # judged where the tuned model will be
     result = judge(model, tokenizer, heldout, progress=progress, **_judge_kwargs(config))
     result["model"] = f"base model, {dtype}"
     del model
@@ -351,6 +353,7 @@ def _judge_context(run: Run) -> Any:
 def judge_base(run: Run) -> None:
     """Phase 2: the objective's per-run state and training features; judge the base model
     (``before.json``)."""
+    from spectune.finetune import hardware
     from spectune.finetune.methods.base import (
         load_float_base,
         load_tokenizer,
@@ -373,9 +376,8 @@ def judge_base(run: Run) -> None:
     run.before_predictions = list(result.get("predictions") or [])
     dtype, _ = resolve_model_dtype(run.config.model_dtype)
     attn = run.config.attn_implementation
-    result["extras"] = run.objective.judge(
-        _judge_context(run), lambda: load_float_base(run.model_dir, dtype, attn_implementation=attn),
-        "before")  # fmt: skip
+    result["extras"] = run.objective.judge(_judge_context(run), lambda: hardware.to_compute_device(
+        load_float_base(run.model_dir, dtype, attn_implementation=attn)), "before")  # fmt: skip
     run.before = Judging.from_dict(result)
     run.folder.own("before.json")
     write_json(run.out / "before.json", result)
