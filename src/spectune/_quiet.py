@@ -18,6 +18,8 @@ torch "Sparse invariant checks are implicitly          peft's SHiRA builds spars
 disabled"                                              valid indices
 torch "an autograd kernel was not registered"          bitsandbytes' 4-bit CPU kernels; the
 (bitsandbytes::gemv_4bit)                              gradients are tested to match
+bitsandbytes "Paged optimizers are not supported on     the run's notes say so (train.optim
+CPU"                                                    paged_*: it runs unpaged)
 =====================================================  =========================================
 """
 
@@ -33,6 +35,7 @@ WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (DeprecationWarning, r".*torch\.jit\.script_method.*deprecated"),
     (UserWarning, r"Sparse invariant checks are implicitly disabled"),
     (UserWarning, r".*autograd kernel was not registered.*"),
+    (UserWarning, r"Paged optimizers are not supported on CPU"),
 )
 
 #: loggers whose warnings are silenced (the messages above that come through logging)

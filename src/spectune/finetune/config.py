@@ -481,6 +481,14 @@ class TuneConfig:
                 f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
             )
         self._check_validation(args)
+        autocast = bool(args.get("bf16") or args.get("fp16"))
+        if self.attn_implementation == "flash_attention_2" and self.model_dtype == "float32" \
+                and not autocast:  # fmt: skip
+            raise SpectuneError(
+                "attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
+                "model_dtype=float32 runs the model in float32; set model_dtype=bfloat16 (or "
+                "auto) or train.bf16=true"
+            )
         method.check(self)
         objective.check(self)
 

@@ -140,6 +140,15 @@ def _device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels (a timestamp after a CUDA call is taken when the work
+    is queued, not done); nothing on the CPU, whose calls return when done."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _inner(model: Any) -> Any:
     """The transformers model inside a peft wrapper (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -261,6 +270,7 @@ def _greedy_batch(
         next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
         out_tokens.append(next_ids)
         if step_times is not None:
+            _synchronize(next_ids.device)
             step_times.append(time.perf_counter())
         if not ignore_stop and len(stop):
             done = done | torch.isin(next_ids, stop)

@@ -1,5 +1,5 @@
 """What this machine can compute: native bf16, bitsandbytes' CPU 4-bit packing, dtypes on the
-CPU, FlashAttention. One small module below the methods and the config, so that both can ask
+CPU, FlashAttention, paged optimizers, where models run. One small module below the methods and the config, so that both can ask
 without importing each other (tests patch these functions here)."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def native_bf16() -> bool:
     AVX512-BF16 (bitsandbytes' own test). Elsewhere torch emulates them, far slower."""
     import torch
 
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
+    if torch.cuda.is_available():  # emulated bf16 (GPUs before Ampere) does not count
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     return _has_avx512bf16()
 
 
@@ -49,6 +49,43 @@ def cpu_runs(dtype: Any) -> bool:
     return True
 
 
+def compute_device() -> str:
+    """Where training runs, and so where judging runs too: ``"cuda"`` (the Trainer's default
+    GPU) where there is one, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def to_compute_device(model: Any) -> Any:
+    """``model`` on :func:`compute_device` (as the Trainer places the model it trains), so a
+    base model, a teacher or a reference model is judged or used on the same device as the
+    trained one. A model already there (every CPU model; a 4-bit model, placed when loaded)
+    is returned as it is."""
+    device = compute_device()
+    if all(p.device.type == device for p in model.parameters()):
+        return model
+    return model.to(device)
+
+
+def training_notes(train: dict[str, Any]) -> list[str]:
+    """Notes on ``train`` settings (TrainingArguments) that run differently on this machine.
+
+    bitsandbytes' paged optimizers (``paged_adamw_32bit``, ``paged_adamw_8bit``, ...: QLoRA's
+    choice) keep their state in CUDA unified memory, which the driver pages out to the CPU
+    under memory pressure. Without CUDA there is nothing to page to: bitsandbytes (0.50) keeps
+    the state in ordinary tensors and runs the same optimizer unpaged (same update, same 32-
+    or 8-bit state); the note says so.
+    """
+    import torch
+
+    optim = str(train.get("optim", ""))
+    if not optim.startswith("paged_") or torch.cuda.is_available():
+        return []
+    return [f"train.optim={optim}: paging needs CUDA; on this CPU bitsandbytes runs the same "
+            "optimizer unpaged (same update, its state in ordinary memory)"]  # fmt: skip
+
+
 def check_attn_implementation(name: str) -> None:
     """Refuse ``flash_attention_2`` where the ``flash_attn`` package (and CUDA) is missing.
 
@@ -67,4 +104,12 @@ def check_attn_implementation(name: str) -> None:
         )
 
 
-__all__ = ["check_attn_implementation", "cpu_packs_4bit", "cpu_runs", "native_bf16"]
+__all__ = [
+    "check_attn_implementation",
+    "compute_device",
+    "cpu_packs_4bit",
+    "cpu_runs",
+    "native_bf16",
+    "to_compute_device",
+    "training_notes",
+]

@@ -351,6 +351,7 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
         :func:`spectune.finetune.evaluate.judge`'s dict, with ``model``.
     """
     from spectune import __version__
+    from spectune.finetune import hardware
     from spectune.finetune.evaluate import judge
     from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
 
@@ -371,6 +372,7 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
             pass  # a damaged entry is recomputed
     _say("judging the base model (cached for later runs)", progress)
     model = load_float_base(model_dir, dtype, attn_implementation=config.attn_implementation)
+    model = hardware.to_compute_device(model)  # judged where the tuned model will be
     result = judge(model, tokenizer, heldout, progress=progress, **_judge_kwargs(config))
     result["model"] = f"base model, {dtype}"
     del model
@@ -388,6 +390,7 @@ def _judge_context(run: Run) -> Any:
 def judge_base(run: Run) -> None:
     """Phase 2: the objective's per-run state and training features; judge the base model
     (``before.json``)."""
+    from spectune.finetune import hardware
     from spectune.finetune.methods.base import (
         load_float_base,
         load_tokenizer,
@@ -421,9 +424,8 @@ def judge_base(run: Run) -> None:
     run.before_predictions = list(result.get("predictions") or [])
     dtype, _ = resolve_model_dtype(run.config.model_dtype)
     attn = run.config.attn_implementation
-    result["extras"] = run.objective.judge(
-        _judge_context(run), lambda: load_float_base(run.model_dir, dtype, attn_implementation=attn),
-        "before")  # fmt: skip
+    result["extras"] = run.objective.judge(_judge_context(run), lambda: hardware.to_compute_device(
+        load_float_base(run.model_dir, dtype, attn_implementation=attn)), "before")  # fmt: skip
     run.before = Judging.from_dict(result)
     run.folder.own("before.json")
     write_json(run.out / "before.json", result)
@@ -433,9 +435,12 @@ def build(run: Run) -> None:
     """Phase 3: load the base model and make it trainable the method's way."""
     from transformers import set_seed
 
+    from spectune.finetune import hardware
+
     set_seed(run.config.seed)
     run.folder.own("checkpoints")  # the method may keep files there (PiSSA's initial adapter)
     built = build_model(run.method, run.context, tokenizer=run.tokenizer)
+    built.notes.extend(hardware.training_notes(run.config.training_arguments()))
     for note in built.notes:
         _say(f"note: {note}", run.progress)
     _say(f"{run.config.method}: {built.trainable:,} trainable parameters "
@@ -555,7 +560,7 @@ def train(run: Run) -> None:
     from transformers.trainer_utils import get_last_checkpoint
 
     from spectune._memory import PeakRSS
-    from spectune.finetune.trainer import CountingCollator, LossLog, SpectuneTrainer
+    from spectune.finetune.trainer import LossLog, SpectuneTrainer
 
     # transformers 5 warns about its own internal use of renamed APIs at every step
     warnings.filterwarnings(
@@ -563,7 +568,6 @@ def train(run: Run) -> None:
     )
     args = training_arguments(run.config, run.out, progress=run.progress)
     run.device = str(args.device)
-    collator = CountingCollator(run.train_data.collator)
     run.folder.own("checkpoints", "train_log.csv")
     if run.validation is not None:
         run.folder.own("validation_log.csv")
@@ -571,8 +575,9 @@ def train(run: Run) -> None:
         run.folder.own("spectra_log.csv")
     cbs = callbacks(run)
     trainer = SpectuneTrainer(model=run.built.model, args=args, train_dataset=run.train_data.dataset,
-                              data_collator=collator, callbacks=cbs, objective=run.objective,
-                              method=run.method, objective_state=run.objective_state,
+                              data_collator=run.train_data.collator, callbacks=cbs,
+                              objective=run.objective, method=run.method,
+                              objective_state=run.objective_state,
                               validation=run.validation)  # fmt: skip
     if not run.progress:  # without tqdm, Trainer prints every log line instead
         from transformers.trainer_callback import PrinterCallback
@@ -590,7 +595,7 @@ def train(run: Run) -> None:
         run.train_seconds = time.perf_counter() - start
     run.train_offset = next(c.offset for c in cbs if isinstance(c, LossLog))
     run.peak_rss = (peak.bytes, peak.exact)
-    run.tokens = collator.tokens
+    run.tokens = trainer.tokens
     run.global_step = int(result.global_step)
     state = trainer.state
     if run.validation is not None:

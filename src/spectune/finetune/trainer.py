@@ -7,7 +7,9 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
   (:meth:`~spectune.finetune.objectives.base.Objective.compute_loss`); checkpoints are written
   and restored by the method when it has its own format (FROG: indices and values only), the
   best checkpoint (``load_best_model_at_end``) too; ``evaluate`` scores the validation split
-  with the objective's loss (:func:`validation_loss`).
+  with the objective's loss (:func:`validation_loss`); it counts the real tokens it trains on
+  (tokens/s) in the main process, so data loader workers (``train.dataloader_num_workers``),
+  which collate batches in other processes, count too.
 - :class:`LossLog`: ``train_log.csv`` rewritten atomically at every log; ``elapsed_s`` counts
   training time across resumes.
 - :class:`ValidationLog`: ``validation_log.csv`` (step, epoch, validation loss, seconds) from
@@ -19,8 +21,6 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
   gradient (a 4-bit model whose weights bitsandbytes repacked for CPU inference).
 - :class:`FiniteLoss`: stops a run whose loss became NaN or infinite, saying what to change.
 - :class:`RecordFiles`: records the checkpoint files in the run folder's marker.
-- :class:`CountingCollator`: wraps the objective's collator and counts the real tokens it
-  batches (tokens/s).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,8 @@ class SpectuneTrainer(Trainer):
         self.method = method
         self.objective_state = objective_state
         self.validation = validation
+        #: real (attention-mask) tokens of the batches trained on in this session
+        self.tokens = 0
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
@@ -136,6 +138,12 @@ class SpectuneTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
                                                          metrics)  # fmt: skip
         return metrics
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+        if mask is not None:
+            self.tokens += int(mask.sum())
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):
         """The Trainer's own loss (the model's ``loss`` output)."""
@@ -343,26 +351,10 @@ class RecordFiles(TrainerCallback):
         self.record()
 
 
-class CountingCollator:
-    """The objective's collator, counting the real tokens it batches (for tokens/s)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.tokens = 0
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.inner(features)
-        mask = batch.get("attention_mask")
-        if mask is not None:
-            self.tokens += int(mask.sum())
-        return batch
-
-
 __all__ = [
     "LOG_COLUMNS",
     "SPECTRA_COLUMNS",
     "VALIDATION_COLUMNS",
-    "CountingCollator",
     "EarlyStopping",
     "FiniteLoss",
     "GradientCheck",

@@ -152,6 +152,16 @@ class QuantizedLoraMethod(LoraMethod):
 
     sections = {"lora": LoraSection, "quant": QuantConfig}
 
+    def check(self, config: TuneConfig) -> None:
+        args = config.training_arguments()
+        if config.attn_implementation == "flash_attention_2" and not (args.get("bf16")
+                                                                      or args.get("fp16")):  # fmt: skip
+            raise SpectuneError(
+                f"attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
+                f"{config.method} keeps the layers it does not quantize in float32; set "
+                "train.bf16=true (autocast)"
+            )
+
     def load_base(self, ctx: BuildContext) -> tuple[nn.Module, list[str]]:
         return load_4bit_base(ctx.model_dir, ctx.config)
 

@@ -383,12 +383,14 @@ def check_same_vocabulary(teacher_dir: Path, student_dir: Path, *, what: str) ->
 
 
 def load_teacher(source: TeacherSource, *, progress: bool = False) -> Any:
-    """The teacher model in float32, eval mode, no parameter requiring a gradient."""
+    """The teacher model in float32, eval mode, no parameter requiring a gradient, on the
+    device training uses (:func:`spectune.finetune.hardware.to_compute_device`)."""
     import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from spectune.finetune import hardware
     from spectune.finetune.methods.base import load_float_base
 
     if source.kind == "context":
@@ -410,7 +412,7 @@ def load_teacher(source: TeacherSource, *, progress: bool = False) -> Any:
             model = method.load(ctx, base, source.path / "adapter")
     model.eval()
     model.requires_grad_(False)
-    return model
+    return hardware.to_compute_device(model)  # beside the student the Trainer places
 
 
 # --------------------------------------------------------------------------- prompts

@@ -999,6 +999,7 @@ class LiPO(Objective):
     def prepare(self, ctx: JudgeContext) -> LipoState:
         """Build on-policy lists (if asked), tokenize, and compute the reference log-probs of
         every training, validation and held-out response with the base model, once."""
+        from spectune.finetune import hardware
         from spectune.finetune.data import pad_token_id
         from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
 
@@ -1006,6 +1007,7 @@ class LiPO(Objective):
         # the base as the method loads it (model_dtype, attention kernel): rewards start at 0
         dtype, _ = resolve_model_dtype(config.model_dtype)
         base = load_float_base(ctx.model_dir, dtype, attn_implementation=config.attn_implementation)
+        base = hardware.to_compute_device(base)
         info: dict[str, Any] = {}
         train_lists, val_lists = ctx.data.train, ctx.data.validation
         if sec.lists == "on_policy" and config.data.train == "tasks":
