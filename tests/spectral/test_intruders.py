@@ -122,5 +122,5 @@ def test_analyze_delta_intruders_and_missing_base():
     by = d.set_index("longname")
     assert by.loc["layer", "num_intruders"] == 1
     assert by.loc["other", "num_intruders"] == 0
-    with pytest.raises(SpectuneError, match="peft=True .* or delta=True"):
+    with pytest.raises(SpectuneError, match="peft=True .* delta=True .* or plus_base=True"):
         analyze(tuned, base=tuned, intruders=True, progress=False)
