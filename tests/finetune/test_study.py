@@ -43,7 +43,20 @@ def test_lr_search_picks_the_planted_optimum_of_a_fake_objective():
     )
     assert tie.chosen == pytest.approx(1e-4)
     none = search_learning_rate("x", [1.0], lambda lr: (_ for _ in ()).throw(ValueError("bad")))
-    assert none.chosen is None
+    assert none.chosen is None and none.at_edge is None
+    assert s.at_edge is None and tie.at_edge is None  # optima inside the grid
+
+
+def test_lr_search_says_when_the_best_rate_is_at_the_grid_edge():
+    """Accuracy rising with the rate over the whole grid (what this project's first study
+    found for every method with two rates): the chosen rate is the largest, and the search
+    says so; the mirror case names the smallest; one rate is no search."""
+    rising = search_learning_rate("lora", [1e-3, 3e-3], lambda lr: (lr * 100, 1.0))
+    assert rising.chosen == pytest.approx(3e-3) and rising.at_edge == "largest"
+    falling = search_learning_rate("full", [2e-5, 1e-4, 3e-4], lambda lr: (-lr, 1.0))
+    assert falling.chosen == pytest.approx(2e-5) and falling.at_edge == "smallest"
+    single = search_learning_rate("frog", [1e-3], lambda lr: (0.5, 1.0))
+    assert single.chosen == pytest.approx(1e-3) and single.at_edge is None
 
 
 def test_study_config_is_checked_and_changes_are_named(tiny_model_dir):

@@ -187,6 +187,16 @@ class LRSearch:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def at_edge(self) -> str | None:
+        """``"largest"`` / ``"smallest"`` when the chosen rate is the grid's largest or smallest
+        of several: the best rate may lie beyond the grid. None otherwise."""
+        if self.chosen is None or len(self.rates) < 2:
+            return None
+        if self.chosen == max(self.rates):
+            return "largest"
+        return "smallest" if self.chosen == min(self.rates) else None
+
 
 def search_learning_rate(
     method: str,
@@ -689,6 +699,9 @@ def study(
             searches[method] = s = search_learning_rate(method, rates, one)
             say(f"[lr search] {method}: chose {s.chosen:g}" if s.chosen else
                 f"[lr search] {method}: every rate failed")  # fmt: skip
+            if s.at_edge:
+                say(f"[lr search] {method}: {s.chosen:g} is the {s.at_edge} rate of the grid; the "
+                    f"best may lie beyond it: extend study.lr_grid.{method}")  # fmt: skip
         folder.update(lr_chosen={m: s.chosen for m, s in searches.items()})
 
         # 2. the real runs: method x grid point x seed at the chosen rate
@@ -747,6 +760,9 @@ def study(
                  f"{spec.validation} training examples (seed {spec.lr_seed}), never the held-out "
                  "questions: " + ", ".join(f"{m} {s.chosen:g}" if s.chosen else f"{m} failed"
                                             for m, s in searches.items()),
+                 *[f"learning-rate search of {m}: the chosen {s.chosen:g} is the {s.at_edge} rate "
+                   f"of the grid {[float(f'{r:g}') for r in s.rates]}; the best may lie beyond it: "
+                   f"extend study.lr_grid.{m}" for m, s in searches.items() if s.at_edge],
                  *skipped, *notes]  # fmt: skip
         total = time.perf_counter() - start
         result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
