@@ -123,6 +123,11 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
                for n in result.notes)  # fmt: skip
     corr = next(c for c in result.correlations if c["x"] == "adapter_alpha")
     assert corr["rho"] is None and "at least 5" in corr["reason"]  # 3 runs: undetermined
+    # intruder dimensions are correlated with the outcomes too (Shuttleworth et al.)
+    assert {(c["x"], c["y"]) for c in result.correlations} >= {
+        ("num_intruders", "accuracy_gain"),
+        ("num_intruders", "forgetting"),
+    }
     for name in ("study.json", "results.csv", "report.html", "plots/pareto.png",
                  "plots/lr_search.png", "lr_search/data/validation.jsonl"):  # fmt: skip
         assert (out / name).is_file(), name

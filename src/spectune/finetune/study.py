@@ -60,7 +60,7 @@ STUDY_JSON = "study.json"
 
 #: spectral columns correlated with the outcomes (results.csv names)
 SPECTRAL_COLUMNS = ("adapter_alpha", "base_alpha", "frac_alpha_below_2", "rank90",
-                    "stable_rank", "log_norm")  # fmt: skip
+                    "stable_rank", "log_norm", "num_intruders")  # fmt: skip
 #: outcomes the spectral columns are correlated with
 OUTCOMES = ("accuracy_gain", "forgetting")
 #: metrics of the hyperparameter ranking (the LoRA parameter study's five measures)
