@@ -201,8 +201,9 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
                             param_space={"job": tune.grid_search(todo)},
                             trial_name=lambda config: jobs[config["job"]].name,
                             progress=progress)  # fmt: skip
+            index = {jobs[i].name: i for i in todo}
             for result in grid:
-                i = result.config["job"]
+                i = index[trial_name_of(result)]
                 if result.error is not None:
                     results[i] = (None, trial_error(result.error))
                 elif "spectune_metrics" in (result.metrics or {}):
@@ -227,6 +228,12 @@ def _job_trainable(config: dict[str, Any], *, run_fn: Callable[..., Any], jobs: 
     if error is not None:
         raise TrialFailed(error)
     tune.report({"spectune_metrics": json.dumps(metrics.to_dict())})
+
+
+def trial_name_of(result: Any) -> str:
+    """The spectune name of a Ray Tune result: its trial folder's (``trial_dirname_creator``);
+    ``result.config`` is empty for a trial that failed before it reported."""
+    return Path(result.path).name
 
 
 def trial_error(exc: BaseException) -> str:
@@ -428,5 +435,6 @@ __all__ = [
     "run_job",
     "start_ray",
     "trial_error",
+    "trial_name_of",
     "tune_fit",
 ]

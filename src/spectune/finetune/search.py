@@ -588,7 +588,7 @@ def _run_ray(study: Any, storage: Any, sampler: Any, planner: Planner,
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from spectune.finetune.backends import trial_error, tune_fit
+    from spectune.finetune.backends import trial_error, trial_name_of, tune_fit
 
     searcher = OptunaSearch(space=planner, metric=[o.name for o in objectives],
                             mode=[o.mode for o in objectives], sampler=sampler,
@@ -599,7 +599,7 @@ def _run_ray(study: Any, storage: Any, sampler: Any, planner: Planner,
                     num_samples=n, search_alg=searcher)  # fmt: skip
     for result in grid:
         if result.error is not None:
-            name = result.config["spectune"]["run"]
+            name = trial_name_of(result)
             errors[name] = trial_error(result.error)
             print(f"spectune: trial {name} failed: {errors[name]}", file=sys.stderr)
 
@@ -745,7 +745,7 @@ def search(
                   + (f" (again: {', '.join(retried)})" if retried else ""), file=sys.stderr)  # fmt: skip
         errors: dict[str, str] = {}
         if n and backend.name == "ray":
-            _run_ray(study, storage, sampler_obj, planner, objs, n, backend, run_fn, progress,
+            _run_ray(study, storage, study.sampler, planner, objs, n, backend, run_fn, progress,
                      errors)  # fmt: skip
         elif n:
             _run_local(study, planner, objs, n, trials, len(done), run_fn, progress, folder,
