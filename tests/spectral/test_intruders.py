@@ -122,5 +122,10 @@ def test_analyze_delta_intruders_and_missing_base():
     by = d.set_index("longname")
     assert by.loc["layer", "num_intruders"] == 1
     assert by.loc["other", "num_intruders"] == 0
+    # the same tuned matrices given as updates on the base (plus_base): the same counts
+    base = {"layer.weight": W0, "other.weight": base_matrix(seed=9)}
+    update = {k: tuned[k] - base[k] for k in tuned}
+    plus = analyze(update, base=base, plus_base=True, intruders=True, progress=False)
+    assert plus.set_index("longname")["num_intruders"].to_dict() == {"layer": 1, "other": 0}
     with pytest.raises(SpectuneError, match="peft=True .* delta=True .* or plus_base=True"):
         analyze(tuned, base=tuned, intruders=True, progress=False)
