@@ -82,6 +82,12 @@ def test_spearman_agrees_with_scipy_and_is_undetermined_with_few_runs():
     assert flat.rho is None and "a is the same" in flat.reason
     missing = spearman([1, 2, None, 4, 5, 6], [2, 1, 5, None, 3, 6])
     assert missing.n == 4 and missing.rho is None
+    # two values (full fine-tuning's base against everyone else's): groups, not a trend
+    two = spearman([6.46, 6.48, 6.48, 6.46, 6.48, 6.48], [1, 2, 3, 4, 5, 6], names=("base", "g"))
+    assert two.rho is None and "base takes only 2 distinct values over the 6 runs" in two.reason
+    three = spearman([1, 1, 2, 2, 3, 3], [1, 2, 3, 4, 5, 6], unit="layer")
+    assert three.rho == pytest.approx(spearmanr([1, 1, 2, 2, 3, 3], range(6)).statistic)
+    assert "4 layer(s)" in spearman([1, 2, 3, 4], [1, 2, 3, 4], unit="layer").reason
 
 
 def test_variance_explained_finds_the_planted_parameter():

@@ -177,5 +177,38 @@ def test_study_on_the_tiny_model_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert {s["method"] for s in result.lr_search} == {"lora", "full"}
     assert "lora.r" in result.effects["accuracy_gain"][0]["parameter"]
     assert (out / "plots/param_lora_r.png").is_file()
+    # each run's layers: base alpha against the update's (groups in order, then their runs)
+    assert [c["run"] for c in result.layer_correlations] == names
+    assert all(c["n"] > 0 for c in result.layer_correlations)
+    assert (out / "plots/layer_alpha_vs_base.png").is_file()
     assert main(["advise", str(out)]) == 0
     assert "Recommendation:" in capsys.readouterr().out
+
+
+def _details(folder, base, tuned, statuses=None):
+    spectra = folder / "spectra"
+    spectra.mkdir(parents=True)
+    lines = ["layer_id,longname,status,alpha,base_alpha,base_status"]
+    for i, (b, a) in enumerate(zip(base, tuned, strict=True)):
+        st = (statuses or ["success"] * len(base))[i]
+        lines.append(f"{i},layer{i},{st},{a},{b},success")
+    (spectra / "details.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_layer_alpha_correlation_reads_a_runs_layers(tmp_path):
+    from scipy.stats import spearmanr
+
+    from spectune.finetune.study import layer_alpha_correlation
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(2, 20, size=40)
+    tuned = 1.5 + 0.05 * base + rng.normal(0, 0.2, size=40)  # planted: rises with the base
+    _details(tmp_path / "a", base, tuned)
+    c = layer_alpha_correlation(tmp_path / "a")
+    assert c.n == 40 and c.rho == pytest.approx(spearmanr(base, tuned).statistic, abs=1e-12)
+    assert c.resolved and c.low > 0
+    # failed fits are left out; a run without spectra has no answer
+    _details(tmp_path / "b", base[:6], tuned[:6], ["success"] * 4 + ["failed", "failed"])
+    few = layer_alpha_correlation(tmp_path / "b")
+    assert few.n == 4 and few.rho is None and "4 layer(s)" in few.reason
+    assert layer_alpha_correlation(tmp_path / "none") is None

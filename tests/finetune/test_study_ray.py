@@ -200,7 +200,7 @@ def test_a_study_on_ray_records_a_failed_trial_while_the_others_finish(ray_2cpus
     assert next(s for s in result.lr_search if s["method"] == "lora")["chosen"] in (1e-3, 1e-2)
     trials = [out / "lr_search" / n for n in ("lora-lr0.001", "lora-lr0.01", "full-lr0.0001")]
     # two of the three learning-rate trials at the same time (which two is Ray's choice)
-    assert any(_overlap(a, b) for i, a in enumerate(trials) for b in trials[i + 1:])
+    assert any(_overlap(a, b) for i, a in enumerate(trials) for b in trials[i + 1 :])
     assert "failed: planted failure" in (out / "results.csv").read_text()
 
 

@@ -292,16 +292,20 @@ def spearman(
     *,
     names: tuple[str, str] = ("x", "y"),
     min_n: int = 5,
+    min_distinct: int = 3,
+    unit: str = "run",
     level: float = 0.95,
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> Correlation:
     """Spearman's rho of ``x`` and ``y`` (pairs with a missing value dropped) and a bootstrap
-    interval over the pairs (runs).
+    interval over the pairs (runs, or layers: ``unit`` names them in the reasons).
 
     Returns:
-        A :class:`Correlation`; with fewer than ``min_n`` complete pairs or a constant column,
-        ``rho`` is None and ``reason`` says why.
+        A :class:`Correlation`; with fewer than ``min_n`` complete pairs, a constant column, or
+        a column with fewer than ``min_distinct`` distinct values (two values make the rank
+        correlation a difference between two groups, not a trend), ``rho`` is None and
+        ``reason`` says why.
     """
     _check_level(level)
     pairs = [(float(a), float(b)) for a, b in zip(x, y, strict=True)
@@ -309,13 +313,19 @@ def spearman(
     n = len(pairs)
     if n < min_n:
         return Correlation(names[0], names[1], n, level=level,
-                           reason=f"{n} run(s) with both values; a correlation needs at least "
-                                  f"{min_n}")  # fmt: skip
+                           reason=f"{n} {unit}(s) with both values; a correlation needs at "
+                                  f"least {min_n}")  # fmt: skip
     xa, ya = (np.array(v) for v in zip(*pairs, strict=True))
     for name, col in zip(names, (xa, ya), strict=True):
         if np.ptp(col) == 0:
             return Correlation(names[0], names[1], n, level=level,
-                               reason=f"{name} is the same in every run")  # fmt: skip
+                               reason=f"{name} is the same in every {unit}")  # fmt: skip
+        distinct = len(np.unique(col))
+        if distinct < min_distinct:
+            return Correlation(names[0], names[1], n, level=level,
+                               reason=f"{name} takes only {distinct} distinct values over the "
+                                      f"{n} {unit}s: a difference between groups, not a "
+                                      "trend")  # fmt: skip
     rho = _spearman_rho(xa, ya)
     rng = np.random.default_rng(seed)
     boots = []

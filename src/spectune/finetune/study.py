@@ -300,6 +300,8 @@ class StudyResult:
     failed_runs: dict[str, str]
     total_seconds: float | None = None
     schema_version: int = 1
+    #: per run, Spearman over its layers of the base layer's alpha and the update's alpha
+    layer_correlations: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,6 +334,40 @@ def _frac_below_2(run_dir: Path) -> float | None:
     return sum(a < 2 for a in alphas) / len(alphas) if alphas else None
 
 
+def _layer_alphas(run_dir: Path) -> list[tuple[float, float]]:
+    """(base alpha, update alpha) of every layer of a run's spectra whose two fits succeeded."""
+    import csv
+
+    path = run_dir / "spectra" / "details.csv"
+    if not path.is_file():
+        return []
+    pairs = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("status", "success") != "success" or row.get("base_status") != "success":
+                continue
+            try:
+                a, b = float(row.get("alpha", "nan")), float(row.get("base_alpha", "nan"))
+            except ValueError:
+                continue
+            if math.isfinite(a) and math.isfinite(b):
+                pairs.append((b, a))
+    return pairs
+
+
+def layer_alpha_correlation(run_dir: Path) -> Any:
+    """Does the base layer's alpha predict the alpha of what training changed in that layer
+    (the WeightWatcher PEFT blog's question)? Spearman over the run's layers, with a
+    bootstrap interval over layers; None when the run has no spectra with the base's."""
+    from spectune.finetune.stats import spearman
+
+    pairs = _layer_alphas(run_dir)
+    if not pairs:
+        return None
+    base, tuned = zip(*pairs, strict=True)
+    return spearman(base, tuned, names=("base_alpha", "adapter_alpha"), unit="layer")
+
+
 def study_row(outcome: Any, run_dir: Path) -> dict[str, Any]:
     """A run's row of results.csv with the study's columns (gain, forgetting, spectra)."""
     row = {**outcome.row(), "name": outcome.name}  # the folder's name under runs/
@@ -351,8 +387,9 @@ def study_row(outcome: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def analyze_study(folder: Path, rows: list[dict[str, Any]], groups: dict[str, list[str]],
-                  varied: list[str]) -> tuple[list, list, dict, list, Any, list[str]]:  # fmt: skip
-    """Summaries, paired differences, effects, correlations, advice and notes of a study.
+                  varied: list[str]) -> tuple[list, list, dict, list, Any, list[str], list]:  # fmt: skip
+    """Summaries, paired differences, effects, correlations, advice, notes and per-layer
+    correlations (base alpha against the update's alpha, one per run) of a study.
 
     Args:
         folder: the study folder (``runs/<name>/predictions.jsonl`` are read).
@@ -418,11 +455,31 @@ def analyze_study(folder: Path, rows: list[dict[str, Any]], groups: dict[str, li
             diffs.append(d.to_dict())
     effects = {m: [e.to_dict() for e in variance_explained(done, varied, m)]
                for m in (*EFFECT_METRICS, "accuracy_gain")} if varied else {}  # fmt: skip
-    corrs = []
+    corrs, layer_notes = [], []
     for x in SPECTRAL_COLUMNS:
         for y in OUTCOMES:
             c = spearman([r.get(x) for r in done], [r.get(y) for r in done], names=(x, y))
             corrs.append(c.to_dict() | {"text": c.text()})
+    layer_corrs = []
+    for cname, names in groups.items():
+        per_seed = []
+        for n in names:
+            r = by_name[n]
+            if r.get("status") != "complete":
+                continue
+            c = layer_alpha_correlation(folder / "runs" / n)
+            if c is not None:
+                layer_corrs.append(c.to_dict() | {"candidate": cname, "method": r["method"],
+                                                  "run": n, "seed": r.get("seed"),
+                                                  "text": c.text()})  # fmt: skip
+                per_seed.append(c)
+        if per_seed:
+            ok = [c.rho for c in per_seed if c.rho is not None]
+            mean = f"mean {sum(ok) / len(ok):+.2f} over {len(ok)} runs; " if len(ok) > 1 else ""
+            layer_notes.append(
+                f"{cname}: base layer alpha vs the update's alpha over its {per_seed[0].n} "
+                f"layers (Spearman, per run): {mean}" + "; ".join(c.text() for c in per_seed)
+            )
     advice = advise(candidates) if candidates else None
     notes = []
     for s in summaries:
@@ -444,10 +501,11 @@ def analyze_study(folder: Path, rows: list[dict[str, Any]], groups: dict[str, li
                                                    for e in top))  # fmt: skip
     for c in corrs:
         notes.append(f"Spearman {c['x']} vs {c['y']}: {c['text']}")
+    notes += layer_notes
     if advice is not None:
         notes.append(advice.text().replace("\n\n", "\n"))
     return ([asdict(s) for s in summaries], diffs, effects, corrs,
-            None if advice is None else advice.to_dict(), notes)  # fmt: skip
+            None if advice is None else advice.to_dict(), notes, layer_corrs)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- plots
@@ -536,6 +594,37 @@ def study_figures(summaries: list[dict], searches: list[LRSearch], rows: list[di
         fig.tight_layout()
         figs["alpha_vs_outcomes.png"] = fig
     return figs, skipped
+
+
+def layer_alpha_figure(folder: Path, rows: list[dict]) -> Any:
+    """Base layer alpha against the update's alpha, layer by layer, for the first finished run
+    of each method (the blog's scatter); None without spectra."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    firsts: dict[str, str] = {}
+    for r in rows:
+        if r.get("status") == "complete":
+            firsts.setdefault(r["method"], r["name"])
+    points = {m: _layer_alphas(folder / "runs" / n) for m, n in firsts.items()}
+    points = {m: p for m, p in points.items() if p}
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for m, p in points.items():
+        ax.scatter(*zip(*p, strict=True), s=8, alpha=0.6, label=f"{m} ({firsts[m]})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.axhline(2, color="grey", lw=0.8, ls="--")
+    ax.axvline(6, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("base layer alpha")
+    ax.set_ylabel("alpha of the update (adapter)")
+    ax.set_title("Does base alpha predict adapter alpha? (one point per layer)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------- the study
@@ -748,8 +837,13 @@ def study(
         import csv
         import io
 
-        summaries, diffs, effects, corrs, advice, notes = analyze_study(out, rows, groups, varied)
+        summaries, diffs, effects, corrs, advice, notes, layer_corrs = analyze_study(
+            out, rows, groups, varied
+        )
         figs, skipped = study_figures(summaries, list(searches.values()), rows, varied)
+        fig = layer_alpha_figure(out, rows)
+        if fig is not None:
+            figs["layer_alpha_vs_base.png"] = fig
         skipped += [f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
                     "needs several" for k, v in spec.grid.items() if len(v) == 1]  # fmt: skip
         half = [s["accuracy_gain"]["half_width"] for s in summaries if s["accuracy_gain"]]
@@ -766,7 +860,8 @@ def study(
                  *skipped, *notes]  # fmt: skip
         total = time.perf_counter() - start
         result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
-                             rows, summaries, diffs, effects, corrs, advice, notes, failed, total)  # fmt: skip
+                             rows, summaries, diffs, effects, corrs, advice, notes, failed, total,
+                             layer_correlations=layer_corrs)  # fmt: skip
         columns: list[str] = []
         for r in rows:
             columns += [k for k in r if k not in columns]
@@ -795,6 +890,8 @@ __all__ = [
     "StudySpec",
     "analyze_study",
     "changed_fields",
+    "layer_alpha_correlation",
+    "layer_alpha_figure",
     "plan_configs",
     "search_learning_rate",
     "split_study_config",
