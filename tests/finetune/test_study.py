@@ -140,9 +140,10 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
         marker["kind"] == "study" and marker["status"] == "failed" and "frog-s1" in marker["error"]
     )
 
-    # resume with the same config: nothing new fails, the result is the same
+    # resume with the same config: nothing new fails, the result is the same; the time adds up
     again = study(data=data, out=out, resume=True, progress=False, run_fn=_fake_run())
     assert again.failed_runs == {} and again.advice["choice"] == "lora"
+    assert again.total_seconds > result.total_seconds > 0
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     # resume with a changed config names the fields
     changed = _study_data(tiny_model_dir, grid={"lora.lora_dropout": [0.0]}, seeds=3)

@@ -298,6 +298,7 @@ class StudyResult:
     advice: dict[str, Any] | None
     notes: list[str]
     failed_runs: dict[str, str]
+    #: wall-clock seconds of the sessions that ran the study (a resumed one adds its own)
     total_seconds: float | None = None
     schema_version: int = 1
     #: per run, Spearman over its layers of the base layer's alpha and the update's alpha
@@ -739,8 +740,13 @@ def study(
                     f"--resume: this study config differs from the one {out} started with (in: "
                     f"{', '.join(diff)}); resume with {saved} or start over with --overwrite"
                 )
+        earlier = 0.0  # the sessions before this one, as the last study.json recorded them
         if resume:
             folder.resumed()
+            try:
+                earlier = float(json.loads((out / STUDY_JSON).read_text())["total_seconds"] or 0)
+            except (OSError, ValueError, KeyError, TypeError):
+                earlier = 0.0
         folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",
                    "comparison.json", "plots", "report.html", STUDY_JSON, "study.md")  # fmt: skip
         write_text(
@@ -858,7 +864,7 @@ def study(
                    f"of the grid {[float(f'{r:g}') for r in s.rates]}; the best may lie beyond it: "
                    f"extend study.lr_grid.{m}" for m, s in searches.items() if s.at_edge],
                  *skipped, *notes]  # fmt: skip
-        total = time.perf_counter() - start
+        total = earlier + time.perf_counter() - start
         result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
                              rows, summaries, diffs, effects, corrs, advice, notes, failed, total,
                              layer_correlations=layer_corrs)  # fmt: skip
