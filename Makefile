@@ -53,7 +53,7 @@ demo: $(STAMP)
 # SPECTUNE_REQUIRE_ANCHORS=1: a parity test whose anchor (weightwatcher, powerlaw, trl...) is
 # missing fails instead of skipping
 test: $(STAMP_DEV)
-	SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest -m "slow or not slow" --durations=30 $(PYTEST_ARGS)
 
 test-fast: $(STAMP_DEV)
 	$(PY) -m pytest $(PYTEST_ARGS)
