@@ -151,4 +151,24 @@ class Objective:
         return f"<objective {self.name or type(self).__name__}: {self.description}>"
 
 
-__all__ = ["JudgeContext", "Objective", "RunData", "TrainData"]
+def token_mean(trainer: Any, total: Any, n: Any, num_items_in_batch: Any = None) -> Any:
+    """A loss summed over ``n`` labelled tokens, as the Trainer expects it back.
+
+    When the Trainer counts the labelled tokens of the whole optimizer step
+    (``num_items_in_batch``: over the gradient accumulation steps and, with
+    ``average_tokens_across_devices``, over the processes) the sum is divided by that count
+    and multiplied by the number of processes, as the Trainer's own ``compute_loss`` does:
+    DDP averages the processes' gradients, so the step's gradient is the mean over every
+    token of the global batch, the one a single process with the whole batch computes.
+    Otherwise it is the batch's own mean.
+    """
+    if num_items_in_batch is not None and getattr(trainer, "model_accepts_loss_kwargs", False):
+        loss = total / num_items_in_batch
+        args = trainer.args
+        if args.average_tokens_across_devices and args.world_size > 1:
+            loss = loss * trainer.accelerator.num_processes
+        return loss
+    return total / max(n, 1)
+
+
+__all__ = ["JudgeContext", "Objective", "RunData", "TrainData", "token_mean"]

@@ -81,7 +81,13 @@ from typing import TYPE_CHECKING, Any
 from spectune import _check as check
 from spectune.errors import SpectuneError
 from spectune.finetune.objectives import register_objective
-from spectune.finetune.objectives.base import JudgeContext, Objective, RunData, TrainData
+from spectune.finetune.objectives.base import (
+    JudgeContext,
+    Objective,
+    RunData,
+    TrainData,
+    token_mean,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -852,7 +858,7 @@ class Distill(Objective):
                                      rationale_weight=sec.rationale_weight)  # fmt: skip
         if num_items_in_batch is not None and trainer.model_accepts_loss_kwargs:
             # the Trainer then does not divide by the gradient accumulation steps itself
-            return loss * n / num_items_in_batch
+            return token_mean(trainer, loss * n, n, num_items_in_batch)
         return loss
 
     def judge(self, ctx: JudgeContext, model: Any, phase: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from spectune.errors import SpectuneError
 from spectune.finetune.objectives import register_objective
-from spectune.finetune.objectives.base import Objective, RunData, TrainData
+from spectune.finetune.objectives.base import Objective, RunData, TrainData, token_mean
 
 if TYPE_CHECKING:
     from spectune.finetune.config import TuneConfig
@@ -90,10 +90,7 @@ class SFT(Objective):
         nll, n = labelled_nll(
             parts, inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         )
-        if num_items_in_batch is not None and trainer.model_accepts_loss_kwargs:
-            # the Trainer then expects the loss already divided across gradient accumulation
-            return nll / num_items_in_batch
-        return nll / max(n, 1)
+        return token_mean(trainer, nll, n, num_items_in_batch)
 
 
 register_objective("sft", SFT())
