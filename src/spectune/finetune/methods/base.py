@@ -11,6 +11,8 @@ hook                          what it does (default)
 ``sections``                  config sections the method reads, name -> dataclass
                               (``{"lora": LoraSection}``); validated with the rest of the config
 ``uses_target_modules``       whether ``target_modules`` / ``exclude_modules`` matter (True)
+``shardable``                 whether FSDP may shard the model (False: a run with FSDP is
+                              refused, saying ``unshardable``: why not); DDP needs nothing
 ``settings``                  table column -> dotted config key, the method's headline
                               settings in results tables (``{"r": "lora.r"}``)
 ``check(config)``             cross-field checks when the config is validated (none)
@@ -133,6 +135,10 @@ class Method:
             share a section (the LoRA family shares ``lora``) must declare the same class.
         uses_target_modules: whether ``target_modules`` / ``exclude_modules`` matter.
         settings: results-table column -> dotted config key.
+        shardable: whether FSDP may shard the model: its trainable tensors are plain dense
+            parameters that FSDP can flatten and gather, and it keeps no state of its own
+            outside them (False, the safe default: a run with FSDP is refused).
+        unshardable: why not, for the refusal ("bitsandbytes 4-bit weights...").
     """
 
     name: str = ""
@@ -140,6 +146,8 @@ class Method:
     sections: Mapping[str, type] = {}
     uses_target_modules: bool = True
     settings: Mapping[str, str] = {}
+    shardable: bool = False
+    unshardable: str = "spectune has not checked it with FSDP (Method.shardable is False)"
 
     # -- config --------------------------------------------------------------------------
 

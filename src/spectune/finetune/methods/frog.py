@@ -127,6 +127,8 @@ class FrogMethod(Method):
     description = "spectune FROG: a sparse delta on the top SVD-relevance weights"
     sections = {"frog": FrogSection}
     settings = {"frog_budget": "frog.budget"}
+    unshardable = ("FROG's sparse deltas (index buffers and value vectors per layer, saved in its "
+                   "own checkpoint format from the whole layers) cannot be sharded")  # fmt: skip
 
     def check(self, config: TuneConfig) -> None:
         fc = frog_config(config)

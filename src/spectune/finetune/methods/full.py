@@ -22,6 +22,7 @@ class FullMethod(Method):
 
     description = "full fine-tuning: every parameter (the reference)"
     uses_target_modules = False
+    shardable = True  # every weight is a plain parameter: what FSDP was made for
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         model.requires_grad_(True)

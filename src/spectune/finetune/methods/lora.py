@@ -80,6 +80,7 @@ class LoraMethod(PeftMethod):
 
     sections = {"lora": LoraSection}
     settings = {"r": "lora.r", "lora_alpha": "lora.lora_alpha", "lora_dropout": "lora.lora_dropout"}
+    shardable = True  # dense A, B (and DoRA's magnitudes) on a float base: FSDP shards them
 
     def __init__(self, description: str, *, rslora: bool = False, dora: bool = False,
                  init: bool | str = True) -> None:  # fmt: skip

@@ -52,6 +52,12 @@ class MutatedInitLora(LoraMethod):
     """A LoRA whose initialisation changes the base weights (PiSSA, OLoRA): saves the initial
     adapter and converts the trained one into a plain LoRA adapter on the original base."""
 
+    shardable = False
+    unshardable = (
+        "its initialisation rewrites the base weights and its adapter is converted against the "
+        "initial one when saved; spectune has not checked that with FSDP"
+    )
+
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         built = super().build(ctx, model)
         initial = ctx.workdir / INITIAL_ADAPTER

@@ -151,6 +151,9 @@ class QuantizedLoraMethod(LoraMethod):
     """LoRA (or DoRA) on a 4-bit base."""
 
     sections = {"lora": LoraSection, "quant": QuantConfig}
+    shardable = False
+    unshardable = ("its base weights are bitsandbytes 4-bit blocks (Params4bit with their "
+                   "quantization state), which spectune does not shard")  # fmt: skip
 
     def check(self, config: TuneConfig) -> None:
         args = config.training_arguments()

@@ -50,6 +50,8 @@ class ShiraMethod(PeftMethod):
     description = "peft SHiRA: a sparse delta at r (in + out) random positions per target"
     sections = {"shira": ShiraSection}
     settings = {"r": "shira.r"}
+    unshardable = ("its sparse delta (fixed indices and a value vector per matrix) has not been "
+                   "checked with FSDP")  # fmt: skip
 
     def peft_config(self, config: TuneConfig, targets: list[str]) -> Any:
         from peft import ShiraConfig
