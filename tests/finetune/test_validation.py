@@ -45,12 +45,10 @@ def _batches(features: list, collator, size: int):
 # --------------------------------------------------------------------------- data
 
 
-@pytest.fixture(scope="module")
-def fruit_files(tmp_path_factory) -> dict[str, Path]:
+def write_fruit_files(folder: Path) -> dict[str, Path]:
     """A file whose validation split (data.n_validation=8, seed 0: planted with
     split_validation) answers "banana ..." where every training example answers "apple ...":
     training on apples makes the validation loss rise. A held-out file of 4 questions."""
-    folder = tmp_path_factory.mktemp("fruit")
     n_rows, n_val = 40, 8
     _, val_idx = split_validation(list(range(n_rows)), n_val, 0)
     rows = [{"instruction": f"Name a fruit ({i}).", "category": "fruit",
@@ -61,6 +59,11 @@ def fruit_files(tmp_path_factory) -> dict[str, Path]:
     (folder / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
     return {"train": folder / "train.jsonl", "eval": folder / "heldout.jsonl",
             "val_idx": val_idx}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fruit_files(tmp_path_factory) -> dict[str, Path]:
+    return write_fruit_files(tmp_path_factory.mktemp("fruit"))
 
 
 def _fruit_config(model_dir: Path, files: dict, method: str = "lora", **train) -> dict:

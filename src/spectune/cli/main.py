@@ -33,6 +33,9 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: the subcommands that run as several processes under torchrun / accelerate launch
+LAUNCHABLE = ("tune",)
+
 #: OSError numbers that say something about the user's files, not about spectune's code
 _ENVIRONMENT_ERRNOS = {
     errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
@@ -81,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_libraries(verbose=args.verbose)
     try:
+        if args.command not in LAUNCHABLE and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+            raise SpectuneError(
+                f"spectune {args.command} runs in one process; of the commands only "
+                f"{', '.join(sorted(LAUNCHABLE))} can be launched with torchrun or accelerate "
+                "launch (several processes)"
+            )
         return int(args._run(args) or 0)
     except SpectuneError as exc:
         if debug:

@@ -41,17 +41,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectune.finetune import distributed
+
+    if distributed.active():
+        return run_launched(args)
+    config = load_run_config(args)
+    result = tune_with(args, config)
+    show_run(result.metrics)
+    print(f"results in {result.out} (open {result.out / 'report.html'})")
+    return 0
+
+
+def load_run_config(args: argparse.Namespace) -> object:
+    """The run's config from the command line (the folder checked writable first)."""
     from pathlib import Path
 
     from spectune._io import check_writable_dir
     from spectune.cli._common import split_config_and_overrides
     from spectune.errors import SpectuneError
+    from spectune.finetune import distributed
     from spectune.finetune.config import load_config
-    from spectune.finetune.recipe import tune
 
     config_path, overrides = split_config_and_overrides(args)
+    fix = "pass a folder you can write to"
+    if distributed.active():
+        fix = ("pass a folder every process can write to (each writes its part of the "
+               "checkpoints; on several machines, a shared file system)")  # fmt: skip
     if args.out:
-        check_writable_dir(args.out, "--out")  # before any work, not after training
+        check_writable_dir(args.out, "--out", fix)  # before any work, not after training
     if args.keep_checkpoints:
         overrides.append("train.keep_checkpoints=true")
     saved = False
@@ -70,10 +87,62 @@ def run(args: argparse.Namespace) -> int:
         )
     # a config saved by an older version holds every section: keep the run's own
     config = load_config(config_path, overrides, foreign_sections="drop" if saved else "error")
-    result = tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,
-                  merge=args.merge, progress=not args.no_progress)  # fmt: skip
-    show_run(result.metrics)
-    print(f"results in {result.out} (open {result.out / 'report.html'})")
+    if not args.out and distributed.active():
+        check_writable_dir(config.output_dir, "output_dir", fix)
+    return config
+
+
+def tune_with(args: argparse.Namespace, config: object) -> object:
+    from spectune.finetune.recipe import tune
+
+    return tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,
+                merge=args.merge, progress=not args.no_progress)  # fmt: skip
+
+
+def run_launched(args: argparse.Namespace) -> int:
+    """``spectune tune`` as one of several processes (torchrun / accelerate launch): every
+    rank checks the command line, then they agree; an error is printed by every rank, which
+    then wait for each other and exit with code 2 (the launcher stops the others when the
+    first one exits: by then every rank has said why, and a stopped rank still exits 2)."""
+    import os
+    import signal
+    import sys
+
+    from spectune.errors import SpectuneError
+    from spectune.finetune import distributed
+
+    config, error = None, None
+    try:
+        config = load_run_config(args)
+    except SpectuneError as exc:
+        error = str(exc)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        error = f"{exc.filename}: {exc.strerror or exc}"
+    failed = False
+    with distributed.session(config) as world:
+        try:
+            distributed.agree(error)
+            result = tune_with(args, config)
+        except SpectuneError as exc:
+            if getattr(args, "debug", False) or os.environ.get("SPECTUNE_DEBUG") == "1":
+                raise
+            # one write of the whole line: the ranks share the launcher's stderr, and print()
+            # writes the text and its newline apart, so two ranks' lines could run together
+            sys.stderr.write(f"spectune: error: {exc}\n")
+            sys.stderr.flush()
+            # the launcher stops the other ranks when the first one exits: this rank's exit
+            # code stays that of the error it printed
+            signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
+            failed = True
+    if failed:  # (the interpreter's shutdown would restore the default SIGTERM handler)
+        sys.stdout.flush()
+        os._exit(2)
+    if world.main:
+        show_run(result.metrics)
+        print(f"results in {result.out} (open {result.out / 'report.html'}); trained by "
+              f"{world.size} processes")  # fmt: skip
     return 0
 
 

@@ -15,6 +15,17 @@ The recipe knows no method or objective by name: it calls their hooks
 (:mod:`spectune.finetune.methods`, :mod:`spectune.finetune.objectives`). A study or a sweep
 runs the same phases with other settings.
 
+Launched as several processes (``torchrun``, ``accelerate launch``: see
+:mod:`spectune.finetune.distributed`), every rank checks (``prepare``), rank 0 alone takes
+the folder and judges the base model (``take_folder``, ``judge_before``) while the others
+wait, every rank builds the same model and trains (DDP, or FSDP for a method whose
+``shardable`` is True), and rank 0 alone saves, judges, analyzes and reports (``finish``).
+During training rank 0 alone writes the logs and analyzes the spectra
+(``eval.spectra_every_steps``; the others wait for it); the processes share the validation
+batches and sum, so every rank sees the same validation loss and early stopping and
+``load_best_model_at_end`` decide alike everywhere. A failure on any rank is the same error
+on every rank.
+
 Results folder (every file written atomically; ``run.json`` is the marker):
 
 ====================  ===============================================================
@@ -107,6 +118,9 @@ class Run:
         data: the objective's data (training records, held-out questions).
         progress: progress output.
         resume: continue from the last checkpoint.
+        main: this process writes the results folder (rank 0; the only one in one process).
+        world_size: the number of processes training together (torchrun / accelerate launch).
+        notes: things the user should know about the run (beside the method's).
         tokenizer, train_data, before, built, after...: what each phase produced
             (``validation``: the validation split's features; ``early_stopping``,
             ``best_step``, ``restored_best``, ``stopped_early``: what training did with it;
@@ -122,6 +136,9 @@ class Run:
     data: RunData
     progress: bool = True
     resume: bool = False
+    main: bool = True
+    world_size: int = 1
+    notes: list[str] = field(default_factory=list)
     tokenizer: Any = None
     objective_state: Any = None
     train_data: TrainData | None = None
@@ -150,14 +167,30 @@ class Run:
     comparison: Any = None
     metrics: RunMetrics | None = None
 
+    _scratch: Path | None = None
+
     @property
     def context(self) -> BuildContext:
         from spectune.finetune.methods.base import BuildContext
 
+        if not self.main:  # the run folder is rank 0's: the others keep files to themselves
+            if self._scratch is None:
+                import tempfile
+
+                self._scratch = Path(tempfile.mkdtemp(prefix="spectune-rank-"))
+            return BuildContext(self.config, self.model_dir, self._scratch, self.progress)
         workdir = self.out / "checkpoints"
         if not self.folder.complete:  # a complete run's checkpoints are gone for good
             workdir.mkdir(parents=True, exist_ok=True)
         return BuildContext(self.config, self.model_dir, workdir, self.progress)
+
+    def cleanup(self) -> None:
+        """Remove what this process kept outside the run folder."""
+        if self._scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 # --------------------------------------------------------------------------- checks
@@ -269,7 +302,20 @@ def _check_resume_config(folder: RunFolder, config: TuneConfig) -> None:
 def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, progress: bool = True) -> Run:  # fmt: skip
     """Phase 1: check what can be checked without weights, take the results folder, write the
-    resolved config. The caller's config is not changed (the run works on a copy)."""
+    resolved config. The caller's config is not changed (the run works on a copy).
+
+    :func:`prepare` then :func:`take_folder` (several processes run the first on every rank,
+    the second on rank 0 only)."""
+    run = prepare(config, out=out, progress=progress)
+    take_folder(run, overwrite=overwrite, resume=resume)
+    return run
+
+
+def prepare(config: TuneConfig, *, out: str | Path | None = None, progress: bool = True) -> Run:
+    """Phase 1a: the checks that need no weights and touch no file (config, model folder,
+    tokenizer, targets, training arguments, data, how the processes train together): the
+    :class:`Run`, its folder not yet taken."""
+    from spectune.finetune import distributed
     from spectune.finetune.methods import get_method
     from spectune.finetune.objectives import get_objective
     from spectune.models import resolve_model_dir
@@ -281,14 +327,35 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    folder = RunFolder(out, "tune")
-    # what can be checked without loading weights is checked before the folder is touched
+    world = distributed.world()
+    method = get_method(config.method)
+    notes = check_parallel(config, method, world.size)
+    if world.size > 1:
+        targs = config.training_arguments()
+        per, acc = targs["per_device_train_batch_size"], targs["gradient_accumulation_steps"]
+        backend = distributed.backend_for(targs.get("ddp_backend"))
+        notes.append(f"trained by {world.size} processes ({backend}): global batch "
+                     f"{per * acc * world.size} = {per} per process x {acc} accumulation "
+                     f"step(s) x {world.size} processes")  # fmt: skip
     model_dir = resolve_model_dir(config.model)
     tokenizer = check_model(model_dir)  # the run's tokenizer, loaded once
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
     data = load_run_data(config)  # the validation split is carved before the folder is made
+    return Run(config, out, RunFolder(out, "tune"), method, objective, model_dir, data,
+               progress=progress, main=world.main, world_size=world.size, notes=notes,
+               tokenizer=tokenizer)  # fmt: skip
+
+
+def take_folder(run: Run, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Phase 1b: take the results folder (refuse / resume / overwrite, then lock it) and write
+    the resolved config; rank 0's alone.
+
+    Returns:
+        The folder's marker (:attr:`RunFolder.state`).
+    """
+    config, out, folder = run.config, run.out, run.folder
     if config.eval.before:
         from spectune.models import check_cache_writable
 
@@ -302,14 +369,72 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
         raise
     if resume:
         folder.resumed()
-    run = Run(config, out, folder, get_method(config.method), objective, model_dir, data,
-              progress=progress, resume=resume, tokenizer=tokenizer)  # fmt: skip
+    run.resume = resume
     if folder.complete:
-        return run
+        return folder.state
     folder.own(CONFIG)
     write_text(out / CONFIG, f"# spectune tune --out {out} (resolved config)\n"
                + yaml_dump(config.to_dict()))  # fmt: skip
-    return run
+    return folder.state
+
+
+def fsdp_requested(config: TuneConfig) -> bool:
+    """Whether the run shards the model with FSDP: ``train.fsdp`` or ``accelerate launch``
+    with an FSDP config (``ACCELERATE_USE_FSDP``)."""
+    import os
+
+    flag = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+    return bool(config.training_arguments().get("fsdp")) or flag
+
+
+def check_parallel(config: TuneConfig, method: Method, world_size: int) -> list[str]:
+    """Refuse FSDP for a method that cannot be sharded; notes on how the processes train.
+
+    Returns:
+        Notes for the run (FSDP asked for on a machine without GPUs...).
+
+    Raises:
+        SpectuneError: FSDP with a method whose ``shardable`` is False, or with
+            ``eval.spectra_every_steps`` (rank 0 would analyze its shard of the weights).
+    """
+    if not fsdp_requested(config):
+        return []
+    ddp = "train it with DDP (remove train.fsdp, or launch without accelerate's FSDP config)"
+    if not method.shardable:
+        from spectune.finetune.methods import METHODS, get_method
+
+        able = [n for n in METHODS.names() if get_method(n).shardable]
+        raise SpectuneError(
+            f"method {config.method!r} cannot be trained with FSDP: {method.unshardable}; "
+            f"{ddp} or pick a method FSDP can shard: {', '.join(able)}"
+        )
+    if config.eval.spectra_every_steps is not None:
+        raise SpectuneError(
+            f"eval.spectra_every_steps={config.eval.spectra_every_steps} cannot be used with "
+            "FSDP: during training each process holds only its shard of the weights, and the "
+            f"spectra are analyzed by rank 0 alone; {ddp}, or remove eval.spectra_every_steps "
+            "(the spectra after training are still analyzed)"
+        )
+    import torch
+
+    if not torch.cuda.is_available() and world_size > 1:
+        return ["FSDP needs GPUs: on the CPU accelerate trains with DDP, every process holding "
+                "the whole model"]  # fmt: skip
+    return []
+
+
+def check_world(run: Run) -> None:
+    """Refuse a launch with more processes than training examples (a process without an
+    example of its own would train on repeats of the others')."""
+    if run.world_size <= 1 or run.train_data is None:
+        return
+    n = len(run.train_data.dataset)
+    if n < run.world_size:
+        raise SpectuneError(
+            f"{run.world_size} processes were launched but the run has only {n} training "
+            f"example(s) (data.n_train, after tokenization): launch at most {n} processes "
+            "(torchrun --nproc_per_node) or give the run more training data"
+        )
 
 
 def _judge_kwargs(config: TuneConfig) -> dict[str, Any]:
@@ -389,13 +514,15 @@ def _judge_context(run: Run) -> Any:
 
 def judge_base(run: Run) -> None:
     """Phase 2: the objective's per-run state and training features; judge the base model
-    (``before.json``)."""
-    from spectune.finetune import hardware
-    from spectune.finetune.methods.base import (
-        load_float_base,
-        load_tokenizer,
-        resolve_model_dtype,
-    )
+    (``before.json``): :func:`prepare_training` then :func:`judge_before`."""
+    prepare_training(run)
+    judge_before(run)
+
+
+def prepare_training(run: Run) -> None:
+    """Phase 2a: the objective's per-run state, the training and validation features (every
+    process)."""
+    from spectune.finetune.methods.base import load_tokenizer
 
     if run.tokenizer is None:
         run.tokenizer = load_tokenizer(run.model_dir)
@@ -411,12 +538,20 @@ def judge_base(run: Run) -> None:
                 f"keeps a response token at data.max_length={run.config.data.max_length}; "
                 "raise data.max_length"
             )
+    check_world(run)
     tok = run.train_data.info
     val = f", {len(run.validation.dataset)} for validation" if run.validation else ""
     _say(f"data: {tok.get('n_kept', len(run.train_data.dataset))} training examples "
          f"({tok.get('n_truncated', 0)} truncated at {tok.get('max_length', '?')} tokens, "
          f"{tok.get('n_dropped', 0)} dropped){val}, {len(run.data.heldout)} held out",
          run.progress)  # fmt: skip
+
+
+def judge_before(run: Run) -> None:
+    """Phase 2b: judge the base model (``before.json``); rank 0's alone."""
+    from spectune.finetune import hardware
+    from spectune.finetune.methods.base import load_float_base, resolve_model_dtype
+
     if not run.config.eval.before:
         return
     result = judge_base_model(run.model_dir, run.tokenizer, run.data.heldout, run.config,
@@ -437,10 +572,12 @@ def build(run: Run) -> None:
 
     from spectune.finetune import hardware
 
-    set_seed(run.config.seed)
-    run.folder.own("checkpoints")  # the method may keep files there (PiSSA's initial adapter)
+    set_seed(run.config.seed)  # the same on every rank: they all build the same start
+    if run.main:
+        run.folder.own("checkpoints")  # the method may keep files there (PiSSA's initial adapter)
     built = build_model(run.method, run.context, tokenizer=run.tokenizer)
-    built.notes.extend(hardware.training_notes(run.config.training_arguments()))
+    built.notes = [*run.notes, *built.notes,
+                   *hardware.training_notes(run.config.training_arguments())]  # fmt: skip
     for note in built.notes:
         _say(f"note: {note}", run.progress)
     _say(f"{run.config.method}: {built.trainable:,} trainable parameters "
@@ -481,6 +618,10 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
     check.unknown_keys("train", args, known, "TrainingArguments", list_valid=False)
     # a NaN loss must reach the log (FiniteLoss stops the run) instead of being averaged away
     args.setdefault("logging_nan_inf_filter", False)
+    from spectune.finetune import distributed
+
+    if distributed.active():  # the group spectune joined (gloo on the CPU, NCCL on GPUs)
+        args["ddp_backend"] = distributed.backend_for(args.get("ddp_backend"))
     for flag in ("gradient_checkpointing", "activation_checkpointing"):
         if args.get(flag) and f"{flag}_kwargs" not in args:
             args[f"{flag}_kwargs"] = {"use_reentrant": False}  # needed with frozen base weights
@@ -498,7 +639,14 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
 def callbacks(run: Run) -> list[Any]:
     """The run's Trainer callbacks: loss log, first-step gradient check, the validation log
     and early stopping (with a validation split), the spectra watch
-    (``eval.spectra_every_steps``), the method's and the objective's."""
+    (``eval.spectra_every_steps``), the method's and the objective's.
+
+    Only rank 0 writes files: the others get no loss or validation log, wait for rank 0's
+    spectra (which it computes alone) and for each checkpoint to be whole before rank 0
+    records its files. Early stopping runs on every rank: the validation loss it reads is
+    the same on all of them (:meth:`~spectune.finetune.trainer.SpectuneTrainer.evaluate`),
+    so they stop at the same step."""
+    from spectune.finetune import distributed
     from spectune.finetune.trainer import (
         EarlyStopping,
         FiniteLoss,
@@ -509,18 +657,21 @@ def callbacks(run: Run) -> list[Any]:
         ValidationLog,
     )
 
-    out: list[Any] = [LossLog(run.out / "train_log.csv"), GradientCheck(), FiniteLoss(),
-                      RecordFiles(run.folder.record)]  # fmt: skip
+    out: list[Any] = [LossLog(run.out / "train_log.csv")] if run.main else []
+    out += [GradientCheck(), FiniteLoss(),
+            RecordFiles(run.folder.record if run.main else None, sync=distributed.barrier)]  # fmt: skip
     args = run.config.training_arguments()
     if run.validation is not None:
-        out.append(ValidationLog(run.out / "validation_log.csv"))
+        if run.main:
+            out.append(ValidationLog(run.out / "validation_log.csv"))
         if args.get("early_stopping_patience") is not None:
             run.early_stopping = EarlyStopping(args["early_stopping_patience"],
                                                args.get("early_stopping_threshold") or 0.0)  # fmt: skip
             out.append(run.early_stopping)
     every = run.config.eval.spectra_every_steps
-    if every is not None:
-        out.append(SpectraWatch(every, lambda: spectra_rows(run), run.out / "spectra_log.csv"))
+    if every is not None:  # rank 0 analyzes; the others wait for it (or its error)
+        out.append(SpectraWatch(every, lambda: distributed.on_main(lambda: spectra_rows(run)),
+                                run.out / "spectra_log.csv" if run.main else None))  # fmt: skip
     return [*out, *run.method.callbacks(run.config), *run.objective.callbacks(run.config)]
 
 
@@ -566,13 +717,16 @@ def train(run: Run) -> None:
     warnings.filterwarnings(
         "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
     )
+    from spectune.finetune import distributed
+
     args = training_arguments(run.config, run.out, progress=run.progress)
     run.device = str(args.device)
-    run.folder.own("checkpoints", "train_log.csv")
-    if run.validation is not None:
-        run.folder.own("validation_log.csv")
-    if run.config.eval.spectra_every_steps is not None:
-        run.folder.own("spectra_log.csv")
+    if run.main:
+        run.folder.own("checkpoints", "train_log.csv")
+        if run.validation is not None:
+            run.folder.own("validation_log.csv")
+        if run.config.eval.spectra_every_steps is not None:
+            run.folder.own("spectra_log.csv")
     cbs = callbacks(run)
     trainer = SpectuneTrainer(model=run.built.model, args=args, train_dataset=run.train_data.dataset,
                               data_collator=run.train_data.collator, callbacks=cbs,
@@ -593,12 +747,14 @@ def train(run: Run) -> None:
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=run.last_checkpoint)
         run.train_seconds = time.perf_counter() - start
-    run.train_offset = next(c.offset for c in cbs if isinstance(c, LossLog))
-    run.peak_rss = (peak.bytes, peak.exact)
-    run.tokens = trainer.tokens
+    run.train_offset = next((c.offset for c in cbs if isinstance(c, LossLog)), 0.0)
+    # over every process: the tokens all of them trained on, the largest process's memory
+    run.peak_rss = (int(distributed.largest(peak.bytes)), peak.exact)
+    run.tokens = int(distributed.total(trainer.tokens))
+    run.train_seconds = distributed.largest(run.train_seconds)
     run.global_step = int(result.global_step)
     state = trainer.state
-    if run.validation is not None:
+    if run.validation is not None:  # the same on every rank (they agreed on every loss)
         es = run.early_stopping
         run.stopped_early = es is not None and es.stopped and state.global_step < state.max_steps
         if run.stopped_early:
@@ -610,7 +766,50 @@ def train(run: Run) -> None:
             run.best_step = int(Path(best).name.rsplit("-", 1)[-1])
             _say(f"restored the best checkpoint: step {run.best_step} (validation loss "
                  f"{state.best_metric:.4f})", run.progress)  # fmt: skip
+    if getattr(trainer, "is_fsdp_enabled", False):
+        full = trainer.accelerator.get_state_dict(trainer.model)  # every rank: gathered on 0
+        distributed.on_every_rank(lambda: unshard(run, full))
     run.built.model.eval()
+
+
+def unshard(run: Run, state: dict[str, Any]) -> None:
+    """After FSDP training, rank 0 builds the method's model again and puts the gathered
+    trained tensors in it: what it saves, judges and analyzes (the other ranks keep their
+    shards, which they no longer use)."""
+    if not run.main:
+        return
+    from transformers import set_seed
+
+    set_seed(run.config.seed)
+    built = build_model(run.method, run.context, tokenizer=run.tokenizer)
+    load_trained(built.model, state)
+    built.notes = run.built.notes
+    run.built = built
+
+
+def load_trained(model: Any, state: dict[str, Any]) -> None:
+    """Copy the trainable tensors of ``model`` from a full state dict (by name).
+
+    Raises:
+        SpectuneError: a trainable tensor is missing from ``state`` or has another shape.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name not in state:
+                raise SpectuneError(
+                    f"the gathered FSDP state has no tensor {name}; train this method with DDP"
+                )
+            t = state[name]
+            if tuple(t.shape) != tuple(p.shape):
+                raise SpectuneError(
+                    f"the gathered FSDP state's {name} has shape {tuple(t.shape)}, the model's "
+                    f"{tuple(p.shape)}; train this method with DDP"
+                )
+            p.copy_(t.to(device=p.device, dtype=p.dtype))
 
 
 def _folder_bytes(path: Path) -> int:
@@ -813,10 +1012,14 @@ def collect_metrics(run: Run) -> RunMetrics:
 
     log = log_rows(run.out)
     built, after = run.built, run.after
+    targs = run.config.training_arguments()
+    per_device = int(targs["per_device_train_batch_size"])
+    global_batch = per_device * int(targs["gradient_accumulation_steps"]) * run.world_size
     return RunMetrics(
         run=RunInfo(name=run.out.name, method=run.config.method, objective=run.config.objective,
                     model=run.config.model, model_dir=str(run.model_dir), seed=run.config.seed,
                     device=run.device, threads=torch.get_num_threads(),
+                    world_size=run.world_size,
                     resumed=bool(run.last_checkpoint), started=run.folder.state.get("started"),
                     versions=_versions()),
         config=run.config.to_dict(),
@@ -848,6 +1051,8 @@ def collect_metrics(run: Run) -> RunMetrics:
             final_loss=log[-1].get("loss") if log else None,
             global_step=run.global_step,
             epochs=log[-1].get("epoch") if log else None,
+            per_device_batch=per_device,
+            global_batch=global_batch,
         ),
         spectra=None if run.summary is None else SpectraSummary.from_summary(run.summary),
         method_extras=run.method.extras(built),
@@ -946,31 +1151,75 @@ def tune(
         resume: continue an interrupted run in ``out`` from its last checkpoint (the config
             must be the one it started with); a complete run is returned as it is.
         merge: also write ``merged/``, a plain transformers model with the update merged.
-        progress: progress bars and status lines on stderr.
+        progress: progress bars and status lines on stderr (rank 0's only).
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this with the same
+    arguments; each returns the run's result (rank 0 wrote it).
 
     Returns:
         A :class:`TuneResult` with the run's :class:`~spectune.finetune.results.RunMetrics`.
 
     Raises:
         SpectuneError: bad config or data, a results folder that cannot be used, a run that
-            gets no gradient.
+            gets no gradient; FSDP with a method that cannot be sharded, more processes than
+            training examples (on every process alike).
     """
-    run = setup(config, out=out, overwrite=overwrite, resume=resume, progress=progress)
-    with run.folder:  # the folder's lock is released however the run ends
-        if run.folder.complete:
-            _say(f"{run.out} holds a complete run; nothing to do", progress)
-            return TuneResult(run.out, RunMetrics.load(run.out))
-        try:
-            judge_base(run)
-            build(run)
-            train(run)
-            save(run)
-            judge_tuned(run)
-            analyze(run)
-            return TuneResult(run.out, report(run, merge=merge))
-        except Exception as exc:  # an interruption (KeyboardInterrupt) stays "running"
-            run.folder.fail(f"{type(exc).__name__}: {exc}")
-            raise
+    from spectune.finetune import distributed
+
+    with distributed.session(config) as world:  # a no-op in one process
+        # every rank checks; rank 0 alone takes the folder and judges, the others wait for it
+        run = distributed.on_every_rank(
+            lambda: prepare(config, out=out, progress=progress and world.main)
+        )
+        run.resume = resume
+        state = distributed.on_main(lambda: take_folder(run, overwrite=overwrite, resume=resume))
+        if not run.main:
+            run.folder.state = state  # rank 0's marker, read only
+        with run.folder:  # the folder's lock is released however the run ends
+            if run.folder.complete:
+                _say(f"{run.out} holds a complete run; nothing to do", run.progress)
+                return TuneResult(run.out, distributed.on_main(lambda: RunMetrics.load(run.out)))
+            try:
+                distributed.on_every_rank(lambda: prepare_training(run))
+                distributed.on_main(lambda: judge_before(run))
+                distributed.on_every_rank(lambda: build(run))
+                check_same_start(run)
+                train(run)
+                return TuneResult(run.out, distributed.on_main(lambda: finish(run, merge=merge)))
+            except Exception as exc:  # an interruption (KeyboardInterrupt) stays "running"
+                if run.main:
+                    run.folder.fail(f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                run.cleanup()
+
+
+def finish(run: Run, *, merge: bool = False) -> RunMetrics:
+    """Phases 5 to 8 (save, judge the tuned model, analyze, report): rank 0's alone."""
+    save(run)
+    judge_tuned(run)
+    analyze(run)
+    return report(run, merge=merge)
+
+
+def check_same_start(run: Run) -> None:
+    """Every rank must start from the same model (the same seed builds the same adapter):
+    refuse, on every rank, when a rank's trainable tensors differ from rank 0's."""
+    from spectune.finetune import distributed
+
+    if not distributed.active():
+        return
+    import torch
+
+    with torch.no_grad():
+        mine = [float(p.detach().double().sum()) for p in run.built.model.parameters()
+                if p.requires_grad]  # fmt: skip
+    first = distributed.on_main(lambda: mine)
+    same = first == mine
+    distributed.agree(None if same else (
+        f"rank {distributed.world().rank} built other starting weights than rank 0 for method "
+        f"{run.config.method!r} (its initialization is not seeded the same on every "
+        "process); train it in one process"))  # fmt: skip
 
 
 __all__ = [
@@ -980,20 +1229,31 @@ __all__ = [
     "build",
     "build_model",
     "callbacks",
+    "check_parallel",
+    "check_same_start",
     "check_targets",
+    "check_world",
     "collect_metrics",
     "compare_base",
+    "finish",
+    "fsdp_requested",
     "judge_base",
     "judge_base_model",
+    "judge_before",
     "judge_tuned",
     "load_run_data",
+    "load_trained",
     "log_rows",
+    "prepare",
+    "prepare_training",
     "report",
     "save",
     "setup",
+    "take_folder",
     "train",
     "training_arguments",
     "tune",
+    "unshard",
     "write_run_plots",
     "write_spectra_files",
 ]

@@ -7,7 +7,7 @@ CLI) reads a :class:`RunMetrics`, never the raw keys.
 Sections::
 
     schema_version   2 (a file without it was written by spectune 0.1.0's first layout, 1)
-    run              RunInfo: name, method, objective, model, seed, device, versions...
+    run              RunInfo: name, method, objective, model, seed, device, processes...
     config           the resolved config (plain data, as in config.yaml)
     settings         the method's headline settings (r, lora_alpha... / frog_budget)
     data             where the data came from, how it was tokenized
@@ -15,7 +15,7 @@ Sections::
     learning         Learning: accuracy before / after / gain, held-out loss before / after
     forgetting       Forgetting: perplexity on general text before / after / change / ratio
     cost             Cost: train time, tokens/s, peak RSS, trainable parameters, adapter bytes
-    training         Training: first / final loss, steps, epochs
+    training         Training: first / final loss, steps, epochs, per-device / global batch
     validation       Validation: the validation-loss curve, best step, the adapter's step,
                      early stopping (None without data.n_validation)
     spectra_curve    SpectraPoint per analysis during training (eval.spectra_every_steps)
@@ -82,6 +82,7 @@ class RunInfo:
     seed: int = 0
     device: str = ""
     threads: int = 0
+    world_size: int = 1
     resumed: bool = False
     started: str | None = None
     merged: str | None = None
@@ -232,12 +233,18 @@ class Cost:
 
 @dataclass
 class Training:
-    """The training loss curve's ends."""
+    """The training loss curve's ends, and the batch each optimizer step saw.
+
+    ``global_batch`` = ``per_device_batch`` x gradient accumulation steps x processes
+    (``run.world_size``); None in files written before it was recorded.
+    """
 
     first_loss: float | None
     final_loss: float | None
     global_step: int
     epochs: float | None
+    per_device_batch: int | None = None
+    global_batch: int | None = None
 
 
 @dataclass

@@ -20,7 +20,8 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
 - :class:`GradientCheck`: stops at the first optimizer step if no trainable parameter got a
   gradient (a 4-bit model whose weights bitsandbytes repacked for CPU inference).
 - :class:`FiniteLoss`: stops a run whose loss became NaN or infinite, saying what to change.
-- :class:`RecordFiles`: records the checkpoint files in the run folder's marker.
+- :class:`RecordFiles`: records the checkpoint files in the run folder's marker (rank 0,
+  once every process wrote its part).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def _write_csv(path: Path, columns: list[str], rows: Sequence[dict[str, Any]]) -
 
 
 def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: Callable,
-                    batch_size: int) -> tuple[float, int]:  # fmt: skip
+                    batch_size: int, *, share: tuple[int, int] = (0, 1),
+                    total: Callable[[float], float] | None = None) -> tuple[float, int]:  # fmt: skip
     """The objective's loss on a validation split: batches of ``batch_size`` features in the
     split's order, each scored by ``trainer.compute_loss`` in eval mode (no dropout) without
     gradients, averaged with the batches' sizes as weights.
@@ -70,6 +72,12 @@ def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: 
         dataset: the validation features (a sequence).
         collator: the validation collator.
         batch_size: features per batch.
+        share: ``(rank, processes)``: this process scores the batches ``rank``,
+            ``rank + processes``, ... of that sequence; ``(0, 1)`` scores them all.
+        total: sums a number over the processes sharing the batches
+            (:func:`spectune.finetune.distributed.total`): every process then returns the
+            loss of the whole split, the one a single process computes (the same batches,
+            summed in another order); None in one process.
 
     Returns:
         ``(loss, examples)``.
@@ -80,22 +88,25 @@ def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: 
 
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
+    loss_sum, n = 0.0, 0
+    rank, processes = share
     try:
         with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
+            for start in range(rank * batch_size, len(dataset), processes * batch_size):
                 features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 batch = trainer._prepare_inputs(collator(features))
                 loss = trainer.compute_loss(model, batch)
-                total += float(loss.detach().float()) * len(features)
+                loss_sum += float(loss.detach().float()) * len(features)
                 n += len(features)
     finally:
         model.train(was_training)
         unpack_4bit_cpu_weights(model)
+    if total is not None:
+        loss_sum, n = total(loss_sum), int(total(n))
     if n == 0:
         raise SpectuneError("the validation split has no example left after tokenization; "
                             "raise data.n_validation or data.max_length")  # fmt: skip
-    return total / n, n
+    return loss_sum / n, n
 
 
 class SpectuneTrainer(Trainer):
@@ -125,12 +136,25 @@ class SpectuneTrainer(Trainer):
                  metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
         """Score the validation split with the objective's loss (:func:`validation_loss`);
         logs ``eval_loss`` (with ``eval_runtime``, ``eval_samples``) and calls the callbacks'
-        ``on_evaluate``, as ``Trainer.evaluate`` does."""
+        ``on_evaluate``, as ``Trainer.evaluate`` does. Under DDP the processes share the
+        batches; the loss is the same on every rank."""
         if self.validation is None:
             raise SpectuneError("evaluation needs a validation split: set data.n_validation")
+        from spectune.finetune import distributed
+
         start = time.perf_counter()
+        world = distributed.world()
+        # DDP: the processes share the batches and sum, so every rank gets the same loss (the
+        # one a single process computes) and early stopping and the best checkpoint are
+        # decided alike everywhere. FSDP: every forward gathers the shards from every
+        # process, so each scores every batch, and rank 0's loss is taken.
+        shared = world.size > 1 and not self.is_fsdp_enabled
         loss, n = validation_loss(self, self.model, self.validation.dataset,
-                                  self.validation.collator, self.args.per_device_eval_batch_size)  # fmt: skip
+                                  self.validation.collator, self.args.per_device_eval_batch_size,
+                                  share=(world.rank, world.size) if shared else (0, 1),
+                                  total=distributed.total if shared else None)  # fmt: skip
+        if world.size > 1 and not shared:
+            loss, n = distributed.on_main(lambda: (loss, n))
         metrics = {f"{metric_key_prefix}_loss": loss,
                    f"{metric_key_prefix}_runtime": round(time.perf_counter() - start, 4),
                    f"{metric_key_prefix}_samples": n}  # fmt: skip
@@ -158,7 +182,7 @@ class SpectuneTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         folder = Path(output_dir or self.args.output_dir)
-        if self.method is not None:
+        if self.method is not None and self.args.should_save:  # rank 0 writes the model
             folder.mkdir(parents=True, exist_ok=True)
             if self.method.save_checkpoint(self.model, folder):
                 return None
@@ -267,10 +291,12 @@ class SpectraWatch(TrainerCallback):
         every: steps between two analyses.
         compute: returns the spectra of the model as it is now (rows with the
             :data:`SPECTRA_COLUMNS` keys but ``step`` and ``seconds``).
-        path: the CSV file.
+        path: the CSV file; None on the ranks other than 0 of a launched run, which write
+            nothing (their ``compute`` waits for rank 0's).
     """
 
-    def __init__(self, every: int, compute: Callable[[], list[dict[str, Any]]], path: Path) -> None:
+    def __init__(self, every: int, compute: Callable[[], list[dict[str, Any]]],
+                 path: Path | None) -> None:  # fmt: skip
         self.every = every
         self.compute = compute
         self.path = path
@@ -278,6 +304,8 @@ class SpectraWatch(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.rows = []
+        if self.path is None:
+            return
         if self.path.is_file():
             with self.path.open(newline="", encoding="utf-8") as fh:
                 self.rows = [r for r in csv.DictReader(fh)
@@ -292,7 +320,8 @@ class SpectraWatch(TrainerCallback):
         rows = self.compute()
         seconds = round(time.perf_counter() - start, 3)
         self.rows += [{**r, "step": step, "seconds": seconds} for r in rows]
-        _write_csv(self.path, SPECTRA_COLUMNS, self.rows)
+        if self.path is not None:
+            _write_csv(self.path, SPECTRA_COLUMNS, self.rows)
 
 
 class GradientCheck(TrainerCallback):
@@ -342,13 +371,23 @@ class FiniteLoss(TrainerCallback):
 
 class RecordFiles(TrainerCallback):
     """Records the run folder's files in its marker at every checkpoint, so that
-    ``--overwrite`` of an interrupted run knows the checkpoints are the run's own."""
+    ``--overwrite`` of an interrupted run knows the checkpoints are the run's own.
 
-    def __init__(self, record: Any) -> None:
+    Args:
+        record: saves the marker (rank 0); None on the other ranks, which record nothing.
+        sync: waits until every process wrote its part of the checkpoint (each writes its
+            random-number state) before rank 0 records the files; None in one process.
+    """
+
+    def __init__(self, record: Any, sync: Any = None) -> None:
         self.record = record
+        self.sync = sync
 
     def on_save(self, args, state, control, **kwargs):
-        self.record()
+        if self.sync is not None:
+            self.sync()
+        if self.record is not None:
+            self.record()
 
 
 __all__ = [
