@@ -315,14 +315,16 @@ class StudyResult:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def _frac_below_2(run_dir: Path) -> float | None:
-    path = run_dir / "spectra" / "details.csv"
-    if not path.is_file():
-        return None
+def _fitted_rows(run_dir: Path) -> list[tuple[float, dict[str, str]]]:
+    """(alpha, row) of every layer of a run's ``spectra/details.csv`` whose fit succeeded with a
+    finite alpha; empty without spectra."""
     import csv
 
+    path = run_dir / "spectra" / "details.csv"
+    if not path.is_file():
+        return []
+    fitted = []
     with path.open(newline="", encoding="utf-8") as fh:
-        alphas = []
         for row in csv.DictReader(fh):
             if row.get("status", "success") != "success":
                 continue
@@ -331,28 +333,27 @@ def _frac_below_2(run_dir: Path) -> float | None:
             except ValueError:
                 continue
             if math.isfinite(a):
-                alphas.append(a)
+                fitted.append((a, row))
+    return fitted
+
+
+def _frac_below_2(run_dir: Path) -> float | None:
+    alphas = [a for a, _row in _fitted_rows(run_dir)]
     return sum(a < 2 for a in alphas) / len(alphas) if alphas else None
 
 
 def _layer_alphas(run_dir: Path) -> list[tuple[float, float]]:
     """(base alpha, update alpha) of every layer of a run's spectra whose two fits succeeded."""
-    import csv
-
-    path = run_dir / "spectra" / "details.csv"
-    if not path.is_file():
-        return []
     pairs = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("status", "success") != "success" or row.get("base_status") != "success":
-                continue
-            try:
-                a, b = float(row.get("alpha", "nan")), float(row.get("base_alpha", "nan"))
-            except ValueError:
-                continue
-            if math.isfinite(a) and math.isfinite(b):
-                pairs.append((b, a))
+    for a, row in _fitted_rows(run_dir):
+        if row.get("base_status") != "success":
+            continue
+        try:
+            b = float(row.get("base_alpha", "nan"))
+        except ValueError:
+            continue
+        if math.isfinite(b):
+            pairs.append((b, a))
     return pairs
 
 
@@ -475,8 +476,12 @@ def analyze_study(folder: Path, rows: list[dict[str, Any]], groups: dict[str, li
                                                   "text": c.text()})  # fmt: skip
                 per_seed.append(c)
         if per_seed:
-            ok = [c.rho for c in per_seed if c.rho is not None]
-            mean = f"mean {sum(ok) / len(ok):+.2f} over {len(ok)} runs; " if len(ok) > 1 else ""
+            rhos = [c.rho for c in per_seed if c.rho is not None]
+            mean = (
+                f"mean {sum(rhos) / len(rhos):+.2f} over {len(rhos)} runs; "
+                if len(rhos) > 1
+                else ""
+            )
             layer_notes.append(
                 f"{cname}: base layer alpha vs the update's alpha over its {per_seed[0].n} "
                 f"layers (Spearman, per run): {mean}" + "; ".join(c.text() for c in per_seed)

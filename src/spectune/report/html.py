@@ -645,6 +645,17 @@ def _predictions(reader: _Reader, path: Path) -> _Html:
                   _table(headers, table, numeric=(0,), cell_classes=text_cols)])  # fmt: skip
 
 
+def _count_rows(s: dict[str, Any]) -> list[list[str]]:
+    """The fit statuses and warnings of a spectra summary, counted, as table rows."""
+    rows = []
+    for key, label in (("status_counts", "status"), ("warning_counts", "warnings")):
+        counts = s.get(key)
+        if isinstance(counts, dict):
+            text = ", ".join(f"{k}: {_general(v)}" for k, v in sorted(counts.items(), key=str))
+            rows.append([label, text or "none"])
+    return rows
+
+
 def _spectra(reader: _Reader, folder: Path, m: RunMetrics) -> _Html:
     s = asdict(m.spectra) if m.spectra is not None else None
     if not isinstance(s, dict):
@@ -665,11 +676,7 @@ def _spectra(reader: _Reader, folder: Path, m: RunMetrics) -> _Html:
             rows.append(["intruder dimensions (layers with any)",
                          f"{_count(s.get('num_intruders'))} "
                          f"({_count(s.get('layers_with_intruders'))})"])  # fmt: skip
-        for key, label in (("status_counts", "status"), ("warning_counts", "warnings")):
-            counts = s.get(key)
-            if isinstance(counts, dict):
-                text = ", ".join(f"{k}: {_general(v)}" for k, v in sorted(counts.items(), key=str))
-                rows.append([label, text or "none"])
+        rows += _count_rows(s)
         parts.append(_table(["spectra (means over fitted matrices)", "value"], rows, numeric=(1,)))
         parts.append(_tag("p", "Alpha is the power-law exponent of the tail of each matrix's "
                           "eigenvalue spectrum; 2 to 6 is the usual range of well-trained layers.",
@@ -1437,11 +1444,7 @@ def _analysis_summary(s: dict[str, Any], rows: list[dict[str, str]]) -> _Html:
             ["mean stable_rank", _fixed(s.get("stable_rank"), 3)],
             ["matrices with alpha > 6", _count(s.get("n_overparameterized"))],
         ]
-        for key, label in (("status_counts", "status"), ("warning_counts", "warnings")):
-            counts = s.get(key)
-            if isinstance(counts, dict):
-                text = ", ".join(f"{k}: {_general(v)}" for k, v in sorted(counts.items(), key=str))
-                table.append([label, text or "none"])
+        table += _count_rows(s)
         parts.append(_table(["spectra (means over fitted matrices)", "value"], table, numeric=(1,)))
         parts.append(_tag("p", "Alpha is the power-law exponent of the tail of each matrix's "
                           "eigenvalue spectrum (WeightWatcher's definitions); 2 to 6 is the usual "
