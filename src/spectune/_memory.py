@@ -62,36 +62,3 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         hwm = _hwm_bytes() if self.exact else None
         self.bytes = hwm if hwm is not None else _lifetime_peak_bytes()
-
-
-#: glibc's ``mallopt`` parameter number of M_MMAP_THRESHOLD (``malloc.h``)
-_M_MMAP_THRESHOLD = -3
-#: glibc's initial mmap threshold (128 KiB), kept fixed by :func:`keep_mmap_threshold`
-MMAP_THRESHOLD = 128 * 1024
-
-
-def keep_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
-    """Have glibc give every allocation of ``nbytes`` or more its own pages (mmap), returned
-    to the system when freed, for the rest of the process.
-
-    By default glibc raises this threshold up to 32 MiB the first time such a block is freed;
-    after that the activations of a training step (each under 32 MiB) come from the heap,
-    which keeps freed memory and fragments: on SmolLM2-135M (LoRA, batch 8 x 128) the peak
-    RSS grew by about 1 GiB after the first step, while the live tensors did not. A fixed
-    threshold keeps the peak at the first step's, which is what
-    :func:`spectune.finetune.plan.plan_memory` estimates.
-
-    Returns:
-        Whether the setting was applied (False where the C library has no ``mallopt``:
-        macOS, musl; nothing changes there).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, int(nbytes)) == 1

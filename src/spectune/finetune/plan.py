@@ -51,22 +51,24 @@ its incoming and outgoing gradients), and 2 h per token outside the blocks. With
 checkpointing: L x the per-layer figure. With gradient checkpointing: each layer's input
 (L x b s h) plus one layer's full activations while it is recomputed.
 
-The estimate is of live memory; the process's resident memory follows it because the
-training phase keeps glibc's mmap threshold fixed (:func:`spectune._memory.keep_mmap_threshold`):
-by default glibc raises the threshold after the first large free, the next steps' activations
-come from a heap that keeps freed blocks as holes, and the peak RSS of SmolLM2-135M LoRA
-(r=16, dropout 0.05, batch 8 x 128) grew from 3.54 GiB in the first step to 4.56 GiB
-(with checkpointing 2.80 GiB while the live tensors peaked at 0.77 GiB: mallinfo2); with the
-threshold fixed it stays at 3.55 GiB (checkpointing: 1.66 GiB). The price is page faults on
-fresh pages: over three checkpointed steps 26 s of system time against 7 s, in 257 CPU
-seconds against 253 (+1.5%, a shared machine).
+The estimate is of live memory, which is what the CPU process's peak RSS reaches in the first
+training step. Later steps can hold more: glibc raises its mmap threshold (up to 32 MiB) the
+first time a large block is freed, the next steps' activations come from a heap that keeps
+freed blocks resident as holes, and over 3 steps the peak RSS of SmolLM2-135M LoRA (r=16,
+dropout 0.05, batch 8 x 128) reaches 4.59-4.65 GiB, with gradient checkpointing 2.70-2.82
+GiB, full fine-tuning (batch 4 x 64) 3.07 GiB. glibc's own ``MALLOC_MMAP_THRESHOLD_=131072``
+(its initial threshold, kept fixed) holds the peak at the estimate, at the price of fresh
+pages for every large allocation: the steps then took 1.5x, 1.67x and 1.3x as long on this
+machine, so spectune leaves the allocator as it is (``bench/plan_rss.py --default-malloc``).
 
-Measured against the training-phase peak RSS of 3-step CPU runs (``RunMetrics.cost``, float32,
-this 2-CPU machine, fixed mmap threshold; ``tests/finetune/test_plan.py`` checks the tiny
-model within 15% and SmolLM2-135M LoRA within 10%): the 2-block 64-wide Llama, LoRA, batch
-8 x 128: 0.98 GiB measured, +0.4% estimated (the overhead is calibrated on it), batch 4 x 64:
-0.62 GiB, -11%; SmolLM2-135M LoRA r=16, dropout 0.05, batch 8 x 128: 3.55 GiB, -0.5%, and
-with checkpointing 1.66 GiB, +1%.
+Measured against the training-phase peak RSS of 3-step CPU runs with the threshold fixed
+(``RunMetrics.cost``, float32, this 2-CPU machine; ``bench/plan_rss.py``;
+``tests/finetune/test_plan.py`` checks the tiny model within 15% and SmolLM2-135M LoRA within
+10%): the 2-block 64-wide Llama, LoRA, batch 8 x 128: 0.98 GiB measured, +0.4% estimated (the
+overhead is calibrated on it), batch 4 x 64: 0.62 GiB, -11%; SmolLM2-135M LoRA r=16, dropout
+0.05, batch 8 x 128: 3.55 GiB, -0.6%, with checkpointing 1.64 GiB, +1.7%; SmolLM2-135M full
+fine-tuning, batch 4 x 64: 2.77 GiB, +5.0%. With glibc's default threshold the same runs
+measured 1.30-1.32x, 1.61-1.69x and 1.05x the estimate: read it as a lower bound there.
 """
 
 from __future__ import annotations

@@ -710,7 +710,7 @@ def train(run: Run) -> None:
 
     from transformers.trainer_utils import get_last_checkpoint
 
-    from spectune._memory import PeakRSS, keep_mmap_threshold
+    from spectune._memory import PeakRSS
     from spectune.finetune.trainer import LossLog, SpectuneTrainer
 
     # transformers 5 warns about its own internal use of renamed APIs at every step
@@ -743,7 +743,6 @@ def train(run: Run) -> None:
     if run.last_checkpoint:
         _say(f"resuming from {last}", run.progress)
         args.eval_on_start = False  # step 0 was evaluated in the first session (if asked)
-    keep_mmap_threshold()  # freed activations go back to the system: no heap growth per step
     with PeakRSS() as peak:
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=run.last_checkpoint)
