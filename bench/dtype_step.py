@@ -11,7 +11,7 @@ whether bf16 has native instructions here, and the kernel oneDNN runs a bf16 mat
 (``ONEDNN_VERBOSE``).
 
 Run: nice -n 19 .venv/bin/python bench/dtype_step.py [--steps 3] [--rounds 3] [--batch 4]
-     [--seq 128]
+     [--seq 128] [--threads 1]
 """
 
 from __future__ import annotations
@@ -108,7 +108,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's default); 1 makes CPU seconds a measure of "
+                    "the work on a loaded machine (no OpenMP thread spins waiting for another)")  # fmt: skip
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 49152, (args.batch, args.seq), generator=gen)
