@@ -13,8 +13,8 @@ analyze()'s workers runs), and projects:
 
 - time = sum over the model's matrices of its shape's single-thread CPU seconds / workers
   (the time on that many otherwise idle cores: the workers share the matrices; reading is
-  sequential and small beside the arithmetic). CPU seconds, not wall seconds, so that a
-  shared machine's load does not enter the projection;
+  sequential and small beside the arithmetic). CPU seconds, not wall seconds: a shared machine's
+  load changes them far less (it still slows memory and caches: measure on an idle machine);
 - peak RSS = the child's RSS before any matrix + the workers + 1 largest source matrices (at
   most workers + 1 matrices are in flight) + workers x the largest working memory of one
   matrix's analysis (its Gram matrix, blocks and eigensolver work) beyond the matrix itself.
