@@ -5,6 +5,7 @@ batch for a budget, the CLI, and the estimate against a measured run's peak RSS.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,9 +76,13 @@ def _saved_bytes(model, ids) -> int:
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_activation_formula_matches_what_autograd_saves(tiny_model_dir, tmp_path, method, attn):
-    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, method, attn_implementation=attn))
+@pytest.mark.parametrize("method,dropout", [("lora", 0.0), ("lora", 0.05), ("full", None)])
+def test_activation_formula_matches_what_autograd_saves(tiny_model_dir, tmp_path, method, dropout,
+                                                        attn):  # fmt: skip
+    data = tiny_run_config(tiny_model_dir, method, attn_implementation=attn)
+    if dropout is not None:
+        data["lora"]["lora_dropout"] = dropout
+    config = TuneConfig.from_dict(data)
     built = recipe.build_model(get_method(method),
                                BuildContext(config, tiny_model_dir, tmp_path, progress=False))  # fmt: skip
     batch, seq = 2, 64
@@ -85,8 +90,31 @@ def test_activation_formula_matches_what_autograd_saves(tiny_model_dir, tmp_path
     saved = _saved_bytes(built.model.train(), ids)
     plan = plan_memory(tiny_model_dir, config, batch=batch, seq=seq)
     vocab = built.model.get_output_embeddings().weight.shape[0]
-    logits_grad = batch * seq * vocab * 4  # in the plan, not saved: the gradient at backward
-    assert plan.activations_full - logits_grad == pytest.approx(saved, rel=0.05)
+    logits_grads = 2 * batch * seq * vocab * 4  # in the plan, not saved: the backward's start
+    assert plan.activations_full - logits_grads == pytest.approx(saved, rel=0.05)
+
+
+def test_lora_dropout_adds_what_autograd_saves_exactly(tiny_model_dir, tmp_path):
+    """The dropout term alone, to the byte: per block 2 x the adapted inputs (output and noise)
+    less the inputs no longer kept (q/k/v's, gate/up's, down's; o_proj's with eager attention),
+    less the first block's q/k/v noise."""
+    got = {}
+    for attn in ("sdpa", "eager"):
+        for dropout in (0.0, 0.05):
+            data = tiny_run_config(tiny_model_dir, "lora", attn_implementation=attn)
+            data["lora"]["lora_dropout"] = dropout
+            config = TuneConfig.from_dict(data)
+            built = recipe.build_model(get_method("lora"),
+                                       BuildContext(config, tiny_model_dir, tmp_path, progress=False))  # fmt: skip
+            ids = torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+            got[attn, dropout] = (_saved_bytes(built.model.train(), ids),
+                                  plan_memory(tiny_model_dir, config, batch=2, seq=64))  # fmt: skip
+    h, m, tokens, blocks = 64, 128, 2 * 64, 2  # the tiny Llama
+    for attn, per_block in (("sdpa", 10 * h + m), ("eager", 9 * h + m)):
+        by_hand = (blocks * per_block - 3 * h) * tokens * 4
+        assert got[attn, 0.05][0] - got[attn, 0.0][0] == by_hand
+        plan_diff = got[attn, 0.05][1].activations_full - got[attn, 0.0][1].activations_full
+        assert plan_diff == by_hand
 
 
 def test_largest_batch_for_a_budget():
@@ -106,6 +134,7 @@ def test_plan_cli(capsys):
                  "--budget-gib", "24"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "qlora" in out and "6.74B parameters" in out and "budget 24 GiB" in out
+    assert "MALLOC_MMAP_THRESHOLD_=131072" in out  # where the peak RSS can exceed the estimate
     assert main(["plan", model, "--json", "--batch", "1", "--seq", "512"]) == 0
     plans = json.loads(capsys.readouterr().out)
     assert {p["method"] for p in plans} >= {"lora", "qlora", "frog", "full"}
@@ -121,26 +150,56 @@ from spectune.finetune.plan import plan_memory
 config = TuneConfig.from_dict(json.loads(sys.argv[1]))
 m = recipe.tune(config, out=sys.argv[2], progress=False).metrics
 plan = plan_memory(config.model, config, batch=config.train["per_device_train_batch_size"],
-                   seq=config.data.max_length)
+                   seq=config.data.max_length, checkpointing=config.checkpointing())
 print(json.dumps({"measured": m.cost.peak_rss_bytes, "estimate": plan.peak}))
 """
 
 
-@pytest.mark.slow
-def test_estimate_against_measured_peak_rss(tiny_model_dir, tmp_path):
-    """A short tune in a fresh process (the training phase's exact peak RSS): the estimate is
-    within 25% (on the tiny model the process overhead dominates; the 135M model's figures
-    are in spectune.finetune.plan's docstring)."""
+def _long_data(tmp_path: Path) -> Path:
+    """32 examples longer than any max_length used here (every batch is full length)."""
     words = " ".join(["the cat sat on the mat"] * 60)
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"story {i}", "response": words}) + "\n"
                             for i in range(32)))  # fmt: skip
-    config = tiny_run_config(tiny_model_dir, "lora", data={"train": str(data), "max_length": 64,
-                             "n_eval": 2}, eval={"before": False, "spectra": False,
-                             "latency_prompts": 0, "max_new_tokens": 2, "ppl_chars": 200,
-                             "ppl_window": 32, "ppl_stride": 16})  # fmt: skip
+    return data
+
+
+_QUICK_EVAL = {"before": False, "spectra": False, "latency_prompts": 0, "max_new_tokens": 2,
+               "ppl_chars": 200, "ppl_window": 32, "ppl_stride": 16}  # fmt: skip
+
+
+def _measure(config: dict, out: Path) -> dict[str, int]:
+    """Train ``config`` in a fresh process: the training phase's exact peak RSS and the plan.
+    glibc's mmap threshold is fixed (``MALLOC_MMAP_THRESHOLD_``), as the plan's docs advise for
+    a peak RSS that stays at the estimate."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    result = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(config), str(out)],
+                            capture_output=True, text=True, check=True, timeout=3600,
+                            env=env)  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_estimate_against_measured_peak_rss(tiny_model_dir, tmp_path):
+    """A short tune of the tiny model in a fresh process: the estimate is within 15% (the
+    process overhead dominates here; 0.98 GiB at batch 8 x 128 calibrates it, this is 4 x 64:
+    -11% measured)."""
+    config = tiny_run_config(tiny_model_dir, "lora", data={"train": str(_long_data(tmp_path)),
+                             "max_length": 64, "n_eval": 2}, eval=_QUICK_EVAL)  # fmt: skip
     config["train"]["max_steps"] = 2
-    out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(config), str(tmp_path / "r")],
-                         capture_output=True, text=True, check=True, timeout=900)  # fmt: skip
-    got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["estimate"] == pytest.approx(got["measured"], rel=0.25)
+    got = _measure(config, tmp_path / "r")
+    assert got["estimate"] == pytest.approx(got["measured"], rel=0.15)
+
+
+@pytest.mark.slow
+def test_estimate_of_lora_on_the_embedded_model(tmp_path):
+    """SmolLM2-135M, LoRA r=16 with dropout on every linear layer, batch 8 x 128, 3 steps: the
+    estimate is within 10% of the training phase's peak RSS (measured 3.55 GiB, -0.6%; with
+    glibc's default, growing mmap threshold the later steps reach 4.65 GiB:
+    ``bench/plan_rss.py --default-malloc``)."""
+    config = {"model": "default", "method": "lora", "lora": {"r": 16, "lora_alpha": 32},
+              "data": {"train": str(_long_data(tmp_path)), "max_length": 128, "n_eval": 2},
+              "eval": _QUICK_EVAL, "train": {"max_steps": 3, "per_device_train_batch_size": 8,
+                                             "logging_steps": 1, "save_steps": 1000}}  # fmt: skip
+    got = _measure(config, tmp_path / "r")
+    assert got["estimate"] == pytest.approx(got["measured"], rel=0.10)

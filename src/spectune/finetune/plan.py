@@ -34,24 +34,41 @@ batch b, sequence s, elements saved for backward per layer and token::
     full, FROG, SHiRA  (sdpa):  8 h + 2 kv + 4 m + a
     LoRA family        (sdpa):  6 h + 2 kv + 4 m + a + r x (adapted matrices per layer)
     eager attention:            + 2 h - 2 kv + a s   (the a x s x s softmax is kept)
+    lora_dropout > 0:           + 2 x (input widths of the adapted matrices)
+                                - (the inputs no longer kept: q/k/v's, gate/up's, down's;
+                                   o_proj's with eager attention), in float32
+                                (all linear: + 10 h + m with sdpa, + 9 h + m with eager)
 
 (the frozen base Linear layers of LoRA keep no input for a weight gradient; measured exactly
 with ``torch.autograd.graph.saved_tensors_hooks`` on Llama blocks, transformers 5.2x, in the
-same spirit as Korthikanti et al. 2022's 34 h + 5 a s per GPT layer). Each element takes
-bytes(model_dtype) (float32 for the 4-bit methods here, whose other layers load in float32).
-On top: the logits, b s V x (4 + 4) bytes (the float32 log-softmax the loss keeps, and its
-gradient when the backward starts), and 2 h per token outside the blocks. Without
+same spirit as Korthikanti et al. 2022's 34 h + 5 a s per GPT layer). With dropout every
+adapted matrix keeps its own dropped input and, on the CPU, torch's float32 dropout noise
+(CUDA keeps a 1-byte mask: there the term is an upper bound); the first block's q/k/v noise
+is not kept (their input needs no gradient). Each element takes bytes(model_dtype) (float32
+for the 4-bit methods here, whose other layers load in float32). On top: the logits,
+b s V x 12 bytes (the float32 log-softmax the loss keeps, and at the start of the backward
+its incoming and outgoing gradients), and 2 h per token outside the blocks. Without
 checkpointing: L x the per-layer figure. With gradient checkpointing: each layer's input
 (L x b s h) plus one layer's full activations while it is recomputed.
 
-Measured against the training-phase peak RSS of 3-step CPU runs (``RunMetrics.cost``, float32,
-this 2-CPU machine; ``tests/finetune/test_plan.py`` checks the tiny model within 25%): the
-2-block 64-wide Llama, LoRA, batch 8 x 128: 1.00 GiB measured, +2% estimated (the overhead
-is calibrated on it); SmolLM2-135M full fine-tuning, batch 4 x 64: 3.06 GiB, +2%;
-SmolLM2-135M LoRA r=16, batch 8 x 128: 3.71 GiB, -27%, and with checkpointing 2.47 GiB,
--33%. The LoRA runs on the 135M model use about 0.9 GiB that the plan does not explain and
-that does not change with checkpointing (so it is not activations); until it is found, treat
-the LoRA-family figures as lower bounds by about 1.7 x the float32 weights.
+The estimate is of live memory, which is what the CPU process's peak RSS reaches in the first
+training step. Later steps can hold more: glibc raises its mmap threshold (up to 32 MiB) the
+first time a large block is freed, the next steps' activations come from a heap that keeps
+freed blocks resident as holes, and over 3 steps the peak RSS of SmolLM2-135M LoRA (r=16,
+dropout 0.05, batch 8 x 128) reaches 4.59-4.65 GiB, with gradient checkpointing 2.70-2.82
+GiB, full fine-tuning (batch 4 x 64) 3.07 GiB. glibc's own ``MALLOC_MMAP_THRESHOLD_=131072``
+(its initial threshold, kept fixed) holds the peak at the estimate, at the price of fresh
+pages for every large allocation: the steps then took 1.5x, 1.67x and 1.3x as long on this
+machine, so spectune leaves the allocator as it is (``bench/plan_rss.py --default-malloc``).
+
+Measured against the training-phase peak RSS of 3-step CPU runs with the threshold fixed
+(``RunMetrics.cost``, float32, this 2-CPU machine; ``bench/plan_rss.py``;
+``tests/finetune/test_plan.py`` checks the tiny model within 15% and SmolLM2-135M LoRA within
+10%): the 2-block 64-wide Llama, LoRA, batch 8 x 128: 0.98 GiB measured, +0.4% estimated (the
+overhead is calibrated on it), batch 4 x 64: 0.62 GiB, -11%; SmolLM2-135M LoRA r=16, dropout
+0.05, batch 8 x 128: 3.55 GiB, -0.6%, with checkpointing 1.64 GiB, +1.7%; SmolLM2-135M full
+fine-tuning, batch 4 x 64: 2.77 GiB, +5.0%. With glibc's default threshold the same runs
+measured 1.30-1.32x, 1.61-1.69x and 1.05x the estimate: read it as a lower bound there.
 """
 
 from __future__ import annotations
@@ -66,8 +83,8 @@ GIB = 2**30
 
 #: bytes of the process itself during training on the CPU path (Python, torch, transformers,
 #: tokenizer, data, Trainer): the training-phase peak RSS of a LoRA run on a 2-block, 64-wide
-#: Llama (1.00 GiB at batch 8 x 128 tokens) less its planned weights and activations
-OVERHEAD_BYTES = int(0.6 * GIB)
+#: Llama (0.98 GiB at batch 8 x 128 tokens) less its planned weights and activations
+OVERHEAD_BYTES = int(0.4 * GIB)
 
 #: optimizer -> (state tensors per trainable parameter, bytes each (None: the parameter's),
 #: step temporaries per trainable parameter)
@@ -198,6 +215,40 @@ def _per_layer_elements(shape: _Shape, seq: int, *, lora_r: int, lora_targets: i
     return per
 
 
+#: adapted modules that read one shared input (Llama / Qwen2 / Mistral names): the attention
+#: block's normed input, the MLP's normed input
+_SHARED_INPUTS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
+                  "gate_proj": "mlp_in", "up_proj": "mlp_in"}  # fmt: skip
+
+
+def _dropout_elements(modules: dict[str, Any], targets: list[str], attn: str) -> tuple[int, int]:
+    """Elements per token that LoRA dropout adds in one block, and those it does not add in the
+    first block (module docstring).
+
+    With ``lora_dropout > 0`` every adapted Linear keeps its own dropout output (what its A
+    matrix saw) and the dropout's noise: 2 x its input width. The input itself is then no
+    longer kept for the adapter: once per shared input (q/k/v, gate/up), once for down_proj;
+    o_proj's input stays with sdpa, whose backward keeps its output anyway. In the first block
+    the q/k/v input needs no gradient, so their noise is not kept.
+
+    Returns:
+        (per block, less in the first block), from the targets of the first block.
+    """
+    block = [n for n in targets if ".layers.0." in n or n.startswith("layers.0.")]
+    added = released = first = 0
+    seen: set[str] = set()
+    for name in block:
+        leaf, width = name.rsplit(".", 1)[-1], int(modules[name].in_features)
+        added += 2 * width
+        group = _SHARED_INPUTS.get(leaf, name)
+        if group == "attn_in":
+            first += width
+        if group not in seen and (leaf != "o_proj" or attn == "eager"):
+            released += width
+        seen.add(group)
+    return added - released, first
+
+
 def plan_memory(
     model: str | Path,
     config: Any = None,
@@ -251,9 +302,11 @@ def plan_memory(
     dtype = "float32" if kind == "qlora" else resolve_model_dtype(config.model_dtype)[0]
     nbytes = _BYTES[dtype]
 
-    lora_r, per_layer_targets, buffers = 0, 0, 0
+    lora_r, per_layer_targets, buffers, dropout = 0, 0, 0, (0, 0)
     if kind in ("lora", "qlora"):
         lora_r = config.section("lora").r
+        if config.section("lora").lora_dropout > 0:
+            dropout = _dropout_elements(modules, targets, config.attn_implementation)
         trainable = lora_trainable(meta, targets, lora_r, dora=getattr(method, "dora", False))
         per_layer_targets = round(len(targets) / max(shape.layers, 1))
     elif kind == "shira":
@@ -286,8 +339,9 @@ def plan_memory(
     tokens = batch * seq
     per_layer = _per_layer_elements(shape, seq, lora_r=lora_r, lora_targets=per_layer_targets,
                                     attn=config.attn_implementation) * tokens * nbytes  # fmt: skip
-    outside = 2 * shape.hidden * tokens * nbytes + tokens * shape.vocab * 8
-    full = shape.layers * per_layer + outside
+    per_layer += dropout[0] * tokens * 4  # the adapters' dropout runs in float32
+    outside = 2 * shape.hidden * tokens * nbytes + tokens * shape.vocab * 12
+    full = shape.layers * per_layer + outside - dropout[1] * tokens * 4
     ckpt = shape.layers * shape.hidden * tokens * nbytes + per_layer + outside
     return MemoryPlan(
         method=config.method, dtype=shown, batch=batch, seq=seq, checkpointing=checkpointing,
