@@ -45,14 +45,34 @@ def test_full_fine_tuning_in_bf16_trains_bf16_and_says_so(tiny_model_dir, tmp_pa
     assert not _built(tiny_model_dir, tmp_path, "full").notes
 
 
-@pytest.mark.parametrize("native,dtype", [(True, "bfloat16"), (False, "float32")])
-def test_auto_follows_the_hardware_and_says_what_it_picked(native, dtype, monkeypatch):
+@pytest.mark.parametrize(
+    "native,fast,dtype,why",
+    [
+        (True, True, "bfloat16", "AMX"),
+        (True, False, "float32", "AVX512-BF16 but no AMX"),
+        (False, False, "float32", "emulated bf16 is about 10x slower"),
+    ],
+)
+def test_auto_follows_the_hardware_and_says_what_it_picked(native, fast, dtype, why, monkeypatch):
     from spectune.finetune import hardware
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(hardware, "native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "fast_bf16", lambda: fast)
     got, notes = resolve_model_dtype("auto")
     assert got == dtype and len(notes) == 1
-    assert f"loaded in {dtype} (model_dtype=auto" in notes[0]
+    assert f"loaded in {dtype} (model_dtype=auto" in notes[0] and why in notes[0]
+
+
+def test_fast_bf16_on_a_cpu_needs_amx_beside_avx512_bf16(monkeypatch):
+    from spectune.finetune import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx, amx in [(True, True), (True, False), (False, True), (False, False)]:
+        monkeypatch.setattr(hardware, "_has_avx512bf16", lambda v=avx: v)
+        monkeypatch.setattr(hardware, "_has_amx_bf16", lambda v=amx: v)
+        assert hardware.fast_bf16() is (avx and amx)
+        assert hardware.native_bf16() is avx
 
 
 def test_explicit_bf16_without_native_bf16_is_allowed_with_a_note(monkeypatch):
@@ -61,6 +81,18 @@ def test_explicit_bf16_without_native_bf16_is_allowed_with_a_note(monkeypatch):
     monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     got, notes = resolve_model_dtype("bfloat16")
     assert got == "bfloat16" and any("emulated" in n and "10x" in n for n in notes)
+
+
+def test_explicit_bf16_on_avx512_bf16_without_amx_says_it_is_slower(monkeypatch):
+    from spectune.finetune import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "fast_bf16", lambda: False)
+    got, notes = resolve_model_dtype("bfloat16")
+    assert got == "bfloat16" and any("1.5x as long" in n and "no AMX" in n for n in notes)
+    monkeypatch.setattr(hardware, "fast_bf16", lambda: True)
+    assert not any("1.5x" in n for n in resolve_model_dtype("bfloat16")[1])
 
 
 def test_a_dtype_the_cpu_cannot_run_is_refused(monkeypatch):

@@ -351,8 +351,8 @@ class TuneConfig:
         default="float32",
         metadata={
             "help": "what the base weights load in: 'float32', 'bfloat16', 'float16', or "
-            "'auto' (bfloat16 on a bf16 GPU or a CPU with AVX512-BF16, float32 elsewhere; "
-            "the run notes what it picked). Adapters stay float32. 4-bit methods keep "
+            "'auto' (bfloat16 where it is faster: a bf16 GPU or a CPU with AMX; float32 "
+            "elsewhere; the run notes what it picked). Adapters stay float32. 4-bit methods keep "
             "quant.compute_dtype."
         },
     )

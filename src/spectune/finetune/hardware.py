@@ -27,6 +27,31 @@ def native_bf16() -> bool:
     return _has_avx512bf16()
 
 
+def _has_amx_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch: read the flags
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                return " amx_bf16" in f.read()
+        except OSError:
+            return False
+
+
+def fast_bf16() -> bool:
+    """Whether base weights in bf16 make a step faster here than float32: a bf16 GPU, or a
+    CPU with AMX tiles (oneDNN's AMX bf16 GEMM). A CPU with AVX512-BF16 alone computes bf16
+    natively but at about half float32's GEMM rate (``bench/dtype_step.py``: a LoRA step 1.51x
+    as long), so it does not count; nor does emulated bf16."""
+    import torch
+
+    if torch.cuda.is_available():
+        return native_bf16()
+    return _has_avx512bf16() and _has_amx_bf16()
+
+
 def cpu_packs_4bit() -> bool:
     """Whether bitsandbytes repacks 4-bit weights for CPU inference on this machine (CPU
     training, and a CPU with AVX512-BF16: bitsandbytes' own test)."""
@@ -109,6 +134,7 @@ __all__ = [
     "compute_device",
     "cpu_packs_4bit",
     "cpu_runs",
+    "fast_bf16",
     "native_bf16",
     "to_compute_device",
     "training_notes",

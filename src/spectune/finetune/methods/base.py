@@ -259,10 +259,11 @@ def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
     """The dtype the base weights load in for ``model_dtype=name``, and notes saying so
     (none for float32, the default).
 
-    ``auto``: bfloat16 where the hardware runs it natively (a bf16 GPU, a CPU with
-    AVX512-BF16: :func:`spectune.finetune.hardware.native_bf16`), float32 elsewhere.
-    An explicit ``bfloat16`` on a CPU without native bf16 runs emulated (about 10x slower: a
-    note says so); ``float16`` on a CPU is refused where torch cannot run it.
+    ``auto``: bfloat16 where it makes a step faster (a bf16 GPU, a CPU with AMX:
+    :func:`spectune.finetune.hardware.fast_bf16`), float32 elsewhere, including CPUs with
+    AVX512-BF16 alone, where a bf16 step took 1.51x as long (``bench/dtype_step.py``).
+    An explicit ``bfloat16`` where it is slower gets a note saying by how much (emulated: about
+    10x); ``float16`` on a CPU is refused where torch cannot run it.
 
     Raises:
         SpectuneError: an unknown name, or a dtype this machine cannot compute in.
@@ -275,17 +276,23 @@ def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
     check.choice("model_dtype", name, MODEL_DTYPES)
     gpu = torch.cuda.is_available()
     if name == "auto":
-        if hardware.native_bf16():
-            why = "a bf16 GPU" if gpu else "a CPU with AVX512-BF16"
+        if hardware.fast_bf16():
+            why = "a bf16 GPU" if gpu else "a CPU with AMX"
             return "bfloat16", [f"base weights loaded in bfloat16 (model_dtype=auto: {why})"]
-        return "float32", ["base weights loaded in float32 (model_dtype=auto: no native bf16 "
-                           "here, emulated bf16 is about 10x slower)"]  # fmt: skip
+        why = ("a CPU with AVX512-BF16 but no AMX, where a bf16 step is about 1.5x as long"
+               if hardware.native_bf16() else "no native bf16 here, emulated bf16 is about 10x "
+               "slower")  # fmt: skip
+        return "float32", [f"base weights loaded in float32 (model_dtype=auto: {why}; "
+                           "model_dtype=bfloat16 halves the base's memory)"]  # fmt: skip
     if name == "float32":
         return name, []  # the default: nothing to say
     notes = [f"base weights loaded in {name} (model_dtype={name}); adapters train in float32"]
     if name == "bfloat16" and not hardware.native_bf16():
         notes.append("model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
                      "CPU): about 10x slower than model_dtype=float32 (or auto)")  # fmt: skip
+    elif name == "bfloat16" and not hardware.fast_bf16():
+        notes.append("model_dtype=bfloat16 on a CPU with AVX512-BF16 but no AMX: a step takes "
+                     "about 1.5x as long as with float32 (it halves the base's memory)")  # fmt: skip
     if name in ("float16", "bfloat16") and not gpu and not hardware.cpu_runs(getattr(torch, name)):
         raise SpectuneError(
             f"model_dtype={name}: torch {torch.__version__} cannot run {name} matmuls on this "
