@@ -149,9 +149,43 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _ddp_module(model: Any) -> Any | None:
+    """The module a ``DistributedDataParallel`` wrapper trains (None for any other model)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else None
+
+
 def _inner(model: Any) -> Any:
-    """The transformers model inside a peft wrapper (the model itself otherwise)."""
+    """The transformers model inside a DDP and/or peft wrapper (the model itself otherwise)."""
+    model = _ddp_module(model) or model
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def as_forward(model: Any, fn: Any) -> Any:
+    """``fn(module)``, a loss computed from ``model``'s unwrapped module or its parts (such as
+    :func:`labelled_nll` on :func:`decoder_and_head`), run as the forward of ``model``.
+
+    Under ``DistributedDataParallel`` a loss must go through the wrapper's forward: DDP arms
+    its gradient all-reduce there, and a loss that calls the wrapped module's parts directly
+    trains each rank on its own gradients (silently). So ``fn`` stands in for the wrapped
+    module's ``forward`` for one call of the wrapper (an instance attribute, as accelerate's
+    autocast wrapper is) and DDP's bookkeeping runs around it; ``fn`` gets the wrapped module
+    and must not call the wrapper itself. Any other model: ``fn(model)``.
+    """
+    inner = _ddp_module(model)
+    if inner is None:
+        return fn(model)
+    had = "forward" in inner.__dict__
+    saved = inner.__dict__.get("forward")
+    inner.forward = lambda: fn(inner)
+    try:
+        return model()
+    finally:
+        if had:
+            inner.forward = saved
+        else:
+            del inner.forward
 
 
 def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -911,6 +945,7 @@ __all__ = [
     "general_text",
     "generation_latency",
     "greedy_generate",
+    "as_forward",
     "decoder_and_head",
     "has_4bit_weights",
     "heldout_loss",

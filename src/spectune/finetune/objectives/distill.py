@@ -554,14 +554,18 @@ def _labelled_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor,
                      keep: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Logits of the next-token predictions at ``keep`` (batch, length - 1), the head applied
     only there when the model can be split into decoder and head. (positions, vocab)."""
-    from spectune.finetune.evaluate import decoder_and_head
+    from spectune.finetune.evaluate import as_forward, decoder_and_head
 
     parts = decoder_and_head(model)
     if parts is None:
         return model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
     decoder, head = parts
-    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return head(hidden[:, :-1][keep])
+
+    def forward(_: Any) -> torch.Tensor:
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return head(hidden[:, :-1][keep])
+
+    return as_forward(model, forward)
 
 
 def distill_batch_loss(student: Any, teacher: Any, inputs: dict[str, torch.Tensor], *,

@@ -702,12 +702,19 @@ def list_logps(model: Any, batch: dict[str, torch.Tensor], *, share_prompt: bool
                ) -> torch.Tensor:  # fmt: skip
     """Sequence log-probs of the responses of a :class:`ListCollator` batch, (N,): with the
     prompt shared (:func:`shared_prompt_logps`) where the model allows, else every response
-    with its prompt (:func:`sequence_logps`)."""
-    if share_prompt:
-        shared = shared_prompt_logps(model, batch)
-        if shared is not None:
-            return shared
-    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    with its prompt (:func:`sequence_logps`). One forward of ``model`` (under DDP, of its
+    wrapper: :func:`spectune.finetune.evaluate.as_forward`)."""
+    from spectune.finetune.evaluate import as_forward
+
+    def forward(module: Any) -> torch.Tensor:
+        if share_prompt:
+            shared = shared_prompt_logps(module, batch)
+            if shared is not None:
+                return shared
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        return sequence_logps(module, ids, mask, labels)
+
+    return as_forward(model, forward)
 
 
 def _prompt_length(feature: dict[str, Any]) -> int | None:

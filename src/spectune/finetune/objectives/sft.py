@@ -81,15 +81,14 @@ class SFT(Objective):
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
         """Mean token NLL of the labelled positions, as the model's own loss, with the head
         applied only where a label is (same loss and gradients, tested)."""
-        from spectune.finetune.evaluate import decoder_and_head, labelled_nll
+        from spectune.finetune.evaluate import as_forward, decoder_and_head, labelled_nll
 
         parts = decoder_and_head(model)
         if parts is None or return_outputs:
             return trainer.model_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)  # fmt: skip
-        nll, n = labelled_nll(
-            parts, inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        )
+        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        nll, n = as_forward(model, lambda _: labelled_nll(parts, ids, mask, labels))
         return token_mean(trainer, nll, n, num_items_in_batch)
 
 
