@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from tests.finetune.conftest import tiny_run_config
@@ -70,6 +71,12 @@ def check_method(name: str, model_dir, tmp_path, tokenizer, **changes) -> recipe
     assert metrics.training.global_step == 4 and metrics.training.final_loss is not None
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert metrics.spectra is not None and metrics.spectra.n_layers > 0
+    # intruder dimensions for every method with a tuned matrix to compare (DoRA's rows: not
+    # defined, its magnitudes rescale each column), summed in the metrics
+    details = pd.read_csv(out / "spectra" / "details.csv")
+    if "dora" not in name:
+        assert details["num_intruders"].notna().all(), name
+        assert metrics.spectra.num_intruders == int(details["num_intruders"].sum()), name
 
     # the saved adapter reloads onto a fresh float32 base with the trained model's outputs
     ids = torch.tensor([tokenizer("The cat sat on the mat.")["input_ids"]])

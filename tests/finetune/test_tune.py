@@ -298,6 +298,8 @@ def test_frog_and_full_runs_analyze_the_weight_delta(tiny_model_dir, tmp_path):
     # tuned matrices are W_base + the update: both by hand from the adapter file
     from safetensors.torch import load_file
 
+    from spectune.spectral.intruders import intruder_dimensions
+
     ad = load_file(tmp_path / "frog" / "adapter" / "adapter_model.safetensors")
     base = _base_weights(tiny_model_dir)
     tuned = {}
@@ -311,6 +313,9 @@ def test_frog_and_full_runs_analyze_the_weight_delta(tiny_model_dir, tmp_path):
             delta = delta.reshape(W0.shape)
             assert by_name.loc[module, "log_norm"] == pytest.approx(_log10_sq(delta)[1], abs=2e-6)
             tuned[module] = W0 + delta
+            # intruder dimensions of the tuned matrix W_base + the update against W_base
+            direct = intruder_dimensions(W0.double(), tuned[module].double())
+            assert by_name.loc[module, "num_intruders"] == direct.num_intruders
     _check_base_against_tuned(tmp_path / "frog", tiny_model_dir, tuned, 14)
 
     full = _run(tiny_model_dir, tmp_path / "full", "full", train__learning_rate=1e-3).metrics

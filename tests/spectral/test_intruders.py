@@ -127,5 +127,14 @@ def test_analyze_delta_intruders_and_missing_base():
     update = {k: tuned[k] - base[k] for k in tuned}
     plus = analyze(update, base=base, plus_base=True, intruders=True, progress=False)
     assert plus.set_index("longname")["num_intruders"].to_dict() == {"layer": 1, "other": 0}
-    with pytest.raises(SpectuneError, match="peft=True .* delta=True .* or plus_base=True"):
+    # ... and as updates analyzed as they are (a sparse fine-tune's rows): the same counts on
+    # rows that are the updates' own spectra
+    own = analyze(update, base=base, updates=True, intruders=True, progress=False)
+    assert own.set_index("longname")["num_intruders"].to_dict() == {"layer": 1, "other": 0}
+    alone = analyze(update, progress=False).set_index("longname")
+    assert own.set_index("longname")["log_norm"].equals(alone["log_norm"])  # "other": 0, NaN
+    assert alone.loc["layer", "log_norm"] > 0
+    with pytest.raises(SpectuneError, match="peft=True .* delta=True .* plus_base=True or updates"):
         analyze(tuned, base=tuned, intruders=True, progress=False)
+    with pytest.raises(SpectuneError, match="updates=True .* cannot be combined"):
+        analyze(update, base=base, updates=True, plus_base=True, progress=False)

@@ -872,10 +872,11 @@ def analyze(run: Run) -> None:
     from spectune.spectral import summarize
 
     what = run.method.spectra(run.built, run.context, run.out / "adapter")
-    intruders = run.config.eval.intruders and (what.peft or what.delta)  # a tuned W to compare
-    details = analyze_spectra(what.source, peft=what.peft, delta=what.delta, base=run.model_dir,
-                              precision=run.config.eval.spectra_precision, intruders=intruders,
-                              progress=run.progress)  # fmt: skip
+    # intruders: there is a tuned W to compare (an adapter, a full fine-tune, a sparse update)
+    intruders = run.config.eval.intruders and (what.peft or what.delta or what.update)
+    details = analyze_spectra(what.source, peft=what.peft, delta=what.delta, updates=what.update,
+                              base=run.model_dir, precision=run.config.eval.spectra_precision,
+                              intruders=intruders, progress=run.progress)  # fmt: skip
     summary = summarize(details)
     if "base_alpha" in details:
         ok = details[details["base_status"] == "success"]

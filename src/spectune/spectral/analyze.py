@@ -415,7 +415,7 @@ def _intruder_columns(job: _Job, src: Any, base_src: Any, opts: dict[str, Any]) 
             res = lora_intruder_dimensions(W0.reshape(pair.shape), B, A, pair.scaling, **kw)
         else:
             Wt = src.load(job.tensor).double()
-            if opts.get("plus_base"):  # the source holds the update; the tuned matrix is W_0 + it
+            if opts.get("plus_base") or opts.get("updates"):  # the tuned matrix is W_0 + update
                 Wt = W0 + Wt
             if Wt.ndim != 2:
                 return nan
@@ -516,6 +516,7 @@ def analyze(
     *,
     delta: bool = False,
     plus_base: bool = False,
+    updates: bool = False,
     min_evals: int = DEFAULT_MIN_EVALS,
     max_evals: int = DEFAULT_MAX_EVALS,
     max_N: int = DEFAULT_MAX_N,
@@ -551,6 +552,9 @@ def analyze(
         plus_base: the source holds updates Delta W (e.g. a mapping ``"<module>.weight" ->
             delta`` of a sparse fine-tune): analyze the tuned matrices W_base + Delta W, for
             every one that matches a base matrix by name (needs ``base``).
+        updates: the source holds updates Delta W, as with ``plus_base``, but the rows are the
+            updates themselves (a sparse fine-tune's own spectra); it tells ``intruders`` that
+            the tuned matrix is W_base + Delta W.
         min_evals: fewer eigenvalues than this add the warning "too few eigenvalues for a
             reliable fit" (the row is still reported).
         max_evals: matrices with more eigenvalues (M * rf) are listed as "skipped".
@@ -578,7 +582,8 @@ def analyze(
         intruders: add intruder dimensions of the tuned matrix against the base
             (``num_intruders``, ``intruder_min_sim``; see
             :mod:`spectune.spectral.intruders`): for LoRA rows W_0 + s B A (computed without
-            forming B A), for ``delta=True`` rows the tuned matrix itself. Needs ``base``.
+            forming B A), for ``delta=True`` rows the tuned matrix itself, for ``plus_base`` and
+            ``updates`` rows W_base + Delta W. Needs ``base``.
         intruder_top_k: how many top singular vectors of the tuned matrix are examined.
         intruder_threshold: best |cosine| with the base's singular vectors below which a
             direction is an intruder.
@@ -606,6 +611,11 @@ def analyze(
             "plus_base=True needs base= (the model the update applies to) and neither delta=True "
             "nor peft (for an adapter use peft='with_base')"
         )
+    if updates and (delta or peft or plus_base):
+        raise SpectuneError(
+            "updates=True says the source holds updates analyzed as they are; it cannot be "
+            "combined with delta=True, peft or plus_base=True"
+        )
     if min_evals < 1:
         raise SpectuneError(f"min_evals must be >= 1, got {min_evals}")
     if intruders and base is None:
@@ -613,10 +623,11 @@ def analyze(
             "intruders=True needs base= (the model before fine-tuning): intruder dimensions "
             "compare the tuned matrix's singular vectors with the base's"
         )
-    if intruders and not (peft or delta or plus_base):
+    if intruders and not (peft or delta or plus_base or updates):
         raise SpectuneError(
             "intruders=True needs a tuned model to compare: peft=True (an adapter), "
-            "delta=True (a full fine-tune) or plus_base=True (an update), with base="
+            "delta=True (a full fine-tune), plus_base=True or updates=True (a mapping of "
+            "updates), with base="
         )
     if intruder_top_k < 1 or not 0.0 < intruder_threshold <= 1.0:
         raise SpectuneError(
@@ -635,9 +646,10 @@ def analyze(
         opts = dict(
             min_evals=min_evals, max_evals=max_evals, max_N=max_N, fix_fingers=fix_fingers or None,
             mp_fit=mp_fit, randomize=randomize, lora_scaling=lora_scaling, precision=precision,
-            seed=seed, delta=delta, plus_base=plus_base, with_base=peft == "with_base",
-            fit_type=fit_type, detX=detX, compare_fits=compare_fits, intruders=intruders,
-            intruder_top_k=intruder_top_k, intruder_threshold=intruder_threshold,
+            seed=seed, delta=delta, plus_base=plus_base, updates=updates,
+            with_base=peft == "with_base", fit_type=fit_type, detX=detX,
+            compare_fits=compare_fits, intruders=intruders, intruder_top_k=intruder_top_k,
+            intruder_threshold=intruder_threshold,
         )  # fmt: skip
         base_cache: dict[str, dict] = {}
         lock = threading.Lock()
@@ -663,7 +675,8 @@ def analyze(
     ordered = LEAD_COLUMNS + [c for c in METRIC_COLUMNS if c in details.columns]
     details = details[ordered + [c for c in details.columns if c not in ordered]]
     details.attrs["spectune"] = {
-        "peft": peft, "delta": delta, "plus_base": plus_base, "min_evals": min_evals,
+        "peft": peft, "delta": delta, "plus_base": plus_base, "updates": updates,
+        "min_evals": min_evals,
         "max_evals": max_evals, "max_N": max_N, "fix_fingers": fix_fingers, "mp_fit": mp_fit, "randomize": randomize,
         "lora_scaling": lora_scaling, "precision": precision, "seed": seed, "fit": fit,
         "detX": detX, "compare_fits": compare_fits, "intruders": intruders,

@@ -118,11 +118,15 @@ class SpectraInput:
             W - W_base of every matrix).
         peft: analyze LoRA pairs.
         delta: analyze W - W_base.
+        update: the source is a mapping of updates Delta W (a sparse fine-tune: FROG, SHiRA),
+            analyzed as they are; the tuned matrices (for intruder dimensions) are
+            W_base + Delta W.
     """
 
     source: Any
     peft: bool = False
     delta: bool = False
+    update: bool = False
 
 
 class Method:

@@ -194,7 +194,7 @@ class FrogMethod(Method):
         from spectune.frog import frog_modules
 
         deltas = {f"{n}.weight": m.delta_weight() for n, m in frog_modules(built.model).items()}
-        return SpectraInput(deltas)
+        return SpectraInput(deltas, update=True)
 
     def extras(self, built: Built) -> dict[str, Any]:
         if built.state is None:

@@ -78,7 +78,7 @@ class ShiraMethod(PeftMethod):
         for name, module in built.model.get_base_model().named_modules():
             if isinstance(module, ShiraLayer):
                 deltas[f"{name}.weight"] = module.get_delta_weight("default").to_dense().detach()
-        return SpectraInput(deltas)
+        return SpectraInput(deltas, update=True)
 
 
 register_method("shira", ShiraMethod())
