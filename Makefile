@@ -16,6 +16,10 @@ STAMP     := $(VENV)/.spectune-base-$(DEPS_KEY)
 STAMP_DEV := $(VENV)/.spectune-dev-$(DEPS_KEY)
 OUT    ?= results/demo
 PYTEST_ARGS ?=
+# the suite runs on this many pytest-xdist processes (0: one process, no xdist); tests are
+# grouped by module (tests/conftest.py), the cores split between the processes
+PYTEST_WORKERS ?= 2
+XDIST  := -n $(PYTEST_WORKERS) --dist loadgroup
 
 .PHONY: help setup setup-dev demo test test-fast lint bench lock clean
 .DEFAULT_GOAL := help
@@ -53,10 +57,10 @@ demo: $(STAMP)
 # SPECTUNE_REQUIRE_ANCHORS=1: a parity test whose anchor (weightwatcher, powerlaw, trl...) is
 # missing fails instead of skipping
 test: $(STAMP_DEV)
-	SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest -m "slow or not slow" --durations=30 $(PYTEST_ARGS)
+	SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest $(XDIST) -m "slow or not slow" --durations=30 $(PYTEST_ARGS)
 
 test-fast: $(STAMP_DEV)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check src tests bench

@@ -63,3 +63,38 @@ def _one_torch_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- parallel runs
+#: test modules that start a local Ray instance: one at a time (a second instance on the
+#: machine makes ``--address auto`` connect, which one test checks does not happen)
+_RAY_MODULES = ("tests/finetune/test_study_ray.py", "tests/finetune/test_search.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (what ``make test`` runs) xdist hands each group
+    to one worker. Every test module is its own group, so module-scoped fixtures (the demo's
+    four runs, the distillation run...) are built once, as in a serial run; the modules that
+    start Ray share one group. Runs first, before xdist reads the marks."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("ray" if module in _RAY_MODULES else module))
+
+
+def pytest_configure(config) -> None:
+    """On an xdist worker, split the machine's cores between the workers: torch's threads
+    (and ``OMP_NUM_THREADS`` for the processes a test starts) = cores // workers, so two
+    workers running real-weight tests do not run four OpenMP threads on two cores."""
+    import os
+
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
