@@ -16,10 +16,10 @@ STAMP     := $(VENV)/.spectune-base-$(DEPS_KEY)
 STAMP_DEV := $(VENV)/.spectune-dev-$(DEPS_KEY)
 OUT    ?= results/demo
 PYTEST_ARGS ?=
-# the suite runs on this many pytest-xdist processes (0: one process, no xdist); tests are
-# grouped by module (tests/conftest.py), the cores split between the processes
+# the suite runs on this many pytest-xdist processes (0: one process, no xdist); each test
+# module goes to one process (its module fixtures built once), the cores split between them
 PYTEST_WORKERS ?= 2
-XDIST  := -n $(PYTEST_WORKERS) --dist loadgroup
+XDIST  := -n $(PYTEST_WORKERS) --dist loadscope
 
 .PHONY: help setup setup-dev demo test test-fast lint bench lock clean
 .DEFAULT_GOAL := help

@@ -66,22 +66,11 @@ def _one_torch_thread(request):
 
 
 # --------------------------------------------------------------------------- parallel runs
-#: test modules that start a local Ray instance: one at a time (a second instance on the
-#: machine makes ``--address auto`` connect, which one test checks does not happen)
-_RAY_MODULES = ("tests/finetune/test_study_ray.py", "tests/finetune/test_search.py")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (what ``make test`` runs) xdist hands each group
-    to one worker. Every test module is its own group, so module-scoped fixtures (the demo's
-    four runs, the distillation run...) are built once, as in a serial run; the modules that
-    start Ray share one group. Runs first, before xdist reads the marks."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        module = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group("ray" if module in _RAY_MODULES else module))
+# ``make test`` runs ``pytest -n 2 --dist loadscope``: xdist hands each test module to one
+# worker, so module-scoped fixtures (the demo's four runs, the distillation run...) are built
+# once, as in a serial run, and the one module that starts Ray (test_study_ray.py) never meets
+# a second instance. (``--dist loadgroup`` would not group here: pytest-xdist 3.8 marks a
+# group by rewriting ``item._nodeid``, which pytest 9.2's node ids no longer read.)
 
 
 def pytest_configure(config) -> None:
