@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # the suite runs on this many pytest-xdist processes (0: one process, no xdist); each test
 # module goes to one process (its module fixtures built once), the cores split between them
 PYTEST_WORKERS ?= 2
-XDIST  := -n $(PYTEST_WORKERS) --dist loadscope
+XDIST  := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: help setup setup-dev demo test test-fast lint bench lock clean
 .DEFAULT_GOAL := help
