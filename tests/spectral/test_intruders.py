@@ -138,3 +138,38 @@ def test_analyze_delta_intruders_and_missing_base():
         analyze(tuned, base=tuned, intruders=True, progress=False)
     with pytest.raises(SpectuneError, match="updates=True .* cannot be combined"):
         analyze(update, base=base, updates=True, plus_base=True, progress=False)
+
+
+@pytest.mark.parametrize("shape", [(40, 90), (90, 40), (120, 120)])
+def test_base_vectors_through_the_gram_give_the_svds_best_cosines(shape):
+    """The Gram route's columns differ from the SVD's only in sign (and within a repeated
+    singular value), which max |cos| does not see: equal on random tuned directions, and a
+    tall matrix of rank 5 (too ill-conditioned for W v / s) takes the SVD instead."""
+    from spectune.spectral.intruders import base_left_vectors
+
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal(shape)
+    probe = rng.standard_normal((shape[0], 12))
+    probe /= np.linalg.norm(probe, axis=0)
+    U_svd = np.linalg.svd(W, full_matrices=False)[0]
+    U = base_left_vectors(W)
+    assert U.shape == U_svd.shape
+    np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-10)
+    np.testing.assert_allclose(np.abs(probe.T @ U).max(1), np.abs(probe.T @ U_svd).max(1),
+                               atol=1e-12)  # fmt: skip
+    low = rng.standard_normal((90, 5)) @ rng.standard_normal((5, 40))  # 90 x 40, rank 5
+    U_low = base_left_vectors(low)
+    np.testing.assert_allclose(U_low.T @ U_low, np.eye(40), atol=1e-10)  # the SVD's basis
+
+
+def test_top_vectors_of_a_dense_tuned_matrix_are_the_svds():
+    from spectune.spectral.intruders import _top_left
+
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((150, 100)) + 5 * np.outer(
+        rng.standard_normal(150), rng.standard_normal(100)
+    )
+    U, S = _top_left(W, 10)
+    U_svd, S_svd, _ = np.linalg.svd(W, full_matrices=False)
+    np.testing.assert_allclose(S, S_svd[:10], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(U * U_svd[:, :10], axis=0)), 1.0, atol=1e-8)
