@@ -20,6 +20,7 @@ base direction is compared). Full and FROG fine-tunes give W_t directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,13 +116,14 @@ def base_left_vectors(W_base: torch.Tensor | np.ndarray) -> np.ndarray:
     return (W0 @ V[:, ::-1]) / s
 
 
-def _top_left(W: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``k`` left singular vectors and values of a dense matrix, largest first:
-    Lanczos (``svds``, about 2x faster than the whole SVD for k = 10 on SmolLM2's shapes)
-    where it applies, else the SVD."""
+def _top_left(W: Any, k: int, dense: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` left singular vectors and values of ``W`` (a matrix, or a
+    ``LinearOperator`` with ``dense()`` forming it), largest first: Lanczos (``svds``, about 2x
+    faster than the whole SVD for k = 10 on SmolLM2's shapes) where it applies (k below the
+    smaller side, which is above 64), else the SVD."""
     m = min(W.shape)
     if k >= m - 1 or m <= 64:
-        U, S, _ = np.linalg.svd(W, full_matrices=False)
+        U, S, _ = np.linalg.svd(W if dense is None else dense(), full_matrices=False)
         return U[:, :k], S[:k]
     from scipy.sparse.linalg import svds
 
@@ -188,7 +190,7 @@ def lora_intruder_dimensions(
         An :class:`IntruderResult` (the same numbers as :func:`intruder_dimensions` on the
         merged matrix, to Lanczos accuracy).
     """
-    from scipy.sparse.linalg import LinearOperator, svds
+    from scipy.sparse.linalg import LinearOperator
 
     _check(top_k, threshold)
     W0 = _as_matrix(W_base, "the base matrix")
@@ -199,11 +201,6 @@ def lora_intruder_dimensions(
             f"LoRA shapes B {Bm.shape} and A {Am.shape} do not fit the base matrix {W0.shape}"
         )
     U0 = base_left_vectors(W0) if U_base is None else U_base
-    m = min(W0.shape)
-    k = min(top_k, m)
-    if k >= m - 1 or m <= 64:  # Lanczos needs k < min side; small matrices: dense is faster
-        U_t, S_t, _ = np.linalg.svd(W0 + Bm @ Am, full_matrices=False)
-        return _result(U_t[:, :k], S_t[:k], U0, threshold)
     op = LinearOperator(
         W0.shape,
         matvec=lambda x: W0 @ x + Bm @ (Am @ x),
@@ -212,10 +209,8 @@ def lora_intruder_dimensions(
         rmatmat=lambda Y: W0.T @ Y + Am.T @ (Bm.T @ Y),
         dtype=np.float64,
     )
-    v0 = np.random.default_rng(0).standard_normal(min(W0.shape))
-    U_t, S_t, _ = svds(op, k=k, tol=0, v0=v0)
-    order = np.argsort(S_t)[::-1]
-    return _result(U_t[:, order], S_t[order], U0, threshold)
+    U_t, S_t = _top_left(op, min(top_k, min(W0.shape)), dense=lambda: W0 + Bm @ Am)
+    return _result(U_t, S_t, U0, threshold)
 
 
 __all__ = [
