@@ -235,9 +235,9 @@ class EvalConfig:
         default=True,
         metadata={
             "help": "count intruder dimensions (Shuttleworth et al. 2024): tuned singular "
-            "vectors unlike every base one; every method with a tuned matrix: the LoRA family (low-rank "
-            "route), full fine-tuning, FROG and SHiRA (W_base + the sparse update; one base SVD per "
-            "matrix)."
+            "vectors unlike every base one; the LoRA family (low-rank route; DoRA: undefined), "
+            "full fine-tuning, FROG and SHiRA (W_base + the sparse update); one base "
+            "decomposition per matrix."
         },
     )
     compare_base: bool = field(
