@@ -5,6 +5,7 @@ on the embedded model moves agreement with the teacher)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -371,9 +372,96 @@ def test_augment_writes_a_deduplicated_dolly_file_that_tune_reads(tiny_model_dir
     # spectune tune reads it
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, data={"train": str(out)}))
     assert len(load_instruction_data(config).train) == len(examples) - 1
-    # the same seed gives the same file
+    # the same seed gives the same file; an existing one is replaced only with --overwrite
     first = out.read_text()
-    assert main(argv) == 0 and out.read_text() == first
+    assert main(argv) == 2 and out.read_text() == first
+    assert main([*argv, "--overwrite"]) == 0 and out.read_text() == first
+    assert side["spectune_augment"] == 1 and side["sha256"] == hashlib.sha256(
+        out.read_bytes()).hexdigest()  # fmt: skip
+
+
+def _dolly(path, n: int = 3):
+    rows = [{"instruction": f"Add {i} and {i}.", "context": "", "response": str(2 * i),
+             "category": "math"} for i in range(n)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_augment_never_replaces_the_seeds_or_a_file_it_did_not_write(tiny_model_dir, tmp_path,
+                                                                     capsys):  # fmt: skip
+    """Issue 20, case 2: --out equal to --seeds replaced the seeds; --out data/mydata replaced
+    the user's data/mydata.json with the settings sidecar. Both are refused before any work,
+    with and without --overwrite, and the files stay byte-identical."""
+    from spectune.cli.main import main
+
+    seeds = _dolly(tmp_path / "seeds.jsonl")
+    mine = tmp_path / "mydata.json"
+    mine.write_text('{"my": "own settings"}\n')
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "hi"}]))
+    before = {p: p.read_bytes() for p in (seeds, mine, alpaca)}
+    base = ["augment", "--model", str(tiny_model_dir), "-n", "2", "--no-progress"]
+    cases = [
+        (["--seeds", str(seeds), "--out", str(seeds)], f"--out {seeds} is the seeds file"),
+        (["--seeds", str(alpaca), "--out", str(tmp_path / "alpaca")],
+         f"its settings file {alpaca} is the seeds file"),
+        (["--seeds", str(seeds), "--out", str(tmp_path / "mydata")],
+         f"{mine} already exists; pass --overwrite"),
+    ]  # fmt: skip
+    for args, message in cases:
+        for extra in ([], ["--overwrite"]):
+            assert main([*base, *args, *extra]) == 2, (args, extra)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith("spectune: error: "), err
+            if not extra or "seeds file" in message:
+                assert message in err, err
+            else:  # the user's mydata.json is not a sidecar spectune wrote
+                assert f"{mine} is not the settings file spectune augment writes" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpaca.json", "mydata.json",
+                                                          "seeds.jsonl"]  # fmt: skip
+
+
+def test_augment_overwrite_replaces_only_an_unchanged_pair_it_wrote(tmp_path):
+    """--overwrite needs spectune's sidecar with the file's SHA-256: an edited file, a file
+    without a sidecar or a sidecar of another file are the user's."""
+    from spectune.finetune.augment import AugmentInfo, check_output, write_augmented
+    from spectune.finetune.data import InstructionExample
+
+    out = tmp_path / "aug.jsonl"
+    info = AugmentInfo("context", "tasks", 3, 2)
+    ex = [InstructionExample("Say hi.", "hi", category="greet")]
+    write_augmented(out, ex, info)
+    with pytest.raises(SpectuneError, match="already exists; pass --overwrite"):
+        write_augmented(out, ex, info)
+    write_augmented(out, [*ex, InstructionExample("Say bye.", "bye")], info, overwrite=True)
+    assert len(out.read_text().splitlines()) == 2
+    side = json.loads((tmp_path / "aug.jsonl.json").read_text())
+    assert "previous_sha256" not in side  # only while the file is being replaced
+    # an interruption between the sidecar and the file: the old file is still replaceable
+    old = out.read_bytes()
+    (tmp_path / "aug.jsonl.json").write_text(json.dumps({**side, "sha256": "0" * 64,
+                                             "previous_sha256": side["sha256"]}))  # fmt: skip
+    assert check_output(out, overwrite=True) == out
+    (tmp_path / "aug.jsonl.json").write_text(json.dumps(side))
+    out.write_bytes(old + b'{"instruction": "mine", "response": "mine"}\n')  # edited by hand
+    edited = out.read_bytes()
+    with pytest.raises(SpectuneError, match=r"changed since spectune augment wrote it"):
+        write_augmented(out, ex, info, overwrite=True)
+    assert out.read_bytes() == edited
+    (tmp_path / "aug.jsonl.json").unlink()
+    with pytest.raises(SpectuneError, match=r"has no settings file aug.jsonl.json beside it"):
+        write_augmented(out, ex, info, overwrite=True)
+    other = tmp_path / "other.jsonl"
+    write_augmented(other, ex, info)
+    (tmp_path / "other.jsonl.json").rename(tmp_path / "aug.jsonl.json")  # another file's
+    with pytest.raises(SpectuneError, match=r"is not the settings file spectune augment writes"):
+        write_augmented(out, ex, info, overwrite=True)
+    assert out.read_bytes() == edited
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(other)
+    with pytest.raises(SpectuneError, match=r"link.jsonl is a symbolic link"):
+        check_output(link, overwrite=True)
 
 
 def test_augment_refuses_a_teacher_with_another_vocabulary_before_writing(

@@ -9,7 +9,11 @@ HELP = ("have a teacher write new training examples from seed examples into a Do
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="the Dolly .jsonl file to write")
+    parser.add_argument("--out", required=True, help="the Dolly .jsonl file to write (its "
+                        "settings go to <out>.json); an existing file is refused")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out and <out>.json when spectune augment wrote them "
+                        "(unchanged since); never the seeds or a file of yours")  # fmt: skip
     parser.add_argument("--seeds", default="tasks",
                         help="seed examples: 'tasks' (the bundled task set's training split) or "
                         "a Dolly .jsonl / Alpaca .json file (default tasks)")  # fmt: skip
@@ -50,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_file
-    from spectune.finetune.augment import augment, write_augmented
+    from spectune.finetune.augment import augment, check_output, write_augmented
 
     out = check_writable_file(args.out, "--out")  # before any work
+    inputs = () if args.seeds == "tasks" else (args.seeds,)
+    check_output(out, overwrite=args.overwrite, inputs=inputs)
     if args.seeds == "tasks":
         from spectune.finetune.tasks import generate_task_set
 
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                              answer_tokens=args.answer_tokens, batch_size=args.batch_size,
                              seed=args.seed, seeds_name=name,
                              progress=not args.no_progress)  # fmt: skip
-    sidecar = write_augmented(out, examples, info)
+    sidecar = write_augmented(out, examples, info, overwrite=args.overwrite, inputs=inputs)
     print(f"wrote {info.n_written} of {info.n_requested} examples to {out} in {info.seconds:.1f} s "
           f"({info.n_attempts} attempts, {info.n_duplicates} duplicates, {info.n_empty} empty); "
           f"settings in {sidecar}")  # fmt: skip

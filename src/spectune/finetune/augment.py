@@ -18,10 +18,19 @@ The result is Dolly records (category = the seeds' category) that ``spectune tun
 (``data.train: <file>``), and an :class:`AugmentInfo` with every generation setting and
 count, which ``spectune augment`` writes beside the file (``<file>.json``). Sampling is seeded
 (``torch.manual_seed(seed)`` before each batch), so a seed gives the same file on one machine.
+
+**Never over a file of the user's.** :func:`check_output` runs before any work and again
+before writing: the output and its sidecar may not be the seeds file (never, not even with
+``overwrite``) or a symbolic link; when either exists, it is replaced only with ``overwrite``
+and only when spectune augment wrote both: the sidecar carries ``"spectune_augment": 1`` and
+the SHA-256 of the file it describes, and the file still has that hash (an edited file is the
+user's).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import re
 import time
@@ -238,20 +247,135 @@ def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context"
     return out, info
 
 
+#: the sidecar field that says spectune augment wrote the file pair
+MARK = "spectune_augment"
+
+
+def sidecar_of(path: str | Path) -> Path:
+    """The settings file beside an augmented file: ``<path>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _our_sidecar(sidecar: Path, path: Path) -> dict[str, Any] | None:
+    """The sidecar's content when spectune augment wrote it for ``path``, else None."""
+    import json
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get(MARK) != 1 or data.get("file") != path.name:
+        return None
+    if not isinstance(data.get("sha256"), str):
+        return None
+    return data
+
+
+def check_output(path: str | Path, *, overwrite: bool = False,
+                 inputs: tuple[str | Path, ...] = ()) -> Path:  # fmt: skip
+    """Check, before any work, that writing ``path`` and its sidecar replaces no file of the
+    user's (see the module docstring).
+
+    Args:
+        path: the ``.jsonl`` to write (``--out``).
+        overwrite: replace a file pair spectune augment wrote.
+        inputs: files the command reads (the seeds), never replaced.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        SpectuneError: one line naming the file in the way and what to do.
+    """
+    path = Path(path).expanduser()
+    sidecar = sidecar_of(path)
+    for src in inputs:
+        for target in (path, sidecar):
+            if _same_file(target, Path(src).expanduser()):
+                what = "" if target == path else f": its settings file {target}"
+                raise SpectuneError(f"--out {path}{what} is the seeds file {src}; spectune never "
+                                    "replaces its input: pick another --out")  # fmt: skip
+    for target in (path, sidecar):
+        if target.is_symlink():
+            raise SpectuneError(f"--out {path}: {target} is a symbolic link; spectune never "
+                                "writes through a link: remove it or pick another --out")  # fmt: skip
+        if target.is_dir():
+            raise SpectuneError(f"--out {path}: {target} is a folder; pick another --out")
+    there = [t for t in (path, sidecar) if t.exists()]
+    if not there:
+        return path
+    if not overwrite:
+        raise SpectuneError(f"--out {path}: {there[0]} already exists; pass --overwrite to "
+                            "replace what spectune augment wrote, or pick another --out")  # fmt: skip
+    meta = _our_sidecar(sidecar, path) if sidecar.exists() else None
+    never = "spectune never replaces a file it did not write: move it or pick another --out"
+    if meta is None:
+        what = (
+            f"{sidecar} is not the settings file spectune augment writes for it"
+            if sidecar.exists()
+            else f"{path} has no settings file {sidecar.name} beside it"
+        )
+        raise SpectuneError(f"--out {path}: {what}, so it was not written by spectune augment; "
+                            f"{never}")  # fmt: skip
+    if path.exists() and _sha256(path) not in (meta.get("sha256"), meta.get("previous_sha256")):
+        raise SpectuneError(f"--out {path} changed since spectune augment wrote it (its SHA-256 "
+                            f"is not the one in {sidecar.name}); {never}")  # fmt: skip
+    return path
+
+
 def write_augmented(path: str | Path, examples: list[InstructionExample],
-                    info: AugmentInfo) -> Path:  # fmt: skip
-    """Write the examples as Dolly JSON Lines and ``<path>.json`` with the settings (both
-    atomically). Returns the sidecar's path."""
+                    info: AugmentInfo, *, overwrite: bool = False,
+                    inputs: tuple[str | Path, ...] = ()) -> Path:  # fmt: skip
+    """Write the examples as Dolly JSON Lines and ``<path>.json`` with the settings and the
+    file's SHA-256 (both atomically), after :func:`check_output`. Returns the sidecar's path.
+
+    The sidecar is written first, with the new hash and the replaced file's, so an
+    interruption between the two writes leaves a pair that ``overwrite`` still replaces.
+
+    Raises:
+        SpectuneError: as :func:`check_output` (nothing is written).
+    """
     import json
 
     from spectune._io import write_json, write_text
 
-    path = Path(path)
-    write_text(path, "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n"
-                             for ex in examples))  # fmt: skip
-    sidecar = path.with_name(path.name + ".json")
-    write_json(sidecar, {"format": "dolly", "file": path.name, **info.to_dict()})
+    path = check_output(path, overwrite=overwrite, inputs=inputs)
+    text = "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n" for ex in examples)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    old = _sha256(path) if path.exists() else None
+    sidecar = sidecar_of(path)
+    meta = {"format": "dolly", "file": path.name, MARK: 1, "sha256": sha, **info.to_dict()}
+    write_json(sidecar, {**meta, "previous_sha256": old} if old and old != sha else meta)
+    write_text(path, text)
+    if old and old != sha:
+        write_json(sidecar, meta)
     return sidecar
 
 
-__all__ = ["INSTRUCTION_REQUEST", "AugmentInfo", "augment", "write_augmented"]
+__all__ = [
+    "INSTRUCTION_REQUEST",
+    "MARK",
+    "AugmentInfo",
+    "augment",
+    "check_output",
+    "sidecar_of",
+    "write_augmented",
+]
