@@ -1,4 +1,11 @@
-"""Atomic file writes: a crash never leaves a half-written file or folder behind."""
+"""Atomic file writes: a crash never leaves a half-written file or folder behind.
+
+Inside a results folder that is open (:func:`guard_folder`, done by
+:class:`spectune.finetune.runfolder.RunFolder` while it holds the folder's lock) no write
+goes through a symbolic link: :func:`atomic_path` and :func:`publish_dir` refuse a link at the
+file or at any folder between the results folder and the file (:func:`check_no_links`), so a
+link planted in a run folder cannot make spectune write outside it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +41,66 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: results folders open in this process (absolute paths; a count each, they may nest)
+_GUARDED: dict[Path, int] = {}
+_GUARDED_LOCK = threading.Lock()
+
+
+def guard_folder(root: str | os.PathLike[str]) -> None:
+    """Refuse, from now on, any write through a symbolic link inside ``root`` (a results
+    folder spectune holds); undone by :func:`release_folder`."""
+    key = Path(os.path.abspath(root))
+    with _GUARDED_LOCK:
+        _GUARDED[key] = _GUARDED.get(key, 0) + 1
+
+
+def release_folder(root: str | os.PathLike[str]) -> None:
+    """Undo one :func:`guard_folder` of ``root``."""
+    key = Path(os.path.abspath(root))
+    with _GUARDED_LOCK:
+        left = _GUARDED.get(key, 0) - 1
+        if left > 0:
+            _GUARDED[key] = left
+        else:
+            _GUARDED.pop(key, None)
+
+
+def check_no_links(
+    path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> None:
+    """Refuse a symbolic link at ``path`` or at any folder between a results folder and it.
+
+    Args:
+        path: a file or folder about to be written or deleted.
+        root: the results folder; by default every guarded folder (:func:`guard_folder`)
+            that holds ``path``. The root itself may be a link (the user's ``--out``).
+
+    Raises:
+        SpectuneError: a link on the way, named (nothing was written).
+    """
+    target = Path(os.path.abspath(path))
+    if root is not None:
+        roots = [Path(os.path.abspath(root))]
+    else:
+        with _GUARDED_LOCK:
+            roots = list(_GUARDED)
+    for top in roots:
+        try:
+            parts = target.relative_to(top).parts
+        except ValueError:
+            continue
+        probe = top
+        for part in parts:
+            probe = probe / part
+            if probe.is_symlink():
+                raise SpectuneError(
+                    f"{probe} is a symbolic link inside the results folder {top}; spectune "
+                    "never writes through a link: remove the link (or pick another --out)"
+                )
+            if not os.path.lexists(probe):
+                break
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -46,8 +114,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Yields:
         The temporary file name, in the same folder (so the rename is atomic).
+
+    Raises:
+        SpectuneError: a symbolic link on the way inside an open results folder
+            (:func:`check_no_links`), before anything is written.
     """
     final = Path(path)
+    check_no_links(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -108,8 +181,13 @@ def publish_dir(build: Callable[[Path], None], final: str | os.PathLike[str]) ->
 
     Returns:
         ``final`` as a Path.
+
+    Raises:
+        SpectuneError: a symbolic link on the way inside an open results folder
+            (:func:`check_no_links`), before anything is written.
     """
     final = Path(final)
+    check_no_links(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:

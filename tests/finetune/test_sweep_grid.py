@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -140,5 +141,62 @@ def test_marker_with_hostile_file_list_deletes_nothing_outside(tmp_path):
     out.mkdir()
     (out / MARKER).write_text(json.dumps({"spectune_run": 1, "kind": "tune", "status": "complete",
                                           "files": ["../keep.txt", "..", "/etc", MARKER]}))  # fmt: skip
-    RunFolder(out).open(overwrite=True)
+    with pytest.raises(SpectuneError, match=r"run.json: field 'files' is \['../keep.txt'.* not a "
+                       "list of plain file names"):  # fmt: skip
+        RunFolder(out).open(overwrite=True)
     assert outside.read_text() == "keep"
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]  # not even locked
+
+
+def test_an_open_folder_is_never_written_through_a_link(tmp_path):
+    """Issue 20, case 7, while a run writes: a link planted in its folder (at a file, a
+    folder on the way, the lock) is refused, naming it, and nothing is written through it."""
+    from spectune._io import publish_dir, write_text
+    from spectune.report.files import save_figure
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "run"
+    folder = RunFolder(out).open()
+    folder.own("plots", "adapter")
+    (out / "plots").symlink_to(outside, target_is_directory=True)
+    (out / "adapter").mkdir()
+    (out / "adapter" / "inner").symlink_to(outside, target_is_directory=True)
+    (out / "metrics.json").symlink_to(outside / "metrics.json")
+    fig = __import__("matplotlib.figure", fromlist=["Figure"]).Figure()
+    attempts = [
+        (lambda: write_text(out / "plots" / "x.txt", "x"), out / "plots"),
+        (lambda: save_figure(fig, out / "plots" / "x.png"), out / "plots"),
+        (lambda: write_text(out / "adapter" / "inner" / "w", "x"), out / "adapter" / "inner"),
+        (lambda: publish_dir(lambda tmp: None, out / "plots" / "sub"), out / "plots"),
+        (lambda: write_text(out / "metrics.json", "{}"), out / "metrics.json"),
+        (folder.record, out / "plots"),
+        (lambda: folder.own("metrics.json"), out / "metrics.json"),
+    ]
+    for attempt, link in attempts:
+        with pytest.raises(SpectuneError, match=rf"^{re.escape(str(link))} is a symbolic link "
+                           "inside the results folder"):  # fmt: skip
+            attempt()
+    assert list(outside.iterdir()) == []
+    folder.close()  # released: the folder is no longer guarded
+    write_text(tmp_path / "free.txt", "x")
+    # a lock file planted as a link: never opened through it
+    (outside / "victim").write_text("keep")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / LOCK).symlink_to(outside / "victim")
+    with pytest.raises(SpectuneError, match=r"\.spectune\.lock cannot be opened .*link"):
+        RunFolder(fresh).open()
+    assert (outside / "victim").read_text() == "keep"
+
+
+def test_own_refuses_a_file_the_run_did_not_write(tmp_path):
+    out = tmp_path / "run"
+    folder = RunFolder(out).open()
+    (out / "metrics.json").write_text("the user's")
+    with pytest.raises(SpectuneError, match=r"metrics.json is already there and was not written "
+                       "by this run; spectune never replaces"):  # fmt: skip
+        folder.own("metrics.json")
+    assert (out / "metrics.json").read_text() == "the user's"
+    assert "metrics.json" not in folder.state["files"]
+    folder.close()

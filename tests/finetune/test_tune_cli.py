@@ -164,3 +164,98 @@ def test_demo_cli_on_the_tiny_model(tiny_model_dir, smol_tokenizer, tmp_path, ca
     assert all(meta["notes"])
     assert (out / "report.html").is_file() and (out / "results.md").is_file()
     assert "demo finished in" in capsys.readouterr().out
+
+
+def _tree(folder):
+    """Every path under ``folder`` with its bytes (None for a folder, the target for a link)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        out[rel] = (f"-> {p.readlink()}" if p.is_symlink() else
+                    None if p.is_dir() else p.read_bytes())  # fmt: skip
+    return out
+
+
+def test_a_marker_whose_files_is_a_string_is_refused_and_deletes_nothing(config_file, tmp_path,
+                                                                          capsys):  # fmt: skip
+    """Issue 20, case 4: "files": "adapter" was iterated letter by letter, so --overwrite
+    deleted the files a, d, p, t, e, r. run.json is checked against its schema first."""
+    out = tmp_path / "run"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "w.bin").write_bytes(b"weights")
+    for letter in "adptr" + "e":
+        (out / letter).write_text(f"the user's {letter}")
+    (out / "run.json").write_text(json.dumps({"spectune_run": 1, "kind": "tune",
+                                              "status": "complete", "files": "adapter"}))  # fmt: skip
+    before = _tree(out)
+    for flags in (["--overwrite"], ["--resume"], []):
+        code = main(["tune", str(config_file), "--out", str(out), "--no-progress", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{out / 'run.json'}: field 'files' is 'adapter', not a list of plain file names" \
+            in err  # fmt: skip
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("spectune_run", True), ("status", "done"), ("kind", ["tune"]), ("files", [3]),
+     ("files", ["adapter/w.bin"]), ("tree", {"adapter": "w.bin"}), ("tree", {"adapter": ["../x"]}),
+     ("tree", {"../up": ["x"]}), ("resumed", "yesterday"), ("prelude_done", "yes")],
+)  # fmt: skip
+def test_every_marker_field_is_type_checked(field, value, tmp_path):
+    from spectune.errors import SpectuneError
+    from spectune.finetune.runfolder import RunFolder
+
+    marker = {"spectune_run": 1, "kind": "tune", "status": "complete", "files": ["run.json"],
+              "tree": {}, field: value}  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(marker))
+    with pytest.raises(SpectuneError, match=rf"run.json: field '{field}' is .*; spectune acts on "
+                       "no damaged run.json"):  # fmt: skip
+        RunFolder(tmp_path).read_marker()
+
+
+def test_resume_refuses_links_planted_in_the_run_folder(config_file, tmp_path, capsys,
+                                                        monkeypatch):  # fmt: skip
+    """Issue 20, case 7: plots/ and spectra/ planted as links to another folder in an
+    interrupted run: --resume wrote 14 files into it. Now --resume (and --overwrite) refuse,
+    naming the link, and nothing outside (or inside) changes."""
+    from spectune.finetune import recipe
+
+    out = tmp_path / "run"
+    real = recipe.callbacks
+
+    def interrupting(run):
+        from transformers import TrainerCallback
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 3:
+                    raise KeyboardInterrupt
+
+        return [*real(run), Stop()]
+
+    monkeypatch.setattr(recipe, "callbacks", interrupting)
+    assert main(["tune", str(config_file), "--out", str(out), "--no-progress"]) == 130
+    capsys.readouterr()
+    monkeypatch.setattr(recipe, "callbacks", real)
+    target = tmp_path / "elsewhere"
+    for name in ("plots", "spectra"):
+        (target / name).mkdir(parents=True)
+        (out / name).symlink_to(target / name, target_is_directory=True)
+    (target / "plots" / "theirs.txt").write_text("theirs")
+    before, inside = _tree(target), _tree(out)
+    for flags in (["--resume"], ["--overwrite"]):
+        code = main(["tune", str(config_file), "--out", str(out), "--no-progress", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"output folder {out} holds a symbolic link (plots and 1 more); spectune never " \
+            "writes or deletes through a link" in err  # fmt: skip
+    assert _tree(target) == before and _tree(out) == inside
+    # the links removed, the run resumes and completes
+    for name in ("plots", "spectra"):
+        (out / name).unlink()
+    code = main(["tune", str(config_file), "--out", str(out), "--no-progress", "--resume"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert _tree(target) == before

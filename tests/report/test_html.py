@@ -484,10 +484,14 @@ def test_missing_metrics_json_raises(tmp_path):
     assert files(folder) == {"metrics.json"}  # nothing written
 
 
+#: a page an earlier spectune wrote (its generator tag): a report replaces it
+OLD_PAGE = '<!doctype html>\n<meta name="generator" content="spectune 0.1">\nold\n'
+
+
 def test_write_run_report_is_atomic_and_writes_only_the_report(tmp_path):
     folder = make_run(tmp_path / "run")
     before = files(folder)
-    (folder / "report.html").write_text("old")
+    (folder / "report.html").write_text(OLD_PAGE)
     path = write_run_report(folder)
     assert path == folder / "report.html"
     assert files(folder) == before | {"report.html"}  # no temporary file left behind
@@ -497,7 +501,7 @@ def test_write_run_report_is_atomic_and_writes_only_the_report(tmp_path):
 
 def test_failed_write_keeps_the_old_report(tmp_path, monkeypatch):
     folder = make_run(tmp_path / "run", full=False)
-    (folder / "report.html").write_text("old")
+    (folder / "report.html").write_text(OLD_PAGE)
     before = files(folder)
 
     def broken(self, *args, **kwargs):
@@ -508,7 +512,72 @@ def test_failed_write_keeps_the_old_report(tmp_path, monkeypatch):
         write_run_report(folder)
     monkeypatch.undo()
     assert files(folder) == before
-    assert (folder / "report.html").read_text() == "old"
+    assert (folder / "report.html").read_text() == OLD_PAGE
+
+
+def test_a_report_html_spectune_did_not_write_is_never_replaced(tmp_path, capsys):
+    """The rule for every file spectune writes: report.html is replaced only when it is a
+    page spectune wrote; the user's page (or a link) is refused, one line, exit 2."""
+    from spectune.cli.main import main
+
+    folder = make_run(tmp_path / "run", full=False)
+    outside = tmp_path / "mine.html"
+    outside.write_text("<p>my notes</p>")
+    for setup in ("file", "link"):
+        if setup == "file":
+            (folder / "report.html").write_text("<p>my own report</p>")
+        else:
+            (folder / "report.html").unlink()
+            (folder / "report.html").symlink_to(outside)
+        before = files(folder)
+        with pytest.raises(SpectuneError, match="report.html"):
+            write_run_report(folder)
+        assert main(["report", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(folder / "report.html") in err, err
+        assert ("was not written by spectune" if setup == "file" else "is a symbolic link") in err
+        assert files(folder) == before
+    assert outside.read_text() == "<p>my notes</p>"
+
+
+def test_a_report_embeds_no_file_a_link_points_outside_the_folder(tmp_path, capsys):
+    """Issue 20, case 7: images and files that links inside a results folder point to
+    outside it were embedded. They are left out (and listed); a page's required file that
+    links outside is refused."""
+    from spectune.cli.main import main
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    save_png(secret / "private.png", "#123456")
+    (secret / "notes.jsonl").write_text('{"instruction": "SECRET-TEXT", "correct_after": true}\n')
+    folder = make_run(tmp_path / "run", plots=RUN_PLOTS[:1])
+    (folder / "plots" / "stolen.png").symlink_to(secret / "private.png")
+    (folder / "predictions.jsonl").unlink()
+    (folder / "predictions.jsonl").symlink_to(secret / "notes.jsonl")
+    inside = folder / "plots" / "again.png"
+    inside.symlink_to(folder / "plots" / f"{RUN_PLOTS[0]}")  # a link inside the folder: fine
+    assert main(["report", str(folder)]) == 0
+    text = (folder / "report.html").read_text(encoding="utf-8")
+    secret_png = base64.b64encode((secret / "private.png").read_bytes()).decode("ascii")
+    assert secret_png not in text and "SECRET-TEXT" not in text
+    assert "plots/stolen.png: a link to a file outside the folder; left out" in text
+    assert "predictions.jsonl: a link to a file outside the folder; left out" in text
+    assert text.count("data:image/png;base64,") == 2  # the run's plot and its link inside
+    # a comparison: a run folder linked in from elsewhere is left out too
+    sweep = make_comparison(tmp_path / "sweep")
+    n_images = render_comparison(sweep).count("data:image/png;base64,")
+    elsewhere = make_run(tmp_path / "elsewhere", plots=RUN_PLOTS[:1])
+    (sweep / "runs" / "r2").symlink_to(elsewhere, target_is_directory=True)
+    page = render_comparison(sweep)
+    assert "runs/r2/metrics.json: a link to a file outside the folder; left out" in page
+    assert "runs/r2/plots/loss_curve.png: a link to a file outside the folder" in page
+    assert page.count("data:image/png;base64,") == n_images
+    # the run page's metrics.json itself linking outside: refused
+    (folder / "metrics.json").rename(secret / "metrics.json")
+    (folder / "metrics.json").symlink_to(secret / "metrics.json")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.json is a link to a file outside the folder" in err
 
 
 # --------------------------------------------------------------------------- comparison page

@@ -605,11 +605,13 @@ def _run_ray(study: Any, storage: Any, sampler: Any, planner: Planner,
 
 
 def _run_error(run_dir: Path) -> str | None:
-    marker = run_dir / "run.json"
+    from spectune.finetune.runfolder import RunFolder
+
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("error")
-    except (OSError, ValueError):
+        marker = RunFolder(run_dir).read_marker()  # validated: "error" is text when there
+    except SpectuneError:
         return None
+    return (marker or {}).get("error")
 
 
 def search(

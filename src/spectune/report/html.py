@@ -20,11 +20,14 @@ artifact, the page only formats it): nothing is recomputed.
 The page stands alone: CSS inline, every image a ``data:image/png;base64,`` URI, no script,
 no external URL. Every string read from the folder is HTML-escaped. A missing optional file
 or value never stops the rendering: a value shows as ``-``, a section without data is left
-out, and files that could not be read are listed at the top of the page.
+out, and files that could not be read are listed at the top of the page. Only files that
+resolve inside the folder are read: a symbolic link pointing outside it is left out (and
+listed), so a report never embeds a file from elsewhere.
 
 :func:`render_run` / :func:`render_comparison` return the text; :func:`write_run_report` /
 :func:`write_comparison_report` write ``report.html`` into the folder atomically, and nothing
-else.
+else; they never replace a ``report.html`` that spectune did not write (a page without
+spectune's generator tag, or a link).
 """
 
 from __future__ import annotations
@@ -234,6 +237,14 @@ class _Reader:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.problems: list[str] = []
+        self._real_root = _real(root)
+
+    def inside(self, path: Path) -> bool:
+        """Whether ``path`` resolves inside the folder; if not, it is listed as a problem."""
+        if _within(path, self._real_root):
+            return True
+        self._problem(path, "a link to a file outside the folder; left out")
+        return False
 
     def rel(self, path: Path) -> str:
         try:
@@ -245,7 +256,7 @@ class _Reader:
         self.problems.append(f"{self.rel(path)}: {what}")
 
     def text(self, path: Path) -> str | None:
-        if not path.is_file():
+        if not path.is_file() or not self.inside(path):
             return None
         try:
             return path.read_text(encoding="utf-8", errors="replace")
@@ -296,6 +307,8 @@ class _Reader:
             return None
 
     def png(self, path: Path) -> bytes | None:
+        if not self.inside(path):
+            return None
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -307,11 +320,29 @@ class _Reader:
         return data
 
 
+def _real(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return path.absolute()
+
+
+def _within(path: Path, real_root: Path) -> bool:
+    """Whether ``path`` (links followed) is ``real_root`` or below it."""
+    try:
+        return path.resolve(strict=False).is_relative_to(real_root)
+    except (OSError, RuntimeError):
+        return False
+
+
 def _required(folder: str | os.PathLike[str], name: str, what: str) -> Path:
     folder = Path(folder)
     if not (folder / name).is_file():
         where = "no such folder" if not folder.is_dir() else f"no {name} in it"
         raise SpectuneError(f"cannot render {folder}: {where}; {what}")
+    if not _within(folder / name, _real(folder)):
+        raise SpectuneError(f"cannot render {folder}: its {name} is a link to a file outside "
+                            "the folder; a report reads only the folder's own files")  # fmt: skip
     return folder
 
 
@@ -1315,7 +1346,7 @@ def _pareto(info: dict[str, Any], anchors: dict[str, str]) -> _Html:
 def _run_section(reader: _Reader, path: Path, anchor: str, row: dict[str, str] | None) -> _Html:
     """A collapsible section of one run of a comparison: key numbers and plots."""
     m: RunMetrics | None = None
-    if (path / RUN_FILE).is_file():
+    if (path / RUN_FILE).is_file() and reader.inside(path / RUN_FILE):
         try:
             m = _metrics(path)
         except SpectuneError as exc:
@@ -1502,16 +1533,53 @@ def render_spectra(folder: str | os.PathLike[str]) -> str:
     return _page(title, "\n".join(body), reader.problems)
 
 
+#: how a page spectune wrote begins (its generator tag is in its head)
+_GENERATOR = '<meta name="generator" content="spectune '
+
+
+def check_report_path(folder: str | os.PathLike[str]) -> Path:
+    """``folder/report.html``, after checking that writing it replaces no file of the user's:
+    it must be absent or a page spectune wrote (its generator tag in the first 2 KB), and
+    not a symbolic link.
+
+    Raises:
+        SpectuneError: a link, a folder, or a file spectune did not write (nothing written).
+    """
+    path = Path(folder) / REPORT
+    fix = "move it out of the folder, then write the report again"
+    if path.is_symlink():
+        raise SpectuneError(f"{path} is a symbolic link; spectune never writes through a link: "
+                            f"{fix}")  # fmt: skip
+    if path.is_dir():
+        raise SpectuneError(f"{path} is a folder, not a report spectune wrote; {fix}")
+    if path.exists():
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(2048).decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise SpectuneError(f"{path} cannot be read ({exc.strerror}); {fix}") from None
+        if _GENERATOR not in head:
+            raise SpectuneError(f"{path} exists and was not written by spectune; spectune never "
+                                f"replaces a file it did not write: {fix}")  # fmt: skip
+    return path
+
+
+def _write_report(folder: str | os.PathLike[str], render: Any) -> Path:
+    path = check_report_path(folder)
+    text = render(folder)
+    path = check_report_path(folder)  # again: the page took a moment
+    write_text(path, text)
+    return path
+
+
 def write_spectra_report(folder: str | os.PathLike[str]) -> Path:
     """Render :func:`render_spectra` into ``folder/report.html`` (atomically).
 
     Raises:
-        SpectuneError: ``folder`` has neither details.csv nor compare.csv (nothing is written).
+        SpectuneError: ``folder`` has neither details.csv nor compare.csv, or its report.html
+            is not a page spectune wrote (:func:`check_report_path`); nothing is written.
     """
-    text = render_spectra(folder)
-    path = Path(folder) / REPORT
-    write_text(path, text)
-    return path
+    return _write_report(folder, render_spectra)
 
 
 def write_run_report(folder: str | os.PathLike[str]) -> Path:
@@ -1521,12 +1589,10 @@ def write_run_report(folder: str | os.PathLike[str]) -> Path:
         The path of the report.
 
     Raises:
-        SpectuneError: ``folder`` has no readable ``metrics.json`` (nothing is written).
+        SpectuneError: ``folder`` has no readable ``metrics.json``, or its report.html is not
+            a page spectune wrote (:func:`check_report_path`); nothing is written.
     """
-    text = render_run(folder)
-    path = Path(folder) / REPORT
-    write_text(path, text)
-    return path
+    return _write_report(folder, render_run)
 
 
 def write_comparison_report(folder: str | os.PathLike[str]) -> Path:
@@ -1536,15 +1602,14 @@ def write_comparison_report(folder: str | os.PathLike[str]) -> Path:
         The path of the report.
 
     Raises:
-        SpectuneError: ``folder`` has no ``results.csv`` (nothing is written).
+        SpectuneError: ``folder`` has no ``results.csv``, or its report.html is not a page
+            spectune wrote (:func:`check_report_path`); nothing is written.
     """
-    text = render_comparison(folder)
-    path = Path(folder) / REPORT
-    write_text(path, text)
-    return path
+    return _write_report(folder, render_comparison)
 
 
 __all__ = [
+    "check_report_path",
     "render_comparison",
     "render_run",
     "render_spectra",
