@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", help="the base model: adds base_* columns (or the delta's base)")
     parser.add_argument("--delta", action="store_true", help="analyze W - W_base (needs --base)")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
-    parser.add_argument("--out", help="results folder for details.csv/.json, summary.json, plots")
+    parser.add_argument("--out", help="results folder for details.csv/.json, summary.json, plots "
+                        "(new, empty, or an earlier analyze --out, whose files are replaced)")  # fmt: skip
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
     parser.add_argument("--report", action="store_true",
                         help="also write report.html to --out, with the figures and flow.csv "
@@ -85,12 +86,17 @@ def show_summary(details: Any, summary: dict, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_dir
     from spectune.errors import SpectuneError
+    from spectune.finetune.runfolder import RunFolder
     from spectune.spectral import analyze, summarize
 
     if args.report and not args.out:
         raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")
-    # checked before the analysis, which can take minutes, not after it
+    # checked before the analysis, which can take minutes, not after it: a folder of the
+    # user's (or of another spectune command) is refused, an earlier analyze's is replaced
     out = check_writable_dir(args.out, "--out") if args.out else None
+    folder = RunFolder(out, "analyze") if out is not None else None
+    if folder is not None:
+        folder.check(overwrite=True)
     source = resolve_source(args.source)
     base = resolve_source(args.base) if args.base else None
     peft: bool | str = "with_base" if args.with_base else bool(args.peft)
@@ -111,14 +117,17 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("overfit_adapter_layers"):
         print("adapter alpha < 2 on an alpha > 6 base layer: "
               + ", ".join(summary["overfit_adapter_layers"]))  # fmt: skip
-    if out is not None:
+    if out is not None and folder is not None:
         summary["source"] = str(args.source)
-        written = write_results(details, summary, out, plots=args.plots or args.report,
-                                source=source, peft=peft, base=base, flow=args.report)  # fmt: skip
-        if args.report:
-            from spectune.report.html import write_spectra_report
+        with folder.replacing():
+            written = write_results(details, summary, out, plots=args.plots or args.report,
+                                    source=source, peft=peft, base=base, flow=args.report,
+                                    own=folder.own)  # fmt: skip
+            if args.report:
+                from spectune.report.html import REPORT, write_spectra_report
 
-            written.append(write_spectra_report(out))
+                folder.own(REPORT)
+                written.append(write_spectra_report(out))
         print(f"wrote {len(written)} files to {args.out}")
     elif args.plots:
         print("--plots needs --out DIR; no figures written")

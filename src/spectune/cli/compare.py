@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("b", help="the other model (student, tuned)")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
     parser.add_argument("--out", help="results folder for compare.csv, compare.json, flow.csv "
-                        "and plots")  # fmt: skip
+                        "and plots (new, empty, or an earlier compare --out, whose files are "
+                        "replaced)")  # fmt: skip
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
     parser.add_argument("--report", action="store_true",
                         help="also write report.html (with the figures) to --out")  # fmt: skip
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import print_table
     from spectune.cli.analyze import resolve_source
     from spectune.errors import SpectuneError
+    from spectune.finetune.runfolder import RunFolder
     from spectune.spectral import analyze
     from spectune.spectral.compare import compare_models
 
@@ -42,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
             f"--z must be > 0 and --min-drop >= 0, got {args.z} and {args.min_drop}"
         )
     out = check_writable_dir(args.out, "--out") if args.out else None
+    folder = RunFolder(out, "compare") if out is not None else None
+    if folder is not None:  # before the work: a folder of the user's is refused
+        folder.check(overwrite=True)
     a, b = resolve_source(args.a), resolve_source(args.b)
     kw = dict(layers=args.layers, precision=args.precision, progress=not args.no_progress)
     ta, tb = analyze(a, **kw), analyze(b, **kw)
@@ -62,14 +67,17 @@ def run(args: argparse.Namespace) -> int:
     if summary["mismatched"]:
         print(f"not compared ({len(summary['mismatched'])}): "
               + "; ".join(summary["mismatched"][:10]))  # fmt: skip
-    if out is not None:
+    if out is not None and folder is not None:
         from spectune.report.files import write_comparison_results
 
-        written = write_comparison_results(comparison, out, plots=args.plots or args.report)
-        if args.report:
-            from spectune.report.html import write_spectra_report
+        with folder.replacing():
+            written = write_comparison_results(comparison, out, plots=args.plots or args.report,
+                                               own=folder.own)  # fmt: skip
+            if args.report:
+                from spectune.report.html import REPORT, write_spectra_report
 
-            written.append(write_spectra_report(out))
+                folder.own(REPORT)
+                written.append(write_spectra_report(out))
         print(f"wrote {len(written)} files to {args.out}")
     elif args.plots:
         print("--plots needs --out DIR; no figures written")

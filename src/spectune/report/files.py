@@ -3,12 +3,24 @@
 Computation never writes files; these functions take what was computed (a details table, a
 summary, matplotlib Figures) and put it on disk. The CLI and the fine-tuning recipe both use
 them, so neither depends on the other.
+
+The folder writers take ``own``: called with each file's name before the file is written, so
+the folder's owner (:meth:`spectune.finetune.runfolder.RunFolder.own`) records it as
+spectune's, or refuses a file of the user's that is in the way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: ``own(name)`` before a file ``name`` is written into the folder (see the module docstring)
+Own = Callable[[str], Any]
+
+
+def _no_owner(name: str) -> None:
+    return None
 
 
 def save_figure(fig: Any, path: Path) -> Path:
@@ -56,21 +68,26 @@ def spectral_figures(details: Any = None, flow: Any = None) -> dict[str, Any]:
 
 def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
                   source: Any = None, peft: bool | str = False,
-                  base: Any = None, flow: bool = False) -> list[Path]:  # fmt: skip
+                  base: Any = None, flow: bool = False,
+                  own: Own = _no_owner) -> list[Path]:  # fmt: skip
     """Write details.csv, details.json, summary.json and (optionally) figures, each atomically.
 
     With ``flow``, also ``flow.csv``: alpha along depth per layer type with its trend and the
     layers that break it (:func:`~spectune.spectral.compare.correlation_flow`; written when
     any row has a block index), and with ``plots`` its figure. The ESD figures recompute the
     plotted rows' spectra with the options in ``details.attrs`` (delta, W + Delta W, LoRA
-    scaling, precision, finger clipping) and ``base``.
+    scaling, precision, finger clipping) and ``base``. ``own`` is called with each file's
+    name before it is written.
     """
     from spectune._io import write_json
 
     out.mkdir(parents=True, exist_ok=True)
+    own("details.csv")
     written = [write_csv(details, out / "details.csv")]
+    own("details.json")
     write_json(out / "details.json", details.to_dict(orient="records"))
     written.append(out / "details.json")
+    own("summary.json")
     write_json(out / "summary.json", {**summary, "options": details.attrs.get("spectune", {})})
     written.append(out / "summary.json")
     flow_table = None
@@ -79,6 +96,7 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
 
         flow_table = correlation_flow(details)
         if len(flow_table):
+            own("flow.csv")
             written.append(write_csv(flow_table, out / "flow.csv"))
     if plots:
         from spectune.report import plots as P
@@ -102,22 +120,28 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
                 figs[f"esd_{i}.png"] = P.esd_loglog(evals, fit, title=f"ESD of {name}")
         figs.update(spectral_figures(details, flow_table))
         for fname, fig in figs.items():
+            own(fname)
             save_figure(fig, out / fname)
             written.append(out / fname)
     return written
 
 
-def write_comparison_results(comparison: Any, out: Path, *, plots: bool) -> list[Path]:
+def write_comparison_results(comparison: Any, out: Path, *, plots: bool,
+                             own: Own = _no_owner) -> list[Path]:  # fmt: skip
     """Write a :class:`~spectune.spectral.compare.ModelComparison` into ``out``, each file
     atomically: ``compare.csv`` (per layer), ``compare.json`` (the summary), ``flow.csv``
     (both flows side by side) and, with ``plots``, ``scale_collapse.png`` and
-    ``correlation_flow.png``. Returns the paths written."""
+    ``correlation_flow.png``; ``own`` is called with each name first. Returns the paths
+    written."""
     from spectune._io import write_json
 
     out.mkdir(parents=True, exist_ok=True)
+    own("compare.csv")
     written = [write_csv(comparison.table, out / "compare.csv")]
+    own("compare.json")
     write_json(out / "compare.json", comparison.summary)
     written.append(out / "compare.json")
+    own("flow.csv")
     written.append(write_csv(comparison.flow, out / "flow.csv"))
     if plots:
         from spectune.report.plots import correlation_flow_plot, scale_collapse
@@ -130,6 +154,8 @@ def write_comparison_results(comparison: Any, out: Path, *, plots: bool) -> list
                 title=f"Alpha along depth: {a} (solid) and {b} (dashed)",
             ),
         }  # fmt: skip
+        for name in figures:
+            own(name)
         written += save_figures(figures, out)
     return written
 
