@@ -121,6 +121,22 @@ def test_describe_csv_into_a_new_folder_still_works(few_matrices, tmp_path, caps
     assert target.read_text().count("\n") == 4  # header + 3 matrices
 
 
+def test_describe_csv_never_replaces_a_file_it_did_not_write(few_matrices, tmp_path, capsys):
+    target = tmp_path / "mine.csv"
+    target.write_text("my,own\n1,2\n")
+    assert main(["describe", str(few_matrices), "--csv", str(target)]) == 2
+    err = one_line_error(capsys)
+    assert f"--csv {target} exists and is not a table spectune describe wrote" in err
+    assert target.read_text() == "my,own\n1,2\n"
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert main(["describe", str(few_matrices), "--csv", str(link)]) == 2
+    assert "is a symbolic link" in one_line_error(capsys)
+    ours = tmp_path / "desc.csv"
+    assert main(["describe", str(few_matrices), "--csv", str(ours)]) == 0
+    assert main(["describe", str(few_matrices), "--csv", str(ours)]) == 0  # its own: replaced
+
+
 def test_describe_layers_matching_nothing_exits_2_like_analyze(few_matrices, capsys):
     assert main(["describe", str(few_matrices), "--layers", "no_such_layer"]) == 2
     err = one_line_error(capsys)

@@ -32,9 +32,11 @@ def test_frog_plan_writes_table_and_charts(cli, tiny_folder, tmp_path, capsys):
     )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".spectune.lock",  # the folder is spectune's: a rerun replaces its files
         "frog_plan.csv",
         "frog_plan.json",
         "layer_importance.png",
+        "run.json",
     ]
     table = pd.read_csv(out / "frog_plan.csv")
     assert len(table) == 14 and int(table["trainable"].sum()) == 922
@@ -45,6 +47,22 @@ def test_frog_plan_writes_table_and_charts(cli, tiny_folder, tmp_path, capsys):
     assert (out / "layer_importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "922 of 18,432 weights trainable" in text
+
+
+def test_frog_plan_never_writes_into_a_folder_of_the_users(cli, tiny_folder, tmp_path, capsys):
+    """The rule for every file spectune writes: a folder spectune does not own is refused
+    before the model is read; its own earlier plan is replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "frog_plan.csv").write_text("my,table\n")
+    argv = ["frog-plan", str(tiny_folder), "--budget", "0.05", "--out", str(out), "--no-progress"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no spectune run (frog_plan.csv)" in err
+    assert (out / "frog_plan.csv").read_text() == "my,table\n"
+    assert sorted(p.name for p in out.iterdir()) == ["frog_plan.csv"]
+    (out / "frog_plan.csv").unlink()
+    assert cli(argv) == 0 and cli(argv) == 0  # its own plan: replaced
 
 
 def test_frog_plan_global_and_options(cli, tiny_folder, tmp_path):

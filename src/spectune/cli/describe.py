@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "list the matrices (or LoRA pairs) of any weights with their shapes, reading no tensor data"
 
@@ -11,7 +12,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="model folder, weights file, PEFT adapter, or 'default'")
     parser.add_argument("--peft", action="store_true", help="list LoRA pairs")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
-    parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.add_argument("--csv", help="also write the table to this CSV file (new, or one "
+                        "describe wrote)")  # fmt: skip
+
+
+#: how the table describe writes begins: an existing --csv is replaced only when it is one
+HEADER = "layer_id,name,longname,"
+
+
+def _check_ours(csv: Path) -> None:
+    """Refuse an existing ``--csv`` that is not a table describe wrote, or a link."""
+    from spectune.errors import SpectuneError
+
+    if csv.is_symlink():
+        raise SpectuneError(f"--csv {csv} is a symbolic link; spectune never writes through a "
+                            "link: pick another --csv")  # fmt: skip
+    if not csv.exists():
+        return
+    try:
+        with csv.open("rb") as fh:
+            head = fh.read(len(HEADER)).decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise SpectuneError(f"--csv {csv} cannot be read ({exc.strerror}); pick another "
+                            "--csv") from None  # fmt: skip
+    if head != HEADER:
+        raise SpectuneError(f"--csv {csv} exists and is not a table spectune describe wrote; "
+                            "spectune never replaces a file it did not write: pick another "
+                            "--csv or move it")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from spectune.spectral import describe
 
     csv = check_writable_file(args.csv, "--csv") if args.csv else None
+    if csv is not None:
+        _check_ours(csv)
     desc = describe(resolve_source(args.source), peft=args.peft, layers=args.layers)
     if args.layers is not None and desc.empty:
         raise SpectuneError(

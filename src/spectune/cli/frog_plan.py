@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="select the top weights over all matrices together (paper section 10) instead "
         "of per matrix",
     )
-    parser.add_argument("--out", required=True, help="folder for the table and charts")
+    parser.add_argument("--out", required=True, help="folder for the table and charts (new, "
+                        "empty, or an earlier frog-plan --out, whose files are replaced)")  # fmt: skip
     parser.add_argument(
         "--target-modules",
         default="all-linear",
@@ -78,12 +79,15 @@ def _load_model(model: str, progress: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from spectune._io import atomic_path, write_json, write_text
+    from spectune._io import atomic_path, check_writable_dir, write_json, write_text
+    from spectune.finetune.runfolder import RunFolder
     from spectune.frog import FrogConfig, plan_frog
     from spectune.report.frog_plots import global_selection_figure, layer_importance_figure
 
+    # before the model is read: a folder of the user's is refused, an earlier plan's replaced
+    out = check_writable_dir(args.out, "--out")
+    owner = RunFolder(out, "frog_plan")
+    owner.check(overwrite=True)
     config = FrogConfig(
         budget=args.budget,
         selection="global" if args.global_selection else "per_matrix",
@@ -96,19 +100,19 @@ def run(args: argparse.Namespace) -> int:
     )
     folder, model = _load_model(args.model, progress=not args.no_progress)
     plan = plan_frog(model, config, progress=not args.no_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = plan.table
-    write_text(out / "frog_plan.csv", table.to_csv(index=False))
     report = plan.to_dict()
     report["summary"]["model"] = str(folder)
-    write_json(out / "frog_plan.json", report)
     figures = {"layer_importance.png": layer_importance_figure(table)}
     if config.selection == "global":
         figures["global_selection.png"] = global_selection_figure(table)
-    for name, fig in figures.items():
-        with atomic_path(out / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
+    with owner.replacing():
+        owner.own("frog_plan.csv", "frog_plan.json", *figures)
+        write_text(out / "frog_plan.csv", table.to_csv(index=False))
+        write_json(out / "frog_plan.json", report)
+        for name, fig in figures.items():
+            with atomic_path(out / name) as tmp:
+                fig.savefig(tmp, format="png", dpi=120)
 
     s = report["summary"]
     print(
