@@ -72,7 +72,8 @@ STATUSES = ("running", "complete", "failed")
 _REPORT = "report.html"
 
 #: the marker's fields with their types: required ones first (``kind`` defaults to "tune"),
-#: then the optional ones that spectune acts on; other fields are kept as they are
+#: then the optional ones that spectune acts on; other fields (totals, failed runs...) are
+#: only recorded, never acted on, and kept as they are
 MARKER_SCHEMA: dict[str, str] = {
     "spectune_run": "the integer 1",
     "kind": "a name (tune, sweep, search, study, demo, analyze, compare...)",
@@ -84,8 +85,6 @@ MARKER_SCHEMA: dict[str, str] = {
     "resumed": "a list of time stamps (text)",
     "error": "text",
     "prelude_done": "true or false",
-    "failed_runs": "a list of run names",
-    "total_seconds": "a number or null",
 }
 
 
@@ -102,12 +101,12 @@ def _temporary(rel: str) -> bool:
 def _plain_name(name: Any) -> bool:
     """A file or folder name directly in the run folder (no path, no '..')."""
     return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\\" not in name and "\0" not in name)  # fmt: skip
+            and "\0" not in name)  # fmt: skip
 
 
 def _relative(path: Any) -> bool:
     """A relative path below a folder (no empty, '.' or '..' part, not absolute)."""
-    return (isinstance(path, str) and "\0" not in path and "\\" not in path
+    return (isinstance(path, str) and "\0" not in path
             and all(part not in ("", ".", "..") for part in path.split("/")))  # fmt: skip
 
 
@@ -132,12 +131,10 @@ def _field_ok(field: str, value: Any) -> bool:
         )
     if field in ("started", "finished", "error"):
         return isinstance(value, str)
-    if field in ("resumed", "failed_runs"):
+    if field == "resumed":
         return _is_text_list(value)
     if field == "prelude_done":
         return isinstance(value, bool)
-    if field == "total_seconds":
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
     return True
 
 
