@@ -259,3 +259,32 @@ def test_resume_refuses_links_planted_in_the_run_folder(config_file, tmp_path, c
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     assert _tree(target) == before
+
+
+def test_a_link_planted_while_the_run_trains_is_never_written_through(config_file, tmp_path,
+                                                                      capsys, monkeypatch):  # fmt: skip
+    """Case 7 while the run is live: a link planted at the next checkpoint's folder makes
+    the run stop with one line naming it, before the Trainer writes through it."""
+    from spectune.finetune import recipe
+
+    out, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    real = recipe.callbacks
+
+    def planting(run):
+        from transformers import TrainerCallback
+
+        class Plant(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 1:
+                    (out / "checkpoints" / "checkpoint-2").symlink_to(outside)
+
+        return [*real(run), Plant()]
+
+    monkeypatch.setattr(recipe, "callbacks", planting)
+    assert main(["tune", str(config_file), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'checkpoints' / 'checkpoint-2'} is a symbolic link " \
+        "inside the results folder" in err, err  # fmt: skip
+    assert list(outside.iterdir()) == []
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"

@@ -263,6 +263,7 @@ class RunFolder:
 
         if self._lock_fd is not None:
             return
+        check_no_links(self.path)  # a run inside an open folder (a sweep's): no link on the way
         self.path.mkdir(parents=True, exist_ok=True)
         try:  # never through a link: the lock's content is written
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

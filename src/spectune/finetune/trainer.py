@@ -36,7 +36,7 @@ from typing import Any
 
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 
-from spectune._io import write_text
+from spectune._io import check_no_links, write_text
 from spectune.errors import SpectuneError
 
 LOG_COLUMNS = ["step", "epoch", "loss", "learning_rate", "grad_norm", "elapsed_s"]
@@ -179,6 +179,15 @@ class SpectuneTrainer(Trainer):
                                    num_items_in_batch=num_items_in_batch)  # fmt: skip
         return self.objective.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                            num_items_in_batch=num_items_in_batch)  # fmt: skip
+
+    def _save_checkpoint(self, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's checkpoint, after refusing a symbolic link on its way inside the
+        open run folder (the Trainer writes it without spectune's atomic writes)."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        check_no_links(Path(self.args.output_dir) / name)
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         folder = Path(output_dir or self.args.output_dir)
