@@ -105,6 +105,11 @@ class Objective:
     def check(self, config: TuneConfig) -> None:
         """Cross-field checks of a config that uses this objective (raise SpectuneError)."""
 
+    def check_data(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                   model_dir: Path) -> None:  # fmt: skip
+        """Checks that need the run's data and tokenizer but no weights (memory a batch
+        takes...), run before the results folder exists (raise SpectuneError)."""
+
     def prepare(self, ctx: JudgeContext) -> Any:
         """Per-run state made once, before the training features: a teacher model, generated
         data... It is passed back as ``ctx.state`` (features, judge) and
