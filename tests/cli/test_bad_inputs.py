@@ -191,3 +191,66 @@ def test_an_os_error_naming_a_file_is_one_line_and_debug_shows_it(monkeypatch, t
         monkeypatch.setattr(report_cli, "run", raise_bug)
         with pytest.raises(OSError):
             main(["report", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """A billion-laughs YAML value: nine anchors each listing the previous one nine times
+    (9^9 strings once expanded) in a few hundred characters."""
+    parts = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        parts.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "{" + ", ".join(parts) + "}"
+
+
+def test_an_override_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
+    """Issue 20, case 11: a billion-laughs value in a key=value override took 39 s and ended in
+    MemoryError; it is refused before it is expanded, naming the override."""
+    import time
+
+    config = Path(__file__).parents[2] / "configs" / "lora.yaml"
+    start = time.perf_counter()
+    code = main(["tune", str(config), f"data.system={_alias_bomb()}", "--out",
+                 str(tmp_path / "run")])  # fmt: skip
+    assert code == 2 and time.perf_counter() - start < 10
+    err = one_line_error(capsys)
+    assert "override 'data.system={a0: &a0" in err and "anchors and aliases" in err
+    assert not (tmp_path / "run").exists()
+    from spectune.finetune.config import apply_overrides
+
+    assert apply_overrides({}, ["data.system=a*b&c", "x=[1, 2]"]) == {
+        "data": {"system": "a*b&c"}, "x": [1, 2]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--max-evals", "0"], "--max-evals"), (["--max-evals", "4"], "--max-evals"),
+    (["--min-evals", "0"], "--min-evals"),
+])  # fmt: skip
+def test_analyze_refuses_evals_limits_that_skip_everything(few_matrices, no_compute, capsys,
+                                                          argv, option):  # fmt: skip
+    """Issue 20, case 12: --max-evals 0 was accepted (every matrix skipped)."""
+    assert main(["analyze", str(few_matrices), *argv, "--no-progress"]) == 2
+    assert one_line_error(capsys).startswith(f"spectune: error: {option} must be >= ")
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--z", "nan"], "--z"), (["--z", "inf"], "--z"), (["--z", "0"], "--z"),
+    (["--min-drop", "nan"], "--min-drop"), (["--min-drop", "-1"], "--min-drop"),
+])  # fmt: skip
+def test_compare_refuses_a_threshold_that_is_not_a_finite_number(few_matrices, no_compute,
+                                                                capsys, argv, option):  # fmt: skip
+    """Issue 20, case 12: --z nan was accepted."""
+    assert main(["compare", str(few_matrices), str(few_matrices), *argv, "--no-progress"]) == 2
+    assert one_line_error(capsys).startswith(f"spectune: error: {option} must be a finite number")
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_augment_n_seeds_below_1_names_the_option(tmp_path, capsys, n):
+    """Issue 20, case 12: the message named n_train, a setting augment has not."""
+    out = tmp_path / "aug.jsonl"
+    assert main(["augment", "--out", str(out), "--n-seeds", n, "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "--n-seeds must be >= 1" in err and "n_train" not in err
+    assert list(tmp_path.iterdir()) == []
