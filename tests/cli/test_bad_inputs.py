@@ -254,3 +254,58 @@ def test_augment_n_seeds_below_1_names_the_option(tmp_path, capsys, n):
     err = one_line_error(capsys)
     assert "--n-seeds must be >= 1" in err and "n_train" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+class _Writes:
+    """A stream that records each write call (as an unbuffered ``python -u`` stderr does)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.calls.append("<flush>")
+
+
+def test_each_rank_writes_its_error_line_whole_and_names_itself(monkeypatch, capsys):
+    """Issue 20, case 12: under torchrun the two ranks' error lines came out glued together
+    (print writes the text and the newline apart): one write of the whole line, flushed, and
+    each rank's line says which rank it is."""
+    from spectune.finetune.distributed import error_line, write_line
+
+    stream = _Writes()
+    write_line(error_line("bad input"), stream)
+    assert stream.calls == ["spectune: error: bad input\n", "<flush>"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["describe", "nothing-here"]) == 2
+        err = one_line_error(capsys)
+        assert err.startswith(f"spectune: error: (rank {rank} of 2) spectune describe runs in one")
+        assert err.endswith("\n")
+
+
+def test_two_processes_error_lines_stay_apart(tmp_path):
+    """Two real processes (ranks 0 and 1 of 2) sharing one unbuffered stderr pipe."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    code = ("import sys\nfrom spectune.cli.main import main\n"
+            "sys.exit(main(['describe', 'nothing-here']))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": src, "PYTHONUNBUFFERED": "1", "WORLD_SIZE": "2"}
+    read, write = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r)},
+                              stderr=write, stdout=subprocess.DEVNULL) for r in (0, 1)]  # fmt: skip
+    os.close(write)
+    with os.fdopen(read) as fh:
+        text = fh.read()
+    assert [p.wait(timeout=120) for p in procs] == [2, 2]
+    lines = text.splitlines()
+    assert len(lines) == 2 and text.endswith("\n"), text
+    assert sorted(line[:32] for line in lines) == [
+        "spectune: error: (rank 0 of 2) s", "spectune: error: (rank 1 of 2) s"]  # fmt: skip
