@@ -203,6 +203,10 @@ def test_scores_of_any_finite_scale_are_rescaled_to_labels_0_to_k_minus_1(scores
 
 def test_the_largest_floats_and_long_lists_do_not_overflow():
     assert list_labels([1.7e308, -1.7e308]) == [1.0, 0.0]
+    extreme = torch.tensor([[1.7e308, -1.7e308]], dtype=torch.float64)
+    for loss in LOSSES:  # the span 3.4e308 overflows a float; the labels' halves do not
+        assert math.isfinite(lipo_loss(torch.zeros(1, 2, dtype=torch.float64), extreme,
+                                       loss=loss).item())  # fmt: skip
     long = list(range(2000))  # K - 1 capped at MAX_LABEL: 2^30 - 1 the largest gain
     assert max(list_labels(long)) == 30.0 and 0 < ndcg(long[::-1], long) < 1
     mask = torch.ones(1, 2000, dtype=torch.bool)

@@ -573,8 +573,7 @@ def lipo_loss(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | 
     n_pairs = pairs.sum(dim=(1, 2))
     valid = n_pairs > 0
     if loss == "softmax":
-        shifted = labels - labels.masked_fill(~mask, float("inf")).min(dim=1, keepdim=True)[0]
-        shifted = shifted.masked_fill(~mask, 0.0)
+        shifted = graded_labels(labels, mask)  # psi - min psi, scaled: the weights are the same
         weights = shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
         logp = torch.log_softmax(rewards.masked_fill(~mask, float("-inf")), dim=1)
         per_list = -(weights * logp.masked_fill(~mask, 0.0)).sum(dim=1)
