@@ -16,6 +16,9 @@ hook                               what it does
 ``load_data(config)``              -> :class:`RunData`: training records in the objective's
                                    format, and the held-out instruction examples every run
                                    is judged on (accuracy, held-out loss)
+``check_data(config, data, tok,    checks that need the data and the tokenizer but no
+model_dir)``                       weights (LiPO: a batch's memory), before the results
+                                   folder exists
 ``features(config, data, tok)``    -> :class:`TrainData`: the Trainer's dataset and collator
 ``validation_features(...)``        -> :class:`TrainData` of ``data.validation`` (the split
                                    ``data.n_validation`` carved from the training records),
