@@ -405,6 +405,8 @@ def test_config_errors_name_the_key(tiny_model_dir, tmp_path):
         TuneConfig.from_dict({**base, "lipo": {"loss": "listnet"}})
     with pytest.raises(SpectuneError, match=r"lipo\.list_size"):
         TuneConfig.from_dict({**base, "lipo": {"list_size": 1}})
+    with pytest.raises(SpectuneError, match=r"lipo\.beta must be finite, got an integer of 401 "):
+        TuneConfig.from_dict({**base, "lipo": {"beta": 10**400}})  # was an OverflowError
     with pytest.raises(SpectuneError, match=r"lipo: section is read by .*lipo.*objective 'sft'"):
         TuneConfig.from_dict({**base, "objective": "sft", "lipo": {"beta": 0.2}})
     lists = _write(
