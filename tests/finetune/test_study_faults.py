@@ -152,6 +152,25 @@ def test_a_sweep_holds_its_run_folders_and_records_any_exception(tiny_model_dir,
     assert marker["status"] == "failed" and marker["failed_runs"] == ["r2"]
 
 
+def test_held_folders_lend_their_lock_to_one_run_and_cap_the_open_files(tmp_path, monkeypatch):
+    from spectune.finetune.runfolder import HeldFolders
+
+    monkeypatch.setattr(HeldFolders, "LIMIT", 2)
+    a, b, c = (tmp_path / n for n in "abc")
+    with HeldFolders() as held:
+        with held.lend(a):
+            run = RunFolder(a, "tune").open()  # the run works under the lent lock
+            with pytest.raises(SpectuneError, match="is in use"):
+                RunFolder(a, "tune").open(overwrite=True)  # another one meanwhile: refused
+            run.finish()
+        with pytest.raises(SpectuneError, match="is in use"):
+            RunFolder(a, "tune").open(overwrite=True)  # held after the run
+        held.hold(b)
+        held.hold(c)  # past the limit: the oldest (a) is released
+        assert _flock_elsewhere(a) and not _flock_elsewhere(b) and not _flock_elsewhere(c)
+    assert _flock_elsewhere(b) and _flock_elsewhere(c)
+
+
 # --------------------------------------------------------------------------- case 8
 
 

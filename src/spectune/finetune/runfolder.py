@@ -52,8 +52,9 @@ CONFIG = "config.yaml"
 LOCK = ".spectune.lock"
 
 #: run folders whose lock a :class:`HeldFolders` of this process lends to the run it is doing
-#: in one of them (real paths): that run works under the held lock instead of taking its own
-_LENT: set[str] = set()
+#: in one of them (real path -> whether a RunFolder has it now): the first RunFolder opened
+#: there works under the held lock instead of taking its own; a second one meanwhile is refused
+_LENT: dict[str, bool] = {}
 
 #: names of temporary files and folders that spectune and the Trainer write before renaming
 _TEMPORARY = (".tmp", ".old")
@@ -92,7 +93,7 @@ class RunFolder:
         self.kind = kind
         self.state: dict[str, Any] = {}
         self._lock_fd: int | None = None
-        self._borrowed = False
+        self._borrowed: str | None = None  # the lent lock it works under
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -125,8 +126,10 @@ class RunFolder:
 
         if self._lock_fd is not None or self._borrowed:
             return
-        if os.path.realpath(self.path) in _LENT:  # a study's run, under the study's lock
-            self._borrowed = True
+        key = os.path.realpath(self.path)
+        if _LENT.get(key) is False:  # a study's run, under the study's lock
+            _LENT[key] = True
+            self._borrowed = key
             return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -145,7 +148,10 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the folder's lock (the run ends; also dropped when the process ends)."""
-        self._borrowed = False  # a lent lock stays with the study that holds it
+        if self._borrowed is not None:  # a lent lock goes back to the study that holds it
+            if self._borrowed in _LENT:
+                _LENT[self._borrowed] = False
+            self._borrowed = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
@@ -324,8 +330,12 @@ class HeldFolders:
     process holds it) and lends it to the run done in the block: that run's
     :class:`RunFolder` opens under it. The lock stays held after the run, so a finished run of
     a live study cannot be overwritten either; :meth:`close` (the end of the ``with`` block)
-    releases them all.
+    releases them all. Each held lock is an open file: past :attr:`LIMIT` of them the oldest
+    finished run's is released first.
     """
+
+    #: locks held at most (a descriptor each; the usual limit of open files is 1024)
+    LIMIT = 256
 
     def __init__(self) -> None:
         self._held: dict[str, RunFolder] = {}
@@ -338,6 +348,9 @@ class HeldFolders:
         """
         key = os.path.realpath(path)
         if key not in self._held:
+            excess = max(0, len(self._held) + 1 - self.LIMIT)
+            for oldest in [k for k in self._held if k not in _LENT][:excess]:
+                self._held.pop(oldest).close()
             folder = RunFolder(path)
             folder._lock()
             self._held[key] = folder
@@ -353,11 +366,11 @@ class HeldFolders:
         """Hold ``path``'s lock and lend it to the run done in the block."""
         self.hold(path)
         key = os.path.realpath(path)
-        _LENT.add(key)
+        _LENT[key] = False
         try:
             yield
         finally:
-            _LENT.discard(key)
+            _LENT.pop(key, None)
 
     def close(self) -> None:
         """Release every lock held."""

@@ -279,8 +279,10 @@ def run_comparison(
 
 def _settings(meta: dict[str, Any] | None) -> dict[str, Any]:
     """What a resume must find unchanged: the grid, the base config, the methods (as JSON)."""
+    from spectune._io import _json_safe
+
     keep = {k: v for k, v in (meta or {}).items() if k in ("grid", "base_config", "methods")}
-    return json.loads(json.dumps(keep, default=str))
+    return json.loads(json.dumps(_json_safe(keep), default=str))  # as the marker stores it
 
 
 def _check_same_settings(folder: RunFolder, out: Path, kind: str, settings: dict[str, Any]) -> None:
