@@ -352,7 +352,8 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
     (runs that differ only in their seed are pooled).
 
     Raises:
-        SpectuneError: the folder holds no finished run.
+        SpectuneError: the folder holds no finished run, or a run's metrics.json or
+            predictions.jsonl is damaged (the file named; null numbers are "not measured").
     """
     from spectune.finetune.results import RunMetrics
 

@@ -31,8 +31,11 @@ Search folder (the sweep layout plus the study's storage)::
 
 A trial that trains exactly what an earlier finished trial trained (the method does not read a
 sampled key, or a categorical space repeats a point) is not run again: it gets the earlier
-trial's values (``same_as``). A failed run is a failed trial (recorded with its reason) and
-the search goes on. ``resume=True`` opens the study in ``optuna.db`` again: finished trials are
+trial's values (``same_as``). A failed run, whatever it raises, is a failed trial (recorded
+with its reason) and the search goes on; each trial's run folder stays locked until the search
+ends, and the search's ``run.json`` is never left "running" (an interruption marks it failed;
+``--resume`` continues it). A damaged ``optuna.db`` is refused on ``--resume`` before anything
+changes. ``resume=True`` opens the study in ``optuna.db`` again: finished trials are
 kept, a trial that was interrupted or failed is run again with its own values in its own
 folder (an interrupted run continues from its last checkpoint), then new trials are asked
 until ``trials`` have finished; ``trials`` may be raised on resume, any other change of the

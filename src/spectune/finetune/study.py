@@ -33,8 +33,18 @@ What it does, in order:
    (:class:`StudyResult`), ``study.md``, plots in ``plots/``, the notes of report.html.
 
 Resume (``resume=True``) keeps finished runs; a changed study config is refused with the
-changed fields named. Failed runs are recorded and the study goes on; a study whose runs
-all failed is an error.
+changed fields named. A run that fails, whatever it raises (an ``OverflowError`` as much as a
+:class:`SpectuneError`), is recorded with its reason and the study goes on; a study whose
+runs all failed is an error. The study's ``run.json`` is never left "running": an
+interruption (Ctrl-C) or an error outside the runs marks it failed with the reason, and
+``--resume`` continues it. While the study runs, each run folder is locked from the moment its
+run starts (:class:`~spectune.finetune.runfolder.HeldFolders`): another ``spectune tune
+--overwrite`` of it, or any other process, is refused until the study ends.
+
+Bad settings are refused before the folder exists: a seed or a rate listed twice,
+``lr_search.steps`` or ``lr_search.seed`` that is not an integer in range. Rates that six
+significant digits print alike (``1e-3`` and ``1.00000001e-3``) get folders named by their
+exact values (:func:`rate_name`).
 """
 
 from __future__ import annotations
@@ -951,6 +961,7 @@ __all__ = [
     "layer_alpha_correlation",
     "layer_alpha_figure",
     "plan_configs",
+    "rate_name",
     "search_learning_rate",
     "split_study_config",
     "study",
