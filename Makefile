@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 XDIST  := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
-.PHONY: help setup setup-dev demo test test-fast lint bench lock clean
+.PHONY: help setup setup-dev browser demo test test-fast lint bench lock clean
 .DEFAULT_GOAL := help
 
 help:
@@ -50,13 +50,26 @@ $(STAMP_DEV): $(STAMP)
 setup: $(STAMP)
 setup-dev: $(STAMP_DEV)
 
+# The browser tests render report.html in headless Chromium (Debian packages chromium and
+# chromium-driver). `make test` installs them when they are missing and it can (root with
+# apt-get; SPECTUNE_NO_APT=1 skips that); otherwise it says so and those tests skip.
+browser:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$${SPECTUNE_NO_APT:-0}" != 1 ]; then \
+	  echo "make test: installing chromium for the browser tests of report.html (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+	    || echo "make test: WARNING: apt-get could not install chromium; the browser tests will skip"; \
+	else \
+	  echo "make test: WARNING: chromium is not installed, so the 3 browser tests of report.html will skip: sudo apt-get install chromium chromium-driver"; \
+	fi
+
 # --resume: a finished demo is shown again at once, an interrupted one continues where it stopped
 demo: $(STAMP)
 	$(VENV)/bin/spectune demo --out $(OUT) --resume
 
 # SPECTUNE_REQUIRE_ANCHORS=1: a parity test whose anchor (weightwatcher, powerlaw, trl...) is
 # missing fails instead of skipping
-test: $(STAMP_DEV)
+test: $(STAMP_DEV) browser
 	SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest $(XDIST) -m "slow or not slow" --durations=30 $(PYTEST_ARGS)
 
 test-fast: $(STAMP_DEV)

@@ -19,7 +19,11 @@ def number(label: str, value: Any, *, nonnegative: bool = False) -> float:
     """A finite real number (bool is refused), as float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SpectuneError(f"{label} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise SpectuneError(f"{label} must be finite, got an integer of {len(str(value))} "
+                            "digits, beyond a float (1.8e308)") from None  # fmt: skip
     if not math.isfinite(value):
         raise SpectuneError(f"{label} must be finite, got {value!r}")
     if nonnegative and value < 0:

@@ -207,3 +207,121 @@ def test_an_os_error_naming_a_file_is_one_line_and_debug_shows_it(monkeypatch, t
         monkeypatch.setattr(report_cli, "run", raise_bug)
         with pytest.raises(OSError):
             main(["report", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """A billion-laughs YAML value: nine anchors each listing the previous one nine times
+    (9^9 strings once expanded) in a few hundred characters."""
+    parts = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        parts.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "{" + ", ".join(parts) + "}"
+
+
+def test_an_override_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
+    """Issue 20, case 11: a billion-laughs value in a key=value override took 39 s and ended in
+    MemoryError; it is refused before it is expanded, naming the override."""
+    import time
+
+    config = Path(__file__).parents[2] / "configs" / "lora.yaml"
+    start = time.perf_counter()
+    code = main(["tune", str(config), f"data.system={_alias_bomb()}", "--out",
+                 str(tmp_path / "run")])  # fmt: skip
+    assert code == 2 and time.perf_counter() - start < 10
+    err = one_line_error(capsys)
+    assert "override 'data.system={a0: &a0" in err and "anchors and aliases" in err
+    assert not (tmp_path / "run").exists()
+    from spectune.finetune.config import apply_overrides
+
+    assert apply_overrides({}, ["data.system=a*b&c", "x=[1, 2]"]) == {
+        "data": {"system": "a*b&c"}, "x": [1, 2]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--max-evals", "0"], "--max-evals"), (["--max-evals", "4"], "--max-evals"),
+    (["--min-evals", "0"], "--min-evals"),
+])  # fmt: skip
+def test_analyze_refuses_evals_limits_that_skip_everything(few_matrices, no_compute, capsys,
+                                                          argv, option):  # fmt: skip
+    """Issue 20, case 12: --max-evals 0 was accepted (every matrix skipped)."""
+    assert main(["analyze", str(few_matrices), *argv, "--no-progress"]) == 2
+    assert one_line_error(capsys).startswith(f"spectune: error: {option} must be >= ")
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["--z", "nan"], "--z"), (["--z", "inf"], "--z"), (["--z", "0"], "--z"),
+    (["--min-drop", "nan"], "--min-drop"), (["--min-drop", "-1"], "--min-drop"),
+])  # fmt: skip
+def test_compare_refuses_a_threshold_that_is_not_a_finite_number(few_matrices, no_compute,
+                                                                capsys, argv, option):  # fmt: skip
+    """Issue 20, case 12: --z nan was accepted."""
+    assert main(["compare", str(few_matrices), str(few_matrices), *argv, "--no-progress"]) == 2
+    assert one_line_error(capsys).startswith(f"spectune: error: {option} must be a finite number")
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_augment_n_seeds_below_1_names_the_option(tmp_path, capsys, n):
+    """Issue 20, case 12: the message named n_train, a setting augment has not."""
+    out = tmp_path / "aug.jsonl"
+    assert main(["augment", "--out", str(out), "--n-seeds", n, "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "--n-seeds must be >= 1" in err and "n_train" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Writes:
+    """A stream that records each write call (as an unbuffered ``python -u`` stderr does)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.calls.append("<flush>")
+
+
+def test_each_rank_writes_its_error_line_whole_and_names_itself(monkeypatch, capsys):
+    """Issue 20, case 12: under torchrun the two ranks' error lines came out glued together
+    (print writes the text and the newline apart): one write of the whole line, flushed, and
+    each rank's line says which rank it is."""
+    from spectune.finetune.distributed import error_line, write_line
+
+    stream = _Writes()
+    write_line(error_line("bad input"), stream)
+    assert stream.calls == ["spectune: error: bad input\n", "<flush>"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["describe", "nothing-here"]) == 2
+        err = one_line_error(capsys)
+        assert err.startswith(f"spectune: error: (rank {rank} of 2) spectune describe runs in one")
+        assert err.endswith("\n")
+
+
+def test_two_processes_error_lines_stay_apart(tmp_path):
+    """Two real processes (ranks 0 and 1 of 2) sharing one unbuffered stderr pipe."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    code = ("import sys\nfrom spectune.cli.main import main\n"
+            "sys.exit(main(['describe', 'nothing-here']))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": src, "PYTHONUNBUFFERED": "1", "WORLD_SIZE": "2"}
+    read, write = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r)},
+                              stderr=write, stdout=subprocess.DEVNULL) for r in (0, 1)]  # fmt: skip
+    os.close(write)
+    with os.fdopen(read) as fh:
+        text = fh.read()
+    assert [p.wait(timeout=120) for p in procs] == [2, 2]
+    lines = text.splitlines()
+    assert len(lines) == 2 and text.endswith("\n"), text
+    assert sorted(line[:32] for line in lines) == [
+        "spectune: error: (rank 0 of 2) s", "spectune: error: (rank 1 of 2) s"]  # fmt: skip

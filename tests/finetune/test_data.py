@@ -96,12 +96,20 @@ def test_detect_format_by_extension_and_content(tmp_path):
     odd = tmp_path / "list.jsonl"
     odd.write_text('[{"instruction": "x", "output": "y"}]\n', encoding="utf-8")
     assert detect_format(odd) == "dolly"
-    with pytest.raises(SpectuneError, match=r"line 1.*format='alpaca'"):
+    # issue 20, case 12: the hints name the config key a CLI user sets, not format='alpaca'
+    with pytest.raises(SpectuneError, match=r"line 1.*set data.format: alpaca in the run config "
+                       r"\(data.format=alpaca on the command line\), or name the file .json"):  # fmt: skip
         load_instructions(odd)
+    assert load_instructions(odd, format="alpaca")[0].response == "y"
     junk = tmp_path / "junk.txt"
     junk.write_text("instruction,response\n", encoding="utf-8")
-    with pytest.raises(SpectuneError, match="cannot tell its layout"):
+    with pytest.raises(SpectuneError, match="cannot tell its layout") as err:
         load_instructions(junk)
+    assert "format='" not in str(err.value)
+    obj = tmp_path / "obj.json"
+    obj.write_text('{"instruction": "x", "response": "y"}\n', encoding="utf-8")
+    with pytest.raises(SpectuneError, match=r"for JSON Lines set data.format: dolly"):
+        load_instructions(obj, format="alpaca")
 
 
 def test_bom_and_line_separator_inside_strings(tmp_path):

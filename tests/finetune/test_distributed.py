@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,9 @@ def _adapter(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _errors(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("spectune: error:")]
+    """The error lines of ``text``, without the "(rank R of N) " each rank puts first."""
+    return [re.sub(r"^spectune: error: \(rank \d+ of \d+\) ", "spectune: error: ", line)
+            for line in text.splitlines() if line.startswith("spectune: error:")]  # fmt: skip
 
 
 def _fruit_run(model_dir: Path, files: dict, per_device: int) -> dict:
@@ -482,6 +485,6 @@ def test_only_tune_can_be_launched(monkeypatch, capsys):
     assert main(["describe", "nothing-here"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "spectune: error: spectune describe runs in one process; of the commands only tune can "
+        "spectune: error: (rank 1 of 2) spectune describe runs in one process; of the commands only tune can "
         "be launched with torchrun or accelerate launch (several processes)"
     ]

@@ -21,6 +21,7 @@ from spectune.finetune.objectives.lipo import (
     ListCollator,
     grade,
     lipo_loss,
+    list_labels,
     load_lists,
     make_lists,
     ndcg,
@@ -48,12 +49,15 @@ def _naive(rewards: list[float], labels: list[float], loss: str) -> float | None
         return -sum(w[i] / sum(w) * (rewards[i] - z) for i in range(k))
     if loss == "dpo":
         return sum(math.log1p(math.exp(-(rewards[i] - rewards[j]))) for i, j in pairs) / len(pairs)
-    # LiPO-lambda: ranks by descending reward, ties in list order (Python's sort is stable)
+    # LiPO-lambda: ranks by descending reward, ties in list order (Python's sort is stable);
+    # the labels rescaled to [0, K - 1] (lowest 0, highest K - 1)
     order = sorted(range(k), key=lambda i: -rewards[i])
     tau = {i: pos + 1 for pos, i in enumerate(order)}
+    low, high = min(labels), max(labels)
+    psi = [(k - 1) * (lab - low) / (high - low) for lab in labels]
     total = 0.0
     for i, j in pairs:
-        gain = abs((2 ** labels[i] - 1) - (2 ** labels[j] - 1))
+        gain = abs((2 ** psi[i] - 1) - (2 ** psi[j] - 1))
         disc = abs(1 / math.log(1 + tau[i]) - 1 / math.log(1 + tau[j]))
         total += gain * disc * math.log1p(math.exp(-(rewards[i] - rewards[j])))
     return total
@@ -169,6 +173,106 @@ def test_ranking_metrics_with_ties_are_the_random_order_expectation():
     assert ranking_metrics([[1.0, 4.0, 3.0, 2.0]], [labels], "s")["s_accuracy"] == 0.0
 
 
+# --------------------------------------------------------------------------- score scales
+
+# issue 20, case 9: LiPO scores beyond about 0-10 overflowed 2^psi (OverflowError in ndcg, an
+# infinite gain and a NaN loss in training)
+SCALES = {"elo": [1500, 1200, 900, 400], "percent": [100, 75, 50, 0],
+          "huge": [1e300, -1e300, 2e299, -5e299], "tiny": [3e-300, 0.0, 1e-300, 2e-300],
+          "grades": [3, 0, 1, 2]}  # fmt: skip
+
+
+@pytest.mark.parametrize("scores", SCALES.values(), ids=list(SCALES))
+def test_scores_of_any_finite_scale_are_rescaled_to_labels_0_to_k_minus_1(scores):
+    labels = list_labels(scores)
+    assert min(labels) == 0.0 and max(labels) == 3.0  # K = 4
+    assert sorted(range(4), key=lambda i: scores[i]) == sorted(range(4), key=lambda i: labels[i])
+    assert list_labels(labels) == pytest.approx(labels)  # rescaling labels keeps them
+    assert 0 < ndcg([0.1, 0.3, 0.2, 0.0], scores) <= 1
+    assert ndcg(scores, scores) == 1.0  # ordered by the scores themselves: ideal
+    rewards = torch.tensor([[0.1, 0.3, 0.2, 0.0]], dtype=torch.float64, requires_grad=True)
+    labels_t = torch.tensor([scores], dtype=torch.float64)
+    for loss in LOSSES:
+        value = lipo_loss(rewards, labels_t, loss=loss)
+        (grad,) = torch.autograd.grad(value, rewards)
+        assert math.isfinite(value.item()) and value.item() > 0
+        assert bool(grad.isfinite().all()) and grad.abs().sum() > 0
+    if scores == SCALES["grades"]:  # the task checker's grades 0-3 of a list of 4: unchanged
+        assert labels == [3.0, 0.0, 1.0, 2.0]
+
+
+def test_the_largest_floats_and_long_lists_do_not_overflow():
+    assert list_labels([1.7e308, -1.7e308]) == [1.0, 0.0]
+    extreme = torch.tensor([[1.7e308, -1.7e308]], dtype=torch.float64)
+    for loss in LOSSES:  # the span 3.4e308 overflows a float; the labels' halves do not
+        assert math.isfinite(lipo_loss(torch.zeros(1, 2, dtype=torch.float64), extreme,
+                                       loss=loss).item())  # fmt: skip
+    long = list(range(2000))  # K - 1 capped at MAX_LABEL: 2^30 - 1 the largest gain
+    assert max(list_labels(long)) == 30.0 and 0 < ndcg(long[::-1], long) < 1
+    mask = torch.ones(1, 2000, dtype=torch.bool)
+    value = lipo_loss(torch.zeros(1, 2000), torch.tensor([long], dtype=torch.float32), mask)
+    assert math.isfinite(value.item())
+
+
+def _scales_file(path):
+    rows = [{"prompt": f"{name} question {i}?", "responses": [f"answer {j}" for j in range(4)],
+             "scores": scores} for name, scores in SCALES.items() for i in range(2)]  # fmt: skip
+    return _write(path, rows)
+
+
+def test_a_run_on_lists_of_every_score_scale_trains_and_judges(tiny_model_dir, tmp_path):
+    """LiPO-lambda on a file mixing Elo-like, 0-100, +-1e300 and 1e-300 scores: finite losses
+    and gradients (no "no gradient ... 4-bit" on a float32 LoRA run), a finite NDCG."""
+    path = _scales_file(tmp_path / "scales.jsonl")
+    config = TuneConfig.from_dict(tiny_run_config(
+        tiny_model_dir, "lora", objective="lipo", data={"train": str(path), "eval_fraction": 0.5},
+        train__max_steps=2, train__per_device_train_batch_size=2, eval__latency_prompts=0))  # fmt: skip
+    result = recipe.tune(config, out=tmp_path / "run", progress=False)
+    m = result.metrics
+    assert m.training.global_step == 2 and math.isfinite(m.training.final_loss)
+    for phase in (m.before.extras, m.after.extras):
+        assert 0 < phase["reward_ndcg"] <= 1 and 0 < phase["logp_ndcg"] <= 1
+
+
+@pytest.mark.parametrize(
+    "bad", ["NaN", "Infinity", "-Infinity", "1e400", "-1e309", "1" + "0" * 400]
+)
+def test_non_finite_or_overflowing_scores_are_refused_before_the_folder(tiny_model_dir,
+                                                                       tmp_path, bad):  # fmt: skip
+    path = _scales_file(tmp_path / "scales.jsonl")
+    lines = path.read_text().splitlines()
+    lines[2] = '{"prompt": "p?", "responses": ["a", "b"], "scores": [1, ' + bad + "]}"
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora", objective="lipo",
+                                                  data={"train": str(path)}))  # fmt: skip
+    with pytest.raises(SpectuneError, match=rf"^lists file {path}, line 3: scores must be finite "
+                       r"numbers of at most 1.8e308 in absolute value, got "):  # fmt: skip
+        recipe.setup(config, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and path.read_bytes() == before
+
+
+def test_a_run_without_a_gradient_says_what_happened_and_names_4_bit_only_for_4_bit():
+    from spectune.finetune.trainer import GradientCheck
+
+    model = torch.nn.Linear(3, 3)
+    model.weight.grad = torch.zeros(3, 3)
+    with pytest.raises(SpectuneError, match=r"^no gradient reached any of the 2 trainable "
+                       r"tensors at the first step \(1 got none, 1 got only zeros\): the first "
+                       r"batch's loss does not depend") as err:  # fmt: skip
+        GradientCheck().on_pre_optimizer_step(None, None, None, model=model)
+    assert "4-bit" not in str(err.value)
+    model.weight.grad = torch.full((3, 3), float("nan"))
+    with pytest.raises(SpectuneError, match=r"^the gradient at the first step is not finite "
+                       r"\(NaN or infinite\) in 1 of the 2 trainable tensors") as err:  # fmt: skip
+        GradientCheck().on_pre_optimizer_step(None, None, None, model=model)
+    assert "4-bit" not in str(err.value)
+    model.weight.grad = torch.zeros(3, 3)
+    model.is_loaded_in_4bit = True
+    with pytest.raises(SpectuneError, match=r"; for a 4-bit model this happens after"):
+        GradientCheck().on_pre_optimizer_step(None, None, None, model=model)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -227,7 +331,8 @@ def test_list_file_run_data_is_split_and_cut(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize(
     ("row", "message"),
     [({"prompt": "a", "responses": ["x", "y"], "scores": [1, "high"]},
-      r"bad.jsonl, line 2: scores must be finite numbers, got 'high'"),
+      r"bad.jsonl, line 2: scores must be finite numbers of at most 1.8e308 in absolute value, "
+      r"got 'high'"),
      ({"prompt": "a", "responses": ["x", "y"], "scores": [1, True]}, r"line 2: scores must be"),
      ({"prompt": "a", "responses": ["x", "y"], "scores": [1, float("nan")]}, r"line 2: scores"),
      ({"prompt": "a", "responses": ["x", "y"], "scores": [1]}, r"2 responses but 1 scores"),
@@ -300,6 +405,8 @@ def test_config_errors_name_the_key(tiny_model_dir, tmp_path):
         TuneConfig.from_dict({**base, "lipo": {"loss": "listnet"}})
     with pytest.raises(SpectuneError, match=r"lipo\.list_size"):
         TuneConfig.from_dict({**base, "lipo": {"list_size": 1}})
+    with pytest.raises(SpectuneError, match=r"lipo\.beta must be finite, got an integer of 401 "):
+        TuneConfig.from_dict({**base, "lipo": {"beta": 10**400}})  # was an OverflowError
     with pytest.raises(SpectuneError, match=r"lipo: section is read by .*lipo.*objective 'sft'"):
         TuneConfig.from_dict({**base, "objective": "sft", "lipo": {"beta": 0.2}})
     lists = _write(
@@ -323,13 +430,19 @@ def test_sweep_grid_over_objective_and_list_size(tiny_model_dir):
     assert runs[2][1].section("lipo").list_size == 4 and runs[2][1].section("lipo").beta == 0.2
 
 
-def test_a_batch_too_big_for_memory_says_what_to_lower(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lists", ["generated", "on_policy"])
+def test_a_batch_too_big_for_memory_says_what_to_lower(tiny_model_dir, tmp_path, lists):
+    """Checked before the results folder exists (issue 20, case 10: it was checked after)."""
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora", objective="lipo",
-                                                  lipo={"memory_gb": 1e-4}))  # fmt: skip
-    run = recipe.setup(config, out=tmp_path / "mem", progress=False)
-    with pytest.raises(SpectuneError, match=r"lower train.per_device_train_batch_size .*"
+                                                  lipo={"memory_gb": 1e-4, "lists": lists}))  # fmt: skip
+    with pytest.raises(SpectuneError, match=r"^lipo: a training batch .* \(lipo.memory_gb\); "
+                       r"lower train.per_device_train_batch_size .*"
                        r"lipo.list_size or data.max_length"):  # fmt: skip
-        recipe.judge_base(run)
+        recipe.setup(config, out=tmp_path / "mem", progress=False)
+    assert not (tmp_path / "mem").exists()
+    fits = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora", objective="lipo",
+                                                lipo={"memory_gb": 10.0, "lists": lists}))  # fmt: skip
+    recipe.prepare(fits, out=tmp_path / "mem")  # a batch that fits passes
 
 
 # --------------------------------------------------------------------------- runs
@@ -401,7 +514,8 @@ def test_on_policy_lists_sample_the_base_model(tiny_model_dir, tmp_path):
     state = run.objective.prepare(recipe._judge_context(run))
     assert state.info["on_policy_lists"]["n_read"] == 4
     for f in state.train:  # the exact answer (3) and K - 1 samples the random model garbles
-        assert len(f["scores"]) == 3 and max(f["scores"]) == 3.0 and len(f["ref_logps"]) == 3
+        # labels rescaled to [0, K - 1]: the exact answer's grade 3 is the list's top, 2
+        assert len(f["scores"]) == 3 and max(f["scores"]) == 2.0 and len(f["ref_logps"]) == 3
 
 
 # --------------------------------------------------------------------------- embedded model

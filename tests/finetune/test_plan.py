@@ -142,6 +142,30 @@ def test_plan_cli(capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
 
 
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("spectune: error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-1", "0"])
+def test_plan_refuses_a_budget_that_is_not_a_positive_number(capsys, budget):
+    """Issue 20, case 11: ``--budget-gib nan`` was a ValueError traceback."""
+    model = str(CONFIGS / "llama-2-7b")
+    assert main(["plan", model, f"--budget-gib={budget}"]) == 2
+    assert "--budget-gib must be a finite number of GiB > 0" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("method", ["all", "lora", "full"])
+def test_plan_of_a_model_without_decoder_layers_says_so(tmp_path, capsys, method):
+    """Issue 20, case 12: it talked about target_modules (or planned 'full' of no layers)."""
+    config = json.loads((CONFIGS / "llama-3.2-1b" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 0}))
+    assert main(["plan", str(tmp_path), "--method", method]) == 2
+    err = _one_line(capsys)
+    assert "no decoder layers spectune can plan for" in err and "target_modules" not in err
+
+
 _MEASURE = """
 import json, sys
 from spectune.finetune import recipe

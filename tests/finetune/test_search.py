@@ -221,13 +221,15 @@ def test_search_resumes_from_its_storage_without_redoing_trials(tiny_model_dir, 
     space = ["r=2..16", "lora_dropout=0..0.3", "learning_rate=1e-5..1e-2:log"]
     kw = dict(space=space, sampler="random", out=out, progress=False)  # no repeated settings
 
-    # interrupted at trial-002 (Ctrl-C): the storage keeps it "running", the folder resumable
+    # interrupted at trial-002 (Ctrl-C): the storage keeps it "running", the folder is marked
+    # failed (never left "running") and resumable
     calls: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         search(base, trials=4, run_fn=_fake_run(calls, interrupt={"trial-002"}, smooth=True),
                **kw)  # fmt: skip
     assert calls == ["trial-000", "trial-001", "trial-002"]
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    marker = json.loads((out / "run.json").read_text())
+    assert marker["status"] == "failed" and marker["error"] == "interrupted (KeyboardInterrupt)"
     import optuna
 
     study = optuna.load_study(study_name="spectune-search", storage=f"sqlite:///{out}/optuna.db")
@@ -279,7 +281,7 @@ def test_a_trial_that_trains_what_an_earlier_one_trained_is_not_run(tiny_model_d
     def run(config, *, out, resume=False, progress=True):
         calls.append(Path(out).name)
         m = fake_metrics(config.method, 0, acc=0.1 * (config.get("lora.r") or 1), ppl=11.0)
-        Path(out).mkdir(parents=True)
+        Path(out).mkdir(parents=True, exist_ok=True)  # made for its lock
         m.save(out)
         return SimpleNamespace(out=out, metrics=m)
 

@@ -91,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.report and not args.out:
         raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")
+    if args.min_evals < 1:
+        raise SpectuneError(f"--min-evals must be >= 1, got {args.min_evals}")
+    if args.max_evals < max(args.min_evals, 1):
+        raise SpectuneError(
+            f"--max-evals must be >= --min-evals ({args.min_evals}) and >= 1, got "
+            f"{args.max_evals}: with it every matrix would be skipped or too small"
+        )
     # checked before the analysis, which can take minutes, not after it: a folder of the
     # user's (or of another spectune command) is refused, an earlier analyze's is replaced
     out = check_writable_dir(args.out, "--out") if args.out else None

@@ -60,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
     inputs = () if args.seeds == "tasks" else (args.seeds,)
     check_output(out, overwrite=args.overwrite, inputs=inputs)
     if args.seeds == "tasks":
+        from spectune.errors import SpectuneError
         from spectune.finetune.tasks import generate_task_set
 
+        if args.n_seeds < 1:
+            raise SpectuneError(f"--n-seeds must be >= 1 (seed examples generated from the task "
+                                f"set), got {args.n_seeds}")  # fmt: skip
         seeds, _ = generate_task_set(args.n_seeds, 0, seed=args.seed)
         name = f"spectune task set (seed {args.seed}, {args.n_seeds} examples)"
     else:

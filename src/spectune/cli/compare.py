@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from spectune._io import check_writable_dir
@@ -39,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.report and not args.out:
         raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")
-    if args.z <= 0 or args.min_drop < 0:
-        raise SpectuneError(
-            f"--z must be > 0 and --min-drop >= 0, got {args.z} and {args.min_drop}"
-        )
+    if not (math.isfinite(args.z) and args.z > 0):
+        raise SpectuneError(f"--z must be a finite number > 0, got {args.z}")
+    if not (math.isfinite(args.min_drop) and args.min_drop >= 0):
+        raise SpectuneError(f"--min-drop must be a finite number >= 0, got {args.min_drop}")
     out = check_writable_dir(args.out, "--out") if args.out else None
     folder = RunFolder(out, "compare") if out is not None else None
     if folder is not None:  # before the work: a folder of the user's is refused

@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("SPECTUNE_DEBUG") == "1"
     from spectune._quiet import quiet_libraries
     from spectune.errors import SpectuneError
+    from spectune.finetune.distributed import error_line, write_line
 
     quiet_libraries(verbose=args.verbose)
     try:
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpectuneError as exc:
         if debug:
             raise
-        print(f"spectune: error: {exc}", file=sys.stderr)
+        write_line(error_line(str(exc)))  # one write per line: ranks' lines do not interleave
         return 2
     except OSError as exc:
         # a file or folder that cannot be written or read for a reason of the user's machine
@@ -103,13 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug or exc.filename is None or exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
         target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-        print(
-            f"spectune: error: {target}: {exc.strerror or exc} (--debug shows the traceback)",
-            file=sys.stderr,
-        )
+        write_line(error_line(f"{target}: {exc.strerror or exc} (--debug shows the traceback)"))
         return 2
     except KeyboardInterrupt:
-        print("spectune: interrupted", file=sys.stderr)
+        write_line("spectune: interrupted")
         return 130
 
 

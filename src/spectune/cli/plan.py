@@ -39,6 +39,7 @@ def _gib(n: int) -> float:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import math
 
     from spectune.errors import SpectuneError
     from spectune.finetune.config import TuneConfig
@@ -46,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from spectune.finetune.plan import largest_batch, plan_memory, plan_methods
     from spectune.models import resolve_model_dir
 
+    if args.budget_gib is not None and not (math.isfinite(args.budget_gib)
+                                            and args.budget_gib > 0):  # fmt: skip
+        raise SpectuneError(f"--budget-gib must be a finite number of GiB > 0, got "
+                            f"{args.budget_gib!r}")  # fmt: skip
     folder = resolve_model_dir(args.model)
     meta = meta_model(folder)
     data = {"model": str(folder), "model_dtype": args.dtype, "attn_implementation": args.attn,

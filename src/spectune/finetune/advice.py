@@ -54,6 +54,21 @@ class Constraints:
     max_forgetting: float | None = None
     n_train: int | None = None
 
+    def check(self) -> Constraints:
+        """Raises SpectuneError naming the limit that is not a finite number in its range
+        (NaN, infinite or negative limits are refused)."""
+        from spectune._check import integer, number
+
+        for flag, value in (("--memory-gib", self.memory_gib), ("--max-train-s", self.max_train_s),
+                            ("--max-ms-per-token", self.max_ms_per_token)):  # fmt: skip
+            if value is not None and number(flag, value) <= 0:
+                raise SpectuneError(f"{flag} must be > 0, got {value!r}")
+        if self.max_forgetting is not None:
+            number("--max-forgetting", self.max_forgetting, nonnegative=True)
+        if self.n_train is not None:
+            integer("--n-train", self.n_train, minimum=1)
+        return self
+
     def describe(self) -> str:
         parts = []
         if self.memory_gib is not None:
@@ -217,7 +232,7 @@ def advise(candidates: Sequence[Candidate], constraints: Constraints | None = No
     Raises:
         SpectuneError: no candidate at all.
     """
-    k = constraints or Constraints()
+    k = (constraints or Constraints()).check()
     if not candidates:
         raise SpectuneError("advise: no measured runs to choose from")
     table = [c.row() for c in candidates]
@@ -288,17 +303,39 @@ def advise(candidates: Sequence[Candidate], constraints: Constraints | None = No
 
 def read_predictions(run_dir: Path) -> np.ndarray | None:
     """Per-question accuracy gain of a run (correct after - before; after alone when the
-    base was not judged), from ``predictions.jsonl``; None when the file is missing."""
+    base was not judged), from ``predictions.jsonl``; None when the file is missing.
+
+    Raises:
+        SpectuneError: the file cannot be read, or a line is not a JSON object whose
+            ``correct_after`` / ``correct_before`` are true, false or null (file and line
+            named).
+    """
     path = run_dir / "predictions.jsonl"
     if not path.is_file():
         return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpectuneError(f"{path} cannot be read ({exc}); re-run the run or move it out of "
+                            "the folder") from None  # fmt: skip
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            after = float(bool(row.get("correct_after")))
-            before = float(bool(row.get("correct_before"))) if "correct_before" in row else 0.0
-            out.append(after - before)
+        except ValueError as exc:
+            raise SpectuneError(f"{path}:{number}: not JSON ({exc}); the predictions are "
+                                "damaged: re-run the run or move it out of the folder") from None  # fmt: skip
+        marks = [row.get(k) for k in ("correct_after", "correct_before")] if isinstance(
+            row, dict) else None  # fmt: skip
+        if marks is None or any(m is not None and not isinstance(m, bool) for m in marks):
+            raise SpectuneError(f"{path}:{number}: expected a JSON object whose correct_after "
+                                "and correct_before are true or false; the predictions are "
+                                "damaged: re-run the run or move it out of the folder")  # fmt: skip
+        after = float(bool(row.get("correct_after")))
+        before = float(bool(row.get("correct_before"))) if "correct_before" in row else 0.0
+        out.append(after - before)
     return np.array(out)
 
 
@@ -315,7 +352,8 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
     (runs that differ only in their seed are pooled).
 
     Raises:
-        SpectuneError: the folder holds no finished run.
+        SpectuneError: the folder holds no finished run, or a run's metrics.json or
+            predictions.jsonl is damaged (the file named; null numbers are "not measured").
     """
     from spectune.finetune.results import RunMetrics
 
@@ -348,15 +386,18 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
                       if m.forgetting.perplexity_ratio is not None]  # fmt: skip
 
         def mean(values: list[Any]) -> float | None:
-            v = [x for x in values if x is not None]
+            """The mean of the measured values (null or non-finite: not measured)."""
+            v = [float(x) for x in values if x is not None and math.isfinite(x)]
             return float(np.mean(v)) if v else None
 
+        rss = mean([m.cost.peak_rss_bytes for _, m in runs])
+        trainable = mean([m.cost.trainable for _, m in runs])
         out.append(Candidate(
             name, method, scores, forgetting,
             train_seconds=mean([m.cost.train_seconds for _, m in runs]),
             ms_per_token=mean([m.cost.ms_per_token for _, m in runs]),
-            peak_rss_gib=mean([m.cost.peak_rss_bytes / 2**30 for _, m in runs]),
-            trainable=int(np.mean([m.cost.trainable for _, m in runs])),
+            peak_rss_gib=None if rss is None else rss / 2**30,
+            trainable=None if trainable is None else int(trainable),
         ))  # fmt: skip
     return out
 

@@ -19,6 +19,12 @@ A run that fails, or whose worker dies, is a failed run (Ray Tune's ``max_failur
 other trials go on. With ``resume``, finished runs are taken from their folders without a
 trial, as the local backend does. An address that cannot be reached, or a cluster without
 the CPUs/GPUs one trial asks for, is one error before anything is written.
+
+Any exception a run raises (an ``OverflowError`` as much as a :class:`SpectuneError`; not
+an interruption) is that run's failure, recorded with its reason, and the others go on. With
+a :class:`~spectune.finetune.runfolder.HeldFolders`, each run folder is locked from the
+moment its run starts until the study ends (a Ray trial's folder: by the trial's process
+while it runs, by the study before and after).
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spectune.errors import SpectuneError
 from spectune.finetune.config import TuneConfig
+
+if TYPE_CHECKING:
+    from spectune.finetune.runfolder import HeldFolders
 
 
 @dataclass
@@ -117,8 +126,17 @@ class Backend:
         return self
 
 
-#: what a run's failure may raise (anything else is a bug and propagates)
+#: what a run's failure usually raises (its message alone is the reason); any other
+#: exception is a failed run too, its reason starting with the exception's type
 RUN_ERRORS = (SpectuneError, RuntimeError, ValueError, MemoryError)
+
+
+def failure(exc: Exception) -> str:
+    """Why a run failed, in one line: its message, after the type for an unexpected one."""
+    text = str(exc).strip()
+    if isinstance(exc, RUN_ERRORS) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class TrialFailed(RuntimeError):
@@ -126,16 +144,21 @@ class TrialFailed(RuntimeError):
     its message is the run's failure."""
 
 
-def run_job(run_fn: Callable[..., Any], job: Job, progress: bool) -> tuple[Any, str | None]:
-    """``(RunMetrics, None)`` or ``(None, why it failed)``."""
+def run_job(run_fn: Callable[..., Any], job: Job, progress: bool,
+            held: HeldFolders | None = None) -> tuple[Any, str | None]:  # fmt: skip
+    """``(RunMetrics, None)`` or ``(None, why it failed)``: any exception of the run (not an
+    interruption) is its failure. With ``held``, the run folder's lock is taken first (a
+    folder another process uses is a failed run) and kept after the run."""
     if job.error is not None:
         return None, job.error
     try:
         cfg = TuneConfig.from_dict(job.config, source=f"run {job.name}")
-        res = run_fn(cfg, out=job.out, resume=job.resume and job.out.exists(), progress=progress)
+        resume = job.resume and job.out.exists()
+        with contextlib.nullcontext() if held is None else held.lend(job.out):
+            res = run_fn(cfg, out=job.out, resume=resume, progress=progress)
         return res.metrics, None
-    except RUN_ERRORS as exc:
-        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one run's failure, whatever it is, is not the study's
+        return None, failure(exc)
 
 
 def finished_run(folder: Path) -> bool:
@@ -151,8 +174,10 @@ def finished_run(folder: Path) -> bool:
 
 
 def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[..., Any],
-              progress: bool) -> Callable[[list[Job], str], list[tuple[Any, str | None]]]:  # fmt: skip
-    """A function running a list of jobs and returning their results in order.
+                  progress: bool, held: HeldFolders | None = None,
+                  ) -> Callable[[list[Job], str], list[tuple[Any, str | None]]]:  # fmt: skip
+    """A function running a list of jobs and returning their results in order; with
+    ``held``, each job's folder stays locked from its run's start (see the module docstring).
 
     Raises:
         SpectuneError: a bad backend option, Ray missing, its address unreachable or its
@@ -170,7 +195,7 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
             results = []
             for i, job in enumerate(jobs, 1):
                 say(f"[{what} {i}/{len(jobs)}] {job.name}")
-                metrics, error = run_job(run_fn, job, progress)
+                metrics, error = run_job(run_fn, job, progress, held)
                 if error is not None:
                     say(f"spectune: run {job.name} failed: {error}")
                 results.append((metrics, error))
@@ -188,9 +213,12 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
             if job.error is not None:
                 results[i] = (None, job.error)
             elif job.resume and finished_run(job.out):  # as the local backend: no trial
-                results[i] = run_job(run_fn, job, False)
+                results[i] = run_job(run_fn, job, False, held)
             else:
                 todo.append(i)
+        if todo and held is not None:  # a trial's process takes the lock while it runs
+            for i in todo:
+                held.release(jobs[i].out)
         if todo:
             from ray import tune
 
@@ -211,6 +239,10 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
                     results[i] = (RunMetrics.from_dict(data), None)
                 else:
                     results[i] = (None, "the Ray trial ended without a result")
+            if held is not None:  # the study holds them again until it ends
+                for i in todo:
+                    with contextlib.suppress(SpectuneError):
+                        held.hold(jobs[i].out)
         for job, (_, error) in zip(jobs, results, strict=True):  # type: ignore[misc]
             if error is not None:
                 say(f"spectune: run {job.name} failed: {error}")
@@ -430,6 +462,7 @@ __all__ = [
     "Backend",
     "Job",
     "TrialFailed",
+    "failure",
     "finished_run",
     "make_executor",
     "run_job",

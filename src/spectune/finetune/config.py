@@ -745,7 +745,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         A new dict.
 
     Raises:
-        SpectuneError: an item without ``=``, or a key under a value that is not a mapping.
+        SpectuneError: an item without ``=``, a key under a value that is not a mapping, or
+            a value with a YAML anchor or alias.
     """
     out = copy.deepcopy(data)
     for item in overrides:
@@ -768,8 +769,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section"
                 )
             node = child
+        if _has_alias(value):
+            shown = item if len(item) <= 60 else f"{item[:40]}... ({len(item)} characters)"
+            raise SpectuneError(
+                f"override {shown!r}: YAML anchors and aliases (&name, *name) are not allowed "
+                "in a command-line value; write the value out (or put it in the config file)"
+            )
         node[leaf] = parse_value(value)
     return out
+
+
+def _has_alias(text: str) -> bool:
+    """Whether YAML ``text`` holds an anchor or an alias (refused in overrides: an alias bomb
+    expands a few hundred characters into billions of nodes). Malformed YAML: False (parsing
+    it says what is wrong)."""
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                return True
+    except yaml.YAMLError:
+        return False
+    return False
 
 
 def read_config_data(path: str | os.PathLike[str]) -> dict[str, Any]:

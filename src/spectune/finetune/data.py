@@ -100,6 +100,12 @@ def _read_text(path: Path) -> str:
         ) from exc
 
 
+def _set_format(layout: str) -> str:
+    """How a user picks ``layout``: the run config's ``data.format`` (as a YAML key or a
+    command-line override; ``format=`` in Python)."""
+    return f"set data.format: {layout} in the run config (data.format={layout} on the command line)"
+
+
 def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
     """Guess the layout of an instruction file: ``"dolly"`` or ``"alpaca"``.
 
@@ -130,7 +136,8 @@ def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
         raise SpectuneError(f"dataset file {path} is empty; it must hold at least one example")
     raise SpectuneError(
         f"dataset file {path}: cannot tell its layout (it starts with {head!r}, neither a JSON "
-        "object nor a JSON list); pass format='dolly' (JSON Lines) or format='alpaca' (JSON list)"
+        "object nor a JSON list); a dataset file holds Dolly JSON Lines (one object a line) or "
+        "an Alpaca JSON list of objects"
     )
 
 
@@ -180,7 +187,7 @@ def _parse_dolly(path: Path, text: str) -> list[InstructionExample]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             hint = (
-                "; the file looks like a JSON list, pass format='alpaca'"
+                f"; the file looks like a JSON list: {_set_format('alpaca')}, or name the file .json"
                 if lineno == 1 and line.lstrip().startswith("[")
                 else ""
             )
@@ -191,7 +198,8 @@ def _parse_dolly(path: Path, text: str) -> list[InstructionExample]:
         if isinstance(record, list):
             raise SpectuneError(
                 f"{where}: a JSON list, not an object; each line of a Dolly JSONL file must be "
-                "one JSON object (for an Alpaca JSON list pass format='alpaca')"
+                f"one JSON object (for an Alpaca JSON list {_set_format('alpaca')}, or name the "
+                "file .json)"
             )
         examples.append(_example(record, "dolly", where))
     return examples
@@ -208,7 +216,7 @@ def _parse_alpaca(path: Path, text: str) -> list[InstructionExample]:
     if not isinstance(records, list):
         raise SpectuneError(
             f"dataset file {path}: an Alpaca file must be a JSON list of objects, got a "
-            f"{type(records).__name__}; for JSON Lines pass format='dolly'"
+            f"{type(records).__name__}; for JSON Lines {_set_format('dolly')}"
         )
     return [
         _example(record, "alpaca", f"dataset file {path}, record {index} (0-based)")

@@ -316,7 +316,27 @@ def barrier() -> None:
 def say(message: str) -> None:
     """Print a status line on rank 0's stderr only."""
     if is_main():
-        print(message, file=sys.stderr, flush=True)
+        write_line(message)
+
+
+def write_line(text: str, stream: Any = None) -> None:
+    """Write ``text`` and its newline to ``stream`` (stderr) in one call, then flush: under
+    ``python -u`` (unbuffered, as launchers often run) ``print`` writes the text and the newline
+    apart, and the lines of ranks sharing a terminal or a log came out glued together."""
+    stream = sys.stderr if stream is None else stream
+    stream.write(text if text.endswith("\n") else text + "\n")
+    stream.flush()
+
+
+def error_line(message: str) -> str:
+    """The CLI's line for an error: ``spectune: error: MESSAGE``, with ``(rank R of N)``
+    before the message when several processes were launched (each prints its own)."""
+    try:
+        w = world()
+    except SpectuneError:  # a bad RANK / WORLD_SIZE: that is the message itself
+        w = World()
+    where = f"(rank {w.rank} of {w.size}) " if w.size > 1 else ""
+    return f"spectune: error: {where}{message}"
 
 
 __all__ = [
@@ -327,6 +347,7 @@ __all__ = [
     "agree",
     "backend_for",
     "barrier",
+    "error_line",
     "is_main",
     "join",
     "largest",
@@ -337,4 +358,5 @@ __all__ = [
     "session",
     "total",
     "world",
+    "write_line",
 ]

@@ -180,14 +180,21 @@ def _shape(meta: Any) -> _Shape:
         heads = int(c.num_attention_heads)
         head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
         kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
-        return _Shape(int(c.hidden_size), int(c.intermediate_size), heads, kv_heads * head_dim,
-                      int(c.num_hidden_layers), int(c.vocab_size))  # fmt: skip
-    except (AttributeError, TypeError) as exc:
+        shape = _Shape(int(c.hidden_size), int(c.intermediate_size), heads,
+                       kv_heads * head_dim, int(c.num_hidden_layers), int(c.vocab_size))  # fmt: skip
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise SpectuneError(
             f"the model config has no decoder shape the planner reads ({exc}); it plans "
             "Llama-style decoders (hidden_size, intermediate_size, num_attention_heads, "
             "num_hidden_layers, vocab_size)"
         ) from None
+    if shape.layers < 1:
+        raise SpectuneError(
+            f"the model config has num_hidden_layers={shape.layers}: the model has no decoder "
+            "layers spectune can plan for (the planner adds up Llama-style decoder layers); "
+            "give a model with at least one"
+        )
+    return shape
 
 
 def _method_kind(method: Any) -> str | None:

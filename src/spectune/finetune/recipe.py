@@ -343,6 +343,7 @@ def prepare(config: TuneConfig, *, out: str | Path | None = None, progress: bool
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
     data = load_run_data(config)  # the validation split is carved before the folder is made
+    objective.check_data(config, data, tokenizer, model_dir)  # e.g. LiPO's batch memory
     return Run(config, out, RunFolder(out, "tune"), method, objective, model_dir, data,
                progress=progress, main=world.main, world_size=world.size, notes=notes,
                tokenizer=tokenizer)  # fmt: skip

@@ -51,8 +51,14 @@ SCHEMA_VERSION = 2
 METRICS = "metrics.json"
 
 
+#: field types that hold a number (null reads as "not measured": the report shows a dash)
+_NUMBERS = {"int", "float", "int | None", "float | None"}
+
+
 def _check_shapes(obj: Any, where: str) -> None:
-    """Fields declared as mappings or lists must hold one (JSON from elsewhere may not)."""
+    """Fields declared as mappings, lists or numbers must hold one, or null for a number (JSON
+    from elsewhere may not: a ``"peak_rss_bytes": "big"`` is refused here, not divided
+    later)."""
     for f in fields(obj):
         value = getattr(obj, f.name)
         kind = str(f.type)
@@ -60,6 +66,11 @@ def _check_shapes(obj: Any, where: str) -> None:
             raise ValueError(f"{where}.{f.name} must be a mapping, got {type(value).__name__}")
         if kind.startswith("list") and not isinstance(value, list):
             raise ValueError(f"{where}.{f.name} must be a list, got {type(value).__name__}")
+        if kind in _NUMBERS and not (
+            value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        ):
+            raise ValueError(f"{where}.{f.name} must be a number, got {type(value).__name__} "
+                             f"{str(value)[:40]!r}")  # fmt: skip
         if hasattr(value, "__dataclass_fields__"):
             _check_shapes(value, f"{where}.{f.name}")
 

@@ -31,7 +31,10 @@ refused before the work starts (:meth:`RunFolder.check`).
 ``.spectune.lock`` in the folder): a second ``tune`` / ``--resume`` / ``--overwrite`` on the
 same folder is refused with the other process's id, so it can neither write into the live
 run nor delete its files. The operating system drops the lock when the process ends, however
-it ends, so a crashed run never leaves the folder stuck.
+it ends, so a crashed run never leaves the folder stuck. A study, sweep or search holds the
+lock of each of its run folders (:class:`HeldFolders`) from the moment its run starts until
+the study ends, and lends it to that run alone: while the study is alive neither another
+process nor another ``RunFolder`` in it can overwrite a run it did or is doing.
 
 Every file is written atomically (``spectune._io``), so an interruption leaves each file
 either whole or absent; resuming keeps what was written before.
@@ -49,11 +52,11 @@ damaged marker is refused, naming the field, and nothing is removed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,11 @@ from spectune.errors import SpectuneError
 MARKER = "run.json"
 CONFIG = "config.yaml"
 LOCK = ".spectune.lock"
+
+#: run folders whose lock a :class:`HeldFolders` of this process lends to the run it is doing
+#: in one of them (real path -> whether a RunFolder has it now): the first RunFolder opened
+#: there works under the held lock instead of taking its own; a second one meanwhile is refused
+_LENT: dict[str, bool] = {}
 
 #: names of temporary files and folders that spectune and the Trainer write before renaming
 _TEMPORARY = (".tmp", ".old")
@@ -204,6 +212,7 @@ class RunFolder:
         self.kind = kind
         self.state: dict[str, Any] = {}
         self._lock_fd: int | None = None
+        self._borrowed: str | None = None  # the lent lock it works under
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -244,7 +253,9 @@ class RunFolder:
         """Refuse a folder whose lock another open holds, creating nothing."""
         import fcntl
 
-        if self._lock_fd is not None or not (self.path / LOCK).is_file():
+        if self._lock_fd is not None or self._borrowed or not (self.path / LOCK).is_file():
+            return
+        if _LENT.get(os.path.realpath(self.path)) is False:  # a study lends it to this run
             return
         try:
             fd = os.open(self.path / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
@@ -261,7 +272,12 @@ class RunFolder:
         """Take the folder's lock or refuse, naming the process that holds it."""
         import fcntl
 
-        if self._lock_fd is not None:
+        if self._lock_fd is not None or self._borrowed:
+            return
+        key = os.path.realpath(self.path)
+        if _LENT.get(key) is False:  # a study's run, under the study's lock
+            _LENT[key] = True
+            self._borrowed = key
             return
         check_no_links(self.path)  # a run inside an open folder (a sweep's): no link on the way
         self.path.mkdir(parents=True, exist_ok=True)
@@ -285,6 +301,10 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the folder's lock (the run ends; also dropped when the process ends)."""
+        if self._borrowed is not None:  # a lent lock goes back to the study that holds it
+            if self._borrowed in _LENT:
+                _LENT[self._borrowed] = False
+            self._borrowed = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
@@ -293,7 +313,7 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         return self
 
-    @contextmanager
+    @contextlib.contextmanager
     def replacing(self) -> Iterator[RunFolder]:
         """Open the folder replacing its earlier output of the same kind (``overwrite=True``),
         and mark it complete when the block ends, failed when it raises.
@@ -548,4 +568,83 @@ class RunFolder:
         self.close()
 
 
-__all__ = ["CONFIG", "LOCK", "MARKER", "MARKER_SCHEMA", "STATUSES", "RunFolder", "validate_marker"]
+class HeldFolders:
+    """The locks of a study's (sweep's, search's) run folders, held until it ends.
+
+    :meth:`lend` takes a folder's lock (refusing, as :meth:`RunFolder.open` does, when another
+    process holds it) and lends it to the run done in the block: that run's
+    :class:`RunFolder` opens under it. The lock stays held after the run, so a finished run of
+    a live study cannot be overwritten either; :meth:`close` (the end of the ``with`` block)
+    releases them all. Each held lock is an open file: past :attr:`LIMIT` of them the oldest
+    finished run's is released first.
+    """
+
+    #: locks held at most (a descriptor each; the usual limit of open files is 1024)
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._held: dict[str, RunFolder] = {}
+
+    def hold(self, path: str | Path) -> None:
+        """Take the lock of the run folder ``path`` (made if needed) and keep it.
+
+        Raises:
+            SpectuneError: another process (or another open of it here) holds the folder.
+        """
+        key = os.path.realpath(path)
+        if key not in self._held:
+            excess = max(0, len(self._held) + 1 - self.LIMIT)
+            for oldest in [k for k in self._held if k not in _LENT][:excess]:
+                self._held.pop(oldest).close()
+            folder = RunFolder(path)
+            folder._lock()
+            self._held[key] = folder
+
+    def release(self, path: str | Path) -> None:
+        """Release the lock of ``path`` (e.g. for a run that another process does)."""
+        folder = self._held.pop(os.path.realpath(path), None)
+        if folder is not None:
+            folder.close()
+
+    @contextlib.contextmanager
+    def lend(self, path: str | Path) -> Iterator[None]:
+        """Hold ``path``'s lock and lend it to the run done in the block."""
+        self.hold(path)
+        key = os.path.realpath(path)
+        _LENT[key] = False
+        try:
+            yield
+        finally:
+            _LENT.pop(key, None)
+
+    def close(self) -> None:
+        """Release every lock held."""
+        for folder in self._held.values():
+            folder.close()
+        self._held.clear()
+
+    def __enter__(self) -> HeldFolders:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def fail_on_exit(folder: RunFolder) -> Iterator[None]:
+    """A block after which ``folder`` (a study's, sweep's or search's) is never left
+    "running": any exception, an interruption (Ctrl-C) or ``SystemExit`` included, marks it
+    failed with the reason (``--resume`` continues it) and propagates."""
+    try:
+        yield
+    except BaseException as exc:
+        if folder.state.get("status") == "running":
+            why = (f"interrupted ({type(exc).__name__})"
+                   if isinstance(exc, (KeyboardInterrupt, SystemExit))
+                   else f"{type(exc).__name__}: {exc}")  # fmt: skip
+            folder.fail(why)
+        raise
+
+
+__all__ = ["CONFIG", "LOCK", "MARKER", "MARKER_SCHEMA", "STATUSES", "HeldFolders", "RunFolder",
+           "fail_on_exit", "validate_marker"]  # fmt: skip

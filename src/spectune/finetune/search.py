@@ -31,8 +31,11 @@ Search folder (the sweep layout plus the study's storage)::
 
 A trial that trains exactly what an earlier finished trial trained (the method does not read a
 sampled key, or a categorical space repeats a point) is not run again: it gets the earlier
-trial's values (``same_as``). A failed run is a failed trial (recorded with its reason) and
-the search goes on. ``resume=True`` opens the study in ``optuna.db`` again: finished trials are
+trial's values (``same_as``). A failed run, whatever it raises, is a failed trial (recorded
+with its reason) and the search goes on; each trial's run folder stays locked until the search
+ends, and the search's ``run.json`` is never left "running" (an interruption marks it failed;
+``--resume`` continues it). A damaged ``optuna.db`` is refused on ``--resume`` before anything
+changes. ``resume=True`` opens the study in ``optuna.db`` again: finished trials are
 kept, a trial that was interrupted or failed is run again with its own values in its own
 folder (an interrupted run continues from its last checkpoint), then new trials are asked
 until ``trials`` have finished; ``trials`` may be raised on resume, any other change of the
@@ -543,7 +546,7 @@ def _fmt_values(objectives: Sequence[Objective], values: Sequence[float]) -> str
 
 def _run_local(study: Any, planner: Planner, objectives: list[Objective], n: int, total: int,
                first: int, run_fn: Callable[..., Any], progress: bool, folder: Any,
-               errors: dict[str, str]) -> None:  # fmt: skip
+               errors: dict[str, str], held: Any = None) -> None:  # fmt: skip
     """Ask, run and tell ``n`` trials one after another."""
     from optuna.trial import TrialState
 
@@ -562,7 +565,7 @@ def _run_local(study: Any, planner: Planner, objectives: list[Objective], n: int
         error = plan.get("error")
         if error is None:
             job = Job(name, plan["method"], plan["config"], Path(plan["out"]), True)
-            metrics, error = run_job(run_fn, job, progress)
+            metrics, error = run_job(run_fn, job, progress, held)
             if error is None:
                 try:
                     values = objective_values(metrics, objectives)
@@ -666,9 +669,9 @@ def search(
             "spectune search needs Optuna: pip install 'spectune[optuna]' (or pip install optuna)"
         ) from None
     from spectune._check import integer
-    from spectune.finetune.config import read_config_data, yaml_dump, yaml_load
+    from spectune.finetune.config import read_config_data, yaml_load
     from spectune.finetune.recipe import tune
-    from spectune.finetune.runfolder import RunFolder
+    from spectune.finetune.runfolder import HeldFolders, RunFolder, fail_on_exit
     from spectune.finetune.study import changed_fields
 
     run_fn = run_fn or tune
@@ -712,7 +715,8 @@ def search(
     settings = _settings_block(params, objs, sampler_name, seed, population, trials)
     raw = {**base, "search": settings}
     folder = RunFolder(out, "search").open(overwrite=overwrite, resume=resume)
-    with folder:
+    held = HeldFolders()  # each run folder's lock, from its run's start to the search's end
+    with folder, held:
         saved = out / SEARCH_CONFIG
         if resume and saved.is_file():
             old = yaml_load(saved.read_text(encoding="utf-8"), str(saved))
@@ -723,45 +727,89 @@ def search(
                     f"{', '.join(diff)}); resume with the same settings (only --trials may "
                     "change) or start over with --overwrite"
                 )
+        if resume and (root / STORAGE).exists():
+            _check_storage(root / STORAGE)
         if resume:
             folder.resumed()
-        folder.own(SEARCH_CONFIG, STORAGE, "runs", "results.csv", "results.md",
-                   "comparison.json", "plots", "report.html", SEARCH_JSON, "pareto.json",
-                   "pareto.csv")  # fmt: skip
-        write_text(saved, f"# spectune search --resume --out {out} (the search's settings)\n"
-                   + yaml_dump(raw))  # fmt: skip
-        start = time.perf_counter()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with fail_on_exit(folder):  # never left "running", whatever ends the search
+            return _search_in(folder, out, root, raw, saved, optuna, sampler_obj, sampler_name,
+                              seed, population, params, objs, trials, planner, backend, run_fn,
+                              progress, held, base_config)  # fmt: skip
+
+
+def _check_storage(path: Path) -> None:
+    """Refuse, before anything changes, a search storage that SQLite cannot read or that holds
+    no Optuna study."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            bad = con.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise SpectuneError(f"--resume: {path} is not a readable Optuna storage ({exc}); start "
+                            "the search over with --overwrite") from None  # fmt: skip
+    if bad is None or bad[0] != "ok" or "studies" not in tables:
+        why = "holds no Optuna study" if bad and bad[0] == "ok" else "is damaged"
+        raise SpectuneError(f"--resume: {path} {why}; start the search over with "
+                            "--overwrite")  # fmt: skip
+
+
+def _search_in(folder: Any, out: Path, root: Path, raw: dict[str, Any], saved: Path, optuna: Any,
+               sampler_obj: Any, sampler_name: str, seed: int, population: int | None,
+               params: list[Param], objs: list[Objective], trials: int, planner: Planner,
+               backend: Backend, run_fn: Callable[..., Any], progress: bool, held: Any,
+               base_config: TuneConfig) -> SearchResult:  # fmt: skip
+    """The search in its opened, locked folder (see :func:`search`)."""
+    from spectune.finetune.config import yaml_dump
+
+    folder.own(SEARCH_CONFIG, STORAGE, "runs", "results.csv", "results.md",
+               "comparison.json", "plots", "report.html", SEARCH_JSON, "pareto.json",
+               "pareto.csv")  # fmt: skip
+    write_text(saved, f"# spectune search --resume --out {out} (the search's settings)\n"
+               + yaml_dump(raw))  # fmt: skip
+    start = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
         storage = optuna.storages.RDBStorage(f"sqlite:///{root / STORAGE}")
-        study = optuna.create_study(storage=storage, sampler=sampler_obj, study_name=STUDY_NAME,
+        study = optuna.create_study(storage=storage, sampler=sampler_obj,
+                                    study_name=STUDY_NAME,
                                     directions=[o.direction for o in objs],
                                     load_if_exists=True)  # fmt: skip
-        if study.trials:  # a resumed search: a fresh random stream, or it repeats its points
-            study.sampler = make_sampler(sampler_name, resumed_seed(seed, len(study.trials)),
-                                         params, population)  # fmt: skip
-        retried = _retry_unfinished(study)
-        done, _ = _counted(study)
-        n = max(0, trials - len(done))
-        if progress:
-            print(f"[search] {len(done)} trial(s) finished before, {n} to run"
-                  + (f" (again: {', '.join(retried)})" if retried else ""), file=sys.stderr)  # fmt: skip
-        errors: dict[str, str] = {}
-        if n and backend.name == "ray":
-            _run_ray(study, storage, study.sampler, planner, objs, n, backend, run_fn, progress,
-                     errors)  # fmt: skip
-        elif n:
-            _run_local(study, planner, objs, n, trials, len(done), run_fn, progress, folder,
-                       errors)  # fmt: skip
-        result = _write_search(out, study, params, objs, sampler_name, seed, population,
-                               base_config, errors, backend.name,
-                               time.perf_counter() - start)  # fmt: skip
-        folder.update(total_seconds=result.total_seconds, failed_runs=sorted(result.failed_runs))
-        if result.failed_runs:  # not "complete": --resume runs the failed ones again
-            folder.fail(f"{len(result.failed_runs)} of {len(result.trials)} trials failed: "
-                        f"{', '.join(result.failed_runs)}")  # fmt: skip
-        else:
-            folder.finish()
-        return result
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors alike
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SpectuneError(f"{root / STORAGE} cannot be opened as the search's Optuna "
+                            f"study ({type(exc).__name__}: {first}); start the search over "
+                            "with --overwrite") from None  # fmt: skip
+    if study.trials:  # a resumed search: a fresh random stream, or it repeats its points
+        study.sampler = make_sampler(sampler_name, resumed_seed(seed, len(study.trials)),
+                                     params, population)  # fmt: skip
+    retried = _retry_unfinished(study)
+    done, _ = _counted(study)
+    n = max(0, trials - len(done))
+    if progress:
+        print(f"[search] {len(done)} trial(s) finished before, {n} to run"
+              + (f" (again: {', '.join(retried)})" if retried else ""), file=sys.stderr)  # fmt: skip
+    errors: dict[str, str] = {}
+    if n and backend.name == "ray":
+        _run_ray(study, storage, study.sampler, planner, objs, n, backend, run_fn, progress,
+                 errors)  # fmt: skip
+    elif n:
+        _run_local(study, planner, objs, n, trials, len(done), run_fn, progress, folder,
+                   errors, held)  # fmt: skip
+    result = _write_search(out, study, params, objs, sampler_name, seed, population,
+                           base_config, errors, backend.name,
+                           time.perf_counter() - start)  # fmt: skip
+    folder.update(total_seconds=result.total_seconds, failed_runs=sorted(result.failed_runs))
+    if result.failed_runs:  # not "complete": --resume runs the failed ones again
+        folder.fail(f"{len(result.failed_runs)} of {len(result.trials)} trials failed: "
+                    f"{', '.join(result.failed_runs)}")  # fmt: skip
+    else:
+        folder.finish()
+    return result
 
 
 def _write_search(out: Path, study: Any, params: Sequence[Param], objs: Sequence[Objective],

@@ -33,8 +33,18 @@ What it does, in order:
    (:class:`StudyResult`), ``study.md``, plots in ``plots/``, the notes of report.html.
 
 Resume (``resume=True``) keeps finished runs; a changed study config is refused with the
-changed fields named. Failed runs are recorded and the study goes on; a study whose runs
-all failed is an error.
+changed fields named. A run that fails, whatever it raises (an ``OverflowError`` as much as a
+:class:`SpectuneError`), is recorded with its reason and the study goes on; a study whose
+runs all failed is an error. The study's ``run.json`` is never left "running": an
+interruption (Ctrl-C) or an error outside the runs marks it failed with the reason, and
+``--resume`` continues it. While the study runs, each run folder is locked from the moment its
+run starts (:class:`~spectune.finetune.runfolder.HeldFolders`): another ``spectune tune
+--overwrite`` of it, or any other process, is refused until the study ends.
+
+Bad settings are refused before the folder exists: a seed or a rate listed twice,
+``lr_search.steps`` or ``lr_search.seed`` that is not an integer in range. Rates that six
+significant digits print alike (``1e-3`` and ``1.00000001e-3``) get folders named by their
+exact values (:func:`rate_name`).
 """
 
 from __future__ import annotations
@@ -97,6 +107,7 @@ class StudySpec:
     @classmethod
     def from_dict(cls, data: Any, base_lr: float, source: str = "study") -> StudySpec:
         """From the ``study:`` block; a shared ``lr_grid`` list applies to every method."""
+        from spectune._check import integer
         from spectune.finetune.methods import METHODS
 
         if not isinstance(data, dict):
@@ -118,8 +129,16 @@ class StudySpec:
             if seeds < 1:
                 raise SpectuneError(f"{source}: study.seeds must be >= 1, got {seeds}")
             seeds = list(range(seeds))
-        if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        ):
             raise SpectuneError(f"{source}: study.seeds must be a count or a list of seeds")
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise SpectuneError(f"{source}: study.seeds lists seed {repeated[0]} more than once "
+                                "(its runs would share a folder); list each seed once")  # fmt: skip
         raw = data.get("lr_grid", [base_lr])
         grid_lr: dict[str, list[float]] = {}
         for m in methods:
@@ -127,11 +146,21 @@ class StudySpec:
             if (
                 not isinstance(rates, list)
                 or not rates
-                or not all(isinstance(r, (int, float)) and r > 0 for r in rates)
+                or not all(
+                    isinstance(r, (int, float))
+                    and not isinstance(r, bool)
+                    and math.isfinite(r)
+                    and r > 0
+                    for r in rates
+                )
             ):
                 raise SpectuneError(f"{source}: study.lr_grid must be a list of positive rates "
                                     f"or a mapping method -> list (got {rates!r} for {m})")  # fmt: skip
             grid_lr[m] = sorted(float(r) for r in rates)
+            twice = [r for r, nxt in itertools.pairwise(grid_lr[m]) if r == nxt]
+            if twice:
+                raise SpectuneError(f"{source}: study.lr_grid lists rate {twice[0]:g} more than "
+                                    f"once for {m}; list each rate once")  # fmt: skip
         search = data.get("lr_search") or {}
         if not isinstance(search, dict) or set(search) - {"steps", "validation", "seed"}:
             raise SpectuneError(f"{source}: study.lr_search takes steps, validation and seed")
@@ -142,10 +171,17 @@ class StudySpec:
         validation = search.get("validation", 64)
         if not isinstance(validation, int) or validation < 1:
             raise SpectuneError(f"{source}: study.lr_search.validation must be >= 1")
-        return cls(methods=list(methods), seeds=seeds, lr_grid=grid_lr,
-                   lr_steps=search.get("steps"), validation=validation,
-                   lr_seed=int(search.get("seed", 0)), grid=grid,
-                   match_budget=bool(data.get("match_budget", True)))  # fmt: skip
+        steps = search.get("steps")
+        if steps is not None:
+            integer(f"{source}: study.lr_search.steps", steps, minimum=1)
+        lr_seed = integer(f"{source}: study.lr_search.seed", search.get("seed", 0), minimum=0)
+        match_budget = data.get("match_budget", True)
+        if not isinstance(match_budget, bool):
+            raise SpectuneError(f"{source}: study.match_budget must be true or false, got "
+                                f"{match_budget!r}")  # fmt: skip
+        return cls(methods=list(methods), seeds=seeds, lr_grid=grid_lr, lr_steps=steps,
+                   validation=validation, lr_seed=lr_seed, grid=grid,
+                   match_budget=match_budget)  # fmt: skip
 
 
 def split_study_config(
@@ -198,6 +234,13 @@ class LRSearch:
         return "smallest" if self.chosen == min(self.rates) else None
 
 
+def rate_name(lr: float) -> str:
+    """A learning rate as run folders name it: ``0.001``, ``3e-05``; the exact value
+    (``0.0010000001``) when six significant digits would give two rates one name."""
+    short = f"{lr:g}"
+    return short if float(short) == lr else repr(float(lr))
+
+
 def search_learning_rate(
     method: str,
     rates: Sequence[float],
@@ -222,9 +265,11 @@ def search_learning_rate(
         try:
             acc, loss = run(lr)
             scores.append((float(acc), float(loss)))
-        except (SpectuneError, RuntimeError, ValueError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one rate's failure is not the search's
+            from spectune.finetune.backends import failure
+
             scores.append(None)
-            errors[f"{lr:g}"] = str(exc)
+            errors[rate_name(lr)] = failure(exc)
     ok = [(s[0], -s[1] if math.isfinite(s[1]) else -math.inf, -lr)
           for lr, s in zip(rates, scores, strict=True) if s is not None]  # fmt: skip
     chosen = -max(ok)[2] if ok else None
@@ -652,7 +697,7 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _short(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return rate_name(v) if isinstance(v, float) else str(v)
 
 
 def plan_configs(base: dict[str, Any], spec: StudySpec) -> list[tuple[str, str, dict, TuneConfig]]:
@@ -678,6 +723,9 @@ def plan_configs(base: dict[str, Any], spec: StudySpec) -> list[tuple[str, str, 
             seen.add(key)
             suffix = "".join(f"-{k.split('.')[-1]}{_short(v)}" for k, v in point.items()
                              if len(spec.grid[k]) > 1)  # fmt: skip
+            if any(name == f"{method}{suffix}" for name, *_ in out):
+                raise SpectuneError(f"study.grid: two grid points get the run name "
+                                    f"{method}{suffix!r}; give distinct values")  # fmt: skip
             out.append((f"{method}{suffix}", method, point, config))
     return out
 
@@ -716,11 +764,8 @@ def study(
         SpectuneError: a bad config, a changed config on resume, or every run failed.
     """
     from spectune.finetune.config import read_config_data
-    from spectune.finetune.recipe import log_rows, tune
-    from spectune.finetune.runfolder import RunFolder
-    from spectune.finetune.sweep import RunOutcome, write_comparison
-    from spectune.report.files import save_figures
-    from spectune.report.html import write_comparison_report
+    from spectune.finetune.recipe import tune
+    from spectune.finetune.runfolder import HeldFolders, RunFolder, fail_on_exit
 
     run_fn = run_fn or tune
     backend = Backend.of(backend, address)
@@ -730,10 +775,11 @@ def study(
     base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     out = Path(out if out is not None else base_config.output_dir)
     plans = plan_configs(base, spec)  # checks the model and methods before the folder
-    executor = make_executor(backend, None, run_fn, progress)  # an unreachable Ray: nothing done
+    held = HeldFolders()  # each run folder's lock, from its run's start to the study's end
+    executor = make_executor(backend, None, run_fn, progress, held)  # unreachable Ray: nothing done
     root = out.absolute()  # the runs' folders, wherever a Ray trial runs
     folder = RunFolder(out, "study").open(overwrite=overwrite, resume=resume)
-    with folder:  # the folder's lock is released however the study ends
+    with folder, held:  # the locks are released however the study ends
         saved = out / STUDY_CONFIG
         if resume and saved.is_file():
             from spectune.finetune.config import yaml_load
@@ -752,146 +798,157 @@ def study(
                 earlier = float(json.loads((out / STUDY_JSON).read_text())["total_seconds"] or 0)
             except (OSError, ValueError, KeyError, TypeError):
                 earlier = 0.0
-        folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",
-                   "comparison.json", "plots", "report.html", STUDY_JSON, "study.md")  # fmt: skip
-        write_text(
-            saved, f"# spectune study {saved} --resume (the study's config)\n" + yaml_dump(raw)
+        with fail_on_exit(folder):  # never left "running", whatever ends the study
+            return _run_study(out, root, folder, raw, base, spec, base_config, plans, executor,
+                              earlier=earlier, resume=resume, progress=progress)  # fmt: skip
+
+
+def _run_study(out: Path, root: Path, folder: Any, raw: dict[str, Any], base: dict[str, Any],
+               spec: StudySpec, base_config: TuneConfig, plans: list, executor: Any, *,
+               earlier: float, resume: bool, progress: bool) -> StudyResult:  # fmt: skip
+    """The study in its opened, locked folder (see :func:`study`)."""
+    from spectune.finetune.recipe import log_rows
+    from spectune.finetune.sweep import RunOutcome, write_comparison
+    from spectune.report.files import save_figures
+    from spectune.report.html import write_comparison_report
+
+    saved = out / STUDY_CONFIG
+    folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",
+               "comparison.json", "plots", "report.html", STUDY_JSON, "study.md")  # fmt: skip
+    write_text(saved, f"# spectune study {saved} --resume (the study's config)\n" + yaml_dump(raw))
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    # 1. learning-rate search per method (on the first grid point), on the validation split
+    searches: dict[str, LRSearch] = {}
+    need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
+    if need:
+        split = _write_validation_split(base, spec, root / "lr_search" / "data")
+    search_jobs: list[Job] = []
+    for _cname, method, _point, config in plans:
+        if method in {j.method for j in search_jobs} or len(spec.lr_grid[method]) == 1:
+            continue
+        search_data = apply_overrides(config.to_dict(), [
+            f"seed={spec.lr_seed}", "eval.latency_prompts=0", "eval.spectra=false",
+            *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
+            *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else [])])  # fmt: skip
+        for lr in spec.lr_grid[method]:
+            name = f"{method}-lr{rate_name(lr)}"
+            search_jobs.append(Job(name, method, apply_overrides(
+                search_data, [f"train.learning_rate={lr}"]), root / "lr_search" / name, True))  # fmt: skip
+    done_search = {j.name: r for j, r in zip(search_jobs, executor(search_jobs, "lr search"),
+                                              strict=True)}  # fmt: skip
+    for _cname, method, _point, _config in plans:
+        if method in searches:
+            continue
+        rates = spec.lr_grid[method]
+        if len(rates) == 1:
+            searches[method] = LRSearch(method, rates, [None], rates[0])
+            continue
+
+        def one(lr: float, method: str = method) -> tuple[float, float]:
+            metrics, error = done_search[f"{method}-lr{rate_name(lr)}"]
+            if metrics is None:
+                raise RuntimeError(error)
+            return metrics.after.accuracy.accuracy, metrics.after.heldout_loss.loss
+
+        searches[method] = s = search_learning_rate(method, rates, one)
+        say(f"[lr search] {method}: chose {s.chosen:g}" if s.chosen else
+            f"[lr search] {method}: every rate failed")  # fmt: skip
+        if s.at_edge:
+            say(f"[lr search] {method}: {s.chosen:g} is the {s.at_edge} rate of the grid; the "
+                f"best may lie beyond it: extend study.lr_grid.{method}")  # fmt: skip
+    folder.update(lr_chosen={m: s.chosen for m, s in searches.items()})
+
+    # 2. the real runs: method x grid point x seed at the chosen rate
+    groups: dict[str, list[str]] = {}
+    jobs: list[Job] = []
+    settings: list[dict[str, Any]] = []
+    for cname, method, point, config in plans:
+        lr = searches[method].chosen
+        for seed in spec.seeds:
+            name = f"{cname}-s{seed}"
+            groups.setdefault(cname, []).append(name)
+            settings.append({**point, "seed": seed, "learning_rate": lr})
+            data = None if lr is None else apply_overrides(
+                config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])  # fmt: skip
+            jobs.append(Job(name, method, data, root / "runs" / name, resume,
+                            None if lr is not None else "learning-rate search: every rate failed"))  # fmt: skip
+    outcomes: list[RunOutcome] = []
+    rows: list[dict[str, Any]] = []
+    logs: dict[str, list[dict]] = {}
+    for job, setting, (metrics, error) in zip(jobs, settings, executor(jobs, "run"), strict=True):
+        o = RunOutcome(job.name, job.method, setting, metrics=metrics, error=error)
+        if metrics is not None:
+            logs[job.name] = log_rows(job.out)
+        outcomes.append(o)
+        rows.append(study_row(o, job.out))
+    failed = {o.name: o.error for o in outcomes if o.error is not None}
+    folder.update(failed_runs=sorted(failed))
+    varied = [k for k in spec.grid if len(spec.grid[k]) > 1]
+    title = (f"spectune study: {', '.join(spec.methods)} over {len(spec.seeds)} seed(s), "
+             "per-method learning rates")  # fmt: skip
+    meta = {"kind": "study", "title": title, "grid": {**spec.grid, "seed": spec.seeds},
+            "base_config": base_config.to_dict(), "runs": [o.name for o in outcomes]}  # fmt: skip
+    write_comparison(out, outcomes, logs, {**meta, "total_seconds": None})
+    if len(failed) == len(outcomes):
+        folder.fail(f"every run failed ({len(outcomes)})")
+        raise SpectuneError(
+            f"every run of the study failed ({len(outcomes)}); first: "
+            f"{next(iter(failed.items()))[0]}: {next(iter(failed.values()))}"
         )
-        start = time.perf_counter()
 
-        def say(msg: str) -> None:
-            if progress:
-                print(msg, file=sys.stderr, flush=True)
+    # 3. analysis, plots, report
+    import csv
+    import io
 
-        # 1. learning-rate search per method (on the first grid point), on the validation split
-        searches: dict[str, LRSearch] = {}
-        need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
-        if need:
-            split = _write_validation_split(base, spec, root / "lr_search" / "data")
-        search_jobs: list[Job] = []
-        for _cname, method, _point, config in plans:
-            if method in {j.method for j in search_jobs} or len(spec.lr_grid[method]) == 1:
-                continue
-            search_data = apply_overrides(config.to_dict(), [
-                f"seed={spec.lr_seed}", "eval.latency_prompts=0", "eval.spectra=false",
-                *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
-                *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else [])])  # fmt: skip
-            for lr in spec.lr_grid[method]:
-                name = f"{method}-lr{lr:g}"
-                search_jobs.append(Job(name, method, apply_overrides(
-                    search_data, [f"train.learning_rate={lr}"]), root / "lr_search" / name, True))  # fmt: skip
-        done_search = {j.name: r for j, r in zip(search_jobs, executor(search_jobs, "lr search"),
-                                                  strict=True)}  # fmt: skip
-        for _cname, method, _point, _config in plans:
-            if method in searches:
-                continue
-            rates = spec.lr_grid[method]
-            if len(rates) == 1:
-                searches[method] = LRSearch(method, rates, [None], rates[0])
-                continue
-
-            def one(lr: float, method: str = method) -> tuple[float, float]:
-                metrics, error = done_search[f"{method}-lr{lr:g}"]
-                if metrics is None:
-                    raise RuntimeError(error)
-                return metrics.after.accuracy.accuracy, metrics.after.heldout_loss.loss
-
-            searches[method] = s = search_learning_rate(method, rates, one)
-            say(f"[lr search] {method}: chose {s.chosen:g}" if s.chosen else
-                f"[lr search] {method}: every rate failed")  # fmt: skip
-            if s.at_edge:
-                say(f"[lr search] {method}: {s.chosen:g} is the {s.at_edge} rate of the grid; the "
-                    f"best may lie beyond it: extend study.lr_grid.{method}")  # fmt: skip
-        folder.update(lr_chosen={m: s.chosen for m, s in searches.items()})
-
-        # 2. the real runs: method x grid point x seed at the chosen rate
-        groups: dict[str, list[str]] = {}
-        jobs: list[Job] = []
-        settings: list[dict[str, Any]] = []
-        for cname, method, point, config in plans:
-            lr = searches[method].chosen
-            for seed in spec.seeds:
-                name = f"{cname}-s{seed}"
-                groups.setdefault(cname, []).append(name)
-                settings.append({**point, "seed": seed, "learning_rate": lr})
-                data = None if lr is None else apply_overrides(
-                    config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])  # fmt: skip
-                jobs.append(Job(name, method, data, root / "runs" / name, resume,
-                                None if lr is not None else "learning-rate search: every rate failed"))  # fmt: skip
-        outcomes: list[RunOutcome] = []
-        rows: list[dict[str, Any]] = []
-        logs: dict[str, list[dict]] = {}
-        for job, setting, (metrics, error) in zip(
-            jobs, settings, executor(jobs, "run"), strict=True
-        ):
-            o = RunOutcome(job.name, job.method, setting, metrics=metrics, error=error)
-            if metrics is not None:
-                logs[job.name] = log_rows(job.out)
-            outcomes.append(o)
-            rows.append(study_row(o, job.out))
-        failed = {o.name: o.error for o in outcomes if o.error is not None}
-        folder.update(failed_runs=sorted(failed))
-        varied = [k for k in spec.grid if len(spec.grid[k]) > 1]
-        title = (f"spectune study: {', '.join(spec.methods)} over {len(spec.seeds)} seed(s), "
-                 "per-method learning rates")  # fmt: skip
-        meta = {"kind": "study", "title": title, "grid": {**spec.grid, "seed": spec.seeds},
-                "base_config": base_config.to_dict(), "runs": [o.name for o in outcomes]}  # fmt: skip
-        write_comparison(out, outcomes, logs, {**meta, "total_seconds": None})
-        if len(failed) == len(outcomes):
-            folder.fail(f"every run failed ({len(outcomes)})")
-            raise SpectuneError(
-                f"every run of the study failed ({len(outcomes)}); first: "
-                f"{next(iter(failed.items()))[0]}: {next(iter(failed.values()))}"
-            )
-
-        # 3. analysis, plots, report
-        import csv
-        import io
-
-        summaries, diffs, effects, corrs, advice, notes, layer_corrs = analyze_study(
-            out, rows, groups, varied
-        )
-        figs, skipped = study_figures(summaries, list(searches.values()), rows, varied)
-        fig = layer_alpha_figure(out, rows)
-        if fig is not None:
-            figs["layer_alpha_vs_base.png"] = fig
-        skipped += [f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
-                    "needs several" for k, v in spec.grid.items() if len(v) == 1]  # fmt: skip
-        half = [s["accuracy_gain"]["half_width"] for s in summaries if s["accuracy_gain"]]
-        notes = [f"held-out questions per run: {base_config.data.n_eval}; interval half-width of "
-                 f"a method's accuracy gain over its seeds: {100 * min(half):.1f} to "
-                 f"{100 * max(half):.1f} points" if half else "no interval: no run finished",
-                 "learning rates chosen on a validation split of "
-                 f"{spec.validation} training examples (seed {spec.lr_seed}), never the held-out "
-                 "questions: " + ", ".join(f"{m} {s.chosen:g}" if s.chosen else f"{m} failed"
-                                            for m, s in searches.items()),
-                 *[f"learning-rate search of {m}: the chosen {s.chosen:g} is the {s.at_edge} rate "
-                   f"of the grid {[float(f'{r:g}') for r in s.rates]}; the best may lie beyond it: "
-                   f"extend study.lr_grid.{m}" for m, s in searches.items() if s.at_edge],
-                 *skipped, *notes]  # fmt: skip
-        total = earlier + time.perf_counter() - start
-        result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
-                             rows, summaries, diffs, effects, corrs, advice, notes, failed, total,
-                             layer_correlations=layer_corrs)  # fmt: skip
-        columns: list[str] = []
-        for r in rows:
-            columns += [k for k in r if k not in columns]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
-        write_text(out / "results.csv", buf.getvalue())  # the study's columns on top of the sweep's
-        save_figures(figs, out / "plots")
-        write_json(out / STUDY_JSON, result.to_dict())
-        write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-        write_comparison_report(out)
-        folder.update(total_seconds=total)
-        if failed:  # not "complete": --resume runs the failed ones again
-            folder.fail(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
-        else:
-            folder.finish()
-        return result
+    summaries, diffs, effects, corrs, advice, notes, layer_corrs = analyze_study(
+        out, rows, groups, varied
+    )
+    figs, skipped = study_figures(summaries, list(searches.values()), rows, varied)
+    fig = layer_alpha_figure(out, rows)
+    if fig is not None:
+        figs["layer_alpha_vs_base.png"] = fig
+    skipped += [f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
+                "needs several" for k, v in spec.grid.items() if len(v) == 1]  # fmt: skip
+    half = [s["accuracy_gain"]["half_width"] for s in summaries if s["accuracy_gain"]]
+    notes = [f"held-out questions per run: {base_config.data.n_eval}; interval half-width of "
+             f"a method's accuracy gain over its seeds: {100 * min(half):.1f} to "
+             f"{100 * max(half):.1f} points" if half else "no interval: no run finished",
+             "learning rates chosen on a validation split of "
+             f"{spec.validation} training examples (seed {spec.lr_seed}), never the held-out "
+             "questions: " + ", ".join(f"{m} {s.chosen:g}" if s.chosen else f"{m} failed"
+                                        for m, s in searches.items()),
+             *[f"learning-rate search of {m}: the chosen {s.chosen:g} is the {s.at_edge} rate "
+               f"of the grid {[float(f'{r:g}') for r in s.rates]}; the best may lie beyond it: "
+               f"extend study.lr_grid.{m}" for m, s in searches.items() if s.at_edge],
+             *skipped, *notes]  # fmt: skip
+    total = earlier + time.perf_counter() - start
+    result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
+                         rows, summaries, diffs, effects, corrs, advice, notes, failed, total,
+                         layer_correlations=layer_corrs)  # fmt: skip
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
+    write_text(out / "results.csv", buf.getvalue())  # the study's columns on top of the sweep's
+    save_figures(figs, out / "plots")
+    write_json(out / STUDY_JSON, result.to_dict())
+    write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    write_comparison_report(out)
+    folder.update(total_seconds=total)
+    if failed:  # not "complete": --resume runs the failed ones again
+        folder.fail(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
+    else:
+        folder.finish()
+    return result
 
 
 __all__ = [
@@ -904,6 +961,7 @@ __all__ = [
     "layer_alpha_correlation",
     "layer_alpha_figure",
     "plan_configs",
+    "rate_name",
     "search_learning_rate",
     "split_study_config",
     "study",

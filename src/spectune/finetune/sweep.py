@@ -15,12 +15,16 @@ Comparison folder (the demo writes the same layout)::
     report.html       one self-contained page
 
 An interrupted sweep continues with ``resume=True``: finished runs are kept as they are, the
-interrupted one resumes from its last checkpoint, the rest run. A run that fails is recorded
-as ``failed: <reason>`` and the sweep goes on.
+interrupted one resumes from its last checkpoint, the rest run; a changed grid or base config
+is refused, naming the fields. A run that fails (whatever it raises) is recorded as
+``failed: <reason>`` and the sweep goes on; the sweep's own ``run.json`` is never left
+"running" (an interruption marks it failed). Each run folder stays locked from its run's start
+until the sweep ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -252,20 +256,63 @@ def run_comparison(
     """
     from spectune.finetune.backends import Backend, make_executor
     from spectune.finetune.recipe import tune
+    from spectune.finetune.runfolder import HeldFolders, fail_on_exit
 
     out = Path(out)
     backend = Backend.of(backend, address)
+    held = HeldFolders()  # each run folder's lock, from its run's start to the sweep's end
     # Ray is reached (or refused) before the folder is touched
-    execute = None if backend.name == "local" else make_executor(backend, None, tune, progress)
+    execute = (None if backend.name == "local"
+               else make_executor(backend, None, tune, progress, held))  # fmt: skip
+    settings = _settings(meta)
     folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
-    with folder:  # the folder's lock is released however the sweep ends
-        return _run_all(runs, out, folder, kind=kind, title=title, meta=meta, resume=resume,
-                        progress=progress, prelude=prelude, execute=execute)  # fmt: skip
+    with folder, held:  # the locks are released however the sweep ends
+        if resume:
+            _check_same_settings(folder, out, kind, settings)
+        if not folder.complete:
+            folder.update(settings=settings)
+        with fail_on_exit(folder):  # never left "running", whatever ends the sweep
+            return _run_all(runs, out, folder, kind=kind, title=title, meta=meta, resume=resume,
+                            progress=progress, prelude=prelude, execute=execute,
+                            held=held)  # fmt: skip
+
+
+def _settings(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resume must find unchanged: the grid, the base config, the methods (as JSON)."""
+    from spectune._io import _json_safe
+
+    keep = {k: v for k, v in (meta or {}).items() if k in ("grid", "base_config", "methods")}
+    return json.loads(json.dumps(_json_safe(keep), default=str))  # as the marker stores it
+
+
+def _check_same_settings(folder: RunFolder, out: Path, kind: str, settings: dict[str, Any]) -> None:
+    """Refuse a resume whose grid or base config differs from the one the folder started with
+    (recorded in its marker; comparison.json for a folder from before that)."""
+    from spectune.finetune.study import changed_fields
+
+    old = folder.state.get("settings")
+    if not isinstance(old, dict):
+        try:
+            data = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        old = _settings(data if isinstance(data, dict) else {})
+        if not old:
+            return
+    diff = changed_fields(old, settings)
+    if diff:
+        shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+        raise SpectuneError(
+            f"--resume: this {kind} differs from the one {out} started with (in: {shown}); "
+            "resume with the same --grid and config, or start over with --overwrite"
+        )
 
 
 def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, folder: RunFolder,
              *, kind: str, title: str, meta: dict[str, Any] | None, resume: bool,
-             progress: bool, prelude: Any, execute: Any = None) -> list[RunOutcome]:  # fmt: skip
+             progress: bool, prelude: Any, execute: Any = None,
+             held: Any = None) -> list[RunOutcome]:  # fmt: skip
+    from spectune.finetune.backends import failure
     from spectune.finetune.recipe import log_rows, tune
     from spectune.report.html import write_comparison_report
 
@@ -291,12 +338,12 @@ def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, fold
         if progress:
             print(f"[{i}/{len(runs)}] {name}", file=sys.stderr, flush=True)
         try:
-            result = tune(
-                config, out=run_dir, resume=resume and run_dir.exists(), progress=progress
-            )
-        except (SpectuneError, RuntimeError, ValueError, MemoryError) as exc:
-            outcomes.append(RunOutcome(name, config.method, setting, error=str(exc)))
-            print(f"spectune: run {name} failed: {exc}", file=sys.stderr)
+            again = resume and run_dir.exists()
+            with contextlib.nullcontext() if held is None else held.lend(run_dir):
+                result = tune(config, out=run_dir, resume=again, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - one run's failure, whatever it is, is recorded
+            outcomes.append(RunOutcome(name, config.method, setting, error=failure(exc)))
+            print(f"spectune: run {name} failed: {failure(exc)}", file=sys.stderr)
             continue
         outcomes.append(RunOutcome(name, config.method, setting, metrics=result.metrics))
         logs[name] = log_rows(run_dir)

@@ -17,8 +17,8 @@ Imports ``transformers`` at module level; the recipe imports this module only wh
 - :class:`EarlyStopping`: transformers' ``EarlyStoppingCallback`` whose patience counter is
   recounted from the log history when training resumes.
 - :class:`SpectraWatch`: the adapter's spectra every N steps (``spectra_log.csv``).
-- :class:`GradientCheck`: stops at the first optimizer step if no trainable parameter got a
-  gradient (a 4-bit model whose weights bitsandbytes repacked for CPU inference).
+- :class:`GradientCheck`: stops at the first optimizer step if the gradient is not finite or
+  no trainable parameter got one (saying "4-bit" only for a 4-bit model).
 - :class:`FiniteLoss`: stops a run whose loss became NaN or infinite, saying what to change.
 - :class:`RecordFiles`: records the checkpoint files in the run folder's marker (rank 0,
   once every process wrote its part).
@@ -334,8 +334,9 @@ class SpectraWatch(TrainerCallback):
 
 
 class GradientCheck(TrainerCallback):
-    """Stop at the first optimizer step if no trainable parameter got a gradient (e.g. a
-    4-bit model whose weights bitsandbytes repacked for CPU inference)."""
+    """Stop at the first optimizer step if the gradient is not finite, or if no trainable
+    parameter got a gradient (a 4-bit model whose weights bitsandbytes repacked for CPU
+    inference, or a loss that does not depend on the weights), saying which."""
 
     def __init__(self) -> None:
         self.checked = False
@@ -345,13 +346,36 @@ class GradientCheck(TrainerCallback):
             return
         self.checked = True
         grads = [p.grad for p in model.parameters() if p.requires_grad]
-        if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
+        present = [g for g in grads if g is not None]
+        if any(not bool(g.isfinite().all()) for g in present):
             raise SpectuneError(
-                f"no gradient reached any of the {len(grads)} trainable tensors at the first "
-                "step; for a 4-bit model this happens after an eval-mode forward without "
-                "gradients before training (bitsandbytes repacks the weights for CPU "
-                "inference): train a freshly loaded model"
+                f"the gradient at the first step is not finite (NaN or infinite) in "
+                f"{sum(not bool(g.isfinite().all()) for g in present)} of the {len(grads)} "
+                "trainable tensors: the loss overflowed; lower train.learning_rate or the "
+                "objective's scale (e.g. lipo.beta), then start again with --overwrite"
             )
+        if not any(bool(g.abs().sum() > 0) for g in present):
+            what = (f"no gradient reached any of the {len(grads)} trainable tensors at the "
+                    "first step")  # fmt: skip
+            if _is_4bit(model):
+                raise SpectuneError(
+                    f"{what}; for a 4-bit model this happens after an eval-mode forward "
+                    "without gradients before training (bitsandbytes repacks the weights for "
+                    "CPU inference): train a freshly loaded model"
+                )
+            raise SpectuneError(
+                f"{what} ({len(grads) - len(present)} got none, {len(present)} got only "
+                "zeros): the first batch's loss does not depend on the trained weights (e.g. "
+                "a preference list whose pairs all weigh 0, or every label masked); check "
+                "the training data, then start again with --overwrite"
+            )
+
+
+def _is_4bit(model: Any) -> bool:
+    """Whether ``model`` holds bitsandbytes 4-bit weights."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        return True
+    return any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
 class FiniteLoss(TrainerCallback):

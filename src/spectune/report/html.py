@@ -453,7 +453,7 @@ def _acc_cell(fraction: Any, acc: Any) -> str:
     """ "12.5% (3/24)" from the fraction and the counts (an AccuracyResult or a category's
     dict)."""
     text = _pct(fraction)
-    counts = acc if isinstance(acc, dict) else vars(acc) if acc is not None else None
+    counts = acc if isinstance(acc, dict) else getattr(acc, "__dict__", None)
     n, k = _num(_get(counts, "n")), _num(_get(counts, "n_correct"))
     if text != DASH and n is not None and k is not None:
         text += f" ({round(k)}/{round(n)})"

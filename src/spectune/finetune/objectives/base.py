@@ -16,6 +16,9 @@ hook                               what it does
 ``load_data(config)``              -> :class:`RunData`: training records in the objective's
                                    format, and the held-out instruction examples every run
                                    is judged on (accuracy, held-out loss)
+``check_data(config, data, tok,    checks that need the data and the tokenizer but no
+model_dir)``                       weights (LiPO: a batch's memory), before the results
+                                   folder exists
 ``features(config, data, tok)``    -> :class:`TrainData`: the Trainer's dataset and collator
 ``validation_features(...)``        -> :class:`TrainData` of ``data.validation`` (the split
                                    ``data.n_validation`` carved from the training records),
@@ -104,6 +107,11 @@ class Objective:
 
     def check(self, config: TuneConfig) -> None:
         """Cross-field checks of a config that uses this objective (raise SpectuneError)."""
+
+    def check_data(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                   model_dir: Path) -> None:  # fmt: skip
+        """Checks that need the run's data and tokenizer but no weights (memory a batch
+        takes...), run before the results folder exists (raise SpectuneError)."""
 
     def prepare(self, ctx: JudgeContext) -> Any:
         """Per-run state made once, before the training features: a teacher model, generated

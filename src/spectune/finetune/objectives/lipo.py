@@ -9,7 +9,8 @@ task checker's graded form: 3 exact, 2 correct but verbose, 1 near miss, 0 wrong
 adds the exact answer (all graded by the checker). A ``.jsonl`` file gives one list per line,
 ``{"prompt": ..., "responses": [...], "scores": [...]}`` (:func:`load_lists`): lists with
 fewer than two responses or all-equal scores are skipped and counted (an error if none
-remain), a score that is not a number is an error naming the file and line, and a list longer
+remain), a score that is not a finite number a float holds (NaN, Infinity, 1e400, a 400-digit
+integer) is an error naming the file and line, and a list longer
 than ``lipo.list_size`` is cut to ``list_size`` responses (:func:`cut_list`; held-out lists
 to ``lipo.eval_list_size``, 4 by default whatever K training uses, so runs compare).
 
@@ -18,7 +19,10 @@ log-probabilities: the sum over the response tokens and the end-of-turn token), 
 averaged over the lists of a batch (``lipo.loss``):
 
 - ``lambda`` (LiPO-lambda): L = -sum_{psi_i > psi_j} Delta_ij log sigmoid(s_i - s_j) with the
-  LambdaLoss weight Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|, gain G = 2^psi - 1,
+  LambdaLoss weight Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|, gain G = 2^psi - 1
+  (psi: the list's scores rescaled min-max to [0, K - 1], :func:`list_labels`, so scores of
+  any finite scale work: Elo-like 1500/900, 0-100, 1e300; the paper's labels are bounded
+  grades or win rates, and the task checker's grades 0-3 of a list of 4 stay as they are),
   discount D(tau) = log(1 + tau), tau_i the 1-based rank of s_i under the current rewards
   (descending; ties keep list order). The weights are constants of the step (no gradient
   through the ranks), and the sum over pairs is not normalized (the paper's formula).
@@ -54,7 +58,7 @@ questions, or ``data.eval`` / an ``eval_fraction`` split of a lists file):
 - ``reward_accuracy``: over every held-out pair with psi_i > psi_j, the fraction with
   s_i > s_j, a tie counting 1/2. Before training the policy is the reference, so every
   implicit reward is 0 and the accuracy is 0.5 by definition (chance);
-- ``reward_ndcg``: NDCG of the list ordered by s (gain 2^psi' - 1 with psi' = psi - min psi,
+- ``reward_ndcg``: NDCG of the list ordered by s (gain 2^psi - 1, psi rescaled to [0, K - 1],
   discount 1/log2(1 + rank)); tied scores get the mean discount of the ranks they share
   (the expected NDCG under a random order of the ties), so before training it is the NDCG of
   a random order;
@@ -343,8 +347,33 @@ def make_lists(examples: list[InstructionExample], list_size: int, *, seed: int 
 
 
 def _number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))  # fmt: skip
+    """A finite int or float that a float holds (a 400-digit integer does not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+#: the highest label of a list: K - 1 for a list of K responses, at most this (2^30 - 1 is
+#: the largest gain, exact in float32).
+MAX_LABEL = 30
+
+
+def list_labels(scores: list[float] | tuple[float, ...]) -> list[float]:
+    """The labels psi of one list: its scores rescaled linearly (min-max) to [0, K - 1], K the
+    number of responses (at most :data:`MAX_LABEL`): the lowest score gets 0, the highest
+    K - 1, the others keep their relative gaps. So the gain 2^psi - 1 is at most 2^(K-1) - 1
+    whatever the scores' scale (Elo-like 1500/900, 0-100, 1e300 or 1e-300), and the task
+    checker's grades 0-3 of a list of 4 that holds a 0 and a 3 are unchanged. All-equal scores
+    give all 0 (no pair)."""
+    lo, hi = min(scores), max(scores)
+    top = float(min(len(scores) - 1, MAX_LABEL))
+    half = hi / 2 - lo / 2  # halves: the span of two finite floats may overflow, this cannot
+    if not half > 0:
+        return [0.0] * len(scores)
+    return [min(top, max(0.0, (s / 2 - lo / 2) / half * top)) for s in scores]
 
 
 def cut_list(lst: RankedList, list_size: int, *, seed: int | str) -> RankedList:
@@ -435,7 +464,11 @@ def load_lists(path: str | os.PathLike[str], list_size: int | None = None, *,
                                 f"{type(scores).__name__}")  # fmt: skip
         bad = [s for s in scores if not _number(s)]
         if bad:
-            raise SpectuneError(f"{where}: scores must be finite numbers, got {bad[0]!r}")
+            shown = repr(bad[0])
+            if len(shown) > 40:
+                shown = f"{shown[:24]}... ({len(shown)} characters)"
+            raise SpectuneError(f"{where}: scores must be finite numbers of at most 1.8e308 "
+                                f"in absolute value, got {shown}")  # fmt: skip
         if len(scores) != len(responses):
             raise SpectuneError(f"{where}: {len(responses)} responses but {len(scores)} scores; "
                                 "give one score per response")  # fmt: skip
@@ -486,13 +519,30 @@ def ranks(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tau.to(scores.dtype)
 
 
-def lambda_weights(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """LambdaLoss weights |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|, G = 2^psi - 1,
-    D(tau) = log(1 + tau), tau the ranks under ``scores``. (B, K) -> (B, K, K), no gradient."""
+def graded_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`list_labels` of every list of a batch: each row's real entries rescaled to
+    [0, K - 1] (K its real entries, at most :data:`MAX_LABEL` + 1); padding 0. (B, K) ->
+    (B, K), no gradient."""
     import torch
 
     with torch.no_grad():
-        gain = torch.pow(2.0, labels) - 1
+        lo = labels.masked_fill(~mask, float("inf")).min(dim=1, keepdim=True)[0]
+        hi = labels.masked_fill(~mask, float("-inf")).max(dim=1, keepdim=True)[0]
+        top = (mask.sum(dim=1, keepdim=True) - 1).clamp(min=0, max=MAX_LABEL).to(labels.dtype)
+        half = hi / 2 - lo / 2
+        scaled = (labels / 2 - lo / 2) / torch.where(half > 0, half, torch.ones_like(half))
+        scaled = torch.minimum(scaled.clamp(min=0.0) * top, top)
+        return scaled.masked_fill(~mask | ~(half > 0), 0.0)
+
+
+def lambda_weights(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """LambdaLoss weights |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|, G = 2^psi - 1 with psi
+    the labels rescaled to [0, K - 1] (:func:`graded_labels`), D(tau) = log(1 + tau), tau the
+    ranks under ``scores``. (B, K) -> (B, K, K), no gradient."""
+    import torch
+
+    with torch.no_grad():
+        gain = torch.pow(2.0, graded_labels(labels, mask)) - 1
         inv_d = 1.0 / torch.log1p(ranks(scores, mask))
         return (gain[:, :, None] - gain[:, None, :]).abs() * (
             inv_d[:, :, None] - inv_d[:, None, :]
@@ -523,8 +573,7 @@ def lipo_loss(rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | 
     n_pairs = pairs.sum(dim=(1, 2))
     valid = n_pairs > 0
     if loss == "softmax":
-        shifted = labels - labels.masked_fill(~mask, float("inf")).min(dim=1, keepdim=True)[0]
-        shifted = shifted.masked_fill(~mask, 0.0)
+        shifted = graded_labels(labels, mask)  # psi - min psi, scaled: the weights are the same
         weights = shifted / shifted.sum(dim=1, keepdim=True).clamp(min=1e-12)
         logp = torch.log_softmax(rewards.masked_fill(~mask, float("-inf")), dim=1)
         per_list = -(weights * logp.masked_fill(~mask, 0.0)).sum(dim=1)
@@ -556,10 +605,10 @@ def pair_accuracy(scores: list[float], labels: list[float]) -> tuple[float, int]
 
 
 def ndcg(scores: list[float], labels: list[float]) -> float:
-    """NDCG of one list ordered by ``scores`` (gain 2^(psi - min psi) - 1, discount
-    1/log2(1 + rank)); tied scores share the mean discount of their ranks."""
-    low = min(labels)
-    gains = [2.0 ** (lab - low) - 1 for lab in labels]
+    """NDCG of one list ordered by ``scores`` (gain 2^psi - 1, psi the labels rescaled to
+    [0, K - 1] by :func:`list_labels`, discount 1/log2(1 + rank)); tied scores share the mean
+    discount of their ranks. NaN for all-equal labels."""
+    gains = [2.0**lab - 1 for lab in list_labels(labels)]
     disc = [1.0 / math.log2(1 + r) for r in range(1, len(scores) + 1)]
     ideal = sum(g * d for g, d in zip(sorted(gains, reverse=True), disc, strict=True))
     if ideal <= 0:
@@ -794,7 +843,8 @@ def score_features(model: Any, features: list[dict[str, Any]], pad_id: int, *,
 
 def tokenize_lists(lists: list[RankedList], tokenizer: Any, *, max_length: int,
                    system: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-    """One feature per list: ``input_ids`` / ``labels`` (K token lists), ``scores`` (K).
+    """One feature per list: ``input_ids`` / ``labels`` (K token lists), ``scores`` (K): the
+    list's labels, its scores rescaled to [0, K - 1] (:func:`list_labels`, after dropping).
 
     Responses longer than ``max_length`` are cut at the right; a response left without a
     labelled token is dropped, and a list left with fewer than two responses or all-equal
@@ -824,7 +874,7 @@ def tokenize_lists(lists: list[RankedList], tokenizer: Any, *, max_length: int,
             n_list_dropped += 1
             continue
         n_tokens += sum(len(i) for i in ids_k)
-        feats.append({"input_ids": ids_k, "labels": lab_k, "scores": scores})
+        feats.append({"input_ids": ids_k, "labels": lab_k, "scores": list_labels(scores)})
     info = {"n_lists": len(lists), "n_kept": len(feats), "n_sequences": n_seq,
             "n_truncated": n_trunc, "n_responses_dropped": n_resp_dropped,
             "n_dropped": n_list_dropped, "n_tokens": n_tokens, "max_length": int(max_length),
@@ -920,6 +970,15 @@ def batch_memory_bytes(model_config: Any, n_sequences: int, length: int, n_label
     kept = per_layer * (2 if checkpointing else layers) + (n_sequences * length * h * 4 * layers
                                                            if checkpointing else 0)  # fmt: skip
     return kept + 3 * 4 * n_labelled * vocab
+
+
+def _batch_shape(train: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """(longest list K, longest sequence, most labelled tokens of a list) of tokenized lists."""
+    k = max(len(f["scores"]) for f in train)
+    t = max(len(ids) for f in train for ids in f["input_ids"])
+    n_lab = max(sum(sum(1 for x in lab[1:] if x != -100) for lab in f["labels"])
+                for f in train)  # fmt: skip
+    return k, t, n_lab
 
 
 @dataclass
@@ -1041,7 +1100,8 @@ class LiPO(Objective):
                 f"{tinfo['n_lists']} lost their pairs at data.max_length="
                 f"{config.data.max_length}); raise data.max_length"
             )
-        self._check_memory(config, base.config, train)
+        if not (isinstance(ctx.data.extra, dict) and ctx.data.extra.get("memory_checked")):
+            self._check_memory(config, base.config, *_batch_shape(train))
         pad = pad_token_id(ctx.tokenizer)
         kw2 = {
             "batch_size": sec.batch_size,
@@ -1061,15 +1121,45 @@ class LiPO(Objective):
                     "log-probs precomputed once before training")  # fmt: skip
         return LipoState(train, heldout, info, sec, validation)
 
-    def _check_memory(self, config: TuneConfig, model_config: Any,
-                      train: list[dict[str, Any]]) -> None:  # fmt: skip
+    def check_data(self, config: TuneConfig, data: RunData, tokenizer: Any,
+                   model_dir: Path) -> None:  # fmt: skip
+        """Before the results folder exists: the training lists survive tokenization and a
+        training batch fits ``lipo.memory_gb`` (or the available memory). On-policy lists
+        are checked at their largest: K - 1 answers of ``lipo.max_new_tokens`` tokens."""
+        from transformers import AutoConfig
+
+        from spectune.finetune.data import IGNORE_INDEX, InstructionExample, tokenize_example
+
+        sec, d = config.section("lipo"), config.data
+        kw = {"max_length": d.max_length, "system": d.system}
+        if sec.lists == "on_policy" and d.train == "tasks":
+            k, t, n_lab = sec.list_size, 0, 0
+            for ex in data.train:
+                ids, labels = tokenize_example(tokenizer, InstructionExample(ex.instruction,
+                                               ex.response), system=d.system)  # fmt: skip
+                lab = sum(1 for x in labels[1:] if x != IGNORE_INDEX) + sec.max_new_tokens
+                t = max(t, min(d.max_length, len(ids) + sec.max_new_tokens))
+                n_lab = max(n_lab, k * min(lab, d.max_length))
+        else:
+            train, tinfo = tokenize_lists(data.train, tokenizer, **kw)
+            if not train:
+                raise SpectuneError(
+                    f"lipo: no training list left after tokenization ({tinfo['n_dropped']} of "
+                    f"{tinfo['n_lists']} lost their pairs at data.max_length={d.max_length}); "
+                    "raise data.max_length"
+                )
+            k, t, n_lab = _batch_shape(train)
+        self._check_memory(config, AutoConfig.from_pretrained(model_dir), k, t, n_lab)
+        if isinstance(data.extra, dict):
+            data.extra["memory_checked"] = True
+
+    def _check_memory(self, config: TuneConfig, model_config: Any, k: int, t: int,
+                      n_lab: int) -> None:  # fmt: skip
+        """Refuse a training batch of lists of ``k`` responses of up to ``t`` tokens (``n_lab``
+        labelled tokens per list) bigger than ``lipo.memory_gb`` or the available memory."""
         sec = config.section("lipo")
         args = config.training_arguments()
         b = int(args["per_device_train_batch_size"])
-        k = max(len(f["scores"]) for f in train)
-        t = max(len(ids) for f in train for ids in f["input_ids"])
-        n_lab = max(sum(sum(1 for x in lab[1:] if x != -100) for lab in f["labels"])
-                    for f in train)  # fmt: skip
         need = batch_memory_bytes(model_config, b * k, t, b * n_lab,
                                   checkpointing=config.checkpointing())  # fmt: skip
         limit = sec.memory_gb * 1e9 if sec.memory_gb is not None else _available_bytes()
@@ -1231,8 +1321,10 @@ __all__ = [
     "cut_list",
     "cut_lists",
     "grade",
+    "graded_labels",
     "lambda_weights",
     "lipo_loss",
+    "list_labels",
     "list_logps",
     "load_lists",
     "make_lists",
