@@ -406,17 +406,15 @@ def test_augment_never_replaces_the_seeds_or_a_file_it_did_not_write(tiny_model_
         (["--seeds", str(alpaca), "--out", str(tmp_path / "alpaca")],
          f"its settings file {alpaca} is the seeds file"),
         (["--seeds", str(seeds), "--out", str(tmp_path / "mydata")],
-         f"{mine} already exists; pass --overwrite"),
+         f"{mine} is not the settings file spectune augment writes for it, so it was not "
+         "written by spectune augment; spectune never replaces a file it did not write"),
     ]  # fmt: skip
     for args, message in cases:
         for extra in ([], ["--overwrite"]):
             assert main([*base, *args, *extra]) == 2, (args, extra)
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith("spectune: error: "), err
-            if not extra or "seeds file" in message:
-                assert message in err, err
-            else:  # the user's mydata.json is not a sidecar spectune wrote
-                assert f"{mine} is not the settings file spectune augment writes" in err, err
+            assert message in err, err
     assert {p: p.read_bytes() for p in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alpaca.json", "mydata.json",
                                                           "seeds.jsonl"]  # fmt: skip
@@ -432,7 +430,8 @@ def test_augment_overwrite_replaces_only_an_unchanged_pair_it_wrote(tmp_path):
     info = AugmentInfo("context", "tasks", 3, 2)
     ex = [InstructionExample("Say hi.", "hi", category="greet")]
     write_augmented(out, ex, info)
-    with pytest.raises(SpectuneError, match="already exists; pass --overwrite"):
+    with pytest.raises(SpectuneError, match=r"already exists \(spectune augment wrote it\); "
+                       "pass --overwrite"):  # fmt: skip
         write_augmented(out, ex, info)
     write_augmented(out, [*ex, InstructionExample("Say bye.", "bye")], info, overwrite=True)
     assert len(out.read_text().splitlines()) == 2

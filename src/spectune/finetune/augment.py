@@ -322,9 +322,6 @@ def check_output(path: str | Path, *, overwrite: bool = False,
     there = [t for t in (path, sidecar) if t.exists()]
     if not there:
         return path
-    if not overwrite:
-        raise SpectuneError(f"--out {path}: {there[0]} already exists; pass --overwrite to "
-                            "replace what spectune augment wrote, or pick another --out")  # fmt: skip
     meta = _our_sidecar(sidecar, path) if sidecar.exists() else None
     never = "spectune never replaces a file it did not write: move it or pick another --out"
     if meta is None:
@@ -338,6 +335,9 @@ def check_output(path: str | Path, *, overwrite: bool = False,
     if path.exists() and _sha256(path) not in (meta.get("sha256"), meta.get("previous_sha256")):
         raise SpectuneError(f"--out {path} changed since spectune augment wrote it (its SHA-256 "
                             f"is not the one in {sidecar.name}); {never}")  # fmt: skip
+    if not overwrite:
+        raise SpectuneError(f"--out {path}: {there[0]} already exists (spectune augment wrote "
+                            "it); pass --overwrite to replace it, or pick another --out")  # fmt: skip
     return path
 
 

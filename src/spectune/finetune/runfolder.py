@@ -414,7 +414,7 @@ class RunFolder:
             raise SpectuneError(
                 f"output folder {self.path} is not empty and holds no spectune run "
                 f"({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}); spectune "
-                "never deletes files it did not write: pick another --out"
+                "never deletes or replaces files it did not write: pick another --out"
             )
 
     def _open_locked(self, *, overwrite: bool, resume: bool) -> RunFolder:
