@@ -273,6 +273,20 @@ def test_a_bad_teacher_is_refused_before_the_folder_exists(
     assert not out.exists() and not pwned.exists()
 
 
+def test_a_teacher_run_with_a_truncated_adapter_is_refused_before_the_folder_exists(
+    teacher_run, tiny_model_dir, tmp_path, capsys
+):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_run, teacher)
+    adapter = teacher / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:5000])
+    out = tmp_path / "out"
+    err = _refused(capsys, str(_distill_file(tmp_path, tiny_model_dir)),
+                   f"distill.teacher={teacher}", "--out", str(out))  # fmt: skip
+    assert f"distill.teacher {teacher}: adapter/adapter_model.safetensors: the header" in err
+    assert not out.exists()
+
+
 def test_a_pickled_or_misconfigured_model_is_refused_before_the_folder_exists(
     tiny_model_dir, tmp_path, capsys
 ):

@@ -390,11 +390,13 @@ def _check_adapter(adapter: Path, what: str) -> None:
         raise SpectuneError(f"{what}: its adapter/ holds no weights file; the teacher cannot "
                             "be loaded")  # fmt: skip
     for path in weights:
-        problem = (safetensors_problem(path) if path.suffix == ".safetensors"
-                   else torch_file_problem(path))  # fmt: skip
+        if path.suffix == ".safetensors":  # (the problem starts with the file's name)
+            problem = safetensors_problem(path)
+            problem = problem and f"{path.parent.relative_to(adapter.parent)}/{problem}"
+        else:
+            problem = torch_file_problem(path)
         if problem:
-            raise SpectuneError(f"{what}: adapter/{path.relative_to(adapter)}: {problem}; the "
-                                "teacher cannot be loaded")  # fmt: skip
+            raise SpectuneError(f"{what}: {problem}; the teacher cannot be loaded")
 
 
 def check_same_vocabulary(teacher_dir: Path, student_dir: Path, *, what: str) -> None:
