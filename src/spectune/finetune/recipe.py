@@ -270,12 +270,12 @@ def read_model_config(model_dir: Path, what: str) -> Any:
     try:
         return AutoConfig.from_pretrained(model_dir)
     except Exception as exc:  # OSError, ValueError, huggingface_hub's field validation...
-        why = " ".join(str(exc).split())
+        why, fix = " ".join(str(exc).split()), "fix or replace config.json"
         if isinstance(exc.__cause__, (TypeError, ValueError)) and "field" in why.lower():
             why = " ".join(str(exc.__cause__).split())  # "Field 'hidden_size' expected int..."
+            fix = "fix that field in config.json"
         raise SpectuneError(
-            f"{what}: its config.json cannot be read ({why[:240]}); fix that field or "
-            "re-save the model"
+            f"{what}: its config.json cannot be read ({why[:240]}); {fix}"
         ) from None
 
 
