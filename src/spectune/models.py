@@ -116,6 +116,82 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+#: the weight files transformers loads from a model folder, in its order of preference
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def torch_file_problem(path: Path, *, trainer: bool = False) -> str | None:
+    """Check a PyTorch file (``.bin`` / ``.pt`` / ``.pth``) the way it will be loaded, with
+    ``torch.load(weights_only=True)`` onto the ``meta`` device: a pickle that would run code
+    is refused, never executed, and a truncated or corrupt file is found (no tensor is read).
+
+    Args:
+        path: the file.
+        trainer: allow what the transformers Trainer allows in its checkpoints (the numpy
+            random states of ``rng_state.pth``).
+
+    Returns:
+        ``None`` when the file loads, otherwise one line saying what is wrong with it.
+    """
+    from contextlib import nullcontext
+
+    from spectune.weights.sources import _torch_load
+
+    allowed = nullcontext()
+    if trainer:
+        from transformers.trainer_pt_utils import safe_globals
+
+        allowed = safe_globals()
+    try:
+        with allowed:
+            _torch_load(path, map_location="meta")
+    except SpectuneError as exc:  # (the API's advice on trusted files is cut: callers say theirs)
+        return " ".join(str(exc).split()).split(". If you trust")[0]
+    return None
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why the weights of a model folder cannot be loaded, without reading a tensor: no
+    weight file, a shard its index names that is missing, a truncated or corrupt safetensors
+    file (:func:`safetensors_problem`), a PyTorch file that is truncated or carries a pickle
+    that would run code (:func:`torch_file_problem`).
+
+    Returns:
+        ``None`` when the folder's weights pass, otherwise one line naming the file.
+    """
+    files: list[Path] = []
+    for name in WEIGHT_INDEXES:
+        index = folder / name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                                    .values()))  # fmt: skip
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                return f"{name} is unreadable ({' '.join(str(exc).split())[:160]})"
+            missing = [s for s in shards if not (folder / str(s)).is_file()]
+            if missing:
+                return f"{name} names shard {missing[0]}, which is missing"
+            files = [folder / str(s) for s in shards]
+            break
+    else:
+        files = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()][:1]
+        files = files or sorted(folder.glob("*.safetensors"))
+    if not files:
+        return ("holds no weights (model.safetensors, sharded safetensors with their "
+                "index, or pytorch_model.bin)")  # fmt: skip
+    for path in files:
+        if path.suffix == ".safetensors":
+            problem = safetensors_problem(path)
+        else:
+            problem = torch_file_problem(path)
+            if problem and "pickled" in problem:
+                problem += "; if you trust the file, re-save its weights as model.safetensors"
+        if problem:
+            return problem
+    return None
+
+
 def cache_problem(folder: Path) -> str | None:
     """Why a cached model folder cannot be used, or ``None`` if it passes the check."""
     manifest_path = folder / MANIFEST
@@ -315,4 +391,6 @@ __all__ = [
     "default_model_dir",
     "load_default_model",
     "resolve_model_dir",
+    "torch_file_problem",
+    "weights_problem",
 ]

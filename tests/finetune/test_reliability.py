@@ -138,7 +138,7 @@ def test_a_refused_resume_leaves_the_marker_as_it_was(tiny_model_dir, tmp_path, 
     monkeypatch.setattr(recipe, "callbacks", real)
     before = (tmp_path / "r" / MARKER).read_text()
     other = _config(tiny_model_dir, lora__r=2)
-    with pytest.raises(SpectuneError, match=r"this config differs .*\(in: lora\)"):
+    with pytest.raises(SpectuneError, match=r"the config differs .*\(lora\.r: 4 -> 2\)"):
         recipe.tune(other, out=tmp_path / "r", resume=True, progress=False)
     assert (tmp_path / "r" / MARKER).read_text() == before  # no "resumed" stamp added
 

@@ -30,6 +30,8 @@ Results folder (every file written atomically; ``run.json`` is the marker):
 
 ====================  ===============================================================
 ``config.yaml``       the resolved config (every default written out)
+``inputs.json``       the config the run started with and the absolute path and fingerprint
+                      of each input (model, data files, teacher): what ``--resume`` checks
 ``run.json``          status (running / complete), times, files written
 ``before.json``       the base model's measurements
 ``train_log.csv``     step, epoch, loss, learning_rate, grad_norm, elapsed_s
@@ -121,6 +123,8 @@ class Run:
         main: this process writes the results folder (rank 0; the only one in one process).
         world_size: the number of processes training together (torchrun / accelerate launch).
         notes: things the user should know about the run (beside the method's).
+        pins: what the run started from (:mod:`spectune.finetune.pins`); ``pins_saved``:
+            read from the folder (a resume) rather than made now.
         tokenizer, train_data, before, built, after...: what each phase produced
             (``validation``: the validation split's features; ``early_stopping``,
             ``best_step``, ``restored_best``, ``stopped_early``: what training did with it;
@@ -140,6 +144,8 @@ class Run:
     world_size: int = 1
     notes: list[str] = field(default_factory=list)
     tokenizer: Any = None
+    pins: dict[str, Any] | None = None
+    pins_saved: bool = False
     objective_state: Any = None
     train_data: TrainData | None = None
     validation: TrainData | None = None
@@ -211,23 +217,18 @@ def check_targets(config: TuneConfig, model_dir: Path) -> None:
 def check_model(model_dir: Path) -> Any:
     """Fail early, before the results folder exists, on a model folder a run cannot use: not a
     causal LM, no usable tokenizer, no chat template, a tokenizer larger than the model's
-    vocabulary, truncated or corrupt safetensors weights (headers and sizes only).
+    vocabulary, missing, truncated or corrupt weights (safetensors headers and sizes,
+    PyTorch files loaded weights-only onto the meta device: a pickle is refused, not run).
 
     Returns:
         The model's tokenizer (checked; the run uses it, so it is loaded once).
     """
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from spectune.finetune.methods.base import load_tokenizer
-    from spectune.models import safetensors_problem
+    from spectune.models import weights_problem
 
-    try:
-        cfg = AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SpectuneError(
-            f"model folder {model_dir}: its config.json cannot be read ({exc})"
-        ) from None
+    cfg = read_model_config(model_dir, f"model folder {model_dir}")
     if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise SpectuneError(
             f"model folder {model_dir} holds a {cfg.model_type!r} model, which is not a causal "
@@ -251,11 +252,31 @@ def check_model(model_dir: Path) -> Any:
             f"model folder {model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
             f"vocabulary has {vocab}; they do not belong together"
         )
-    for path in sorted(model_dir.glob("*.safetensors")):
-        problem = safetensors_problem(path)
-        if problem:
-            raise SpectuneError(f"model folder {model_dir}: {problem}")
+    problem = weights_problem(model_dir)
+    if problem:
+        raise SpectuneError(f"model folder {model_dir}: {problem}")
     return tokenizer
+
+
+def read_model_config(model_dir: Path, what: str) -> Any:
+    """The model folder's config (``AutoConfig``), every failure one line naming config.json
+    (a field of the wrong type names the field).
+
+    Raises:
+        SpectuneError: ``what``: its config.json cannot be read, and why.
+    """
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except Exception as exc:  # OSError, ValueError, huggingface_hub's field validation...
+        why, fix = " ".join(str(exc).split()), "fix or replace config.json"
+        if isinstance(exc.__cause__, (TypeError, ValueError)) and "field" in why.lower():
+            why = " ".join(str(exc.__cause__).split())  # "Field 'hidden_size' expected int..."
+            fix = "fix that field in config.json"
+        raise SpectuneError(
+            f"{what}: its config.json cannot be read ({why[:240]}); {fix}"
+        ) from None
 
 
 def load_run_data(config: TuneConfig) -> RunData:
@@ -306,16 +327,19 @@ def setup(config: TuneConfig, *, out: str | Path | None = None, overwrite: bool 
 
     :func:`prepare` then :func:`take_folder` (several processes run the first on every rank,
     the second on rank 0 only)."""
-    run = prepare(config, out=out, progress=progress)
+    run = prepare(config, out=out, progress=progress, resume=resume)
     take_folder(run, overwrite=overwrite, resume=resume)
     return run
 
 
-def prepare(config: TuneConfig, *, out: str | Path | None = None, progress: bool = True) -> Run:
+def prepare(config: TuneConfig, *, out: str | Path | None = None, progress: bool = True,
+            resume: bool = False) -> Run:  # fmt: skip
     """Phase 1a: the checks that need no weights and touch no file (config, model folder,
-    tokenizer, targets, training arguments, data, how the processes train together): the
-    :class:`Run`, its folder not yet taken."""
+    tokenizer, targets, training arguments, data, how the processes train together; an input
+    inside the results folder; on ``resume`` the pinned inputs and config, the checkpoint's
+    files: :mod:`spectune.finetune.pins`): the :class:`Run`, its folder not yet taken."""
     from spectune.finetune import distributed
+    from spectune.finetune import pins as P
     from spectune.finetune.methods import get_method
     from spectune.finetune.objectives import get_objective
     from spectune.models import resolve_model_dir
@@ -323,6 +347,11 @@ def prepare(config: TuneConfig, *, out: str | Path | None = None, progress: bool
     config = copy.deepcopy(config)
     out = Path(out if out is not None else config.output_dir)
     config.output_dir = str(out)
+    saved = P.read(out) if resume else None
+    if saved is not None:
+        check_resume_inputs(out, saved, config)
+    # the inputs are read where they were when the run started, whatever the directory now
+    reading = P.pinned_config(config, saved)
     if not progress:
         from transformers.utils import logging as hf_logging
 
@@ -337,16 +366,44 @@ def prepare(config: TuneConfig, *, out: str | Path | None = None, progress: bool
         notes.append(f"trained by {world.size} processes ({backend}): global batch "
                      f"{per * acc * world.size} = {per} per process x {acc} accumulation "
                      f"step(s) x {world.size} processes")  # fmt: skip
-    model_dir = resolve_model_dir(config.model)
+    model_dir = resolve_model_dir(reading.model)
     tokenizer = check_model(model_dir)  # the run's tokenizer, loaded once
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
-    data = load_run_data(config)  # the validation split is carved before the folder is made
-    objective.check_data(config, data, tokenizer, model_dir)  # e.g. LiPO's batch memory
+    data = load_run_data(reading)  # the validation split is carved before the folder is made
+    objective.check_data(reading, data, tokenizer, model_dir)  # e.g. LiPO's batch memory
+    pinned = P.pin(config, objective, model_dir, reading)
+    P.check_outside(out, pinned)  # also on --resume: a complete run is not another's input
+    if saved is not None:
+        P.check_outside(out, saved)
+        pinned = saved
     return Run(config, out, RunFolder(out, "tune"), method, objective, model_dir, data,
                progress=progress, main=world.main, world_size=world.size, notes=notes,
-               tokenizer=tokenizer)  # fmt: skip
+               tokenizer=tokenizer, pins=pinned, pins_saved=saved is not None)  # fmt: skip
+
+
+def check_resume_inputs(out: Path, saved: dict[str, Any], config: TuneConfig) -> None:
+    """Before a resume touches the folder: the config is the one the run started with, its
+    inputs are where they were and unchanged, the last checkpoint's files can be loaded
+    (for a complete run, returned as it is, the config only)."""
+    from spectune.finetune import pins as P
+    from spectune.finetune.runfolder import RunFolder
+
+    marker = RunFolder(out).read_marker()
+    if marker is None:
+        return
+    P.check_config(out, saved, config)
+    if marker.get("status") == "complete":
+        return
+    P.check_unchanged(out, saved)
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(ckpts))
+        if last:
+            P.check_checkpoint(Path(last))
 
 
 def take_folder(run: Run, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -363,8 +420,8 @@ def take_folder(run: Run, *, overwrite: bool = False, resume: bool = False) -> d
         check_cache_writable(_judge_cache_dir())
     folder.open(overwrite=overwrite, resume=resume)
     try:
-        if resume and (out / CONFIG).is_file():
-            _check_resume_config(folder, config)
+        if resume and not run.pins_saved and (out / CONFIG).is_file():
+            _check_resume_config(folder, config)  # a run made before pins: its config.yaml
     except BaseException:
         folder.close()
         raise
@@ -373,6 +430,11 @@ def take_folder(run: Run, *, overwrite: bool = False, resume: bool = False) -> d
     run.resume = resume
     if folder.complete:
         return folder.state
+    if not run.pins_saved and run.pins is not None:
+        from spectune.finetune.pins import PINS
+
+        folder.own(PINS)  # what the run started from, for --resume
+        write_json(out / PINS, run.pins)
     folder.own(CONFIG)
     write_text(out / CONFIG, f"# spectune tune --out {out} (resolved config)\n"
                + yaml_dump(config.to_dict()))  # fmt: skip
@@ -1171,7 +1233,7 @@ def tune(
     with distributed.session(config) as world:  # a no-op in one process
         # every rank checks; rank 0 alone takes the folder and judges, the others wait for it
         run = distributed.on_every_rank(
-            lambda: prepare(config, out=out, progress=progress and world.main)
+            lambda: prepare(config, out=out, progress=progress and world.main, resume=resume)
         )
         run.resume = resume
         state = distributed.on_main(lambda: take_folder(run, overwrite=overwrite, resume=resume))

@@ -28,6 +28,9 @@ model_dir)``                       weights (LiPO: a batch's memory), before the 
 ``judge(ctx, model, phase)``       objective-specific metrics of a model, ``phase`` "before"
                                    (the base model) or "after"; JSON-able
 ``callbacks(config)``              extra Trainer callbacks
+``inputs(config)``                 the settings naming files or folders the run reads (a
+                                   teacher...): pinned when the run starts
+                                   (:mod:`spectune.finetune.pins`)
 =================================  ==========================================================
 """
 
@@ -154,6 +157,12 @@ class Objective:
 
     def callbacks(self, config: TuneConfig) -> list[Any]:
         return []
+
+    def inputs(self, config: TuneConfig) -> dict[str, str]:
+        """The objective's settings that name a file or folder the run reads (dotted key ->
+        the value as given), beside ``model`` and the data files: pinned with a fingerprint
+        when the run starts, read from there on ``--resume`` (:mod:`spectune.finetune.pins`)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"<objective {self.name or type(self).__name__}: {self.description}>"

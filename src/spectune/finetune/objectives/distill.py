@@ -302,14 +302,14 @@ class DistillState:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _student_config(model_dir: Path) -> Any:
-    from transformers import AutoConfig
+def _student_config(model_dir: Path, what: str | None = None) -> Any:
+    from spectune.finetune.recipe import read_model_config
 
-    return AutoConfig.from_pretrained(model_dir)
+    return read_model_config(model_dir, what or f"model folder {model_dir}")
 
 
-def _vocab_size(model_dir: Path) -> int | None:
-    cfg = _student_config(model_dir)
+def _vocab_size(model_dir: Path, what: str | None = None) -> int | None:
+    cfg = _student_config(model_dir, what)
     size = getattr(cfg, "vocab_size", None)
     if size is None and hasattr(cfg, "get_text_config"):
         size = getattr(cfg.get_text_config(), "vocab_size", None)
@@ -326,7 +326,7 @@ def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource
             that differs from the student's (the message names both).
     """
     from spectune.finetune.config import load_config
-    from spectune.models import resolve_model_dir
+    from spectune.finetune.pins import is_run_folder, run_base_model
 
     if section.teacher == "context":
         return TeacherSource("context", student_dir, student_dir)
@@ -336,7 +336,8 @@ def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource
             f"distill.teacher {section.teacher!r} is not a folder; give 'context', a local model "
             "folder or a spectune run folder"
         )
-    if (path / "config.yaml").is_file() and (path / "run.json").is_file():
+    what = f"distill.teacher {path}"
+    if is_run_folder(path):
         from spectune.finetune.runfolder import RunFolder
 
         marker = RunFolder(path).read_marker() or {}
@@ -346,19 +347,56 @@ def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource
                 f"{marker.get('status')!r}); finish it (spectune tune --resume) or pick another"
             )
         cfg = load_config(path / "config.yaml", foreign_sections="drop")
-        model_dir = resolve_model_dir(cfg.model)
-        if not (path / "merged").is_dir() and not (path / "adapter").is_dir():
-            raise SpectuneError(f"distill.teacher {path}: the run has neither adapter/ nor merged/")
+        _, model_dir = run_base_model(path, f"{what} (a spectune run)")
+        if (path / "merged").is_dir():
+            _check_teacher_weights(path / "merged", what)
+        elif (path / "adapter").is_dir():
+            _check_teacher_weights(model_dir, f"{what}: its base model {model_dir}")
+            _check_adapter(path / "adapter", what)
+        else:
+            raise SpectuneError(f"{what}: the run has neither adapter/ nor merged/")
         source = TeacherSource("run", path, model_dir, cfg.method)
     elif (path / "config.json").is_file():
+        _check_teacher_weights(path, what)
         source = TeacherSource("model", path, path)
     else:
         raise SpectuneError(
             f"distill.teacher {path} holds neither a model (config.json) nor a spectune run "
             "(config.yaml and run.json)"
         )
-    check_same_vocabulary(source.model_dir, student_dir, what=f"distill.teacher {path}")
+    check_same_vocabulary(source.model_dir, student_dir, what=what)
     return source
+
+
+def _check_teacher_weights(folder: Path, what: str) -> None:
+    """Refuse a teacher model folder whose config or weights cannot be loaded (read without
+    a tensor: headers, sizes, PyTorch files weights-only on the meta device)."""
+    from spectune.finetune.recipe import read_model_config
+    from spectune.models import weights_problem
+
+    read_model_config(folder, what)
+    problem = weights_problem(folder)
+    if problem:
+        raise SpectuneError(f"{what}: {problem}; the teacher cannot be loaded")
+
+
+def _check_adapter(adapter: Path, what: str) -> None:
+    """Refuse a teacher run whose adapter/ holds a truncated or corrupt weights file."""
+    from spectune.models import safetensors_problem, torch_file_problem
+
+    files = [p for p in sorted(adapter.rglob("*")) if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    if not weights:
+        raise SpectuneError(f"{what}: its adapter/ holds no weights file; the teacher cannot "
+                            "be loaded")  # fmt: skip
+    for path in weights:
+        if path.suffix == ".safetensors":  # (the problem starts with the file's name)
+            problem = safetensors_problem(path)
+            problem = problem and f"{path.parent.relative_to(adapter.parent)}/{problem}"
+        else:
+            problem = torch_file_problem(path)
+        if problem:
+            raise SpectuneError(f"{what}: {problem}; the teacher cannot be loaded")
 
 
 def check_same_vocabulary(teacher_dir: Path, student_dir: Path, *, what: str) -> None:
@@ -366,7 +404,7 @@ def check_same_vocabulary(teacher_dir: Path, student_dir: Path, *, what: str) ->
     divergence compares distributions over the same token ids."""
     from transformers import AutoTokenizer
 
-    ts, ss = _vocab_size(teacher_dir), _vocab_size(student_dir)
+    ts, ss = _vocab_size(teacher_dir, what), _vocab_size(student_dir)
     if ts != ss:
         raise SpectuneError(
             f"{what}: its vocabulary has {ts} tokens and the student's ({student_dir}) {ss}; "
@@ -375,8 +413,11 @@ def check_same_vocabulary(teacher_dir: Path, student_dir: Path, *, what: str) ->
         )
     try:
         tt = AutoTokenizer.from_pretrained(teacher_dir)
-    except (OSError, ValueError) as exc:
-        raise SpectuneError(f"{what}: its tokenizer cannot be loaded ({exc})") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise SpectuneError(
+            f"{what}: its tokenizer cannot be loaded ({' '.join(str(exc).split())[:200]}); "
+            "copy the student's tokenizer files into it"
+        ) from None
     st = AutoTokenizer.from_pretrained(student_dir)
     if len(tt) != len(st) or tt.get_vocab() != st.get_vocab():
         va, vb = tt.get_vocab(), st.get_vocab()
@@ -758,6 +799,11 @@ class Distill(Objective):
                 f"distill.beta is read only with distill.loss: jsd (loss {sec.loss!r} is beta "
                 f"{sec.effective_beta:g}); remove distill.beta or set distill.loss: jsd"
             )
+
+    def inputs(self, config: TuneConfig) -> dict[str, str]:
+        """The teacher folder (not ``context``: that is the student's own base model)."""
+        teacher = config.section("distill").teacher
+        return {} if teacher == "context" else {"distill.teacher": teacher}
 
     def load_data(self, config: TuneConfig) -> RunData:
         """The instruction data (as ``sft``), with the teacher resolved and checked against
