@@ -27,7 +27,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 #: LoRA r=8 on all 210 linear layers of SmolLM2-135M: 8 x (sum of in + out) = 8 x 305,280
 BUDGET = 2_442_240

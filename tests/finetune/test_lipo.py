@@ -408,6 +408,7 @@ def test_on_policy_lists_sample_the_base_model(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_lipo_moves_heldout_ranking_accuracy_on_the_embedded_model(tmp_path):
     """LiPO-lambda with LoRA on SmolLM2-135M-Instruct: held-out pairwise ranking accuracy of
     the implicit rewards rises above chance (0.5 before, by definition), and the model's own
