@@ -1,6 +1,7 @@
 # spectune: two commands set everything up on a fresh machine with Python 3 and make.
 #   make demo   create .venv, install torch (pinned CPU wheel), spectune and the embedded model, run `spectune demo`
 #   make test   the same set-up plus the test tools, then the whole test suite (slow tests included)
+#   make test-numerics  the tests on real weights again, with the CPU kernels another machine would use
 #   make lock   re-resolve requirements.lock (weekly refresh: make lock && make test, then commit it)
 # A second run skips the installs: a stamp file in .venv is keyed on the dependency spec.
 
@@ -21,13 +22,14 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 XDIST  := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
-.PHONY: help setup setup-dev browser demo test test-fast lint bench lock clean
+.PHONY: help setup setup-dev browser demo test test-fast test-numerics lint bench lock clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo       set up .venv and run the main job on the embedded SmolLM2-135M-Instruct (results in $(OUT))"
 	@echo "make test       set up .venv with the test tools and run the whole test suite (what CI runs)"
 	@echo "make test-fast  the suite without the tests marked slow"
+	@echo "make test-numerics  the tests on real weights under AVX2-only kernels, then on one thread"
 	@echo "make lint       ruff"
 	@echo "make bench      the benchmarks in bench/"
 	@echo "make lock       re-resolve requirements.lock from pyproject.toml (then: make test, commit the lock)"
@@ -74,6 +76,19 @@ test: $(STAMP_DEV) browser
 
 test-fast: $(STAMP_DEV)
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# The tests that load the embedded SmolLM2-135M (marker real_weights) assert what training and
+# judging give on real weights; the numbers move with the CPU's kernels (another vector width
+# sums in another order, AMX or not, bf16 or not). This runs them twice more, as other machines
+# would: (1) torch, oneDNN and MKL held to AVX2 (as on a CPU without AVX-512; bf16 then counts
+# as emulated, so auto dtypes pick float32), in one process on all the cores' threads; (2) the
+# default kernels on one torch thread (OMP_NUM_THREADS=1, kept by tests/conftest.py: each
+# matmul sums in one thread's order). A claim that holds only with this machine's kernels fails
+# here. On 2 cores: about 19 min (AVX2, one process) + 10 min (one thread, 2 workers).
+AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-numerics: $(STAMP_DEV)
+	$(AVX2_ONLY) SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest -n 0 -m real_weights $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest $(XDIST) -m real_weights $(PYTEST_ARGS)
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check src tests bench

@@ -96,11 +96,12 @@ def pytest_collection_modifyitems(config, items) -> None:
 def pytest_configure(config) -> None:
     """On an xdist worker, split the machine's cores between the workers: torch's threads
     (and ``OMP_NUM_THREADS`` for the processes a test starts) = cores // workers, so two
-    workers running real-weight tests do not run four OpenMP threads on two cores."""
+    workers running real-weight tests do not run four OpenMP threads on two cores. An
+    ``OMP_NUM_THREADS`` set by hand is kept (``make test-numerics`` runs on one thread)."""
     import os
 
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not workers:
+    if not workers or "OMP_NUM_THREADS" in os.environ:  # one process, or threads set by hand
         return
     import torch
 

@@ -125,6 +125,7 @@ def test_resolve_model_dir_errors(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_default_model_answers_paris_and_reloads_from_cache(monkeypatch):
     folder = models.default_model_dir()
     model, tok = models.load_default_model()
@@ -148,6 +149,7 @@ def test_default_model_answers_paris_and_reloads_from_cache(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_real_truncated_cache_is_rebuilt(tmp_path, monkeypatch):
     src = models.default_model_dir()
     monkeypatch.setenv("SPECTUNE_CACHE", str(tmp_path))
@@ -313,6 +315,7 @@ def test_two_processes_rebuilding_at_once_take_turns(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_two_real_processes_build_the_embedded_model_once(tmp_path):
     """`spectune model` twice at once on an empty cache: one dequantizes, the other waits."""
     import os

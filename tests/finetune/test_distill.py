@@ -327,6 +327,7 @@ def test_full_student_of_a_spectune_run_folder(lora_context_run, tiny_model_dir,
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_context_distillation_moves_the_embedded_model_towards_its_teacher(tmp_path):
     """Measured 2026-11-29 on 2 shared CPUs (load ~14, OMP_NUM_THREADS=1; 16 min in all, 554 s
     of training): teacher KL 0.931 -> 0.213 nats/token, token agreement 0.569 -> 0.804,

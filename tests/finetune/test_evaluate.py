@@ -483,6 +483,7 @@ def smol():
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_real_model_perplexity_and_loss(smol):
     """SmolLM2-135M-Instruct on the default text: measured 14.56 over 1,832 tokens (Py 3.11)."""
     from spectune.finetune.tasks import generate_task_set
@@ -499,6 +500,7 @@ def test_real_model_perplexity_and_loss(smol):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_real_model_latency(smol):
     model, tok = smol
     result = generation_latency(model, tok, LATENCY_PROMPTS[:3], new_tokens=8, warmup=1)

@@ -522,11 +522,19 @@ def test_on_policy_lists_sample_the_base_model(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_lipo_moves_heldout_ranking_accuracy_on_the_embedded_model(tmp_path):
-    """LiPO-lambda with LoRA on SmolLM2-135M-Instruct: held-out pairwise ranking accuracy of
-    the implicit rewards rises above chance (0.5 before, by definition), and the model's own
-    log-prob ranking of the held-out lists improves. Only the ranking is judged here (the
-    whole run, with accuracy and perplexity, is configs/lipo.yaml)."""
+    """LiPO-lambda with LoRA on SmolLM2-135M-Instruct: the held-out pairwise ranking accuracy
+    of the implicit rewards rises well above chance (0.5 before, by definition), and their
+    NDCG by more than 0.05. Only the ranking is judged here (the whole run, with accuracy and
+    perplexity, is configs/lipo.yaml).
+
+    Measured at these settings (seeds 0-3 with an Intel Xeon's AVX-512 kernels; seeds 0 and 3
+    also with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``
+    and on one thread): reward accuracy 0.67-0.73 (seed 0: 0.73, 0.68 on AVX2), reward NDCG
+    +0.10 to +0.14. The model's own log-prob ranking is not asserted: it moves by a few of the
+    94 pairs either way (seed 0 0.628 -> 0.660 here, unchanged on an AMD EPYC; seed 3 0.628 ->
+    0.617 on every kernel set), so 8 steps of LiPO do not robustly improve it."""
     from spectune.models import default_model_dir
 
     config = TuneConfig.from_dict({
@@ -549,4 +557,4 @@ def test_lipo_moves_heldout_ranking_accuracy_on_the_embedded_model(tmp_path):
           f"train {run.train_seconds:.1f} s")  # fmt: skip
     assert before["reward_accuracy"] == 0.5
     assert after["reward_accuracy"] > 0.6
-    assert after["logp_accuracy"] > before["logp_accuracy"]
+    assert after["reward_ndcg"] > before["reward_ndcg"] + 0.05

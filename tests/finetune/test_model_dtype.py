@@ -68,11 +68,37 @@ def test_fast_bf16_on_a_cpu_needs_amx_beside_avx512_bf16(monkeypatch):
     from spectune.finetune import hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "_kernels_held_below_avx512", lambda: False)
     for avx, amx in [(True, True), (True, False), (False, True), (False, False)]:
         monkeypatch.setattr(hardware, "_has_avx512bf16", lambda v=avx: v)
         monkeypatch.setattr(hardware, "_has_amx_bf16", lambda v=amx: v)
         assert hardware.fast_bf16() is (avx and amx)
         assert hardware.native_bf16() is avx
+
+
+@pytest.mark.parametrize(("capability", "onednn", "held"), [
+    ("AVX512", None, False), ("AVX512", "AVX512_CORE_AMX", False), ("AVX512", "ALL", False),
+    ("AVX2", None, True), ("AVX512", "AVX2", True), ("AVX512", "avx512_core", True),
+    ("DEFAULT", None, True),
+])  # fmt: skip
+def test_bf16_does_not_count_where_torch_runs_below_avx512(capability, onednn, held,
+                                                           monkeypatch):  # fmt: skip
+    """``ATEN_CPU_CAPABILITY=avx2`` or ``ONEDNN_MAX_CPU_ISA`` below AVX512-BF16 (``make
+    test-numerics``) emulate bf16 on an AMX CPU: model_dtype=auto and QLoRA's compute dtype
+    pick float32 there, as on a CPU without AVX-512."""
+    from spectune.finetune import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    if onednn is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    monkeypatch.setattr(hardware, "_has_avx512bf16", lambda: True)
+    monkeypatch.setattr(hardware, "_has_amx_bf16", lambda: True)
+    assert hardware._kernels_held_below_avx512() is held
+    assert hardware.native_bf16() is hardware.fast_bf16() is (not held)
+    assert resolve_model_dtype("auto")[0] == ("float32" if held else "bfloat16")
 
 
 def test_explicit_bf16_without_native_bf16_is_allowed_with_a_note(monkeypatch):

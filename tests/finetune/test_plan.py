@@ -216,6 +216,7 @@ def test_estimate_against_measured_peak_rss(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_estimate_of_lora_on_the_embedded_model(tmp_path):
     """SmolLM2-135M, LoRA r=16 with dropout on every linear layer, batch 8 x 128, 3 steps: the
     estimate is within 10% of the training phase's peak RSS (measured 3.55 GiB, -0.6%; with

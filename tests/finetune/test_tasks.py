@@ -188,6 +188,7 @@ def test_normalize_answer():
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_base_model_scores_low_on_heldout():
     """SmolLM2-135M-Instruct answers at length, so exact match before training is near 0."""
     from spectune.finetune.evaluate import exact_match

@@ -108,6 +108,7 @@ def test_frog_plan_missing_model_folder(cli, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_frog_plan_on_the_embedded_model(cli, tmp_path):
     out = tmp_path / "smol"
     assert cli(["frog-plan", "default", "--budget", "0.01", "--global", "--out", str(out)]) == 0

@@ -15,7 +15,7 @@ from spectune.frog import (
 )
 from spectune.frog.model import WEIGHTS_NAME
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 TEXT = [
     "The capital of France is Paris, a city on the Seine.",

@@ -94,6 +94,7 @@ def test_rand_columns_match_weightwatcher_in_distribution_on_a_planted_trap():
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_rand_columns_match_weightwatcher_in_distribution_on_the_embedded_model(capsys):
     from spectune.models import default_model_dir
     from spectune.weights import open_source

@@ -249,6 +249,7 @@ def smollm_layer(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 @pytest.mark.parametrize("fit", ["TPL", "E_TPL"])
 def test_tpl_parity_with_weightwatcher_on_the_embedded_model(fit, capsys):
     import time

@@ -156,6 +156,7 @@ def smollm():
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_embedded_model_parity(ww, smollm, capsys):
     theirs = ww_analyze(ww, smollm)
     ours = analyze(smollm, progress=False)
@@ -174,6 +175,7 @@ def test_embedded_model_parity(ww, smollm, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.real_weights
 def test_embedded_model_lora_parity(ww, smollm, tmp_path, capsys):
     """A real PEFT LoRA (r=16) on SmolLM2's attention and MLP, saved and read back."""
     import copy

@@ -7,7 +7,7 @@ import torch
 
 from spectune.weights import open_source
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
 
 #: SmolLM2-135M: 30 layers, hidden 576, q/o 576x576, k/v 192x576, gate/up 1536x576.
 SHAPES = {

@@ -17,14 +17,33 @@ def _has_avx512bf16() -> bool:
     return bool(has_avx512bf16())
 
 
+#: ``ONEDNN_MAX_CPU_ISA`` values that hold oneDNN below AVX512-BF16 (its bf16 GEMM emulated)
+_ONEDNN_BELOW_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def _kernels_held_below_avx512() -> bool:
+    """Whether torch was told to run this CPU like one without AVX-512
+    (``ATEN_CPU_CAPABILITY=avx2``, or ``ONEDNN_MAX_CPU_ISA`` below AVX512-BF16: what
+    ``make test-numerics`` sets). bf16 matmuls are emulated then: a SmolLM2-sized one took
+    4.7x as long as in float32 (48x its AVX-512 time), so the hardware's bf16 does not count."""
+    import os
+
+    import torch
+
+    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
+        return True
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_BELOW_BF16
+
+
 def native_bf16() -> bool:
     """Whether bf16 matmuls run natively here: a CUDA GPU with bf16, or a CPU with
-    AVX512-BF16 (bitsandbytes' own test). Elsewhere torch emulates them, far slower."""
+    AVX512-BF16 (bitsandbytes' own test) whose AVX-512 kernels torch uses. Elsewhere torch
+    emulates them, far slower."""
     import torch
 
     if torch.cuda.is_available():  # emulated bf16 (GPUs before Ampere) does not count
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    return _has_avx512bf16()
+    return _has_avx512bf16() and not _kernels_held_below_avx512()
 
 
 def _has_amx_bf16() -> bool:
@@ -49,7 +68,7 @@ def fast_bf16() -> bool:
 
     if torch.cuda.is_available():
         return native_bf16()
-    return _has_avx512bf16() and _has_amx_bf16()
+    return _has_avx512bf16() and _has_amx_bf16() and not _kernels_held_below_avx512()
 
 
 def cpu_packs_4bit() -> bool:
