@@ -338,6 +338,33 @@ def default_model_dir(*, rebuild: bool = False) -> Path:
     return folder
 
 
+def read_model_config(model_dir: str | os.PathLike[str], what: str | None = None) -> Any:
+    """The model folder's config (``AutoConfig``), every failure one line naming config.json
+    (a field of the wrong type names the field).
+
+    Args:
+        model_dir: the model folder.
+        what: how the message names it (default ``model folder <model_dir>``).
+
+    Raises:
+        SpectuneError: ``what``: its config.json cannot be read, and why.
+    """
+    from transformers import AutoConfig
+
+    what = what or f"model folder {model_dir}"
+
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except Exception as exc:  # OSError, ValueError, huggingface_hub's field validation...
+        why, fix = " ".join(str(exc).split()), "fix or replace config.json"
+        if isinstance(exc.__cause__, (TypeError, ValueError)) and "field" in why.lower():
+            why = " ".join(str(exc.__cause__).split())  # "Field 'hidden_size' expected int..."
+            fix = "fix that field in config.json"
+        raise SpectuneError(
+            f"{what}: its config.json cannot be read ({why[:240]}); {fix}"
+        ) from None
+
+
 def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
     """Turn ``"default"`` or a local Hugging Face model folder into a checked folder path.
 
@@ -390,6 +417,7 @@ __all__ = [
     "default_model_cache_dir",
     "default_model_dir",
     "load_default_model",
+    "read_model_config",
     "resolve_model_dir",
     "torch_file_problem",
     "weights_problem",

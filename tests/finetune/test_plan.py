@@ -166,6 +166,16 @@ def test_plan_of_a_model_without_decoder_layers_says_so(tmp_path, capsys, method
     assert "no decoder layers spectune can plan for" in err and "target_modules" not in err
 
 
+def test_plan_of_a_config_json_with_a_field_of_the_wrong_type_names_it(tmp_path, capsys):
+    """Issue 20, case 11: ``"hidden_size": "big"`` was a StrictDataclassFieldValidationError
+    traceback from huggingface_hub."""
+    config = json.loads((CONFIGS / "llama-3.2-1b" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": "big"}))
+    assert main(["plan", str(tmp_path)]) == 2
+    err = _one_line(capsys)
+    assert "config.json" in err and "'hidden_size'" in err and "fix that field" in err
+
+
 _MEASURE = """
 import json, sys
 from spectune.finetune import recipe

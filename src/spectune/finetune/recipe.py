@@ -226,7 +226,7 @@ def check_model(model_dir: Path) -> Any:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from spectune.finetune.methods.base import load_tokenizer
-    from spectune.models import weights_problem
+    from spectune.models import read_model_config, weights_problem
 
     cfg = read_model_config(model_dir, f"model folder {model_dir}")
     if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -256,27 +256,6 @@ def check_model(model_dir: Path) -> Any:
     if problem:
         raise SpectuneError(f"model folder {model_dir}: {problem}")
     return tokenizer
-
-
-def read_model_config(model_dir: Path, what: str) -> Any:
-    """The model folder's config (``AutoConfig``), every failure one line naming config.json
-    (a field of the wrong type names the field).
-
-    Raises:
-        SpectuneError: ``what``: its config.json cannot be read, and why.
-    """
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model_dir)
-    except Exception as exc:  # OSError, ValueError, huggingface_hub's field validation...
-        why, fix = " ".join(str(exc).split()), "fix or replace config.json"
-        if isinstance(exc.__cause__, (TypeError, ValueError)) and "field" in why.lower():
-            why = " ".join(str(exc.__cause__).split())  # "Field 'hidden_size' expected int..."
-            fix = "fix that field in config.json"
-        raise SpectuneError(
-            f"{what}: its config.json cannot be read ({why[:240]}); {fix}"
-        ) from None
 
 
 def load_run_data(config: TuneConfig) -> RunData:

@@ -341,9 +341,11 @@ def load_tokenizer(model_dir: Path) -> Any:
 def meta_model(model_dir: Path) -> nn.Module:
     """The model's architecture on the meta device (shapes only, no weights read)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    from spectune.models import read_model_config
+
+    config = read_model_config(model_dir)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
 

@@ -303,7 +303,7 @@ class DistillState:
 
 
 def _student_config(model_dir: Path, what: str | None = None) -> Any:
-    from spectune.finetune.recipe import read_model_config
+    from spectune.models import read_model_config
 
     return read_model_config(model_dir, what or f"model folder {model_dir}")
 
@@ -371,8 +371,7 @@ def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource
 def _check_teacher_weights(folder: Path, what: str) -> None:
     """Refuse a teacher model folder whose config or weights cannot be loaded (read without
     a tensor: headers, sizes, PyTorch files weights-only on the meta device)."""
-    from spectune.finetune.recipe import read_model_config
-    from spectune.models import weights_problem
+    from spectune.models import read_model_config, weights_problem
 
     read_model_config(folder, what)
     problem = weights_problem(folder)
