@@ -18,13 +18,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import struct
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
+from spectune.weights.sources import safetensors_problem
 
 if TYPE_CHECKING:
     import torch
@@ -79,41 +79,6 @@ def _gguf_key(gguf: Path) -> str:
         h.update(fh.read(1 << 20))
     h.update(f"format={CACHE_FORMAT}".encode())
     return h.hexdigest()[:12]
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Check a ``.safetensors`` file's header against its size without reading the tensors.
-
-    Returns:
-        ``None`` when the header parses and the data section ends exactly at the end of the
-        file, otherwise a short description of what is wrong (e.g. truncation).
-    """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                return f"{path.name} is {size} bytes, too short for a safetensors header"
-            (header_len,) = struct.unpack("<Q", raw)
-            if header_len > min(size - 8, 100 << 20):
-                return f"{path.name}: header length {header_len} does not fit in {size} bytes"
-            header = json.loads(fh.read(header_len))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return f"{path.name}: unreadable safetensors header ({exc})"
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, IndexError, ValueError):
-            return f"{path.name}: tensor {name!r} has no valid data_offsets"
-    if 8 + header_len + end != size:
-        return (
-            f"{path.name}: the header promises {8 + header_len + end} bytes but the file "
-            f"has {size} (truncated or corrupt)"
-        )
-    return None
 
 
 #: the weight files transformers loads from a model folder, in its order of preference
@@ -419,6 +384,7 @@ __all__ = [
     "load_default_model",
     "read_model_config",
     "resolve_model_dir",
+    "safetensors_problem",
     "torch_file_problem",
     "weights_problem",
 ]

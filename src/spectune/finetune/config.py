@@ -839,6 +839,21 @@ def load_config(
                                 foreign_sections=foreign_sections)  # fmt: skip
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two raw configs."""
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 __all__ = [
     "FIELDS",
     "LEGACY_LORA_KEYS",
@@ -848,6 +863,7 @@ __all__ = [
     "EvalConfig",
     "TuneConfig",
     "apply_overrides",
+    "changed_fields",
     "load_config",
     "parse_value",
     "read_config_data",

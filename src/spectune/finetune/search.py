@@ -669,10 +669,9 @@ def search(
             "spectune search needs Optuna: pip install 'spectune[optuna]' (or pip install optuna)"
         ) from None
     from spectune._check import integer
-    from spectune.finetune.config import read_config_data, yaml_load
+    from spectune.finetune.config import changed_fields, read_config_data, yaml_load
     from spectune.finetune.recipe import tune
     from spectune.finetune.runfolder import HeldFolders, RunFolder, fail_on_exit
-    from spectune.finetune.study import changed_fields
 
     run_fn = run_fn or tune
     base = read_config_data(config_path) if config_path is not None else {}

@@ -63,7 +63,7 @@ from typing import Any
 from spectune._io import write_json, write_text
 from spectune.errors import SpectuneError
 from spectune.finetune.backends import Backend, Job, make_executor
-from spectune.finetune.config import TuneConfig, apply_overrides, yaml_dump
+from spectune.finetune.config import TuneConfig, apply_overrides, changed_fields, yaml_dump
 
 STUDY_CONFIG = "study.yaml"
 STUDY_JSON = "study.json"
@@ -679,21 +679,6 @@ def layer_alpha_figure(folder: Path, rows: list[dict]) -> Any:
 
 
 # --------------------------------------------------------------------------- the study
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two raw configs."""
-    a, b = _flat(old), _flat(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _short(v: Any) -> str:

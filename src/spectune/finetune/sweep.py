@@ -288,7 +288,7 @@ def _settings(meta: dict[str, Any] | None) -> dict[str, Any]:
 def _check_same_settings(folder: RunFolder, out: Path, kind: str, settings: dict[str, Any]) -> None:
     """Refuse a resume whose grid or base config differs from the one the folder started with
     (recorded in its marker; comparison.json for a folder from before that)."""
-    from spectune.finetune.study import changed_fields
+    from spectune.finetune.config import changed_fields
 
     old = folder.state.get("settings")
     if not isinstance(old, dict):

@@ -600,8 +600,6 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     Raises:
         SpectuneError: naming the file, when it is too short, truncated or corrupt.
     """
-    from spectune.models import safetensors_problem
-
     problem = safetensors_problem(path)
     if problem is not None:
         raise SpectuneError(
@@ -745,6 +743,41 @@ def _refused_globals(path: Path) -> list[str]:
     return list(dict.fromkeys(refused))
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Check a ``.safetensors`` file's header against its size without reading the tensors.
+
+    Returns:
+        ``None`` when the header parses and the data section ends exactly at the end of the
+        file, otherwise a short description of what is wrong (e.g. truncation).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return f"{path.name} is {size} bytes, too short for a safetensors header"
+            (header_len,) = struct.unpack("<Q", raw)
+            if header_len > min(size - 8, 100 << 20):
+                return f"{path.name}: header length {header_len} does not fit in {size} bytes"
+            header = json.loads(fh.read(header_len))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name}: unreadable safetensors header ({exc})"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            return f"{path.name}: tensor {name!r} has no valid data_offsets"
+    if 8 + header_len + end != size:
+        return (
+            f"{path.name}: the header promises {8 + header_len + end} bytes but the file "
+            f"has {size} (truncated or corrupt)"
+        )
+    return None
+
+
 def _torch_load(path: Path, *, map_location: str = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into a SpectuneError."""
     import warnings
@@ -884,4 +917,5 @@ __all__ = [
     "TorchFileSource",
     "WeightSource",
     "make_info",
+    "safetensors_problem",
 ]
