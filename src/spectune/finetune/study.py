@@ -793,7 +793,7 @@ def _run_study(out: Path, root: Path, folder: Any, raw: dict[str, Any], base: di
                earlier: float, resume: bool, progress: bool) -> StudyResult:  # fmt: skip
     """The study in its opened, locked folder (see :func:`study`)."""
     from spectune.finetune.recipe import log_rows
-    from spectune.finetune.sweep import RunOutcome, write_comparison
+    from spectune.finetune.sweep import RunOutcome, csv_text, write_comparison
     from spectune.report.files import save_figures
     from spectune.report.html import write_comparison_report
 
@@ -887,8 +887,6 @@ def _run_study(out: Path, root: Path, folder: Any, raw: dict[str, Any], base: di
         )
 
     # 3. analysis, plots, report
-    import csv
-    import io
 
     summaries, diffs, effects, corrs, advice, notes, layer_corrs = analyze_study(
         out, rows, groups, varied
@@ -915,15 +913,8 @@ def _run_study(out: Path, root: Path, folder: Any, raw: dict[str, Any], base: di
     result = StudyResult(title, spec.methods, spec.seeds, [s.to_dict() for s in searches.values()],
                          rows, summaries, diffs, effects, corrs, advice, notes, failed, total,
                          layer_correlations=layer_corrs)  # fmt: skip
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
     write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
-    write_text(out / "results.csv", buf.getvalue())  # the study's columns on top of the sweep's
+    write_text(out / "results.csv", csv_text(rows))  # the study's columns on top of the sweep's
     save_figures(figs, out / "plots")
     write_json(out / STUDY_JSON, result.to_dict())
     write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")

@@ -189,6 +189,24 @@ MD_COLUMNS = ["name", "method", "trainable_percent", "train_loss", "accuracy_bef
               "adapter_alpha", "base_alpha", "status"]  # fmt: skip
 
 
+def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of ``rows``, in the order they first appear."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    return columns
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV text: a column per key (:func:`csv_columns`), a blank cell where a row
+    lacks it."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, csv_columns(rows), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list[dict]],
                      meta: dict[str, Any]) -> None:  # fmt: skip
     """results.csv, results.md, comparison.json and the comparison plots (atomically)."""
@@ -196,14 +214,8 @@ def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list
     from spectune.report.files import save_figures
 
     rows = [o.row() for o in outcomes]
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "results.csv", buf.getvalue())
+    columns = csv_columns(rows)
+    write_text(out / "results.csv", csv_text(rows))
     write_text(out / "results.md", _markdown(rows, [c for c in MD_COLUMNS if c in columns]))
     write_json(out / "comparison.json", meta)
     done = [r for r in rows if r.get("status") == "complete"]
