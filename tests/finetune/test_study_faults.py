@@ -230,13 +230,18 @@ def test_an_interrupted_or_crashed_study_is_never_left_running(tiny_model_dir, t
     assert result.failed_runs == {} and _marker(out)["status"] == "complete"
 
 
+def _search_base(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A search's base config on the tiny model and its output folder."""
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml_dump(tiny_run_config(tiny_model_dir)))
+    return base, tmp_path / "search"
+
+
 def test_a_search_run_raising_any_exception_is_a_failed_trial(tiny_model_dir, tmp_path):
     pytest.importorskip("optuna")
     from spectune.finetune.search import search
 
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml_dump(tiny_run_config(tiny_model_dir)))
-    out = tmp_path / "search"
+    base, out = _search_base(tiny_model_dir, tmp_path)
 
     def run(config, *, out, resume=False, progress=True):
         if config.get("lora.r") == 2:
@@ -387,9 +392,7 @@ def test_search_resume_on_a_corrupt_optuna_db_is_one_line(tiny_model_dir, tmp_pa
     pytest.importorskip("optuna")
     from spectune.finetune.search import search
 
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml_dump(tiny_run_config(tiny_model_dir)))
-    out = tmp_path / "search"
+    base, out = _search_base(tiny_model_dir, tmp_path)
 
     def run(config, *, out, resume=False, progress=True):
         return _write_run(Path(out), config, acc=0.1 * config.get("lora.r"), resume=resume)
