@@ -84,7 +84,7 @@ test-fast: $(STAMP_DEV)
 # as emulated, so auto dtypes pick float32), in one process on all the cores' threads; (2) the
 # default kernels on one torch thread (OMP_NUM_THREADS=1, kept by tests/conftest.py: each
 # matmul sums in one thread's order). A claim that holds only with this machine's kernels fails
-# here. On 2 cores: about 19 min (AVX2, one process) + 10 min (one thread, 2 workers).
+# here. On 2 cores, idle: 10 min (AVX2, one process) + 7 min (one thread, 2 workers); 19 + 10 loaded.
 AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 test-numerics: $(STAMP_DEV)
 	$(AVX2_ONLY) SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest -n 0 -m real_weights $(PYTEST_ARGS)
