@@ -360,3 +360,19 @@ def test_a_teacher_run_whose_base_is_gone_names_both(tiny_model_dir, tmp_path, c
                    f"distill.teacher={teacher}", "--out", str(out))  # fmt: skip
     assert f"distill.teacher {teacher}" in err and f"base model of that run, {base}" in err
     assert "is gone" in err and not out.exists()
+
+
+def test_a_teacher_run_with_a_damaged_marker_is_named_as_the_teacher(
+    teacher_run, tiny_model_dir, tmp_path, capsys
+):
+    """A teacher whose run.json is damaged: the message named run.json and said "pick another
+    --out", advice for an output folder, not for a teacher."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_run, teacher)
+    marker = json.loads((teacher / MARKER).read_text())
+    (teacher / MARKER).write_text(json.dumps({**marker, "files": "adapter"}))
+    out = tmp_path / "out"
+    err = _refused(capsys, str(_distill_file(tmp_path, tiny_model_dir)),
+                   f"distill.teacher={teacher}", "--out", str(out))  # fmt: skip
+    assert f"distill.teacher {teacher}: its run.json is damaged (field 'files'" in err
+    assert "give another teacher" in err and "--out" not in err and not out.exists()

@@ -340,7 +340,13 @@ def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource
     if is_run_folder(path):
         from spectune.finetune.runfolder import RunFolder
 
-        marker = RunFolder(path).read_marker() or {}
+        try:
+            marker = RunFolder(path).read_marker() or {}
+        except SpectuneError as exc:  # its advice is for an output folder, not a teacher
+            why = str(exc).split("; ")[0].removeprefix(f"{path / 'run.json'}: ")
+            raise SpectuneError(
+                f"{what}: its run.json is damaged ({why}); restore it, or give another teacher"
+            ) from None
         if marker.get("status") != "complete":
             raise SpectuneError(
                 f"distill.teacher {path} is a spectune run that is not complete (status "
