@@ -347,17 +347,20 @@ class GradientCheck(TrainerCallback):
         self.checked = True
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         present = [g for g in grads if g is not None]
-        if any(not bool(g.isfinite().all()) for g in present):
+        n_bad = sum(not bool(g.isfinite().all()) for g in present)
+        if n_bad:
             raise SpectuneError(
-                f"the gradient at the first step is not finite (NaN or infinite) in "
-                f"{sum(not bool(g.isfinite().all()) for g in present)} of the {len(grads)} "
-                "trainable tensors: the loss overflowed; lower train.learning_rate or the "
-                "objective's scale (e.g. lipo.beta), then start again with --overwrite"
+                f"the gradient at the first step is not finite (NaN or infinite) in {n_bad} "
+                f"of the {len(grads)} trainable tensors: the loss overflowed; lower "
+                "train.learning_rate or the objective's scale (e.g. lipo.beta), then start "
+                "again with --overwrite"
             )
         if not any(bool(g.abs().sum() > 0) for g in present):
             what = (f"no gradient reached any of the {len(grads)} trainable tensors at the "
                     "first step")  # fmt: skip
-            if _is_4bit(model):
+            from spectune.finetune.evaluate import has_4bit_weights
+
+            if getattr(model, "is_loaded_in_4bit", False) or has_4bit_weights(model):
                 raise SpectuneError(
                     f"{what}; for a 4-bit model this happens after an eval-mode forward "
                     "without gradients before training (bitsandbytes repacks the weights for "
@@ -369,13 +372,6 @@ class GradientCheck(TrainerCallback):
                 "a preference list whose pairs all weigh 0, or every label masked); check "
                 "the training data, then start again with --overwrite"
             )
-
-
-def _is_4bit(model: Any) -> bool:
-    """Whether ``model`` holds bitsandbytes 4-bit weights."""
-    if getattr(model, "is_loaded_in_4bit", False):
-        return True
-    return any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
 class FiniteLoss(TrainerCallback):
