@@ -316,17 +316,15 @@ class RunFolder:
     @contextlib.contextmanager
     def replacing(self) -> Iterator[RunFolder]:
         """Open the folder replacing its earlier output of the same kind (``overwrite=True``),
-        and mark it complete when the block ends, failed when it raises.
+        and mark it complete when the block ends, failed when it raises
+        (:func:`fail_on_exit`).
 
         Raises:
             SpectuneError: as :meth:`open` with ``overwrite=True``.
         """
         self.open(overwrite=True)
-        try:
+        with fail_on_exit(self):
             yield self
-        except BaseException as exc:
-            self.fail(f"{type(exc).__name__}: {exc}")
-            raise
         self.finish()
 
     def __exit__(self, *exc: Any) -> None:
