@@ -9,7 +9,7 @@ loss log), median over the steps after the first two (warm-up). The arms alterna
 ``--repeats`` times, so that both see the same machine load; the figure is the median of the
 per-run medians. Judging is cut to the minimum (2 held-out questions, no spectra, no base
 judging): only the training steps are timed. Also printed: the loss curves' largest relative
-difference (they are the same optimization: see tests/finetune/test_distributed.py).
+difference (they are the same optimization: see tests/tune/scale/test_distributed.py).
 
 ``--tiny H`` trains a random 4-block Llama of hidden size H with the embedded model's
 tokenizer instead (seconds per run where SmolLM2-135M takes minutes on a busy machine).
@@ -76,7 +76,7 @@ def _tiny_model(folder: Path, hidden: int) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from spectune.models import default_model_dir
+    from spectune.models.loading import default_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)

@@ -60,11 +60,11 @@ def onednn_kernel() -> str:
 
 
 def build(dtype: str, tmp: Path):
-    from spectune.finetune import recipe
-    from spectune.finetune.config import TuneConfig
-    from spectune.finetune.methods import get_method
-    from spectune.finetune.methods.base import BuildContext
-    from spectune.models import default_model_dir
+    from spectune.models.loading import default_model_dir
+    from spectune.tune import recipe
+    from spectune.tune.config import TuneConfig
+    from spectune.tune.methods import get_method
+    from spectune.tune.methods.base import BuildContext
 
     config = TuneConfig.from_dict({"model": "default", "method": "lora", "model_dtype": dtype,
                                    "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}})  # fmt: skip

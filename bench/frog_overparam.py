@@ -6,12 +6,12 @@ and the two options at the same budget G, how many trainable weights land on the
 importance, per-matrix largest-remainder allocation, as plan_frog allocates).
 
 With ``--train``: trains plain FROG, ``overparam: away`` and ``overparam: towards`` at the
-same budget with the demo's settings (``spectune.finetune.demo``: the bundled task set,
+same budget with the demo's settings (``spectune.study.demo``: the bundled task set,
 all-linear targets, FROG's budget matched to LoRA r=8's trainable count, 25 steps), one run
 each per seed, into one sweep folder (``results.csv``, ``report.html``, ``runs/<name>/``; an
 interrupted measurement continues with ``--resume``). Then prints, per mode, the held-out
 accuracy with its 95% bootstrap interval over the questions (over seeds and questions with
-several seeds; ``spectune.finetune.stats``), the paired difference from plain FROG on the
+several seeds; ``spectune.results.stats``), the paired difference from plain FROG on the
 same questions, the perplexity change on general text (forgetting) and the share of the
 trained weights on alpha > 6 matrices. ``key=value`` arguments change every run (as for
 ``spectune tune``).
@@ -35,10 +35,10 @@ MODES = ("none", "away", "towards")
 
 def allocation(budget: float, factor: float) -> None:
     """Where the budget lands under each mode (no training)."""
-    from spectune.frog.budget import allocate, overparam_importance, total_trainable
-    from spectune.frog.scoring import frobenius_importance
-    from spectune.models import default_model_dir
-    from spectune.spectral import analyze
+    from spectune.models.loading import default_model_dir
+    from spectune.tune.methods.frog.budget import allocate, overparam_importance, total_trainable
+    from spectune.tune.methods.frog.scoring import frobenius_importance
+    from spectune.watch import analyze
 
     d = analyze(str(default_model_dir()), layers=r"\.layers\.", progress=False)
     d = d[d["layer_type"] == "linear"]
@@ -61,8 +61,8 @@ def allocation(budget: float, factor: float) -> None:
 
 def training_runs(seeds: list[int], factor: float, overrides: list[str]) -> list[tuple]:
     """(name, config, setting) of every run: the demo's FROG config, one per mode and seed."""
-    from spectune.finetune.config import TuneConfig, apply_overrides
-    from spectune.finetune.demo import demo_runs
+    from spectune.study.demo import demo_runs
+    from spectune.tune.config import TuneConfig, apply_overrides
 
     ((_, frog, _),) = demo_runs(("frog",), overrides)
     runs = []
@@ -100,8 +100,8 @@ def overparam_share(run_dir: Path) -> float | None:
 
 def measure(out: Path, runs: list[tuple], seeds: list[int]) -> None:
     """Print the table of the finished runs."""
-    from spectune.finetune.results import RunMetrics
-    from spectune.finetune.stats import bootstrap_runs, paired_difference
+    from spectune.results.metrics import RunMetrics
+    from spectune.results.stats import bootstrap_runs, paired_difference
 
     by_mode: dict[str, list[tuple[str, Any]]] = {m: [] for m in MODES}
     for name, _, setting in runs:
@@ -132,7 +132,7 @@ def measure(out: Path, runs: list[tuple], seeds: list[int]) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from spectune.finetune.sweep import run_comparison
+    from spectune.study.sweep import run_comparison
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = training_runs(seeds, args.factor, args.overrides)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from spectune.frog.scoring import relevance
+from spectune.tune.methods.frog.scoring import relevance
 
 
 def make_matrix(kind: str, n: int, seed: int) -> torch.Tensor:
@@ -98,7 +98,7 @@ REAL = ("model.layers.14.self_attn.q_proj", "model.layers.14.mlp.up_proj")
 def smollm_matrix(name: str) -> torch.Tensor:
     from safetensors import safe_open
 
-    from spectune.models import default_model_dir
+    from spectune.models.loading import default_model_dir
 
     with safe_open(str(default_model_dir() / "model.safetensors"), "pt") as fh:
         return fh.get_tensor(name + ".weight").float()

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     args = parser.parse_args()
 
-    from spectune.spectral.intruders import (
+    from spectune.watch.intruders import (
         base_left_vectors,
         intruder_dimensions,
         lora_intruder_dimensions,

@@ -40,7 +40,7 @@ HIDDEN, MLP, LAYERS, KV, VOCAB = 2048, 8192, 16, 512, 128256
 GIB = 2**30
 
 #: (hidden, MLP width, layers, KV width, vocabulary, tied head) of the projected models
-#: (their config.json files are in tests/data/model_configs)
+#: (their config.json files are in tests/fixtures/model_configs)
 PROJECTED = {
     "Llama-2-7B": (4096, 11008, 32, 4096, 32000, False),
     "Llama-2-70B": (8192, 28672, 80, 1024, 32000, False),
@@ -134,7 +134,7 @@ CHILD = (
     HWM
     + """
 import sys, time, json, resource
-from spectune.spectral import analyze
+from spectune.watch import analyze
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -158,7 +158,7 @@ CHILD_SHAPE = (
 import sys, time, json, os
 import torch
 from threadpoolctl import threadpool_limits
-from spectune.spectral import analyze
+from spectune.watch import analyze
 N, M, dtype, precision = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3]), sys.argv[4]
 torch.set_num_threads(1)
 page = os.sysconf("SC_PAGE_SIZE")

@@ -19,7 +19,7 @@ in their environment), which keeps the peak RSS at the live memory the plan esti
 and system CPU seconds: the fixed threshold's page faults cost time. Timings on a shared
 machine are only comparable within one run: ``--rounds N`` repeats both runs in alternating
 order and compares medians.
-The slow tests in ``tests/finetune/test_plan.py`` hold the tiny model (4 x 64) and the LoRA
+The slow tests in ``tests/tune/scale/test_plan.py`` hold the tiny model (4 x 64) and the LoRA
 run to tolerances.
 
 Run: nice -n 19 .venv/bin/python bench/plan_rss.py [--steps 3] [--default-malloc [--rounds 3]]
@@ -45,9 +45,9 @@ GIB = 2**30
 CHILD = """
 import json, resource, sys
 import spectune._memory as mem
-from spectune.finetune import recipe
-from spectune.finetune.config import TuneConfig
-from spectune.finetune.plan import plan_memory
+from spectune.tune import recipe
+from spectune.tune.config import TuneConfig
+from spectune.tune.scale.memory import plan_memory
 
 if int(sys.argv[3]):
     import torch
@@ -85,11 +85,11 @@ QUICK_EVAL = {"before": False, "spectra": False, "latency_prompts": 0, "max_new_
 
 
 def tiny_model(folder: Path) -> Path:
-    """The tests' tiny Llama (``tests/finetune/conftest.py``) with SmolLM2's tokenizer."""
+    """The tests' tiny Llama (``tests/conftest.py``) with SmolLM2's tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from spectune.models import default_model_dir
+    from spectune.models.loading import default_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)

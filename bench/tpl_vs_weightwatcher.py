@@ -54,8 +54,8 @@ def main() -> None:
 
     import weightwatcher as ww
 
-    from spectune.models import default_model_dir
-    from spectune.spectral import analyze
+    from spectune.models.loading import default_model_dir
+    from spectune.watch import analyze
 
     source = args.safetensors or str(default_model_dir())
     logging.disable(logging.WARNING)

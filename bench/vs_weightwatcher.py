@@ -67,8 +67,8 @@ def rounds(fns: dict, repeat: int) -> tuple[dict, dict]:
 def bench_model(repeat: int) -> None:
     import weightwatcher as ww
 
-    from spectune.models import load_default_model
-    from spectune.spectral import analyze
+    from spectune.models.loading import load_default_model
+    from spectune.watch import analyze
 
     model, _ = load_default_model()
     ids = [i for i, (_, m) in enumerate(model.named_modules()) if isinstance(m, torch.nn.Linear)]
@@ -114,7 +114,7 @@ class _Pair(torch.nn.Module):
 def bench_lora(n_modules: int, repeat: int) -> None:
     import weightwatcher as ww
 
-    from spectune.spectral import analyze
+    from spectune.watch import analyze
 
     gen = torch.Generator().manual_seed(0)
     dim, r = 4096, 64

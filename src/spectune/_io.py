@@ -1,7 +1,7 @@
 """Atomic file writes: a crash never leaves a half-written file or folder behind.
 
 Inside a results folder that is open (:func:`guard_folder`, done by
-:class:`spectune.finetune.runfolder.RunFolder` while it holds the folder's lock) no write
+:class:`spectune.results.runfolder.RunFolder` while it holds the folder's lock) no write
 goes through a symbolic link: :func:`atomic_path` and :func:`publish_dir` refuse a link at the
 file or at any folder between the results folder and the file (:func:`check_no_links`), so a
 link planted in a run folder cannot make spectune write outside it.

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from spectune.cli.main import main
-from spectune.spectral import analyze, describe, summarize
+from spectune.watch import analyze, describe, summarize
 
 
 def strict_json(path: Path):

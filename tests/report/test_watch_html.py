@@ -21,10 +21,10 @@ from spectune.report.html import (
     render_spectra,
     write_spectra_report,
 )
-from spectune.spectral import analyze, summarize
-from spectune.spectral.analyze import OVERFIT_ADAPTER
-from spectune.spectral.compare import compare_models
-from spectune.spectral.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND
+from spectune.watch import analyze, summarize
+from spectune.watch.analyze import OVERFIT_ADAPTER
+from spectune.watch.compare import compare_models
+from spectune.watch.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND
 
 from .test_html import check_self_contained, make_comparison, make_run, parse
 
@@ -34,7 +34,7 @@ EVIL = "<script>alert(1)</script>"
 
 
 def stack(n: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """As tests/spectral/test_compare.py: n up_proj matrices along depth."""
+    """As tests/watch/test_compare.py: n up_proj matrices along depth."""
     g = torch.Generator().manual_seed(seed)
     return {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(48, 24, generator=g,
                                                                 dtype=torch.float64)
@@ -53,8 +53,8 @@ def planted_collapse(out: Path, *, plots: bool = True) -> Path:
 
 def planted_intruder(out: Path) -> pd.DataFrame:
     """A delta analysis with intruder columns: 'layer' has one planted intruder, 'other' none
-    (the construction of tests/spectral/test_intruders.py)."""
-    from spectral.test_intruders import base_matrix
+    (the construction of tests/watch/test_intruders.py)."""
+    from tests.watch.test_intruders import base_matrix
 
     W0, other = base_matrix(), base_matrix(seed=9)
     g = torch.Generator().manual_seed(1)

@@ -23,7 +23,7 @@ SHAPES = {
 
 @pytest.fixture(scope="module")
 def real_sources():
-    from spectune.models import default_gguf_path, default_model_dir
+    from spectune.models.loading import default_gguf_path, default_model_dir
 
     gguf, hf = open_source(default_gguf_path()), open_source(default_model_dir())
     yield gguf, hf
@@ -71,7 +71,7 @@ def test_real_gguf_embedding_and_norms(real_sources):
 
 
 def test_real_gguf_header_agrees_with_gguf_reader():
-    from spectune.models import default_gguf_path
+    from spectune.models.loading import default_gguf_path
 
     from .test_gguf import assert_header_matches_reader
 

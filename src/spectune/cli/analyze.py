@@ -56,7 +56,7 @@ def resolve_source(source: str) -> Any:
     from spectune.errors import SpectuneError
 
     if source == "default":
-        from spectune.models import default_model_dir
+        from spectune.models.loading import default_model_dir
 
         return default_model_dir()
     if not Path(source).exists():
@@ -86,8 +86,8 @@ def show_summary(details: Any, summary: dict, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_dir
     from spectune.errors import SpectuneError
-    from spectune.finetune.runfolder import RunFolder
-    from spectune.spectral import analyze, summarize
+    from spectune.results.runfolder import RunFolder
+    from spectune.watch import analyze, summarize
 
     if args.report and not args.out:
         raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")

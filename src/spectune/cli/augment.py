@@ -54,14 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_file
-    from spectune.finetune.augment import augment, check_output, write_augmented
+    from spectune.data.augment import augment, check_output, write_augmented
 
     out = check_writable_file(args.out, "--out")  # before any work
     inputs = () if args.seeds == "tasks" else (args.seeds,)
     check_output(out, overwrite=args.overwrite, inputs=inputs)
     if args.seeds == "tasks":
+        from spectune.data.tasks import generate_task_set
         from spectune.errors import SpectuneError
-        from spectune.finetune.tasks import generate_task_set
 
         if args.n_seeds < 1:
             raise SpectuneError(f"--n-seeds must be >= 1 (seed examples generated from the task "
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         seeds, _ = generate_task_set(args.n_seeds, 0, seed=args.seed)
         name = f"spectune task set (seed {args.seed}, {args.n_seeds} examples)"
     else:
-        from spectune.finetune.data import load_instructions
+        from spectune.data.instructions import load_instructions
 
         seeds, name = load_instructions(args.seeds), args.seeds
     examples, info = augment(seeds, args.n, teacher=args.teacher, model=args.model,

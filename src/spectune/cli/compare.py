@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import print_table
     from spectune.cli.analyze import resolve_source
     from spectune.errors import SpectuneError
-    from spectune.finetune.runfolder import RunFolder
-    from spectune.spectral import analyze
-    from spectune.spectral.compare import compare_models
+    from spectune.results.runfolder import RunFolder
+    from spectune.watch import analyze
+    from spectune.watch.compare import compare_models
 
     if args.report and not args.out:
         raise SpectuneError("--report needs --out DIR (the folder report.html is written to)")

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import print_table
     from spectune.cli.analyze import resolve_source
     from spectune.errors import SpectuneError
-    from spectune.spectral import describe
+    from spectune.watch import describe
 
     csv = check_writable_file(args.csv, "--csv") if args.csv else None
     if csv is not None:

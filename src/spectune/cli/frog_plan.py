@@ -55,7 +55,7 @@ def _targets(text: str) -> str | list[str]:
 
 def _load_model(model: str, progress: bool):
     from spectune.errors import SpectuneError
-    from spectune.models import resolve_model_dir
+    from spectune.models.loading import resolve_model_dir
 
     folder = resolve_model_dir(model)
     import torch
@@ -80,9 +80,9 @@ def _load_model(model: str, progress: bool):
 
 def run(args: argparse.Namespace) -> int:
     from spectune._io import atomic_path, check_writable_dir, write_json, write_text
-    from spectune.finetune.runfolder import RunFolder
-    from spectune.frog import FrogConfig, plan_frog
-    from spectune.report.frog_plots import global_selection_figure, layer_importance_figure
+    from spectune.results.runfolder import RunFolder
+    from spectune.tune.methods.frog import FrogConfig, plan_frog
+    from spectune.tune.methods.frog.plots import global_selection_figure, layer_importance_figure
 
     # before the model is read: a folder of the user's is refused, an earlier plan's replaced
     out = check_writable_dir(args.out, "--out")

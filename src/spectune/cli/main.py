@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("SPECTUNE_DEBUG") == "1"
     from spectune._quiet import quiet_libraries
     from spectune.errors import SpectuneError
-    from spectune.finetune.distributed import error_line, write_line
+    from spectune.tune.scale.distributed import error_line, write_line
 
     quiet_libraries(verbose=args.verbose)
     try:

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectune.models import default_model_dir
+    from spectune.models.loading import default_model_dir
 
     print(default_model_dir(rebuild=args.rebuild))
     return 0

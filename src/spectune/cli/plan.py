@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
     import math
 
     from spectune.errors import SpectuneError
-    from spectune.finetune.config import TuneConfig
-    from spectune.finetune.methods import get_method, meta_model
-    from spectune.finetune.plan import largest_batch, plan_memory, plan_methods
-    from spectune.models import resolve_model_dir
+    from spectune.models.loading import resolve_model_dir
+    from spectune.tune.config import TuneConfig
+    from spectune.tune.methods import get_method, meta_model
+    from spectune.tune.scale.memory import largest_batch, plan_memory, plan_methods
 
     if args.budget_gib is not None and not (math.isfinite(args.budget_gib)
                                             and args.budget_gib > 0):  # fmt: skip

@@ -5,7 +5,7 @@ summary, matplotlib Figures) and put it on disk. The CLI and the fine-tuning rec
 them, so neither depends on the other.
 
 The folder writers take ``own``: called with each file's name before the file is written, so
-the folder's owner (:meth:`spectune.finetune.runfolder.RunFolder.own`) records it as
+the folder's owner (:meth:`spectune.results.runfolder.RunFolder.own`) records it as
 spectune's, or refuses a file of the user's that is in the way.
 """
 
@@ -52,7 +52,7 @@ def write_csv(frame: Any, path: Path) -> Path:
 def spectral_figures(details: Any = None, flow: Any = None) -> dict[str, Any]:
     """The figures of a details table's watch columns: ``intruders.png`` (intruder dimensions
     per layer, with ``num_intruders``) and ``correlation_flow.png`` (a non-empty
-    :func:`~spectune.spectral.compare.correlation_flow` table)."""
+    :func:`~spectune.watch.compare.correlation_flow` table)."""
     import pandas as pd
 
     from spectune.report import plots as P
@@ -73,7 +73,7 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
     """Write details.csv, details.json, summary.json and (optionally) figures, each atomically.
 
     With ``flow``, also ``flow.csv``: alpha along depth per layer type with its trend and the
-    layers that break it (:func:`~spectune.spectral.compare.correlation_flow`; written when
+    layers that break it (:func:`~spectune.watch.compare.correlation_flow`; written when
     any row has a block index), and with ``plots`` its figure. The ESD figures recompute the
     plotted rows' spectra with the options in ``details.attrs`` (delta, W + Delta W, LoRA
     scaling, precision, finger clipping) and ``base``. ``own`` is called with each file's
@@ -92,7 +92,7 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
     written.append(out / "summary.json")
     flow_table = None
     if flow:
-        from spectune.spectral.compare import correlation_flow
+        from spectune.watch.compare import correlation_flow
 
         flow_table = correlation_flow(details)
         if len(flow_table):
@@ -100,7 +100,7 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
             written.append(write_csv(flow_table, out / "flow.csv"))
     if plots:
         from spectune.report import plots as P
-        from spectune.spectral import spectrum
+        from spectune.watch import spectrum
 
         figs = {"alpha_hist.png": P.alpha_histogram(details),
                 "alpha_depth.png": P.alpha_by_depth(details)}  # fmt: skip
@@ -128,7 +128,7 @@ def write_results(details: Any, summary: dict, out: Path, *, plots: bool,
 
 def write_comparison_results(comparison: Any, out: Path, *, plots: bool,
                              own: Own = _no_owner) -> list[Path]:  # fmt: skip
-    """Write a :class:`~spectune.spectral.compare.ModelComparison` into ``out``, each file
+    """Write a :class:`~spectune.watch.compare.ModelComparison` into ``out``, each file
     atomically: ``compare.csv`` (per layer), ``compare.json`` (the summary), ``flow.csv``
     (both flows side by side) and, with ``plots``, ``scale_collapse.png`` and
     ``correlation_flow.png``; ``own`` is called with each name first. Returns the paths

@@ -3,7 +3,7 @@
 The page is a view of the files the folder already holds (``metrics.json`` is the canonical
 artifact, the page only formats it): nothing is recomputed.
 
-- A **run folder** (written by :func:`spectune.finetune.recipe.tune`): ``metrics.json``
+- A **run folder** (written by :func:`spectune.tune.recipe.tune`): ``metrics.json``
   (required), ``config.yaml``, ``predictions.jsonl``, ``spectra/summary.json``,
   ``spectra/details.csv``, ``plots/*.png``.
 - A **spectra folder** (``spectune analyze --out``, ``spectune compare --out``, a run's
@@ -12,7 +12,7 @@ artifact, the page only formats it): nothing is recomputed.
   (fits, overparameterized layers, intruder dimensions, scale collapse, correlation flow)
   read them, each shown only when its file or column is there.
 - A **comparison folder** (a sweep, a study, a search or the demo): ``results.csv``
-  (required; one row per run, the columns of :func:`spectune.finetune.recipe.flat_metrics`,
+  (required; one row per run, the columns of :func:`spectune.tune.recipe.flat_metrics`,
   perhaps a ``status`` column), ``comparison.json`` (kind, title, grid, base_config,
   total_seconds, notes; a search's objectives and Pareto set), ``plots/*.png`` and
   ``runs/<name>/``, each a run folder.
@@ -47,7 +47,7 @@ from spectune._io import write_text
 from spectune.errors import SpectuneError
 
 if TYPE_CHECKING:
-    from spectune.finetune.results import RunMetrics
+    from spectune.results.metrics import RunMetrics
 
 REPORT = "report.html"
 RUN_FILE = "metrics.json"
@@ -348,7 +348,7 @@ def _required(folder: str | os.PathLike[str], name: str, what: str) -> Path:
 
 def _metrics(folder: Path) -> RunMetrics:
     """The run's typed metrics (a required file: bad content raises, naming the version)."""
-    from spectune.finetune.results import RunMetrics
+    from spectune.results.metrics import RunMetrics
 
     return RunMetrics.load(folder)
 
@@ -845,7 +845,7 @@ def _fits(rows: list[dict[str, str]], fields: list[str], options: dict[str, Any]
     has_tpl, has_test = "Lambda" in fields, "better_fit" in fields
     if not (has_tpl or has_test) or not rows:
         return _Html("")
-    from spectune.spectral.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND  # (imports the engine)
+    from spectune.watch.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND  # (imports the engine)
 
     fit = str(options.get("fit") or ("TPL" if has_tpl else "PL"))
     verdicts = {"power_law": "alpha trustworthy (power law preferred)",
@@ -1175,7 +1175,7 @@ def render_run(folder: str | os.PathLike[str]) -> str:
     """The HTML page of one run folder.
 
     Args:
-        folder: a run folder written by :func:`spectune.finetune.recipe.tune` (``metrics.json``
+        folder: a run folder written by :func:`spectune.tune.recipe.tune` (``metrics.json``
             is required; config.yaml, predictions.jsonl, spectra/ and plots/ are used when
             present).
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from spectune.spectral.powerlaw import PowerLawFit
+from spectune.watch.powerlaw import PowerLawFit
 
 
 def _ok(details: pd.DataFrame, col: str = "alpha") -> pd.DataFrame:
@@ -228,8 +228,8 @@ def esd_tpl(
     evals: np.ndarray, fit, title: str = "ESD, truncated power law", bins: int = 80
 ) -> Figure:
     """Log-log ESD density with a truncated power-law fit
-    (:class:`~spectune.spectral.tpl.TruncatedPowerLawFit`) drawn over its tail."""
-    from spectune.spectral.tpl import log_upper_gamma
+    (:class:`~spectune.watch.tpl.TruncatedPowerLawFit`) drawn over its tail."""
+    from spectune.watch.tpl import log_upper_gamma
 
     fig = esd_loglog(evals, None, title=title, bins=bins)
     ax = fig.axes[0]

@@ -1,6 +1,6 @@
 """Figures of fine-tuning runs: functions that take results and return matplotlib Figures.
 
-``runs`` are :class:`~spectune.finetune.results.RunMetrics` (``metrics.json``, typed);
+``runs`` are :class:`~spectune.results.metrics.RunMetrics` (``metrics.json``, typed);
 ``rows`` are flat rows of ``results.csv`` (:meth:`RunMetrics.row`). Nothing here writes files.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from spectune.finetune.results import RunMetrics, SpectraPoint, Validation
+    from spectune.results.metrics import RunMetrics, SpectraPoint, Validation
 
 _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
            "#8c8c8c", "#ccb974", "#64b5cd"]  # fmt: skip
@@ -141,7 +141,7 @@ def learning_forgetting(
     runs: Sequence[RunMetrics], title: str = "Learning vs forgetting"
 ) -> Figure:
     """Two panels: held-out accuracy and general-text perplexity, before and after each run
-    (:class:`~spectune.finetune.results.RunMetrics`).
+    (:class:`~spectune.results.metrics.RunMetrics`).
 
     The "before" bar is the base model (the same for every run judged against it).
     """

@@ -1,0 +1,381 @@
+"""Teacher-written training data: new instruction examples from seed examples.
+
+:func:`augment` has a teacher (``context``: the base model itself, a model folder sharing the
+student's tokenizer, or a spectune run folder, as in ``objective: distill``) write new
+examples:
+
+1. pick a seed category (seed examples without a category form one group) and ``shots`` seed
+   examples of it;
+2. *instruction*: the teacher is shown the seeds' instructions and asked for one new task of
+   the same kind; sampled (``temperature``, ``top_p``), the first non-empty line kept (a
+   preamble line ending with a colon is skipped);
+3. *response*: the teacher answers the new instruction greedily, after the seeds as solved
+   chat turns (and ``context`` as its system prompt), so answers follow the seeds' format;
+4. de-duplication: an instruction equal (normalized: case, spaces, quotes) to a seed or to an
+   earlier new one is dropped and counted, as are empty instructions or answers.
+
+The result is Dolly records (category = the seeds' category) that ``spectune tune`` reads
+(``data.train: <file>``), and an :class:`AugmentInfo` with every generation setting and
+count, which ``spectune augment`` writes beside the file (``<file>.json``). Sampling is seeded
+(``torch.manual_seed(seed)`` before each batch), so a seed gives the same file on one machine.
+
+**Never over a file of the user's.** :func:`check_output` runs before any work and again
+before writing: the output and its sidecar may not be the seeds file (never, not even with
+``overwrite``) or a symbolic link; when either exists, it is replaced only with ``overwrite``
+and only when spectune augment wrote both: the sidecar carries ``"spectune_augment": 1`` and
+the SHA-256 of the file it describes, and the file still has that hash (an edited file is the
+user's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spectune.data.instructions import InstructionExample
+from spectune.errors import SpectuneError
+
+#: what the teacher is asked to write an instruction from
+INSTRUCTION_REQUEST = (
+    "Here are some example tasks:\n{examples}\n\nWrite one new task of the same kind, with "
+    "different details. Reply with the task only, on one line."
+)
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*])\s*")
+
+
+@dataclass
+class AugmentInfo:
+    """How a file of teacher-written examples was made (JSON-able)."""
+
+    teacher: str
+    seeds: str
+    n_seeds: int
+    n_requested: int
+    n_written: int = 0
+    n_attempts: int = 0
+    n_duplicates: int = 0
+    n_empty: int = 0
+    shots: int = 3
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    answer_tokens: int = 32
+    context: str | None = None
+    seed: int = 0
+    seconds: float = 0.0
+    categories: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _norm(text: str) -> str:
+    from spectune.data.tasks import normalize_answer
+
+    return normalize_answer(text)
+
+
+def _first_line(text: str) -> str:
+    """The first non-empty line that is not a preamble ("Here is a new task:")."""
+    lines = [_NUMBERING.sub("", line).strip().strip('"').strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if not line.endswith(":"):
+            return line
+    return ""
+
+
+def _sample(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
+            temperature: float, top_p: float, seed: int) -> list[str]:  # fmt: skip
+    """Sampled continuations of chat prompts (left padding, batched)."""
+    import torch
+
+    torch.manual_seed(seed)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    new = out[:, enc["input_ids"].shape[1] :]
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
+
+def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context",
+            model: str = "default", context: str | None = None, shots: int = 3,
+            temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 48,
+            answer_tokens: int = 32, batch_size: int = 8, seed: int = 0,
+            seeds_name: str = "", progress: bool = False
+            ) -> tuple[list[InstructionExample], AugmentInfo]:  # fmt: skip
+    """Have the teacher write ``n`` new examples from ``seeds`` (see the module docstring).
+
+    Args:
+        seeds: the seed examples (instructions and responses).
+        n: new examples wanted; fewer come back when the attempts (4 n) run out.
+        teacher: ``"context"``, a model folder or a spectune run folder.
+        model: the student's model (``"default"`` or a folder): the teacher must share its
+            tokenizer; it is also the ``context`` teacher.
+        context: the teacher's system prompt when it answers.
+        shots: seed examples shown per new example.
+        temperature, top_p: sampling of the new instructions.
+        max_new_tokens: longest new instruction; ``answer_tokens``: longest answer.
+        batch_size: prompts per generation batch.
+        seed: seeds the choice of shots and the sampling.
+        seeds_name: where the seeds came from (recorded).
+        progress: a progress bar.
+
+    Returns:
+        ``(examples, info)``.
+
+    Raises:
+        SpectuneError: bad settings, no seeds, a teacher that does not share the tokenizer.
+    """
+    from spectune import __version__
+    from spectune.models.generate import greedy_generate
+    from spectune.models.loading import resolve_model_dir
+    from spectune.models.tokenizer import load_tokenizer
+    from spectune.tune.objectives.distill import (
+        DistillSection,
+        load_teacher,
+        resolve_teacher,
+        teacher_prompt,
+    )
+
+    if n < 1:
+        raise SpectuneError(f"n (new examples) must be >= 1, got {n}")
+    if not seeds:
+        raise SpectuneError("augment needs at least one seed example")
+    if shots < 1:
+        raise SpectuneError(f"shots must be >= 1, got {shots}")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise SpectuneError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, "
+                            f"{top_p}")  # fmt: skip
+    for name, value in (("max_new_tokens", max_new_tokens), ("answer_tokens", answer_tokens),
+                        ("batch_size", batch_size)):  # fmt: skip
+        if value < 1:
+            raise SpectuneError(f"{name} must be >= 1, got {value}")
+    student_dir = resolve_model_dir(model)
+    section = DistillSection(teacher=teacher, context=context)
+    source = resolve_teacher(section, student_dir)  # tokenizer checked before any weight
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(student_dir)
+    net = load_teacher(source, progress=progress)
+    groups: dict[str, list[InstructionExample]] = {}
+    for ex in seeds:
+        groups.setdefault(ex.category, []).append(ex)
+    names = sorted(groups)
+    rng = random.Random(f"spectune-augment:{seed}")
+    seen = {_norm(ex.instruction) for ex in seeds}
+    info = AugmentInfo(source.describe(), seeds_name, len(seeds), n, shots=shots,
+                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                       answer_tokens=answer_tokens, context=context, seed=seed,
+                       versions={"spectune": __version__})  # fmt: skip
+    out: list[InstructionExample] = []
+    bar = None
+    if progress:
+        from spectune._progress import progress_bar
+
+        bar = progress_bar(n, "augment", unit="example")
+    batch_no = 0
+    while len(out) < n and info.n_attempts < 4 * n:
+        plans = []
+        for _ in range(min(batch_size, 4 * n - info.n_attempts)):
+            cat = rng.choice(names)
+            group = groups[cat]
+            plans.append((cat, rng.sample(group, min(shots, len(group)))))
+        requests = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": INSTRUCTION_REQUEST.format(
+                    examples="\n".join(f"{i + 1}. {ex.instruction}" for i, ex in enumerate(s)))}],
+                tokenize=False, add_generation_prompt=True)
+            for _, s in plans
+        ]  # fmt: skip
+        texts = _sample(net, tokenizer, requests, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, seed=seed * 100003 + batch_no)  # fmt: skip
+        batch_no += 1
+        info.n_attempts += len(plans)
+        fresh = []
+        for (cat, shots_used), text in zip(plans, texts, strict=True):
+            instruction = _first_line(text)
+            if not instruction:
+                info.n_empty += 1
+                continue
+            key = _norm(instruction)
+            if key in seen:
+                info.n_duplicates += 1
+                continue
+            seen.add(key)
+            fresh.append((cat, shots_used, instruction))
+        if not fresh:
+            continue
+        system = context
+        prompts = [teacher_prompt(tokenizer, InstructionExample(instr, ""), system=system,
+                                  shots=shots_used)
+                   for _, shots_used, instr in fresh]  # fmt: skip
+        answers = greedy_generate(net, tokenizer, prompts, max_new_tokens=answer_tokens,
+                                  batch_size=batch_size)  # fmt: skip
+        for (cat, _, instr), answer in zip(fresh, answers, strict=True):
+            if not answer.strip():
+                info.n_empty += 1
+                continue
+            if len(out) < n:
+                out.append(InstructionExample(instr, answer.strip(), category=cat))
+                info.categories[cat] = info.categories.get(cat, 0) + 1
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    info.n_written = len(out)
+    info.seconds = round(time.perf_counter() - start, 3)
+    if not out:
+        raise SpectuneError(
+            f"the teacher wrote no usable example in {info.n_attempts} attempts "
+            f"({info.n_duplicates} duplicates, {info.n_empty} empty); raise temperature or "
+            "give more varied seeds"
+        )
+    return out, info
+
+
+#: the sidecar field that says spectune augment wrote the file pair
+MARK = "spectune_augment"
+
+
+def sidecar_of(path: str | Path) -> Path:
+    """The settings file beside an augmented file: ``<path>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _our_sidecar(sidecar: Path, path: Path) -> dict[str, Any] | None:
+    """The sidecar's content when spectune augment wrote it for ``path``, else None."""
+    import json
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get(MARK) != 1 or data.get("file") != path.name:
+        return None
+    if not isinstance(data.get("sha256"), str):
+        return None
+    return data
+
+
+def check_output(path: str | Path, *, overwrite: bool = False,
+                 inputs: tuple[str | Path, ...] = ()) -> Path:  # fmt: skip
+    """Check, before any work, that writing ``path`` and its sidecar replaces no file of the
+    user's (see the module docstring).
+
+    Args:
+        path: the ``.jsonl`` to write (``--out``).
+        overwrite: replace a file pair spectune augment wrote.
+        inputs: files the command reads (the seeds), never replaced.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        SpectuneError: one line naming the file in the way and what to do.
+    """
+    path = Path(path).expanduser()
+    sidecar = sidecar_of(path)
+    for src in inputs:
+        for target in (path, sidecar):
+            if _same_file(target, Path(src).expanduser()):
+                what = "" if target == path else f": its settings file {target}"
+                raise SpectuneError(f"--out {path}{what} is the seeds file {src}; spectune never "
+                                    "replaces its input: pick another --out")  # fmt: skip
+    for target in (path, sidecar):
+        if target.is_symlink():
+            raise SpectuneError(f"--out {path}: {target} is a symbolic link; spectune never "
+                                "writes through a link: remove it or pick another --out")  # fmt: skip
+        if target.is_dir():
+            raise SpectuneError(f"--out {path}: {target} is a folder; pick another --out")
+    there = [t for t in (path, sidecar) if t.exists()]
+    if not there:
+        return path
+    meta = _our_sidecar(sidecar, path) if sidecar.exists() else None
+    never = "spectune never replaces a file it did not write: move it or pick another --out"
+    if meta is None:
+        what = (
+            f"{sidecar} is not the settings file spectune augment writes for it"
+            if sidecar.exists()
+            else f"{path} has no settings file {sidecar.name} beside it"
+        )
+        raise SpectuneError(f"--out {path}: {what}, so it was not written by spectune augment; "
+                            f"{never}")  # fmt: skip
+    if path.exists() and _sha256(path) not in (meta.get("sha256"), meta.get("previous_sha256")):
+        raise SpectuneError(f"--out {path} changed since spectune augment wrote it (its SHA-256 "
+                            f"is not the one in {sidecar.name}); {never}")  # fmt: skip
+    if not overwrite:
+        raise SpectuneError(f"--out {path}: {there[0]} already exists (spectune augment wrote "
+                            "it); pass --overwrite to replace it, or pick another --out")  # fmt: skip
+    return path
+
+
+def write_augmented(path: str | Path, examples: list[InstructionExample],
+                    info: AugmentInfo, *, overwrite: bool = False,
+                    inputs: tuple[str | Path, ...] = ()) -> Path:  # fmt: skip
+    """Write the examples as Dolly JSON Lines and ``<path>.json`` with the settings and the
+    file's SHA-256 (both atomically), after :func:`check_output`. Returns the sidecar's path.
+
+    The sidecar is written first, with the new hash and the replaced file's, so an
+    interruption between the two writes leaves a pair that ``overwrite`` still replaces.
+
+    Raises:
+        SpectuneError: as :func:`check_output` (nothing is written).
+    """
+    import json
+
+    from spectune._io import write_json, write_text
+
+    path = check_output(path, overwrite=overwrite, inputs=inputs)
+    text = "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n" for ex in examples)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    old = _sha256(path) if path.exists() else None
+    sidecar = sidecar_of(path)
+    meta = {"format": "dolly", "file": path.name, MARK: 1, "sha256": sha, **info.to_dict()}
+    write_json(sidecar, {**meta, "previous_sha256": old} if old and old != sha else meta)
+    write_text(path, text)
+    if old and old != sha:
+        write_json(sidecar, meta)
+    return sidecar
+
+
+__all__ = [
+    "INSTRUCTION_REQUEST",
+    "MARK",
+    "AugmentInfo",
+    "augment",
+    "check_output",
+    "sidecar_of",
+    "write_augmented",
+]

@@ -1,0 +1,580 @@
+"""Instruction data: load it, turn it into chat prompts, tokenize with response-only labels, pad.
+
+Two file layouts are read:
+
+- **dolly** (databricks-dolly-15k): JSON Lines, one object per line with ``instruction``,
+  ``context``, ``response`` and ``category`` (``context`` and ``category`` may be absent or empty).
+- **alpaca**: one JSON list of objects with ``instruction``, ``input`` and ``output``
+  (``input`` may be absent or empty).
+
+Both become :class:`InstructionExample` records. A record is one chat exchange: the user turn
+is the instruction, followed by a blank line and the context when there is one; the assistant
+turn is the response. Prompts go through the tokenizer's own chat template, so the model sees
+the format it was instruction-tuned on (including the template's default system prompt, unless
+``system`` is given).
+
+Tokenization (:func:`tokenize_examples`) labels only the assistant's answer: every prompt token
+gets the label ``-100`` (ignored by the loss), the response tokens and the end-of-turn token
+that closes them keep their ids as labels, and whatever the template writes after the
+end-of-turn token (SmolLM2 writes a newline) is ignored too. Examples longer than
+``max_length`` are cut at the right; how many were cut, and how many lost every response token
+and were dropped, is reported in :class:`TokenizeStats`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from spectune.errors import SpectuneError
+from spectune.models.tokenizer import IGNORE_INDEX, end_of_turn_id
+
+_Record = TypeVar("_Record")
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+
+#: Accepted values of the ``format`` argument.
+FORMATS = ("dolly", "alpaca", "auto")
+
+# required / optional fields per layout, in the order they are checked
+_FIELDS = {
+    "dolly": {"required": ("instruction", "response"), "optional": ("context", "category")},
+    "alpaca": {"required": ("instruction", "output"), "optional": ("input",)},
+}
+
+
+@dataclass(frozen=True)
+class InstructionExample:
+    """One instruction-following record.
+
+    Attributes:
+        instruction: what the user asks.
+        response: the answer the model should learn to give (the reference for evaluation).
+        context: optional text the instruction refers to (Dolly ``context``, Alpaca ``input``).
+        category: optional label used to break results down (Dolly ``category``).
+    """
+
+    instruction: str
+    response: str
+    context: str = ""
+    category: str = ""
+
+    def to_dolly(self) -> dict[str, str]:
+        """The record as a databricks-dolly-15k JSON object (fixed key order)."""
+        return {
+            "instruction": self.instruction,
+            "context": self.context,
+            "response": self.response,
+            "category": self.category,
+        }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_text(path: Path) -> str:
+    """Read ``path`` as UTF-8 (a leading BOM is dropped), with errors naming the file."""
+    if not path.exists():
+        raise SpectuneError(f"dataset file {path} does not exist; check the dataset path")
+    if not path.is_file():
+        raise SpectuneError(f"dataset path {path} is not a file; pass a .jsonl or .json file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpectuneError(f"dataset file {path} cannot be read: {exc}") from exc
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpectuneError(
+            f"dataset file {path}, line {line}: byte {exc.start} is not valid UTF-8; "
+            "save the file as UTF-8"
+        ) from exc
+
+
+def _set_format(layout: str) -> str:
+    """How a user picks ``layout``: the run config's ``data.format`` (as a YAML key or a
+    command-line override; ``format=`` in Python)."""
+    return f"set data.format: {layout} in the run config (data.format={layout} on the command line)"
+
+
+def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
+    """Guess the layout of an instruction file: ``"dolly"`` or ``"alpaca"``.
+
+    ``.jsonl`` files are Dolly. Otherwise the content decides: a file whose first non-blank
+    character is ``[`` is an Alpaca JSON list, one that starts with ``{`` is Dolly JSON Lines.
+
+    Args:
+        path: the dataset file.
+        text: its content, if already read.
+
+    Returns:
+        ``"dolly"`` or ``"alpaca"``.
+
+    Raises:
+        SpectuneError: the file is missing, unreadable, empty, or neither layout.
+    """
+    path = Path(path)
+    if text is None:
+        text = _read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        return "dolly"
+    head = text.lstrip()[:1]
+    if head == "[":
+        return "alpaca"
+    if head == "{":
+        return "dolly"
+    if not head:
+        raise SpectuneError(f"dataset file {path} is empty; it must hold at least one example")
+    raise SpectuneError(
+        f"dataset file {path}: cannot tell its layout (it starts with {head!r}, neither a JSON "
+        "object nor a JSON list); a dataset file holds Dolly JSON Lines (one object a line) or "
+        "an Alpaca JSON list of objects"
+    )
+
+
+def _field(record: dict[str, Any], name: str, required: bool, where: str) -> str:
+    value = record.get(name)
+    if value is None:
+        if required:
+            raise SpectuneError(f"{where}: required field {name!r} is missing")
+        return ""
+    if not isinstance(value, str):
+        raise SpectuneError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise SpectuneError(f"{where}: required field {name!r} is empty")
+    return value
+
+
+def _example(record: Any, layout: str, where: str) -> InstructionExample:
+    if not isinstance(record, dict):
+        raise SpectuneError(
+            f"{where}: expected a JSON object with fields "
+            f"{', '.join(_FIELDS[layout]['required'])}, got {type(record).__name__}"
+        )
+    spec = _FIELDS[layout]
+    values = {name: _field(record, name, True, where) for name in spec["required"]}
+    values.update({name: _field(record, name, False, where) for name in spec["optional"]})
+    if layout == "dolly":
+        return InstructionExample(
+            instruction=values["instruction"],
+            response=values["response"],
+            context=values["context"],
+            category=values["category"],
+        )
+    return InstructionExample(
+        instruction=values["instruction"], response=values["output"], context=values["input"]
+    )
+
+
+def _parse_dolly(path: Path, text: str) -> list[InstructionExample]:
+    examples = []
+    # split on "\n" only: JSON strings may legally hold U+2028 and friends, which splitlines
+    # would treat as line breaks
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"dataset file {path}, line {lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = (
+                f"; the file looks like a JSON list: {_set_format('alpaca')}, or name the file .json"
+                if lineno == 1 and line.lstrip().startswith("[")
+                else ""
+            )
+            raise SpectuneError(
+                f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); each line of a "
+                f"Dolly JSONL file must be one JSON object{hint}"
+            ) from exc
+        if isinstance(record, list):
+            raise SpectuneError(
+                f"{where}: a JSON list, not an object; each line of a Dolly JSONL file must be "
+                f"one JSON object (for an Alpaca JSON list {_set_format('alpaca')}, or name the "
+                "file .json)"
+            )
+        examples.append(_example(record, "dolly", where))
+    return examples
+
+
+def _parse_alpaca(path: Path, text: str) -> list[InstructionExample]:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpectuneError(
+            f"dataset file {path}, line {exc.lineno}: malformed JSON ({exc.msg} at column "
+            f"{exc.colno}); an Alpaca file is one JSON list of objects"
+        ) from exc
+    if not isinstance(records, list):
+        raise SpectuneError(
+            f"dataset file {path}: an Alpaca file must be a JSON list of objects, got a "
+            f"{type(records).__name__}; for JSON Lines {_set_format('dolly')}"
+        )
+    return [
+        _example(record, "alpaca", f"dataset file {path}, record {index} (0-based)")
+        for index, record in enumerate(records)
+    ]
+
+
+def load_instructions(
+    path: str | os.PathLike[str], format: str = "auto"
+) -> list[InstructionExample]:
+    """Load an instruction dataset in the Dolly JSONL or the Alpaca JSON layout.
+
+    Args:
+        path: a ``.jsonl`` (Dolly) or ``.json`` (Alpaca list) file.
+        format: ``"dolly"``, ``"alpaca"`` or ``"auto"`` (by extension, then by content; see
+            :func:`detect_format`).
+
+    Returns:
+        The examples in file order.
+
+    Raises:
+        SpectuneError: unknown format; missing, unreadable, non-UTF-8 or empty file; a
+            malformed JSON line (the message names the file and the line number); a record
+            that is not an object or lacks a required field (the message names the field and
+            the line, or the record index for Alpaca files).
+    """
+    if format not in FORMATS:
+        raise SpectuneError(f"unknown dataset format {format!r}; use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    text = _read_text(path)
+    layout = detect_format(path, text) if format == "auto" else format
+    examples = _parse_dolly(path, text) if layout == "dolly" else _parse_alpaca(path, text)
+    if not examples:
+        raise SpectuneError(
+            f"dataset file {path} holds no examples; it must hold at least one {layout} record"
+        )
+    return examples
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def user_message(example: InstructionExample) -> str:
+    """The user turn: the instruction, then a blank line and the context when there is one."""
+    if example.context.strip():
+        return f"{example.instruction}\n\n{example.context}"
+    return example.instruction
+
+
+def _messages(example: InstructionExample, system: str | None) -> list[dict[str, str]]:
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": user_message(example)})
+    return messages
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **kw: Any) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise SpectuneError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use an "
+            "instruction-tuned model (or set tokenizer.chat_template)"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+
+
+def build_prompt(
+    tokenizer: PreTrainedTokenizerBase, example: InstructionExample, *, system: str | None = None
+) -> str:
+    """The chat-template text that asks the model for the answer (ends with the assistant header).
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        example: the record; its response is not used.
+        system: a system message; ``None`` keeps the template's default (SmolLM2 inserts its
+            own "You are a helpful AI assistant..." line).
+
+    Returns:
+        The prompt text, e.g. ``"<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n
+        What is 2 + 3?<|im_end|>\\n<|im_start|>assistant\\n"`` for SmolLM2.
+    """
+    return _render(tokenizer, _messages(example, system), add_generation_prompt=True)
+
+
+def build_chat(
+    tokenizer: PreTrainedTokenizerBase, example: InstructionExample, *, system: str | None = None
+) -> tuple[str, str]:
+    """The prompt text and the answer text that follows it in the full conversation.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        example: the record.
+        system: see :func:`build_prompt`.
+
+    Returns:
+        ``(prompt, answer)`` where ``prompt + answer`` is the whole rendered conversation and
+        ``answer`` is the response plus whatever the template closes the turn with (for
+        SmolLM2 ``"<response><|im_end|>\\n"``).
+
+    Raises:
+        SpectuneError: the template does not render the conversation as the prompt followed
+            by the answer, so prompt tokens cannot be told from answer tokens.
+    """
+    prompt = build_prompt(tokenizer, example, system=system)
+    messages = _messages(example, system)
+    messages.append({"role": "assistant", "content": example.response})
+    full = _render(tokenizer, messages)
+    if not full.startswith(prompt):
+        raise SpectuneError(
+            "the tokenizer's chat template does not render a conversation as its generation "
+            "prompt followed by the answer, so the prompt cannot be masked; use a model whose "
+            "template supports add_generation_prompt"
+        )
+    return prompt, full[len(prompt) :]
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+@dataclass
+class TokenizeStats:
+    """What :func:`tokenize_examples` did to a dataset.
+
+    Attributes:
+        n_examples: examples given.
+        n_kept: examples returned (``n_examples - n_dropped``).
+        n_truncated: examples longer than ``max_length`` and cut at the right (dropped ones
+            included).
+        n_dropped: truncated examples with no response token left, left out (they would
+            contribute nothing to the loss).
+        n_tokens: tokens in the returned examples, after truncation.
+        n_label_tokens: tokens that carry a label (response + end-of-turn) after truncation.
+        max_length: the length limit used.
+        longest: length of the longest example before truncation.
+    """
+
+    n_examples: int
+    n_kept: int
+    n_truncated: int
+    n_dropped: int
+    n_tokens: int
+    n_label_tokens: int
+    max_length: int
+    longest: int
+
+    def to_dict(self) -> dict[str, int]:
+        """The stats as a JSON-ready dict."""
+        return asdict(self)
+
+
+def tokenize_example(
+    tokenizer: PreTrainedTokenizerBase,
+    example: InstructionExample,
+    *,
+    system: str | None = None,
+    end_of_turn: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one example, before truncation.
+
+    The prompt and the answer are tokenized separately (no special tokens added; the chat
+    template writes its own), so the prompt tokens are exactly those the model sees at
+    generation time.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        example: the record.
+        system: see :func:`build_prompt`.
+        end_of_turn: id of the token that closes the answer; default :func:`end_of_turn_id`.
+            Answer tokens after its last occurrence are not labelled. If it does not occur,
+            every answer token is labelled.
+
+    Returns:
+        ``(input_ids, labels)``, equal length; ``labels[i]`` is ``-100`` on prompt tokens and
+        on template tokens after the end-of-turn token, ``input_ids[i]`` elsewhere.
+    """
+    prompt, answer = build_chat(tokenizer, example, system=system)
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    eot = end_of_turn_id(tokenizer) if end_of_turn is None else end_of_turn
+    n_labelled = len(answer_ids)
+    if eot is not None and eot in answer_ids:
+        n_labelled = len(answer_ids) - answer_ids[::-1].index(eot)
+    labels = (
+        [IGNORE_INDEX] * len(prompt_ids)
+        + answer_ids[:n_labelled]
+        + [IGNORE_INDEX] * (len(answer_ids) - n_labelled)
+    )
+    return prompt_ids + answer_ids, labels
+
+
+def tokenize_examples(
+    examples: Iterable[InstructionExample],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int = 256,
+    system: str | None = None,
+    end_of_turn: int | None = None,
+) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
+    """Tokenize examples for causal-LM training with the loss on response tokens only.
+
+    Args:
+        examples: the records.
+        tokenizer: a tokenizer with a chat template.
+        max_length: longest sequence kept; longer ones are cut at the right.
+        system: see :func:`build_prompt`.
+        end_of_turn: see :func:`tokenize_example`.
+
+    Returns:
+        ``(features, stats)``: one dict per kept example with ``input_ids``, ``labels`` and
+        ``attention_mask`` (lists of ints, unpadded; feed them to :class:`InstructionCollator`),
+        and the :class:`TokenizeStats`.
+
+    Raises:
+        SpectuneError: ``max_length`` < 2, no examples, or every example lost its response to
+            truncation.
+    """
+    if int(max_length) < 2:
+        raise SpectuneError(f"max_length must be at least 2, got {max_length}")
+    features: list[dict[str, list[int]]] = []
+    n_examples = n_truncated = n_dropped = n_tokens = n_label = longest = 0
+    for example in examples:
+        n_examples += 1
+        ids, labels = tokenize_example(tokenizer, example, system=system, end_of_turn=end_of_turn)
+        longest = max(longest, len(ids))
+        if len(ids) > max_length:
+            n_truncated += 1
+            ids, labels = ids[:max_length], labels[:max_length]
+        # labels[0] never counts: the first token has nothing before it to predict it from
+        labelled = sum(1 for lab in labels[1:] if lab != IGNORE_INDEX)
+        if labelled == 0:
+            n_dropped += 1
+            continue
+        n_tokens += len(ids)
+        n_label += labelled
+        features.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)})
+    if n_examples == 0:
+        raise SpectuneError("no examples to tokenize; the dataset is empty")
+    if not features:
+        raise SpectuneError(
+            f"all {n_examples} examples lost their response to truncation at max_length="
+            f"{max_length} (the longest has {longest} tokens); raise max_length"
+        )
+    stats = TokenizeStats(
+        n_examples=n_examples,
+        n_kept=len(features),
+        n_truncated=n_truncated,
+        n_dropped=n_dropped,
+        n_tokens=n_tokens,
+        n_label_tokens=n_label,
+        max_length=int(max_length),
+        longest=longest,
+    )
+    return features, stats
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class InstructionCollator:
+    """Pad tokenized examples into a batch (right padding, for training and loss).
+
+    Pads get attention mask 0 and label ``-100``, so they affect neither the model's other
+    positions nor the loss.
+
+    Args:
+        pad_token_id: the id written into padded positions (see :func:`pad_token_id`).
+        pad_to_multiple_of: round the batch length up to a multiple of this (``None``: no
+            rounding).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise SpectuneError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        """Stack ``features`` into padded tensors.
+
+        Args:
+            features: dicts with ``input_ids`` and ``labels`` (``attention_mask`` optional),
+                as made by :func:`tokenize_examples`.
+
+        Returns:
+            ``input_ids``, ``labels``, ``attention_mask``: int64 tensors of shape
+            ``(batch, length)``, ``length`` the longest example (rounded up if asked).
+        """
+        import torch
+
+        if not features:
+            raise SpectuneError("cannot collate an empty batch")
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = (length + m - 1) // m * m
+        batch = len(features)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((batch, length), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            if len(feature["labels"]) != n:
+                raise SpectuneError(
+                    f"batch row {row}: input_ids has {n} tokens but labels has "
+                    f"{len(feature['labels'])}"
+                )
+            input_ids[row, :n] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(feature["labels"], dtype=torch.long)
+            mask = feature.get("attention_mask")
+            attention[row, :n] = 1 if mask is None else torch.as_tensor(mask, dtype=torch.long)
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def split_validation(records: Sequence[_Record], n: int, seed: int | str, *,
+                     label: str = "data.n_validation") -> tuple[list[_Record], list[_Record]]:  # fmt: skip
+    """Carve ``n`` records out of ``records`` as a validation split (seeded).
+
+    The records are shuffled by index with ``random.Random(f"spectune-validation:{seed}")``
+    and the first ``n`` indices are the validation split; both parts keep the records' order.
+    The records can be of any type (instruction examples, ranked lists...).
+
+    Args:
+        records: the training records.
+        n: how many to carve out, ``1 <= n < len(records)``.
+        seed: the split's seed (a run's seed).
+        label: the setting that asked for ``n`` (named in the error).
+
+    Returns:
+        ``(train, validation)``: the remaining records and the carved ones, disjoint.
+
+    Raises:
+        SpectuneError: ``n`` leaves no training record (or is below 1).
+    """
+    import random
+
+    if n < 1 or n >= len(records):
+        raise SpectuneError(
+            f"{label} ({n}) must be at least 1 and below the {len(records)} training examples "
+            "it is carved from; lower it (or give more training data)"
+        )
+    order = list(range(len(records)))
+    random.Random(f"spectune-validation:{seed}").shuffle(order)
+    held = set(order[:n])
+    return ([r for i, r in enumerate(records) if i not in held],
+            [records[i] for i in sorted(held)])  # fmt: skip
+
+
+__all__ = [
+    "FORMATS",
+    "InstructionCollator",
+    "InstructionExample",
+    "TokenizeStats",
+    "build_chat",
+    "build_prompt",
+    "detect_format",
+    "load_instructions",
+    "split_validation",
+    "tokenize_example",
+    "tokenize_examples",
+    "user_message",
+]

