@@ -17,12 +17,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from spectune.errors import SpectuneError
-from spectune.report.html import (
-    render_comparison,
-    render_run,
-    write_comparison_report,
-    write_run_report,
-)
+from spectune.report.pages.comparison import render_comparison, write_comparison_report
+from spectune.report.pages.run import render_run, write_run_report
+from spectune.report.pages.spectra import write_spectra_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_PLOTS = ["loss_curve.png", "learning_forgetting.png", "alpha_hist.png", "alpha_vs_base.png"]
@@ -729,8 +726,6 @@ def test_pages_render_in_chromium(tmp_path, kind):
         write_run_report(folder)
         expected = ["What happened", "held-out accuracy", "50.0% (12/24)", "What is 0 + 0?"]
     elif kind == "spectra":
-        from spectune.report.html import write_spectra_report
-
         from .test_watch_html import planted_collapse
 
         folder, n_images = planted_collapse(tmp_path / "cmp"), 2

@@ -15,12 +15,9 @@ import torch
 
 from spectune.errors import SpectuneError
 from spectune.report.files import spectral_figures, write_comparison_results, write_results
-from spectune.report.html import (
-    render_comparison,
-    render_run,
-    render_spectra,
-    write_spectra_report,
-)
+from spectune.report.pages.comparison import render_comparison
+from spectune.report.pages.run import render_run
+from spectune.report.pages.spectra import render_spectra, write_spectra_report
 from spectune.watch import analyze, summarize
 from spectune.watch.analyze import OVERFIT_ADAPTER
 from spectune.watch.compare import compare_models

@@ -99,7 +99,7 @@ def test_correlation_flow_fits_a_trend_and_flags_the_outlier():
 def test_plots_of_compare_flow_intruders_and_tpl():
     from matplotlib.figure import Figure
 
-    from spectune.report.plots import (
+    from spectune.report.plots.spectra import (
         correlation_flow_plot,
         esd_tpl,
         intruders_by_layer,

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from spectune.errors import SpectuneError
-from spectune.report import plots as P
+from spectune.report.plots import spectra as P
 from spectune.watch import analyze, spectrum
 
 from .conftest import make_tiny_llama, matrix_with_singular_values, mp_matrix, pareto_sample

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             written = write_comparison_results(comparison, out, plots=args.plots or args.report,
                                                own=folder.own)  # fmt: skip
             if args.report:
-                from spectune.report.html import REPORT, write_spectra_report
+                from spectune.report.pages.blocks import REPORT
+                from spectune.report.pages.spectra import write_spectra_report
 
                 folder.own(REPORT)
                 written.append(write_spectra_report(out))

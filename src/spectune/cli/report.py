@@ -16,12 +16,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from spectune.errors import SpectuneError
-    from spectune.report.html import (
-        SPECTRA_FILES,
-        write_comparison_report,
-        write_run_report,
-        write_spectra_report,
-    )
+    from spectune.report.pages.comparison import write_comparison_report
+    from spectune.report.pages.run import write_run_report
+    from spectune.report.pages.spectra import SPECTRA_FILES, write_spectra_report
 
     folder = Path(args.folder)
     if not folder.exists():

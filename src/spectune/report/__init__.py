@@ -1,1 +1,11 @@
-"""Reporting: plots (functions returning matplotlib Figures) and rendered results."""
+"""Show: the pages and figures of results, rendered from the files a run or a study wrote.
+
+- :mod:`~spectune.report.pages`: one self-contained ``report.html`` per results folder, one
+  module per page (``run``, ``comparison``, ``spectra``) on shared ``blocks``;
+- :mod:`~spectune.report.plots`: functions that take results and return matplotlib Figures,
+  one module per subject (``spectra``, ``runs``);
+- :mod:`~spectune.report.files`: the writers of result files and figures (atomically).
+
+Computation never plots or writes files: it hands its results to these. ``report`` imports
+only :mod:`spectune.results` and the packages below it.
+"""

@@ -821,8 +821,8 @@ def _write_search(out: Path, study: Any, params: Sequence[Param], objs: Sequence
     from optuna.trial import TrialState
 
     from spectune.report.files import save_figures
-    from spectune.report.html import write_comparison_report
-    from spectune.report.tune_plots import objective_scatter
+    from spectune.report.pages.comparison import write_comparison_report
+    from spectune.report.plots.runs import objective_scatter
     from spectune.results.metrics import RunMetrics
     from spectune.results.stats import pareto_set
     from spectune.study.sweep import RunOutcome, write_comparison

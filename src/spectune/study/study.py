@@ -793,7 +793,7 @@ def _run_study(out: Path, root: Path, folder: Any, raw: dict[str, Any], base: di
                earlier: float, resume: bool, progress: bool) -> StudyResult:  # fmt: skip
     """The study in its opened, locked folder (see :func:`study`)."""
     from spectune.report.files import save_figures
-    from spectune.report.html import write_comparison_report
+    from spectune.report.pages.comparison import write_comparison_report
     from spectune.study.sweep import RunOutcome, csv_text, write_comparison
     from spectune.tune.recipe import log_rows
 

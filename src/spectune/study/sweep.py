@@ -210,7 +210,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list[dict]],
                      meta: dict[str, Any]) -> None:  # fmt: skip
     """results.csv, results.md, comparison.json and the comparison plots (atomically)."""
-    from spectune.report import tune_plots as T
+    from spectune.report.plots import runs as T
     from spectune.report.files import save_figures
 
     rows = [o.row() for o in outcomes]
@@ -324,7 +324,7 @@ def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, fold
              *, kind: str, title: str, meta: dict[str, Any] | None, resume: bool,
              progress: bool, prelude: Any, execute: Any = None,
              held: Any = None) -> list[RunOutcome]:  # fmt: skip
-    from spectune.report.html import write_comparison_report
+    from spectune.report.pages.comparison import write_comparison_report
     from spectune.study.backends import failure
     from spectune.tune.recipe import log_rows, tune
 

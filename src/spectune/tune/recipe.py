@@ -1109,8 +1109,8 @@ def collect_metrics(run: Run) -> RunMetrics:
 def write_run_plots(plots: Path, metrics: RunMetrics, log: list[dict], details: Any,
                     extra: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
     """The run's figures as PNG files (each written atomically); ``extra`` are the method's."""
-    from spectune.report import plots as P
-    from spectune.report import tune_plots as T
+    from spectune.report.plots import spectra as P
+    from spectune.report.plots import runs as T
     from spectune.report.files import save_figures
 
     figures = {"loss_curve.png": T.loss_curve({metrics.run.name: log}),
@@ -1144,7 +1144,7 @@ def write_spectra_files(spectra: Path, details: Any, comparison: Any) -> list[Pa
 def report(run: Run, *, merge: bool = False) -> RunMetrics:
     """Phase 8: metrics.json, plots, the merged model (``merge``), report.html; the run is
     then marked complete."""
-    from spectune.report.html import write_run_report
+    from spectune.report.pages.run import write_run_report
 
     metrics = collect_metrics(run)
     run.folder.own("plots")

@@ -1,10 +1,12 @@
-"""Figures of spectral results: functions that take data and return matplotlib Figures.
+"""Figures of the spectra of weights: functions that take spectral results (a details table,
+a comparison's tables, eigenvalues and their fits) and return matplotlib Figures.
 
-Nothing here writes files; the CLI saves the figures (atomically).
+Nothing here writes files: :mod:`spectune.report.files` saves the figures (atomically).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from spectune.watch.powerlaw import PowerLawFit
+from spectune.watch.tpl import log_upper_gamma
 
 
 def _ok(details: pd.DataFrame, col: str = "alpha") -> pd.DataFrame:
@@ -40,8 +43,6 @@ def alpha_histogram(details: pd.DataFrame, title: str = "Layer alphas", bins: in
 
 
 def _depth(longname: str) -> int | None:
-    import re
-
     m = re.search(r"(?:layers|layer|h|blocks|block|blk)\.(\d+)\.", longname)
     return int(m.group(1)) if m else None
 
@@ -91,8 +92,14 @@ def esd_loglog(
         frac = len(tail) / len(ev)
         x = np.logspace(np.log10(fit.xmin), np.log10(ev.max()), 50)
         pdf = frac * (fit.alpha - 1) / fit.xmin * (x / fit.xmin) ** (-fit.alpha)
-        ax.loglog(x, pdf, "--", color="#c44e52", lw=2,
-                  label=f"power law alpha={fit.alpha:.2f}, D={fit.D:.3f}")  # fmt: skip
+        ax.loglog(
+            x,
+            pdf,
+            "--",
+            color="#c44e52",
+            lw=2,
+            label=f"power law alpha={fit.alpha:.2f}, D={fit.D:.3f}",
+        )
         ax.axvline(fit.xmin, color="#c44e52", lw=1, alpha=0.6)
     ax.set_xlabel("eigenvalue lambda of W^T W")
     ax.set_ylabel("density")
@@ -150,17 +157,37 @@ def scale_collapse(table: pd.DataFrame, title: str = "Norm change per layer (b -
     fig = Figure(figsize=(9, 4.2))
     ax = fig.subplots()
     x = np.arange(len(d))
-    ax.plot(x, d["d_log_spectral_norm"].astype(float), marker="o", ms=3, lw=0.8,
-            label="d log10 spectral norm^2")  # fmt: skip
-    ax.plot(x, d["d_log_norm"].astype(float), marker="s", ms=3, lw=0.8,
-            label="d log10 Frobenius norm^2")  # fmt: skip
+    ax.plot(
+        x,
+        d["d_log_spectral_norm"].astype(float),
+        marker="o",
+        ms=3,
+        lw=0.8,
+        label="d log10 spectral norm^2",
+    )
+    ax.plot(
+        x, d["d_log_norm"].astype(float), marker="s", ms=3, lw=0.8, label="d log10 Frobenius norm^2"
+    )
     bad = d.index[d["collapsed"].astype(bool)]
     if len(bad):
-        ax.scatter(bad, d.loc[bad, "d_log_spectral_norm"].astype(float), s=60, facecolors="none",
-                   edgecolors="#c44e52", lw=1.5, label="collapsed", zorder=3)  # fmt: skip
+        ax.scatter(
+            bad,
+            d.loc[bad, "d_log_spectral_norm"].astype(float),
+            s=60,
+            facecolors="none",
+            edgecolors="#c44e52",
+            lw=1.5,
+            label="collapsed",
+            zorder=3,
+        )
         for i in bad[:8]:
-            ax.annotate(str(d.loc[i, "longname"]), (i, float(d.loc[i, "d_log_spectral_norm"])),
-                        fontsize=6, rotation=30, color="#c44e52")  # fmt: skip
+            ax.annotate(
+                str(d.loc[i, "longname"]),
+                (i, float(d.loc[i, "d_log_spectral_norm"])),
+                fontsize=6,
+                rotation=30,
+                color="#c44e52",
+            )
     ax.axhline(0.0, color="gray", ls="--", lw=1)
     ax.set_xlabel("layer (order of the reference model)")
     ax.set_ylabel("change (log10 units)")
@@ -196,8 +223,9 @@ def correlation_flow_plot(
             (line,) = ax.plot(g["depth"], g[column], style, marker="o", ms=3, lw=0.8, label=label)
             ax.plot(g["depth"], g["trend"], ":", color=line.get_color(), lw=1)
             br = g[g["breaks_flow"]]
-            ax.scatter(br["depth"], br[column], s=60, facecolors="none", edgecolors="#c44e52",
-                       lw=1.5)  # fmt: skip
+            ax.scatter(
+                br["depth"], br[column], s=60, facecolors="none", edgecolors="#c44e52", lw=1.5
+            )
         ax.set_title(kind, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes[len(kinds) :]:
@@ -211,8 +239,11 @@ def correlation_flow_plot(
 
 def intruders_by_layer(details: pd.DataFrame, title: str = "Intruder dimensions") -> Figure:
     """Intruder dimensions per layer (needs ``num_intruders``: ``analyze(intruders=True)``)."""
-    d = details[pd.to_numeric(details.get("num_intruders"), errors="coerce").notna()] \
-        if "num_intruders" in details else details.iloc[:0]  # fmt: skip
+    d = (
+        details[pd.to_numeric(details.get("num_intruders"), errors="coerce").notna()]
+        if "num_intruders" in details
+        else details.iloc[:0]
+    )
     fig = Figure(figsize=(9, 3.8))
     ax = fig.subplots()
     n = d["num_intruders"].astype(float).to_numpy() if len(d) else np.zeros(0)
@@ -229,8 +260,6 @@ def esd_tpl(
 ) -> Figure:
     """Log-log ESD density with a truncated power-law fit
     (:class:`~spectune.watch.tpl.TruncatedPowerLawFit`) drawn over its tail."""
-    from spectune.watch.tpl import log_upper_gamma
-
     fig = esd_loglog(evals, None, title=title, bins=bins)
     ax = fig.axes[0]
     ev = np.asarray(evals, dtype=np.float64)
@@ -241,8 +270,14 @@ def esd_tpl(
         a = 1.0 - fit.alpha
         log_c = a * np.log(fit.Lambda) - log_upper_gamma(a, fit.Lambda * fit.xmin)
         pdf = frac * np.exp(log_c - fit.alpha * np.log(x) - fit.Lambda * x)
-        ax.loglog(x, pdf, "--", color="#dd8452", lw=2,
-                  label=f"TPL alpha={fit.alpha:.2f}, Lambda={fit.Lambda:.2g}")  # fmt: skip
+        ax.loglog(
+            x,
+            pdf,
+            "--",
+            color="#dd8452",
+            lw=2,
+            label=f"TPL alpha={fit.alpha:.2f}, Lambda={fit.Lambda:.2g}",
+        )
         ax.axvline(fit.xmin, color="#dd8452", lw=1, alpha=0.6)
         ax.legend(fontsize=8)
     return fig
