@@ -4,7 +4,10 @@
 - :mod:`~spectune.report.pages.comparison`: a sweep, study, search or demo folder
   (``results.csv``, ``runs/<name>/``);
 - :mod:`~spectune.report.pages.spectra`: a spectra folder (``spectune analyze --out``,
-  ``spectune compare --out``), and the watch sections the other pages embed;
+  ``spectune compare --out``);
+- :mod:`~spectune.report.pages.watch`: the watch sections of a spectra folder (fits,
+  overparameterized layers, intruder dimensions, scale collapse, correlation flow) that every
+  page embeds;
 - :mod:`~spectune.report.pages.blocks`: what they share (escaping, number formats, the reader
   of a folder's files, tables, figures, the page shell and its CSS, the safe writer).
 

@@ -416,7 +416,10 @@ def _page(title: str, body: str, problems: Sequence[str]) -> str:
     notice = ""
     if problems:
         items = "".join(f"<li>{_esc(p)}</li>" for p in problems)
-        notice = f'<div class="problems"><strong>Some files could not be used:</strong><ul>{items}</ul></div>'
+        notice = (
+            '<div class="problems"><strong>Some files could not be used:</strong>'
+            f"<ul>{items}</ul></div>"
+        )
     return (
         "<!doctype html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'

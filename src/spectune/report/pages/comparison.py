@@ -47,7 +47,7 @@ from spectune.report.pages.run import (
     _names,
     _notes,
 )
-from spectune.report.pages.spectra import WATCH_FIGURES, _watch_runs, _watch_sections
+from spectune.report.pages.watch import WATCH_FIGURES, _watch_runs, _watch_sections
 from spectune.results.metrics import RunMetrics
 
 COMPARISON_FILE = "results.csv"

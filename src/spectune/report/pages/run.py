@@ -43,7 +43,7 @@ from spectune.report.pages.blocks import (
     _tag,
     _write_report,
 )
-from spectune.report.pages.spectra import _count_rows, _extremes, _watch_sections
+from spectune.report.pages.watch import _count_rows, _extremes, _watch_sections
 from spectune.results.metrics import RunMetrics
 
 RUN_FILE = "metrics.json"
