@@ -23,7 +23,8 @@ from spectune.watch.analyze import OVERFIT_ADAPTER
 from spectune.watch.compare import compare_models
 from spectune.watch.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND
 
-from .test_html import check_self_contained, make_comparison, make_run, parse
+from .test_comparison import make_comparison
+from .test_run import check_self_contained, make_run, parse
 
 WATCH_TITLES = ["Fits: power law or truncated power law", "Overparameterized layers (alpha > 6)",
                 "Intruder dimensions", "Scale collapse", "Correlation flow"]  # fmt: skip
