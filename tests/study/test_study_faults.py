@@ -418,7 +418,7 @@ def test_search_resume_on_a_corrupt_optuna_db_is_one_line(tiny_model_dir, tmp_pa
 def test_report_with_a_malformed_by_category(tmp_path, capsys):
     """Case 11: a category that is not a mapping renders as dashes; by_category that is not a
     mapping is one line naming the file and the field."""
-    from tests.report.test_html import make_run, metrics
+    from tests.report.pages.test_run import make_run, metrics
 
     m = metrics()
     m["after"]["accuracy"]["by_category"] = {"qa": 5, "math": "junk", "code": [1, 2],

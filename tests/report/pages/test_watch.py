@@ -88,7 +88,7 @@ def table_row(page, header: str | list[str], label: str) -> list[str]:
 
 
 def rendered(text: str):
-    """The parsed page (test_html's parser), keeping the raw text for :func:`headings`."""
+    """The parsed page (test_run's parser), keeping the raw text for :func:`headings`."""
     page = parse(text)
     page.raw = text
     return page
