@@ -45,7 +45,6 @@ def save_figures(figures: dict[str, Any], folder: Path) -> list[Path]:
 
 def write_csv(frame: Any, path: Path) -> Path:
     """A DataFrame as CSV (no index), atomically; returns ``path``."""
-
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return Path(path)
