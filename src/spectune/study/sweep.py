@@ -210,8 +210,8 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list[dict]],
                      meta: dict[str, Any]) -> None:  # fmt: skip
     """results.csv, results.md, comparison.json and the comparison plots (atomically)."""
-    from spectune.report.plots import runs as T
     from spectune.report.files import save_figures
+    from spectune.report.plots import runs as T
 
     rows = [o.row() for o in outcomes]
     columns = csv_columns(rows)

@@ -1109,9 +1109,9 @@ def collect_metrics(run: Run) -> RunMetrics:
 def write_run_plots(plots: Path, metrics: RunMetrics, log: list[dict], details: Any,
                     extra: dict[str, Any] | None = None) -> list[Path]:  # fmt: skip
     """The run's figures as PNG files (each written atomically); ``extra`` are the method's."""
-    from spectune.report.plots import spectra as P
-    from spectune.report.plots import runs as T
     from spectune.report.files import save_figures
+    from spectune.report.plots import runs as T
+    from spectune.report.plots import spectra as P
 
     figures = {"loss_curve.png": T.loss_curve({metrics.run.name: log}),
                "learning_forgetting.png": T.learning_forgetting([metrics])}  # fmt: skip
