@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
 
@@ -27,8 +29,6 @@ def progress_bar(total: int | None, description: str, enabled: bool = True,
     Returns:
         A ``tqdm`` bar on stderr, removed from the terminal when it closes.
     """
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False,
                 dynamic_ncols=True)  # fmt: skip
 

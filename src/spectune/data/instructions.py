@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -550,8 +551,6 @@ def split_validation(records: Sequence[_Record], n: int, seed: int | str, *,
     Raises:
         SpectuneError: ``n`` leaves no training record (or is below 1).
     """
-    import random
-
     if n < 1 or n >= len(records):
         raise SpectuneError(
             f"{label} ({n}) must be at least 1 and below the {len(records)} training examples "

@@ -18,13 +18,13 @@ import hashlib
 import importlib.util
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
-from spectune.weights.sources import safetensors_problem
+from spectune.weights.sources import _torch_load, safetensors_problem
 
 if TYPE_CHECKING:
     import torch
@@ -99,10 +99,6 @@ def torch_file_problem(path: Path, *, trainer: bool = False) -> str | None:
     Returns:
         ``None`` when the file loads, otherwise one line saying what is wrong with it.
     """
-    from contextlib import nullcontext
-
-    from spectune.weights.sources import _torch_load
-
     allowed = nullcontext()
     if trainer:
         from transformers.trainer_pt_utils import safe_globals

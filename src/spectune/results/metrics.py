@@ -39,13 +39,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectune._io import write_json
 from spectune.errors import SpectuneError
 from spectune.judge.evaluate import AccuracyResult, LatencyResult, LossResult, PerplexityResult
+from spectune.results.stats import Interval, bootstrap_mean
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from spectune.results.stats import Interval
 
 SCHEMA_VERSION = 2
 METRICS = "metrics.json"
@@ -150,8 +150,6 @@ class Judging:
 
 
 def _interval(data: Any) -> Interval | None:
-    from spectune.results.stats import Interval
-
     return None if not isinstance(data, dict) else Interval(**_known(Interval, data))
 
 
@@ -179,7 +177,6 @@ class Learning:
                 correct_after: Sequence[bool] | None = None) -> Learning:  # fmt: skip
         """From the two judgings; ``correct_*``: the per-question results (for the
         intervals)."""
-        from spectune.results.stats import bootstrap_mean
 
         def interval(correct: Sequence[bool] | None) -> Interval | None:
             return bootstrap_mean([float(c) for c in correct]) if correct else None
@@ -488,8 +485,6 @@ class RunMetrics:
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``metrics.json`` into ``folder`` atomically; returns its path."""
-        from spectune._io import write_json
-
         path = Path(folder) / METRICS
         write_json(path, self.to_dict())
         return path

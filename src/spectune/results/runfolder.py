@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -223,8 +225,6 @@ class RunFolder:
         Raises:
             SpectuneError: the marker is unreadable, not JSON, or a field has the wrong type.
         """
-        import json
-
         marker = self.path / MARKER
         if not marker.is_file() and not marker.is_symlink():
             return None
@@ -251,8 +251,6 @@ class RunFolder:
 
     def _refuse_in_use(self) -> None:
         """Refuse a folder whose lock another open holds, creating nothing."""
-        import fcntl
-
         if self._lock_fd is not None or self._borrowed or not (self.path / LOCK).is_file():
             return
         if _LENT.get(os.path.realpath(self.path)) is False:  # a study lends it to this run
@@ -270,8 +268,6 @@ class RunFolder:
 
     def _lock(self) -> None:
         """Take the folder's lock or refuse, naming the process that holds it."""
-        import fcntl
-
         if self._lock_fd is not None or self._borrowed:
             return
         key = os.path.realpath(self.path)

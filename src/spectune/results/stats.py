@@ -278,6 +278,8 @@ class Correlation:
 
 
 def _spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
+    # lazy: scipy.stats takes ~0.7 s to import, and every reader of metrics.json imports
+    # this module (for the intervals); only a study's correlations need the ranks
     from scipy.stats import rankdata
 
     rx, ry = rankdata(x), rankdata(y)

@@ -49,8 +49,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.tune.methods import METHODS
+from spectune.tune.objectives import OBJECTIVES
 
 #: TrainingArguments defaults of a spectune run (a config's ``train`` section overrides them).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -84,8 +88,6 @@ RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_fro
 
 def _yaml_loader() -> type:
     """A SafeLoader that reads ``1e-4`` as a float (PyYAML's YAML 1.1 wants ``1.0e-4``)."""
-    import yaml
-
     class Loader(yaml.SafeLoader):
         pass
 
@@ -106,8 +108,6 @@ def _yaml_loader() -> type:
 
 def yaml_load(text: str, where: str) -> Any:
     """Parse YAML text (floats as in YAML 1.2); errors name ``where`` and the line."""
-    import yaml
-
     try:
         return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -119,8 +119,6 @@ def yaml_load(text: str, where: str) -> Any:
 
 def yaml_dump(data: Any) -> str:
     """YAML text of plain data, keys in the given order."""
-    import yaml
-
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
@@ -292,13 +290,6 @@ LEGACY_LORA_KEYS = ("r", "lora_alpha", "lora_dropout")
 LEGACY_SECTION = "lora"
 
 
-def _registries() -> tuple[Any, Any]:
-    from spectune.tune.methods import METHODS
-    from spectune.tune.objectives import OBJECTIVES
-
-    return METHODS, OBJECTIVES
-
-
 def _target_spec(value: Any, label: str) -> str | list[str] | None:
     """``'all-linear'``, a regular expression, or a non-empty list of names / suffixes."""
     if value is None and label == "exclude_modules":
@@ -399,12 +390,13 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise SpectuneError(f"model must be 'default' or a folder path, got {self.model!r}")
-        methods, objectives = _registries()
-        method, objective = methods.get(self.method), objectives.get(self.objective)
+        method, objective = METHODS.get(self.method), OBJECTIVES.get(self.objective)
         self.seed = check.integer("seed", self.seed, minimum=0)
         check.choice("model_dtype", self.model_dtype, ("auto", "float32", "bfloat16", "float16"))
         check.choice("attn_implementation", self.attn_implementation,
                      ("sdpa", "eager", "flash_attention_2"))  # fmt: skip
+        # lazy: models.hardware imports torch, and importing the config (as the study
+        # commands do) stays torch-free
         from spectune.models.hardware import check_attn_implementation
 
         check_attn_implementation(self.attn_implementation)
@@ -430,7 +422,7 @@ class TuneConfig:
         used = {**objective.sections, **method.sections}
         for name, value in self.sections.items():
             if name not in used and value not in (None, {}):
-                readers = methods.readers(name) + objectives.readers(name)
+                readers = METHODS.readers(name) + OBJECTIVES.readers(name)
                 who = (f"method(s)/objective(s) {', '.join(readers)}" if readers
                        else "no registered method or objective")  # fmt: skip
                 raise SpectuneError(
@@ -638,10 +630,9 @@ class TuneConfig:
         """The settings that change what this run trains (for naming and de-duplication): the
         sections of its method and objective only, the targets only where the method uses
         them."""
-        methods, _ = _registries()
         d = self.to_dict()
         d.pop("output_dir")
-        if not methods.get(self.method).uses_target_modules:
+        if not METHODS.get(self.method).uses_target_modules:
             d.pop("target_modules")
             d.pop("exclude_modules")
         return d
@@ -675,8 +666,7 @@ class TuneConfig:
                 f"{source}: a run config must be a mapping, got {type(data).__name__}"
             )
         check.choice("foreign_sections", foreign_sections, ("error", "drop"))
-        methods, objectives = _registries()
-        known_sections = {**methods.sections(), **objectives.sections()}
+        known_sections = {**METHODS.sections(), **OBJECTIVES.sections()}
         known = [*FIELDS, *LEGACY_LORA_KEYS, *known_sections]
         check.unknown_keys(source, data, known, "config")
         data = copy.deepcopy(data)
@@ -691,15 +681,15 @@ class TuneConfig:
             data[LEGACY_SECTION] = flat
         sections = {k: data.pop(k) for k in list(data) if k in known_sections}
         try:
-            method = methods.get(data.get("method", "lora"))
-            objective = objectives.get(data.get("objective", "sft"))
+            method = METHODS.get(data.get("method", "lora"))
+            objective = OBJECTIVES.get(data.get("objective", "sft"))
             used = {**objective.sections, **method.sections}
             if foreign_sections == "drop":
                 sections = {k: v for k, v in sections.items() if k in used}
             elif flat and LEGACY_SECTION not in used:
                 raise SpectuneError(
                     f"{', '.join(flat)}: LoRA settings (the {LEGACY_SECTION}: section, read by "
-                    f"{', '.join(methods.readers(LEGACY_SECTION))}), but method "
+                    f"{', '.join(METHODS.readers(LEGACY_SECTION))}), but method "
                     f"{method.name!r} does not read them; remove them"
                 )
             return cls(**data, sections=sections)
@@ -709,7 +699,6 @@ class TuneConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Dotted key -> help text, for the CLI and the docs (every registered section)."""
-        methods, objectives = _registries()
         out = {}
         for f in fields(cls):
             if f.name == "sections":
@@ -719,7 +708,7 @@ class TuneConfig:
                     out[f"{f.name}.{sub.name}"] = sub.metadata["help"]
             else:
                 out[f.name] = f.metadata["help"]
-        for name, sec in {**methods.sections(), **objectives.sections()}.items():
+        for name, sec in {**METHODS.sections(), **OBJECTIVES.sections()}.items():
             for sub in fields(sec):
                 out[f"{name}.{sub.name}"] = sub.metadata.get("help", "")
         return out
@@ -783,8 +772,6 @@ def _has_alias(text: str) -> bool:
     """Whether YAML ``text`` holds an anchor or an alias (refused in overrides: an alias bomb
     expands a few hundred characters into billions of nodes). Malformed YAML: False (parsing
     it says what is wrong)."""
-    import yaml
-
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):

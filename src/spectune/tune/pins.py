@@ -32,6 +32,7 @@ results folder (:func:`check_outside`): ``--overwrite`` would delete its input f
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -39,9 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune.errors import SpectuneError
+from spectune.models.loading import (
+    MANIFEST,
+    default_model_dir,
+    resolve_model_dir,
+    safetensors_problem,
+    torch_file_problem,
+)
+from spectune.tune.config import TuneConfig, load_config
 
 if TYPE_CHECKING:
-    from spectune.tune.config import TuneConfig
     from spectune.tune.objectives.base import Objective
 
 #: the file in a run folder that holds the pins
@@ -78,9 +86,6 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
     Raises:
         SpectuneError: ``what`` (the run folder) named with its missing base model.
     """
-    from spectune.models.loading import resolve_model_dir
-    from spectune.tune.config import load_config
-
     record = read(run_dir, quiet=True)
     pin = (record or {}).get("inputs", {}).get("model")
     if pin and pin.get("given") != "default":
@@ -101,8 +106,6 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
 def fingerprint(given: str, path: Path) -> dict[str, Any]:
     """The fingerprint of one input (see the module docstring)."""
     if given == "default":
-        from spectune.models.loading import MANIFEST
-
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return {"kind": "default", "cache": path.name,
                 "transformers": manifest.get("transformers_version"),
@@ -231,8 +234,6 @@ def read(out: Path, *, quiet: bool = False) -> dict[str, Any] | None:
 def pinned_config(config: TuneConfig, record: dict[str, Any] | None) -> TuneConfig:
     """A copy of ``config`` whose path settings are the absolute paths pinned in ``record``
     (the config itself, when there is no record). The embedded model stays ``default``."""
-    import copy
-
     config = copy.deepcopy(config)
     for key, pinned in (record or {}).get("inputs", {}).items():
         if pinned["given"] == "default" or config.get(key) != pinned["given"]:
@@ -266,8 +267,6 @@ def check_config(out: Path, record: dict[str, Any], config: TuneConfig) -> None:
     Raises:
         SpectuneError: the fields that differ, with both values.
     """
-    from spectune.tune.config import TuneConfig
-
     saved = TuneConfig.from_dict({**record["config"], "output_dir": config.output_dir},
                                  source=str(Path(out) / PINS), foreign_sections="drop").to_dict()  # fmt: skip
     now = config.to_dict()
@@ -291,8 +290,6 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
     Raises:
         SpectuneError: the input (setting, absolute path) and what changed.
     """
-    from spectune.models.loading import default_model_dir
-
     for key, pinned in record["inputs"].items():
         given, path = pinned["given"], Path(pinned["path"])
         where = f"{key} {path}" if given == str(path) else f"{key} {given} (pinned as {path})"
@@ -344,8 +341,6 @@ def check_checkpoint(checkpoint: Path) -> None:
     Raises:
         SpectuneError: the file, what is wrong, and what to do.
     """
-    from spectune.models.loading import safetensors_problem, torch_file_problem
-
     for path in sorted(checkpoint.rglob("*")):
         if not path.is_file():
             continue

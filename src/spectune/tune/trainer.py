@@ -34,10 +34,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from spectune._io import check_no_links, write_text
 from spectune.errors import SpectuneError
+from spectune.models.quant import has_4bit_weights, unpack_4bit_cpu_weights
+from spectune.tune.scale import distributed
 
 LOG_COLUMNS = ["step", "epoch", "loss", "learning_rate", "grad_norm", "elapsed_s"]
 #: columns of validation_log.csv
@@ -82,10 +86,6 @@ def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: 
     Returns:
         ``(loss, examples)``.
     """
-    import torch
-
-    from spectune.models.quant import unpack_4bit_cpu_weights
-
     was_training = model.training
     model.eval()
     loss_sum, n = 0.0, 0
@@ -140,8 +140,6 @@ class SpectuneTrainer(Trainer):
         batches; the loss is the same on every rank."""
         if self.validation is None:
             raise SpectuneError("evaluation needs a validation split: set data.n_validation")
-        from spectune.tune.scale import distributed
-
         start = time.perf_counter()
         world = distributed.world()
         # DDP: the processes share the batches and sum, so every rank gets the same loss (the
@@ -183,8 +181,6 @@ class SpectuneTrainer(Trainer):
     def _save_checkpoint(self, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's checkpoint, after refusing a symbolic link on its way inside the
         open run folder (the Trainer writes it without spectune's atomic writes)."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         check_no_links(Path(self.args.output_dir) / name)
         return super()._save_checkpoint(model, trial, *args, **kwargs)
@@ -358,8 +354,6 @@ class GradientCheck(TrainerCallback):
         if not any(bool(g.abs().sum() > 0) for g in present):
             what = (f"no gradient reached any of the {len(grads)} trainable tensors at the "
                     "first step")  # fmt: skip
-            from spectune.models.quant import has_4bit_weights
-
             if getattr(model, "is_loaded_in_4bit", False) or has_4bit_weights(model):
                 raise SpectuneError(
                     f"{what}; for a 4-bit model this happens after an eval-mode forward "

@@ -37,7 +37,7 @@ model_dir)``                       weights (LiPO: a batch's memory), before the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -136,9 +136,7 @@ class Objective:
         training with :meth:`compute_loss` on the model in eval mode. The default is
         :meth:`features` of those records; an objective whose features come from its state
         (made in :meth:`prepare`) overrides it."""
-        import dataclasses
-
-        return self.features(config, dataclasses.replace(data, train=list(data.validation)),
+        return self.features(config, replace(data, train=list(data.validation)),
                              tokenizer, ctx)  # fmt: skip
 
     def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
