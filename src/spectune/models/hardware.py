@@ -1,6 +1,10 @@
 """What this machine can compute: native bf16, bitsandbytes' CPU 4-bit packing, dtypes on the
-CPU, FlashAttention, paged optimizers, where models run. One small module below the methods and the config, so that both can ask
-without importing each other (tests patch these functions here)."""
+CPU, FlashAttention, paged optimizers, where models run.
+
+One small module below the methods and the config, so that both can ask without importing each
+other (tests patch these functions here). It imports torch at module level; the config imports
+it only when it checks ``attn_implementation``, so importing the config stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -112,8 +116,10 @@ def training_notes(train: dict[str, Any]) -> list[str]:
     optim = str(train.get("optim", ""))
     if not optim.startswith("paged_") or torch.cuda.is_available():
         return []
-    return [f"train.optim={optim}: paging needs CUDA; on this CPU bitsandbytes runs the same "
-            "optimizer unpaged (same update, its state in ordinary memory)"]  # fmt: skip
+    return [
+        f"train.optim={optim}: paging needs CUDA; on this CPU bitsandbytes runs the same "
+        "optimizer unpaged (same update, its state in ordinary memory)"
+    ]
 
 
 def check_attn_implementation(name: str) -> None:

@@ -38,6 +38,10 @@ validation loss (a checkpoint at every evaluation: ``save_steps`` follows ``eval
 arguments of transformers' ``EarlyStoppingCallback``) stop a run whose validation loss has
 not improved by more than the threshold for that many evaluations. What needs a split without
 one, or a best checkpoint that could not be restored, is an error when the config is built.
+
+The ``data:`` and ``eval:`` sections are :mod:`spectune.tune.sections`; YAML reading
+(:func:`yaml_load`, floats as in YAML 1.2), the overrides and :func:`changed_fields` (what a
+resumed sweep, study or search compares with the config it started with) are here.
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ import yaml
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
-from spectune.tune.methods import METHODS
-from spectune.tune.objectives import OBJECTIVES
+from spectune.tune.methods import METHODS, Method
+from spectune.tune.objectives import OBJECTIVES, Objective
 from spectune.tune.sections import DataConfig, EvalConfig
 
 #: TrainingArguments defaults of a spectune run (a config's ``train`` section overrides them).
@@ -89,6 +93,7 @@ RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_fro
 
 def _yaml_loader() -> type:
     """A SafeLoader that reads ``1e-4`` as a float (PyYAML's YAML 1.1 wants ``1.0e-4``)."""
+
     class Loader(yaml.SafeLoader):
         pass
 
@@ -126,8 +131,20 @@ def yaml_dump(data: Any) -> str:
 _SECTIONS = {"data": DataConfig, "eval": EvalConfig}
 
 #: the config's own top-level keys (everything else is a method's or objective's section)
-FIELDS = ("model", "model_dtype", "attn_implementation", "method", "objective", "seed",
-          "output_dir", "target_modules", "exclude_modules", "data", "eval", "train")  # fmt: skip
+FIELDS = (
+    "model",
+    "model_dtype",
+    "attn_implementation",
+    "method",
+    "objective",
+    "seed",
+    "output_dir",
+    "target_modules",
+    "exclude_modules",
+    "data",
+    "eval",
+    "train",
+)
 
 #: the old flat LoRA keys, read into the ``lora:`` section
 LEGACY_LORA_KEYS = ("r", "lora_alpha", "lora_dropout")
@@ -140,8 +157,10 @@ def _target_spec(value: Any, label: str) -> str | list[str] | None:
         return None
     if isinstance(value, str):
         if not value:
-            raise SpectuneError(f"{label} is empty; use 'all-linear', a list of module names "
-                                "or a regular expression")  # fmt: skip
+            raise SpectuneError(
+                f"{label} is empty; use 'all-linear', a list of module names "
+                "or a regular expression"
+            )
         if value.lower() == "all-linear":
             return "all-linear"
         try:
@@ -237,8 +256,9 @@ class TuneConfig:
         method, objective = METHODS.get(self.method), OBJECTIVES.get(self.objective)
         self.seed = check.integer("seed", self.seed, minimum=0)
         check.choice("model_dtype", self.model_dtype, ("auto", "float32", "bfloat16", "float16"))
-        check.choice("attn_implementation", self.attn_implementation,
-                     ("sdpa", "eager", "flash_attention_2"))  # fmt: skip
+        check.choice(
+            "attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2")
+        )
         # lazy: models.hardware imports torch, and importing the config (as the study
         # commands do) stays torch-free
         from spectune.models.hardware import check_attn_implementation
@@ -248,12 +268,17 @@ class TuneConfig:
             raise SpectuneError(f"output_dir must be a folder path, got {self.output_dir!r}")
         self.target_modules = _target_spec(self.target_modules, "target_modules")
         if self.exclude_modules is not None:
-            self.exclude_modules = _target_spec(list(self.exclude_modules)
-                                                if isinstance(self.exclude_modules, (list, tuple))
-                                                else self.exclude_modules, "exclude_modules")  # fmt: skip
+            self.exclude_modules = _target_spec(
+                list(self.exclude_modules)
+                if isinstance(self.exclude_modules, (list, tuple))
+                else self.exclude_modules,
+                "exclude_modules",
+            )
             if isinstance(self.exclude_modules, str):
-                raise SpectuneError("exclude_modules must be a list of module names or suffixes, "
-                                    f"got {self.exclude_modules!r}")  # fmt: skip
+                raise SpectuneError(
+                    "exclude_modules must be a list of module names or suffixes, "
+                    f"got {self.exclude_modules!r}"
+                )
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -261,14 +286,59 @@ class TuneConfig:
                 setattr(self, name, cls(**value))
             elif not isinstance(value, cls):
                 raise SpectuneError(f"{name} must be a mapping of settings, got {value!r}")
+        self._resolve_sections(method, objective)
+        if not isinstance(self.train, dict):
+            raise SpectuneError(f"train must be a mapping of TrainingArguments, got {self.train!r}")
+        reserved = sorted(set(self.train) & set(RESERVED_TRAIN_KEYS))
+        if reserved:
+            raise SpectuneError(
+                f"train.{reserved[0]} is set by spectune (output_dir and seed are top-level "
+                "keys, resuming is --resume); remove it from the train section"
+            )
+        args = self.training_arguments()
+        steps = check.integer("train.max_steps", args["max_steps"], minimum=-1)
+        if steps == 0:
+            raise SpectuneError(
+                "train.max_steps must be >= 1 (or -1 to train for train.num_train_epochs)"
+            )
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            check.integer(f"train.{key}", args[key], minimum=1)
+        lr = check.number("train.learning_rate", args["learning_rate"])
+        if lr <= 0:
+            raise SpectuneError(f"train.learning_rate must be > 0, got {lr!r}")
+        if not isinstance(args["keep_checkpoints"], bool):
+            raise SpectuneError(
+                f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
+            )
+        self._check_validation(args)
+        autocast = bool(args.get("bf16") or args.get("fp16"))
+        if (
+            self.attn_implementation == "flash_attention_2"
+            and self.model_dtype == "float32"
+            and not autocast
+        ):
+            raise SpectuneError(
+                "attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
+                "model_dtype=float32 runs the model in float32; set model_dtype=bfloat16 (or "
+                "auto) or train.bf16=true"
+            )
+        method.check(self)
+        objective.check(self)
+
+    def _resolve_sections(self, method: Method, objective: Objective) -> None:
+        """Build the method's and the objective's sections from their data; a section that
+        neither reads is an error naming who reads it."""
         if not isinstance(self.sections, dict):
             raise SpectuneError(f"sections must be a mapping, got {self.sections!r}")
         used = {**objective.sections, **method.sections}
         for name, value in self.sections.items():
             if name not in used and value not in (None, {}):
                 readers = METHODS.readers(name) + OBJECTIVES.readers(name)
-                who = (f"method(s)/objective(s) {', '.join(readers)}" if readers
-                       else "no registered method or objective")  # fmt: skip
+                who = (
+                    f"method(s)/objective(s) {', '.join(readers)}"
+                    if readers
+                    else "no registered method or objective"
+                )
                 raise SpectuneError(
                     f"the {name}: section is read by {who}, but this run's method is "
                     f"{self.method!r} and its objective {self.objective!r}; remove the section "
@@ -295,47 +365,14 @@ class TuneConfig:
                 raise SpectuneError(f"{name} must be a mapping of settings, got {value!r}")
             resolved[name] = value
         self.sections = resolved
-        if not isinstance(self.train, dict):
-            raise SpectuneError(f"train must be a mapping of TrainingArguments, got {self.train!r}")
-        reserved = sorted(set(self.train) & set(RESERVED_TRAIN_KEYS))
-        if reserved:
-            raise SpectuneError(
-                f"train.{reserved[0]} is set by spectune (output_dir and seed are top-level "
-                "keys, resuming is --resume); remove it from the train section"
-            )
-        args = self.training_arguments()
-        steps = check.integer("train.max_steps", args["max_steps"], minimum=-1)
-        if steps == 0:
-            raise SpectuneError(
-                "train.max_steps must be >= 1 (or -1 to train for train.num_train_epochs)"
-            )
-        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-            check.integer(f"train.{key}", args[key], minimum=1)
-        lr = check.number("train.learning_rate", args["learning_rate"])
-        if lr <= 0:
-            raise SpectuneError(f"train.learning_rate must be > 0, got {lr!r}")
-        if not isinstance(args["keep_checkpoints"], bool):
-            raise SpectuneError(
-                f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
-            )
-        self._check_validation(args)
-        autocast = bool(args.get("bf16") or args.get("fp16"))
-        if self.attn_implementation == "flash_attention_2" and self.model_dtype == "float32" \
-                and not autocast:  # fmt: skip
-            raise SpectuneError(
-                "attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
-                "model_dtype=float32 runs the model in float32; set model_dtype=bfloat16 (or "
-                "auto) or train.bf16=true"
-            )
-        method.check(self)
-        objective.check(self)
 
     def _check_validation(self, args: dict[str, Any]) -> None:
         """The validation settings (data.n_validation, train.eval_*, best checkpoint, early
         stopping) agree with each other (``args``: :meth:`training_arguments`)."""
         n_val = self.data.n_validation
-        strategy = check.choice("train.eval_strategy", args.get("eval_strategy", "no"),
-                                ("no", "steps", "epoch"))  # fmt: skip
+        strategy = check.choice(
+            "train.eval_strategy", args.get("eval_strategy", "no"), ("no", "steps", "epoch")
+        )
         if strategy != "no" and not n_val:
             raise SpectuneError(
                 f"train.eval_strategy: {strategy} evaluates a validation split, and there is "
@@ -349,15 +386,18 @@ class TuneConfig:
         if strategy == "steps":
             check.integer("train.eval_steps", args["eval_steps"], minimum=1)
         if "per_device_eval_batch_size" in args:
-            check.integer("train.per_device_eval_batch_size", args["per_device_eval_batch_size"],
-                          minimum=1)  # fmt: skip
+            check.integer(
+                "train.per_device_eval_batch_size", args["per_device_eval_batch_size"], minimum=1
+            )
         best = args.get("load_best_model_at_end", False)
         if not isinstance(best, bool):
             raise SpectuneError(f"train.load_best_model_at_end must be true or false, got {best!r}")
         patience = args.get("early_stopping_patience")
         threshold = args.get("early_stopping_threshold")
-        for key, on in (("load_best_model_at_end", best),
-                        ("early_stopping_patience", patience is not None)):  # fmt: skip
+        for key, on in (
+            ("load_best_model_at_end", best),
+            ("early_stopping_patience", patience is not None),
+        ):
             if on and not n_val:
                 raise SpectuneError(
                     f"train.{key} needs a validation split to watch: set data.n_validation "
@@ -367,8 +407,10 @@ class TuneConfig:
             check.integer("train.early_stopping_patience", patience, minimum=1)
         if threshold is not None:
             if patience is None:
-                raise SpectuneError("train.early_stopping_threshold is read only with "
-                                    "train.early_stopping_patience; set both or neither")  # fmt: skip
+                raise SpectuneError(
+                    "train.early_stopping_threshold is read only with "
+                    "train.early_stopping_patience; set both or neither"
+                )
             check.number("train.early_stopping_threshold", threshold, nonnegative=True)
         metric = args.get("metric_for_best_model")
         if metric not in (None, "loss", "eval_loss"):
@@ -377,10 +419,12 @@ class TuneConfig:
                 f"loss only; use 'loss' (or leave it out), got {metric!r}"
             )
         if args.get("greater_is_better"):
-            raise SpectuneError("train.greater_is_better: a lower validation loss is better; "
-                                "remove the key")  # fmt: skip
-        save = check.choice("train.save_strategy", args.get("save_strategy", "steps"),
-                            ("steps", "epoch"))  # fmt: skip
+            raise SpectuneError(
+                "train.greater_is_better: a lower validation loss is better; remove the key"
+            )
+        save = check.choice(
+            "train.save_strategy", args.get("save_strategy", "steps"), ("steps", "epoch")
+        )
         if best and save != strategy:
             raise SpectuneError(
                 f"train.load_best_model_at_end restores a checkpoint of an evaluated step: "
@@ -488,8 +532,9 @@ class TuneConfig:
         return TuneConfig.from_dict(data, source="config")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config",
-                  foreign_sections: str = "error") -> TuneConfig:  # fmt: skip
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str = "config", foreign_sections: str = "error"
+    ) -> TuneConfig:
         """Build from plain data (as read from YAML); unknown keys are errors.
 
         Args:
@@ -666,8 +711,9 @@ def load_config(
     """
     data = read_config_data(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    return TuneConfig.from_dict(data, source=str(path) if path else "config",
-                                foreign_sections=foreign_sections)  # fmt: skip
+    return TuneConfig.from_dict(
+        data, source=str(path) if path else "config", foreign_sections=foreign_sections
+    )
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -167,8 +167,9 @@ class EvalConfig:
             )
         check.choice("eval.spectra_precision", self.spectra_precision, ("float32", "float64"))
         if self.spectra_every_steps is not None:
-            self.spectra_every_steps = check.integer("eval.spectra_every_steps",
-                                                     self.spectra_every_steps, minimum=1)  # fmt: skip
+            self.spectra_every_steps = check.integer(
+                "eval.spectra_every_steps", self.spectra_every_steps, minimum=1
+            )
 
 
 __all__ = ["DataConfig", "EvalConfig"]

@@ -60,8 +60,11 @@ def load_instruction_data(config: TuneConfig) -> RunData:
         train = [ex for i, ex in enumerate(train) if i not in held]
         split = f"{n_hold} of the file's examples (eval_fraction {d.eval_fraction}, seeded)"
     heldout = heldout[: d.n_eval]
-    return RunData(train, heldout, {"source": d.train, "heldout": split,
-                                    "n_train": len(train), "n_eval": len(heldout)})  # fmt: skip
+    return RunData(
+        train,
+        heldout,
+        {"source": d.train, "heldout": split, "n_train": len(train), "n_eval": len(heldout)},
+    )
 
 
 class SFT(Objective):
@@ -70,20 +73,30 @@ class SFT(Objective):
     def load_data(self, config: TuneConfig) -> RunData:
         return load_instruction_data(config)
 
-    def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
-                 ctx: Any = None) -> TrainData:  # fmt: skip
-        features, stats = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length,
-                                            system=config.data.system)  # fmt: skip
+    def features(
+        self, config: TuneConfig, data: RunData, tokenizer: Any, ctx: Any = None
+    ) -> TrainData:
+        features, stats = tokenize_examples(
+            data.train, tokenizer, max_length=config.data.max_length, system=config.data.system
+        )
         return TrainData(features, InstructionCollator(pad_token_id(tokenizer)), stats.to_dict())
 
-    def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
-                     return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
+    def compute_loss(
+        self,
+        trainer: Any,
+        model: Any,
+        inputs: dict[str, Any],
+        *,
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         """Mean token NLL of the labelled positions, as the model's own loss, with the head
         applied only where a label is (same loss and gradients, tested)."""
         parts = decoder_and_head(model)
         if parts is None or return_outputs:
-            return trainer.model_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)  # fmt: skip
+            return trainer.model_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         nll, n = as_forward(model, lambda _: labelled_nll(parts, ids, mask, labels))
         return token_mean(trainer, nll, n, num_items_in_batch)
