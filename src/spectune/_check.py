@@ -22,8 +22,10 @@ def number(label: str, value: Any, *, nonnegative: bool = False) -> float:
     try:
         value = float(value)
     except OverflowError:  # an integer of hundreds of digits
-        raise SpectuneError(f"{label} must be finite, got an integer of {len(str(value))} "
-                            "digits, beyond a float (1.8e308)") from None  # fmt: skip
+        raise SpectuneError(
+            f"{label} must be finite, got an integer of {len(str(value))} "
+            "digits, beyond a float (1.8e308)"
+        ) from None
     if not math.isfinite(value):
         raise SpectuneError(f"{label} must be finite, got {value!r}")
     if nonnegative and value < 0:

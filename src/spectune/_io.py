@@ -10,6 +10,7 @@ link planted in a run folder cannot make spectune write outside it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -150,8 +151,6 @@ def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> No
 
 def _json_safe(obj: Any) -> Any:
     """Turn numpy scalars/arrays, paths and non-finite floats into plain JSON values."""
-    import math
-
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

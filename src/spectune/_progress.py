@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
 
-def progress_bar(total: int | None, description: str, enabled: bool = True,
-                 unit: str = "it") -> Any:  # fmt: skip
+def progress_bar(
+    total: int | None, description: str, enabled: bool = True, unit: str = "it"
+) -> Any:
     """A bar to advance by hand (``bar.update(n)``); also a context manager.
 
     Args:
@@ -27,14 +30,19 @@ def progress_bar(total: int | None, description: str, enabled: bool = True,
     Returns:
         A ``tqdm`` bar on stderr, removed from the terminal when it closes.
     """
-    from tqdm.auto import tqdm
+    return tqdm(
+        total=total,
+        desc=description,
+        unit=unit,
+        disable=not enabled,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
-    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False,
-                dynamic_ncols=True)  # fmt: skip
 
-
-def track(items: Iterable[T], total: int | None, description: str, enabled: bool = True,
-          unit: str = "it") -> Iterator[T]:  # fmt: skip
+def track(
+    items: Iterable[T], total: int | None, description: str, enabled: bool = True, unit: str = "it"
+) -> Iterator[T]:
     """Iterate ``items`` with a bar showing count, elapsed time and ETA (to stderr)."""
     if not enabled:
         yield from items

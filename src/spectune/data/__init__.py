@@ -1,10 +1,13 @@
-"""Data: what a run trains and is judged on.
+"""Data: what a run trains and is judged on, as :class:`~.instructions.InstructionExample` records.
 
 - :mod:`.instructions`: Dolly JSONL / Alpaca JSON loading, chat-template prompts,
-  tokenization with labels on response tokens only, truncation statistics, the padding
-  collator, the validation split.
+  tokenization with labels on the response tokens only, truncation statistics, the padding
+  collator, the seeded validation split.
 - :mod:`.tasks`: the bundled task set spectune writes itself (short instructions with exact
-  answers, deterministic from a seed) and the answer checker.
+  answers, deterministic from a seed) and the answer checker judging uses.
 - :mod:`.augment`: new training examples sampled from a model (self-instruct style), kept
-  only when their answers check.
+  only when their answers check (``spectune augment``).
+
+The objectives (:mod:`spectune.tune.objectives`) turn these records into Trainer features;
+ranked lists (LiPO) and teacher data (distillation) live with their objective.
 """

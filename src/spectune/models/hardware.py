@@ -1,10 +1,18 @@
 """What this machine can compute: native bf16, bitsandbytes' CPU 4-bit packing, dtypes on the
-CPU, FlashAttention, paged optimizers, where models run. One small module below the methods and the config, so that both can ask
-without importing each other (tests patch these functions here)."""
+CPU, FlashAttention, paged optimizers, where models run.
+
+One small module below the methods and the config, so that both can ask without importing each
+other (tests patch these functions here). It imports torch at module level; the config imports
+it only when it checks ``attn_implementation``, so importing the config stays torch-free.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
+
+import torch
 
 from spectune.errors import SpectuneError
 
@@ -26,10 +34,6 @@ def _kernels_held_below_avx512() -> bool:
     (``ATEN_CPU_CAPABILITY=avx2``, or ``ONEDNN_MAX_CPU_ISA`` below AVX512-BF16: what
     ``make test-numerics`` sets). bf16 matmuls are emulated then: a SmolLM2-sized one took
     4.7x as long as in float32 (48x its AVX-512 time), so the hardware's bf16 does not count."""
-    import os
-
-    import torch
-
     if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
         return True
     return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_BELOW_BF16
@@ -39,16 +43,12 @@ def native_bf16() -> bool:
     """Whether bf16 matmuls run natively here: a CUDA GPU with bf16, or a CPU with
     AVX512-BF16 (bitsandbytes' own test) whose AVX-512 kernels torch uses. Elsewhere torch
     emulates them, far slower."""
-    import torch
-
     if torch.cuda.is_available():  # emulated bf16 (GPUs before Ampere) does not count
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     return _has_avx512bf16() and not _kernels_held_below_avx512()
 
 
 def _has_amx_bf16() -> bool:
-    import torch
-
     try:
         return bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - older torch: read the flags
@@ -64,8 +64,6 @@ def fast_bf16() -> bool:
     CPU with AMX tiles (oneDNN's AMX bf16 GEMM). A CPU with AVX512-BF16 alone computes bf16
     natively but at about half float32's GEMM rate (``bench/dtype_step.py``: a LoRA step 1.51x
     as long), so it does not count; nor does emulated bf16."""
-    import torch
-
     if torch.cuda.is_available():
         return native_bf16()
     return _has_avx512bf16() and _has_amx_bf16() and not _kernels_held_below_avx512()
@@ -74,15 +72,11 @@ def fast_bf16() -> bool:
 def cpu_packs_4bit() -> bool:
     """Whether bitsandbytes repacks 4-bit weights for CPU inference on this machine (CPU
     training, and a CPU with AVX512-BF16: bitsandbytes' own test)."""
-    import torch
-
     return not torch.cuda.is_available() and _has_avx512bf16()
 
 
 def cpu_runs(dtype: Any) -> bool:
     """Whether this torch runs a matmul, its backward and SDPA in ``dtype`` on the CPU."""
-    import torch
-
     try:
         a = torch.ones(4, 8, dtype=dtype, requires_grad=True)
         (a @ torch.ones(8, 4, dtype=dtype)).sum().backward()
@@ -96,8 +90,6 @@ def cpu_runs(dtype: Any) -> bool:
 def compute_device() -> str:
     """Where training runs, and so where judging runs too: ``"cuda"`` (the Trainer's default
     GPU) where there is one, else ``"cpu"``."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -121,13 +113,13 @@ def training_notes(train: dict[str, Any]) -> list[str]:
     the state in ordinary tensors and runs the same optimizer unpaged (same update, same 32-
     or 8-bit state); the note says so.
     """
-    import torch
-
     optim = str(train.get("optim", ""))
     if not optim.startswith("paged_") or torch.cuda.is_available():
         return []
-    return [f"train.optim={optim}: paging needs CUDA; on this CPU bitsandbytes runs the same "
-            "optimizer unpaged (same update, its state in ordinary memory)"]  # fmt: skip
+    return [
+        f"train.optim={optim}: paging needs CUDA; on this CPU bitsandbytes runs the same "
+        "optimizer unpaged (same update, its state in ordinary memory)"
+    ]
 
 
 def check_attn_implementation(name: str) -> None:
@@ -136,8 +128,6 @@ def check_attn_implementation(name: str) -> None:
     Raises:
         SpectuneError: naming the setting and what to use instead.
     """
-    import importlib.util
-
     if name != "flash_attention_2":
         return
     if importlib.util.find_spec("flash_attn") is None:

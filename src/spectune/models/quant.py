@@ -15,10 +15,7 @@ Warning (QLoRA / QDoRA on CPU):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 
 def _4bit_layers(model: Any) -> list[Any]:

@@ -13,11 +13,6 @@ from typing import TYPE_CHECKING, Any
 from spectune.errors import SpectuneError
 
 if TYPE_CHECKING:
-    pass
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 

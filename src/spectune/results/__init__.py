@@ -1,8 +1,13 @@
 """Results: what a run leaves behind, typed, and the rules of the folders it is written to.
 
 - :mod:`.metrics`: :class:`~spectune.results.metrics.RunMetrics`, the one reader and writer of
-  ``metrics.json``, and the comparison table's rows.
-- :mod:`.runfolder`: the results-folder rules: refuse a folder spectune did not write,
-  resume, overwrite, the marker file, locks held by a running job.
-- :mod:`.stats`: bootstrap and t intervals, paired differences, the statistics of studies.
+  ``metrics.json`` (judgings before and after, learning, forgetting, cost, spectra), and the
+  comparison table's rows.
+- :mod:`.runfolder`: the results-folder rules every run, sweep, study and search follows:
+  the ``run.json`` marker and its status, refusing a folder spectune did not write, resume,
+  ``--overwrite`` (only what the run wrote), the lock held by a running job.
+- :mod:`.stats`: bootstrap intervals over questions and seeds, paired differences,
+  correlations, effects and Pareto fronts (numpy; no torch).
+
+None of these modules imports torch: reading a run's results needs only its files.
 """

@@ -39,13 +39,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectune._io import write_json
 from spectune.errors import SpectuneError
 from spectune.judge.evaluate import AccuracyResult, LatencyResult, LossResult, PerplexityResult
+from spectune.results.stats import Interval, bootstrap_mean
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from spectune.results.stats import Interval
 
 SCHEMA_VERSION = 2
 METRICS = "metrics.json"
@@ -69,8 +69,9 @@ def _check_shapes(obj: Any, where: str) -> None:
         if kind in _NUMBERS and not (
             value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
         ):
-            raise ValueError(f"{where}.{f.name} must be a number, got {type(value).__name__} "
-                             f"{str(value)[:40]!r}")  # fmt: skip
+            raise ValueError(
+                f"{where}.{f.name} must be a number, got {type(value).__name__} {str(value)[:40]!r}"
+            )
         if hasattr(value, "__dataclass_fields__"):
             _check_shapes(value, f"{where}.{f.name}")
 
@@ -130,12 +131,13 @@ class Judging:
             accuracy=AccuracyResult(**_known(AccuracyResult, acc)),
             heldout_loss=LossResult(**_known(LossResult, data["heldout_loss"])),
             perplexity=PerplexityResult(**_known(PerplexityResult, data["perplexity"])),
-            latency=None if not data.get("latency") else LatencyResult(
-                **_known(LatencyResult, data["latency"])),
+            latency=None
+            if not data.get("latency")
+            else LatencyResult(**_known(LatencyResult, data["latency"])),
             seconds=data.get("seconds", {}),
             model=data.get("model"),
             extras=data.get("extras", {}),
-        )  # fmt: skip
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,8 +152,6 @@ class Judging:
 
 
 def _interval(data: Any) -> Interval | None:
-    from spectune.results.stats import Interval
-
     return None if not isinstance(data, dict) else Interval(**_known(Interval, data))
 
 
@@ -174,12 +174,16 @@ class Learning:
     accuracy_after_interval: Interval | None = None
 
     @classmethod
-    def compare(cls, before: Judging | None, after: Judging, *,
-                correct_before: Sequence[bool] | None = None,
-                correct_after: Sequence[bool] | None = None) -> Learning:  # fmt: skip
+    def compare(
+        cls,
+        before: Judging | None,
+        after: Judging,
+        *,
+        correct_before: Sequence[bool] | None = None,
+        correct_after: Sequence[bool] | None = None,
+    ) -> Learning:
         """From the two judgings; ``correct_*``: the per-question results (for the
         intervals)."""
-        from spectune.results.stats import bootstrap_mean
 
         def interval(correct: Sequence[bool] | None) -> Interval | None:
             return bootstrap_mean([float(c) for c in correct]) if correct else None
@@ -362,7 +366,7 @@ class SpectraSummary:
         data = {
             k: None if isinstance(v, float) and not math.isfinite(v) else v
             for k, v in _known(cls, summary).items()
-        }  # fmt: skip  (JSON has no NaN)
+        }  # JSON has no NaN
         data.setdefault("status_counts", {})
         data.setdefault("warning_counts", {})
         return cls(**data)
@@ -488,8 +492,6 @@ class RunMetrics:
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``metrics.json`` into ``folder`` atomically; returns its path."""
-        from spectune._io import write_json
-
         path = Path(folder) / METRICS
         write_json(path, self.to_dict())
         return path
@@ -537,9 +539,11 @@ def _upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:
     """A version-1 ``metrics.json`` (spectune 0.1.0's first layout) in the version-2 layout."""
     out = dict(d)
     run = dict(d["run"])
-    run["versions"] = {k: run.pop(k) for k in list(run)
-                       if k in ("python", "spectune", "torch", "transformers", "peft",
-                                "bitsandbytes")}  # fmt: skip
+    run["versions"] = {
+        k: run.pop(k)
+        for k in list(run)
+        if k in ("python", "spectune", "torch", "transformers", "peft", "bitsandbytes")
+    }
     run.setdefault("objective", "sft")
     out["run"] = run
     out["method_extras"] = dict(d.get("frog") or {})

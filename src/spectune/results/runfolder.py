@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -102,25 +104,35 @@ def _now() -> str:
 
 def _temporary(rel: str) -> bool:
     """A half-written leftover of ours: an atomic write's temporary or a Trainer tmp dir."""
-    return any(part.startswith(".") and part.endswith(_TEMPORARY) or part.startswith("tmp-checkpoint-")
-               for part in rel.split("/"))  # fmt: skip
+    return any(
+        part.startswith(".") and part.endswith(_TEMPORARY) or part.startswith("tmp-checkpoint-")
+        for part in rel.split("/")
+    )
 
 
 def _plain_name(name: Any) -> bool:
     """A file or folder name directly in the run folder (no path, no '..')."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\0" not in name)  # fmt: skip
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\0" not in name
+    )
 
 
 def _relative(path: Any) -> bool:
     """A relative path below a folder (no empty, '.' or '..' part, not absolute)."""
-    return (isinstance(path, str) and "\0" not in path
-            and all(part not in ("", ".", "..") for part in path.split("/")))  # fmt: skip
+    return (
+        isinstance(path, str)
+        and "\0" not in path
+        and all(part not in ("", ".", "..") for part in path.split("/"))
+    )
 
 
 def _is_text_list(value: Any, ok: Any = None) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) and (ok is None or ok(v))
-                                           for v in value)  # fmt: skip
+    return isinstance(value, list) and all(
+        isinstance(v, str) and (ok is None or ok(v)) for v in value
+    )
 
 
 def _field_ok(field: str, value: Any) -> bool:
@@ -165,8 +177,10 @@ def validate_marker(data: Any, where: Path | str) -> dict[str, Any]:
         SpectuneError: not a marker, a required field missing, or a field of the wrong type
             (one line naming run.json and the field).
     """
-    fix = ("spectune acts on no damaged run.json: restore it, or move the folder's files out "
-           "yourself and pick another --out")  # fmt: skip
+    fix = (
+        "spectune acts on no damaged run.json: restore it, or move the folder's files out "
+        "yourself and pick another --out"
+    )
     if not isinstance(data, dict) or "spectune_run" not in data:
         raise SpectuneError(f"{where} is not a spectune run marker; pick another --out")
     for field in ("spectune_run", "status", "files"):
@@ -174,8 +188,9 @@ def validate_marker(data: Any, where: Path | str) -> dict[str, Any]:
             raise SpectuneError(f"{where}: field {field!r} is missing; {fix}")
     for field, value in data.items():
         if field in MARKER_SCHEMA and not _field_ok(field, value):
-            raise SpectuneError(f"{where}: field {field!r} is {_show(value)}, not "
-                                f"{MARKER_SCHEMA[field]}; {fix}")  # fmt: skip
+            raise SpectuneError(
+                f"{where}: field {field!r} is {_show(value)}, not {MARKER_SCHEMA[field]}; {fix}"
+            )
     return data
 
 
@@ -184,8 +199,11 @@ def _links_under(folder: Path) -> list[str]:
     out = []
     for root, dirs, files in os.walk(folder):
         base = Path(root)
-        out += [(base / n).relative_to(folder).as_posix() for n in [*dirs, *files]
-                if (base / n).is_symlink()]  # fmt: skip
+        out += [
+            (base / n).relative_to(folder).as_posix()
+            for n in [*dirs, *files]
+            if (base / n).is_symlink()
+        ]
     return sorted(out)
 
 
@@ -223,8 +241,6 @@ class RunFolder:
         Raises:
             SpectuneError: the marker is unreadable, not JSON, or a field has the wrong type.
         """
-        import json
-
         marker = self.path / MARKER
         if not marker.is_file() and not marker.is_symlink():
             return None
@@ -251,8 +267,6 @@ class RunFolder:
 
     def _refuse_in_use(self) -> None:
         """Refuse a folder whose lock another open holds, creating nothing."""
-        import fcntl
-
         if self._lock_fd is not None or self._borrowed or not (self.path / LOCK).is_file():
             return
         if _LENT.get(os.path.realpath(self.path)) is False:  # a study lends it to this run
@@ -270,8 +284,6 @@ class RunFolder:
 
     def _lock(self) -> None:
         """Take the folder's lock or refuse, naming the process that holds it."""
-        import fcntl
-
         if self._lock_fd is not None or self._borrowed:
             return
         key = os.path.realpath(self.path)
@@ -406,8 +418,11 @@ class RunFolder:
             )
 
     def _refuse_foreign(self) -> None:
-        others = (sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
-                  if self.path.is_dir() else [])  # fmt: skip
+        others = (
+            sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
+            if self.path.is_dir()
+            else []
+        )
         if others:
             raise SpectuneError(
                 f"output folder {self.path} is not empty and holds no spectune run "
@@ -437,8 +452,14 @@ class RunFolder:
 
     def _start(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.state = {"spectune_run": 1, "kind": self.kind, "status": "running",
-                      "started": _now(), "files": [MARKER], "tree": {}}  # fmt: skip
+        self.state = {
+            "spectune_run": 1,
+            "kind": self.kind,
+            "status": "running",
+            "started": _now(),
+            "files": [MARKER],
+            "tree": {},
+        }
         self._save_marker()
         return self
 
@@ -455,8 +476,11 @@ class RunFolder:
             target = self.path / name
             if target.is_dir() and not target.is_symlink():
                 ours = set(tree.get(name) or [])
-                foreign += [f"{name}/{rel}" for rel in _files_under(target)
-                            if rel not in ours and not _temporary(rel)]  # fmt: skip
+                foreign += [
+                    f"{name}/{rel}"
+                    for rel in _files_under(target)
+                    if rel not in ours and not _temporary(rel)
+                ]
         if foreign:
             raise SpectuneError(
                 f"--overwrite: {self.path} holds files the run did not write "
@@ -501,8 +525,11 @@ class RunFolder:
         """Refuse a symbolic link at or under a name the run wrote."""
         for name in self._owned_names(self.state):
             target = self.path / name
-            links = [name] if target.is_symlink() else (
-                [f"{name}/{rel}" for rel in _links_under(target)] if target.is_dir() else [])  # fmt: skip
+            links = (
+                [name]
+                if target.is_symlink()
+                else ([f"{name}/{rel}" for rel in _links_under(target)] if target.is_dir() else [])
+            )
             if links:
                 raise SpectuneError(
                     f"{self.path / links[0]} is a symbolic link inside the results folder "
@@ -637,12 +664,23 @@ def fail_on_exit(folder: RunFolder) -> Iterator[None]:
         yield
     except BaseException as exc:
         if folder.state.get("status") == "running":
-            why = (f"interrupted ({type(exc).__name__})"
-                   if isinstance(exc, (KeyboardInterrupt, SystemExit))
-                   else f"{type(exc).__name__}: {exc}")  # fmt: skip
+            why = (
+                f"interrupted ({type(exc).__name__})"
+                if isinstance(exc, (KeyboardInterrupt, SystemExit))
+                else f"{type(exc).__name__}: {exc}"
+            )
             folder.fail(why)
         raise
 
 
-__all__ = ["CONFIG", "LOCK", "MARKER", "MARKER_SCHEMA", "STATUSES", "HeldFolders", "RunFolder",
-           "fail_on_exit", "validate_marker"]  # fmt: skip
+__all__ = [
+    "CONFIG",
+    "LOCK",
+    "MARKER",
+    "MARKER_SCHEMA",
+    "STATUSES",
+    "HeldFolders",
+    "RunFolder",
+    "fail_on_exit",
+    "validate_marker",
+]

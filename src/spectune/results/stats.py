@@ -1,4 +1,5 @@
-"""Statistics of studies: intervals, paired differences, correlations, effects, Pareto fronts.
+"""Statistics of runs and studies: intervals, paired differences, correlations, effects, Pareto
+fronts.
 
 Pure numpy (and scipy's ranking); no torch. Every random draw is seeded and every result says
 how it was computed, so a report can state its uncertainty:
@@ -67,8 +68,10 @@ class Interval:
     def text(self, scale: float = 1.0, digits: int = 1) -> str:
         """``"12.5 [8.0, 17.2]"`` (values times ``scale``, e.g. 100 for points)."""
         f = f"{{:.{digits}f}}"
-        return (f"{f.format(self.estimate * scale)} "
-                f"[{f.format(self.low * scale)}, {f.format(self.high * scale)}]")  # fmt: skip
+        return (
+            f"{f.format(self.estimate * scale)} "
+            f"[{f.format(self.low * scale)}, {f.format(self.high * scale)}]"
+        )
 
 
 def _as_array(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -114,18 +117,21 @@ def bootstrap_mean(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(n_boot, a.size))  # (n_boot, n)
     low, high = _percentiles(a[idx].mean(axis=1), level)
-    return Interval(float(a.mean()), low, high, level, int(a.size), 1,
-                    f"bootstrap over {a.size} questions")  # fmt: skip
+    return Interval(
+        float(a.mean()), low, high, level, int(a.size), 1, f"bootstrap over {a.size} questions"
+    )
 
 
-def _resample_groups(groups: list[np.ndarray], rng: np.random.Generator, n_boot: int,
-                     resample_groups: bool) -> np.ndarray:  # fmt: skip
+def _resample_groups(
+    groups: list[np.ndarray], rng: np.random.Generator, n_boot: int, resample_groups: bool
+) -> np.ndarray:
     """Means of ``n_boot`` two-level resamples (groups, then members); shape (n_boot,)."""
     k = len(groups)
     out = np.empty(n_boot)
     # per group: n_boot resampled means of its members, shape (k, n_boot)
-    member_means = np.stack([g[rng.integers(0, g.size, size=(n_boot, g.size))].mean(axis=1)
-                             for g in groups])  # fmt: skip
+    member_means = np.stack(
+        [g[rng.integers(0, g.size, size=(n_boot, g.size))].mean(axis=1) for g in groups]
+    )
     if not resample_groups or k == 1:
         return member_means.mean(axis=0)
     pick = rng.integers(0, k, size=(n_boot, k))  # (n_boot, k) groups drawn
@@ -158,8 +164,15 @@ def bootstrap_runs(
     rng = np.random.default_rng(seed)
     low, high = _percentiles(_resample_groups(groups, rng, n_boot, True), level)
     n = sum(g.size for g in groups)
-    return Interval(float(np.mean([g.mean() for g in groups])), low, high, level, n,
-                    len(groups), f"bootstrap over {len(groups)} seeds and their questions")  # fmt: skip
+    return Interval(
+        float(np.mean([g.mean() for g in groups])),
+        low,
+        high,
+        level,
+        n,
+        len(groups),
+        f"bootstrap over {len(groups)} seeds and their questions",
+    )
 
 
 @dataclass
@@ -187,8 +200,13 @@ class Difference:
         return f"{self.a} higher" if self.interval.estimate > 0 else f"{self.b} higher"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, **self.interval.to_dict(),
-                "resolved": self.resolved, "verdict": self.verdict}  # fmt: skip
+        return {
+            "a": self.a,
+            "b": self.b,
+            **self.interval.to_dict(),
+            "resolved": self.resolved,
+            "verdict": self.verdict,
+        }
 
 
 def paired_difference(
@@ -231,8 +249,11 @@ def paired_difference(
     low, high = _percentiles(_resample_groups(diffs, rng, n_boot, len(diffs) > 1), level)
     est = float(np.mean([d.mean() for d in diffs]))
     n = sum(d.size for d in diffs)
-    how = (f"paired bootstrap over {n} questions" if len(diffs) == 1
-           else f"paired bootstrap over {len(diffs)} seeds and {n} questions")  # fmt: skip
+    how = (
+        f"paired bootstrap over {n} questions"
+        if len(diffs) == 1
+        else f"paired bootstrap over {len(diffs)} seeds and {n} questions"
+    )
     return Difference(names[0], names[1], Interval(est, low, high, level, n, len(diffs), how))
 
 
@@ -264,8 +285,7 @@ class Correlation:
     @property
     def resolved(self) -> bool:
         """The interval excludes 0 (a sign the data can state)."""
-        return (self.low is not None and self.high is not None
-                and (self.low > 0 or self.high < 0))  # fmt: skip
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
     def text(self) -> str:
         if self.rho is None:
@@ -278,6 +298,8 @@ class Correlation:
 
 
 def _spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
+    # lazy: scipy.stats takes ~0.7 s to import, and every reader of metrics.json imports
+    # this module (for the intervals); only a study's correlations need the ranks
     from scipy.stats import rankdata
 
     rx, ry = rankdata(x), rankdata(y)
@@ -308,24 +330,37 @@ def spearman(
         ``reason`` says why.
     """
     _check_level(level)
-    pairs = [(float(a), float(b)) for a, b in zip(x, y, strict=True)
-             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]  # fmt: skip
+    pairs = [
+        (float(a), float(b))
+        for a, b in zip(x, y, strict=True)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
     n = len(pairs)
     if n < min_n:
-        return Correlation(names[0], names[1], n, level=level,
-                           reason=f"{n} {unit}(s) with both values; a correlation needs at "
-                                  f"least {min_n}")  # fmt: skip
+        return Correlation(
+            names[0],
+            names[1],
+            n,
+            level=level,
+            reason=f"{n} {unit}(s) with both values; a correlation needs at least {min_n}",
+        )
     xa, ya = (np.array(v) for v in zip(*pairs, strict=True))
     for name, col in zip(names, (xa, ya), strict=True):
         if np.ptp(col) == 0:
-            return Correlation(names[0], names[1], n, level=level,
-                               reason=f"{name} is the same in every {unit}")  # fmt: skip
+            return Correlation(
+                names[0], names[1], n, level=level, reason=f"{name} is the same in every {unit}"
+            )
         distinct = len(np.unique(col))
         if distinct < min_distinct:
-            return Correlation(names[0], names[1], n, level=level,
-                               reason=f"{name} takes only {distinct} distinct values over the "
-                                      f"{n} {unit}s: a difference between groups, not a "
-                                      "trend")  # fmt: skip
+            return Correlation(
+                names[0],
+                names[1],
+                n,
+                level=level,
+                reason=f"{name} takes only {distinct} distinct values over the "
+                f"{n} {unit}s: a difference between groups, not a "
+                "trend",
+            )
     rho = _spearman_rho(xa, ya)
     rng = np.random.default_rng(seed)
     boots = []
@@ -386,8 +421,11 @@ def variance_explained(
     Returns:
         One :class:`Effect` per parameter, largest share first; undetermined ones last.
     """
-    data = [r for r in rows if isinstance(r.get(metric), (int, float))
-            and math.isfinite(float(r[metric]))]  # fmt: skip
+    data = [
+        r
+        for r in rows
+        if isinstance(r.get(metric), (int, float)) and math.isfinite(float(r[metric]))
+    ]
     y = np.array([float(r[metric]) for r in data])
     effects = []
     for p in parameters:
@@ -396,17 +434,20 @@ def variance_explained(
             levels.setdefault(_key(r.get(p)), []).append(float(v))
         n_levels = len(levels)
         if len(data) < 2:
-            effects.append(Effect(p, metric, None, n_levels, len(data),
-                                  f"{len(data)} run(s) with {metric}"))  # fmt: skip
+            effects.append(
+                Effect(p, metric, None, n_levels, len(data), f"{len(data)} run(s) with {metric}")
+            )
             continue
         if n_levels < 2:
-            effects.append(Effect(p, metric, None, n_levels, len(data),
-                                  f"{p} has one value in these runs"))  # fmt: skip
+            effects.append(
+                Effect(p, metric, None, n_levels, len(data), f"{p} has one value in these runs")
+            )
             continue
         total = float(((y - y.mean()) ** 2).sum())
         if total == 0:
-            effects.append(Effect(p, metric, None, n_levels, len(data),
-                                  f"{metric} is the same in every run"))  # fmt: skip
+            effects.append(
+                Effect(p, metric, None, n_levels, len(data), f"{metric} is the same in every run")
+            )
             continue
         between = sum(len(v) * (np.mean(v) - y.mean()) ** 2 for v in levels.values())
         effects.append(Effect(p, metric, float(between / total), n_levels, len(data)))
@@ -439,8 +480,9 @@ def pareto_set(points: Sequence[Sequence[float] | None], directions: Sequence[st
             pts.append(None)
             continue
         if len(p) != len(sign):
-            raise SpectuneError(f"pareto_set: a point has {len(p)} values for {len(sign)} "
-                                "objectives")  # fmt: skip
+            raise SpectuneError(
+                f"pareto_set: a point has {len(p)} values for {len(sign)} objectives"
+            )
         ok = all(v is not None and math.isfinite(v) for v in p)
         pts.append(tuple(s * float(v) for s, v in zip(sign, p, strict=True)) if ok else None)
     out = []
@@ -448,8 +490,10 @@ def pareto_set(points: Sequence[Sequence[float] | None], directions: Sequence[st
         if p is None:
             out.append(False)
             continue
-        dominated = any(q is not None and j != i and all(a >= b for a, b in zip(q, p, strict=True))
-                        and q != p for j, q in enumerate(pts))  # fmt: skip
+        dominated = any(
+            q is not None and j != i and all(a >= b for a, b in zip(q, p, strict=True)) and q != p
+            for j, q in enumerate(pts)
+        )
         out.append(not dominated)
     return out
 
@@ -463,8 +507,9 @@ def pareto_front(gain: Sequence[float | None], forgetting: Sequence[float | None
     Returns:
         One flag per point, in order.
     """
-    return pareto_set([(g, f) for g, f in zip(gain, forgetting, strict=True)],
-                      ("maximize", "minimize"))  # fmt: skip
+    return pareto_set(
+        [(g, f) for g, f in zip(gain, forgetting, strict=True)], ("maximize", "minimize")
+    )
 
 
 __all__ = [

@@ -1,14 +1,19 @@
 """Tune: one fine-tuning run, from a config to an adapter and its judged metrics.
 
-- :mod:`.config`: :class:`TuneConfig` (YAML + ``key=value`` overrides), with each method's and
-  objective's settings in its own section.
-- :mod:`.methods`: the method registry and a module or folder per method (lora, rslora, dora,
-  qlora, qdora, pissa, olora, shira, frog, full); nothing else knows their names.
-- :mod:`.objectives`: the objective registry (sft, distill, lipo; their data, loss, metrics).
+- :mod:`.config`: :class:`TuneConfig`, read from YAML with ``key=value`` overrides and checked
+  field by field; each method's and objective's settings sit in their own section, the run's
+  own ``data:`` and ``eval:`` sections are :mod:`.sections`.
+- :mod:`.registry`: the one registry mechanism behind methods and objectives (plug-ins by
+  name, the sections each reads).
+- :mod:`.methods`: a module or folder per method (lora, rslora, dora, qlora, qdora, pissa,
+  olora, shira, frog, full) and their registry; nothing else knows their names.
+- :mod:`.objectives`: a module or folder per objective (sft, distill, lipo: data, loss,
+  metrics) and their registry.
 - :mod:`.recipe`: :func:`tune`, the run in named phases: set up, judge the base, build, train
-  (:mod:`.trainer`, the transformers Trainer), save, judge, analyze, report.
+  (:mod:`.trainer`: the transformers Trainer with the objective's loss, the logs and
+  callbacks), save, judge, analyze, report.
 - :mod:`.pins`: ``inputs.json``, the inputs a run was started with, checked on ``--resume``.
-- :mod:`.scale`: more than one process, and the memory plan.
+- :mod:`.scale`: more than one process (torchrun, accelerate), and the memory plan.
 
 The names below are loaded on first use, so importing this package does not import torch.
 """

@@ -10,8 +10,8 @@ A config is a YAML file (see ``configs/``) or a dict with these keys::
     target_modules: all-linear   # 'all-linear', names/suffixes, or a regex (adapting methods)
     exclude_modules: null
     lora: {r: 8, lora_alpha: 16, lora_dropout: 0.05}   # the method's own section(s)
-    data: {train: tasks, ...}    # DataConfig
-    eval: {before: true, ...}    # EvalConfig
+    data: {train: tasks, ...}    # DataConfig (spectune.tune.sections)
+    eval: {before: true, ...}    # EvalConfig (spectune.tune.sections)
     train: {learning_rate: 2.0e-4, max_steps: 200, ...}   # transformers.TrainingArguments
 
 Each method and objective declares the sections it reads (``lora``, ``quant``, ``frog``,
@@ -38,6 +38,10 @@ validation loss (a checkpoint at every evaluation: ``save_steps`` follows ``eval
 arguments of transformers' ``EarlyStoppingCallback``) stop a run whose validation loss has
 not improved by more than the threshold for that many evaluations. What needs a split without
 one, or a best checkpoint that could not be restored, is an error when the config is built.
+
+The ``data:`` and ``eval:`` sections are :mod:`spectune.tune.sections`; YAML reading
+(:func:`yaml_load`, floats as in YAML 1.2), the overrides and :func:`changed_fields` (what a
+resumed sweep, study or search compares with the config it started with) are here.
 """
 
 from __future__ import annotations
@@ -49,8 +53,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.tune.methods import METHODS, Method
+from spectune.tune.objectives import OBJECTIVES, Objective
+from spectune.tune.sections import DataConfig, EvalConfig
 
 #: TrainingArguments defaults of a spectune run (a config's ``train`` section overrides them).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -84,7 +93,6 @@ RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_fro
 
 def _yaml_loader() -> type:
     """A SafeLoader that reads ``1e-4`` as a float (PyYAML's YAML 1.1 wants ``1.0e-4``)."""
-    import yaml
 
     class Loader(yaml.SafeLoader):
         pass
@@ -106,8 +114,6 @@ def _yaml_loader() -> type:
 
 def yaml_load(text: str, where: str) -> Any:
     """Parse YAML text (floats as in YAML 1.2); errors name ``where`` and the line."""
-    import yaml
-
     try:
         return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -119,184 +125,30 @@ def yaml_load(text: str, where: str) -> Any:
 
 def yaml_dump(data: Any) -> str:
     """YAML text of plain data, keys in the given order."""
-    import yaml
-
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-# --------------------------------------------------------------------------- sections
-
-
-@dataclass
-class DataConfig:
-    """Where the instruction data comes from and how it is cut."""
-
-    train: str = field(
-        default="tasks",
-        metadata={
-            "help": "'tasks' (the bundled task set, generated from the run seed) or a "
-            "Dolly .jsonl / Alpaca .json file."
-        },
-    )
-    eval: str | None = field(
-        default=None,
-        metadata={
-            "help": "held-out file (same layouts). None: the task set's held-out split, or "
-            "eval_fraction of a train file (seeded split)."
-        },
-    )
-    format: str = field(default="auto", metadata={"help": "'dolly', 'alpaca' or 'auto'."})
-    max_length: int = field(
-        default=256,
-        metadata={"help": "tokens per example; longer ones are cut (and counted)."},
-    )
-    n_train: int = field(
-        default=2000, metadata={"help": "task set only: training examples generated."}
-    )
-    n_eval: int = field(
-        default=200,
-        metadata={
-            "help": "held-out examples: generated (task set), or the most taken from the "
-            "held-out data of a file."
-        },
-    )
-    eval_fraction: float = field(
-        default=0.05,
-        metadata={"help": "a train file without eval: fraction held out, in (0, 0.5]."},
-    )
-    n_validation: int = field(
-        default=0,
-        metadata={
-            "help": "training examples carved out (seeded) as the validation split, evaluated "
-            "during training with the objective's loss (train.eval_steps); disjoint from the "
-            "training and held-out examples. 0: no validation."
-        },
-    )
-    system: str | None = field(
-        default=None,
-        metadata={
-            "help": "system message of every prompt; None keeps the chat template's default."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.train, str) or not self.train:
-            raise SpectuneError(f"data.train must be 'tasks' or a file path, got {self.train!r}")
-        if self.eval is not None and (not isinstance(self.eval, str) or not self.eval):
-            raise SpectuneError(f"data.eval must be a file path or null, got {self.eval!r}")
-        check.choice("data.format", self.format, ("dolly", "alpaca", "auto"))
-        self.max_length = check.integer("data.max_length", self.max_length, minimum=8)
-        self.n_train = check.integer("data.n_train", self.n_train, minimum=1)
-        self.n_eval = check.integer("data.n_eval", self.n_eval, minimum=1)
-        self.n_validation = check.integer("data.n_validation", self.n_validation, minimum=0)
-        if self.train == "tasks" and self.n_validation >= self.n_train:
-            raise SpectuneError(
-                f"data.n_validation ({self.n_validation}) must be below data.n_train "
-                f"({self.n_train}): the validation examples are carved from the training ones"
-            )
-        self.eval_fraction = check.number("data.eval_fraction", self.eval_fraction)
-        if not 0 < self.eval_fraction <= 0.5:
-            raise SpectuneError(
-                f"data.eval_fraction must be in (0, 0.5], got {self.eval_fraction!r}"
-            )
-        if self.system is not None and not isinstance(self.system, str):
-            raise SpectuneError(f"data.system must be a string or null, got {self.system!r}")
-
-
-@dataclass
-class EvalConfig:
-    """What is measured before and after training."""
-
-    before: bool = field(
-        default=True,
-        metadata={"help": "also judge the base model (cached per model and settings)."},
-    )
-    max_new_tokens: int = field(
-        default=16, metadata={"help": "longest greedy answer in the accuracy test."}
-    )
-    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass."})
-    ppl_chars: int = field(
-        default=8000,
-        metadata={"help": "characters of pydoc_data.topics scored for perplexity (forgetting)."},
-    )
-    ppl_window: int = field(default=256, metadata={"help": "perplexity window (tokens)."})
-    ppl_stride: int = field(default=128, metadata={"help": "perplexity stride (tokens)."})
-    latency_tokens: int = field(
-        default=32, metadata={"help": "tokens generated per prompt for the latency figure."}
-    )
-    latency_prompts: int = field(
-        default=3, metadata={"help": "prompts timed (median); 0 skips the latency figure."}
-    )
-    spectra: bool = field(
-        default=True,
-        metadata={"help": "analyze the adapter's (or the weight delta's) spectra vs the base."},
-    )
-    intruders: bool = field(
-        default=True,
-        metadata={
-            "help": "count intruder dimensions (Shuttleworth et al. 2024): tuned singular "
-            "vectors unlike every base one; the LoRA family (low-rank route; DoRA: undefined), "
-            "full fine-tuning, FROG and SHiRA (W_base + the sparse update); one base "
-            "decomposition per matrix."
-        },
-    )
-    compare_base: bool = field(
-        default=True,
-        metadata={
-            "help": "compare the tuned matrices (base + update) with the base's: scale collapse "
-            "and correlation flow, in spectra/compare.* and flow.csv (one more analysis)."
-        },
-    )
-    spectra_precision: str = field(
-        default="float32",
-        metadata={"help": "'float32' (fast) or 'float64' (WeightWatcher's exact numbers)."},
-    )
-    spectra_every_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "during training, the adapter's spectra every N optimizer steps and at the "
-            "last (spectra_log.csv: alpha per layer; mean alpha and the fraction of layers "
-            "with alpha < 2 plotted against the validation loss). None: off."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("before", "spectra", "intruders", "compare_base"):
-            if not isinstance(getattr(self, name), bool):
-                raise SpectuneError(
-                    f"eval.{name} must be true or false, got {getattr(self, name)!r}"
-                )
-        for name, low in (("max_new_tokens", 1), ("batch_size", 1), ("ppl_chars", 100),
-                          ("ppl_window", 2), ("ppl_stride", 1), ("latency_tokens", 2),
-                          ("latency_prompts", 0)):  # fmt: skip
-            setattr(self, name, check.integer(f"eval.{name}", getattr(self, name), minimum=low))
-        if self.ppl_stride >= self.ppl_window:
-            raise SpectuneError(
-                f"eval.ppl_stride ({self.ppl_stride}) must be below eval.ppl_window "
-                f"({self.ppl_window}): the rest of each window is context"
-            )
-        check.choice("eval.spectra_precision", self.spectra_precision, ("float32", "float64"))
-        if self.spectra_every_steps is not None:
-            self.spectra_every_steps = check.integer("eval.spectra_every_steps",
-                                                     self.spectra_every_steps, minimum=1)  # fmt: skip
 
 
 _SECTIONS = {"data": DataConfig, "eval": EvalConfig}
 
 #: the config's own top-level keys (everything else is a method's or objective's section)
-FIELDS = ("model", "model_dtype", "attn_implementation", "method", "objective", "seed",
-          "output_dir", "target_modules", "exclude_modules", "data", "eval", "train")  # fmt: skip
+FIELDS = (
+    "model",
+    "model_dtype",
+    "attn_implementation",
+    "method",
+    "objective",
+    "seed",
+    "output_dir",
+    "target_modules",
+    "exclude_modules",
+    "data",
+    "eval",
+    "train",
+)
 
 #: the old flat LoRA keys, read into the ``lora:`` section
 LEGACY_LORA_KEYS = ("r", "lora_alpha", "lora_dropout")
 LEGACY_SECTION = "lora"
-
-
-def _registries() -> tuple[Any, Any]:
-    from spectune.tune.methods import METHODS
-    from spectune.tune.objectives import OBJECTIVES
-
-    return METHODS, OBJECTIVES
 
 
 def _target_spec(value: Any, label: str) -> str | list[str] | None:
@@ -305,8 +157,10 @@ def _target_spec(value: Any, label: str) -> str | list[str] | None:
         return None
     if isinstance(value, str):
         if not value:
-            raise SpectuneError(f"{label} is empty; use 'all-linear', a list of module names "
-                                "or a regular expression")  # fmt: skip
+            raise SpectuneError(
+                f"{label} is empty; use 'all-linear', a list of module names "
+                "or a regular expression"
+            )
         if value.lower() == "all-linear":
             return "all-linear"
         try:
@@ -399,12 +253,14 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise SpectuneError(f"model must be 'default' or a folder path, got {self.model!r}")
-        methods, objectives = _registries()
-        method, objective = methods.get(self.method), objectives.get(self.objective)
+        method, objective = METHODS.get(self.method), OBJECTIVES.get(self.objective)
         self.seed = check.integer("seed", self.seed, minimum=0)
         check.choice("model_dtype", self.model_dtype, ("auto", "float32", "bfloat16", "float16"))
-        check.choice("attn_implementation", self.attn_implementation,
-                     ("sdpa", "eager", "flash_attention_2"))  # fmt: skip
+        check.choice(
+            "attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2")
+        )
+        # lazy: models.hardware imports torch, and importing the config (as the study
+        # commands do) stays torch-free
         from spectune.models.hardware import check_attn_implementation
 
         check_attn_implementation(self.attn_implementation)
@@ -412,12 +268,17 @@ class TuneConfig:
             raise SpectuneError(f"output_dir must be a folder path, got {self.output_dir!r}")
         self.target_modules = _target_spec(self.target_modules, "target_modules")
         if self.exclude_modules is not None:
-            self.exclude_modules = _target_spec(list(self.exclude_modules)
-                                                if isinstance(self.exclude_modules, (list, tuple))
-                                                else self.exclude_modules, "exclude_modules")  # fmt: skip
+            self.exclude_modules = _target_spec(
+                list(self.exclude_modules)
+                if isinstance(self.exclude_modules, (list, tuple))
+                else self.exclude_modules,
+                "exclude_modules",
+            )
             if isinstance(self.exclude_modules, str):
-                raise SpectuneError("exclude_modules must be a list of module names or suffixes, "
-                                    f"got {self.exclude_modules!r}")  # fmt: skip
+                raise SpectuneError(
+                    "exclude_modules must be a list of module names or suffixes, "
+                    f"got {self.exclude_modules!r}"
+                )
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -425,14 +286,59 @@ class TuneConfig:
                 setattr(self, name, cls(**value))
             elif not isinstance(value, cls):
                 raise SpectuneError(f"{name} must be a mapping of settings, got {value!r}")
+        self._resolve_sections(method, objective)
+        if not isinstance(self.train, dict):
+            raise SpectuneError(f"train must be a mapping of TrainingArguments, got {self.train!r}")
+        reserved = sorted(set(self.train) & set(RESERVED_TRAIN_KEYS))
+        if reserved:
+            raise SpectuneError(
+                f"train.{reserved[0]} is set by spectune (output_dir and seed are top-level "
+                "keys, resuming is --resume); remove it from the train section"
+            )
+        args = self.training_arguments()
+        steps = check.integer("train.max_steps", args["max_steps"], minimum=-1)
+        if steps == 0:
+            raise SpectuneError(
+                "train.max_steps must be >= 1 (or -1 to train for train.num_train_epochs)"
+            )
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            check.integer(f"train.{key}", args[key], minimum=1)
+        lr = check.number("train.learning_rate", args["learning_rate"])
+        if lr <= 0:
+            raise SpectuneError(f"train.learning_rate must be > 0, got {lr!r}")
+        if not isinstance(args["keep_checkpoints"], bool):
+            raise SpectuneError(
+                f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
+            )
+        self._check_validation(args)
+        autocast = bool(args.get("bf16") or args.get("fp16"))
+        if (
+            self.attn_implementation == "flash_attention_2"
+            and self.model_dtype == "float32"
+            and not autocast
+        ):
+            raise SpectuneError(
+                "attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
+                "model_dtype=float32 runs the model in float32; set model_dtype=bfloat16 (or "
+                "auto) or train.bf16=true"
+            )
+        method.check(self)
+        objective.check(self)
+
+    def _resolve_sections(self, method: Method, objective: Objective) -> None:
+        """Build the method's and the objective's sections from their data; a section that
+        neither reads is an error naming who reads it."""
         if not isinstance(self.sections, dict):
             raise SpectuneError(f"sections must be a mapping, got {self.sections!r}")
         used = {**objective.sections, **method.sections}
         for name, value in self.sections.items():
             if name not in used and value not in (None, {}):
-                readers = methods.readers(name) + objectives.readers(name)
-                who = (f"method(s)/objective(s) {', '.join(readers)}" if readers
-                       else "no registered method or objective")  # fmt: skip
+                readers = METHODS.readers(name) + OBJECTIVES.readers(name)
+                who = (
+                    f"method(s)/objective(s) {', '.join(readers)}"
+                    if readers
+                    else "no registered method or objective"
+                )
                 raise SpectuneError(
                     f"the {name}: section is read by {who}, but this run's method is "
                     f"{self.method!r} and its objective {self.objective!r}; remove the section "
@@ -459,47 +365,14 @@ class TuneConfig:
                 raise SpectuneError(f"{name} must be a mapping of settings, got {value!r}")
             resolved[name] = value
         self.sections = resolved
-        if not isinstance(self.train, dict):
-            raise SpectuneError(f"train must be a mapping of TrainingArguments, got {self.train!r}")
-        reserved = sorted(set(self.train) & set(RESERVED_TRAIN_KEYS))
-        if reserved:
-            raise SpectuneError(
-                f"train.{reserved[0]} is set by spectune (output_dir and seed are top-level "
-                "keys, resuming is --resume); remove it from the train section"
-            )
-        args = self.training_arguments()
-        steps = check.integer("train.max_steps", args["max_steps"], minimum=-1)
-        if steps == 0:
-            raise SpectuneError(
-                "train.max_steps must be >= 1 (or -1 to train for train.num_train_epochs)"
-            )
-        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-            check.integer(f"train.{key}", args[key], minimum=1)
-        lr = check.number("train.learning_rate", args["learning_rate"])
-        if lr <= 0:
-            raise SpectuneError(f"train.learning_rate must be > 0, got {lr!r}")
-        if not isinstance(args["keep_checkpoints"], bool):
-            raise SpectuneError(
-                f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
-            )
-        self._check_validation(args)
-        autocast = bool(args.get("bf16") or args.get("fp16"))
-        if self.attn_implementation == "flash_attention_2" and self.model_dtype == "float32" \
-                and not autocast:  # fmt: skip
-            raise SpectuneError(
-                "attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
-                "model_dtype=float32 runs the model in float32; set model_dtype=bfloat16 (or "
-                "auto) or train.bf16=true"
-            )
-        method.check(self)
-        objective.check(self)
 
     def _check_validation(self, args: dict[str, Any]) -> None:
         """The validation settings (data.n_validation, train.eval_*, best checkpoint, early
         stopping) agree with each other (``args``: :meth:`training_arguments`)."""
         n_val = self.data.n_validation
-        strategy = check.choice("train.eval_strategy", args.get("eval_strategy", "no"),
-                                ("no", "steps", "epoch"))  # fmt: skip
+        strategy = check.choice(
+            "train.eval_strategy", args.get("eval_strategy", "no"), ("no", "steps", "epoch")
+        )
         if strategy != "no" and not n_val:
             raise SpectuneError(
                 f"train.eval_strategy: {strategy} evaluates a validation split, and there is "
@@ -513,15 +386,18 @@ class TuneConfig:
         if strategy == "steps":
             check.integer("train.eval_steps", args["eval_steps"], minimum=1)
         if "per_device_eval_batch_size" in args:
-            check.integer("train.per_device_eval_batch_size", args["per_device_eval_batch_size"],
-                          minimum=1)  # fmt: skip
+            check.integer(
+                "train.per_device_eval_batch_size", args["per_device_eval_batch_size"], minimum=1
+            )
         best = args.get("load_best_model_at_end", False)
         if not isinstance(best, bool):
             raise SpectuneError(f"train.load_best_model_at_end must be true or false, got {best!r}")
         patience = args.get("early_stopping_patience")
         threshold = args.get("early_stopping_threshold")
-        for key, on in (("load_best_model_at_end", best),
-                        ("early_stopping_patience", patience is not None)):  # fmt: skip
+        for key, on in (
+            ("load_best_model_at_end", best),
+            ("early_stopping_patience", patience is not None),
+        ):
             if on and not n_val:
                 raise SpectuneError(
                     f"train.{key} needs a validation split to watch: set data.n_validation "
@@ -531,8 +407,10 @@ class TuneConfig:
             check.integer("train.early_stopping_patience", patience, minimum=1)
         if threshold is not None:
             if patience is None:
-                raise SpectuneError("train.early_stopping_threshold is read only with "
-                                    "train.early_stopping_patience; set both or neither")  # fmt: skip
+                raise SpectuneError(
+                    "train.early_stopping_threshold is read only with "
+                    "train.early_stopping_patience; set both or neither"
+                )
             check.number("train.early_stopping_threshold", threshold, nonnegative=True)
         metric = args.get("metric_for_best_model")
         if metric not in (None, "loss", "eval_loss"):
@@ -541,10 +419,12 @@ class TuneConfig:
                 f"loss only; use 'loss' (or leave it out), got {metric!r}"
             )
         if args.get("greater_is_better"):
-            raise SpectuneError("train.greater_is_better: a lower validation loss is better; "
-                                "remove the key")  # fmt: skip
-        save = check.choice("train.save_strategy", args.get("save_strategy", "steps"),
-                            ("steps", "epoch"))  # fmt: skip
+            raise SpectuneError(
+                "train.greater_is_better: a lower validation loss is better; remove the key"
+            )
+        save = check.choice(
+            "train.save_strategy", args.get("save_strategy", "steps"), ("steps", "epoch")
+        )
         if best and save != strategy:
             raise SpectuneError(
                 f"train.load_best_model_at_end restores a checkpoint of an evaluated step: "
@@ -638,10 +518,9 @@ class TuneConfig:
         """The settings that change what this run trains (for naming and de-duplication): the
         sections of its method and objective only, the targets only where the method uses
         them."""
-        methods, _ = _registries()
         d = self.to_dict()
         d.pop("output_dir")
-        if not methods.get(self.method).uses_target_modules:
+        if not METHODS.get(self.method).uses_target_modules:
             d.pop("target_modules")
             d.pop("exclude_modules")
         return d
@@ -653,8 +532,9 @@ class TuneConfig:
         return TuneConfig.from_dict(data, source="config")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config",
-                  foreign_sections: str = "error") -> TuneConfig:  # fmt: skip
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str = "config", foreign_sections: str = "error"
+    ) -> TuneConfig:
         """Build from plain data (as read from YAML); unknown keys are errors.
 
         Args:
@@ -675,8 +555,7 @@ class TuneConfig:
                 f"{source}: a run config must be a mapping, got {type(data).__name__}"
             )
         check.choice("foreign_sections", foreign_sections, ("error", "drop"))
-        methods, objectives = _registries()
-        known_sections = {**methods.sections(), **objectives.sections()}
+        known_sections = {**METHODS.sections(), **OBJECTIVES.sections()}
         known = [*FIELDS, *LEGACY_LORA_KEYS, *known_sections]
         check.unknown_keys(source, data, known, "config")
         data = copy.deepcopy(data)
@@ -691,15 +570,15 @@ class TuneConfig:
             data[LEGACY_SECTION] = flat
         sections = {k: data.pop(k) for k in list(data) if k in known_sections}
         try:
-            method = methods.get(data.get("method", "lora"))
-            objective = objectives.get(data.get("objective", "sft"))
+            method = METHODS.get(data.get("method", "lora"))
+            objective = OBJECTIVES.get(data.get("objective", "sft"))
             used = {**objective.sections, **method.sections}
             if foreign_sections == "drop":
                 sections = {k: v for k, v in sections.items() if k in used}
             elif flat and LEGACY_SECTION not in used:
                 raise SpectuneError(
                     f"{', '.join(flat)}: LoRA settings (the {LEGACY_SECTION}: section, read by "
-                    f"{', '.join(methods.readers(LEGACY_SECTION))}), but method "
+                    f"{', '.join(METHODS.readers(LEGACY_SECTION))}), but method "
                     f"{method.name!r} does not read them; remove them"
                 )
             return cls(**data, sections=sections)
@@ -709,7 +588,6 @@ class TuneConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Dotted key -> help text, for the CLI and the docs (every registered section)."""
-        methods, objectives = _registries()
         out = {}
         for f in fields(cls):
             if f.name == "sections":
@@ -719,7 +597,7 @@ class TuneConfig:
                     out[f"{f.name}.{sub.name}"] = sub.metadata["help"]
             else:
                 out[f.name] = f.metadata["help"]
-        for name, sec in {**methods.sections(), **objectives.sections()}.items():
+        for name, sec in {**METHODS.sections(), **OBJECTIVES.sections()}.items():
             for sub in fields(sec):
                 out[f"{name}.{sub.name}"] = sub.metadata.get("help", "")
         return out
@@ -783,8 +661,6 @@ def _has_alias(text: str) -> bool:
     """Whether YAML ``text`` holds an anchor or an alias (refused in overrides: an alias bomb
     expands a few hundred characters into billions of nodes). Malformed YAML: False (parsing
     it says what is wrong)."""
-    import yaml
-
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
@@ -835,8 +711,9 @@ def load_config(
     """
     data = read_config_data(path) if path is not None else {}
     data = apply_overrides(data, list(overrides or []))
-    return TuneConfig.from_dict(data, source=str(path) if path else "config",
-                                foreign_sections=foreign_sections)  # fmt: skip
+    return TuneConfig.from_dict(
+        data, source=str(path) if path else "config", foreign_sections=foreign_sections
+    )
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -859,8 +736,6 @@ __all__ = [
     "LEGACY_LORA_KEYS",
     "SPECTUNE_TRAIN_KEYS",
     "TRAIN_DEFAULTS",
-    "DataConfig",
-    "EvalConfig",
     "TuneConfig",
     "apply_overrides",
     "changed_fields",

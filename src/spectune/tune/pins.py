@@ -32,6 +32,7 @@ results folder (:func:`check_outside`): ``--overwrite`` would delete its input f
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -39,9 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune.errors import SpectuneError
+from spectune.models.loading import (
+    MANIFEST,
+    default_model_dir,
+    resolve_model_dir,
+    safetensors_problem,
+    torch_file_problem,
+)
+from spectune.tune.config import TuneConfig, load_config
 
 if TYPE_CHECKING:
-    from spectune.tune.config import TuneConfig
     from spectune.tune.objectives.base import Objective
 
 #: the file in a run folder that holds the pins
@@ -78,9 +86,6 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
     Raises:
         SpectuneError: ``what`` (the run folder) named with its missing base model.
     """
-    from spectune.models.loading import resolve_model_dir
-    from spectune.tune.config import load_config
-
     record = read(run_dir, quiet=True)
     pin = (record or {}).get("inputs", {}).get("model")
     if pin and pin.get("given") != "default":
@@ -101,12 +106,13 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
 def fingerprint(given: str, path: Path) -> dict[str, Any]:
     """The fingerprint of one input (see the module docstring)."""
     if given == "default":
-        from spectune.models.loading import MANIFEST
-
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        return {"kind": "default", "cache": path.name,
-                "transformers": manifest.get("transformers_version"),
-                "files": manifest.get("files")}  # fmt: skip
+        return {
+            "kind": "default",
+            "cache": path.name,
+            "transformers": manifest.get("transformers_version"),
+            "files": manifest.get("files"),
+        }
     if path.is_file():
         return {"kind": "file", **_file_print(path)}
     if is_run_folder(path):
@@ -121,8 +127,11 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
             "files": _files_print(path, names),
             "base": {"path": str(base), "fingerprint": fingerprint(given, base)},
         }
-    names = [p for p in path.iterdir()
-             if not p.name.startswith(".") and not p.name.lower().endswith(".md")]  # fmt: skip
+    names = [
+        p
+        for p in path.iterdir()
+        if not p.name.startswith(".") and not p.name.lower().endswith(".md")
+    ]
     return {"kind": "folder", "files": _files_print(path, names)}
 
 
@@ -132,8 +141,10 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         return f"it was a {old.get('kind')}, it is a {new.get('kind')} now"
     if old.get("kind") == "default":
         if old.get("transformers") != new.get("transformers"):
-            return (f"its cache was built by transformers {old.get('transformers')}, now by "
-                    f"{new.get('transformers')}")  # fmt: skip
+            return (
+                f"its cache was built by transformers {old.get('transformers')}, now by "
+                f"{new.get('transformers')}"
+            )
         if old.get("cache") != new.get("cache"):
             return "its cache is built from another GGUF file now"
         return "its cache holds other files"
@@ -146,8 +157,9 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         if ob.get("path") != nb.get("path"):
             return f"its base model is {nb.get('path')} now, it was {ob.get('path')}"
         if ob.get("fingerprint") != nb.get("fingerprint"):
-            return (f"its base model {nb.get('path')} changed: "
-                    + _what_changed(ob.get("fingerprint") or {}, nb.get("fingerprint") or {}))  # fmt: skip
+            return f"its base model {nb.get('path')} changed: " + _what_changed(
+                ob.get("fingerprint") or {}, nb.get("fingerprint") or {}
+            )
     a, b = old.get("files") or {}, new.get("files") or {}
     for name in sorted(set(a) | set(b)):
         if name not in b:
@@ -184,8 +196,9 @@ def absolute(given: str) -> Path:
     return Path(os.path.expanduser(given)).resolve()
 
 
-def pin(config: TuneConfig, objective: Objective, model_dir: Path,
-        reading: TuneConfig | None = None) -> dict[str, Any]:  # fmt: skip
+def pin(
+    config: TuneConfig, objective: Objective, model_dir: Path, reading: TuneConfig | None = None
+) -> dict[str, Any]:
     """The record of a run that starts now: its config (without ``output_dir``), the current
     directory, and every input as given, with its absolute path (as ``reading``, the config
     the inputs are read with, names it: :func:`pinned_config`) and fingerprint."""
@@ -210,12 +223,19 @@ def read(out: Path, *, quiet: bool = False) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        ok = (isinstance(record, dict) and record.get("spectune_inputs") == VERSION
-              and isinstance(record.get("config"), dict)
-              and isinstance(record.get("inputs"), dict)
-              and all(isinstance(v, dict) and isinstance(v.get("given"), str)
-                      and isinstance(v.get("path"), str) and isinstance(v.get("fingerprint"), dict)
-                      for v in record["inputs"].values()))  # fmt: skip
+        ok = (
+            isinstance(record, dict)
+            and record.get("spectune_inputs") == VERSION
+            and isinstance(record.get("config"), dict)
+            and isinstance(record.get("inputs"), dict)
+            and all(
+                isinstance(v, dict)
+                and isinstance(v.get("given"), str)
+                and isinstance(v.get("path"), str)
+                and isinstance(v.get("fingerprint"), dict)
+                for v in record["inputs"].values()
+            )
+        )
     except (OSError, ValueError) as exc:
         ok, record = False, str(exc)
     if ok:
@@ -231,8 +251,6 @@ def read(out: Path, *, quiet: bool = False) -> dict[str, Any] | None:
 def pinned_config(config: TuneConfig, record: dict[str, Any] | None) -> TuneConfig:
     """A copy of ``config`` whose path settings are the absolute paths pinned in ``record``
     (the config itself, when there is no record). The embedded model stays ``default``."""
-    import copy
-
     config = copy.deepcopy(config)
     for key, pinned in (record or {}).get("inputs", {}).items():
         if pinned["given"] == "default" or config.get(key) != pinned["given"]:
@@ -266,18 +284,20 @@ def check_config(out: Path, record: dict[str, Any], config: TuneConfig) -> None:
     Raises:
         SpectuneError: the fields that differ, with both values.
     """
-    from spectune.tune.config import TuneConfig
-
-    saved = TuneConfig.from_dict({**record["config"], "output_dir": config.output_dir},
-                                 source=str(Path(out) / PINS), foreign_sections="drop").to_dict()  # fmt: skip
+    saved = TuneConfig.from_dict(
+        {**record["config"], "output_dir": config.output_dir},
+        source=str(Path(out) / PINS),
+        foreign_sections="drop",
+    ).to_dict()
     now = config.to_dict()
     for data in (saved, now):
         data.pop("output_dir", None)
     a, b = _leaves(saved), _leaves(now)
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k, "(unset)") != b.get(k, "(unset)")]
     if diff:
-        shown = ", ".join(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
-                          for k in diff[:4]) + (" ..." if len(diff) > 4 else "")  # fmt: skip
+        shown = ", ".join(
+            f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in diff[:4]
+        ) + (" ..." if len(diff) > 4 else "")
         raise SpectuneError(
             f"--resume: the config differs from the one the run in {out} started with "
             f"({shown}); a resume continues the same run: undo the change (the started config "
@@ -291,8 +311,6 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
     Raises:
         SpectuneError: the input (setting, absolute path) and what changed.
     """
-    from spectune.models.loading import default_model_dir
-
     for key, pinned in record["inputs"].items():
         given, path = pinned["given"], Path(pinned["path"])
         where = f"{key} {path}" if given == str(path) else f"{key} {given} (pinned as {path})"
@@ -344,8 +362,6 @@ def check_checkpoint(checkpoint: Path) -> None:
     Raises:
         SpectuneError: the file, what is wrong, and what to do.
     """
-    from spectune.models.loading import safetensors_problem, torch_file_problem
-
     for path in sorted(checkpoint.rglob("*")):
         if not path.is_file():
             continue

@@ -12,6 +12,7 @@ given to a run whose method (or objective) does not read it, naming both.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 from collections.abc import Iterable, Mapping
@@ -114,8 +115,6 @@ class Registry:
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            import difflib
-
             close = difflib.get_close_matches(str(name), self._items, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SpectuneError(

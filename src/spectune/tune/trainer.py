@@ -34,17 +34,29 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from spectune._io import check_no_links, write_text
 from spectune.errors import SpectuneError
+from spectune.models.quant import has_4bit_weights, unpack_4bit_cpu_weights
+from spectune.tune.scale import distributed
 
 LOG_COLUMNS = ["step", "epoch", "loss", "learning_rate", "grad_norm", "elapsed_s"]
 #: columns of validation_log.csv
 VALIDATION_COLUMNS = ["step", "epoch", "validation_loss", "examples", "seconds"]
 #: columns of spectra_log.csv (one row per analyzed matrix and step)
-SPECTRA_COLUMNS = ["step", "layer_id", "longname", "status", "alpha", "stable_rank", "log_norm",
-                   "seconds"]  # fmt: skip
+SPECTRA_COLUMNS = [
+    "step",
+    "layer_id",
+    "longname",
+    "status",
+    "alpha",
+    "stable_rank",
+    "log_norm",
+    "seconds",
+]
 
 
 def _write_csv(path: Path, columns: list[str], rows: Sequence[dict[str, Any]]) -> None:
@@ -55,9 +67,16 @@ def _write_csv(path: Path, columns: list[str], rows: Sequence[dict[str, Any]]) -
     write_text(path, buf.getvalue())
 
 
-def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: Callable,
-                    batch_size: int, *, share: tuple[int, int] = (0, 1),
-                    total: Callable[[float], float] | None = None) -> tuple[float, int]:  # fmt: skip
+def validation_loss(
+    trainer: Any,
+    model: Any,
+    dataset: Sequence[Any],
+    collator: Callable,
+    batch_size: int,
+    *,
+    share: tuple[int, int] = (0, 1),
+    total: Callable[[float], float] | None = None,
+) -> tuple[float, int]:
     """The objective's loss on a validation split: batches of ``batch_size`` features in the
     split's order, each scored by ``trainer.compute_loss`` in eval mode (no dropout) without
     gradients, averaged with the batches' sizes as weights.
@@ -82,10 +101,6 @@ def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: 
     Returns:
         ``(loss, examples)``.
     """
-    import torch
-
-    from spectune.models.quant import unpack_4bit_cpu_weights
-
     was_training = model.training
     model.eval()
     loss_sum, n = 0.0, 0
@@ -104,8 +119,10 @@ def validation_loss(trainer: Any, model: Any, dataset: Sequence[Any], collator: 
     if total is not None:
         loss_sum, n = total(loss_sum), int(total(n))
     if n == 0:
-        raise SpectuneError("the validation split has no example left after tokenization; "
-                            "raise data.n_validation or data.max_length")  # fmt: skip
+        raise SpectuneError(
+            "the validation split has no example left after tokenization; "
+            "raise data.n_validation or data.max_length"
+        )
     return loss_sum / n, n
 
 
@@ -120,8 +137,15 @@ class SpectuneTrainer(Trainer):
         **kwargs: ``transformers.Trainer`` arguments.
     """
 
-    def __init__(self, *args: Any, objective: Any = None, method: Any = None,
-                 objective_state: Any = None, validation: Any = None, **kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        *args: Any,
+        objective: Any = None,
+        method: Any = None,
+        objective_state: Any = None,
+        validation: Any = None,
+        **kwargs: Any,
+    ):
         if validation is not None:
             kwargs.setdefault("eval_dataset", validation.dataset)
         super().__init__(*args, **kwargs)
@@ -132,16 +156,18 @@ class SpectuneTrainer(Trainer):
         #: real (attention-mask) tokens of the batches trained on in this session
         self.tokens = 0
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
-                 metric_key_prefix: str = "eval") -> dict[str, float]:  # fmt: skip
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
         """Score the validation split with the objective's loss (:func:`validation_loss`);
         logs ``eval_loss`` (with ``eval_runtime``, ``eval_samples``) and calls the callbacks'
         ``on_evaluate``, as ``Trainer.evaluate`` does. Under DDP the processes share the
         batches; the loss is the same on every rank."""
         if self.validation is None:
             raise SpectuneError("evaluation needs a validation split: set data.n_validation")
-        from spectune.tune.scale import distributed
-
         start = time.perf_counter()
         world = distributed.world()
         # DDP: the processes share the batches and sum, so every rank gets the same loss (the
@@ -149,18 +175,26 @@ class SpectuneTrainer(Trainer):
         # decided alike everywhere. FSDP: every forward gathers the shards from every
         # process, so each scores every batch, and rank 0's loss is taken.
         shared = world.size > 1 and not self.is_fsdp_enabled
-        loss, n = validation_loss(self, self.model, self.validation.dataset,
-                                  self.validation.collator, self.args.per_device_eval_batch_size,
-                                  share=(world.rank, world.size) if shared else (0, 1),
-                                  total=distributed.total if shared else None)  # fmt: skip
+        loss, n = validation_loss(
+            self,
+            self.model,
+            self.validation.dataset,
+            self.validation.collator,
+            self.args.per_device_eval_batch_size,
+            share=(world.rank, world.size) if shared else (0, 1),
+            total=distributed.total if shared else None,
+        )
         if world.size > 1 and not shared:
             loss, n = distributed.on_main(lambda: (loss, n))
-        metrics = {f"{metric_key_prefix}_loss": loss,
-                   f"{metric_key_prefix}_runtime": round(time.perf_counter() - start, 4),
-                   f"{metric_key_prefix}_samples": n}  # fmt: skip
+        metrics = {
+            f"{metric_key_prefix}_loss": loss,
+            f"{metric_key_prefix}_runtime": round(time.perf_counter() - start, 4),
+            f"{metric_key_prefix}_samples": n,
+        }
         self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
-                                                         metrics)  # fmt: skip
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics
+        )
         return metrics
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -175,16 +209,20 @@ class SpectuneTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.objective is None:
-            return self.model_loss(model, inputs, return_outputs=return_outputs,
-                                   num_items_in_batch=num_items_in_batch)  # fmt: skip
-        return self.objective.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                           num_items_in_batch=num_items_in_batch)  # fmt: skip
+            return self.model_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        return self.objective.compute_loss(
+            self,
+            model,
+            inputs,
+            return_outputs=return_outputs,
+            num_items_in_batch=num_items_in_batch,
+        )
 
     def _save_checkpoint(self, model: Any, trial: Any, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's checkpoint, after refusing a symbolic link on its way inside the
         open run folder (the Trainer writes it without spectune's atomic writes)."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         check_no_links(Path(self.args.output_dir) / name)
         return super()._save_checkpoint(model, trial, *args, **kwargs)
@@ -241,9 +279,17 @@ class LossLog(TrainerCallback):
 def validation_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The validation points of a Trainer log history (``eval_loss`` entries) as rows of
     ``validation_log.csv``."""
-    return [{"step": e.get("step"), "epoch": e.get("epoch"), "validation_loss": e["eval_loss"],
-             "examples": e.get("eval_samples"), "seconds": e.get("eval_runtime")}
-            for e in log_history if "eval_loss" in e]  # fmt: skip
+    return [
+        {
+            "step": e.get("step"),
+            "epoch": e.get("epoch"),
+            "validation_loss": e["eval_loss"],
+            "examples": e.get("eval_samples"),
+            "seconds": e.get("eval_runtime"),
+        }
+        for e in log_history
+        if "eval_loss" in e
+    ]
 
 
 class ValidationLog(TrainerCallback):
@@ -304,8 +350,9 @@ class SpectraWatch(TrainerCallback):
             nothing (their ``compute`` waits for rank 0's).
     """
 
-    def __init__(self, every: int, compute: Callable[[], list[dict[str, Any]]],
-                 path: Path | None) -> None:  # fmt: skip
+    def __init__(
+        self, every: int, compute: Callable[[], list[dict[str, Any]]], path: Path | None
+    ) -> None:
         self.every = every
         self.compute = compute
         self.path = path
@@ -317,8 +364,7 @@ class SpectraWatch(TrainerCallback):
             return
         if self.path.is_file():
             with self.path.open(newline="", encoding="utf-8") as fh:
-                self.rows = [r for r in csv.DictReader(fh)
-                             if int(r["step"]) <= state.global_step]  # fmt: skip
+                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= state.global_step]
         _write_csv(self.path, SPECTRA_COLUMNS, self.rows)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -356,10 +402,9 @@ class GradientCheck(TrainerCallback):
                 "again with --overwrite"
             )
         if not any(bool(g.abs().sum() > 0) for g in present):
-            what = (f"no gradient reached any of the {len(grads)} trainable tensors at the "
-                    "first step")  # fmt: skip
-            from spectune.models.quant import has_4bit_weights
-
+            what = (
+                f"no gradient reached any of the {len(grads)} trainable tensors at the first step"
+            )
             if getattr(model, "is_loaded_in_4bit", False) or has_4bit_weights(model):
                 raise SpectuneError(
                     f"{what}; for a 4-bit model this happens after an eval-mode forward "
@@ -388,8 +433,9 @@ class FiniteLoss(TrainerCallback):
 
     @staticmethod
     def stop(args: Any, state: Any, loss: Any, norm: Any = None) -> None:
-        what = f"the training loss is {loss}" + (f" (gradient norm {norm})" if norm is not None
-                                                 else "")  # fmt: skip
+        what = f"the training loss is {loss}" + (
+            f" (gradient norm {norm})" if norm is not None else ""
+        )
         raise SpectuneError(
             f"{what} at step {state.global_step}: training diverged; "
             f"lower train.learning_rate (now {args.learning_rate:g}), add warmup "

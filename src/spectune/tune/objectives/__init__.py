@@ -29,9 +29,19 @@ OBJECTIVES = Registry(
     "objective",
     Objective,
     BUILTIN_MODULES,
-    ("model", "method", "objective", "seed", "output_dir", "target_modules", "exclude_modules",
-     "data", "eval", "train"),
-)  # fmt: skip
+    (
+        "model",
+        "method",
+        "objective",
+        "seed",
+        "output_dir",
+        "target_modules",
+        "exclude_modules",
+        "data",
+        "eval",
+        "train",
+    ),
+)
 
 
 def register_objective(name: str, spec: Objective) -> Objective:

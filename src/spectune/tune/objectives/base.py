@@ -37,7 +37,7 @@ model_dir)``                       weights (LiPO: a batch's memory), before the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -111,8 +111,9 @@ class Objective:
     def check(self, config: TuneConfig) -> None:
         """Cross-field checks of a config that uses this objective (raise SpectuneError)."""
 
-    def check_data(self, config: TuneConfig, data: RunData, tokenizer: Any,
-                   model_dir: Path) -> None:  # fmt: skip
+    def check_data(
+        self, config: TuneConfig, data: RunData, tokenizer: Any, model_dir: Path
+    ) -> None:
         """Checks that need the run's data and tokenizer but no weights (memory a batch
         takes...), run before the results folder exists (raise SpectuneError)."""
 
@@ -125,31 +126,38 @@ class Objective:
     def load_data(self, config: TuneConfig) -> RunData:
         raise NotImplementedError(f"objective {self.name!r} does not define load_data()")
 
-    def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
-                 ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+    def features(
+        self, config: TuneConfig, data: RunData, tokenizer: Any, ctx: JudgeContext | None = None
+    ) -> TrainData:
         """The Trainer's dataset and collator (``ctx`` carries the run's state)."""
         raise NotImplementedError(f"objective {self.name!r} does not define features()")
 
-    def validation_features(self, config: TuneConfig, data: RunData, tokenizer: Any,
-                            ctx: JudgeContext | None = None) -> TrainData:  # fmt: skip
+    def validation_features(
+        self, config: TuneConfig, data: RunData, tokenizer: Any, ctx: JudgeContext | None = None
+    ) -> TrainData:
         """The validation split's dataset and collator (``data.validation``), scored during
         training with :meth:`compute_loss` on the model in eval mode. The default is
         :meth:`features` of those records; an objective whose features come from its state
         (made in :meth:`prepare`) overrides it."""
-        import dataclasses
+        return self.features(config, replace(data, train=list(data.validation)), tokenizer, ctx)
 
-        return self.features(config, dataclasses.replace(data, train=list(data.validation)),
-                             tokenizer, ctx)  # fmt: skip
-
-    def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
-                     return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
+    def compute_loss(
+        self,
+        trainer: Any,
+        model: Any,
+        inputs: dict[str, Any],
+        *,
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         """The batch loss; the default is the model's own (``trainer.model_loss``).
 
         It also scores the validation split (``num_items_in_batch`` None, the model in eval
         mode, no gradient): the validation loss is the mean of these batch losses weighted by
         the batches' sizes."""
-        return trainer.model_loss(model, inputs, return_outputs=return_outputs,
-                                  num_items_in_batch=num_items_in_batch)  # fmt: skip
+        return trainer.model_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
 
     def judge(self, ctx: JudgeContext, model: Any, phase: str) -> dict[str, Any]:
         """Objective-specific metrics of ``model`` (phase ``"before"`` or ``"after"``)."""

@@ -17,7 +17,11 @@ import math
 import random
 from typing import TYPE_CHECKING, Any
 
+from spectune.data.instructions import InstructionCollator, load_instructions, tokenize_examples
+from spectune.data.tasks import TASKS_VERSION, generate_task_set
 from spectune.errors import SpectuneError
+from spectune.models.forward import as_forward, decoder_and_head, labelled_nll
+from spectune.models.tokenizer import pad_token_id
 from spectune.tune.objectives import register_objective
 from spectune.tune.objectives.base import Objective, RunData, TrainData, token_mean
 
@@ -33,9 +37,6 @@ def load_instruction_data(config: TuneConfig) -> RunData:
     are ``data.eval`` or, without it, a seeded ``eval_fraction`` split of the file; at most
     ``n_eval`` of them are used.
     """
-    from spectune.data.instructions import load_instructions
-    from spectune.data.tasks import TASKS_VERSION, generate_task_set
-
     d = config.data
     if d.train == "tasks":
         train, heldout = generate_task_set(d.n_train, d.n_eval, seed=config.seed)
@@ -59,8 +60,11 @@ def load_instruction_data(config: TuneConfig) -> RunData:
         train = [ex for i, ex in enumerate(train) if i not in held]
         split = f"{n_hold} of the file's examples (eval_fraction {d.eval_fraction}, seeded)"
     heldout = heldout[: d.n_eval]
-    return RunData(train, heldout, {"source": d.train, "heldout": split,
-                                    "n_train": len(train), "n_eval": len(heldout)})  # fmt: skip
+    return RunData(
+        train,
+        heldout,
+        {"source": d.train, "heldout": split, "n_train": len(train), "n_eval": len(heldout)},
+    )
 
 
 class SFT(Objective):
@@ -69,25 +73,30 @@ class SFT(Objective):
     def load_data(self, config: TuneConfig) -> RunData:
         return load_instruction_data(config)
 
-    def features(self, config: TuneConfig, data: RunData, tokenizer: Any,
-                 ctx: Any = None) -> TrainData:  # fmt: skip
-        from spectune.data.instructions import InstructionCollator, tokenize_examples
-        from spectune.models.tokenizer import pad_token_id
-
-        features, stats = tokenize_examples(data.train, tokenizer, max_length=config.data.max_length,
-                                            system=config.data.system)  # fmt: skip
+    def features(
+        self, config: TuneConfig, data: RunData, tokenizer: Any, ctx: Any = None
+    ) -> TrainData:
+        features, stats = tokenize_examples(
+            data.train, tokenizer, max_length=config.data.max_length, system=config.data.system
+        )
         return TrainData(features, InstructionCollator(pad_token_id(tokenizer)), stats.to_dict())
 
-    def compute_loss(self, trainer: Any, model: Any, inputs: dict[str, Any], *,
-                     return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:  # fmt: skip
+    def compute_loss(
+        self,
+        trainer: Any,
+        model: Any,
+        inputs: dict[str, Any],
+        *,
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         """Mean token NLL of the labelled positions, as the model's own loss, with the head
         applied only where a label is (same loss and gradients, tested)."""
-        from spectune.models.forward import as_forward, decoder_and_head, labelled_nll
-
         parts = decoder_and_head(model)
         if parts is None or return_outputs:
-            return trainer.model_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)  # fmt: skip
+            return trainer.model_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         nll, n = as_forward(model, lambda _: labelled_nll(parts, ids, mask, labels))
         return token_mean(trainer, nll, n, num_items_in_batch)

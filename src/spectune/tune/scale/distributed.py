@@ -23,6 +23,10 @@ DistributedDataParallel. Everything around the training is this module's:
 One results folder, written by rank 0 only (see :mod:`spectune.tune.recipe`); every
 rank must reach it, because each writes its random-number state into the Trainer's
 checkpoints and reads it back on ``--resume``: on several machines, a shared file system.
+
+The CLI imports this module at start-up, for every command (:func:`error_line`,
+:func:`write_line`), so torch is imported only inside the functions that join or talk to the
+process group.
 """
 
 from __future__ import annotations
@@ -175,8 +179,10 @@ def session(config: Any = None) -> Iterator[World]:
         yield world()
         return
     args = config.training_arguments() if config is not None else {}
-    made = join(timeout_s=float(args.get("ddp_timeout") or DEFAULT_TIMEOUT_S),
-                backend=args.get("ddp_backend"))  # fmt: skip
+    made = join(
+        timeout_s=float(args.get("ddp_timeout") or DEFAULT_TIMEOUT_S),
+        backend=args.get("ddp_backend"),
+    )
     ok = False
     try:
         yield world()
