@@ -40,7 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune.errors import SpectuneError
-from spectune.judge.evaluate import AccuracyResult, LatencyResult, LossResult, PerplexityResult
+from spectune.judge.accuracy import AccuracyResult
+from spectune.judge.forgetting import PerplexityResult
+from spectune.judge.latency import LatencyResult
+from spectune.judge.loss import LossResult
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

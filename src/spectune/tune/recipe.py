@@ -515,10 +515,10 @@ def judge_base_model(model_dir: Path, tokenizer: Any, heldout: list[InstructionE
     user starts from, so "forgetting" includes what quantization costs.
 
     Returns:
-        :func:`spectune.judge.evaluate.judge`'s dict, with ``model``.
+        :func:`spectune.judge.all.judge`'s dict, with ``model``.
     """
     from spectune import __version__
-    from spectune.judge.evaluate import judge
+    from spectune.judge.all import judge
     from spectune.models import hardware
     from spectune.tune.methods.base import load_float_base, resolve_model_dtype
 
@@ -867,7 +867,7 @@ def save(run: Run) -> None:
 
 def judge_tuned(run: Run) -> None:
     """Phase 6: judge the tuned model; write ``predictions.jsonl``."""
-    from spectune.judge.evaluate import judge
+    from spectune.judge.all import judge
 
     result = judge(run.built.model, run.tokenizer, run.data.heldout, progress=run.progress,
                    **_judge_kwargs(run.config))  # fmt: skip
