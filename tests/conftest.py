@@ -212,5 +212,5 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
     root = cache_root()  # resolve the real cache first (the default model lives there)
     judge_dir = tmp_path_factory.getbasetemp() / "judge-cache"
-    monkeypatch.setattr("spectune.tune.recipe._judge_cache_dir", lambda: judge_dir)
+    monkeypatch.setattr("spectune.judge.cache.cache_dir", lambda: judge_dir)
     yield root

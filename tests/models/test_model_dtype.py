@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from spectune.errors import SpectuneError
+from spectune.judge import cache as judge_cache
 from spectune.models.tokenizer import load_tokenizer
-from spectune.tune import recipe
+from spectune.tune import checks, judging, recipe
 from spectune.tune.config import TuneConfig
 from spectune.tune.methods import get_method
 from spectune.tune.methods.base import BuildContext, resolve_model_dtype
@@ -178,11 +179,11 @@ def test_judging_cache_keys_on_the_dtype(tiny_model_dir, tmp_path):
     results, files = {}, {}
     for dtype in ("float32", "bfloat16"):
         config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, model_dtype=dtype))
-        heldout = recipe.load_run_data(config).heldout
-        before = set(recipe._judge_cache_dir().glob("*.json"))
-        results[dtype] = recipe.judge_base_model(tiny_model_dir, load_tokenizer(tiny_model_dir),
-                                                 heldout, config, progress=False)  # fmt: skip
-        files[dtype] = set(recipe._judge_cache_dir().glob("*.json")) - before
+        heldout = checks.load_run_data(config).heldout
+        before = set(judge_cache.cache_dir().glob("*.json"))
+        results[dtype] = judging.judge_base_model(tiny_model_dir, load_tokenizer(tiny_model_dir),
+                                                  heldout, config, progress=False)  # fmt: skip
+        files[dtype] = set(judge_cache.cache_dir().glob("*.json")) - before
     assert results["float32"]["model"] == "base model, float32"
     assert results["bfloat16"]["model"] == "base model, bfloat16"
     assert files["bfloat16"] and not (files["bfloat16"] & files["float32"])

@@ -11,7 +11,9 @@ from spectune.study.advice import Candidate, Constraints, advise
 def fake_metrics(method: str, seed: int, *, acc: float, ppl: float, lr: float = 1e-3,
                  settings: dict | None = None, alpha: float | None = None):  # fmt: skip
     """A RunMetrics as a finished run writes it (numbers chosen by the test)."""
-    from spectune.judge.evaluate import AccuracyResult, LossResult, PerplexityResult
+    from spectune.judge.accuracy import AccuracyResult
+    from spectune.judge.forgetting import PerplexityResult
+    from spectune.judge.loss import LossResult
     from spectune.results.metrics import (
         Cost,
         Forgetting,

@@ -107,7 +107,7 @@ def test_the_demo_folder_keeps_no_checkpoints_and_the_lora_adapter_loads_in_peft
     gives the perplexity the run reported."""
     from peft import PeftModel
 
-    from spectune.judge.evaluate import perplexity
+    from spectune.judge.forgetting import perplexity
     from spectune.models.loading import default_model_dir
     from spectune.models.tokenizer import load_tokenizer
     from spectune.tune.methods import load_float_base

@@ -181,7 +181,7 @@ def _check_base_against_tuned(out: Path, model_dir: Path, tuned: dict, n: int) -
 def test_base_judging_matches_a_direct_evaluation(tiny_model_dir, tmp_path, smol_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from spectune.judge.evaluate import perplexity
+    from spectune.judge.forgetting import perplexity
 
     out = tmp_path / "run"
     _run(tiny_model_dir, out)
@@ -201,7 +201,7 @@ def test_saved_adapter_loads_in_plain_peft_and_merged_model_in_transformers(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from spectune.judge.evaluate import perplexity
+    from spectune.judge.forgetting import perplexity
 
     out = tmp_path / method
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, method))

@@ -16,7 +16,7 @@ import torch
 from spectune.data.instructions import split_validation
 from spectune.errors import SpectuneError
 from spectune.results.metrics import RunMetrics
-from spectune.tune import recipe
+from spectune.tune import checks, recipe
 from spectune.tune.config import TuneConfig
 from spectune.tune.recipe import tune
 from tests.conftest import tiny_run_config
@@ -79,7 +79,7 @@ def _fruit_config(model_dir: Path, files: dict, method: str = "lora", **train) -
 def test_the_validation_split_is_carved_from_training_disjoint_and_seeded(tiny_model_dir):
     plain = TuneConfig.from_dict(tiny_run_config(tiny_model_dir))
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, data__n_validation=8))
-    full, data = recipe.load_run_data(plain), recipe.load_run_data(config)
+    full, data = checks.load_run_data(plain), checks.load_run_data(config)
     assert (len(data.train), len(data.validation), len(data.heldout)) == (40, 8, 8)
     key = lambda ex: (ex.instruction, ex.context, ex.response)  # noqa: E731
     train, val, held = ({key(ex) for ex in part} for part in (data.train, data.validation,
@@ -91,8 +91,8 @@ def test_the_validation_split_is_carved_from_training_disjoint_and_seeded(tiny_m
     assert data.validation == [ex for ex in full.train if key(ex) in val]
     assert data.info["n_train"] == 40 and data.info["n_validation"] == 8
     # the same split for the same seed; another seed, another split
-    assert recipe.load_run_data(config).validation == data.validation
-    other = recipe.load_run_data(TuneConfig.from_dict(
+    assert checks.load_run_data(config).validation == data.validation
+    other = checks.load_run_data(TuneConfig.from_dict(
         tiny_run_config(tiny_model_dir, seed=1, data__n_validation=8)))  # fmt: skip
     assert {key(ex) for ex in other.validation} != val
 
@@ -211,7 +211,7 @@ def test_validation_loss_is_the_objectives_loss_on_the_split_at_that_step(
     rows = _csv(out / "validation_log.csv")
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert all(int(r["examples"]) == 8 for r in rows)
-    data = recipe.load_run_data(config)
+    data = checks.load_run_data(config)
     features, _ = tokenize_examples(data.validation, smol_tokenizer, max_length=96)
     collate = InstructionCollator(pad_token_id(smol_tokenizer))
     for row, adapter in zip(rows, (out / "checkpoints" / "checkpoint-2", out / "adapter"),
@@ -301,7 +301,7 @@ def test_validation_loss_of_other_objectives_is_their_own_loss(
     result = tune(config, out=tmp_path / objective, progress=False)
     (point,) = result.metrics.validation.curve
     obj = get_objective(objective)
-    data = recipe.load_run_data(config)
+    data = checks.load_run_data(config)
     ctx = JudgeContext(config, smol_tokenizer, data, tiny_model_dir)
     ctx.state = obj.prepare(ctx)
     val = obj.validation_features(config, data, smol_tokenizer, ctx)
@@ -475,7 +475,7 @@ def test_qlora_keeps_its_adapters_gradients_after_a_validation_pass(tiny_model_d
     from spectune.tune.trainer import validation_loss
 
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "qlora"))
-    data = recipe.load_run_data(config)
+    data = checks.load_run_data(config)
     features, _ = tokenize_examples(data.train[:6], smol_tokenizer, max_length=64)
     collate = InstructionCollator(pad_token_id(smol_tokenizer))
     batch = collate(features[:4])

@@ -826,7 +826,7 @@ def _write_search(out: Path, study: Any, params: Sequence[Param], objs: Sequence
     from spectune.results.metrics import RunMetrics
     from spectune.results.stats import pareto_set
     from spectune.study.sweep import RunOutcome, write_comparison
-    from spectune.tune.recipe import log_rows
+    from spectune.tune.collect import log_rows
 
     done, _ = _counted(study)
     records: list[TrialRecord] = []

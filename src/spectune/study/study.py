@@ -795,7 +795,7 @@ def _run_study(out: Path, root: Path, folder: Any, raw: dict[str, Any], base: di
     from spectune.report.files import save_figures
     from spectune.report.pages.comparison import write_comparison_report
     from spectune.study.sweep import RunOutcome, csv_text, write_comparison
-    from spectune.tune.recipe import log_rows
+    from spectune.tune.collect import log_rows
 
     saved = out / STUDY_CONFIG
     folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",

@@ -326,7 +326,8 @@ def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, fold
              held: Any = None) -> list[RunOutcome]:  # fmt: skip
     from spectune.report.pages.comparison import write_comparison_report
     from spectune.study.backends import failure
-    from spectune.tune.recipe import log_rows, tune
+    from spectune.tune.collect import log_rows
+    from spectune.tune.recipe import tune
 
     folder.own("runs", "results.csv", "results.md", "comparison.json", "plots", "report.html")
     start = time.perf_counter()

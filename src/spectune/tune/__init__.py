@@ -11,7 +11,10 @@
   metrics) and their registry.
 - :mod:`.recipe`: :func:`tune`, the run in named phases: set up, judge the base, build, train
   (:mod:`.trainer`: the transformers Trainer with the objective's loss, the logs and
-  callbacks), save, judge, analyze, report.
+  callbacks), save, judge, watch, report; :mod:`.run` the
+  state they fill in, :mod:`.checks` what a run refuses before it starts, :mod:`.judging` its
+  judge settings and cached base judgment, :mod:`.watching` its spectra during and after
+  training, :mod:`.collect` its metrics, figures and files.
 - :mod:`.pins`: ``inputs.json``, the inputs a run was started with, checked on ``--resume``.
 - :mod:`.scale`: more than one process (torchrun, accelerate), and the memory plan.
 
@@ -27,7 +30,7 @@ _LAZY: dict[str, str] = {
     "TuneConfig": "spectune.tune.config",
     "load_config": "spectune.tune.config",
     "tune": "spectune.tune.recipe",
-    "TuneResult": "spectune.tune.recipe",
+    "TuneResult": "spectune.tune.run",
     "register_method": "spectune.tune.methods",
     "methods": "spectune.tune.methods",
     "register_objective": "spectune.tune.objectives",

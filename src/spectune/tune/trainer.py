@@ -1,7 +1,8 @@
 """The ``transformers`` Trainer as the recipe uses it: the objective's loss, the method's
 checkpoints, and the callbacks every run gets.
 
-Imports ``transformers`` at module level; the recipe imports this module only when it trains.
+Imports ``transformers`` at module level, as the recipe does (a CLI verb imports the recipe
+only when it runs).
 
 - :class:`SpectuneTrainer`: ``compute_loss`` is the objective's
   (:meth:`~spectune.tune.objectives.base.Objective.compute_loss`); checkpoints are written

@@ -23,6 +23,7 @@ from spectune.tune import recipe
 from spectune.tune.config import TuneConfig
 from spectune.tune.methods import METHODS, get_method
 from spectune.tune.methods.base import Built, Method, load_float_base
+from spectune.tune.run import Run
 from tests.conftest import tiny_run_config
 
 #: a complete run's folder (checkpoints/ is removed once the adapter is written)
@@ -40,7 +41,7 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def check_method(name: str, model_dir, tmp_path, tokenizer, **changes) -> recipe.Run:
+def check_method(name: str, model_dir, tmp_path, tokenizer, **changes) -> Run:
     """The shared checks of one registered method (see the module docstring)."""
     method = get_method(name)
     config = TuneConfig.from_dict(tiny_run_config(model_dir, name, **changes))
@@ -57,7 +58,7 @@ def check_method(name: str, model_dir, tmp_path, tokenizer, **changes) -> recipe
     assert moved, f"{name}: no trainable tensor changed in training"
     recipe.save(run)
     recipe.judge_tuned(run)
-    recipe.analyze(run)
+    recipe.watch(run)
     metrics = recipe.report(run)
     out = run.out
 

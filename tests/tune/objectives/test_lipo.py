@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from spectune.errors import SpectuneError
-from spectune.tune import recipe
+from spectune.tune import checks, judging, recipe
 from spectune.tune.config import TuneConfig
 from spectune.tune.objectives.lipo import (
     LOSSES,
@@ -319,7 +319,7 @@ def test_list_file_run_data_is_split_and_cut(tiny_model_dir, tmp_path):
     config = TuneConfig.from_dict(tiny_run_config(
         tiny_model_dir, "lora", objective="lipo", data={"train": str(path), "eval_fraction": 0.2},
         lipo={"list_size": 2, "eval_list_size": 5}))  # fmt: skip
-    data = recipe.load_run_data(config)
+    data = checks.load_run_data(config)
     assert len(data.train) == 8 and len(data.heldout) == 2
     assert all(len(lst.responses) == 2 for lst in data.train)
     assert all(len(lst.responses) == 5 for lst in data.extra["heldout_lists"])
@@ -499,7 +499,7 @@ def test_lipo_trains_with_other_methods(method, tiny_model_dir, tmp_path):
     moved = [n for n, p in run.built.model.named_parameters()
              if p.requires_grad and not torch.equal(p, start[n])]  # fmt: skip
     assert moved and run.global_step == 2
-    extras = run.objective.judge(recipe._judge_context(run), lambda: run.built.model, "after")
+    extras = run.objective.judge(judging.judge_context(run), lambda: run.built.model, "after")
     assert 0 <= extras["reward_accuracy"] <= 1 and extras["n_lists"] == 8
 
 
@@ -511,7 +511,7 @@ def test_on_policy_lists_sample_the_base_model(tiny_model_dir, tmp_path):
         lipo={"lists": "on_policy", "list_size": 3, "max_new_tokens": 4}))  # fmt: skip
     run = recipe.setup(config, out=tmp_path / "onp", progress=False)
     run.tokenizer = load_tokenizer(run.model_dir)
-    state = run.objective.prepare(recipe._judge_context(run))
+    state = run.objective.prepare(judging.judge_context(run))
     assert state.info["on_policy_lists"]["n_read"] == 4
     for f in state.train:  # the exact answer (3) and K - 1 samples the random model garbles
         # labels rescaled to [0, K - 1]: the exact answer's grade 3 is the list's top, 2
@@ -551,7 +551,7 @@ def test_lipo_moves_heldout_ranking_accuracy_on_the_embedded_model(tmp_path):
     })  # fmt: skip
     run = recipe.setup(config, out=tmp_path / "lipo", progress=False)
     recipe.judge_base(run)  # the reference log-probs of every list, once
-    ctx = recipe._judge_context(run)
+    ctx = judging.judge_context(run)
     before = run.objective.judge(ctx, None, "before")
     recipe.build(run)
     recipe.train(run)

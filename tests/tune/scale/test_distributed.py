@@ -139,7 +139,7 @@ def one_process(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("one")
     config = TuneConfig.from_dict(_fruit_run(tiny_model_dir, write_fruit_files(tmp), 4))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(recipe, "_judge_cache_dir", lambda: tmp / "judge")
+        mp.setattr("spectune.judge.cache.cache_dir", lambda: tmp / "judge")
         real = recipe.callbacks
         mp.setattr(recipe, "callbacks", _killing(real, at_step=3))
         with pytest.raises(KeyboardInterrupt):
@@ -385,13 +385,13 @@ def test_processes_share_the_validation_batches_and_sum_to_one_process_loss(
 
     from spectune.data.instructions import InstructionCollator, tokenize_examples
     from spectune.models.tokenizer import pad_token_id
-    from spectune.tune import recipe
+    from spectune.tune import checks, recipe
     from spectune.tune.methods import get_method
     from spectune.tune.methods.base import BuildContext
     from spectune.tune.trainer import validation_loss
 
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, data__n_validation=8))
-    data = recipe.load_run_data(config)
+    data = checks.load_run_data(config)
     features, _ = tokenize_examples(data.validation, smol_tokenizer, max_length=96)
     collate = InstructionCollator(pad_token_id(smol_tokenizer))
     ctx = BuildContext(config, tiny_model_dir, Path("."), False)
@@ -414,7 +414,7 @@ def test_processes_share_the_validation_batches_and_sum_to_one_process_loss(
 
 
 def test_accelerate_fsdp_environment_counts_as_fsdp(tiny_model_dir, monkeypatch):
-    from spectune.tune.recipe import fsdp_requested
+    from spectune.tune.checks import fsdp_requested
 
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, "lora"))
     assert not fsdp_requested(config)

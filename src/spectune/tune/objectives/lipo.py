@@ -806,7 +806,7 @@ def score_features(model: Any, features: list[dict[str, Any]], pad_id: int, *,
     eval mode without gradients (mode restored afterwards)."""
     import torch
 
-    from spectune.judge.evaluate import _progress
+    from spectune._progress import track
     from spectune.models.forward import model_device as _device
 
     order = sorted(range(len(features)), key=lambda i: max(map(len, features[i]["input_ids"])))
@@ -825,7 +825,7 @@ def score_features(model: Any, features: list[dict[str, Any]], pad_id: int, *,
     model.eval()
     try:
         with torch.no_grad():
-            for group in _progress(groups, total=len(groups), desc=desc, show=progress):
+            for group in track(groups, len(groups), desc, enabled=progress, unit="batch"):
                 batch = {k: v.to(device) for k, v in collate([features[i] for i in group]).items()}
                 logps = list_logps(model, batch, share_prompt=share_prompt).tolist()
                 pos = 0
@@ -1268,8 +1268,8 @@ def sample_lists(model: Any, tokenizer: Any, examples: list[InstructionExample],
     ``sec.temperature``), plus the exact answer, each labelled by :func:`grade`."""
     import torch
 
+    from spectune._progress import track
     from spectune.data.instructions import build_prompt
-    from spectune.judge.evaluate import _progress
     from spectune.models.tokenizer import pad_token_id
 
     n = sec.list_size - 1
@@ -1280,8 +1280,8 @@ def sample_lists(model: Any, tokenizer: Any, examples: list[InstructionExample],
     starts = range(0, len(examples), per_batch)
     pad = pad_token_id(tokenizer)
     model.eval()
-    for start in _progress(starts, total=len(starts), desc="sampling on-policy lists",
-                           show=progress):  # fmt: skip
+    for start in track(starts, len(starts), "sampling on-policy lists", enabled=progress,
+                       unit="batch"):  # fmt: skip
         chunk = examples[start : start + per_batch]
         prompts = [tokenizer(build_prompt(tokenizer, ex, system=system),
                              add_special_tokens=False)["input_ids"] for ex in chunk]  # fmt: skip
