@@ -173,11 +173,31 @@ def finished_run(folder: Path) -> bool:
         folder / "metrics.json").is_file()  # fmt: skip
 
 
-def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[..., Any],
-                  progress: bool, held: HeldFolders | None = None,
-                  ) -> Callable[[list[Job], str], list[tuple[Any, str | None]]]:  # fmt: skip
+#: the result of one job: ``(RunMetrics, None)`` or ``(None, why it failed)``
+JobResult = tuple[Any, str | None]
+#: runs a list of jobs (``what`` names the batch in progress output; None: a plain count), with
+#: ``after(job, result)`` called after each run of the local backend; the results in order
+Executor = Callable[..., list[JobResult]]
+
+
+def make_executor(
+    backend: str | Backend,
+    address: str | None,
+    run_fn: Callable[..., Any],
+    progress: bool,
+    held: HeldFolders | None = None,
+    *,
+    failures: bool | None = None,
+) -> Executor:
     """A function running a list of jobs and returning their results in order; with
     ``held``, each job's folder stays locked from its run's start (see the module docstring).
+
+    Args:
+        backend / address: the backend and the Ray cluster.
+        run_fn: the run function (:func:`spectune.tune.recipe.tune`'s signature).
+        progress: progress output.
+        held: the locks of the run folders.
+        failures: print each failed run's reason (None: with ``progress``).
 
     Raises:
         SpectuneError: a bad backend option, Ray missing, its address unreachable or its
@@ -189,22 +209,36 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
+    def failed(job: Job, error: str) -> None:
+        if failures is None:
+            say(f"spectune: run {job.name} failed: {error}")
+        elif failures:
+            print(f"spectune: run {job.name} failed: {error}", file=sys.stderr)
+
     if backend.name == "local":
 
-        def local(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
+        def local(
+            jobs: list[Job],
+            what: str | None = None,
+            after: Callable[[Job, JobResult], None] | None = None,
+        ) -> list[JobResult]:
             results = []
             for i, job in enumerate(jobs, 1):
-                say(f"[{what} {i}/{len(jobs)}] {job.name}")
+                say(f"[{i}/{len(jobs)}] {job.name}" if what is None
+                    else f"[{what} {i}/{len(jobs)}] {job.name}")  # fmt: skip
                 metrics, error = run_job(run_fn, job, progress, held)
                 if error is not None:
-                    say(f"spectune: run {job.name} failed: {error}")
+                    failed(job, error)
                 results.append((metrics, error))
+                if after is not None:
+                    after(job, (metrics, error))
             return results
 
         return local
     start_ray(backend)
 
-    def on_ray(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
+    def on_ray(jobs: list[Job], what: str | None = None, after: Any = None) -> list[JobResult]:
+        what = what or "run"
         from spectune.results.metrics import RunMetrics
 
         results: list[tuple[Any, str | None] | None] = [None] * len(jobs)
@@ -245,7 +279,7 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
                         held.hold(jobs[i].out)
         for job, (_, error) in zip(jobs, results, strict=True):  # type: ignore[misc]
             if error is not None:
-                say(f"spectune: run {job.name} failed: {error}")
+                failed(job, error)
         return [r if r is not None else (None, "the Ray trial did not run") for r in results]
 
     return on_ray

@@ -5,7 +5,7 @@ with each method, every one with the same trainable-parameter count (FROG's budg
 so that G x its target weights equals LoRA's r (in + out) over the same all-linear targets;
 DoRA adds its magnitude vectors on top), then judges learning against forgetting, reads the
 adapters' spectra against the base model's, and writes one comparison folder
-(:mod:`spectune.study.sweep` layout) with ``report.html``. The base model's own spectra
+(:mod:`spectune.study.sweep` layout, written by :mod:`spectune.study.runner`) with ``report.html``. The base model's own spectra
 (every matrix, WeightWatcher metrics) go to ``base_spectra/``.
 
 The settings below are the demo's whole recipe; ``configs/demo.yaml`` holds the same settings
@@ -17,10 +17,19 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from spectune.models.loading import resolve_model_dir
+from spectune.report.files import write_results
+from spectune.results.runfolder import RunFolder
+from spectune.study.runner import RunOutcome
+from spectune.study.sweep import run_comparison
 from spectune.tune.config import TuneConfig, apply_overrides
+from spectune.tune.methods import get_method
+from spectune.tune.methods.base import BuildContext
+from spectune.watch import analyze, summarize
 
 #: The demo's base config (every method starts from it).
 DEMO_CONFIG: dict[str, Any] = {
@@ -75,9 +84,6 @@ def demo_runs(
         overrides: ``key=value`` changes for every run.
         base: raw base config (default :data:`DEMO_CONFIG`).
     """
-    from spectune.models.loading import resolve_model_dir
-    from spectune.tune.methods import get_method
-
     base = apply_overrides(
         copy.deepcopy(DEMO_CONFIG if base is None else base), list(overrides or [])
     )
@@ -97,11 +103,7 @@ def demo_runs(
     return runs
 
 
-def _context(config: TuneConfig, model_dir: Path) -> Any:
-    import tempfile
-
-    from spectune.tune.methods.base import BuildContext
-
+def _context(config: TuneConfig, model_dir: Path) -> BuildContext:
     return BuildContext(config, model_dir, Path(tempfile.gettempdir()), progress=False)
 
 
@@ -126,10 +128,6 @@ def write_base_spectra(
 ) -> dict[str, Any]:
     """The base model's spectra (every matrix) into ``out`` with the usual figures and its
     correlation flow (``flow.csv``)."""
-    from spectune.models.loading import resolve_model_dir
-    from spectune.report.files import write_results
-    from spectune.watch import analyze, summarize
-
     folder = resolve_model_dir(model)
     details = analyze(folder, precision="float32", progress=progress)
     summary = summarize(details)
@@ -146,16 +144,13 @@ def demo(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-) -> list[Any]:
+) -> list[RunOutcome]:
     """Run the demo comparison into ``out``; returns one
-    :class:`~spectune.study.sweep.RunOutcome` per method.
+    :class:`~spectune.study.runner.RunOutcome` per method.
 
     ``base`` replaces :data:`DEMO_CONFIG` (e.g. ``configs/demo.yaml`` edited); ``overrides``
     change every run.
     """
-    from spectune.study.sweep import run_comparison
-    from spectune.tune.methods import get_method
-
     runs = demo_runs(methods, overrides, base)
     first = runs[0][1]
     notes = ["before = the float32 base model; 4-bit methods' forgetting includes quantization",
@@ -174,7 +169,7 @@ def demo(
     model = "SmolLM2-135M-Instruct" if first.model == "default" else Path(first.model).name
     title = f"spectune demo: {', '.join(methods)} at matched budgets on {model}"
 
-    def base_spectra(folder: Any) -> None:
+    def base_spectra(folder: RunFolder) -> None:
         folder.own("base_spectra")
         if progress:
             print("base model spectra -> base_spectra/", file=sys.stderr, flush=True)
