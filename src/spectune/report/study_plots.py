@@ -1,4 +1,5 @@
-"""Figures of many runs: a comparison folder's (sweep, demo, study, search) and a study's own.
+"""Figures of many runs: a comparison folder's (sweep, demo, study, search), a study's own
+and a search's.
 
 Functions that take rows of ``results.csv``, a study's summaries and learning-rate searches,
 or points read by the study, and return matplotlib Figures (name -> Figure). Nothing here
@@ -21,7 +22,7 @@ COMPARISON_BARS = (
     ("train_loss", "final training loss", "train_loss.png"),
     ("train_seconds", "train wall time (s)", "train_time.png"),
     ("ms_per_token", "inference latency (ms per generated token)", "latency.png"),
-)  # fmt: skip
+)
 
 
 def comparison_figures(
@@ -190,6 +191,24 @@ def study_figures(
     return figs, skipped
 
 
+def search_figures(
+    complete: Sequence[Any], names: Sequence[str], directions: Sequence[str]
+) -> dict[str, Figure]:
+    """A search's figure: ``pareto.png``, the first two objectives of its complete trials
+    (:class:`~spectune.study.search.TrialRecord`), the Pareto set marked; none with one
+    objective or no complete trial."""
+    if len(names) < 2 or not complete:
+        return {}
+    fig = T.objective_scatter(
+        [r.values[:2] for r in complete],
+        [r.run for r in complete],
+        [r.pareto for r in complete],
+        names[:2],
+        directions[:2],
+    )
+    return {"pareto.png": fig}
+
+
 def layer_alpha_figure(
     points: Mapping[str, Sequence[tuple[float, float]]], runs: Mapping[str, str]
 ) -> Figure | None:
@@ -228,5 +247,6 @@ __all__ = [
     "learning_rate_curves",
     "learning_vs_forgetting",
     "parameter_curves",
+    "search_figures",
     "study_figures",
 ]

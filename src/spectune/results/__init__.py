@@ -4,5 +4,7 @@
   ``metrics.json``, and the comparison table's rows.
 - :mod:`.runfolder`: the results-folder rules: refuse a folder spectune did not write,
   resume, overwrite, the marker file, locks held by a running job.
+- :mod:`.table`: the one writer of the runs' tables (results.csv, results.md, pareto.csv): a
+  column per key of the rows.
 - :mod:`.stats`: bootstrap and t intervals, paired differences, the statistics of studies.
 """

@@ -88,30 +88,38 @@ class Backend:
     @property
     def trial_resources(self) -> dict[str, float]:
         """What one Ray trial asks for: ``{"cpu": ..., "gpu": ...}``."""
-        return {"cpu": 1.0 if self.cpus_per_trial is None else float(self.cpus_per_trial),
-                "gpu": 0.0 if self.gpus_per_trial is None else float(self.gpus_per_trial)}  # fmt: skip
+        return {
+            "cpu": 1.0 if self.cpus_per_trial is None else float(self.cpus_per_trial),
+            "gpu": 0.0 if self.gpus_per_trial is None else float(self.gpus_per_trial),
+        }
 
     def check(self) -> Backend:
         """Raises SpectuneError naming the option that is wrong."""
         from spectune._check import choice, integer, number
 
         choice("--backend", self.name, ("local", "ray"))
-        ray_only = {"--address": self.address, "--cpus": self.cpus,
-                    "--cpus-per-trial": self.cpus_per_trial,
-                    "--gpus-per-trial": self.gpus_per_trial}  # fmt: skip
+        ray_only = {
+            "--address": self.address,
+            "--cpus": self.cpus,
+            "--cpus-per-trial": self.cpus_per_trial,
+            "--gpus-per-trial": self.gpus_per_trial,
+        }
         if self.name == "local":
             given = [k for k, v in ray_only.items() if v is not None]
             if given:
-                raise SpectuneError(f"{given[0]} is for --backend ray (the local backend runs "
-                                    "one run after another in this process)")  # fmt: skip
+                raise SpectuneError(
+                    f"{given[0]} is for --backend ray (the local backend runs "
+                    "one run after another in this process)"
+                )
             return self
         if self.cpus is not None:
             integer("--cpus", self.cpus, minimum=1)
             if self.address is not None:
-                raise SpectuneError("--cpus sizes the local Ray instance; a cluster given by "
-                                    "--address has its own CPUs (leave out one of them)")  # fmt: skip
-        if self.cpus_per_trial is not None and number("--cpus-per-trial",
-                                                      self.cpus_per_trial) <= 0:  # fmt: skip
+                raise SpectuneError(
+                    "--cpus sizes the local Ray instance; a cluster given by "
+                    "--address has its own CPUs (leave out one of them)"
+                )
+        if self.cpus_per_trial is not None and number("--cpus-per-trial", self.cpus_per_trial) <= 0:
             raise SpectuneError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None:
             number("--gpus-per-trial", self.gpus_per_trial, nonnegative=True)
@@ -120,9 +128,11 @@ class Backend:
         need = self.trial_resources["cpu"]
         cpus = self.cpus if self.cpus is not None else os.cpu_count() or 1
         if self.address is None and need > cpus:
-            raise SpectuneError(f"--cpus-per-trial {need:g} is more than the local Ray "
-                                f"instance's {cpus} CPUs: no trial could start; lower it or "
-                                "raise --cpus")  # fmt: skip
+            raise SpectuneError(
+                f"--cpus-per-trial {need:g} is more than the local Ray "
+                f"instance's {cpus} CPUs: no trial could start; lower it or "
+                "raise --cpus"
+            )
         return self
 
 
@@ -144,8 +154,9 @@ class TrialFailed(RuntimeError):
     its message is the run's failure."""
 
 
-def run_job(run_fn: Callable[..., Any], job: Job, progress: bool,
-            held: HeldFolders | None = None) -> tuple[Any, str | None]:  # fmt: skip
+def run_job(
+    run_fn: Callable[..., Any], job: Job, progress: bool, held: HeldFolders | None = None
+) -> tuple[Any, str | None]:
     """``(RunMetrics, None)`` or ``(None, why it failed)``: any exception of the run (not an
     interruption) is its failure. With ``held``, the run folder's lock is taken first (a
     folder another process uses is a failed run) and kept after the run."""
@@ -169,8 +180,9 @@ def finished_run(folder: Path) -> bool:
         marker = RunFolder(folder).read_marker()
     except SpectuneError:
         return False
-    return bool(marker) and marker.get("status") == "complete" and (
-        folder / "metrics.json").is_file()  # fmt: skip
+    return (
+        bool(marker) and marker.get("status") == "complete" and (folder / "metrics.json").is_file()
+    )
 
 
 #: the result of one job: ``(RunMetrics, None)`` or ``(None, why it failed)``
@@ -224,8 +236,11 @@ def make_executor(
         ) -> list[JobResult]:
             results = []
             for i, job in enumerate(jobs, 1):
-                say(f"[{i}/{len(jobs)}] {job.name}" if what is None
-                    else f"[{what} {i}/{len(jobs)}] {job.name}")  # fmt: skip
+                say(
+                    f"[{i}/{len(jobs)}] {job.name}"
+                    if what is None
+                    else f"[{what} {i}/{len(jobs)}] {job.name}"
+                )
                 metrics, error = run_job(run_fn, job, progress, held)
                 if error is not None:
                     failed(job, error)
@@ -256,13 +271,19 @@ def make_executor(
         if todo:
             from ray import tune
 
-            say(f"[{what}] {len(todo)} run(s) as Ray Tune trials"
-                + (f" ({len(jobs) - len(todo)} finished before)" if len(todo) < len(jobs) else ""))  # fmt: skip
+            say(
+                f"[{what}] {len(todo)} run(s) as Ray Tune trials"
+                + (f" ({len(jobs) - len(todo)} finished before)" if len(todo) < len(jobs) else "")
+            )
             trainable = tune.with_parameters(_job_trainable, run_fn=run_fn, jobs=jobs)
-            grid = tune_fit(trainable, backend, name=f"spectune-{what.replace(' ', '-')}",
-                            param_space={"job": tune.grid_search(todo)},
-                            trial_name=lambda config: jobs[config["job"]].name,
-                            progress=progress)  # fmt: skip
+            grid = tune_fit(
+                trainable,
+                backend,
+                name=f"spectune-{what.replace(' ', '-')}",
+                param_space={"job": tune.grid_search(todo)},
+                trial_name=lambda config: jobs[config["job"]].name,
+                progress=progress,
+            )
             index = {jobs[i].name: i for i in todo}
             for result in grid:
                 i = index[trial_name_of(result)]
@@ -324,8 +345,11 @@ def _quiet_tune(progress: bool) -> Iterator[None]:
     puts them, relative paths of the config work)."""
     import logging
 
-    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}  # fmt: skip
+    env = {
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    }
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.air", "ray.train")]
@@ -356,9 +380,17 @@ def _slots(backend: Backend) -> int:
     return max(1, slots)
 
 
-def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[str, Any],
-             trial_name: Callable[[dict[str, Any]], str], progress: bool,
-             num_samples: int = 1, search_alg: Any = None) -> Any:  # fmt: skip
+def tune_fit(
+    trainable: Any,
+    backend: Backend,
+    *,
+    name: str,
+    param_space: dict[str, Any],
+    trial_name: Callable[[dict[str, Any]], str],
+    progress: bool,
+    num_samples: int = 1,
+    search_alg: Any = None,
+) -> Any:
     """Run ``trainable`` as Ray Tune trials on the connected cluster, each with the backend's
     resources, as many at once as fit; a failed trial is not retried and the others go on.
 
@@ -405,14 +437,14 @@ def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[s
                     reuse_actors=True,  # a worker imports torch once, not once per run
                     trial_name_creator=label,
                     trial_dirname_creator=label,
-                ),  # fmt: skip
+                ),
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=storage,
                     verbose=0,
                     callbacks=[Lines()],
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                ),  # fmt: skip
+                ),
             )
             return tuner.fit()
     finally:
@@ -460,9 +492,13 @@ def start_ray(backend: Backend) -> Any:
             _check_reachable(backend.address)
         try:
             if backend.address is None:
-                ray.init(address="local", num_cpus=backend.cpus or os.cpu_count() or 1,
-                         include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)  # fmt: skip
+                ray.init(
+                    address="local",
+                    num_cpus=backend.cpus or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
             else:
                 ray.init(address=backend.address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception on a start timeout
@@ -480,14 +516,19 @@ def start_ray(backend: Backend) -> Any:
         started = True
     have = ray.cluster_resources()
     need = backend.trial_resources
-    short = [f"{key} {need[key.lower()]:g} (the cluster has {have.get(key, 0):g})"
-             for key in ("CPU", "GPU") if need[key.lower()] > have.get(key, 0)]  # fmt: skip
+    short = [
+        f"{key} {need[key.lower()]:g} (the cluster has {have.get(key, 0):g})"
+        for key in ("CPU", "GPU")
+        if need[key.lower()] > have.get(key, 0)
+    ]
     if short:
         if started:
             ray.shutdown()
-        raise SpectuneError(f"one Ray trial asks for more than the cluster holds: "
-                            f"{', '.join(short)}; lower --cpus-per-trial/--gpus-per-trial or "
-                            "use a bigger cluster")  # fmt: skip
+        raise SpectuneError(
+            f"one Ray trial asks for more than the cluster holds: "
+            f"{', '.join(short)}; lower --cpus-per-trial/--gpus-per-trial or "
+            "use a bigger cluster"
+        )
     return ray
 
 

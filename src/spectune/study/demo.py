@@ -5,8 +5,9 @@ with each method, every one with the same trainable-parameter count (FROG's budg
 so that G x its target weights equals LoRA's r (in + out) over the same all-linear targets;
 DoRA adds its magnitude vectors on top), then judges learning against forgetting, reads the
 adapters' spectra against the base model's, and writes one comparison folder
-(:mod:`spectune.study.sweep` layout, written by :mod:`spectune.study.runner`) with ``report.html``. The base model's own spectra
-(every matrix, WeightWatcher metrics) go to ``base_spectra/``.
+(:mod:`spectune.study.sweep` layout, written by :mod:`spectune.study.runner`) with
+``report.html``. The base model's own spectra (every matrix, WeightWatcher metrics) go to
+``base_spectra/``.
 
 The settings below are the demo's whole recipe; ``configs/demo.yaml`` holds the same settings
 as a file (``spectune demo --config configs/demo.yaml`` after editing it; a test keeps the
@@ -48,7 +49,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "ppl_stride": 192,
         "latency_tokens": 16,
         "latency_prompts": 2,
-    },  # fmt: skip
+    },
     "train": {
         "max_steps": 25,
         "per_device_train_batch_size": 8,
@@ -58,7 +59,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "logging_steps": 5,
         "save_steps": 25,
         "save_total_limit": 1,
-    },  # fmt: skip
+    },
 }
 
 #: Per-method changes to :data:`DEMO_CONFIG` (data, not dispatch: full fine-tuning's learning
@@ -92,13 +93,15 @@ def demo_runs(
     runs = []
     for method in methods:
         items = [f"method={method}", *METHOD_OVERRIDES.get(method, [])]
-        config = TuneConfig.from_dict(apply_overrides(base, items), source=f"demo ({method})",
-                                      foreign_sections="drop")  # fmt: skip
+        config = TuneConfig.from_dict(
+            apply_overrides(base, items), source=f"demo ({method})", foreign_sections="drop"
+        )
         ctx = _context(config, model_dir)
         match = get_method(method).match_budget(ctx, reference)
         if match:
-            config = TuneConfig.from_dict(apply_overrides(config.to_dict(), match),
-                                          source=f"demo ({method})")  # fmt: skip
+            config = TuneConfig.from_dict(
+                apply_overrides(config.to_dict(), match), source=f"demo ({method})"
+            )
         runs.append((method, config, {"method": method}))
     return runs
 
@@ -153,10 +156,12 @@ def demo(
     """
     runs = demo_runs(methods, overrides, base)
     first = runs[0][1]
-    notes = ["before = the float32 base model; 4-bit methods' forgetting includes quantization",
-             f"matched budgets: every method that can set its trainable count is set to "
-             f"{REFERENCE}'s at the base config's rank on {first.target_modules} (DoRA adds its "
-             "magnitude vectors); full fine-tuning trains everything"]  # fmt: skip
+    notes = [
+        "before = the float32 base model; 4-bit methods' forgetting includes quantization",
+        f"matched budgets: every method that can set its trainable count is set to "
+        f"{REFERENCE}'s at the base config's rank on {first.target_modules} (DoRA adds its "
+        "magnitude vectors); full fine-tuning trains everything",
+    ]
     settings = []
     for name, config, _ in runs:
         keys = get_method(config.method).settings
@@ -175,8 +180,17 @@ def demo(
             print("base model spectra -> base_spectra/", file=sys.stderr, flush=True)
         write_base_spectra(Path(folder.path) / "base_spectra", first.model, progress=progress)
 
-    return run_comparison(runs, out, kind="demo", title=title, meta=meta, overwrite=overwrite,
-                          resume=resume, progress=progress, prelude=base_spectra)  # fmt: skip
+    return run_comparison(
+        runs,
+        out,
+        kind="demo",
+        title=title,
+        meta=meta,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        prelude=base_spectra,
+    )
 
 
 __all__ = [

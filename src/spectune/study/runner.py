@@ -111,7 +111,9 @@ def opened_folder(
             yield folder
 
 
-def changed_settings(saved: Path, settings: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+def changed_settings(
+    saved: Path, settings: dict[str, Any], ignore: Sequence[str] = ()
+) -> list[str]:
     """The fields in which ``settings`` differ from the ones saved in ``saved`` (none when
     nothing was saved), less ``ignore``."""
     if not saved.is_file():

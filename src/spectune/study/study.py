@@ -129,15 +129,19 @@ class StudySpec:
         known = {"methods", "seeds", "lr_grid", "lr_search", "grid", "match_budget"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SpectuneError(f"{source}: study.{unknown[0]} is not a study setting "
-                                f"(known: {', '.join(sorted(known))})")  # fmt: skip
+            raise SpectuneError(
+                f"{source}: study.{unknown[0]} is not a study setting "
+                f"(known: {', '.join(sorted(known))})"
+            )
         methods = data.get("methods")
         if not isinstance(methods, list) or not methods:
             raise SpectuneError(f"{source}: study.methods must list methods, e.g. [lora, full]")
         for m in methods:
             if m not in METHODS.names():
-                raise SpectuneError(f"{source}: study.methods: unknown method {m!r} "
-                                    f"(registered: {', '.join(METHODS.names())})")  # fmt: skip
+                raise SpectuneError(
+                    f"{source}: study.methods: unknown method {m!r} "
+                    f"(registered: {', '.join(METHODS.names())})"
+                )
         seeds = data.get("seeds", 3)
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             if seeds < 1:
@@ -151,8 +155,10 @@ class StudySpec:
             raise SpectuneError(f"{source}: study.seeds must be a count or a list of seeds")
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
-            raise SpectuneError(f"{source}: study.seeds lists seed {repeated[0]} more than once "
-                                "(its runs would share a folder); list each seed once")  # fmt: skip
+            raise SpectuneError(
+                f"{source}: study.seeds lists seed {repeated[0]} more than once "
+                "(its runs would share a folder); list each seed once"
+            )
         raw = data.get("lr_grid", [base_lr])
         grid_lr: dict[str, list[float]] = {}
         for m in methods:
@@ -168,20 +174,25 @@ class StudySpec:
                     for r in rates
                 )
             ):
-                raise SpectuneError(f"{source}: study.lr_grid must be a list of positive rates "
-                                    f"or a mapping method -> list (got {rates!r} for {m})")  # fmt: skip
+                raise SpectuneError(
+                    f"{source}: study.lr_grid must be a list of positive rates "
+                    f"or a mapping method -> list (got {rates!r} for {m})"
+                )
             grid_lr[m] = sorted(float(r) for r in rates)
             twice = [r for r, nxt in itertools.pairwise(grid_lr[m]) if r == nxt]
             if twice:
-                raise SpectuneError(f"{source}: study.lr_grid lists rate {twice[0]:g} more than "
-                                    f"once for {m}; list each rate once")  # fmt: skip
+                raise SpectuneError(
+                    f"{source}: study.lr_grid lists rate {twice[0]:g} more than "
+                    f"once for {m}; list each rate once"
+                )
         search = data.get("lr_search") or {}
         if not isinstance(search, dict) or set(search) - {"steps", "validation", "seed"}:
             raise SpectuneError(f"{source}: study.lr_search takes steps, validation and seed")
         grid = data.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-            raise SpectuneError(f"{source}: study.grid must map keys to lists of values, "
-                                "e.g. {lora.r: [4, 8]}")  # fmt: skip
+            raise SpectuneError(
+                f"{source}: study.grid must map keys to lists of values, e.g. {{lora.r: [4, 8]}}"
+            )
         validation = search.get("validation", 64)
         if not isinstance(validation, int) or validation < 1:
             raise SpectuneError(f"{source}: study.lr_search.validation must be >= 1")
@@ -191,11 +202,19 @@ class StudySpec:
         lr_seed = integer(f"{source}: study.lr_search.seed", search.get("seed", 0), minimum=0)
         match_budget = data.get("match_budget", True)
         if not isinstance(match_budget, bool):
-            raise SpectuneError(f"{source}: study.match_budget must be true or false, got "
-                                f"{match_budget!r}")  # fmt: skip
-        return cls(methods=list(methods), seeds=seeds, lr_grid=grid_lr, lr_steps=steps,
-                   validation=validation, lr_seed=lr_seed, grid=grid,
-                   match_budget=match_budget)  # fmt: skip
+            raise SpectuneError(
+                f"{source}: study.match_budget must be true or false, got {match_budget!r}"
+            )
+        return cls(
+            methods=list(methods),
+            seeds=seeds,
+            lr_grid=grid_lr,
+            lr_steps=steps,
+            validation=validation,
+            lr_seed=lr_seed,
+            grid=grid,
+            match_budget=match_budget,
+        )
 
 
 def split_study_config(
@@ -203,8 +222,10 @@ def split_study_config(
 ) -> tuple[dict, StudySpec]:
     """``(base run config data, StudySpec)`` of a study config's raw data."""
     if not isinstance(data, dict) or "study" not in data:
-        raise SpectuneError(f"{source}: a study config needs a study: block (methods, seeds, "
-                            "lr_grid...); see configs/study.yaml")  # fmt: skip
+        raise SpectuneError(
+            f"{source}: a study config needs a study: block (methods, seeds, "
+            "lr_grid...); see configs/study.yaml"
+        )
     base = copy.deepcopy(data)
     block = base.pop("study")
     base_lr = TuneConfig.from_dict(
@@ -282,8 +303,11 @@ def search_learning_rate(
         except Exception as exc:  # noqa: BLE001 - one rate's failure is not the search's
             scores.append(None)
             errors[rate_name(lr)] = failure(exc)
-    ok = [(s[0], -s[1] if math.isfinite(s[1]) else -math.inf, -lr)
-          for lr, s in zip(rates, scores, strict=True) if s is not None]  # fmt: skip
+    ok = [
+        (s[0], -s[1] if math.isfinite(s[1]) else -math.inf, -lr)
+        for lr, s in zip(rates, scores, strict=True)
+        if s is not None
+    ]
     chosen = -max(ok)[2] if ok else None
     return LRSearch(method, rates, scores, chosen, errors)
 
@@ -292,17 +316,21 @@ def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path)
     """Carve the validation split from the training data (seeded,
     :func:`spectune.data.instructions.split_validation`, as ``data.n_validation`` does in a run)
     and write both as Dolly files; returns the ``data`` changes of the search runs."""
-    config = TuneConfig.from_dict(apply_overrides(base, [f"seed={spec.lr_seed}"]),
-                                  source="study", foreign_sections="drop")  # fmt: skip
+    config = TuneConfig.from_dict(
+        apply_overrides(base, [f"seed={spec.lr_seed}"]), source="study", foreign_sections="drop"
+    )
     if config.objective != "sft":
         raise SpectuneError(
             f"study.lr_grid: the learning-rate search carves its validation split from "
             f"instruction data (objective sft), not from objective {config.objective!r}'s; give "
             "each method one rate (study.lr_grid: {method: [rate]})"
         )
-    train, validation = split_validation(list(load_instruction_data(config).train),
-                                         spec.validation, spec.lr_seed,
-                                         label="study.lr_search.validation")  # fmt: skip
+    train, validation = split_validation(
+        list(load_instruction_data(config).train),
+        spec.validation,
+        spec.lr_seed,
+        label="study.lr_search.validation",
+    )
     folder.mkdir(parents=True, exist_ok=True)
 
     def dump(rows: list[Any]) -> str:
@@ -310,8 +338,12 @@ def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path)
 
     write_text(folder / "train.jsonl", dump(train))
     write_text(folder / "validation.jsonl", dump(validation))
-    return {"train": str(folder / "train.jsonl"), "eval": str(folder / "validation.jsonl"),
-            "format": "dolly", "n_eval": spec.validation}  # fmt: skip
+    return {
+        "train": str(folder / "train.jsonl"),
+        "eval": str(folder / "validation.jsonl"),
+        "format": "dolly",
+        "n_eval": spec.validation,
+    }
 
 
 # --------------------------------------------------------------------------- results
@@ -501,8 +533,18 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
     """The study in its opened, locked folder (see :func:`study`)."""
     out = s.out
     saved = out / STUDY_CONFIG
-    folder.own(STUDY_CONFIG, "lr_search", "runs", "results.csv", "results.md",
-               "comparison.json", "plots", "report.html", STUDY_JSON, "study.md")  # fmt: skip
+    folder.own(
+        STUDY_CONFIG,
+        "lr_search",
+        "runs",
+        "results.csv",
+        "results.md",
+        "comparison.json",
+        "plots",
+        "report.html",
+        STUDY_JSON,
+        "study.md",
+    )
     save_settings(saved, s.raw, f"spectune study {saved} --resume (the study's config)")
     start = time.perf_counter()
     # 1. learning-rate search per method (on the first grid point), on the validation split
@@ -544,9 +586,22 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
         figs["layer_alpha_vs_base.png"] = fig
     notes = _study_notes(s, summaries, searches, skipped, notes)
     total = earlier + time.perf_counter() - start
-    result = StudyResult(title, spec.methods, spec.seeds, [r.to_dict() for r in searches.values()],
-                         rows, summaries, diffs, effects, corrs, advice, notes, failed, total,
-                         layer_correlations=layer_corrs)  # fmt: skip
+    result = StudyResult(
+        title,
+        spec.methods,
+        spec.seeds,
+        [r.to_dict() for r in searches.values()],
+        rows,
+        summaries,
+        diffs,
+        effects,
+        corrs,
+        advice,
+        notes,
+        failed,
+        total,
+        layer_correlations=layer_corrs,
+    )
     write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
     write_text(out / "results.csv", csv_text(rows))  # the study's columns on top of the sweep's
     save_figures(figs, out / "plots")
@@ -636,7 +691,9 @@ def _study_jobs(
             data = (
                 None
                 if lr is None
-                else apply_overrides(config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"])
+                else apply_overrides(
+                    config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"]
+                )
             )
             why = None if lr is not None else "learning-rate search: every rate failed"
             jobs.append(Job(name, method, data, s.root / "runs" / name, s.resume, why))
@@ -654,8 +711,7 @@ def _study_notes(
     the grid's edge, figures skipped, then the findings (:func:`summarize_study`)."""
     spec = s.spec
     skipped = skipped + [
-        f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve "
-        "needs several"
+        f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve needs several"
         for k, v in spec.grid.items()
         if len(v) == 1
     ]

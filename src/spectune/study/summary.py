@@ -59,8 +59,6 @@ class MethodSummary:
     pareto: bool = False
 
 
-
-
 def _fitted_rows(run_dir: Path) -> list[tuple[float, dict[str, str]]]:
     """(alpha, row) of every layer of a run's ``spectra/details.csv`` whose fit succeeded with a
     finite alpha; empty without spectra."""
@@ -118,17 +116,19 @@ def study_row(outcome: RunOutcome, run_dir: Path) -> dict[str, Any]:
     m = outcome.metrics
     if m is not None:
         s = m.spectra
-        row.update({
-            "accuracy_gain": m.learning.accuracy_gain,
-            "forgetting": None if m.forgetting.perplexity_ratio is None
-            else m.forgetting.perplexity_ratio - 1,
-            "frac_alpha_below_2": _frac_below_2(run_dir),
-            "rank90": None if s is None else s.rank90,
-            "stable_rank": None if s is None else s.stable_rank,
-            "log_norm": None if s is None else s.log_norm,
-        })  # fmt: skip
+        row.update(
+            {
+                "accuracy_gain": m.learning.accuracy_gain,
+                "forgetting": None
+                if m.forgetting.perplexity_ratio is None
+                else m.forgetting.perplexity_ratio - 1,
+                "frac_alpha_below_2": _frac_below_2(run_dir),
+                "rank90": None if s is None else s.rank90,
+                "stable_rank": None if s is None else s.stable_rank,
+                "log_norm": None if s is None else s.log_norm,
+            }
+        )
     return row
-
 
 
 def layer_alpha_points(
@@ -234,7 +234,11 @@ def _layer_correlations(
                 per_seed.append(c)
         if per_seed:
             rhos = [c.rho for c in per_seed if c.rho is not None]
-            mean = f"mean {sum(rhos) / len(rhos):+.2f} over {len(rhos)} runs; " if len(rhos) > 1 else ""
+            mean = (
+                f"mean {sum(rhos) / len(rhos):+.2f} over {len(rhos)} runs; "
+                if len(rhos) > 1
+                else ""
+            )
             layer_notes.append(
                 f"{cname}: base layer alpha vs the update's alpha over its {per_seed[0].n} "
                 f"layers (Spearman, per run): {mean}" + "; ".join(c.text() for c in per_seed)
@@ -245,9 +249,7 @@ def _layer_correlations(
 def _interval_text(ci: dict[str, Any] | None, unit: str) -> str:
     if ci is None:
         return "-"
-    return (
-        f"{100 * ci['estimate']:+.1f}{unit} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
-    )
+    return f"{100 * ci['estimate']:+.1f}{unit} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
 
 
 def _notes(

@@ -124,8 +124,9 @@ def expand_grid(
         setting = dict(zip(keys, values, strict=True))
         items = [f"{k}={json.dumps(v)}" for k, v in setting.items()]
         try:
-            config = TuneConfig.from_dict(apply_overrides(base, items), source=source,
-                                          foreign_sections="drop")  # fmt: skip
+            config = TuneConfig.from_dict(
+                apply_overrides(base, items), source=source, foreign_sections="drop"
+            )
         except SpectuneError as exc:
             raise SpectuneError(f"grid setting {setting}: {exc}") from None
         key = json.dumps(config.relevant(), sort_keys=True, default=str)
@@ -179,8 +180,9 @@ def run_comparison(
     local = backend.name == "local"
     # Ray is reached (or refused) before the folder is touched; locally a failed run is always
     # named, through Ray with the progress output
-    execute = make_executor(backend, None, recipe.tune, progress, held,
-                            failures=True if local else None)  # fmt: skip
+    execute = make_executor(
+        backend, None, recipe.tune, progress, held, failures=True if local else None
+    )
     settings = _settings(meta)
 
     def before(folder: RunFolder) -> None:
@@ -189,10 +191,21 @@ def run_comparison(
         if not folder.complete:
             folder.update(settings=settings)
 
-    with opened_folder(out, kind, overwrite=overwrite, resume=resume, held=held,
-                       before=before) as folder:  # fmt: skip
-        return _run_all(runs, out, folder, execute, kind=kind, title=title, meta=meta,
-                        resume=resume, prelude=prelude, local=local)  # fmt: skip
+    with opened_folder(
+        out, kind, overwrite=overwrite, resume=resume, held=held, before=before
+    ) as folder:
+        return _run_all(
+            runs,
+            out,
+            folder,
+            execute,
+            kind=kind,
+            title=title,
+            meta=meta,
+            resume=resume,
+            prelude=prelude,
+            local=local,
+        )
 
 
 def _settings(meta: dict[str, Any] | None) -> dict[str, Any]:
@@ -222,9 +235,19 @@ def _check_same_settings(folder: RunFolder, out: Path, kind: str, settings: dict
         )
 
 
-def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, folder: RunFolder,
-             execute: Executor, *, kind: str, title: str, meta: dict[str, Any] | None,
-             resume: bool, prelude: Any, local: bool) -> list[RunOutcome]:  # fmt: skip
+def _run_all(
+    runs: list[tuple[str, TuneConfig, dict[str, Any]]],
+    out: Path,
+    folder: RunFolder,
+    execute: Executor,
+    *,
+    kind: str,
+    title: str,
+    meta: dict[str, Any] | None,
+    resume: bool,
+    prelude: Any,
+    local: bool,
+) -> list[RunOutcome]:
     """The runs in the opened, locked folder; locally, the comparison is written after each
     run that finishes."""
     folder.own("runs", "results.csv", "results.md", "comparison.json", "plots", "report.html")
@@ -242,8 +265,9 @@ def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, fold
     def after(job: Job, result: JobResult) -> None:
         finished.append((job, settings[len(finished)], result))
         if result[0] is not None:  # the comparison so far
-            write_comparison(out, *outcomes_of(*zip(*finished, strict=True)),
-                             {**head, "total_seconds": None})  # fmt: skip
+            write_comparison(
+                out, *outcomes_of(*zip(*finished, strict=True)), {**head, "total_seconds": None}
+            )
 
     outcomes, logs = outcomes_of(jobs, settings, execute(jobs, None, after))
     total = time.perf_counter() - start
@@ -293,14 +317,27 @@ def sweep(
     for key in grid:
         if key == "output_dir":
             raise SpectuneError("--grid cannot vary output_dir; each run gets runs/<name>")
-    meta = {"grid": grid, "base_config": base_config.to_dict(), "runs": [n for n, _, _ in runs],
-            "skipped_duplicates": skipped}  # fmt: skip
+    meta = {
+        "grid": grid,
+        "base_config": base_config.to_dict(),
+        "runs": [n for n, _, _ in runs],
+        "skipped_duplicates": skipped,
+    }
     if progress and skipped:
         for s in skipped:
             print(f"skipping {s['setting']}: trains the same as {s['same_as']}", file=sys.stderr)
-    return run_comparison(runs, out, kind="sweep", title=f"Sweep over {', '.join(grid)}",
-                          meta=meta, overwrite=overwrite, resume=resume, progress=progress,
-                          backend=backend, address=address)  # fmt: skip
+    return run_comparison(
+        runs,
+        out,
+        kind="sweep",
+        title=f"Sweep over {', '.join(grid)}",
+        meta=meta,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        backend=backend,
+        address=address,
+    )
 
 
 __all__ = ["expand_grid", "parse_grid", "run_comparison", "run_name", "sweep"]
