@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spectune._check import integer, number
 from spectune.errors import SpectuneError
+from spectune.results.metrics import RunMetrics
 from spectune.results.stats import Difference, Interval, bootstrap_mean, bootstrap_runs
 from spectune.results.stats import paired_difference as _paired
 
@@ -57,8 +59,6 @@ class Constraints:
     def check(self) -> Constraints:
         """Raises SpectuneError naming the limit that is not a finite number in its range
         (NaN, infinite or negative limits are refused)."""
-        from spectune._check import integer, number
-
         for flag, value in (
             ("--memory-gib", self.memory_gib),
             ("--max-train-s", self.max_train_s),
@@ -186,8 +186,6 @@ class Advice:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {
             "choice": self.choice,
             "decided": self.decided,
@@ -357,14 +355,14 @@ def read_predictions(run_dir: Path) -> np.ndarray | None:
             f"{path} cannot be read ({exc}); re-run the run or move it out of the folder"
         ) from None
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError as exc:
             raise SpectuneError(
-                f"{path}:{number}: not JSON ({exc}); the predictions are "
+                f"{path}:{line_number}: not JSON ({exc}); the predictions are "
                 "damaged: re-run the run or move it out of the folder"
             ) from None
         marks = (
@@ -374,7 +372,7 @@ def read_predictions(run_dir: Path) -> np.ndarray | None:
         )
         if marks is None or any(m is not None and not isinstance(m, bool) for m in marks):
             raise SpectuneError(
-                f"{path}:{number}: expected a JSON object whose correct_after "
+                f"{path}:{line_number}: expected a JSON object whose correct_after "
                 "and correct_before are true or false; the predictions are "
                 "damaged: re-run the run or move it out of the folder"
             )
@@ -400,8 +398,6 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
         SpectuneError: the folder holds no finished run, or a run's metrics.json or
             predictions.jsonl is damaged (the file named; null numbers are "not measured").
     """
-    from spectune.results.metrics import RunMetrics
-
     folder = Path(folder)
     if not folder.is_dir():
         raise SpectuneError(f"{folder} does not exist: pass a study, sweep or demo folder")

@@ -31,18 +31,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from spectune._check import choice, integer, number
 from spectune.errors import SpectuneError
+from spectune.results.metrics import RunMetrics
+from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.tune.config import TuneConfig
-
-if TYPE_CHECKING:
-    from spectune.results.runfolder import HeldFolders
 
 
 @dataclass
@@ -95,7 +99,6 @@ class Backend:
 
     def check(self) -> Backend:
         """Raises SpectuneError naming the option that is wrong."""
-        from spectune._check import choice, integer, number
 
         choice("--backend", self.name, ("local", "ray"))
         ray_only = {
@@ -174,7 +177,6 @@ def run_job(
 
 def finished_run(folder: Path) -> bool:
     """Whether ``folder`` holds a complete run (its marker says so and metrics.json exists)."""
-    from spectune.results.runfolder import RunFolder
 
     try:
         marker = RunFolder(folder).read_marker()
@@ -254,7 +256,6 @@ def make_executor(
 
     def on_ray(jobs: list[Job], what: str | None = None, after: Any = None) -> list[JobResult]:
         what = what or "run"
-        from spectune.results.metrics import RunMetrics
 
         results: list[tuple[Any, str | None] | None] = [None] * len(jobs)
         todo = []
@@ -343,7 +344,6 @@ def _quiet_tune(progress: bool) -> Iterator[None]:
     """Ray Tune without its tables and tracebacks (spectune prints one line per trial), and
     without changing a trial's working directory (run folders land where the local backend
     puts them, relative paths of the config work)."""
-    import logging
 
     env = {
         "RAY_CHDIR_TO_TRIAL_DIR": "0",
@@ -407,8 +407,6 @@ def tune_fit(
     Returns:
         Ray Tune's ResultGrid.
     """
-    import shutil
-    import tempfile
 
     from ray import tune
 
@@ -454,7 +452,6 @@ def tune_fit(
 def _check_reachable(address: str) -> None:
     """A TCP connection to ``host:port`` (ray:// or a GCS address) within 5 s, so that an
     unreachable cluster is one clear error instead of Ray's minutes of retries."""
-    import socket
 
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
