@@ -5,7 +5,8 @@ method=lora,dora`` runs every combination (the "LoRA parameters on Llama-2" stud
 command). Settings a method does not use are dropped before runs are compared, so a grid
 that crosses ``method=lora,frog`` with ``r=8,16`` trains FROG once, not twice.
 
-Comparison folder (the demo writes the same layout)::
+Comparison folder (the demo, studies and searches write the same layout, through the runner
+they share, :mod:`spectune.study.runner`)::
 
     runs/<name>/      one run folder per setting (spectune.tune.recipe)
     results.csv       one row per run (RunMetrics.row() + the grid's keys + status)
