@@ -56,7 +56,7 @@ def test_pareto_set_on_a_hand_built_three_objective_table():
 
 
 def test_space_and_objectives_are_parsed_and_checked():
-    from spectune.study.search import Param, parse_objectives, parse_space
+    from spectune.study.search_space import Param, parse_objectives, parse_space
 
     r, lr, d, method, targets, step = parse_space([
         "r=4,8,16", "learning_rate=1e-5..1e-2:log", "lora_dropout=0..0.2", "method=lora,dora",
@@ -182,7 +182,7 @@ def test_grid_search_of_a_fake_objective_returns_the_known_pareto_set(tiny_model
 def test_nsga2_search_is_seeded_and_its_pareto_set_is_optunas(tiny_model_dir, tmp_path):
     import optuna
 
-    from spectune.study.search import make_sampler, parse_space
+    from spectune.study.search_space import make_sampler, parse_space
 
     search = _search()
     base = _base(tmp_path, tiny_model_dir)

@@ -14,11 +14,11 @@ import pytest
 from spectune.errors import SpectuneError
 from spectune.study.study import (
     StudyResult,
-    changed_fields,
     search_learning_rate,
     split_study_config,
     study,
 )
+from spectune.tune.config import changed_fields
 from tests.conftest import tiny_run_config
 from tests.study.test_advice import fake_metrics
 
@@ -199,7 +199,7 @@ def _details(folder, base, tuned, statuses=None):
 def test_layer_alpha_correlation_reads_a_runs_layers(tmp_path):
     from scipy.stats import spearmanr
 
-    from spectune.study.study import layer_alpha_correlation
+    from spectune.study.summary import layer_alpha_correlation
 
     rng = np.random.default_rng(3)
     base = rng.uniform(2, 20, size=40)

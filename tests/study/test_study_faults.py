@@ -216,7 +216,7 @@ def test_an_interrupted_or_crashed_study_is_never_left_running(tiny_model_dir, t
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted bug")
 
-    monkeypatch.setattr(study_module, "analyze_study", broken)
+    monkeypatch.setattr(study_module, "summarize_study", broken)
 
     def runner(config, *, out, resume=False, progress=True):
         return _write_run(Path(out), config, resume=resume)

@@ -6,7 +6,7 @@ import argparse
 
 HELP = "search settings with Optuna (NSGA-II) for accuracy gain against forgetting: Pareto set"
 
-#: spectune.study.search.DEFAULT_SPACE (not imported: the help answers without the library)
+#: spectune.study.search_space.DEFAULT_SPACE (not imported: the help answers without the library)
 DEFAULT_SPACE = ("r=4,8,16,32,64 lora_alpha=4..256:log lora_dropout=0..0.2 "
                  "train.learning_rate=1e-5..1e-2:log method=lora,dora")  # fmt: skip
 

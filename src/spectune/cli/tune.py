@@ -149,6 +149,6 @@ def run_launched(args: argparse.Namespace) -> int:
 def show_run(metrics: object) -> None:
     """The run's headline numbers (a RunMetrics) as a terminal table."""
     from spectune.cli._common import show_comparison
-    from spectune.study.sweep import RunOutcome
+    from spectune.study.runner import RunOutcome
 
     show_comparison([RunOutcome(metrics.run.name, metrics.run.method, {}, metrics=metrics)])

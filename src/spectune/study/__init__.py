@@ -1,12 +1,16 @@
 """Study: many runs, and what they say together.
 
-- :mod:`.sweep`: :func:`~spectune.study.sweep.sweep` over a grid of settings, and the
-  comparison folder.
+- :mod:`.runner`: the skeleton every kind of many-run job shares: the folder opened and locked,
+  the resume check, the runs' outcomes, the comparison files (results.csv/.md,
+  comparison.json, figures, report.html) and the marker.
+- :mod:`.backends`: where the runs go: this process, or Ray Tune trials.
+- :mod:`.sweep`: :func:`~spectune.study.sweep.sweep` over a grid of settings.
 - :mod:`.demo`: :func:`~spectune.study.demo.demo`, the methods at matched budgets on the
   embedded model.
 - :mod:`.study`: :func:`~spectune.study.study.study`, methods at their own learning rates over
-  seeds, with intervals and a recommendation (:mod:`.advice`).
+  seeds; :mod:`.summary` says what its runs show together (intervals, paired differences,
+  effects, correlations) and :mod:`.advice` recommends one.
 - :mod:`.search`: :func:`~spectune.study.search.search`, a multi-objective Optuna search over
-  run settings and its Pareto set, resumable from its SQLite storage.
-- :mod:`.backends`: where the runs go: this process, or Ray Tune trials.
+  run settings and its Pareto set, resumable from its SQLite storage; its space, objectives
+  and sampler are :mod:`.search_space`'s, its trials :mod:`.search_trials`'.
 """

@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spectune._check import integer, number
 from spectune.errors import SpectuneError
+from spectune.results.metrics import RunMetrics
 from spectune.results.stats import Difference, Interval, bootstrap_mean, bootstrap_runs
 from spectune.results.stats import paired_difference as _paired
 
@@ -57,10 +59,11 @@ class Constraints:
     def check(self) -> Constraints:
         """Raises SpectuneError naming the limit that is not a finite number in its range
         (NaN, infinite or negative limits are refused)."""
-        from spectune._check import integer, number
-
-        for flag, value in (("--memory-gib", self.memory_gib), ("--max-train-s", self.max_train_s),
-                            ("--max-ms-per-token", self.max_ms_per_token)):  # fmt: skip
+        for flag, value in (
+            ("--memory-gib", self.memory_gib),
+            ("--max-train-s", self.max_train_s),
+            ("--max-ms-per-token", self.max_ms_per_token),
+        ):
             if value is not None and number(flag, value) <= 0:
                 raise SpectuneError(f"{flag} must be > 0, got {value!r}")
         if self.max_forgetting is not None:
@@ -130,15 +133,20 @@ class Candidate:
     def row(self) -> dict[str, Any]:
         g, f = self.gain(), self.forgetting_interval()
         return {
-            "name": self.name, "method": self.method, "runs": self.runs,
+            "name": self.name,
+            "method": self.method,
+            "runs": self.runs,
             "accuracy_gain": None if g is None else g.estimate,
-            "gain_low": None if g is None else g.low, "gain_high": None if g is None else g.high,
+            "gain_low": None if g is None else g.low,
+            "gain_high": None if g is None else g.high,
             "forgetting": None if f is None else f.estimate,
             "forgetting_low": None if f is None else f.low,
             "forgetting_high": None if f is None else f.high,
-            "train_seconds": self.train_seconds, "ms_per_token": self.ms_per_token,
-            "peak_rss_gib": self.peak_rss_gib, "trainable": self.trainable,
-        }  # fmt: skip
+            "train_seconds": self.train_seconds,
+            "ms_per_token": self.ms_per_token,
+            "peak_rss_gib": self.peak_rss_gib,
+            "trainable": self.trainable,
+        }
 
 
 @dataclass
@@ -166,8 +174,11 @@ class Advice:
     constraints: Constraints
 
     def text(self) -> str:
-        head = (f"Recommendation: {self.choice}" if self.choice is not None
-                else "Recommendation: none of the measured candidates meets the constraints")  # fmt: skip
+        head = (
+            f"Recommendation: {self.choice}"
+            if self.choice is not None
+            else "Recommendation: none of the measured candidates meets the constraints"
+        )
         if self.choice is not None and not self.decided:
             head += f" (the data cannot separate it from {', '.join(self.tied)})"
         lines = [head, f"Constraints: {self.constraints.describe()}", ""]
@@ -175,12 +186,17 @@ class Advice:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {"choice": self.choice, "decided": self.decided, "tied": self.tied,
-                "reasons": self.reasons, "excluded": self.excluded,
-                "differences": [d.to_dict() for d in self.differences], "table": self.table,
-                "constraints": asdict(self.constraints), "text": self.text()}  # fmt: skip
+        return {
+            "choice": self.choice,
+            "decided": self.decided,
+            "tied": self.tied,
+            "reasons": self.reasons,
+            "excluded": self.excluded,
+            "differences": [d.to_dict() for d in self.differences],
+            "table": self.table,
+            "constraints": asdict(self.constraints),
+            "text": self.text(),
+        }
 
 
 def _pts(x: float) -> str:
@@ -195,9 +211,11 @@ def _gain_text(ci: Interval | None) -> str:
 
 def _violations(c: Candidate, k: Constraints) -> list[str]:
     out = []
-    checks = [(k.memory_gib, c.peak_rss_gib, "peak memory", "GiB", 1.0),
-              (k.max_train_s, c.train_seconds, "train time", "s", 1.0),
-              (k.max_ms_per_token, c.ms_per_token, "latency", "ms/token", 1.0)]  # fmt: skip
+    checks = [
+        (k.memory_gib, c.peak_rss_gib, "peak memory", "GiB", 1.0),
+        (k.max_train_s, c.train_seconds, "train time", "s", 1.0),
+        (k.max_ms_per_token, c.ms_per_token, "latency", "ms/token", 1.0),
+    ]
     for limit, value, what, unit, _ in checks:
         if limit is None:
             continue
@@ -210,20 +228,24 @@ def _violations(c: Candidate, k: Constraints) -> list[str]:
         if f is None:
             out.append("forgetting was not measured")
         elif f.estimate > k.max_forgetting:
-            out.append(f"perplexity increase {100 * f.estimate:.1f}% > "
-                       f"{100 * k.max_forgetting:g}%")  # fmt: skip
+            out.append(f"perplexity increase {100 * f.estimate:.1f}% > {100 * k.max_forgetting:g}%")
     return out
 
 
 def paired_gain(a: Candidate, b: Candidate, *, seed: int = 0) -> Difference | None:
     """Paired bootstrap of ``a``'s accuracy gain minus ``b``'s on the seeds both ran (the same
     questions per seed); None when they share no seed with the same questions."""
-    seeds = [s for s in sorted(a.scores) if s in b.scores
-             and a.scores[s].shape == b.scores[s].shape]  # fmt: skip
+    seeds = [
+        s for s in sorted(a.scores) if s in b.scores and a.scores[s].shape == b.scores[s].shape
+    ]
     if not seeds:
         return None
-    return _paired([a.scores[s] for s in seeds], [b.scores[s] for s in seeds],
-                   names=(a.name, b.name), seed=seed)  # fmt: skip
+    return _paired(
+        [a.scores[s] for s in seeds],
+        [b.scores[s] for s in seeds],
+        names=(a.name, b.name),
+        seed=seed,
+    )
 
 
 def advise(candidates: Sequence[Candidate], constraints: Constraints | None = None) -> Advice:
@@ -240,13 +262,17 @@ def advise(candidates: Sequence[Candidate], constraints: Constraints | None = No
     ok = [c for c in candidates if c.name not in excluded and c.scores]
     reasons = [f"{c} excluded: {why}" for c, why in excluded.items()]
     if not ok:
-        reasons.append("no candidate meets every constraint; relax one of them (the table "
-                       "has the measured numbers)")  # fmt: skip
+        reasons.append(
+            "no candidate meets every constraint; relax one of them (the table "
+            "has the measured numbers)"
+        )
         return Advice(None, False, [], reasons, excluded, [], table, k)
     gains = {c.name: c.gain() for c in ok}
     best = max(ok, key=lambda c: gains[c.name].estimate)
-    reasons.append(f"highest accuracy gain among the candidates left: {best.name}, "
-                   f"{_gain_text(gains[best.name])} ({gains[best.name].how})")  # fmt: skip
+    reasons.append(
+        f"highest accuracy gain among the candidates left: {best.name}, "
+        f"{_gain_text(gains[best.name])} ({gains[best.name].how})"
+    )
     diffs, tied = [], []
     for c in ok:
         if c is best:
@@ -254,18 +280,24 @@ def advise(candidates: Sequence[Candidate], constraints: Constraints | None = No
         d = paired_gain(best, c)
         if d is None:
             tied.append(c)
-            reasons.append(f"{c.name} was judged on other questions than {best.name}: no "
-                           f"paired comparison, counted as not separated")  # fmt: skip
+            reasons.append(
+                f"{c.name} was judged on other questions than {best.name}: no "
+                f"paired comparison, counted as not separated"
+            )
             continue
         diffs.append(d)
         ci = d.interval
         if d.resolved:
-            reasons.append(f"{best.name} beats {c.name} by {_pts(ci.estimate)} points "
-                           f"[{_pts(ci.low)}, {_pts(ci.high)}] (resolved: {ci.how})")  # fmt: skip
+            reasons.append(
+                f"{best.name} beats {c.name} by {_pts(ci.estimate)} points "
+                f"[{_pts(ci.low)}, {_pts(ci.high)}] (resolved: {ci.how})"
+            )
         else:
             tied.append(c)
-            reasons.append(f"{best.name} vs {c.name}: {_pts(ci.estimate)} points "
-                           f"[{_pts(ci.low)}, {_pts(ci.high)}]: within noise ({ci.how})")  # fmt: skip
+            reasons.append(
+                f"{best.name} vs {c.name}: {_pts(ci.estimate)} points "
+                f"[{_pts(ci.low)}, {_pts(ci.high)}]: within noise ({ci.how})"
+            )
     choice = best
     if tied:
         group = [best, *tied]
@@ -283,17 +315,20 @@ def advise(candidates: Sequence[Candidate], constraints: Constraints | None = No
         names = ", ".join(c.name for c in group)
         rule = "less forgetting"
         if len({round(forget(c), 4) for c in group}) == 1:
-            rule = ("fewer trainable parameters (little data)" if little
-                    else "less training time")  # fmt: skip
+            rule = "fewer trainable parameters (little data)" if little else "less training time"
         f = choice.forgetting_interval()
         ftxt = "" if f is None else f", perplexity increase {100 * f.estimate:.1f}%"
-        reasons.append(f"the data cannot separate {names} by accuracy; among them "
-                       f"{choice.name} wins on {rule}{ftxt}, train time "
-                       f"{choice.train_seconds or float('nan'):.0f} s")  # fmt: skip
+        reasons.append(
+            f"the data cannot separate {names} by accuracy; among them "
+            f"{choice.name} wins on {rule}{ftxt}, train time "
+            f"{choice.train_seconds or float('nan'):.0f} s"
+        )
         if little:
-            reasons.append(f"with {k.n_train} training examples (< {LITTLE_DATA}), fewer "
-                           "trainable parameters are preferred between candidates the data "
-                           "cannot separate")  # fmt: skip
+            reasons.append(
+                f"with {k.n_train} training examples (< {LITTLE_DATA}), fewer "
+                "trainable parameters are preferred between candidates the data "
+                "cannot separate"
+            )
     tied_names = [c.name for c in [best, *tied] if c is not choice]
     return Advice(choice.name, not tied, tied_names, reasons, excluded, diffs, table, k)
 
@@ -316,23 +351,31 @@ def read_predictions(run_dir: Path) -> np.ndarray | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpectuneError(f"{path} cannot be read ({exc}); re-run the run or move it out of "
-                            "the folder") from None  # fmt: skip
+        raise SpectuneError(
+            f"{path} cannot be read ({exc}); re-run the run or move it out of the folder"
+        ) from None
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError as exc:
-            raise SpectuneError(f"{path}:{number}: not JSON ({exc}); the predictions are "
-                                "damaged: re-run the run or move it out of the folder") from None  # fmt: skip
-        marks = [row.get(k) for k in ("correct_after", "correct_before")] if isinstance(
-            row, dict) else None  # fmt: skip
+            raise SpectuneError(
+                f"{path}:{line_number}: not JSON ({exc}); the predictions are "
+                "damaged: re-run the run or move it out of the folder"
+            ) from None
+        marks = (
+            [row.get(k) for k in ("correct_after", "correct_before")]
+            if isinstance(row, dict)
+            else None
+        )
         if marks is None or any(m is not None and not isinstance(m, bool) for m in marks):
-            raise SpectuneError(f"{path}:{number}: expected a JSON object whose correct_after "
-                                "and correct_before are true or false; the predictions are "
-                                "damaged: re-run the run or move it out of the folder")  # fmt: skip
+            raise SpectuneError(
+                f"{path}:{line_number}: expected a JSON object whose correct_after "
+                "and correct_before are true or false; the predictions are "
+                "damaged: re-run the run or move it out of the folder"
+            )
         after = float(bool(row.get("correct_after")))
         before = float(bool(row.get("correct_before"))) if "correct_before" in row else 0.0
         out.append(after - before)
@@ -355,15 +398,15 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
         SpectuneError: the folder holds no finished run, or a run's metrics.json or
             predictions.jsonl is damaged (the file named; null numbers are "not measured").
     """
-    from spectune.results.metrics import RunMetrics
-
     folder = Path(folder)
     if not folder.is_dir():
         raise SpectuneError(f"{folder} does not exist: pass a study, sweep or demo folder")
     run_dirs = sorted(p.parent for p in (folder / runs_dir).glob("*/metrics.json"))
     if not run_dirs:
-        raise SpectuneError(f"{folder} holds no finished run ({runs_dir}/*/metrics.json); "
-                            "pass a study, sweep or demo folder")  # fmt: skip
+        raise SpectuneError(
+            f"{folder} holds no finished run ({runs_dir}/*/metrics.json); "
+            "pass a study, sweep or demo folder"
+        )
     groups: dict[tuple[str, str], list[tuple[Path, Any]]] = {}
     for d in run_dirs:
         m = RunMetrics.load(d)
@@ -375,15 +418,22 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
     for (method, settings), runs in groups.items():
         s = json.loads(settings)
         varying = [k for k in s if len({json.dumps(o.get(k)) for o in seen[method]}) > 1]
-        name = " ".join([method, *(f"{k}={s[k]:g}" if isinstance(s[k], float) else f"{k}={s[k]}"
-                                   for k in varying)])  # fmt: skip
+        name = " ".join(
+            [
+                method,
+                *(f"{k}={s[k]:g}" if isinstance(s[k], float) else f"{k}={s[k]}" for k in varying),
+            ]
+        )
         scores: dict[int, np.ndarray] = {}
         for d, m in runs:
             p = read_predictions(d)
             if p is not None:
                 scores[m.run.seed] = p
-        forgetting = [m.forgetting.perplexity_ratio - 1 for _, m in runs
-                      if m.forgetting.perplexity_ratio is not None]  # fmt: skip
+        forgetting = [
+            m.forgetting.perplexity_ratio - 1
+            for _, m in runs
+            if m.forgetting.perplexity_ratio is not None
+        ]
 
         def mean(values: list[Any]) -> float | None:
             """The mean of the measured values (null or non-finite: not measured)."""
@@ -392,13 +442,18 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
 
         rss = mean([m.cost.peak_rss_bytes for _, m in runs])
         trainable = mean([m.cost.trainable for _, m in runs])
-        out.append(Candidate(
-            name, method, scores, forgetting,
-            train_seconds=mean([m.cost.train_seconds for _, m in runs]),
-            ms_per_token=mean([m.cost.ms_per_token for _, m in runs]),
-            peak_rss_gib=None if rss is None else rss / 2**30,
-            trainable=None if trainable is None else int(trainable),
-        ))  # fmt: skip
+        out.append(
+            Candidate(
+                name,
+                method,
+                scores,
+                forgetting,
+                train_seconds=mean([m.cost.train_seconds for _, m in runs]),
+                ms_per_token=mean([m.cost.ms_per_token for _, m in runs]),
+                peak_rss_gib=None if rss is None else rss / 2**30,
+                trainable=None if trainable is None else int(trainable),
+            )
+        )
     return out
 
 

@@ -31,18 +31,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from spectune._check import choice, integer, number
 from spectune.errors import SpectuneError
+from spectune.results.metrics import RunMetrics
+from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.tune.config import TuneConfig
-
-if TYPE_CHECKING:
-    from spectune.results.runfolder import HeldFolders
 
 
 @dataclass
@@ -88,30 +92,37 @@ class Backend:
     @property
     def trial_resources(self) -> dict[str, float]:
         """What one Ray trial asks for: ``{"cpu": ..., "gpu": ...}``."""
-        return {"cpu": 1.0 if self.cpus_per_trial is None else float(self.cpus_per_trial),
-                "gpu": 0.0 if self.gpus_per_trial is None else float(self.gpus_per_trial)}  # fmt: skip
+        return {
+            "cpu": 1.0 if self.cpus_per_trial is None else float(self.cpus_per_trial),
+            "gpu": 0.0 if self.gpus_per_trial is None else float(self.gpus_per_trial),
+        }
 
     def check(self) -> Backend:
         """Raises SpectuneError naming the option that is wrong."""
-        from spectune._check import choice, integer, number
 
         choice("--backend", self.name, ("local", "ray"))
-        ray_only = {"--address": self.address, "--cpus": self.cpus,
-                    "--cpus-per-trial": self.cpus_per_trial,
-                    "--gpus-per-trial": self.gpus_per_trial}  # fmt: skip
+        ray_only = {
+            "--address": self.address,
+            "--cpus": self.cpus,
+            "--cpus-per-trial": self.cpus_per_trial,
+            "--gpus-per-trial": self.gpus_per_trial,
+        }
         if self.name == "local":
             given = [k for k, v in ray_only.items() if v is not None]
             if given:
-                raise SpectuneError(f"{given[0]} is for --backend ray (the local backend runs "
-                                    "one run after another in this process)")  # fmt: skip
+                raise SpectuneError(
+                    f"{given[0]} is for --backend ray (the local backend runs "
+                    "one run after another in this process)"
+                )
             return self
         if self.cpus is not None:
             integer("--cpus", self.cpus, minimum=1)
             if self.address is not None:
-                raise SpectuneError("--cpus sizes the local Ray instance; a cluster given by "
-                                    "--address has its own CPUs (leave out one of them)")  # fmt: skip
-        if self.cpus_per_trial is not None and number("--cpus-per-trial",
-                                                      self.cpus_per_trial) <= 0:  # fmt: skip
+                raise SpectuneError(
+                    "--cpus sizes the local Ray instance; a cluster given by "
+                    "--address has its own CPUs (leave out one of them)"
+                )
+        if self.cpus_per_trial is not None and number("--cpus-per-trial", self.cpus_per_trial) <= 0:
             raise SpectuneError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None:
             number("--gpus-per-trial", self.gpus_per_trial, nonnegative=True)
@@ -120,9 +131,11 @@ class Backend:
         need = self.trial_resources["cpu"]
         cpus = self.cpus if self.cpus is not None else os.cpu_count() or 1
         if self.address is None and need > cpus:
-            raise SpectuneError(f"--cpus-per-trial {need:g} is more than the local Ray "
-                                f"instance's {cpus} CPUs: no trial could start; lower it or "
-                                "raise --cpus")  # fmt: skip
+            raise SpectuneError(
+                f"--cpus-per-trial {need:g} is more than the local Ray "
+                f"instance's {cpus} CPUs: no trial could start; lower it or "
+                "raise --cpus"
+            )
         return self
 
 
@@ -144,8 +157,9 @@ class TrialFailed(RuntimeError):
     its message is the run's failure."""
 
 
-def run_job(run_fn: Callable[..., Any], job: Job, progress: bool,
-            held: HeldFolders | None = None) -> tuple[Any, str | None]:  # fmt: skip
+def run_job(
+    run_fn: Callable[..., Any], job: Job, progress: bool, held: HeldFolders | None = None
+) -> tuple[Any, str | None]:
     """``(RunMetrics, None)`` or ``(None, why it failed)``: any exception of the run (not an
     interruption) is its failure. With ``held``, the run folder's lock is taken first (a
     folder another process uses is a failed run) and kept after the run."""
@@ -163,21 +177,41 @@ def run_job(run_fn: Callable[..., Any], job: Job, progress: bool,
 
 def finished_run(folder: Path) -> bool:
     """Whether ``folder`` holds a complete run (its marker says so and metrics.json exists)."""
-    from spectune.results.runfolder import RunFolder
 
     try:
         marker = RunFolder(folder).read_marker()
     except SpectuneError:
         return False
-    return bool(marker) and marker.get("status") == "complete" and (
-        folder / "metrics.json").is_file()  # fmt: skip
+    return (
+        bool(marker) and marker.get("status") == "complete" and (folder / "metrics.json").is_file()
+    )
 
 
-def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[..., Any],
-                  progress: bool, held: HeldFolders | None = None,
-                  ) -> Callable[[list[Job], str], list[tuple[Any, str | None]]]:  # fmt: skip
+#: the result of one job: ``(RunMetrics, None)`` or ``(None, why it failed)``
+JobResult = tuple[Any, str | None]
+#: runs a list of jobs (``what`` names the batch in progress output; None: a plain count), with
+#: ``after(job, result)`` called after each run of the local backend; the results in order
+Executor = Callable[..., list[JobResult]]
+
+
+def make_executor(
+    backend: str | Backend,
+    address: str | None,
+    run_fn: Callable[..., Any],
+    progress: bool,
+    held: HeldFolders | None = None,
+    *,
+    failures: bool | None = None,
+) -> Executor:
     """A function running a list of jobs and returning their results in order; with
     ``held``, each job's folder stays locked from its run's start (see the module docstring).
+
+    Args:
+        backend / address: the backend and the Ray cluster.
+        run_fn: the run function (:func:`spectune.tune.recipe.tune`'s signature).
+        progress: progress output.
+        held: the locks of the run folders.
+        failures: print each failed run's reason (None: with ``progress``).
 
     Raises:
         SpectuneError: a bad backend option, Ray missing, its address unreachable or its
@@ -189,23 +223,39 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
+    def failed(job: Job, error: str) -> None:
+        if failures is None:
+            say(f"spectune: run {job.name} failed: {error}")
+        elif failures:
+            print(f"spectune: run {job.name} failed: {error}", file=sys.stderr)
+
     if backend.name == "local":
 
-        def local(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
+        def local(
+            jobs: list[Job],
+            what: str | None = None,
+            after: Callable[[Job, JobResult], None] | None = None,
+        ) -> list[JobResult]:
             results = []
             for i, job in enumerate(jobs, 1):
-                say(f"[{what} {i}/{len(jobs)}] {job.name}")
+                say(
+                    f"[{i}/{len(jobs)}] {job.name}"
+                    if what is None
+                    else f"[{what} {i}/{len(jobs)}] {job.name}"
+                )
                 metrics, error = run_job(run_fn, job, progress, held)
                 if error is not None:
-                    say(f"spectune: run {job.name} failed: {error}")
+                    failed(job, error)
                 results.append((metrics, error))
+                if after is not None:
+                    after(job, (metrics, error))
             return results
 
         return local
     start_ray(backend)
 
-    def on_ray(jobs: list[Job], what: str) -> list[tuple[Any, str | None]]:
-        from spectune.results.metrics import RunMetrics
+    def on_ray(jobs: list[Job], what: str | None = None, after: Any = None) -> list[JobResult]:
+        what = what or "run"
 
         results: list[tuple[Any, str | None] | None] = [None] * len(jobs)
         todo = []
@@ -222,13 +272,19 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
         if todo:
             from ray import tune
 
-            say(f"[{what}] {len(todo)} run(s) as Ray Tune trials"
-                + (f" ({len(jobs) - len(todo)} finished before)" if len(todo) < len(jobs) else ""))  # fmt: skip
+            say(
+                f"[{what}] {len(todo)} run(s) as Ray Tune trials"
+                + (f" ({len(jobs) - len(todo)} finished before)" if len(todo) < len(jobs) else "")
+            )
             trainable = tune.with_parameters(_job_trainable, run_fn=run_fn, jobs=jobs)
-            grid = tune_fit(trainable, backend, name=f"spectune-{what.replace(' ', '-')}",
-                            param_space={"job": tune.grid_search(todo)},
-                            trial_name=lambda config: jobs[config["job"]].name,
-                            progress=progress)  # fmt: skip
+            grid = tune_fit(
+                trainable,
+                backend,
+                name=f"spectune-{what.replace(' ', '-')}",
+                param_space={"job": tune.grid_search(todo)},
+                trial_name=lambda config: jobs[config["job"]].name,
+                progress=progress,
+            )
             index = {jobs[i].name: i for i in todo}
             for result in grid:
                 i = index[trial_name_of(result)]
@@ -245,7 +301,7 @@ def make_executor(backend: str | Backend, address: str | None, run_fn: Callable[
                         held.hold(jobs[i].out)
         for job, (_, error) in zip(jobs, results, strict=True):  # type: ignore[misc]
             if error is not None:
-                say(f"spectune: run {job.name} failed: {error}")
+                failed(job, error)
         return [r if r is not None else (None, "the Ray trial did not run") for r in results]
 
     return on_ray
@@ -288,10 +344,12 @@ def _quiet_tune(progress: bool) -> Iterator[None]:
     """Ray Tune without its tables and tracebacks (spectune prints one line per trial), and
     without changing a trial's working directory (run folders land where the local backend
     puts them, relative paths of the config work)."""
-    import logging
 
-    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}  # fmt: skip
+    env = {
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    }
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.air", "ray.train")]
@@ -322,9 +380,17 @@ def _slots(backend: Backend) -> int:
     return max(1, slots)
 
 
-def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[str, Any],
-             trial_name: Callable[[dict[str, Any]], str], progress: bool,
-             num_samples: int = 1, search_alg: Any = None) -> Any:  # fmt: skip
+def tune_fit(
+    trainable: Any,
+    backend: Backend,
+    *,
+    name: str,
+    param_space: dict[str, Any],
+    trial_name: Callable[[dict[str, Any]], str],
+    progress: bool,
+    num_samples: int = 1,
+    search_alg: Any = None,
+) -> Any:
     """Run ``trainable`` as Ray Tune trials on the connected cluster, each with the backend's
     resources, as many at once as fit; a failed trial is not retried and the others go on.
 
@@ -341,8 +407,6 @@ def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[s
     Returns:
         Ray Tune's ResultGrid.
     """
-    import shutil
-    import tempfile
 
     from ray import tune
 
@@ -371,14 +435,14 @@ def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[s
                     reuse_actors=True,  # a worker imports torch once, not once per run
                     trial_name_creator=label,
                     trial_dirname_creator=label,
-                ),  # fmt: skip
+                ),
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=storage,
                     verbose=0,
                     callbacks=[Lines()],
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                ),  # fmt: skip
+                ),
             )
             return tuner.fit()
     finally:
@@ -388,7 +452,6 @@ def tune_fit(trainable: Any, backend: Backend, *, name: str, param_space: dict[s
 def _check_reachable(address: str) -> None:
     """A TCP connection to ``host:port`` (ray:// or a GCS address) within 5 s, so that an
     unreachable cluster is one clear error instead of Ray's minutes of retries."""
-    import socket
 
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
@@ -426,9 +489,13 @@ def start_ray(backend: Backend) -> Any:
             _check_reachable(backend.address)
         try:
             if backend.address is None:
-                ray.init(address="local", num_cpus=backend.cpus or os.cpu_count() or 1,
-                         include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)  # fmt: skip
+                ray.init(
+                    address="local",
+                    num_cpus=backend.cpus or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
             else:
                 ray.init(address=backend.address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception on a start timeout
@@ -446,14 +513,19 @@ def start_ray(backend: Backend) -> Any:
         started = True
     have = ray.cluster_resources()
     need = backend.trial_resources
-    short = [f"{key} {need[key.lower()]:g} (the cluster has {have.get(key, 0):g})"
-             for key in ("CPU", "GPU") if need[key.lower()] > have.get(key, 0)]  # fmt: skip
+    short = [
+        f"{key} {need[key.lower()]:g} (the cluster has {have.get(key, 0):g})"
+        for key in ("CPU", "GPU")
+        if need[key.lower()] > have.get(key, 0)
+    ]
     if short:
         if started:
             ray.shutdown()
-        raise SpectuneError(f"one Ray trial asks for more than the cluster holds: "
-                            f"{', '.join(short)}; lower --cpus-per-trial/--gpus-per-trial or "
-                            "use a bigger cluster")  # fmt: skip
+        raise SpectuneError(
+            f"one Ray trial asks for more than the cluster holds: "
+            f"{', '.join(short)}; lower --cpus-per-trial/--gpus-per-trial or "
+            "use a bigger cluster"
+        )
     return ray
 
 

@@ -5,8 +5,9 @@ with each method, every one with the same trainable-parameter count (FROG's budg
 so that G x its target weights equals LoRA's r (in + out) over the same all-linear targets;
 DoRA adds its magnitude vectors on top), then judges learning against forgetting, reads the
 adapters' spectra against the base model's, and writes one comparison folder
-(:mod:`spectune.study.sweep` layout) with ``report.html``. The base model's own spectra
-(every matrix, WeightWatcher metrics) go to ``base_spectra/``.
+(:mod:`spectune.study.sweep` layout, written by :mod:`spectune.study.runner`) with
+``report.html``. The base model's own spectra (every matrix, WeightWatcher metrics) go to
+``base_spectra/``.
 
 The settings below are the demo's whole recipe; ``configs/demo.yaml`` holds the same settings
 as a file (``spectune demo --config configs/demo.yaml`` after editing it; a test keeps the
@@ -17,10 +18,19 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from spectune.models.loading import resolve_model_dir
+from spectune.report.files import write_results
+from spectune.results.runfolder import RunFolder
+from spectune.study.runner import RunOutcome
+from spectune.study.sweep import run_comparison
 from spectune.tune.config import TuneConfig, apply_overrides
+from spectune.tune.methods import get_method
+from spectune.tune.methods.base import BuildContext
+from spectune.watch import analyze, summarize
 
 #: The demo's base config (every method starts from it).
 DEMO_CONFIG: dict[str, Any] = {
@@ -39,7 +49,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "ppl_stride": 192,
         "latency_tokens": 16,
         "latency_prompts": 2,
-    },  # fmt: skip
+    },
     "train": {
         "max_steps": 25,
         "per_device_train_batch_size": 8,
@@ -49,7 +59,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "logging_steps": 5,
         "save_steps": 25,
         "save_total_limit": 1,
-    },  # fmt: skip
+    },
 }
 
 #: Per-method changes to :data:`DEMO_CONFIG` (data, not dispatch: full fine-tuning's learning
@@ -75,9 +85,6 @@ def demo_runs(
         overrides: ``key=value`` changes for every run.
         base: raw base config (default :data:`DEMO_CONFIG`).
     """
-    from spectune.models.loading import resolve_model_dir
-    from spectune.tune.methods import get_method
-
     base = apply_overrides(
         copy.deepcopy(DEMO_CONFIG if base is None else base), list(overrides or [])
     )
@@ -86,22 +93,20 @@ def demo_runs(
     runs = []
     for method in methods:
         items = [f"method={method}", *METHOD_OVERRIDES.get(method, [])]
-        config = TuneConfig.from_dict(apply_overrides(base, items), source=f"demo ({method})",
-                                      foreign_sections="drop")  # fmt: skip
+        config = TuneConfig.from_dict(
+            apply_overrides(base, items), source=f"demo ({method})", foreign_sections="drop"
+        )
         ctx = _context(config, model_dir)
         match = get_method(method).match_budget(ctx, reference)
         if match:
-            config = TuneConfig.from_dict(apply_overrides(config.to_dict(), match),
-                                          source=f"demo ({method})")  # fmt: skip
+            config = TuneConfig.from_dict(
+                apply_overrides(config.to_dict(), match), source=f"demo ({method})"
+            )
         runs.append((method, config, {"method": method}))
     return runs
 
 
-def _context(config: TuneConfig, model_dir: Path) -> Any:
-    import tempfile
-
-    from spectune.tune.methods.base import BuildContext
-
+def _context(config: TuneConfig, model_dir: Path) -> BuildContext:
     return BuildContext(config, model_dir, Path(tempfile.gettempdir()), progress=False)
 
 
@@ -126,10 +131,6 @@ def write_base_spectra(
 ) -> dict[str, Any]:
     """The base model's spectra (every matrix) into ``out`` with the usual figures and its
     correlation flow (``flow.csv``)."""
-    from spectune.models.loading import resolve_model_dir
-    from spectune.report.files import write_results
-    from spectune.watch import analyze, summarize
-
     folder = resolve_model_dir(model)
     details = analyze(folder, precision="float32", progress=progress)
     summary = summarize(details)
@@ -146,22 +147,21 @@ def demo(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-) -> list[Any]:
+) -> list[RunOutcome]:
     """Run the demo comparison into ``out``; returns one
-    :class:`~spectune.study.sweep.RunOutcome` per method.
+    :class:`~spectune.study.runner.RunOutcome` per method.
 
     ``base`` replaces :data:`DEMO_CONFIG` (e.g. ``configs/demo.yaml`` edited); ``overrides``
     change every run.
     """
-    from spectune.study.sweep import run_comparison
-    from spectune.tune.methods import get_method
-
     runs = demo_runs(methods, overrides, base)
     first = runs[0][1]
-    notes = ["before = the float32 base model; 4-bit methods' forgetting includes quantization",
-             f"matched budgets: every method that can set its trainable count is set to "
-             f"{REFERENCE}'s at the base config's rank on {first.target_modules} (DoRA adds its "
-             "magnitude vectors); full fine-tuning trains everything"]  # fmt: skip
+    notes = [
+        "before = the float32 base model; 4-bit methods' forgetting includes quantization",
+        f"matched budgets: every method that can set its trainable count is set to "
+        f"{REFERENCE}'s at the base config's rank on {first.target_modules} (DoRA adds its "
+        "magnitude vectors); full fine-tuning trains everything",
+    ]
     settings = []
     for name, config, _ in runs:
         keys = get_method(config.method).settings
@@ -174,14 +174,23 @@ def demo(
     model = "SmolLM2-135M-Instruct" if first.model == "default" else Path(first.model).name
     title = f"spectune demo: {', '.join(methods)} at matched budgets on {model}"
 
-    def base_spectra(folder: Any) -> None:
+    def base_spectra(folder: RunFolder) -> None:
         folder.own("base_spectra")
         if progress:
             print("base model spectra -> base_spectra/", file=sys.stderr, flush=True)
         write_base_spectra(Path(folder.path) / "base_spectra", first.model, progress=progress)
 
-    return run_comparison(runs, out, kind="demo", title=title, meta=meta, overwrite=overwrite,
-                          resume=resume, progress=progress, prelude=base_spectra)  # fmt: skip
+    return run_comparison(
+        runs,
+        out,
+        kind="demo",
+        title=title,
+        meta=meta,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        prelude=base_spectra,
+    )
 
 
 __all__ = [

@@ -5,7 +5,8 @@ method=lora,dora`` runs every combination (the "LoRA parameters on Llama-2" stud
 command). Settings a method does not use are dropped before runs are compared, so a grid
 that crosses ``method=lora,frog`` with ``r=8,16`` trains FROG once, not twice.
 
-Comparison folder (the demo writes the same layout)::
+Comparison folder (the demo, studies and searches write the same layout, through the runner
+they share, :mod:`spectune.study.runner`)::
 
     runs/<name>/      one run folder per setting (spectune.tune.recipe)
     results.csv       one row per run (RunMetrics.row() + the grid's keys + status)
@@ -24,60 +25,32 @@ until the sweep ends.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import itertools
 import json
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from spectune._io import write_json, write_text
+from spectune._io import _json_safe
 from spectune.errors import SpectuneError
-from spectune.results.metrics import RunMetrics
-from spectune.results.runfolder import RunFolder
-from spectune.tune.config import TuneConfig, apply_overrides, parse_value
-
-if TYPE_CHECKING:
-    from spectune.study.backends import Backend
+from spectune.report.pages.comparison import write_comparison_report
+from spectune.results.runfolder import HeldFolders, RunFolder
+from spectune.study.backends import Backend, Executor, Job, JobResult, make_executor
+from spectune.study.runner import RunOutcome, finish, opened_folder, outcomes_of, write_comparison
+from spectune.tune import recipe
+from spectune.tune.config import (
+    TuneConfig,
+    apply_overrides,
+    changed_fields,
+    parse_value,
+    read_config_data,
+)
 
 #: short forms of common keys in run names
 _SHORT = {"r": "r", "lora_alpha": "a", "lora_dropout": "d", "lora.r": "r", "lora.lora_alpha": "a",
           "lora.lora_dropout": "d", "frog.budget": "G", "shira.r": "r"}  # fmt: skip
-
-
-@dataclass
-class RunOutcome:
-    """One run of a sweep or the demo: its name, grid setting, and its metrics or failure.
-
-    Attributes:
-        name: the run's folder name under ``runs/``.
-        method: the run's method.
-        setting: the grid values that made this run.
-        metrics: the run's metrics (None when it failed).
-        error: why it failed (None when it completed).
-    """
-
-    name: str
-    method: str
-    setting: dict[str, Any]
-    metrics: RunMetrics | None = None
-    error: str | None = None
-
-    @property
-    def status(self) -> str:
-        return "complete" if self.error is None else f"failed: {self.error}"
-
-    def row(self) -> dict[str, Any]:
-        """The run's row of results.csv (:meth:`RunMetrics.row`, the grid's keys, status); its
-        name is the folder's under ``runs/``."""
-        base = (self.metrics.row() if self.metrics is not None
-                else {"name": self.name, "method": self.method})  # fmt: skip
-        return {**base, "name": self.name, **self.setting, "status": self.status}
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -152,8 +125,9 @@ def expand_grid(
         setting = dict(zip(keys, values, strict=True))
         items = [f"{k}={json.dumps(v)}" for k, v in setting.items()]
         try:
-            config = TuneConfig.from_dict(apply_overrides(base, items), source=source,
-                                          foreign_sections="drop")  # fmt: skip
+            config = TuneConfig.from_dict(
+                apply_overrides(base, items), source=source, foreign_sections="drop"
+            )
         except SpectuneError as exc:
             raise SpectuneError(f"grid setting {setting}: {exc}") from None
         key = json.dumps(config.relevant(), sort_keys=True, default=str)
@@ -166,71 +140,6 @@ def expand_grid(
         seen[key] = name
         runs.append((name, config, setting))
     return runs, skipped
-
-
-def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and v != v):
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-#: the columns of results.md (results.csv has them all)
-#: (accuracy_after_low / _high: its 95% bootstrap interval over the held-out questions)
-MD_COLUMNS = ["name", "method", "trainable_percent", "train_loss", "accuracy_before",
-              "accuracy_after", "accuracy_after_low", "accuracy_after_high", "perplexity_before",
-              "perplexity_after", "train_seconds", "ms_per_token", "peak_rss_mib", "adapter_mib",
-              "adapter_alpha", "base_alpha", "status"]  # fmt: skip
-
-
-def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Every key of ``rows``, in the order they first appear."""
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    return columns
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    """``rows`` as CSV text: a column per key (:func:`csv_columns`), a blank cell where a row
-    lacks it."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, csv_columns(rows), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def write_comparison(out: Path, outcomes: list[RunOutcome], logs: dict[str, list[dict]],
-                     meta: dict[str, Any]) -> None:  # fmt: skip
-    """results.csv, results.md, comparison.json and the comparison plots (atomically)."""
-    from spectune.report.files import save_figures
-    from spectune.report.plots import runs as T
-
-    rows = [o.row() for o in outcomes]
-    columns = csv_columns(rows)
-    write_text(out / "results.csv", csv_text(rows))
-    write_text(out / "results.md", _markdown(rows, [c for c in MD_COLUMNS if c in columns]))
-    write_json(out / "comparison.json", meta)
-    done = [r for r in rows if r.get("status") == "complete"]
-    figures = {"loss_curves.png": T.loss_curve(logs, title="Training loss per run")}
-    if done:
-        for col, label, fname in (
-            ("accuracy_after", "held-out accuracy after training", "accuracy.png"),
-            ("perplexity_change", "perplexity change on general text (forgetting)", "forgetting.png"),
-            ("train_loss", "final training loss", "train_loss.png"),
-            ("train_seconds", "train wall time (s)", "train_time.png"),
-            ("ms_per_token", "inference latency (ms per generated token)", "latency.png"),
-        ):  # fmt: skip
-            figures[fname] = T.metric_bars(done, col, label=label)
-        figures["tradeoff.png"] = T.tradeoff(done)
-    save_figures(figures, out / "plots")
 
 
 def run_comparison(
@@ -266,33 +175,42 @@ def run_comparison(
     Returns:
         One :class:`RunOutcome` per run, in order.
     """
-    from spectune.results.runfolder import HeldFolders, fail_on_exit
-    from spectune.study.backends import Backend, make_executor
-    from spectune.tune.recipe import tune
-
     out = Path(out)
     backend = Backend.of(backend, address)
     held = HeldFolders()  # each run folder's lock, from its run's start to the sweep's end
-    # Ray is reached (or refused) before the folder is touched
-    execute = (None if backend.name == "local"
-               else make_executor(backend, None, tune, progress, held))  # fmt: skip
+    local = backend.name == "local"
+    # Ray is reached (or refused) before the folder is touched; locally a failed run is always
+    # named, through Ray with the progress output
+    execute = make_executor(
+        backend, None, recipe.tune, progress, held, failures=True if local else None
+    )
     settings = _settings(meta)
-    folder = RunFolder(out, kind).open(overwrite=overwrite, resume=resume)
-    with folder, held:  # the locks are released however the sweep ends
+
+    def before(folder: RunFolder) -> None:
         if resume:
             _check_same_settings(folder, out, kind, settings)
         if not folder.complete:
             folder.update(settings=settings)
-        with fail_on_exit(folder):  # never left "running", whatever ends the sweep
-            return _run_all(runs, out, folder, kind=kind, title=title, meta=meta, resume=resume,
-                            progress=progress, prelude=prelude, execute=execute,
-                            held=held)  # fmt: skip
+
+    with opened_folder(
+        out, kind, overwrite=overwrite, resume=resume, held=held, before=before
+    ) as folder:
+        return _run_all(
+            runs,
+            out,
+            folder,
+            execute,
+            kind=kind,
+            title=title,
+            meta=meta,
+            resume=resume,
+            prelude=prelude,
+            local=local,
+        )
 
 
 def _settings(meta: dict[str, Any] | None) -> dict[str, Any]:
     """What a resume must find unchanged: the grid, the base config, the methods (as JSON)."""
-    from spectune._io import _json_safe
-
     keep = {k: v for k, v in (meta or {}).items() if k in ("grid", "base_config", "methods")}
     return json.loads(json.dumps(_json_safe(keep), default=str))  # as the marker stores it
 
@@ -300,8 +218,6 @@ def _settings(meta: dict[str, Any] | None) -> dict[str, Any]:
 def _check_same_settings(folder: RunFolder, out: Path, kind: str, settings: dict[str, Any]) -> None:
     """Refuse a resume whose grid or base config differs from the one the folder started with
     (recorded in its marker; comparison.json for a folder from before that)."""
-    from spectune.tune.config import changed_fields
-
     old = folder.state.get("settings")
     if not isinstance(old, dict):
         try:
@@ -320,58 +236,47 @@ def _check_same_settings(folder: RunFolder, out: Path, kind: str, settings: dict
         )
 
 
-def _run_all(runs: list[tuple[str, TuneConfig, dict[str, Any]]], out: Path, folder: RunFolder,
-             *, kind: str, title: str, meta: dict[str, Any] | None, resume: bool,
-             progress: bool, prelude: Any, execute: Any = None,
-             held: Any = None) -> list[RunOutcome]:  # fmt: skip
-    from spectune.report.pages.comparison import write_comparison_report
-    from spectune.study.backends import failure
-    from spectune.tune.collect import log_rows
-    from spectune.tune.recipe import tune
-
+def _run_all(
+    runs: list[tuple[str, TuneConfig, dict[str, Any]]],
+    out: Path,
+    folder: RunFolder,
+    execute: Executor,
+    *,
+    kind: str,
+    title: str,
+    meta: dict[str, Any] | None,
+    resume: bool,
+    prelude: Any,
+    local: bool,
+) -> list[RunOutcome]:
+    """The runs in the opened, locked folder; locally, the comparison is written after each
+    run that finishes."""
     folder.own("runs", "results.csv", "results.md", "comparison.json", "plots", "report.html")
     start = time.perf_counter()
     if prelude is not None and not folder.state.get("prelude_done"):
         prelude(folder)
         folder.update(prelude_done=True)
-    outcomes: list[RunOutcome] = []
-    logs: dict[str, list[dict]] = {}
-    if execute is not None:  # another backend runs them all, then they are compared
-        from spectune.study.backends import Job
+    # a Ray trial's folder does not depend on its working directory
+    runs_dir = out / "runs" if local else out.absolute() / "runs"
+    jobs = [Job(n, c.method, c.to_dict(), runs_dir / n, resume) for n, c, _ in runs]
+    settings = [setting for _, _, setting in runs]
+    head = {"kind": kind, "title": title, **(meta or {})}
+    finished: list[tuple[Job, dict[str, Any], JobResult]] = []
 
-        runs_dir = out.absolute() / "runs"  # a trial's folder does not depend on its directory
-        jobs = [Job(n, c.method, c.to_dict(), runs_dir / n, resume) for n, c, _ in runs]
-        for (name, config, setting), (metrics, error) in zip(runs, execute(jobs, "run"),
-                                                             strict=True):  # fmt: skip
-            outcomes.append(RunOutcome(name, config.method, setting, metrics=metrics, error=error))
-            if metrics is not None:
-                logs[name] = log_rows(out / "runs" / name)
-    for i, (name, config, setting) in enumerate(runs if execute is None else [], 1):
-        run_dir = out / "runs" / name
-        if progress:
-            print(f"[{i}/{len(runs)}] {name}", file=sys.stderr, flush=True)
-        try:
-            again = resume and run_dir.exists()
-            with contextlib.nullcontext() if held is None else held.lend(run_dir):
-                result = tune(config, out=run_dir, resume=again, progress=progress)
-        except Exception as exc:  # noqa: BLE001 - one run's failure, whatever it is, is recorded
-            outcomes.append(RunOutcome(name, config.method, setting, error=failure(exc)))
-            print(f"spectune: run {name} failed: {failure(exc)}", file=sys.stderr)
-            continue
-        outcomes.append(RunOutcome(name, config.method, setting, metrics=result.metrics))
-        logs[name] = log_rows(run_dir)
-        write_comparison(out, outcomes, logs, {"kind": kind, "title": title, **(meta or {}),
-                                               "total_seconds": None})  # fmt: skip
+    def after(job: Job, result: JobResult) -> None:
+        finished.append((job, settings[len(finished)], result))
+        if result[0] is not None:  # the comparison so far
+            write_comparison(
+                out, *outcomes_of(*zip(*finished, strict=True)), {**head, "total_seconds": None}
+            )
+
+    outcomes, logs = outcomes_of(jobs, settings, execute(jobs, None, after))
     total = time.perf_counter() - start
-    write_comparison(out, outcomes, logs, {"kind": kind, "title": title, **(meta or {}),
-                                           "total_seconds": total})  # fmt: skip
+    write_comparison(out, outcomes, logs, {**head, "total_seconds": total})
     write_comparison_report(out)
     failed = [o.name for o in outcomes if o.error is not None]
     folder.update(total_seconds=total, failed_runs=failed)
-    if failed:  # not "complete": --resume runs the failed ones again
-        folder.fail(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
-    else:
-        folder.finish()
+    finish(folder, failed, len(outcomes))
     return outcomes
 
 
@@ -401,8 +306,6 @@ def sweep(
     Returns:
         One :class:`RunOutcome` per run (``.row()`` is its line of ``results.csv``).
     """
-    from spectune.tune.config import read_config_data
-
     base = read_config_data(config_path) if config_path is not None else {}
     base = apply_overrides(base, list(overrides or []))
     source = str(config_path or "config")
@@ -415,22 +318,27 @@ def sweep(
     for key in grid:
         if key == "output_dir":
             raise SpectuneError("--grid cannot vary output_dir; each run gets runs/<name>")
-    meta = {"grid": grid, "base_config": base_config.to_dict(), "runs": [n for n, _, _ in runs],
-            "skipped_duplicates": skipped}  # fmt: skip
+    meta = {
+        "grid": grid,
+        "base_config": base_config.to_dict(),
+        "runs": [n for n, _, _ in runs],
+        "skipped_duplicates": skipped,
+    }
     if progress and skipped:
         for s in skipped:
             print(f"skipping {s['setting']}: trains the same as {s['same_as']}", file=sys.stderr)
-    return run_comparison(runs, out, kind="sweep", title=f"Sweep over {', '.join(grid)}",
-                          meta=meta, overwrite=overwrite, resume=resume, progress=progress,
-                          backend=backend, address=address)  # fmt: skip
+    return run_comparison(
+        runs,
+        out,
+        kind="sweep",
+        title=f"Sweep over {', '.join(grid)}",
+        meta=meta,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        backend=backend,
+        address=address,
+    )
 
 
-__all__ = [
-    "RunOutcome",
-    "expand_grid",
-    "parse_grid",
-    "run_comparison",
-    "run_name",
-    "sweep",
-    "write_comparison",
-]
+__all__ = ["expand_grid", "parse_grid", "run_comparison", "run_name", "sweep"]
