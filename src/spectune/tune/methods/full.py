@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectune.tune.methods import register_method
-from spectune.tune.methods.base import BuildContext, Built, Method
+from spectune.tune.methods.base import BuildContext, Built, MemoryTerms, Method, count_parameters
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,6 +32,13 @@ class FullMethod(Method):
             "(no float32 master copy): updates smaller than the dtype's resolution round away; "
             "model_dtype=float32 avoids that"]  # fmt: skip
         return Built(model, notes=notes)
+
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        return count_parameters(model)[1]
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """Every weight trains in place, in its own dtype."""
+        return MemoryTerms(self.trainable_count(ctx, model), in_place=True)
 
     def save(self, built: Built, folder: Path) -> None:
         built.model.save_pretrained(folder)

@@ -31,7 +31,14 @@ from spectune.errors import SpectuneError
 from spectune.models import hardware
 from spectune.models.hardware import cpu_packs_4bit, native_bf16  # noqa: F401 - re-exported
 from spectune.tune.methods import register_method
-from spectune.tune.methods.base import BuildContext, Built, load_float_base, meta_model
+from spectune.tune.methods.base import (
+    BuildContext,
+    Built,
+    MemoryTerms,
+    count_parameters,
+    load_float_base,
+    meta_model,
+)
 from spectune.tune.methods.lora import LoraMethod, LoraSection
 
 if TYPE_CHECKING:
@@ -174,6 +181,21 @@ class QuantizedLoraMethod(LoraMethod):
         return prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=ctx.config.checkpointing()
         )
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """LoRA's terms on a base whose Linear weights (not the head) take 0.5 byte each plus
+        the quantization constants, the rest float32, as :func:`load_4bit_base` loads it."""
+        import torch
+
+        terms = super().memory_terms(ctx, model)
+        head = model.get_output_embeddings()
+        params = count_parameters(model)[1]
+        linear = sum(m.weight.numel() for m in model.modules()
+                     if isinstance(m, torch.nn.Linear) and m is not head)  # fmt: skip
+        constants = (0.127 if ctx.config.section("quant").double_quant else 0.5) / 8
+        terms.weights = int(linear * (0.5 + constants)) + (params - linear) * 4
+        terms.weights_label, terms.dtype = "4-bit", "float32"
+        return terms
 
     def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
         from peft import PeftModel

@@ -20,6 +20,7 @@ from spectune.tune.methods import register_method
 from spectune.tune.methods.base import (
     BuildContext,
     Built,
+    MemoryTerms,
     PeftMethod,
     SpectraInput,
     meta_model,
@@ -70,6 +71,14 @@ class ShiraMethod(PeftMethod):
         meta = meta_model(ctx.model_dir)
         per_rank = lora_trainable(meta, target_modules(ctx, meta), 1)
         return [f"shira.r={max(1, round(n_params / per_rank))}"]
+
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        return lora_trainable(model, target_modules(ctx, model), ctx.config.section("shira").r)
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """Its values, and a row and a column index (int64) per value."""
+        trainable = self.trainable_count(ctx, model)
+        return MemoryTerms(trainable, buffers=16 * trainable)
 
     def spectra(self, built: Built, ctx: BuildContext, folder: Path) -> SpectraInput:
         from peft.tuners.shira.layer import ShiraLayer

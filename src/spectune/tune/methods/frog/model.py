@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,9 @@ import torch
 from torch import nn
 
 from spectune.errors import SpectuneError
+from spectune.models.targets import layer_of, match_modules
 from spectune.tune.methods.frog.budget import allocate, overparam_importance, total_trainable
-from spectune.tune.methods.frog.config import ALL_LINEAR, FrogConfig
+from spectune.tune.methods.frog.config import FrogConfig
 from spectune.tune.methods.frog.layer import FrogLinear, _check_indices, name_seed
 from spectune.tune.methods.frog.scoring import (
     _compute_dtype,
@@ -48,7 +48,6 @@ FORMAT_VERSION = 1
 INDICES_SUFFIX = ".frog_indices"
 VALUES_SUFFIX = ".frog_values"
 
-_LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _SCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -119,83 +118,6 @@ class FrogPlan:
 
 
 # -- targets ------------------------------------------------------------------------------
-
-
-def layer_of(name: str) -> tuple[int | None, str]:
-    """(block number, module kind) of a module name: ``model.layers.3.mlp.up_proj`` -> (3,
-    ``mlp.up_proj``); names without a number give (None, name)."""
-    match = _LAYER_RE.search(name)
-    if match is None:
-        return None, name
-    return int(match.group(1)), name[match.end() :] or name
-
-
-def _pattern_of(names: list[str]) -> list[str]:
-    """Module names with block numbers replaced by ``*``, deduplicated, in first-seen order."""
-    seen: dict[str, None] = {}
-    for name in names:
-        seen.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name), None)
-    return list(seen)
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def match_modules(
-    model: nn.Module,
-    target_modules: str | list[str],
-    exclude_modules: list[str] | None = None,
-    *,
-    label: str = "target_modules",
-) -> list[str]:
-    """Names of the modules a peft-style target spec selects, in model order.
-
-    The spec reads as in peft: ``"all-linear"`` (every ``nn.Linear`` but the output head),
-    a list of names or name suffixes (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``),
-    or a regular expression that must match a whole module name; ``exclude_modules`` (names or
-    suffixes) are then left out.
-
-    Args:
-        model: any ``nn.Module``.
-        target_modules: the spec.
-        exclude_modules: names or suffixes to leave out.
-        label: how the setting is called in the error message.
-
-    Raises:
-        SpectuneError: nothing matches; the message lists the model's linear modules (block
-            numbers shown as ``*``).
-    """
-    modules = dict(model.named_modules())
-    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n]
-    if target_modules == ALL_LINEAR:
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        matched = [n for n in linear if modules[n] is not head]
-    elif isinstance(target_modules, str):
-        matched = [n for n in modules if n and re.fullmatch(target_modules, n)]
-    else:
-        matched = [n for n in modules if n and _matches(n, target_modules)]
-    if exclude_modules:
-        matched = [n for n in matched if not _matches(n, exclude_modules)]
-    if not matched:
-        available = _pattern_of(linear)
-        shown = ", ".join(available[:25]) + (" ..." if len(available) > 25 else "")
-        if isinstance(target_modules, str) and target_modules != ALL_LINEAR:
-            suffixes = [n for n in linear if n.split(".")[-1] == target_modules]
-            if suffixes:  # a bare module name: peft reads a single string as a full-name regex
-                raise SpectuneError(
-                    f"{label}={target_modules!r} is read as a regular expression that must "
-                    f"match a whole module name (as in peft), and matches none; for every module "
-                    f"called {target_modules} pass a list: {label}=[{target_modules}] "
-                    f"({len(suffixes)} modules)"
-                )
-        raise SpectuneError(
-            f"{label}={target_modules!r}"
-            + (f" (exclude_modules={exclude_modules!r})" if exclude_modules else "")
-            + f" matches no module of this {type(model).__name__}; its linear modules are: "
-            + (shown or "none")
-        )
-    return matched
 
 
 def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
@@ -677,7 +599,7 @@ def save_frog(model: nn.Module, out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _read_adapter(path: Path) -> tuple[FrogConfig, dict[str, Any], dict[str, torch.Tensor]]:
+def read_adapter(path: Path) -> tuple[FrogConfig, dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -771,7 +693,7 @@ def load_frog(
             message names the tensor).
     """
     path = Path(adapter_dir)
-    config, targets, tensors = _read_adapter(path)
+    config, targets, tensors = read_adapter(path)
     if any(isinstance(m, FrogLinear) for m in model.modules()):
         raise SpectuneError(
             "this model already has FROG layers; load the adapter onto the base model"
