@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -27,6 +28,7 @@ from spectune.tune.methods.frog.budget import allocate, overparam_importance, to
 from spectune.tune.methods.frog.config import FrogConfig
 from spectune.tune.methods.frog.layer import FrogLinear, _check_indices, name_seed
 from spectune.tune.methods.frog.scoring import (
+    RunningTopK,
     _compute_dtype,
     alpha_importance,
     check_matrix,
@@ -38,8 +40,6 @@ from spectune.tune.methods.frog.scoring import (
 
 if TYPE_CHECKING:
     import os
-
-    import pandas as pd
 
 CONFIG_NAME = "frog_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -98,8 +98,6 @@ class FrogPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """Summary plus the table's rows (no index tensors), JSON-able."""
-        import pandas as pd
-
         rows = [
             {
                 k: (None if v is pd.NA else v.item() if hasattr(v, "item") else v)
@@ -223,8 +221,6 @@ def plan_frog(
     Raises:
         SpectuneError: no/bad targets, NaN/Inf weights, a budget that rounds to zero.
     """
-    import pandas as pd
-
     config = config or FrogConfig()
     if not isinstance(config, FrogConfig):
         raise SpectuneError(f"config must be a FrogConfig, got {type(config).__name__}")
@@ -240,27 +236,14 @@ def plan_frog(
     shapes = {n: (int(weights[n].shape[0]), int(weights[n].shape[1])) for n in names}
     total = int(sizes.sum())
     k_total = total_trainable(config.budget, total)
-    alpha_values = None
-    if config.importance == "alpha":
-        alpha_values = _resolve_alphas(names, weights, alphas, progress)
-        importance = alpha_importance(
-            norms, alpha_values, power=config.alpha_power, alpha_range=config.alpha_range
-        )
-    else:
-        importance = frobenius_importance(norms)
-    if config.overparam != "none":  # move budget off (or onto) alpha > overparam_alpha matrices
-        if alpha_values is None:
-            alpha_values = _resolve_alphas(names, weights, alphas, progress)
-        importance = overparam_importance(importance, alpha_values, mode=config.overparam,
-                                          factor=config.overparam_factor,
-                                          threshold=config.overparam_alpha)  # fmt: skip
+    importance, alpha_values = _importance(names, weights, norms, config, alphas, progress)
     counts = allocate(k_total, importance, sizes) if config.selection == "per_matrix" else None
 
     # pass 2: relevance and selection
     indices: dict[str, torch.Tensor] = {}
     selected_scores: dict[str, torch.Tensor] = {}
     noise_scores: dict[str, torch.Tensor] = {}
-    running = _RunningTopK(k_total) if counts is None else None
+    running = RunningTopK(k_total) if counts is None else None
     with _progress(len(names), "FROG relevance", progress) as bar:
         for i, n in enumerate(names):
             S = relevance(
@@ -283,14 +266,7 @@ def plan_frog(
             del S, flat
             bar.update(1)
     if running is not None:  # global: split the surviving candidates by matrix
-        cand_val, cand_mat, cand_pos = running.result()
-        order = torch.argsort(cand_mat * total + cand_pos)  # by matrix, then by position
-        cand_mat, cand_pos, cand_val = cand_mat[order], cand_pos[order], cand_val[order]
-        bounds = torch.searchsorted(cand_mat, torch.arange(len(names) + 1))
-        for i, n in enumerate(names):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            indices[n] = cand_pos[lo:hi].clone()
-            selected_scores[n] = cand_val[lo:hi].to(_compute_dtype(weights[n]))
+        indices, selected_scores = _split_candidates(running, names, weights, total)
 
     init_values: dict[str, torch.Tensor] = {}
     for n in names:
@@ -302,30 +278,11 @@ def plan_frog(
             eps = torch.randn(s.shape, generator=gen, dtype=s.dtype)
             init_values[n] = config.init_scale * s * eps
 
-    score_sum = np.array([float(selected_scores[n].double().sum()) for n in names])
-    trainable = np.array([indices[n].numel() for n in names], dtype=np.int64)
-    if config.selection == "global":
-        importance = score_sum / score_sum.sum() if score_sum.sum() > 0 else np.zeros(len(names))
-    layers = [layer_of(n) for n in names]
-    columns: dict[str, Any] = {
-        "name": names,
-        "layer": pd.array([lay for lay, _ in layers], dtype="Int64"),
-        "module": [kind for _, kind in layers],
-        "shape": [f"{shapes[n][0]}x{shapes[n][1]}" for n in names],
-        "size": sizes,
-        "frobenius": norms,
-    }
-    if alpha_values is not None:
-        columns["alpha"] = alpha_values
-    columns.update(
-        importance=importance,
-        trainable=trainable,
-        percent=100.0 * trainable / sizes,
-        score_sum=score_sum,
-    )
-    table = pd.DataFrame(columns)
-    if int(trainable.sum()) != k_total:  # pragma: no cover - guaranteed by construction
-        raise RuntimeError(f"FROG selected {trainable.sum()} weights, budget is {k_total}")
+    shown = [f"{shapes[n][0]}x{shapes[n][1]}" for n in names]
+    columns = {"name": names, "shape": shown, "size": sizes, "frobenius": norms}
+    table = _plan_table(columns, alpha_values, importance, indices, selected_scores, config)
+    if int(table["trainable"].sum()) != k_total:  # pragma: no cover - by construction
+        raise RuntimeError(f"FROG selected {table['trainable'].sum()} weights, budget is {k_total}")
     return FrogPlan(
         config=config,
         table=table,
@@ -338,58 +295,86 @@ def plan_frog(
     )
 
 
-class _RunningTopK:
-    """Exact top-k of a stream of score matrices in O(k) memory.
-
-    Candidates (score, matrix, flat position) are appended; entries not above the current
-    threshold (the k-th best score seen at the last prune, a lower bound of the final k-th
-    best) are never added, and the buffer is cut back to its top k whenever it exceeds 2k,
-    so each prune is amortized over at least k insertions.
-    """
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.size = 0
-        self.threshold: float | None = None
-
-    def add(self, flat: torch.Tensor, matrix: int) -> None:
-        """Offer every entry of one matrix's flattened scores ``flat`` (shape (N*M,))."""
-        if self.threshold is None:
-            pos = torch.topk(flat, min(self.k, flat.numel()), sorted=False).indices
-        else:
-            pos = torch.nonzero(flat > self.threshold).reshape(-1)
-            if pos.numel() > self.k:
-                pos = torch.topk(flat, self.k, sorted=False).indices
-        if pos.numel():
-            self.chunks.append((flat[pos], torch.full_like(pos, matrix), pos))
-            self.size += pos.numel()
-        if self.size > 2 * self.k:
-            self._prune()
-
-    def _prune(self) -> None:
-        val = torch.cat([c[0].to(torch.float64) for c in self.chunks])
-        mat = torch.cat([c[1] for c in self.chunks])
-        pos = torch.cat([c[2] for c in self.chunks])
-        if val.numel() > self.k:
-            keep = torch.topk(val, self.k, sorted=False).indices
-            val, mat, pos = val[keep], mat[keep], pos[keep]
-            self.threshold = float(val.min())
-        self.chunks = [(val, mat, pos)]
-        self.size = val.numel()
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores, matrix ids, flat positions) of the top k, in no particular order."""
-        self._prune()
-        return (
-            self.chunks[0]
-            if self.chunks
-            else (
-                torch.empty(0, dtype=torch.float64),
-                torch.empty(0, dtype=torch.int64),
-                torch.empty(0, dtype=torch.int64),
-            )
+def _importance(
+    names: list[str],
+    weights: dict[str, torch.Tensor],
+    norms: np.ndarray,
+    config: FrogConfig,
+    alphas: dict[str, float] | None,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Matrix importance R_i (Frobenius or alpha-tilted, then moved off or onto the
+    overparameterized matrices), and the power-law alphas where they were needed."""
+    alpha_values = None
+    if config.importance == "alpha":
+        alpha_values = _resolve_alphas(names, weights, alphas, progress)
+        importance = alpha_importance(
+            norms, alpha_values, power=config.alpha_power, alpha_range=config.alpha_range
         )
+    else:
+        importance = frobenius_importance(norms)
+    if config.overparam != "none":  # move budget off (or onto) alpha > overparam_alpha matrices
+        if alpha_values is None:
+            alpha_values = _resolve_alphas(names, weights, alphas, progress)
+        importance = overparam_importance(
+            importance,
+            alpha_values,
+            mode=config.overparam,
+            factor=config.overparam_factor,
+            threshold=config.overparam_alpha,
+        )
+    return importance, alpha_values
+
+
+def _split_candidates(
+    running: RunningTopK, names: list[str], weights: dict[str, torch.Tensor], total: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """'global' selection: the surviving candidates split by matrix -> (sorted flat indices,
+    their scores) per module name."""
+    cand_val, cand_mat, cand_pos = running.result()
+    order = torch.argsort(cand_mat * total + cand_pos)  # by matrix, then by position
+    cand_mat, cand_pos, cand_val = cand_mat[order], cand_pos[order], cand_val[order]
+    bounds = torch.searchsorted(cand_mat, torch.arange(len(names) + 1))
+    indices, scores = {}, {}
+    for i, n in enumerate(names):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        indices[n] = cand_pos[lo:hi].clone()
+        scores[n] = cand_val[lo:hi].to(_compute_dtype(weights[n]))
+    return indices, scores
+
+
+def _plan_table(
+    columns: dict[str, Any],
+    alpha_values: np.ndarray | None,
+    importance: np.ndarray,
+    indices: dict[str, torch.Tensor],
+    selected_scores: dict[str, torch.Tensor],
+    config: FrogConfig,
+) -> pd.DataFrame:
+    """:attr:`FrogPlan.table` from the per-matrix ``name, shape, size, frobenius`` columns."""
+    names, sizes = columns["name"], columns["size"]
+    score_sum = np.array([float(selected_scores[n].double().sum()) for n in names])
+    trainable = np.array([indices[n].numel() for n in names], dtype=np.int64)
+    if config.selection == "global":
+        importance = score_sum / score_sum.sum() if score_sum.sum() > 0 else np.zeros(len(names))
+    layers = [layer_of(n) for n in names]
+    table: dict[str, Any] = {
+        "name": names,
+        "layer": pd.array([lay for lay, _ in layers], dtype="Int64"),
+        "module": [kind for _, kind in layers],
+        "shape": columns["shape"],
+        "size": sizes,
+        "frobenius": columns["frobenius"],
+    }
+    if alpha_values is not None:
+        table["alpha"] = alpha_values
+    table.update(
+        importance=importance,
+        trainable=trainable,
+        percent=100.0 * trainable / sizes,
+        score_sum=score_sum,
+    )
+    return pd.DataFrame(table)
 
 
 def _resolve_alphas(
