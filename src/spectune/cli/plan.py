@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="all",
                         help="a registered method, or 'all' (default): one row per method")  # fmt: skip
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="method settings as for spectune tune (frog.budget=0.02)")  # fmt: skip
+                        help="method settings as for spectune tune, after MODEL "
+                        "(frog.budget=0.02)")  # fmt: skip
     parser.add_argument("--r", type=int, default=16,
                         help="r of every section that has one: LoRA, SHiRA... (default: 16)")  # fmt: skip
     # the old name of frog.budget=X, kept for one release
