@@ -42,11 +42,14 @@ def test_methods_name_shows_one(cli, capsys):
     assert capsys.readouterr().out.startswith("objective sft: ")
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["methods", "nope"], "unknown method 'nope'"),
-    (["methods", "lora", "lora.r=4"], "key=value and --out need --model"),
-    (["methods", "lora.r=4"], "unknown method 'lora.r=4'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["methods", "nope"], "unknown method 'nope'"),
+        (["methods", "lora", "lora.r=4"], "key=value and --out need --model"),
+        (["methods", "lora.r=4"], "unknown method 'lora.r=4'"),
+    ],
+)
 def test_methods_bad_input_is_one_line_exit_2(cli, capsys, argv, match):
     assert cli(argv) == 2
     err = capsys.readouterr().err
@@ -64,18 +67,48 @@ def test_methods_on_a_model_shows_targets_and_trainable_count(cli, tiny_model_di
 
 def test_methods_frog_writes_what_frog_plan_wrote(cli, tiny_model_dir, tmp_path, capsys):
     old, new = tmp_path / "old", tmp_path / "new"
-    assert cli(["frog-plan", str(tiny_model_dir), "--budget", "0.05", "--global", "--out", str(old),
-                "--no-progress"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "frog-plan",
+                str(tiny_model_dir),
+                "--budget",
+                "0.05",
+                "--global",
+                "--out",
+                str(old),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert captured.err.strip().endswith("spectune frog-plan is now spectune methods frog "
-                                         "--model MODEL --out DIR [frog.KEY=VALUE ...]")  # fmt: skip
-    assert cli(["methods", "frog", "--model", str(tiny_model_dir), "frog.budget=0.05",
-                "frog.selection=global", "--out", str(new), "--no-progress"]) == 0  # fmt: skip
+    assert captured.err.strip().endswith(
+        "spectune frog-plan is now spectune methods frog "
+        "--model MODEL --out DIR [frog.KEY=VALUE ...]"
+    )
+    assert (
+        cli(
+            [
+                "methods",
+                "frog",
+                "--model",
+                str(tiny_model_dir),
+                "frog.budget=0.05",
+                "frog.selection=global",
+                "--out",
+                str(new),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == captured.out.replace(str(old), str(new))
     assert "selection=global" in captured.out and "wrote" in captured.out
     assert sorted(p.name for p in new.iterdir()) == sorted(p.name for p in old.iterdir())
-    pd.testing.assert_frame_equal(pd.read_csv(new / "frog_plan.csv"),
-                                  pd.read_csv(old / "frog_plan.csv"))  # fmt: skip
+    pd.testing.assert_frame_equal(
+        pd.read_csv(new / "frog_plan.csv"), pd.read_csv(old / "frog_plan.csv")
+    )
     plans = [json.loads((d / "frog_plan.json").read_text()) for d in (old, new)]
     assert plans[0]["matrices"] == plans[1]["matrices"]
     assert json.loads((new / "run.json").read_text())["kind"] == "frog_plan"

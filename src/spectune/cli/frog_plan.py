@@ -27,8 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="select the top weights over all matrices together (paper section 10) instead "
         "of per matrix",
     )
-    parser.add_argument("--out", required=True, help="folder for the table and charts (new, "
-                        "empty, or an earlier frog-plan --out, whose files are replaced)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the table and charts (new, "
+        "empty, or an earlier frog-plan --out, whose files are replaced)",
+    )
     parser.add_argument(
         "--target-modules",
         default="all-linear",
@@ -73,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     }
     code = show_plan("frog", args.model, data, out=args.out, progress=not args.no_progress)
     # after the run, so that an error stays the one line on stderr it always was
-    print("spectune frog-plan is now spectune methods frog --model MODEL --out DIR "
-          "[frog.KEY=VALUE ...]", file=sys.stderr)  # fmt: skip
+    print(
+        "spectune frog-plan is now spectune methods frog --model MODEL --out DIR "
+        "[frog.KEY=VALUE ...]",
+        file=sys.stderr,
+    )
     return code

@@ -17,24 +17,37 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-HELP = ("list the registered methods and objectives with their config sections, or show what a "
-        "method would train on a model (FROG: its per-matrix plan)")  # fmt: skip
+HELP = (
+    "list the registered methods and objectives with their config sections, or show what a "
+    "method would train on a model (FROG: its per-matrix plan)"
+)
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="'default' or a model folder: show what the method would train")  # fmt: skip
-    parser.add_argument("--out", default=None, help="with --model: folder for the plan's files "
-                        "(new, empty, or an earlier plan's, whose files are replaced)")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="'default' or a model folder: show what the method would train",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="with --model: folder for the plan's files "
+        "(new, empty, or an earlier plan's, whose files are replaced)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # NAME, key=value and the options in any order (argparse alone takes no positional after
     # an option): the words are parsed again by _words()
-    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="[NAME [key=value ...]]",
-                        help="a method or objective (none: list them all), and with --model "
-                        "settings as for spectune tune (frog.budget=0.02)")  # fmt: skip
+    parser.add_argument(
+        "words",
+        nargs=argparse.REMAINDER,
+        metavar="[NAME [key=value ...]]",
+        help="a method or objective (none: list them all), and with --model "
+        "settings as for spectune tune (frog.budget=0.02)",
+    )
     _options(parser)
 
 
@@ -84,8 +97,11 @@ def _section_lines(name: str, cls: type, readers: list[str]) -> list[str]:
         if len(key) > 37:
             lines.append(key)
             key = ""
-        lines.append(textwrap.fill(text, WIDTH, initial_indent=f"{key:<38}",
-                                   subsequent_indent=" " * 38) if text else key)  # fmt: skip
+        lines.append(
+            textwrap.fill(text, WIDTH, initial_indent=f"{key:<38}", subsequent_indent=" " * 38)
+            if text
+            else key
+        )
     return lines
 
 
@@ -114,8 +130,10 @@ def _one(name: str) -> list[str]:
     spec = registry.get(name)  # an unknown name lists the registered methods
     lines = [f"{registry.kind} {name}: {spec.description}"]
     if registry is METHODS:
-        lines.append(f"  target_modules: {'read' if spec.uses_target_modules else 'not read'}; "
-                     f"FSDP: {'shards it' if spec.shardable else 'refused (' + spec.unshardable + ')'}")  # fmt: skip
+        lines.append(
+            f"  target_modules: {'read' if spec.uses_target_modules else 'not read'}; "
+            f"FSDP: {'shards it' if spec.shardable else 'refused (' + spec.unshardable + ')'}"
+        )
         if spec.settings:
             shown = ", ".join(f"{col} = {key}" for col, key in spec.settings.items())
             lines.append(f"  results-table columns: {shown}")
@@ -127,8 +145,9 @@ def _one(name: str) -> list[str]:
     return lines
 
 
-def show_plan(name: str, model: str, data: dict[str, Any], *, out: str | None,
-              progress: bool) -> int:  # fmt: skip
+def show_plan(
+    name: str, model: str, data: dict[str, Any], *, out: str | None, progress: bool
+) -> int:
     """Print (and with ``out`` write) what method ``name`` would train on ``model``.
 
     Args:
@@ -153,8 +172,9 @@ def show_plan(name: str, model: str, data: dict[str, Any], *, out: str | None,
         folder_out = check_writable_dir(out, "--out")
         owner = RunFolder(folder_out, f"{name.replace('-', '_')}_plan")
         owner.check(overwrite=True)
-    config = TuneConfig.from_dict({**data, "model": model, "method": name},
-                                  source=f"spectune methods {name}")  # fmt: skip
+    config = TuneConfig.from_dict(
+        {**data, "model": model, "method": name}, source=f"spectune methods {name}"
+    )
     folder = resolve_model_dir(model)
     with tempfile.TemporaryDirectory(prefix="spectune-plan-") as workdir:
         plan = method.plan(BuildContext(config, folder, Path(workdir), progress=progress))
@@ -174,12 +194,18 @@ def show_plan(name: str, model: str, data: dict[str, Any], *, out: str | None,
     table = plan.table
     if table is not None and len(table):
         columns = plan.columns or list(table.columns)
-        print(table[columns].head(plan.rows_shown).to_string(
-            index=False, float_format=lambda v: f"{v:.4g}"))  # fmt: skip
+        print(
+            table[columns]
+            .head(plan.rows_shown)
+            .to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        )
         more = len(table) - plan.rows_shown
         if more > 0:
-            where = (f"in {owner.path / plan.table_file}" if owner is not None and plan.table_file
-                     else "(--out writes them all)")  # fmt: skip
+            where = (
+                f"in {owner.path / plan.table_file}"
+                if owner is not None and plan.table_file
+                else "(--out writes them all)"
+            )
             print(f"... {more} more rows {where}")
     if owner is not None:
         for file in plan.files:
@@ -194,14 +220,18 @@ def run(args: argparse.Namespace) -> int:
     args = _words(args)
     if args.name is None:
         if args.overrides or args.model or args.out:
-            raise SpectuneError("spectune methods: name a method for key=value, --model or "
-                                "--out (spectune methods NAME --model M)")  # fmt: skip
+            raise SpectuneError(
+                "spectune methods: name a method for key=value, --model or "
+                "--out (spectune methods NAME --model M)"
+            )
         print("\n".join(_listing()))
         return 0
     if args.model is None:
         if args.overrides or args.out:
-            raise SpectuneError(f"spectune methods {args.name}: key=value and --out need "
-                                "--model (the model to plan on)")  # fmt: skip
+            raise SpectuneError(
+                f"spectune methods {args.name}: key=value and --out need "
+                "--model (the model to plan on)"
+            )
         print("\n".join(_one(args.name)))
         return 0
     data = apply_overrides({}, list(args.overrides))

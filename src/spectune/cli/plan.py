@@ -19,11 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="'default' or a model folder (only config.json is read)")
     parser.add_argument("--method", default="all",
                         help="a registered method, or 'all' (default): one row per method")  # fmt: skip
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="method settings as for spectune tune, after MODEL "
-                        "(frog.budget=0.02)")  # fmt: skip
-    parser.add_argument("--r", type=int, default=16,
-                        help="r of every section that has one: LoRA, SHiRA... (default: 16)")  # fmt: skip
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="method settings as for spectune tune, after MODEL (frog.budget=0.02)",
+    )
+    parser.add_argument(
+        "--r",
+        type=int,
+        default=16,
+        help="r of every section that has one: LoRA, SHiRA... (default: 16)",
+    )
     # the old name of frog.budget=X, kept for one release
     parser.add_argument("--frog-budget", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=4, help="per-device batch (default: 4)")

@@ -184,8 +184,7 @@ def test_out_of_tree_method_runs_through_the_cli(norms_method, tiny_model_dir, t
     assert "learning (held-out accuracy) vs forgetting" in capsys.readouterr().out
 
 
-def test_out_of_tree_method_gets_a_memory_estimate_and_a_plan(norms_method, tiny_model_dir,
-                                                              capsys):  # fmt: skip
+def test_out_of_tree_method_gets_a_memory_estimate_and_a_plan(norms_method, tiny_model_dir, capsys):
     """``spectune plan`` and ``spectune methods NAME --model`` count an out-of-tree method by
     building it on the meta model (Method.trainable_count's default)."""
     from spectune.cli.main import COMMANDS, main
@@ -280,8 +279,9 @@ def test_no_library_module_imports_the_cli():
     assert offenders == []
 
 
-def test_the_readme_plugin_example_runs_as_written(tiny_model_dir, tmp_path, smol_tokenizer,
-                                                   capsys):  # fmt: skip
+def test_the_readme_plugin_example_runs_as_written(
+    tiny_model_dir, tmp_path, smol_tokenizer, capsys
+):
     """The README's out-of-tree method, executed as written, passes the shared checks and its
     section is validated like the built-in ones."""
     from pathlib import Path
@@ -304,8 +304,18 @@ def test_the_readme_plugin_example_runs_as_written(tiny_model_dir, tmp_path, smo
         # spectune plan reads its section like the built-in ones
         from spectune.cli.main import main
 
-        argv = ["plan", str(tiny_model_dir), "norms.embeddings=true", "--method", "norms",
-                "--json", "--batch", "1", "--seq", "8"]  # fmt: skip
+        argv = [
+            "plan",
+            str(tiny_model_dir),
+            "norms.embeddings=true",
+            "--method",
+            "norms",
+            "--json",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+        ]
         assert main(argv) == 0
         [estimate] = json.loads(capsys.readouterr().out)
         assert estimate["trainable"] == with_emb.built.trainable

@@ -57,9 +57,21 @@ BUILTIN_MODULES = tuple(
 )
 
 #: config keys that are not sections (a method may not name a section after them)
-RESERVED_KEYS = ("model", "method", "objective", "seed", "output_dir", "target_modules",
-                 "exclude_modules", "data", "eval", "train", "r", "lora_alpha",
-                 "lora_dropout")  # fmt: skip
+RESERVED_KEYS = (
+    "model",
+    "method",
+    "objective",
+    "seed",
+    "output_dir",
+    "target_modules",
+    "exclude_modules",
+    "data",
+    "eval",
+    "train",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+)
 
 METHODS = Registry("method", Method, BUILTIN_MODULES, RESERVED_KEYS)
 

@@ -47,6 +47,9 @@ hook                          what it does (default)
 The shared helpers below (:func:`load_float_base`, :func:`count_parameters`,
 :func:`meta_model`...) are what the built-in methods are made of; out-of-tree methods may use
 them too.
+
+This module is imported with the package (the registry), which stays free of torch,
+transformers and peft at import: they are imported inside the helpers that use them.
 """
 
 from __future__ import annotations
@@ -230,8 +233,9 @@ class Method:
         """The base model to train (in ``model_dtype``, with ``attn_implementation``), and
         notes about how it was loaded (the dtype picked)."""
         dtype, notes = resolve_model_dtype(ctx.config.model_dtype)
-        model = load_float_base(ctx.model_dir, dtype=dtype,
-                                attn_implementation=ctx.config.attn_implementation)  # fmt: skip
+        model = load_float_base(
+            ctx.model_dir, dtype=dtype, attn_implementation=ctx.config.attn_implementation
+        )
         return model, notes
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
@@ -282,19 +286,28 @@ class Method:
         trainable = self.trainable_count(ctx, model)
         where = f"{self.name} on {ctx.model_dir.name}"
         if trainable is None:
-            return MethodPlan(f"{where}: no plan (the method cannot count what it trains "
-                              "without the weights)")  # fmt: skip
-        headline = (f"{where}: {trainable:,} of {total:,} parameters trainable "
-                    f"({100.0 * trainable / total:.4g}%)")  # fmt: skip
+            return MethodPlan(
+                f"{where}: no plan (the method cannot count what it trains without the weights)"
+            )
+        headline = (
+            f"{where}: {trainable:,} of {total:,} parameters trainable "
+            f"({100.0 * trainable / total:.4g}%)"
+        )
         if not self.uses_target_modules:
             return MethodPlan(f"{headline}; target_modules does not apply")
         modules = dict(model.named_modules())
-        rows = [{"name": n, "shape": "x".join(str(d) for d in modules[n].weight.shape)}
-                for n in target_modules(ctx, model)]  # fmt: skip
+        rows = [
+            {"name": n, "shape": "x".join(str(d) for d in modules[n].weight.shape)}
+            for n in target_modules(ctx, model)
+        ]
         table = pd.DataFrame(rows, columns=["name", "shape"])
-        return MethodPlan(f"{headline}, {len(table)} target modules", table,
-                          columns=["name", "shape"], files={"targets.csv": table},
-                          table_file="targets.csv")  # fmt: skip
+        return MethodPlan(
+            f"{headline}, {len(table)} target modules",
+            table,
+            columns=["name", "shape"],
+            files={"targets.csv": table},
+            table_file="targets.csv",
+        )
 
     # -- training ------------------------------------------------------------------------
 
@@ -398,20 +411,28 @@ def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
         if hardware.fast_bf16():
             why = "a bf16 GPU" if gpu else "a CPU with AMX"
             return "bfloat16", [f"base weights loaded in bfloat16 (model_dtype=auto: {why})"]
-        why = ("a CPU with AVX512-BF16 but no AMX, where a bf16 step is about 1.5x as long"
-               if hardware.native_bf16() else "no native bf16 here, emulated bf16 is about 10x "
-               "slower")  # fmt: skip
-        return "float32", [f"base weights loaded in float32 (model_dtype=auto: {why}; "
-                           "model_dtype=bfloat16 halves the base's memory)"]  # fmt: skip
+        why = (
+            "a CPU with AVX512-BF16 but no AMX, where a bf16 step is about 1.5x as long"
+            if hardware.native_bf16()
+            else "no native bf16 here, emulated bf16 is about 10x slower"
+        )
+        return "float32", [
+            f"base weights loaded in float32 (model_dtype=auto: {why}; "
+            "model_dtype=bfloat16 halves the base's memory)"
+        ]
     if name == "float32":
         return name, []  # the default: nothing to say
     notes = [f"base weights loaded in {name} (model_dtype={name}); adapters train in float32"]
     if name == "bfloat16" and not hardware.native_bf16():
-        notes.append("model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
-                     "CPU): about 10x slower than model_dtype=float32 (or auto)")  # fmt: skip
+        notes.append(
+            "model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
+            "CPU): about 10x slower than model_dtype=float32 (or auto)"
+        )
     elif name == "bfloat16" and not hardware.fast_bf16():
-        notes.append("model_dtype=bfloat16 on a CPU with AVX512-BF16 but no AMX: a step takes "
-                     "about 1.5x as long as with float32 (it halves the base's memory)")  # fmt: skip
+        notes.append(
+            "model_dtype=bfloat16 on a CPU with AVX512-BF16 but no AMX: a step takes "
+            "about 1.5x as long as with float32 (it halves the base's memory)"
+        )
     if name in ("float16", "bfloat16") and not gpu and not hardware.cpu_runs(getattr(torch, name)):
         raise SpectuneError(
             f"model_dtype={name}: torch {torch.__version__} cannot run {name} matmuls on this "
@@ -485,14 +506,19 @@ def save_trainable(model: nn.Module, folder: Path, *, method: str) -> None:
 
     from spectune import __version__
 
-    tensors = {n: p.detach().to("cpu").contiguous()
-               for n, p in model.named_parameters() if p.requires_grad}  # fmt: skip
+    tensors = {
+        n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
     if not tensors:
         raise SpectuneError(f"method {method!r}: the model has no trainable tensor to save")
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / TRAINABLE_WEIGHTS), metadata={"format": TRAINABLE_FORMAT})
-    meta = {"format": TRAINABLE_FORMAT, "method": method, "spectune_version": __version__,
-            "tensors": {n: list(t.shape) for n, t in tensors.items()}}  # fmt: skip
+    meta = {
+        "format": TRAINABLE_FORMAT,
+        "method": method,
+        "spectune_version": __version__,
+        "tensors": {n: list(t.shape) for n, t in tensors.items()},
+    }
     (folder / TRAINABLE_CONFIG).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 

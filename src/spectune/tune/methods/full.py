@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from spectune.tune.methods import register_method
 from spectune.tune.methods.base import BuildContext, Built, MemoryTerms, Method, count_parameters
 
@@ -27,10 +30,15 @@ class FullMethod(Method):
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         model.requires_grad_(True)
         dtype = next(model.parameters()).dtype
-        notes = [] if dtype.is_floating_point and dtype.itemsize >= 4 else [
-            f"full fine-tuning updates the {str(dtype).removeprefix('torch.')} weights in place "
-            "(no float32 master copy): updates smaller than the dtype's resolution round away; "
-            "model_dtype=float32 avoids that"]  # fmt: skip
+        notes = (
+            []
+            if dtype.is_floating_point and dtype.itemsize >= 4
+            else [
+                f"full fine-tuning updates the {str(dtype).removeprefix('torch.')} weights in place "
+                "(no float32 master copy): updates smaller than the dtype's resolution round away; "
+                "model_dtype=float32 avoids that"
+            ]
+        )
         return Built(model, notes=notes)
 
     def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
@@ -46,9 +54,6 @@ class FullMethod(Method):
             built.tokenizer.save_pretrained(folder)
 
     def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
-        import torch
-        from transformers import AutoModelForCausalLM
-
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 

@@ -123,8 +123,9 @@ class LoraMethod(PeftMethod):
     settings = {"r": "lora.r", "lora_alpha": "lora.lora_alpha", "lora_dropout": "lora.lora_dropout"}
     shardable = True  # dense A, B (and DoRA's magnitudes) on a float base: FSDP shards them
 
-    def __init__(self, description: str, *, rslora: bool = False, dora: bool = False,
-                 init: bool | str = True) -> None:  # fmt: skip
+    def __init__(
+        self, description: str, *, rslora: bool = False, dora: bool = False, init: bool | str = True
+    ) -> None:
         self.description = description
         self.rslora = rslora
         self.dora = dora
@@ -132,7 +133,7 @@ class LoraMethod(PeftMethod):
 
     def peft_config(self, config: TuneConfig) -> Any:
         """The peft ``LoraConfig`` of a run."""
-        from peft import LoraConfig
+        from peft import LoraConfig  # lazy: peft imports bitsandbytes, noisy on a CPU
 
         lora = config.section("lora")
         return LoraConfig(

@@ -51,14 +51,20 @@ class ShiraMethod(PeftMethod):
     description = "peft SHiRA: a sparse delta at r (in + out) random positions per target"
     sections = {"shira": ShiraSection}
     settings = {"r": "shira.r"}
-    unshardable = ("its sparse delta (fixed indices and a value vector per matrix) has not been "
-                   "checked with FSDP")  # fmt: skip
+    unshardable = (
+        "its sparse delta (fixed indices and a value vector per matrix) has not been "
+        "checked with FSDP"
+    )
 
     def peft_config(self, config: TuneConfig, targets: list[str]) -> Any:
-        from peft import ShiraConfig
+        from peft import ShiraConfig  # lazy: peft imports bitsandbytes, noisy on a CPU
 
-        return ShiraConfig(r=config.section("shira").r, mask_type="random",
-                           random_seed=config.seed, target_modules=targets)  # fmt: skip
+        return ShiraConfig(
+            r=config.section("shira").r,
+            mask_type="random",
+            random_seed=config.seed,
+            target_modules=targets,
+        )
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         from peft import get_peft_model

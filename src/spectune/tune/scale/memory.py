@@ -159,8 +159,15 @@ class MemoryEstimate:
 
     def peak_with(self, checkpointing: bool) -> int:
         act = self.activations_checkpointed if checkpointing else self.activations_full
-        return (self.weights + self.adapter + self.buffers + self.gradients + self.optimizer
-                + max(act, self.optimizer_step) + self.overhead)  # fmt: skip
+        return (
+            self.weights
+            + self.adapter
+            + self.buffers
+            + self.gradients
+            + self.optimizer
+            + max(act, self.optimizer_step)
+            + self.overhead
+        )
 
     @property
     def peak(self) -> int:
@@ -169,13 +176,20 @@ class MemoryEstimate:
     def at_batch(self, batch: int) -> MemoryEstimate:
         """The same estimate at another batch size (activations grow linearly with the batch)."""
         scale = batch / self.batch
-        return replace(self, batch=batch,
-                       activations_full=round(self.activations_full * scale),
-                       activations_checkpointed=round(self.activations_checkpointed * scale))  # fmt: skip
+        return replace(
+            self,
+            batch=batch,
+            activations_full=round(self.activations_full * scale),
+            activations_checkpointed=round(self.activations_checkpointed * scale),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "peak": self.peak, "peak_without_checkpointing":
-                self.peak_with(False), "peak_with_checkpointing": self.peak_with(True)}  # fmt: skip
+        return {
+            **asdict(self),
+            "peak": self.peak,
+            "peak_without_checkpointing": self.peak_with(False),
+            "peak_with_checkpointing": self.peak_with(True),
+        }
 
 
 @dataclass
@@ -195,8 +209,14 @@ def _shape(meta: Any) -> _Shape:
         heads = int(c.num_attention_heads)
         head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
         kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
-        shape = _Shape(int(c.hidden_size), int(c.intermediate_size), heads,
-                       kv_heads * head_dim, int(c.num_hidden_layers), int(c.vocab_size))  # fmt: skip
+        shape = _Shape(
+            int(c.hidden_size),
+            int(c.intermediate_size),
+            heads,
+            kv_heads * head_dim,
+            int(c.num_hidden_layers),
+            int(c.vocab_size),
+        )
     except (AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise SpectuneError(
             f"the model config has no decoder shape the planner reads ({exc}); it plans "
@@ -303,8 +323,13 @@ def estimate_memory(
     )
 
 
-def largest_batch(estimate: MemoryEstimate, budget_bytes: int, *,
-                  checkpointing: bool | None = None, limit: int = 1 << 16) -> int:  # fmt: skip
+def largest_batch(
+    estimate: MemoryEstimate,
+    budget_bytes: int,
+    *,
+    checkpointing: bool | None = None,
+    limit: int = 1 << 16,
+) -> int:
     """The largest batch whose estimated peak fits ``budget_bytes`` (0: not even 1).
 
     Args:
@@ -323,8 +348,9 @@ def largest_batch(estimate: MemoryEstimate, budget_bytes: int, *,
     return low
 
 
-def estimate_methods(model: str | Path, data: dict[str, Any] | None = None,
-                     **kwargs: Any) -> list[MemoryEstimate]:  # fmt: skip
+def estimate_methods(
+    model: str | Path, data: dict[str, Any] | None = None, **kwargs: Any
+) -> list[MemoryEstimate]:
     """:func:`estimate_memory` for every registered method that gives memory terms.
 
     Args:

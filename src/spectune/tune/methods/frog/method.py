@@ -70,8 +70,11 @@ def _section_fields() -> list[tuple[str, Any, Any]]:
     for f in fields(FrogConfig):
         if f.name in SHARED:
             continue
-        default = (field(default=f.default, metadata=f.metadata) if f.default is not MISSING
-                   else field(default_factory=f.default_factory, metadata=f.metadata))  # fmt: skip
+        default = (
+            field(default=f.default, metadata=f.metadata)
+            if f.default is not MISSING
+            else field(default_factory=f.default_factory, metadata=f.metadata)
+        )
         out.append((f.name, f.type, default))
     return out
 
@@ -98,7 +101,7 @@ FrogSection = make_dataclass(
         "frog_config": _frog_config,
         "__doc__": "The frog: section (spectune.tune.methods.frog.FrogConfig but target_modules "
         "and seed, which are the run's).",
-    },  # fmt: skip
+    },
 )
 FrogSection.__module__ = __name__
 
@@ -136,8 +139,10 @@ class FrogMethod(Method):
     description = "spectune FROG: a sparse delta on the top SVD-relevance weights"
     sections = {"frog": FrogSection}
     settings = {"frog_budget": "frog.budget"}
-    unshardable = ("FROG's sparse deltas (index buffers and value vectors per layer, saved in its "
-                   "own checkpoint format from the whole layers) cannot be sharded")  # fmt: skip
+    unshardable = (
+        "FROG's sparse deltas (index buffers and value vectors per layer, saved in its "
+        "own checkpoint format from the whole layers) cannot be sharded"
+    )
 
     def check(self, config: TuneConfig) -> None:
         fc = frog_config(config)
@@ -219,9 +224,16 @@ class FrogMethod(Method):
         if built.state is None:
             return {}
         shira = shira_export_plan(built.model)
-        return {**built.state.summary(), "peft_export": {
-            "r": shira.r, "fits": shira.fits, "stored_entries": shira.shira_entries,
-            "frog_entries": shira.frog_entries, "overhead": shira.overhead}}  # fmt: skip
+        return {
+            **built.state.summary(),
+            "peft_export": {
+                "r": shira.r,
+                "fits": shira.fits,
+                "stored_entries": shira.shira_entries,
+                "frog_entries": shira.frog_entries,
+                "overhead": shira.overhead,
+            },
+        }
 
     def figures(self, built: Built) -> dict[str, Any]:
         if built.state is None:

@@ -20,8 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spectune import __version__
+from spectune._io import atomic_path, write_json
+from spectune._progress import progress_bar
 from spectune.errors import SpectuneError
 from spectune.models.targets import layer_of, match_modules
 from spectune.tune.methods.frog.budget import allocate, overparam_importance, total_trainable
@@ -175,8 +180,6 @@ def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from spectune._progress import progress_bar
-
     return progress_bar(total, desc, enabled=enabled, unit="matrix")
 
 
@@ -541,11 +544,6 @@ def save_frog(model: nn.Module, out_dir: str | os.PathLike[str]) -> Path:
     Raises:
         SpectuneError: the model has no FROG layers.
     """
-    from safetensors.torch import save_file
-
-    from spectune import __version__
-    from spectune._io import atomic_path, write_json
-
     layers = frog_modules(model)
     if not layers:
         raise SpectuneError("save_frog: the model has no FROG layers (apply_frog/load_frog first)")
@@ -585,9 +583,6 @@ def save_frog(model: nn.Module, out_dir: str | os.PathLike[str]) -> Path:
 
 
 def read_adapter(path: Path) -> tuple[FrogConfig, dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not path.is_dir():
         raise SpectuneError(f"FROG adapter folder {path} does not exist")
