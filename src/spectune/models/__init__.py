@@ -4,6 +4,8 @@
   package, dequantized once and cached), resolving a model folder or GGUF file, reading a
   model's config without its weights.
 - :mod:`.hardware`: the dtype policy (bf16 where the CPU or GPU computes it natively).
+- :mod:`.targets`: the modules a peft-style ``target_modules`` spec selects (every method's
+  targets, and the early check of a run's).
 
 Nothing here imports torch at package import.
 """

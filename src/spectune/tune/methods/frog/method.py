@@ -179,7 +179,7 @@ class FrogMethod(Method):
 
     def plan(self, ctx: BuildContext) -> MethodPlan:
         """The per-matrix plan on the model's weights (:mod:`.plan_view`)."""
-        # lazy, like figures(): transformers' loaders and matplotlib, for showing only
+        # lazy, like figures(): matplotlib, for showing only
         from spectune.tune.methods.frog.plan_view import frog_method_plan
 
         return frog_method_plan(ctx, frog_config(ctx.config))
