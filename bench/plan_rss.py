@@ -2,7 +2,7 @@
 
 Trains SmolLM2-135M-Instruct for ``--steps`` steps, each configuration in a fresh process,
 and prints the training phase's peak RSS (``metrics.json``'s ``cost.peak_rss_bytes``: the
-kernel's high-water mark, reset when training starts) beside :func:`plan_memory`'s estimate
+kernel's high-water mark, reset when training starts) beside :func:`estimate_memory`'s estimate
 for the same settings, and the error. Configurations (float32, AdamW, sequences filled to
 ``max_length``):
 
@@ -47,7 +47,7 @@ import json, resource, sys
 import spectune._memory as mem
 from spectune.tune import recipe
 from spectune.tune.config import TuneConfig
-from spectune.tune.scale.memory import plan_memory
+from spectune.tune.scale.memory import estimate_memory
 
 if int(sys.argv[3]):
     import torch
@@ -69,7 +69,7 @@ class Timed(Peak):  # the training phase's CPU seconds beside its peak
 mem.PeakRSS = Timed
 config = TuneConfig.from_dict(json.loads(sys.argv[1]))
 m = recipe.tune(config, out=sys.argv[2], progress=False).metrics
-plan = plan_memory(config.model, config, batch=config.train["per_device_train_batch_size"],
+plan = estimate_memory(config.model, config, batch=config.train["per_device_train_batch_size"],
                    seq=config.data.max_length, checkpointing=config.checkpointing())
 print(json.dumps({"measured": m.cost.peak_rss_bytes, "exact": m.cost.peak_rss_exact,
                   "estimate": plan.peak, "user": phase["user"], "sys": phase["sys"],

@@ -1,10 +1,13 @@
-"""``spectune frog-plan``: FROG's per-matrix budget table and layer-importance charts."""
+"""``spectune frog-plan``: the old name of ``spectune methods frog --model M``, kept for one
+release (FROG's per-matrix budget table and layer-importance charts, the same files and
+output); a successful run ends with a one-line note on stderr naming the new verb."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-HELP = "plan FROG sparse fine-tuning on a model: per-matrix budget table and importance charts"
+HELP = "old name of 'spectune methods frog --model M': FROG's per-matrix plan on a model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="select the top weights over all matrices together (paper section 10) instead "
         "of per matrix",
     )
-    parser.add_argument("--out", required=True, help="folder for the table and charts (new, "
-                        "empty, or an earlier frog-plan --out, whose files are replaced)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the table and charts (new, "
+        "empty, or an earlier frog-plan --out, whose files are replaced)",
+    )
     parser.add_argument(
         "--target-modules",
         default="all-linear",
@@ -53,77 +60,26 @@ def _targets(text: str) -> str | list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _load_model(model: str, progress: bool):
-    from spectune.errors import SpectuneError
-    from spectune.models.loading import resolve_model_dir
-
-    folder = resolve_model_dir(model)
-    import torch
-    from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        try:
-            lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        except ValueError:  # not a causal LM: the bare model still has its linear layers
-            lm = AutoModel.from_pretrained(folder, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise SpectuneError(f"cannot load the model in {folder}: {exc}") from None
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-    return folder, lm.eval()
-
-
 def run(args: argparse.Namespace) -> int:
-    from spectune._io import atomic_path, check_writable_dir, write_json, write_text
-    from spectune.results.runfolder import RunFolder
-    from spectune.tune.methods.frog import FrogConfig, plan_frog
-    from spectune.tune.methods.frog.plots import global_selection_figure, layer_importance_figure
+    from spectune.cli.methods import show_plan
 
-    # before the model is read: a folder of the user's is refused, an earlier plan's replaced
-    out = check_writable_dir(args.out, "--out")
-    owner = RunFolder(out, "frog_plan")
-    owner.check(overwrite=True)
-    config = FrogConfig(
-        budget=args.budget,
-        selection="global" if args.global_selection else "per_matrix",
-        target_modules=_targets(args.target_modules),
-        exclude_modules=_targets(args.exclude_modules) if args.exclude_modules else None,
-        svd=args.svd,
-        svd_rank=args.svd_rank,
-        importance=args.importance,
-        seed=args.seed,
-    )
-    folder, model = _load_model(args.model, progress=not args.no_progress)
-    plan = plan_frog(model, config, progress=not args.no_progress)
-    table = plan.table
-    report = plan.to_dict()
-    report["summary"]["model"] = str(folder)
-    figures = {"layer_importance.png": layer_importance_figure(table)}
-    if config.selection == "global":
-        figures["global_selection.png"] = global_selection_figure(table)
-    with owner.replacing():
-        owner.own("frog_plan.csv", "frog_plan.json", *figures)
-        write_text(out / "frog_plan.csv", table.to_csv(index=False))
-        write_json(out / "frog_plan.json", report)
-        for name, fig in figures.items():
-            with atomic_path(out / name) as tmp:
-                fig.savefig(tmp, format="png", dpi=120)
-
-    s = report["summary"]
+    data = {
+        "target_modules": _targets(args.target_modules),
+        "exclude_modules": _targets(args.exclude_modules) if args.exclude_modules else None,
+        "seed": args.seed,
+        "frog": {
+            "budget": args.budget,
+            "selection": "global" if args.global_selection else "per_matrix",
+            "svd": args.svd,
+            "svd_rank": args.svd_rank,
+            "importance": args.importance,
+        },
+    }
+    code = show_plan("frog", args.model, data, out=args.out, progress=not args.no_progress)
+    # after the run, so that an error stays the one line on stderr it always was
     print(
-        f"FROG plan for {folder.name}: {s['num_matrices']} matrices, "
-        f"{s['total_trainable']:,} of {s['total_weights']:,} weights trainable "
-        f"({s['trainable_percent']:.4g}%), selection={config.selection}"
+        "spectune frog-plan is now spectune methods frog --model MODEL --out DIR "
+        "[frog.KEY=VALUE ...]",
+        file=sys.stderr,
     )
-    cols = ["name", "shape", "importance", "trainable", "percent"]
-    print(table[cols].head(8).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if len(table) > 8:
-        print(f"... {len(table) - 8} more rows in {out / 'frog_plan.csv'}")
-    for name in ["frog_plan.csv", "frog_plan.json", *figures]:
-        print(f"wrote {out / name}")
-    return 0
+    return code

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "compare": "spectune.cli.compare",
     "frog-plan": "spectune.cli.frog_plan",
     "plan": "spectune.cli.plan",
+    "methods": "spectune.cli.methods",
     "model": "spectune.cli.model",
 }
 

@@ -1,4 +1,10 @@
-"""``spectune plan``: estimated peak training memory per method, from the model's config.json."""
+"""``spectune plan``: estimated peak training memory per method, from the model's config.json.
+
+Every registered method is estimated through its own memory terms
+(:func:`spectune.tune.scale.memory.estimate_memory`); its settings come from the config
+sections as for ``spectune tune`` (``key=value``: ``lora.r=32 frog.budget=0.02``), with
+``--r`` setting ``r`` in every section that has one (the LoRA family's, SHiRA's).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="'default' or a model folder (only config.json is read)")
     parser.add_argument("--method", default="all",
                         help="a registered method, or 'all' (default): one row per method")  # fmt: skip
-    parser.add_argument("--r", type=int, default=16, help="LoRA / SHiRA r (default: 16)")
-    parser.add_argument("--frog-budget", type=float, default=0.01,
-                        help="FROG's budget (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="method settings as for spectune tune, after MODEL (frog.budget=0.02)",
+    )
+    parser.add_argument(
+        "--r",
+        type=int,
+        default=16,
+        help="r of every section that has one: LoRA, SHiRA... (default: 16)",
+    )
+    # the old name of frog.budget=X, kept for one release
+    parser.add_argument("--frog-budget", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=4, help="per-device batch (default: 4)")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per example (default: 2048)")
     parser.add_argument("--dtype", default="float32",
@@ -30,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detail the peak with gradient checkpointing")  # fmt: skip
     parser.add_argument("--budget-gib", type=float, default=None,
                         help="memory budget: also print the largest batch that fits it")  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print the plans as JSON")
+    parser.add_argument("--json", action="store_true", help="print the estimates as JSON")
 
 
 def _gib(n: int) -> float:
@@ -40,12 +57,13 @@ def _gib(n: int) -> float:
 def run(args: argparse.Namespace) -> int:
     import json
     import math
+    from dataclasses import fields
 
     from spectune.errors import SpectuneError
     from spectune.models.loading import resolve_model_dir
-    from spectune.tune.config import TuneConfig
-    from spectune.tune.methods import get_method, meta_model
-    from spectune.tune.scale.memory import largest_batch, plan_memory, plan_methods
+    from spectune.tune.config import TuneConfig, apply_overrides
+    from spectune.tune.methods import METHODS, get_method, meta_model
+    from spectune.tune.scale.memory import estimate_memory, estimate_methods, largest_batch
 
     if args.budget_gib is not None and not (math.isfinite(args.budget_gib)
                                             and args.budget_gib > 0):  # fmt: skip
@@ -53,34 +71,37 @@ def run(args: argparse.Namespace) -> int:
                             f"{args.budget_gib!r}")  # fmt: skip
     folder = resolve_model_dir(args.model)
     meta = meta_model(folder)
-    data = {"model": str(folder), "model_dtype": args.dtype, "attn_implementation": args.attn,
-            "lora": {"r": args.r}, "shira": {"r": args.r},
-            "frog": {"budget": args.frog_budget}}  # fmt: skip
+    data = {"model": str(folder), "model_dtype": args.dtype, "attn_implementation": args.attn}
+    for section, cls in METHODS.sections().items():
+        if any(f.name == "r" for f in fields(cls)):
+            data[section] = {"r": args.r}
+    overrides = list(args.overrides)
+    if args.frog_budget is not None:
+        overrides.insert(0, f"frog.budget={args.frog_budget!r}")
+    data = apply_overrides(data, overrides)
     kwargs = {"batch": args.batch, "seq": args.seq, "optim": args.optim,
               "checkpointing": args.checkpointing}  # fmt: skip
 
-    def config(method: str) -> TuneConfig:
-        return TuneConfig.from_dict({**data, "method": method}, foreign_sections="drop")
-
     if args.method == "all":
-        plans = plan_methods(folder, data, meta=meta, **kwargs)
+        estimates = estimate_methods(folder, data, meta=meta, **kwargs)
     else:
         get_method(args.method)  # an unknown name lists the registered ones
-        plan = plan_memory(folder, config(args.method), meta=meta, **kwargs)
-        if plan is None:
+        config = TuneConfig.from_dict({**data, "method": args.method}, foreign_sections="drop")
+        estimate = estimate_memory(folder, config, meta=meta, **kwargs)
+        if estimate is None:
             raise SpectuneError(f"the planner has no memory model for method {args.method!r}")
-        plans = [plan]
+        estimates = [estimate]
     budget = None if args.budget_gib is None else int(args.budget_gib * 2**30)
     fits = {p.method: {"without": largest_batch(p, budget, checkpointing=False),
                        "with": largest_batch(p, budget, checkpointing=True)}
-            for p in plans} if budget is not None else {}  # fmt: skip
+            for p in estimates} if budget is not None else {}  # fmt: skip
     if args.json:
         out = [{**p.to_dict(), **({"largest_batch": fits[p.method]} if fits else {})}
-               for p in plans]  # fmt: skip
+               for p in estimates]  # fmt: skip
         print(json.dumps(out, indent=2))
         return 0
 
-    p0 = plans[0]
+    p0 = estimates[0]
     print(f"{folder.name}: {p0.params / 1e9:.3g}B parameters; batch {args.batch} x {args.seq} "
           f"tokens, model_dtype={args.dtype}, {args.attn} attention, {args.optim}; GiB")  # fmt: skip
     head = (f"{'method':<8} {'weights':>8} {'adapter':>8} {'grads':>8} {'optim':>8} "
@@ -88,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if fits:
         head += f"  {'batch fits (ckpt)':>17}"
     print(head)
-    for p in plans:
+    for p in estimates:
         line = (f"{p.method:<8} {_gib(p.weights):8.2f} {_gib(p.adapter + p.buffers):8.3f} "
                 f"{_gib(p.gradients):8.3f} {_gib(p.optimizer):8.3f} "
                 f"{_gib(p.activations_full):8.2f} {_gib(p.activations_checkpointed):8.2f} "
@@ -97,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             f = fits[p.method]
             line += f"  {f['without']:>9} ({f['with']})"
         print(line)
-    print(f"trainable: {', '.join(f'{p.method} {p.trainable:,}' for p in plans)}")
+    print(f"trainable: {', '.join(f'{p.method} {p.trainable:,}' for p in estimates)}")
     print(f"overhead (process, in every peak): {_gib(p0.overhead):.2f} GiB; 'adapter' includes "
           "sparse methods' index buffers; 4-bit methods: weights at 4 bits, the rest float32")  # fmt: skip
     print("peaks are live memory: on a CPU glibc's allocator can keep more resident after the "

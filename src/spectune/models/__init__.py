@@ -15,6 +15,8 @@
   on-policy inputs).
 - :mod:`.quant`: the bitsandbytes 4-bit workaround (weights repacked for CPU inference,
   unpacked so that training still gets gradients).
+- :mod:`.targets`: the modules a peft-style ``target_modules`` spec selects (every method's
+  targets, and the early check of a run's).
 
 Importing the package imports nothing; only :mod:`.hardware` imports torch at module level
 (the others import it inside the functions that run a model, so reading results stays

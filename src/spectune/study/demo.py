@@ -113,13 +113,17 @@ def _context(config: TuneConfig, model_dir: Path) -> BuildContext:
 def _budget(method: str, base: dict[str, Any], model_dir: Path) -> int:
     """The trainable count of ``method`` under the base config, from the shapes (no weights):
     the reference the others are matched to."""
-    from spectune.tune.methods.base import meta_model, target_modules
-    from spectune.tune.methods.lora import lora_trainable
+    from spectune.errors import SpectuneError
+    from spectune.tune.methods import get_method
+    from spectune.tune.methods.base import meta_model
 
     config = TuneConfig.from_dict(apply_overrides(base, [f"method={method}"]),
                                   source="demo", foreign_sections="drop")  # fmt: skip
-    meta = meta_model(model_dir)
-    return lora_trainable(meta, target_modules(config, meta), config.section("lora").r)
+    count = get_method(method).trainable_count(_context(config, model_dir), meta_model(model_dir))
+    if count is None:
+        raise SpectuneError(f"demo: method {method!r} cannot count its trainable parameters "
+                            "from the model's shapes; pick another reference method")  # fmt: skip
+    return count
 
 
 def _short(value: Any) -> str:

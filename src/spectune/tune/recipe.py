@@ -142,8 +142,8 @@ def check_targets(config: TuneConfig, model_dir: Path) -> None:
 
     if not get_method(config.method).uses_target_modules:
         return
+    from spectune.models.targets import match_modules
     from spectune.tune.methods.base import meta_model
-    from spectune.tune.methods.frog.model import match_modules
 
     match_modules(meta_model(model_dir), config.target_modules, config.exclude_modules)
 

@@ -185,6 +185,24 @@ def test_out_of_tree_method_runs_through_the_cli(norms_method, tiny_model_dir, t
     assert "learning (held-out accuracy) vs forgetting" in capsys.readouterr().out
 
 
+def test_out_of_tree_method_gets_a_memory_estimate_and_a_plan(norms_method, tiny_model_dir, capsys):
+    """``spectune plan`` and ``spectune methods NAME --model`` count an out-of-tree method by
+    building it on the meta model (Method.trainable_count's default)."""
+    from spectune.cli.main import COMMANDS, main
+
+    norms, tiny = 2 * 2 * 64 + 64, str(tiny_model_dir)
+    assert main(["plan", tiny, "--method", "norms", "--batch", "1", "--seq", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "\nnorms " in out and f"trainable: norms {norms:,}" in out
+    assert main(["plan", tiny, "--json", "--batch", "1", "--seq", "8"]) == 0
+    estimates = {e["method"]: e for e in json.loads(capsys.readouterr().out)}
+    assert estimates["norms"]["trainable"] == norms and estimates["norms"]["adapter"] == 4 * norms
+    assert estimates["norms"]["peak"] > estimates["lora"]["overhead"]
+    if "methods" in COMMANDS:
+        assert main(["methods", "norms", "--model", tiny]) == 0
+        assert f"norms on {tiny_model_dir.name}: {norms:,} of" in capsys.readouterr().out
+
+
 def test_out_of_tree_method_passes_the_shared_checks(norms_method, tiny_model_dir, tmp_path,
                                                      smol_tokenizer):  # fmt: skip
     check_method("norms", tiny_model_dir, tmp_path, smol_tokenizer)
@@ -262,7 +280,9 @@ def test_no_library_module_imports_the_cli():
     assert offenders == []
 
 
-def test_the_readme_plugin_example_runs_as_written(tiny_model_dir, tmp_path, smol_tokenizer):
+def test_the_readme_plugin_example_runs_as_written(
+    tiny_model_dir, tmp_path, smol_tokenizer, capsys
+):
     """The README's out-of-tree method, executed as written, passes the shared checks and its
     section is validated like the built-in ones."""
     from pathlib import Path
@@ -282,5 +302,23 @@ def test_the_readme_plugin_example_runs_as_written(tiny_model_dir, tmp_path, smo
         with_emb = check_method("norms", tiny_model_dir, tmp_path / "b", smol_tokenizer,
                                 norms__embeddings=True)  # fmt: skip
         assert with_emb.built.trainable == 2 * 2 * 64 + 64 + len(smol_tokenizer) * 64
+        # spectune plan reads its section like the built-in ones
+        from spectune.cli.main import main
+
+        argv = [
+            "plan",
+            str(tiny_model_dir),
+            "norms.embeddings=true",
+            "--method",
+            "norms",
+            "--json",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+        ]
+        assert main(argv) == 0
+        [estimate] = json.loads(capsys.readouterr().out)
+        assert estimate["trainable"] == with_emb.built.trainable
     finally:
         st.unregister_method("norms")

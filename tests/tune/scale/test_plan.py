@@ -18,7 +18,7 @@ from spectune.tune import recipe
 from spectune.tune.config import TuneConfig
 from spectune.tune.methods import get_method
 from spectune.tune.methods.base import BuildContext
-from spectune.tune.scale.memory import GIB, largest_batch, plan_memory, plan_methods
+from spectune.tune.scale.memory import GIB, estimate_memory, estimate_methods, largest_batch
 from tests.conftest import tiny_run_config
 
 CONFIGS = Path(__file__).parents[2] / "fixtures" / "model_configs"
@@ -30,14 +30,14 @@ CONFIGS = Path(__file__).parents[2] / "fixtures" / "model_configs"
     ("llama-2-70b", 68_976_648_192),
 ])  # fmt: skip
 def test_sizes_from_config_json_alone(name, params):
-    plan = plan_memory(CONFIGS / name, TuneConfig.from_dict({"method": "full"}), batch=1, seq=1)
+    plan = estimate_memory(CONFIGS / name, TuneConfig.from_dict({"method": "full"}), batch=1, seq=1)
     assert plan.params == params and plan.trainable == params
     assert plan.weights == 4 * params  # float32, spectune's default
 
 
 def test_every_known_method_is_planned_and_4bit_is_smallest():
     data = {"model_dtype": "bfloat16", "lora": {"r": 16}, "shira": {"r": 16}}
-    plans = {p.method: p for p in plan_methods(CONFIGS / "llama-2-7b", data, batch=1, seq=512)}
+    plans = {p.method: p for p in estimate_methods(CONFIGS / "llama-2-7b", data, batch=1, seq=512)}
     assert {"lora", "dora", "qlora", "qdora", "shira", "frog", "full"} <= set(plans)
     assert plans["lora"].trainable == plans["shira"].trainable == 39_976_960  # r (in + out)
     assert plans["qlora"].weights < plans["lora"].weights / 3
@@ -52,7 +52,7 @@ def test_planned_trainable_count_is_the_built_models(tiny_model_dir, tmp_path, m
     config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, method))
     built = recipe.build_model(get_method(method),
                                BuildContext(config, tiny_model_dir, tmp_path, progress=False))  # fmt: skip
-    plan = plan_memory(tiny_model_dir, config, batch=1, seq=8)
+    plan = estimate_memory(tiny_model_dir, config, batch=1, seq=8)
     assert plan.trainable == pytest.approx(built.trainable, rel=0.01)  # FROG rounds per matrix
     added = 0 if method == "full" else built.trainable  # adapters add to the base's count
     assert plan.params == built.total - added
@@ -88,7 +88,7 @@ def test_activation_formula_matches_what_autograd_saves(tiny_model_dir, tmp_path
     batch, seq = 2, 64
     ids = torch.randint(0, 1000, (batch, seq), generator=torch.Generator().manual_seed(0))
     saved = _saved_bytes(built.model.train(), ids)
-    plan = plan_memory(tiny_model_dir, config, batch=batch, seq=seq)
+    plan = estimate_memory(tiny_model_dir, config, batch=batch, seq=seq)
     vocab = built.model.get_output_embeddings().weight.shape[0]
     logits_grads = 2 * batch * seq * vocab * 4  # in the plan, not saved: the backward's start
     assert plan.activations_full - logits_grads == pytest.approx(saved, rel=0.05)
@@ -108,7 +108,7 @@ def test_lora_dropout_adds_what_autograd_saves_exactly(tiny_model_dir, tmp_path)
                                        BuildContext(config, tiny_model_dir, tmp_path, progress=False))  # fmt: skip
             ids = torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
             got[attn, dropout] = (_saved_bytes(built.model.train(), ids),
-                                  plan_memory(tiny_model_dir, config, batch=2, seq=64))  # fmt: skip
+                                  estimate_memory(tiny_model_dir, config, batch=2, seq=64))  # fmt: skip
     h, m, tokens, blocks = 64, 128, 2 * 64, 2  # the tiny Llama
     for attn, per_block in (("sdpa", 10 * h + m), ("eager", 9 * h + m)):
         by_hand = (blocks * per_block - 3 * h) * tokens * 4
@@ -118,7 +118,7 @@ def test_lora_dropout_adds_what_autograd_saves_exactly(tiny_model_dir, tmp_path)
 
 
 def test_largest_batch_for_a_budget():
-    plan = plan_memory(CONFIGS / "llama-2-7b", TuneConfig.from_dict({"model_dtype": "bfloat16"}),
+    plan = estimate_memory(CONFIGS / "llama-2-7b", TuneConfig.from_dict({"model_dtype": "bfloat16"}),
                        batch=4, seq=2048)  # fmt: skip
     three, four = plan.at_batch(3).peak, plan.at_batch(4).peak
     assert largest_batch(plan, (three + four) // 2, checkpointing=False) == 3
@@ -180,10 +180,10 @@ _MEASURE = """
 import json, sys
 from spectune.tune import recipe
 from spectune.tune.config import TuneConfig
-from spectune.tune.scale.memory import plan_memory
+from spectune.tune.scale.memory import estimate_memory
 config = TuneConfig.from_dict(json.loads(sys.argv[1]))
 m = recipe.tune(config, out=sys.argv[2], progress=False).metrics
-plan = plan_memory(config.model, config, batch=config.train["per_device_train_batch_size"],
+plan = estimate_memory(config.model, config, batch=config.train["per_device_train_batch_size"],
                    seq=config.data.max_length, checkpointing=config.checkpointing())
 print(json.dumps({"measured": m.cost.peak_rss_bytes, "estimate": plan.peak}))
 """

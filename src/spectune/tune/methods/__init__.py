@@ -11,7 +11,7 @@ qdora       DoRA on the same 4-bit base                                         
 pissa       LoRA initialised from the top-r SVD of W (peft PiSSA), residual base      pissa.py
 olora       LoRA initialised from a QR decomposition of W (peft OLoRA)                olora.py
 shira       peft SHiRA: a sparse trainable delta at r (in + out) random positions     shira.py
-frog        spectune FROG: a sparse delta on the top-relevance weights                frog.py
+frog        spectune FROG: a sparse delta on the top-relevance weights                frog/
 full        every parameter (the reference)                                           full.py
 ==========  ========================================================================  ==========
 
@@ -34,7 +34,11 @@ out-of-tree method::
     st.register_method("norms", NormsAndBiases())
     st.tune(st.load_config(None, ["method=norms"]), out="results/norms")
 
-The default hooks save the trainable tensors, load them back, and analyze W - W_base.
+The default hooks save the trainable tensors, load them back, and analyze W - W_base; the
+memory estimate (``spectune plan``) and ``spectune methods norms --model M`` count what it
+trains by building it on the meta-device model. Nothing outside this package names a method:
+what the memory estimate, the demo and ``spectune methods`` need comes through the hooks of
+:class:`~spectune.tune.methods.base.Method` (``trainable_count``, ``memory_terms``, ``plan``).
 """
 
 from __future__ import annotations
@@ -57,9 +61,21 @@ BUILTIN_MODULES = tuple(
 )
 
 #: config keys that are not sections (a method may not name a section after them)
-RESERVED_KEYS = ("model", "method", "objective", "seed", "output_dir", "target_modules",
-                 "exclude_modules", "data", "eval", "train", "r", "lora_alpha",
-                 "lora_dropout")  # fmt: skip
+RESERVED_KEYS = (
+    "model",
+    "method",
+    "objective",
+    "seed",
+    "output_dir",
+    "target_modules",
+    "exclude_modules",
+    "data",
+    "eval",
+    "train",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+)
 
 METHODS = Registry("method", Method, BUILTIN_MODULES, RESERVED_KEYS)
 

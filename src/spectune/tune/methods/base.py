@@ -35,15 +35,26 @@ hook                          what it does (default)
 ``figures(built)``            method-specific figures, name -> matplotlib Figure (none)
 ``match_budget(ctx, n)``      config overrides that make the method train about ``n``
                               parameters (for matched-budget comparisons; None: not possible)
+``trainable_count(ctx, m)``   parameters it trains on ``m``, a meta-device model (shapes
+                              only; default: :meth:`~Method.build` on a copy of it, counted)
+``memory_terms(ctx, m)``      what it adds to the memory estimate: a :class:`MemoryTerms`
+                              (default: its trainable count, nothing else; None: no estimate)
+``plan(ctx)``                 what it would train on ``ctx.model_dir``, to show
+                              (``spectune methods NAME --model M``): a :class:`MethodPlan`
+                              (default: its targets and trainable count, from the shapes)
 ============================  ===============================================================
 
 The shared helpers below (:func:`load_float_base`, :func:`count_parameters`,
 :func:`meta_model`...) are what the built-in methods are made of; out-of-tree methods may use
 them too.
+
+This module is imported with the package (the registry), which stays free of torch,
+transformers and peft at import: they are imported inside the helpers that use them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,6 +140,64 @@ class SpectraInput:
     update: bool = False
 
 
+@dataclass
+class MemoryTerms:
+    """What a method adds to a run's memory estimate; :func:`spectune.tune.scale.memory.
+    estimate_memory` adds them up with the model's shape (its docstring has the formula).
+
+    Attributes:
+        trainable: parameters the method trains.
+        in_place: they are the model's own weights (full fine-tuning): they train in the
+            weights' dtype and no adapter is added (False: float32 adapter tensors).
+        buffers: bytes of fixed tensors kept beside them (sparse methods' indices).
+        dtype: what the base's float weights and the activations are in; None:
+            ``model_dtype``'s.
+        weights: bytes of the base weights when not parameters x bytes(dtype) (a 4-bit
+            base); None: that product.
+        weights_label: how that format is shown (``"4-bit"``); None: the dtype.
+        frozen_base: the base Linear weights take no gradient, so their inputs are kept for
+            the adapters alone (the LoRA family: 6 h instead of 8 h per layer and token).
+        adapted: matrices that carry an adapter saving ``saved_per_matrix`` elements per token.
+        saved_per_matrix: elements an adapted matrix saves per token (LoRA: r, its A's output).
+        dropout: float32 elements per block and token the adapters' dropout adds, and those
+            it does not add in the first block.
+    """
+
+    trainable: int
+    in_place: bool = False
+    buffers: int = 0
+    dtype: str | None = None
+    weights: int | None = None
+    weights_label: str | None = None
+    frozen_base: bool = False
+    adapted: int = 0
+    saved_per_matrix: int = 0
+    dropout: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class MethodPlan:
+    """What a method would train on a model, to show (``spectune methods NAME --model M``):
+    computed here, printed and written by the CLI.
+
+    Attributes:
+        headline: the first line printed.
+        table: a pandas DataFrame, one row per trained matrix or target (None: no table).
+        columns: the table's columns printed (all of them are written).
+        rows_shown: how many rows are printed; the rest are in ``table_file``.
+        files: file name -> content written under ``--out``: a DataFrame (CSV), a dict
+            (JSON) or a matplotlib Figure (PNG), in the order printed.
+        table_file: the file of ``files`` that holds the whole table.
+    """
+
+    headline: str
+    table: Any = None
+    columns: list[str] = field(default_factory=list)
+    rows_shown: int = 8
+    files: dict[str, Any] = field(default_factory=dict)
+    table_file: str | None = None
+
+
 class Method:
     """A fine-tuning method; subclass, override :meth:`build` (at least), and register an
     instance with :func:`spectune.register_method`.
@@ -164,8 +233,9 @@ class Method:
         """The base model to train (in ``model_dtype``, with ``attn_implementation``), and
         notes about how it was loaded (the dtype picked)."""
         dtype, notes = resolve_model_dtype(ctx.config.model_dtype)
-        model = load_float_base(ctx.model_dir, dtype=dtype,
-                                attn_implementation=ctx.config.attn_implementation)  # fmt: skip
+        model = load_float_base(
+            ctx.model_dir, dtype=dtype, attn_implementation=ctx.config.attn_implementation
+        )
         return model, notes
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
@@ -180,6 +250,64 @@ class Method:
         """``key=value`` overrides that make this method train about ``n_params`` parameters
         on the config's targets; [] when its own settings already do, None when it cannot."""
         return None
+
+    # -- what it would train (memory estimate, matched budgets, spectune methods) ---------
+
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int | None:
+        """Parameters this method trains on ``model`` (a meta-device model of
+        ``ctx.model_dir``: shapes only) under ``ctx.config``.
+
+        Default: :meth:`build` on a copy of ``model``, counted by :meth:`count_parameters`;
+        None when the build needs the weights (it raises RuntimeError or NotImplementedError
+        on the meta device).
+        """
+        try:
+            built = self.build(ctx, copy.deepcopy(model))
+        except RuntimeError:  # NotImplementedError too: torch's "cannot ... meta tensors"
+            return None
+        return self.count_parameters(built.model)[0]
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms | None:
+        """What this method adds to the memory estimate on ``model`` (a meta-device model);
+        None: no estimate. Default: :meth:`trainable_count`, trained as float32 tensors."""
+        trainable = self.trainable_count(ctx, model)
+        return None if trainable is None else MemoryTerms(trainable)
+
+    def plan(self, ctx: BuildContext) -> MethodPlan:
+        """What this method would train on ``ctx.model_dir`` under ``ctx.config``.
+
+        Default: from the shapes (no weights read), its target modules and trainable count,
+        or a line saying it cannot tell without the weights.
+        """
+        import pandas as pd
+
+        model = meta_model(ctx.model_dir)
+        total = count_parameters(model)[1]
+        trainable = self.trainable_count(ctx, model)
+        where = f"{self.name} on {ctx.model_dir.name}"
+        if trainable is None:
+            return MethodPlan(
+                f"{where}: no plan (the method cannot count what it trains without the weights)"
+            )
+        headline = (
+            f"{where}: {trainable:,} of {total:,} parameters trainable "
+            f"({100.0 * trainable / total:.4g}%)"
+        )
+        if not self.uses_target_modules:
+            return MethodPlan(f"{headline}; target_modules does not apply")
+        modules = dict(model.named_modules())
+        rows = [
+            {"name": n, "shape": "x".join(str(d) for d in modules[n].weight.shape)}
+            for n in target_modules(ctx, model)
+        ]
+        table = pd.DataFrame(rows, columns=["name", "shape"])
+        return MethodPlan(
+            f"{headline}, {len(table)} target modules",
+            table,
+            columns=["name", "shape"],
+            files={"targets.csv": table},
+            table_file="targets.csv",
+        )
 
     # -- training ------------------------------------------------------------------------
 
@@ -283,20 +411,28 @@ def resolve_model_dtype(name: str) -> tuple[str, list[str]]:
         if hardware.fast_bf16():
             why = "a bf16 GPU" if gpu else "a CPU with AMX"
             return "bfloat16", [f"base weights loaded in bfloat16 (model_dtype=auto: {why})"]
-        why = ("a CPU with AVX512-BF16 but no AMX, where a bf16 step is about 1.5x as long"
-               if hardware.native_bf16() else "no native bf16 here, emulated bf16 is about 10x "
-               "slower")  # fmt: skip
-        return "float32", [f"base weights loaded in float32 (model_dtype=auto: {why}; "
-                           "model_dtype=bfloat16 halves the base's memory)"]  # fmt: skip
+        why = (
+            "a CPU with AVX512-BF16 but no AMX, where a bf16 step is about 1.5x as long"
+            if hardware.native_bf16()
+            else "no native bf16 here, emulated bf16 is about 10x slower"
+        )
+        return "float32", [
+            f"base weights loaded in float32 (model_dtype=auto: {why}; "
+            "model_dtype=bfloat16 halves the base's memory)"
+        ]
     if name == "float32":
         return name, []  # the default: nothing to say
     notes = [f"base weights loaded in {name} (model_dtype={name}); adapters train in float32"]
     if name == "bfloat16" and not hardware.native_bf16():
-        notes.append("model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
-                     "CPU): about 10x slower than model_dtype=float32 (or auto)")  # fmt: skip
+        notes.append(
+            "model_dtype=bfloat16 runs emulated here (no bf16 GPU or AVX512-BF16 "
+            "CPU): about 10x slower than model_dtype=float32 (or auto)"
+        )
     elif name == "bfloat16" and not hardware.fast_bf16():
-        notes.append("model_dtype=bfloat16 on a CPU with AVX512-BF16 but no AMX: a step takes "
-                     "about 1.5x as long as with float32 (it halves the base's memory)")  # fmt: skip
+        notes.append(
+            "model_dtype=bfloat16 on a CPU with AVX512-BF16 but no AMX: a step takes "
+            "about 1.5x as long as with float32 (it halves the base's memory)"
+        )
     if name in ("float16", "bfloat16") and not gpu and not hardware.cpu_runs(getattr(torch, name)):
         raise SpectuneError(
             f"model_dtype={name}: torch {torch.__version__} cannot run {name} matmuls on this "
@@ -357,7 +493,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def target_modules(ctx_or_config: Any, model: nn.Module) -> list[str]:
     """Names of the modules the config's ``target_modules`` / ``exclude_modules`` select."""
-    from spectune.tune.methods.frog.model import match_modules
+    from spectune.models.targets import match_modules  # torch: kept out of package import
 
     config = getattr(ctx_or_config, "config", ctx_or_config)
     return match_modules(model, config.target_modules, config.exclude_modules)
@@ -370,14 +506,19 @@ def save_trainable(model: nn.Module, folder: Path, *, method: str) -> None:
 
     from spectune import __version__
 
-    tensors = {n: p.detach().to("cpu").contiguous()
-               for n, p in model.named_parameters() if p.requires_grad}  # fmt: skip
+    tensors = {
+        n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
     if not tensors:
         raise SpectuneError(f"method {method!r}: the model has no trainable tensor to save")
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / TRAINABLE_WEIGHTS), metadata={"format": TRAINABLE_FORMAT})
-    meta = {"format": TRAINABLE_FORMAT, "method": method, "spectune_version": __version__,
-            "tensors": {n: list(t.shape) for n, t in tensors.items()}}  # fmt: skip
+    meta = {
+        "format": TRAINABLE_FORMAT,
+        "method": method,
+        "spectune_version": __version__,
+        "tensors": {n: list(t.shape) for n, t in tensors.items()},
+    }
     (folder / TRAINABLE_CONFIG).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
@@ -412,7 +553,9 @@ def load_trainable(model: nn.Module, folder: Path) -> nn.Module:
 __all__ = [
     "BuildContext",
     "Built",
+    "MemoryTerms",
     "Method",
+    "MethodPlan",
     "PeftMethod",
     "SpectraInput",
     "ATTN_IMPLEMENTATIONS",

@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from spectune.tune.methods import register_method
-from spectune.tune.methods.base import BuildContext, Built, Method
+from spectune.tune.methods.base import BuildContext, Built, MemoryTerms, Method, count_parameters
 
 if TYPE_CHECKING:
     from torch import nn
@@ -27,11 +30,23 @@ class FullMethod(Method):
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         model.requires_grad_(True)
         dtype = next(model.parameters()).dtype
-        notes = [] if dtype.is_floating_point and dtype.itemsize >= 4 else [
-            f"full fine-tuning updates the {str(dtype).removeprefix('torch.')} weights in place "
-            "(no float32 master copy): updates smaller than the dtype's resolution round away; "
-            "model_dtype=float32 avoids that"]  # fmt: skip
+        notes = (
+            []
+            if dtype.is_floating_point and dtype.itemsize >= 4
+            else [
+                f"full fine-tuning updates the {str(dtype).removeprefix('torch.')} weights in place "
+                "(no float32 master copy): updates smaller than the dtype's resolution round away; "
+                "model_dtype=float32 avoids that"
+            ]
+        )
         return Built(model, notes=notes)
+
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        return count_parameters(model)[1]
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """Every weight trains in place, in its own dtype."""
+        return MemoryTerms(self.trainable_count(ctx, model), in_place=True)
 
     def save(self, built: Built, folder: Path) -> None:
         built.model.save_pretrained(folder)
@@ -39,9 +54,6 @@ class FullMethod(Method):
             built.tokenizer.save_pretrained(folder)
 
     def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
-        import torch
-        from transformers import AutoModelForCausalLM
-
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 

@@ -24,6 +24,7 @@ from spectune.tune.methods import register_method
 from spectune.tune.methods.base import (
     BuildContext,
     Built,
+    MemoryTerms,
     PeftMethod,
     meta_model,
     target_modules,
@@ -68,6 +69,46 @@ def lora_trainable(model: nn.Module, targets: list[str], r: int, *, dora: bool =
     return total
 
 
+#: adapted modules that read one shared input (Llama / Qwen2 / Mistral names): the attention
+#: block's normed input, the MLP's normed input
+SHARED_INPUTS = {
+    "q_proj": "attn_in",
+    "k_proj": "attn_in",
+    "v_proj": "attn_in",
+    "gate_proj": "mlp_in",
+    "up_proj": "mlp_in",
+}
+
+
+def dropout_elements(model: nn.Module, targets: list[str], attn: str) -> tuple[int, int]:
+    """Elements per token that LoRA dropout adds in one block, and those it does not add in
+    the first block (see :mod:`spectune.tune.scale.memory`).
+
+    With ``lora_dropout > 0`` every adapted Linear keeps its own dropout output (what its A
+    matrix saw) and the dropout's noise: 2 x its input width. The input itself is then no
+    longer kept for the adapter: once per shared input (q/k/v, gate/up), once for down_proj;
+    o_proj's input stays with sdpa, whose backward keeps its output anyway. In the first block
+    the q/k/v input needs no gradient, so their noise is not kept.
+
+    Returns:
+        (per block, less in the first block), from the targets of the first block.
+    """
+    modules = dict(model.named_modules())
+    block = [n for n in targets if ".layers.0." in n or n.startswith("layers.0.")]
+    added = released = first = 0
+    seen: set[str] = set()
+    for name in block:
+        leaf, width = name.rsplit(".", 1)[-1], int(modules[name].in_features)
+        added += 2 * width
+        group = SHARED_INPUTS.get(leaf, name)
+        if group == "attn_in":
+            first += width
+        if group not in seen and (leaf != "o_proj" or attn == "eager"):
+            released += width
+        seen.add(group)
+    return added - released, first
+
+
 class LoraMethod(PeftMethod):
     """peft LoRA with the variant flags of :class:`peft.LoraConfig`.
 
@@ -82,8 +123,9 @@ class LoraMethod(PeftMethod):
     settings = {"r": "lora.r", "lora_alpha": "lora.lora_alpha", "lora_dropout": "lora.lora_dropout"}
     shardable = True  # dense A, B (and DoRA's magnitudes) on a float base: FSDP shards them
 
-    def __init__(self, description: str, *, rslora: bool = False, dora: bool = False,
-                 init: bool | str = True) -> None:  # fmt: skip
+    def __init__(
+        self, description: str, *, rslora: bool = False, dora: bool = False, init: bool | str = True
+    ) -> None:
         self.description = description
         self.rslora = rslora
         self.dora = dora
@@ -91,7 +133,7 @@ class LoraMethod(PeftMethod):
 
     def peft_config(self, config: TuneConfig) -> Any:
         """The peft ``LoraConfig`` of a run."""
-        from peft import LoraConfig
+        from peft import LoraConfig  # lazy: peft imports bitsandbytes, noisy on a CPU
 
         lora = config.section("lora")
         return LoraConfig(
@@ -127,10 +169,28 @@ class LoraMethod(PeftMethod):
         per_rank = lora_trainable(meta, target_modules(ctx, meta), 1)
         return [f"lora.r={max(1, round(n_params / per_rank))}"]
 
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        r = ctx.config.section("lora").r
+        return lora_trainable(model, target_modules(ctx, model), r, dora=self.dora)
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """The frozen base keeps no Linear input for a weight gradient; each adapter saves its
+        A's output (r per token) and, with dropout, its dropped input and noise."""
+        lora, attn = ctx.config.section("lora"), ctx.config.attn_implementation
+        targets = target_modules(ctx, model)
+        dropout = dropout_elements(model, targets, attn) if lora.lora_dropout > 0 else (0, 0)
+        return MemoryTerms(
+            trainable=lora_trainable(model, targets, lora.r, dora=self.dora),
+            frozen_base=True,
+            adapted=len(targets),
+            saved_per_matrix=lora.r,
+            dropout=dropout,
+        )
+
 
 register_method("lora", LoraMethod("peft LoRA: Delta W = (lora_alpha / r) B A on each target"))
 register_method(
     "rslora", LoraMethod("LoRA with rank-stabilized scaling lora_alpha / sqrt(r)", rslora=True)
 )
 
-__all__ = ["LoraMethod", "LoraSection", "lora_trainable"]
+__all__ = ["SHARED_INPUTS", "LoraMethod", "LoraSection", "dropout_elements", "lora_trainable"]

@@ -26,12 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
 from spectune import _check as check
 from spectune.errors import SpectuneError
 from spectune.models import hardware
 from spectune.models.hardware import cpu_packs_4bit, native_bf16  # noqa: F401 - re-exported
 from spectune.tune.methods import register_method
-from spectune.tune.methods.base import BuildContext, Built, load_float_base, meta_model
+from spectune.tune.methods.base import (
+    BuildContext,
+    Built,
+    MemoryTerms,
+    count_parameters,
+    load_float_base,
+    meta_model,
+)
 from spectune.tune.methods.lora import LoraMethod, LoraSection
 
 if TYPE_CHECKING:
@@ -69,13 +79,12 @@ class QuantConfig:
             raise SpectuneError(
                 f"quant.double_quant must be true or false, got {self.double_quant!r}"
             )
-        check.choice("quant.compute_dtype", self.compute_dtype,
-                     ("auto", "bfloat16", "float16", "float32"))  # fmt: skip
+        check.choice(
+            "quant.compute_dtype", self.compute_dtype, ("auto", "bfloat16", "float16", "float32")
+        )
 
 
 def _dtype(name: str) -> Any:
-    import torch
-
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
@@ -96,8 +105,6 @@ def unpackable_modules(model_dir: Path) -> list[str]:
     """Linear layers (but the output head) that bitsandbytes' CPU 4-bit inference packing
     cannot take: output width not a multiple of :data:`BNB_CPU_BLOCK` (32) or input width
     not a multiple of the quantization block (:data:`BNB_BLOCKSIZE`, 64). Shapes only."""
-    import torch
-
     meta = meta_model(model_dir)
     head = meta.get_output_embeddings()
     return [
@@ -112,9 +119,6 @@ def unpackable_modules(model_dir: Path) -> list[str]:
 def load_4bit_base(model_dir: Path, config: TuneConfig) -> tuple[nn.Module, list[str]]:
     """The base model quantized to 4 bits on load, and notes on what was kept unquantized
     and which compute dtype was chosen."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     notes: list[str] = []
     skip = unpackable_modules(model_dir) if hardware.cpu_packs_4bit() else []
     if skip:
@@ -152,13 +156,16 @@ class QuantizedLoraMethod(LoraMethod):
 
     sections = {"lora": LoraSection, "quant": QuantConfig}
     shardable = False
-    unshardable = ("its base weights are bitsandbytes 4-bit blocks (Params4bit with their "
-                   "quantization state), which spectune does not shard")  # fmt: skip
+    unshardable = (
+        "its base weights are bitsandbytes 4-bit blocks (Params4bit with their "
+        "quantization state), which spectune does not shard"
+    )
 
     def check(self, config: TuneConfig) -> None:
         args = config.training_arguments()
-        if config.attn_implementation == "flash_attention_2" and not (args.get("bf16")
-                                                                      or args.get("fp16")):  # fmt: skip
+        if config.attn_implementation == "flash_attention_2" and not (
+            args.get("bf16") or args.get("fp16")
+        ):
             raise SpectuneError(
                 f"attn_implementation=flash_attention_2 computes in float16/bfloat16 only, but "
                 f"{config.method} keeps the layers it does not quantize in float32; set "
@@ -174,6 +181,22 @@ class QuantizedLoraMethod(LoraMethod):
         return prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=ctx.config.checkpointing()
         )
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """LoRA's terms on a base whose Linear weights (not the head) take 0.5 byte each plus
+        the quantization constants, the rest float32, as :func:`load_4bit_base` loads it."""
+        terms = super().memory_terms(ctx, model)
+        head = model.get_output_embeddings()
+        params = count_parameters(model)[1]
+        linear = sum(
+            m.weight.numel()
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+        )
+        constants = (0.127 if ctx.config.section("quant").double_quant else 0.5) / 8
+        terms.weights = int(linear * (0.5 + constants)) + (params - linear) * 4
+        terms.weights_label, terms.dtype = "4-bit", "float32"
+        return terms
 
     def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
         from peft import PeftModel

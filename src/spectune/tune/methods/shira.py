@@ -20,6 +20,7 @@ from spectune.tune.methods import register_method
 from spectune.tune.methods.base import (
     BuildContext,
     Built,
+    MemoryTerms,
     PeftMethod,
     SpectraInput,
     meta_model,
@@ -50,14 +51,20 @@ class ShiraMethod(PeftMethod):
     description = "peft SHiRA: a sparse delta at r (in + out) random positions per target"
     sections = {"shira": ShiraSection}
     settings = {"r": "shira.r"}
-    unshardable = ("its sparse delta (fixed indices and a value vector per matrix) has not been "
-                   "checked with FSDP")  # fmt: skip
+    unshardable = (
+        "its sparse delta (fixed indices and a value vector per matrix) has not been "
+        "checked with FSDP"
+    )
 
     def peft_config(self, config: TuneConfig, targets: list[str]) -> Any:
-        from peft import ShiraConfig
+        from peft import ShiraConfig  # lazy: peft imports bitsandbytes, noisy on a CPU
 
-        return ShiraConfig(r=config.section("shira").r, mask_type="random",
-                           random_seed=config.seed, target_modules=targets)  # fmt: skip
+        return ShiraConfig(
+            r=config.section("shira").r,
+            mask_type="random",
+            random_seed=config.seed,
+            target_modules=targets,
+        )
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
         from peft import get_peft_model
@@ -70,6 +77,14 @@ class ShiraMethod(PeftMethod):
         meta = meta_model(ctx.model_dir)
         per_rank = lora_trainable(meta, target_modules(ctx, meta), 1)
         return [f"shira.r={max(1, round(n_params / per_rank))}"]
+
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        return lora_trainable(model, target_modules(ctx, model), ctx.config.section("shira").r)
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """Its values, and a row and a column index (int64) per value."""
+        trainable = self.trainable_count(ctx, model)
+        return MemoryTerms(trainable, buffers=16 * trainable)
 
     def spectra(self, built: Built, ctx: BuildContext, folder: Path) -> SpectraInput:
         from peft.tuners.shira.layer import ShiraLayer

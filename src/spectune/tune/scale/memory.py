@@ -1,8 +1,11 @@
-"""Memory planning: the estimated peak memory of a training run, from the model's config.json.
+"""Memory estimates: the estimated peak memory of a training run, from the model's config.json.
 
-:func:`plan_memory` reads the architecture on the meta device
+:func:`estimate_memory` reads the architecture on the meta device
 (:func:`spectune.tune.methods.base.meta_model`: shapes only, no weights), so a 7B or 70B
-config plans in a second without its weights. The peak is the sum of
+config is estimated in a second without its weights. Each method says what it adds through
+its :meth:`~spectune.tune.methods.base.Method.memory_terms` hook (a
+:class:`~spectune.tune.methods.base.MemoryTerms`); this module adds the terms up with the
+model's shape and knows no method by name. The peak is the sum of
 
 =================  ==========================================================================
 part               bytes
@@ -25,7 +28,9 @@ overhead           the process itself: Python, torch, transformers, tokenizer, d
 T, the trainable parameters, follows each method's declared structure: the LoRA family
 r (in + out) per target (+ out for DoRA's magnitude: ``lora_trainable``), SHiRA the same count
 at ``shira.r``, FROG ``frog.budget`` x the target weights, full fine-tuning every parameter. A
-method the planner does not know (an out-of-tree plug-in) gets no estimate.
+method that declares no terms (an out-of-tree plug-in) is counted by building it on the meta
+model (:meth:`~spectune.tune.methods.base.Method.trainable_count`), its T trained as float32
+tensors with the 8 h activations of a trained base.
 
 Activations of a decoder-only transformer (Llama / Qwen2 / Mistral blocks: hidden h, MLP
 width m, a query heads, key-value width kv = kv_heads x head_dim, L layers, vocabulary V),
@@ -73,17 +78,29 @@ measured 1.30-1.32x, 1.61-1.69x and 1.05x the estimate: read it as a lower bound
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.models.loading import resolve_model_dir
+from spectune.tune.config import TuneConfig
+from spectune.tune.methods import METHODS, get_method
+from spectune.tune.methods.base import (
+    BuildContext,
+    MemoryTerms,
+    count_parameters,
+    meta_model,
+    resolve_model_dtype,
+)
 
 GIB = 2**30
 
 #: bytes of the process itself during training on the CPU path (Python, torch, transformers,
 #: tokenizer, data, Trainer): the training-phase peak RSS of a LoRA run on a 2-block, 64-wide
-#: Llama (0.98 GiB at batch 8 x 128 tokens) less its planned weights and activations
+#: Llama (0.98 GiB at batch 8 x 128 tokens) less its estimated weights and activations
 OVERHEAD_BYTES = int(0.4 * GIB)
 
 #: optimizer -> (state tensors per trainable parameter, bytes each (None: the parameter's),
@@ -102,7 +119,7 @@ _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass
-class MemoryPlan:
+class MemoryEstimate:
     """Estimated peak memory of one run (bytes); see the module docstring for each part.
 
     Attributes:
@@ -142,25 +159,37 @@ class MemoryPlan:
 
     def peak_with(self, checkpointing: bool) -> int:
         act = self.activations_checkpointed if checkpointing else self.activations_full
-        return (self.weights + self.adapter + self.buffers + self.gradients + self.optimizer
-                + max(act, self.optimizer_step) + self.overhead)  # fmt: skip
+        return (
+            self.weights
+            + self.adapter
+            + self.buffers
+            + self.gradients
+            + self.optimizer
+            + max(act, self.optimizer_step)
+            + self.overhead
+        )
 
     @property
     def peak(self) -> int:
         return self.peak_with(self.checkpointing)
 
-    def at_batch(self, batch: int) -> MemoryPlan:
-        """The same plan at another batch size (activations grow linearly with the batch)."""
-        from dataclasses import replace
-
+    def at_batch(self, batch: int) -> MemoryEstimate:
+        """The same estimate at another batch size (activations grow linearly with the batch)."""
         scale = batch / self.batch
-        return replace(self, batch=batch,
-                       activations_full=round(self.activations_full * scale),
-                       activations_checkpointed=round(self.activations_checkpointed * scale))  # fmt: skip
+        return replace(
+            self,
+            batch=batch,
+            activations_full=round(self.activations_full * scale),
+            activations_checkpointed=round(self.activations_checkpointed * scale),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "peak": self.peak, "peak_without_checkpointing":
-                self.peak_with(False), "peak_with_checkpointing": self.peak_with(True)}  # fmt: skip
+        return {
+            **asdict(self),
+            "peak": self.peak,
+            "peak_without_checkpointing": self.peak_with(False),
+            "peak_with_checkpointing": self.peak_with(True),
+        }
 
 
 @dataclass
@@ -180,8 +209,14 @@ def _shape(meta: Any) -> _Shape:
         heads = int(c.num_attention_heads)
         head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
         kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
-        shape = _Shape(int(c.hidden_size), int(c.intermediate_size), heads,
-                       kv_heads * head_dim, int(c.num_hidden_layers), int(c.vocab_size))  # fmt: skip
+        shape = _Shape(
+            int(c.hidden_size),
+            int(c.intermediate_size),
+            heads,
+            kv_heads * head_dim,
+            int(c.num_hidden_layers),
+            int(c.vocab_size),
+        )
     except (AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
         raise SpectuneError(
             f"the model config has no decoder shape the planner reads ({exc}); it plans "
@@ -197,75 +232,26 @@ def _shape(meta: Any) -> _Shape:
     return shape
 
 
-def _method_kind(method: Any) -> str | None:
-    from spectune.tune.methods.frog.method import FrogMethod
-    from spectune.tune.methods.full import FullMethod
-    from spectune.tune.methods.lora import LoraMethod
-    from spectune.tune.methods.qlora import QuantizedLoraMethod
-    from spectune.tune.methods.shira import ShiraMethod
-
-    for cls, kind in ((QuantizedLoraMethod, "qlora"), (LoraMethod, "lora"),
-                      (ShiraMethod, "shira"), (FrogMethod, "frog"), (FullMethod, "full")):  # fmt: skip
-        if isinstance(method, cls):
-            return kind
-    return None
-
-
-def _per_layer_elements(shape: _Shape, seq: int, *, lora_r: int, lora_targets: int,
-                        attn: str) -> int:  # fmt: skip
+def _per_layer_elements(shape: _Shape, seq: int, terms: MemoryTerms, attn: str) -> int:
     """Elements saved for backward per layer and token (module docstring)."""
     h, kv, m, a = shape.hidden, shape.kv, shape.mlp, shape.heads
-    base = (6 * h + lora_r * lora_targets) if lora_r else 8 * h  # LoRA: r per A output
-    per = base + 2 * kv + 4 * m + a
+    adapters = terms.saved_per_matrix * round(terms.adapted / shape.layers)
+    per = (6 * h if terms.frozen_base else 8 * h) + adapters + 2 * kv + 4 * m + a
     if attn == "eager":
         per += 2 * h - 2 * kv + a * seq
     return per
 
 
-#: adapted modules that read one shared input (Llama / Qwen2 / Mistral names): the attention
-#: block's normed input, the MLP's normed input
-_SHARED_INPUTS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
-                  "gate_proj": "mlp_in", "up_proj": "mlp_in"}  # fmt: skip
-
-
-def _dropout_elements(modules: dict[str, Any], targets: list[str], attn: str) -> tuple[int, int]:
-    """Elements per token that LoRA dropout adds in one block, and those it does not add in the
-    first block (module docstring).
-
-    With ``lora_dropout > 0`` every adapted Linear keeps its own dropout output (what its A
-    matrix saw) and the dropout's noise: 2 x its input width. The input itself is then no
-    longer kept for the adapter: once per shared input (q/k/v, gate/up), once for down_proj;
-    o_proj's input stays with sdpa, whose backward keeps its output anyway. In the first block
-    the q/k/v input needs no gradient, so their noise is not kept.
-
-    Returns:
-        (per block, less in the first block), from the targets of the first block.
-    """
-    block = [n for n in targets if ".layers.0." in n or n.startswith("layers.0.")]
-    added = released = first = 0
-    seen: set[str] = set()
-    for name in block:
-        leaf, width = name.rsplit(".", 1)[-1], int(modules[name].in_features)
-        added += 2 * width
-        group = _SHARED_INPUTS.get(leaf, name)
-        if group == "attn_in":
-            first += width
-        if group not in seen and (leaf != "o_proj" or attn == "eager"):
-            released += width
-        seen.add(group)
-    return added - released, first
-
-
-def plan_memory(
+def estimate_memory(
     model: str | Path,
-    config: Any = None,
+    config: TuneConfig | None = None,
     *,
     batch: int = 4,
     seq: int = 2048,
     checkpointing: bool = False,
     optim: str = "adamw_torch",
     meta: Any = None,
-) -> MemoryPlan | None:
+) -> MemoryEstimate | None:
     """The estimated peak memory of training ``config``'s method on ``model``.
 
     Args:
@@ -276,138 +262,118 @@ def plan_memory(
         seq: tokens per example.
         checkpointing: gradient checkpointing for ``peak``.
         optim: the optimizer (a key of :data:`OPTIMIZERS`).
-        meta: the meta-device model, if already built (planning every method reuses it).
+        meta: the meta-device model, if already built (estimating every method reuses it).
 
     Returns:
-        The plan, or None for a method the planner does not know.
+        The estimate, or None for a method that gives no memory terms
+        (:meth:`~spectune.tune.methods.base.Method.memory_terms`).
 
     Raises:
         SpectuneError: a bad batch, sequence, optimizer or model config.
     """
-    from spectune import _check as check
-    from spectune.models.loading import resolve_model_dir
-    from spectune.tune.config import TuneConfig
-    from spectune.tune.methods import get_method
-    from spectune.tune.methods.base import meta_model, resolve_model_dtype, target_modules
-    from spectune.tune.methods.lora import lora_trainable
-
     batch = check.integer("batch", batch, minimum=1)
     seq = check.integer("seq", seq, minimum=1)
     check.choice("optim", optim, OPTIMIZERS)
     config = config if config is not None else TuneConfig()
     method = get_method(config.method)
-    kind = _method_kind(method)
-    if kind is None:
-        return None
+    model_dir = resolve_model_dir(model)
     if meta is None:
-        meta = meta_model(resolve_model_dir(model))
+        meta = meta_model(model_dir)
     shape = _shape(meta)
-    params = sum(p.numel() for p in meta.parameters())
-    head = meta.get_output_embeddings()
-    targets = target_modules(config, meta) if method.uses_target_modules else []
-    modules = dict(meta.named_modules())
-    dtype = "float32" if kind == "qlora" else resolve_model_dtype(config.model_dtype)[0]
+    with tempfile.TemporaryDirectory(prefix="spectune-memory-") as workdir:
+        ctx = BuildContext(config, model_dir, Path(workdir), progress=False)
+        terms = method.memory_terms(ctx, meta)
+    if terms is None:
+        return None
+    params = count_parameters(meta)[1]
+    dtype = terms.dtype or resolve_model_dtype(config.model_dtype)[0]
     nbytes = _BYTES[dtype]
-
-    lora_r, per_layer_targets, buffers, dropout = 0, 0, 0, (0, 0)
-    if kind in ("lora", "qlora"):
-        lora_r = config.section("lora").r
-        if config.section("lora").lora_dropout > 0:
-            dropout = _dropout_elements(modules, targets, config.attn_implementation)
-        trainable = lora_trainable(meta, targets, lora_r, dora=getattr(method, "dora", False))
-        per_layer_targets = round(len(targets) / max(shape.layers, 1))
-    elif kind == "shira":
-        trainable = lora_trainable(meta, targets, config.section("shira").r)
-        buffers = 16 * trainable
-    elif kind == "frog":
-        budget = config.section("frog").budget
-        trainable = sum(round(budget * modules[n].weight.numel()) for n in targets)
-        buffers = trainable * (16 + nbytes)
-    else:
-        trainable = params
-    train_bytes = nbytes if kind == "full" else 4
-
-    if kind == "qlora":
-        import torch
-
-        q = config.section("quant")
-        linear = sum(m.weight.numel() for m in meta.modules()
-                     if isinstance(m, torch.nn.Linear) and m is not head)  # fmt: skip
-        constants = (0.127 if q.double_quant else 0.5) / 8
-        weights = int(linear * (0.5 + constants)) + (params - linear) * 4
-        shown = "4-bit"
-    else:
-        weights, shown = params * nbytes, dtype
+    trainable = terms.trainable
+    train_bytes = nbytes if terms.in_place else 4
+    weights = params * nbytes if terms.weights is None else terms.weights
 
     n_state, state_bytes, temporaries = OPTIMIZERS[optim]
     optimizer = n_state * trainable * (state_bytes or train_bytes)
     optimizer_step = temporaries * trainable * train_bytes
 
     tokens = batch * seq
-    per_layer = _per_layer_elements(shape, seq, lora_r=lora_r, lora_targets=per_layer_targets,
-                                    attn=config.attn_implementation) * tokens * nbytes  # fmt: skip
-    per_layer += dropout[0] * tokens * 4  # the adapters' dropout runs in float32
+    attn = config.attn_implementation
+    per_layer = _per_layer_elements(shape, seq, terms, attn) * tokens * nbytes
+    per_layer += terms.dropout[0] * tokens * 4  # the adapters' dropout runs in float32
     outside = 2 * shape.hidden * tokens * nbytes + tokens * shape.vocab * 12
-    full = shape.layers * per_layer + outside - dropout[1] * tokens * 4
+    full = shape.layers * per_layer + outside - terms.dropout[1] * tokens * 4
     ckpt = shape.layers * shape.hidden * tokens * nbytes + per_layer + outside
-    return MemoryPlan(
-        method=config.method, dtype=shown, batch=batch, seq=seq, checkpointing=checkpointing,
-        params=params, trainable=trainable, weights=weights,
-        adapter=0 if kind == "full" else trainable * 4, buffers=buffers,
-        gradients=trainable * train_bytes, optimizer=optimizer, optimizer_step=optimizer_step,
-        activations_full=full, activations_checkpointed=ckpt, overhead=OVERHEAD_BYTES,
-    )  # fmt: skip
+    return MemoryEstimate(
+        method=config.method,
+        dtype=terms.weights_label or dtype,
+        batch=batch,
+        seq=seq,
+        checkpointing=checkpointing,
+        params=params,
+        trainable=trainable,
+        weights=weights,
+        adapter=0 if terms.in_place else trainable * 4,
+        buffers=terms.buffers,
+        gradients=trainable * train_bytes,
+        optimizer=optimizer,
+        optimizer_step=optimizer_step,
+        activations_full=full,
+        activations_checkpointed=ckpt,
+        overhead=OVERHEAD_BYTES,
+    )
 
 
-def largest_batch(plan: MemoryPlan, budget_bytes: int, *, checkpointing: bool | None = None,
-                  limit: int = 1 << 16) -> int:  # fmt: skip
+def largest_batch(
+    estimate: MemoryEstimate,
+    budget_bytes: int,
+    *,
+    checkpointing: bool | None = None,
+    limit: int = 1 << 16,
+) -> int:
     """The largest batch whose estimated peak fits ``budget_bytes`` (0: not even 1).
 
     Args:
-        plan: a plan at any batch size (:meth:`MemoryPlan.at_batch` rescales it).
+        estimate: an estimate at any batch size (:meth:`MemoryEstimate.at_batch` rescales it).
         budget_bytes: the memory budget.
-        checkpointing: with gradient checkpointing (None: the plan's setting).
+        checkpointing: with gradient checkpointing (None: the estimate's setting).
         limit: the largest batch tried.
     """
-    ckpt = plan.checkpointing if checkpointing is None else checkpointing
+    ckpt = estimate.checkpointing if checkpointing is None else checkpointing
     low, high = 0, limit + 1  # low fits (0 trivially), high does not
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (
-            (mid, high) if plan.at_batch(mid).peak_with(ckpt) <= budget_bytes else (low, mid)
+            (mid, high) if estimate.at_batch(mid).peak_with(ckpt) <= budget_bytes else (low, mid)
         )
     return low
 
 
-def plan_methods(model: str | Path, data: dict[str, Any] | None = None,
-                 **kwargs: Any) -> list[MemoryPlan]:  # fmt: skip
-    """:func:`plan_memory` for every registered method the planner knows.
+def estimate_methods(
+    model: str | Path, data: dict[str, Any] | None = None, **kwargs: Any
+) -> list[MemoryEstimate]:
+    """:func:`estimate_memory` for every registered method that gives memory terms.
 
     Args:
         model: a model folder or ``"default"``.
         data: raw config data (as in a YAML file) with the sections of any method
             (``{"lora": {"r": 16}, "frog": {"budget": 0.01}}``); each method reads its own.
-        **kwargs: :func:`plan_memory`'s settings.
+        **kwargs: :func:`estimate_memory`'s settings.
     """
-    from spectune.models.loading import resolve_model_dir
-    from spectune.tune.config import TuneConfig
-    from spectune.tune.methods import METHODS, meta_model
-
     meta = kwargs.pop("meta", None) or meta_model(resolve_model_dir(model))
-    plans = []
+    estimates = []
     for name in METHODS.names():
         cfg = TuneConfig.from_dict({**(data or {}), "method": name}, foreign_sections="drop")
-        plan = plan_memory(model, cfg, meta=meta, **kwargs)
-        if plan is not None:
-            plans.append(plan)
-    return plans
+        estimate = estimate_memory(model, cfg, meta=meta, **kwargs)
+        if estimate is not None:
+            estimates.append(estimate)
+    return estimates
 
 
 __all__ = [
     "OPTIMIZERS",
     "OVERHEAD_BYTES",
-    "MemoryPlan",
+    "MemoryEstimate",
+    "estimate_memory",
+    "estimate_methods",
     "largest_batch",
-    "plan_memory",
-    "plan_methods",
 ]

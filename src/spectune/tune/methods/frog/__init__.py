@@ -28,6 +28,14 @@ Guided noise costs S for every target weight (float32 = the size of the targets;
 backward, and a randn of every target weight per training forward. Details:
 :class:`FrogLinear`.
 
+The folder holds everything about FROG: :mod:`.config` (FrogConfig), :mod:`.scoring`
+(relevance, importance, the streaming top-k), :mod:`.budget` (allocation), :mod:`.layer`
+(FrogLinear), :mod:`.model` (plan, apply, save, load, merge), :mod:`.peft_export` (the SHiRA
+copy), :mod:`.training` (the noise-step callback), :mod:`.plots` (layer-importance charts),
+:mod:`.plan_view` (the plan as ``spectune methods frog --model M`` shows and writes it) and
+:mod:`.method` (the registration: FROG's hooks for the recipe). Target matching is shared:
+:mod:`spectune.models.targets`.
+
 Typical use::
 
     from spectune.tune.methods.frog import FrogConfig, plan_frog, apply_frog, save_frog, load_frog, merge_frog

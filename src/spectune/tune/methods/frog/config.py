@@ -8,18 +8,19 @@ naming the field and the fix, at construction time, not deep inside a training s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.models.targets import ALL_LINEAR
 
 SELECTIONS = ("per_matrix", "global")
 SVD_METHODS = ("exact", "randomized")
 IMPORTANCES = ("frobenius", "alpha")
 OVERPARAM_MODES = ("none", "away", "towards")
 SCORE_DTYPES = ("float32", "bfloat16", "float16")
-ALL_LINEAR = "all-linear"
 
 
 @dataclass
@@ -292,8 +293,6 @@ def _targets(value: Any) -> str | list[str]:
             )
         if value.lower() == ALL_LINEAR:
             return ALL_LINEAR
-        import re
-
         try:
             re.compile(value)
         except re.error as exc:

@@ -27,21 +27,35 @@ from dataclasses import MISSING, field, fields, make_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+
 from spectune.errors import SpectuneError
 from spectune.tune.methods import register_method
 from spectune.tune.methods.base import (
     BuildContext,
     Built,
+    MemoryTerms,
     Method,
+    MethodPlan,
     SpectraInput,
     meta_model,
+    resolve_model_dtype,
     target_modules,
 )
 from spectune.tune.methods.frog.config import FrogConfig
+from spectune.tune.methods.frog.model import (
+    apply_frog,
+    frog_modules,
+    load_frog,
+    merge_frog,
+    plan_frog,
+    read_adapter,
+    save_frog,
+)
+from spectune.tune.methods.frog.peft_export import save_frog_as_shira, shira_export_plan
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from spectune.tune.config import TuneConfig
 
 #: sub-folder of the adapter that holds the peft (SHiRA) copy
@@ -56,8 +70,11 @@ def _section_fields() -> list[tuple[str, Any, Any]]:
     for f in fields(FrogConfig):
         if f.name in SHARED:
             continue
-        default = (field(default=f.default, metadata=f.metadata) if f.default is not MISSING
-                   else field(default_factory=f.default_factory, metadata=f.metadata))  # fmt: skip
+        default = (
+            field(default=f.default, metadata=f.metadata)
+            if f.default is not MISSING
+            else field(default_factory=f.default_factory, metadata=f.metadata)
+        )
         out.append((f.name, f.type, default))
     return out
 
@@ -84,7 +101,7 @@ FrogSection = make_dataclass(
         "frog_config": _frog_config,
         "__doc__": "The frog: section (spectune.tune.methods.frog.FrogConfig but target_modules "
         "and seed, which are the run's).",
-    },  # fmt: skip
+    },
 )
 FrogSection.__module__ = __name__
 
@@ -100,12 +117,7 @@ def frog_config(config: TuneConfig) -> FrogConfig:
 
 def load_frog_values(model: nn.Module, folder: Path) -> None:
     """Put the delta values of a FROG checkpoint into a FROG model with the same layers."""
-    import torch
-
-    from spectune.tune.methods.frog import frog_modules
-    from spectune.tune.methods.frog.model import _read_adapter
-
-    _, targets, tensors = _read_adapter(folder)
+    _, targets, tensors = read_adapter(folder)
     layers = frog_modules(model)
     if set(targets) != set(layers):
         raise SpectuneError(
@@ -127,8 +139,10 @@ class FrogMethod(Method):
     description = "spectune FROG: a sparse delta on the top SVD-relevance weights"
     sections = {"frog": FrogSection}
     settings = {"frog_budget": "frog.budget"}
-    unshardable = ("FROG's sparse deltas (index buffers and value vectors per layer, saved in its "
-                   "own checkpoint format from the whole layers) cannot be sharded")  # fmt: skip
+    unshardable = (
+        "FROG's sparse deltas (index buffers and value vectors per layer, saved in its "
+        "own checkpoint format from the whole layers) cannot be sharded"
+    )
 
     def check(self, config: TuneConfig) -> None:
         fc = frog_config(config)
@@ -139,8 +153,6 @@ class FrogMethod(Method):
             )
 
     def build(self, ctx: BuildContext, model: nn.Module) -> Built:
-        from spectune.tune.methods.frog import apply_frog, plan_frog
-
         plan = plan_frog(model, frog_config(ctx.config), progress=ctx.progress)
         model = apply_frog(model, plan)
         return Built(model, targets=list(plan.shapes), state=plan)
@@ -151,14 +163,34 @@ class FrogMethod(Method):
         total = sum(modules[n].weight.numel() for n in target_modules(ctx, meta))
         return [f"frog.budget={n_params / total!r}"]
 
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        """``frog.budget`` x each target's weights (the plan rounds per matrix: within a
+        count per matrix of what it selects)."""
+        budget = ctx.config.section("frog").budget
+        modules = dict(model.named_modules())
+        return sum(round(budget * modules[n].weight.numel()) for n in target_modules(ctx, model))
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """Its values, and per value a flat index and a column (int64) and the base value it
+        replaces (in ``model_dtype``)."""
+        trainable = self.trainable_count(ctx, model)
+        dtype = getattr(torch, resolve_model_dtype(ctx.config.model_dtype)[0])
+        return MemoryTerms(trainable, buffers=trainable * (16 + dtype.itemsize))
+
+    def plan(self, ctx: BuildContext) -> MethodPlan:
+        """The per-matrix plan on the model's weights (:mod:`.plan_view`)."""
+        # lazy, like figures(): matplotlib, for showing only
+        from spectune.tune.methods.frog.plan_view import frog_method_plan
+
+        return frog_method_plan(ctx, frog_config(ctx.config))
+
     def callbacks(self, config: TuneConfig) -> list[Any]:
+        # lazy: the Trainer's module imports peft and bitsandbytes, which the registry need not
         from spectune.tune.methods.frog.training import FrogNoiseStep
 
         return [FrogNoiseStep()]
 
     def save_checkpoint(self, model: nn.Module, folder: Path) -> bool:
-        from spectune.tune.methods.frog import save_frog
-
         save_frog(model, folder)
         return True
 
@@ -167,8 +199,6 @@ class FrogMethod(Method):
         return True
 
     def save(self, built: Built, folder: Path) -> None:
-        from spectune.tune.methods.frog import save_frog, save_frog_as_shira, shira_export_plan
-
         save_frog(built.model, folder)
         plan = shira_export_plan(built.model)
         if plan.fits:
@@ -181,35 +211,34 @@ class FrogMethod(Method):
             )
 
     def load(self, ctx: BuildContext, base: nn.Module, folder: Path) -> nn.Module:
-        from spectune.tune.methods.frog import load_frog
-
         return load_frog(base, folder)
 
     def merge(self, built: Built, ctx: BuildContext, folder: Path) -> nn.Module:
-        from spectune.tune.methods.frog import merge_frog
-
         return merge_frog(built.model)
 
     def spectra(self, built: Built, ctx: BuildContext, folder: Path) -> SpectraInput:
-        from spectune.tune.methods.frog import frog_modules
-
         deltas = {f"{n}.weight": m.delta_weight() for n, m in frog_modules(built.model).items()}
         return SpectraInput(deltas, update=True)
 
     def extras(self, built: Built) -> dict[str, Any]:
         if built.state is None:
             return {}
-        from spectune.tune.methods.frog import shira_export_plan
-
         shira = shira_export_plan(built.model)
-        return {**built.state.summary(), "peft_export": {
-            "r": shira.r, "fits": shira.fits, "stored_entries": shira.shira_entries,
-            "frog_entries": shira.frog_entries, "overhead": shira.overhead}}  # fmt: skip
+        return {
+            **built.state.summary(),
+            "peft_export": {
+                "r": shira.r,
+                "fits": shira.fits,
+                "stored_entries": shira.shira_entries,
+                "frog_entries": shira.frog_entries,
+                "overhead": shira.overhead,
+            },
+        }
 
     def figures(self, built: Built) -> dict[str, Any]:
         if built.state is None:
             return {}
-        from spectune.tune.methods.frog.plots import layer_importance_figure
+        from spectune.tune.methods.frog.plots import layer_importance_figure  # matplotlib
 
         return {"frog_layer_importance.png": layer_importance_figure(built.state.table)}
 

@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spectune import __version__
+from spectune._io import atomic_path, write_json
+from spectune._progress import progress_bar
 from spectune.errors import SpectuneError
+from spectune.models.targets import layer_of, match_modules
 from spectune.tune.methods.frog.budget import allocate, overparam_importance, total_trainable
-from spectune.tune.methods.frog.config import ALL_LINEAR, FrogConfig
+from spectune.tune.methods.frog.config import FrogConfig
 from spectune.tune.methods.frog.layer import FrogLinear, _check_indices, name_seed
 from spectune.tune.methods.frog.scoring import (
+    RunningTopK,
     _compute_dtype,
     alpha_importance,
     check_matrix,
@@ -39,8 +46,6 @@ from spectune.tune.methods.frog.scoring import (
 if TYPE_CHECKING:
     import os
 
-    import pandas as pd
-
 CONFIG_NAME = "frog_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "spectune-frog"
@@ -48,7 +53,6 @@ FORMAT_VERSION = 1
 INDICES_SUFFIX = ".frog_indices"
 VALUES_SUFFIX = ".frog_values"
 
-_LAYER_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _SCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -99,8 +103,6 @@ class FrogPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """Summary plus the table's rows (no index tensors), JSON-able."""
-        import pandas as pd
-
         rows = [
             {
                 k: (None if v is pd.NA else v.item() if hasattr(v, "item") else v)
@@ -119,83 +121,6 @@ class FrogPlan:
 
 
 # -- targets ------------------------------------------------------------------------------
-
-
-def layer_of(name: str) -> tuple[int | None, str]:
-    """(block number, module kind) of a module name: ``model.layers.3.mlp.up_proj`` -> (3,
-    ``mlp.up_proj``); names without a number give (None, name)."""
-    match = _LAYER_RE.search(name)
-    if match is None:
-        return None, name
-    return int(match.group(1)), name[match.end() :] or name
-
-
-def _pattern_of(names: list[str]) -> list[str]:
-    """Module names with block numbers replaced by ``*``, deduplicated, in first-seen order."""
-    seen: dict[str, None] = {}
-    for name in names:
-        seen.setdefault(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name), None)
-    return list(seen)
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def match_modules(
-    model: nn.Module,
-    target_modules: str | list[str],
-    exclude_modules: list[str] | None = None,
-    *,
-    label: str = "target_modules",
-) -> list[str]:
-    """Names of the modules a peft-style target spec selects, in model order.
-
-    The spec reads as in peft: ``"all-linear"`` (every ``nn.Linear`` but the output head),
-    a list of names or name suffixes (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``),
-    or a regular expression that must match a whole module name; ``exclude_modules`` (names or
-    suffixes) are then left out.
-
-    Args:
-        model: any ``nn.Module``.
-        target_modules: the spec.
-        exclude_modules: names or suffixes to leave out.
-        label: how the setting is called in the error message.
-
-    Raises:
-        SpectuneError: nothing matches; the message lists the model's linear modules (block
-            numbers shown as ``*``).
-    """
-    modules = dict(model.named_modules())
-    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n]
-    if target_modules == ALL_LINEAR:
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        matched = [n for n in linear if modules[n] is not head]
-    elif isinstance(target_modules, str):
-        matched = [n for n in modules if n and re.fullmatch(target_modules, n)]
-    else:
-        matched = [n for n in modules if n and _matches(n, target_modules)]
-    if exclude_modules:
-        matched = [n for n in matched if not _matches(n, exclude_modules)]
-    if not matched:
-        available = _pattern_of(linear)
-        shown = ", ".join(available[:25]) + (" ..." if len(available) > 25 else "")
-        if isinstance(target_modules, str) and target_modules != ALL_LINEAR:
-            suffixes = [n for n in linear if n.split(".")[-1] == target_modules]
-            if suffixes:  # a bare module name: peft reads a single string as a full-name regex
-                raise SpectuneError(
-                    f"{label}={target_modules!r} is read as a regular expression that must "
-                    f"match a whole module name (as in peft), and matches none; for every module "
-                    f"called {target_modules} pass a list: {label}=[{target_modules}] "
-                    f"({len(suffixes)} modules)"
-                )
-        raise SpectuneError(
-            f"{label}={target_modules!r}"
-            + (f" (exclude_modules={exclude_modules!r})" if exclude_modules else "")
-            + f" matches no module of this {type(model).__name__}; its linear modules are: "
-            + (shown or "none")
-        )
-    return matched
 
 
 def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
@@ -255,8 +180,6 @@ def find_targets(model: nn.Module, config: FrogConfig) -> list[str]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from spectune._progress import progress_bar
-
     return progress_bar(total, desc, enabled=enabled, unit="matrix")
 
 
@@ -301,8 +224,6 @@ def plan_frog(
     Raises:
         SpectuneError: no/bad targets, NaN/Inf weights, a budget that rounds to zero.
     """
-    import pandas as pd
-
     config = config or FrogConfig()
     if not isinstance(config, FrogConfig):
         raise SpectuneError(f"config must be a FrogConfig, got {type(config).__name__}")
@@ -318,27 +239,14 @@ def plan_frog(
     shapes = {n: (int(weights[n].shape[0]), int(weights[n].shape[1])) for n in names}
     total = int(sizes.sum())
     k_total = total_trainable(config.budget, total)
-    alpha_values = None
-    if config.importance == "alpha":
-        alpha_values = _resolve_alphas(names, weights, alphas, progress)
-        importance = alpha_importance(
-            norms, alpha_values, power=config.alpha_power, alpha_range=config.alpha_range
-        )
-    else:
-        importance = frobenius_importance(norms)
-    if config.overparam != "none":  # move budget off (or onto) alpha > overparam_alpha matrices
-        if alpha_values is None:
-            alpha_values = _resolve_alphas(names, weights, alphas, progress)
-        importance = overparam_importance(importance, alpha_values, mode=config.overparam,
-                                          factor=config.overparam_factor,
-                                          threshold=config.overparam_alpha)  # fmt: skip
+    importance, alpha_values = _importance(names, weights, norms, config, alphas, progress)
     counts = allocate(k_total, importance, sizes) if config.selection == "per_matrix" else None
 
     # pass 2: relevance and selection
     indices: dict[str, torch.Tensor] = {}
     selected_scores: dict[str, torch.Tensor] = {}
     noise_scores: dict[str, torch.Tensor] = {}
-    running = _RunningTopK(k_total) if counts is None else None
+    running = RunningTopK(k_total) if counts is None else None
     with _progress(len(names), "FROG relevance", progress) as bar:
         for i, n in enumerate(names):
             S = relevance(
@@ -361,14 +269,7 @@ def plan_frog(
             del S, flat
             bar.update(1)
     if running is not None:  # global: split the surviving candidates by matrix
-        cand_val, cand_mat, cand_pos = running.result()
-        order = torch.argsort(cand_mat * total + cand_pos)  # by matrix, then by position
-        cand_mat, cand_pos, cand_val = cand_mat[order], cand_pos[order], cand_val[order]
-        bounds = torch.searchsorted(cand_mat, torch.arange(len(names) + 1))
-        for i, n in enumerate(names):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            indices[n] = cand_pos[lo:hi].clone()
-            selected_scores[n] = cand_val[lo:hi].to(_compute_dtype(weights[n]))
+        indices, selected_scores = _split_candidates(running, names, weights, total)
 
     init_values: dict[str, torch.Tensor] = {}
     for n in names:
@@ -380,30 +281,11 @@ def plan_frog(
             eps = torch.randn(s.shape, generator=gen, dtype=s.dtype)
             init_values[n] = config.init_scale * s * eps
 
-    score_sum = np.array([float(selected_scores[n].double().sum()) for n in names])
-    trainable = np.array([indices[n].numel() for n in names], dtype=np.int64)
-    if config.selection == "global":
-        importance = score_sum / score_sum.sum() if score_sum.sum() > 0 else np.zeros(len(names))
-    layers = [layer_of(n) for n in names]
-    columns: dict[str, Any] = {
-        "name": names,
-        "layer": pd.array([lay for lay, _ in layers], dtype="Int64"),
-        "module": [kind for _, kind in layers],
-        "shape": [f"{shapes[n][0]}x{shapes[n][1]}" for n in names],
-        "size": sizes,
-        "frobenius": norms,
-    }
-    if alpha_values is not None:
-        columns["alpha"] = alpha_values
-    columns.update(
-        importance=importance,
-        trainable=trainable,
-        percent=100.0 * trainable / sizes,
-        score_sum=score_sum,
-    )
-    table = pd.DataFrame(columns)
-    if int(trainable.sum()) != k_total:  # pragma: no cover - guaranteed by construction
-        raise RuntimeError(f"FROG selected {trainable.sum()} weights, budget is {k_total}")
+    shown = [f"{shapes[n][0]}x{shapes[n][1]}" for n in names]
+    columns = {"name": names, "shape": shown, "size": sizes, "frobenius": norms}
+    table = _plan_table(columns, alpha_values, importance, indices, selected_scores, config)
+    if int(table["trainable"].sum()) != k_total:  # pragma: no cover - by construction
+        raise RuntimeError(f"FROG selected {table['trainable'].sum()} weights, budget is {k_total}")
     return FrogPlan(
         config=config,
         table=table,
@@ -416,58 +298,86 @@ def plan_frog(
     )
 
 
-class _RunningTopK:
-    """Exact top-k of a stream of score matrices in O(k) memory.
-
-    Candidates (score, matrix, flat position) are appended; entries not above the current
-    threshold (the k-th best score seen at the last prune, a lower bound of the final k-th
-    best) are never added, and the buffer is cut back to its top k whenever it exceeds 2k,
-    so each prune is amortized over at least k insertions.
-    """
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self.size = 0
-        self.threshold: float | None = None
-
-    def add(self, flat: torch.Tensor, matrix: int) -> None:
-        """Offer every entry of one matrix's flattened scores ``flat`` (shape (N*M,))."""
-        if self.threshold is None:
-            pos = torch.topk(flat, min(self.k, flat.numel()), sorted=False).indices
-        else:
-            pos = torch.nonzero(flat > self.threshold).reshape(-1)
-            if pos.numel() > self.k:
-                pos = torch.topk(flat, self.k, sorted=False).indices
-        if pos.numel():
-            self.chunks.append((flat[pos], torch.full_like(pos, matrix), pos))
-            self.size += pos.numel()
-        if self.size > 2 * self.k:
-            self._prune()
-
-    def _prune(self) -> None:
-        val = torch.cat([c[0].to(torch.float64) for c in self.chunks])
-        mat = torch.cat([c[1] for c in self.chunks])
-        pos = torch.cat([c[2] for c in self.chunks])
-        if val.numel() > self.k:
-            keep = torch.topk(val, self.k, sorted=False).indices
-            val, mat, pos = val[keep], mat[keep], pos[keep]
-            self.threshold = float(val.min())
-        self.chunks = [(val, mat, pos)]
-        self.size = val.numel()
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scores, matrix ids, flat positions) of the top k, in no particular order."""
-        self._prune()
-        return (
-            self.chunks[0]
-            if self.chunks
-            else (
-                torch.empty(0, dtype=torch.float64),
-                torch.empty(0, dtype=torch.int64),
-                torch.empty(0, dtype=torch.int64),
-            )
+def _importance(
+    names: list[str],
+    weights: dict[str, torch.Tensor],
+    norms: np.ndarray,
+    config: FrogConfig,
+    alphas: dict[str, float] | None,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Matrix importance R_i (Frobenius or alpha-tilted, then moved off or onto the
+    overparameterized matrices), and the power-law alphas where they were needed."""
+    alpha_values = None
+    if config.importance == "alpha":
+        alpha_values = _resolve_alphas(names, weights, alphas, progress)
+        importance = alpha_importance(
+            norms, alpha_values, power=config.alpha_power, alpha_range=config.alpha_range
         )
+    else:
+        importance = frobenius_importance(norms)
+    if config.overparam != "none":  # move budget off (or onto) alpha > overparam_alpha matrices
+        if alpha_values is None:
+            alpha_values = _resolve_alphas(names, weights, alphas, progress)
+        importance = overparam_importance(
+            importance,
+            alpha_values,
+            mode=config.overparam,
+            factor=config.overparam_factor,
+            threshold=config.overparam_alpha,
+        )
+    return importance, alpha_values
+
+
+def _split_candidates(
+    running: RunningTopK, names: list[str], weights: dict[str, torch.Tensor], total: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """'global' selection: the surviving candidates split by matrix -> (sorted flat indices,
+    their scores) per module name."""
+    cand_val, cand_mat, cand_pos = running.result()
+    order = torch.argsort(cand_mat * total + cand_pos)  # by matrix, then by position
+    cand_mat, cand_pos, cand_val = cand_mat[order], cand_pos[order], cand_val[order]
+    bounds = torch.searchsorted(cand_mat, torch.arange(len(names) + 1))
+    indices, scores = {}, {}
+    for i, n in enumerate(names):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        indices[n] = cand_pos[lo:hi].clone()
+        scores[n] = cand_val[lo:hi].to(_compute_dtype(weights[n]))
+    return indices, scores
+
+
+def _plan_table(
+    columns: dict[str, Any],
+    alpha_values: np.ndarray | None,
+    importance: np.ndarray,
+    indices: dict[str, torch.Tensor],
+    selected_scores: dict[str, torch.Tensor],
+    config: FrogConfig,
+) -> pd.DataFrame:
+    """:attr:`FrogPlan.table` from the per-matrix ``name, shape, size, frobenius`` columns."""
+    names, sizes = columns["name"], columns["size"]
+    score_sum = np.array([float(selected_scores[n].double().sum()) for n in names])
+    trainable = np.array([indices[n].numel() for n in names], dtype=np.int64)
+    if config.selection == "global":
+        importance = score_sum / score_sum.sum() if score_sum.sum() > 0 else np.zeros(len(names))
+    layers = [layer_of(n) for n in names]
+    table: dict[str, Any] = {
+        "name": names,
+        "layer": pd.array([lay for lay, _ in layers], dtype="Int64"),
+        "module": [kind for _, kind in layers],
+        "shape": columns["shape"],
+        "size": sizes,
+        "frobenius": columns["frobenius"],
+    }
+    if alpha_values is not None:
+        table["alpha"] = alpha_values
+    table.update(
+        importance=importance,
+        trainable=trainable,
+        percent=100.0 * trainable / sizes,
+        score_sum=score_sum,
+    )
+    return pd.DataFrame(table)
 
 
 def _resolve_alphas(
@@ -634,11 +544,6 @@ def save_frog(model: nn.Module, out_dir: str | os.PathLike[str]) -> Path:
     Raises:
         SpectuneError: the model has no FROG layers.
     """
-    from safetensors.torch import save_file
-
-    from spectune import __version__
-    from spectune._io import atomic_path, write_json
-
     layers = frog_modules(model)
     if not layers:
         raise SpectuneError("save_frog: the model has no FROG layers (apply_frog/load_frog first)")
@@ -677,10 +582,7 @@ def save_frog(model: nn.Module, out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _read_adapter(path: Path) -> tuple[FrogConfig, dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_adapter(path: Path) -> tuple[FrogConfig, dict[str, Any], dict[str, torch.Tensor]]:
     cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not path.is_dir():
         raise SpectuneError(f"FROG adapter folder {path} does not exist")
@@ -771,7 +673,7 @@ def load_frog(
             message names the tensor).
     """
     path = Path(adapter_dir)
-    config, targets, tensors = _read_adapter(path)
+    config, targets, tensors = read_adapter(path)
     if any(isinstance(m, FrogLinear) for m in model.modules()):
         raise SpectuneError(
             "this model already has FROG layers; load the adapter onto the base model"

@@ -54,8 +54,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from spectune._io import atomic_path, publish_dir, write_text
 from spectune.errors import SpectuneError
 from spectune.tune.methods.frog.model import frog_modules
 
@@ -272,10 +274,6 @@ def save_frog_as_shira(model: nn.Module, out_dir: str | os.PathLike[str]) -> Pat
         SpectuneError: the model has no FROG layers, or SHiRA cannot hold the adapter
             (r (N + M) > N M for some matrix; the message names it). Nothing is written then.
     """
-    from safetensors.torch import save_file
-
-    from spectune._io import atomic_path, publish_dir, write_text
-
     layers = _frog_layers(model, "save_frog_as_shira")
     plan = _plan(layers)
     if not plan.fits:

@@ -28,6 +28,9 @@ matrices.
 Matrix importance (paper section 3.4): R_i = ||W_i||_F / sum_j ||W_j||_F. ||W||_F equals
 sqrt(sum_k sigma_k^2); we compute it directly from the entries in float64 (the same number,
 and it needs no SVD, so the budget can be fixed before any SVD is run).
+
+Selection over all matrices together (``selection="global"``): :class:`RunningTopK` keeps the
+exact top T_trainable of the stream of score matrices in O(T_trainable) memory.
 """
 
 from __future__ import annotations
@@ -275,3 +278,57 @@ def matrix_alpha(W: torch.Tensor) -> float:
         return float(fit_powerlaw(eigenvalues(W.detach())).alpha)
     except (ValueError, RuntimeError):
         return float("nan")
+
+
+class RunningTopK:
+    """Exact top-k of a stream of score matrices in O(k) memory.
+
+    Candidates (score, matrix, flat position) are appended; entries not above the current
+    threshold (the k-th best score seen at the last prune, a lower bound of the final k-th
+    best) are never added, and the buffer is cut back to its top k whenever it exceeds 2k,
+    so each prune is amortized over at least k insertions.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.size = 0
+        self.threshold: float | None = None
+
+    def add(self, flat: torch.Tensor, matrix: int) -> None:
+        """Offer every entry of one matrix's flattened scores ``flat`` (shape (N*M,))."""
+        if self.threshold is None:
+            pos = torch.topk(flat, min(self.k, flat.numel()), sorted=False).indices
+        else:
+            pos = torch.nonzero(flat > self.threshold).reshape(-1)
+            if pos.numel() > self.k:
+                pos = torch.topk(flat, self.k, sorted=False).indices
+        if pos.numel():
+            self.chunks.append((flat[pos], torch.full_like(pos, matrix), pos))
+            self.size += pos.numel()
+        if self.size > 2 * self.k:
+            self._prune()
+
+    def _prune(self) -> None:
+        val = torch.cat([c[0].to(torch.float64) for c in self.chunks])
+        mat = torch.cat([c[1] for c in self.chunks])
+        pos = torch.cat([c[2] for c in self.chunks])
+        if val.numel() > self.k:
+            keep = torch.topk(val, self.k, sorted=False).indices
+            val, mat, pos = val[keep], mat[keep], pos[keep]
+            self.threshold = float(val.min())
+        self.chunks = [(val, mat, pos)]
+        self.size = val.numel()
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scores, matrix ids, flat positions) of the top k, in no particular order."""
+        self._prune()
+        return (
+            self.chunks[0]
+            if self.chunks
+            else (
+                torch.empty(0, dtype=torch.float64),
+                torch.empty(0, dtype=torch.int64),
+                torch.empty(0, dtype=torch.int64),
+            )
+        )
