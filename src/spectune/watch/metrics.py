@@ -135,9 +135,19 @@ def esd_metrics(
     lambda_max = float(ev[-1])
     if lambda_max <= 0:
         row = empty_metrics("zero-update", "all eigenvalues are zero (untrained or empty update)")
-        row.update(num_evals=len(ev), has_esd=True, norm=0.0, spectral_norm=0.0,
-                   lambda_max=0.0, sv_max=0.0, sv_min=0.0, matrix_rank=0, rank_loss=len(ev),
-                   weak_rank_loss=len(ev), stable_rank=NAN)  # fmt: skip
+        row.update(
+            num_evals=len(ev),
+            has_esd=True,
+            norm=0.0,
+            spectral_norm=0.0,
+            lambda_max=0.0,
+            sv_max=0.0,
+            sv_min=0.0,
+            matrix_rank=0,
+            rank_loss=len(ev),
+            weak_rank_loss=len(ev),
+            stable_rank=NAN,
+        )
         return row, None
     sv = np.sqrt(ev)
     rank = matrix_rank(sv, N, rank_floor)
@@ -213,8 +223,13 @@ def detx_columns(evals: np.ndarray, num_pl_spikes: int | None) -> dict[str, Any]
     kept as WW assigns them).
     """
     ev = np.sort(np.asarray(evals, dtype=np.float64))
-    out: dict[str, Any] = {"detX_num": 0, "num_ERG_spikes": 0, "ERG_gap": NAN,
-                           "detX_val": NAN, "detX_val_unrescaled": NAN}  # fmt: skip
+    out: dict[str, Any] = {
+        "detX_num": 0,
+        "num_ERG_spikes": 0,
+        "ERG_gap": NAN,
+        "detX_val": NAN,
+        "detX_val_unrescaled": NAN,
+    }
     total = float(np.sum(ev))
     if len(ev) < 2 or total <= 0:
         return out
@@ -230,8 +245,12 @@ def detx_columns(evals: np.ndarray, num_pl_spikes: int | None) -> dict[str, Any]
             num = len(ev) - idx
     else:
         idx, num = 0, 0
-    out.update(detX_num=num, num_ERG_spikes=num, detX_val=float(rescaled[idx] / scale),
-               detX_val_unrescaled=float(rescaled[idx]))  # fmt: skip
+    out.update(
+        detX_num=num,
+        num_ERG_spikes=num,
+        detX_val=float(rescaled[idx] / scale),
+        detX_val_unrescaled=float(rescaled[idx]),
+    )
     if num_pl_spikes is not None:
         out["ERG_gap"] = num - int(num_pl_spikes)
     return out
