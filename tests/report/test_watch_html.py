@@ -22,8 +22,8 @@ from spectune.report.html import (
     write_spectra_report,
 )
 from spectune.watch import analyze, summarize
-from spectune.watch.rows import OVERFIT_ADAPTER
 from spectune.watch.compare import compare_models
+from spectune.watch.rows import OVERFIT_ADAPTER
 from spectune.watch.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND
 
 from .test_html import check_self_contained, make_comparison, make_run, parse
