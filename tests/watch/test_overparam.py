@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from spectune.watch import summarize
-from spectune.watch.analyze import OVERFIT_ADAPTER, _flag_overfit_adapter
+from spectune.watch.rows import OVERFIT_ADAPTER, flag_overfit_adapter
 
 
 def test_summarize_lists_overparameterized_layers_and_intruders():
@@ -29,11 +29,11 @@ def test_summarize_lists_overparameterized_layers_and_intruders():
 
 def test_adapter_with_low_alpha_on_an_overparameterized_base_is_flagged():
     row = {"layer_type": "lora", "alpha": 1.6, "base_alpha": 7.2, "warning": "over-trained"}
-    _flag_overfit_adapter(row)
+    flag_overfit_adapter(row)
     assert row["warning"] == f"over-trained; {OVERFIT_ADAPTER}"
     for alpha, base_alpha in [(1.6, 5.0), (2.5, 7.2), (math.nan, 7.2)]:
         row = {"layer_type": "lora", "alpha": alpha, "base_alpha": base_alpha, "warning": ""}
-        _flag_overfit_adapter(row)
+        flag_overfit_adapter(row)
         assert row["warning"] == ""
     details = pd.DataFrame({"longname": ["x"], "alpha": [1.6], "status": ["success"],
                             "warning": [OVERFIT_ADAPTER]})  # fmt: skip

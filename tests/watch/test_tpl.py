@@ -23,14 +23,13 @@ import torch
 from spectune.errors import SpectuneError
 from spectune.watch import analyze
 from spectune.watch.metrics import detx_columns
-from spectune.watch.powerlaw import fit_powerlaw
+from spectune.watch.powerlaw import candidate_xmins, fit_powerlaw, xmin_peak_range
 from spectune.watch.tpl import (
     ALPHA_AT_BOUND,
     compare_pl_tpl,
     fit_truncated_powerlaw,
     log_upper_gamma,
     log_upper_gamma_array,
-    xmin_peak_range,
 )
 
 from .conftest import matrix_with_singular_values, pareto_sample, quiet
@@ -273,7 +272,7 @@ def test_tpl_parity_with_weightwatcher_on_the_embedded_model(fit, capsys):
 def test_lockstep_nelder_mead_follows_scipy_fmin_exactly():
     """The batched Nelder-Mead over all candidate xmins gives the numbers scipy's fmin gives
     candidate by candidate (the same branches, the same arithmetic)."""
-    from spectune.watch.tpl import _mle, _mle_batch, candidate_xmins
+    from spectune.watch.tpl import _mle, _mle_batch
 
     data = np.concatenate([tpl_sample(80, 1.6, 0.04, 1.0, seed=11), [0.3, 0.6, 0.9]])
     data = np.sort(data)

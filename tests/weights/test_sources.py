@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from spectune.errors import SpectuneError
-from spectune.weights import TensorInfo, WeightSource, natural_key, open_source
+from spectune.weights import TensorInfo, WeightSource, natural_key, open_source, torchfile
 from spectune.weights import sources as sources_mod
 
 from .conftest import make_tiny_llama, write_bin_shards
@@ -237,21 +237,21 @@ def test_bin_mapping_is_dropped_after_the_byte_budget(tmp_path, monkeypatch):
     state = {f"w{i}": torch.full((32, 32), float(i)) for i in range(6)}  # 4 KiB each
     torch.save(state, tmp_path / "six.bin")
     loads: list[bool] = []
-    real = sources_mod._torch_load
+    real = torchfile.load_weights_only
 
     def counting(path, *, map_location="cpu", mmap=False):
         if map_location != "meta":
             loads.append(mmap)
         return real(path, map_location=map_location, mmap=mmap)
 
-    monkeypatch.setattr(sources_mod, "_torch_load", counting)
-    monkeypatch.setattr(sources_mod, "MAPPED_BYTES_BUDGET", 10 * 1024)  # 2.5 tensors
+    monkeypatch.setattr(torchfile, "load_weights_only", counting)
+    monkeypatch.setattr(torchfile, "MAPPED_BYTES_BUDGET", 10 * 1024)  # 2.5 tensors
     with open_source(tmp_path / "six.bin") as src:
         assert loads == []
         for i in range(6):
             assert torch.equal(src.load(f"w{i}"), state[f"w{i}"])
         assert loads == [True, True, True]  # mapped, then re-mapped after every 2 tensors
-    monkeypatch.setattr(sources_mod, "MAPPED_BYTES_BUDGET", 1024)  # smaller than a tensor
+    monkeypatch.setattr(torchfile, "MAPPED_BYTES_BUDGET", 1024)  # smaller than a tensor
     loads.clear()
     with open_source(tmp_path / "six.bin") as src:
         for i in range(3):

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
-from spectune.weights.sources import _torch_load, safetensors_problem
+from spectune.weights.safetensors import safetensors_problem
+from spectune.weights.torchfile import load_weights_only
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +114,7 @@ def torch_file_problem(path: Path, *, trainer: bool = False) -> str | None:
         allowed = safe_globals()
     try:
         with allowed:
-            _torch_load(path, map_location="meta")
+            load_weights_only(path, map_location="meta")
     except SpectuneError as exc:  # (the API's advice on trusted files is cut: callers say theirs)
         return " ".join(str(exc).split()).split(". If you trust")[0]
     return None

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from spectune.errors import SpectuneError
+from spectune.watch.analyze import analyze
 
 #: the compared columns
 COMPARED = ["log_spectral_norm", "log_norm", "alpha"]
@@ -49,8 +50,6 @@ _FLAT_RESIDUAL = 1e-9  # robust spread of a flow's residuals below this (relativ
 def _table(x: Any, progress: bool, **kwargs: Any) -> pd.DataFrame:
     if isinstance(x, pd.DataFrame):
         return x
-    from spectune.watch.analyze import analyze
-
     return analyze(x, progress=progress, **kwargs)
 
 
@@ -103,8 +102,7 @@ def compare(
         if missing:
             raise SpectuneError(f"compare(): table {name} lacks columns {sorted(missing)}")
     keep = ["longname", "layer_type", "N", "M", *COMPARED]
-    m = ta[keep].merge(tb[keep], on="longname", how="outer", suffixes=("_a", "_b"),
-                       indicator=True)  # fmt: skip
+    m = ta[keep].merge(tb[keep], on="longname", how="outer", suffixes=("_a", "_b"), indicator=True)
     m["layer_type"] = m["layer_type_a"].fillna(m["layer_type_b"])
     m = m.drop(columns=["layer_type_a", "layer_type_b"])
     m["match"] = (
@@ -155,7 +153,7 @@ def compare_summary(table: pd.DataFrame) -> dict[str, Any]:
             f"{n}: {r}"
             for n, r in zip(table["longname"], table["match"], strict=True)
             if r != "matched"
-        ],  # fmt: skip
+        ],
         "n_collapsed": int(ok["collapsed"].sum()),
         "collapsed_layers": [str(x) for x in ok.loc[ok["collapsed"], "longname"]],
     }
@@ -200,8 +198,10 @@ def correlation_flow(
     t = details[ok].copy() if "status" in details.columns else details.copy()
     t["depth"] = [layer_depth(n) for n in t["longname"]]
     t = t[t["depth"].notna() & pd.to_numeric(t[column], errors="coerce").notna()]
-    t["kind"] = [n.split(".")[-1] if not n.endswith(".lora_BA") else ".".join(n.split(".")[-2:])
-                 for n in t["longname"]]  # fmt: skip
+    t["kind"] = [
+        n.split(".")[-1] if not n.endswith(".lora_BA") else ".".join(n.split(".")[-2:])
+        for n in t["longname"]
+    ]
     rows = []
     for kind, g in t.groupby("kind", sort=True):
         x = g["depth"].astype(float).to_numpy()
@@ -218,9 +218,18 @@ def correlation_flow(
         tiny = _FLAT_RESIDUAL * max(1.0, float(np.max(np.abs(y))))
         breaks = np.abs(res - med) > z * sd if sd > tiny and len(g) >= 4 else np.zeros(len(g), bool)
         for i, name in enumerate(g["longname"]):
-            rows.append({"longname": name, "kind": kind, "depth": int(x[i]), column: y[i],
-                         "trend": trend[i], "slope": float(slope), "residual": res[i],
-                         "breaks_flow": bool(breaks[i])})  # fmt: skip
+            rows.append(
+                {
+                    "longname": name,
+                    "kind": kind,
+                    "depth": int(x[i]),
+                    column: y[i],
+                    "trend": trend[i],
+                    "slope": float(slope),
+                    "residual": res[i],
+                    "breaks_flow": bool(breaks[i]),
+                }
+            )
     return pd.DataFrame.from_records(
         rows,
         columns=["longname", "kind", "depth", column, "trend", "slope", "residual", "breaks_flow"],

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator, svds
 
 #: the paper's / peft's defaults
 DEFAULT_TOP_K = 10
@@ -125,8 +126,6 @@ def _top_left(W: Any, k: int, dense: Any = None) -> tuple[np.ndarray, np.ndarray
     if k >= m - 1 or m <= 64:
         U, S, _ = np.linalg.svd(W if dense is None else dense(), full_matrices=False)
         return U[:, :k], S[:k]
-    from scipy.sparse.linalg import svds
-
     v0 = np.random.default_rng(0).standard_normal(m)
     U, S, _ = svds(W, k=k, tol=0, v0=v0)
     order = np.argsort(S)[::-1]
@@ -190,8 +189,6 @@ def lora_intruder_dimensions(
         An :class:`IntruderResult` (the same numbers as :func:`intruder_dimensions` on the
         merged matrix, to Lanczos accuracy).
     """
-    from scipy.sparse.linalg import LinearOperator
-
     _check(top_k, threshold)
     W0 = _as_matrix(W_base, "the base matrix")
     Bm = _as_matrix(B, "lora_B") * float(scaling)

@@ -134,11 +134,7 @@ def esd_metrics(
         return empty_metrics("failed", TOO_FEW), None
     lambda_max = float(ev[-1])
     if lambda_max <= 0:
-        row = empty_metrics("zero-update", "all eigenvalues are zero (untrained or empty update)")
-        row.update(num_evals=len(ev), has_esd=True, norm=0.0, spectral_norm=0.0,
-                   lambda_max=0.0, sv_max=0.0, sv_min=0.0, matrix_rank=0, rank_loss=len(ev),
-                   weak_rank_loss=len(ev), stable_rank=NAN)  # fmt: skip
-        return row, None
+        return _zero_update_metrics(len(ev)), None
     sv = np.sqrt(ev)
     rank = matrix_rank(sv, N, rank_floor)
     norm = float(np.sum(ev))
@@ -185,20 +181,54 @@ def esd_metrics(
         "status": fit.status,
         "warning": "; ".join(warnings),
     }
+    row.update(_fit_columns(ev, fit, tpl, fix_fingers, detX, compare_fits))
+    return row, fit
+
+
+def _zero_update_metrics(n: int) -> dict[str, Any]:
+    """The row of an ESD of ``n`` eigenvalues that are all zero (an untrained update)."""
+    row = empty_metrics("zero-update", "all eigenvalues are zero (untrained or empty update)")
+    row.update(
+        num_evals=n,
+        has_esd=True,
+        norm=0.0,
+        spectral_norm=0.0,
+        lambda_max=0.0,
+        sv_max=0.0,
+        sv_min=0.0,
+        matrix_rank=0,
+        rank_loss=n,
+        weak_rank_loss=n,
+        stable_rank=NAN,
+    )
+    return row
+
+
+def _fit_columns(
+    ev: np.ndarray,
+    fit: PowerLawFit | TruncatedPowerLawFit,
+    tpl: bool,
+    fix_fingers: str | None,
+    detX: bool,
+    compare_fits: bool,
+) -> dict[str, Any]:
+    """The optional columns of :func:`esd_metrics`: the TPL's ``Lambda``, the clipped
+    fingers, detX / ERG and the PL-vs-TPL test, as asked for."""
+    cols: dict[str, Any] = {}
     if tpl:
-        row["Lambda"] = fit.Lambda
+        cols["Lambda"] = fit.Lambda
     if fix_fingers == "clip_xmax":
-        row["num_fingers"] = fit.num_fingers
-        row["raw_alpha"] = fit.raw_alpha
+        cols["num_fingers"] = fit.num_fingers
+        cols["raw_alpha"] = fit.raw_alpha
     if detX:
-        row.update(detx_columns(ev, fit.num_pl_spikes if fit.status == "success" else None))
+        cols.update(detx_columns(ev, fit.num_pl_spikes if fit.status == "success" else None))
     if compare_fits:
         cmp = compare_pl_tpl(ev, fit.xmin) if fit.status == "success" else None
-        row["pl_tpl_R"] = cmp.R if cmp else NAN
-        row["pl_tpl_p"] = cmp.p if cmp else NAN
-        row["pl_tpl_R_normalized"] = cmp.R_normalized if cmp else NAN
-        row["better_fit"] = cmp.preferred if cmp else ""
-    return row, fit
+        cols["pl_tpl_R"] = cmp.R if cmp else NAN
+        cols["pl_tpl_p"] = cmp.p if cmp else NAN
+        cols["pl_tpl_R_normalized"] = cmp.R_normalized if cmp else NAN
+        cols["better_fit"] = cmp.preferred if cmp else ""
+    return cols
 
 
 def detx_columns(evals: np.ndarray, num_pl_spikes: int | None) -> dict[str, Any]:
@@ -213,8 +243,13 @@ def detx_columns(evals: np.ndarray, num_pl_spikes: int | None) -> dict[str, Any]
     kept as WW assigns them).
     """
     ev = np.sort(np.asarray(evals, dtype=np.float64))
-    out: dict[str, Any] = {"detX_num": 0, "num_ERG_spikes": 0, "ERG_gap": NAN,
-                           "detX_val": NAN, "detX_val_unrescaled": NAN}  # fmt: skip
+    out: dict[str, Any] = {
+        "detX_num": 0,
+        "num_ERG_spikes": 0,
+        "ERG_gap": NAN,
+        "detX_val": NAN,
+        "detX_val_unrescaled": NAN,
+    }
     total = float(np.sum(ev))
     if len(ev) < 2 or total <= 0:
         return out
@@ -230,8 +265,12 @@ def detx_columns(evals: np.ndarray, num_pl_spikes: int | None) -> dict[str, Any]
             num = len(ev) - idx
     else:
         idx, num = 0, 0
-    out.update(detX_num=num, num_ERG_spikes=num, detX_val=float(rescaled[idx] / scale),
-               detX_val_unrescaled=float(rescaled[idx]))  # fmt: skip
+    out.update(
+        detX_num=num,
+        num_ERG_spikes=num,
+        detX_val=float(rescaled[idx] / scale),
+        detX_val_unrescaled=float(rescaled[idx]),
+    )
     if num_pl_spikes is not None:
         out["ERG_gap"] = num - int(num_pl_spikes)
     return out

@@ -155,8 +155,14 @@ def _ks_exact(log_data: np.ndarray, alphas: np.ndarray, rows: np.ndarray, Ds: np
         k = stop
 
 
-def _ks_distances(data: np.ndarray, log_data: np.ndarray, alphas: np.ndarray, valid: np.ndarray,
-                  *, prune: bool = True) -> np.ndarray:  # fmt: skip
+def _ks_distances(
+    data: np.ndarray,
+    log_data: np.ndarray,
+    alphas: np.ndarray,
+    valid: np.ndarray,
+    *,
+    prune: bool = True,
+) -> np.ndarray:
     """KS distance of every candidate xmin that can be the minimum (D = 1 where not ``valid``).
 
     For candidate i, tail x_i..x_{N-1} (n = N - i points):
@@ -371,11 +377,16 @@ def _fit_xmin_peak(data: np.ndarray) -> PowerLawFit:
     if not np.isfinite(alpha):
         return _failed(float(data[-1]))
     return PowerLawFit(
-        alpha=alpha, xmin=float(data[best]), xmax=float(data[-1]), D=float(Ds[best]),
-        sigma=float((alpha - 1.0) / np.sqrt(n[best])), num_pl_spikes=int(n[best]),
-        n_tail=int(n[best]), status="success",
+        alpha=alpha,
+        xmin=float(data[best]),
+        xmax=float(data[-1]),
+        D=float(Ds[best]),
+        sigma=float((alpha - 1.0) / np.sqrt(n[best])),
+        num_pl_spikes=int(n[best]),
+        n_tail=int(n[best]),
+        status="success",
         candidates={"xmins": data[:-1], "alphas": alphas, "Ds": Ds},
-    )  # fmt: skip
+    )
 
 
 def fit_powerlaw(

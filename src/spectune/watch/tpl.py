@@ -49,14 +49,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import optimize
+from scipy.stats import chi2
 
-from spectune.watch.powerlaw import (  # noqa: F401 - re-exported: TPL shares the xmin rules
-    EVALS_THRESH,
-    PEAK_BINS,
-    PEAK_XMIN_MAX,
-    candidate_xmins,
-    xmin_peak_range,
-)
+from spectune.watch.powerlaw import EVALS_THRESH, candidate_xmins, xmin_peak_range
 
 #: powerlaw's likelihood for impossible points (10 ** sys.float_info.min_10_exp)
 _TINY = 10.0**sys.float_info.min_10_exp
@@ -278,9 +273,12 @@ def _mle(tail: np.ndarray, xmin: float) -> tuple[float, float, float]:
     lam0 = 1.0 / np.mean(tail)
     s_log, s_x = float(np.sum(np.log(tail))), float(np.sum(tail))
     params, fval, *_ = optimize.fmin(
-        _nll, np.array([alpha0, lam0]), args=(tail, xmin, s_log, s_x), full_output=True,
+        _nll,
+        np.array([alpha0, lam0]),
+        args=(tail, xmin, s_log, s_x),
+        full_output=True,
         disp=False,
-    )  # fmt: skip
+    )
     return float(params[0]), float(params[1]), -float(fval)
 
 
@@ -343,8 +341,13 @@ class _TailStats:
             for j in np.nonzero(slow)[0]:  # densities underflow: the exact per-point sum
                 i = int(self.cand[r[j]])
                 tail = self.data[i:]
-                val[j] = _nll(np.array([al[j], la[j]]), tail, float(tail[0]),
-                              float(np.sum(np.log(tail))), float(np.sum(tail)))  # fmt: skip
+                val[j] = _nll(
+                    np.array([al[j], la[j]]),
+                    tail,
+                    float(tail[0]),
+                    float(np.sum(np.log(tail))),
+                    float(np.sum(tail)),
+                )
             out[ok] = val
         return out
 
@@ -616,8 +619,6 @@ def compare_pl_tpl(
     Returns:
         A :class:`FitComparison` (NaN fields when the tail has fewer than two points).
     """
-    from scipy.stats import chi2
-
     ev = np.sort(np.asarray(evals, dtype=np.float64).ravel())
     tail = ev[(ev > thresh) & (ev >= xmin)] if math.isfinite(xmin) else ev[:0]
     n = len(tail)

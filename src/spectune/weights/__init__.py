@@ -8,6 +8,13 @@
 Sources: ``nn.Module`` / ``PeftModel``, state dicts, Hugging Face folders (single or sharded
 safetensors, ``pytorch_model*.bin``), single ``.safetensors`` / ``.bin`` / ``.pt`` files,
 ``.gguf`` files and PEFT adapter folders. See :func:`open_source`.
+
+Modules: ``names`` (tensor-name rules, GGUF-to-HF names), ``sources`` (:class:`TensorInfo`,
+the :class:`WeightSource` base class), one module per kind of source (``in_memory``: module and
+state dict; ``safetensors``; ``torchfile``: .bin / .pt read weights-only; ``gguf``), ``peft``
+(adapter configs and LoRA pairing) and ``formats`` (detecting a path's format and opening the
+right source). Importing this package does not import torch: a source imports it when it
+reads a tensor.
 """
 
 from spectune.weights.formats import open_source

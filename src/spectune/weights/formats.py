@@ -1,8 +1,9 @@
 """Which format a path holds, and opening it as the right :class:`WeightSource`.
 
 Format detection lives here, above the sources it chooses between, so that no source module
-imports another: :mod:`.sources` (module, state dict, safetensors, torch files),
-:mod:`.gguf` and :mod:`.peft` (LoRA pairing) each import only downwards.
+imports another: :mod:`.in_memory` (module, state dict), :mod:`.safetensors`,
+:mod:`.torchfile` (.bin / .pt) and :mod:`.gguf` each import only downwards, to
+:mod:`.sources` (the base class), :mod:`.peft` (LoRA pairing) and :mod:`.names`.
 
 ``open_source`` picks by what it is given: an ``nn.Module`` (a ``PeftModel`` detected), a
 state dict, or a path. A folder is read as a PEFT adapter when it holds ``adapter_config.json``
@@ -16,26 +17,24 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from spectune.errors import SpectuneError
+from spectune.weights.gguf import GGUFSource
+from spectune.weights.in_memory import ModuleSource, StateDictSource
 from spectune.weights.names import natural_key
-from spectune.weights.peft import read_lora_config
-from spectune.weights.sources import (
-    _WHAT_WORKS,
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    GGUF_SUFFIXES,
-    SAFETENSORS_SUFFIXES,
-    TORCH_SUFFIXES,
-    ModuleSource,
-    SafetensorsSource,
-    StateDictSource,
-    TorchFileSource,
-    WeightSource,
-)
+from spectune.weights.peft import ADAPTER_CONFIG, find_adapter_config, read_lora_config
+from spectune.weights.safetensors import SafetensorsSource
+from spectune.weights.sources import WHAT_WORKS, WeightSource
+from spectune.weights.torchfile import TorchFileSource
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+GGUF_SUFFIXES = (".gguf",)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -113,12 +112,10 @@ def _open_file(path: Path, label: Path | None = None) -> WeightSource:
     if fmt == "torch":
         return TorchFileSource([path], where)
     if fmt == "gguf":
-        from spectune.weights.gguf import GGUFSource
-
         return GGUFSource(path)
     raise SpectuneError(
         f"unknown weights format: {path} (expected .safetensors, .bin, .pt, .pth, .gguf or a "
-        f"*.index.json); {_WHAT_WORKS}"
+        f"*.index.json); {WHAT_WORKS}"
     )
 
 
@@ -161,8 +158,6 @@ def _open_folder(folder: Path) -> WeightSource:
 
 
 def _is_peft_model(obj: Any) -> bool:
-    import sys
-
     peft = sys.modules.get("peft")
     return peft is not None and isinstance(obj, peft.PeftModel)
 
@@ -204,20 +199,16 @@ def open_source(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.exists():
-            raise SpectuneError(f"no such file or folder: {path}; {_WHAT_WORKS}")
+            raise SpectuneError(f"no such file or folder: {path}; {WHAT_WORKS}")
         opened = _open_folder(path) if path.is_dir() else _open_file(path)
     else:
         opened = _open_object(source)
     if lora_config is not None:
-        from spectune.weights.peft import read_lora_config
-
         opened.peft_configs = {"default": read_lora_config(lora_config)}
         opened.peft = True
     if peft:
         opened.peft = True
         if not opened.peft_configs and opened.path is not None and opened.kind != "gguf":
-            from spectune.weights.peft import find_adapter_config
-
             found = find_adapter_config(opened.path)
             if found is not None:
                 opened.peft_configs = {"default": found}
@@ -225,27 +216,25 @@ def open_source(
 
 
 def _open_object(source: Any) -> WeightSource:
-    import torch
+    import torch  # here, not at the top: importing spectune.weights stays torch-free
 
     if isinstance(source, torch.nn.Module):
         opened: WeightSource = ModuleSource(source)
         if _is_peft_model(source):
             opened.kind = "peft"
             opened.peft = True
-            from spectune.weights.peft import read_lora_config
-
             opened.peft_configs = {
                 name: read_lora_config(cfg) for name, cfg in source.peft_config.items()
             }
         return opened
     if isinstance(source, Mapping):
         if not source:
-            raise SpectuneError(f"the state dict is empty; {_WHAT_WORKS} with weights")
+            raise SpectuneError(f"the state dict is empty; {WHAT_WORKS} with weights")
         bad = [k for k in source if not isinstance(k, str)]
         if bad:
             raise SpectuneError(f"state dict keys must be strings, got {bad[0]!r}")
         return StateDictSource(source)
-    raise SpectuneError(f"cannot read weights from a {type(source).__name__}; {_WHAT_WORKS}")
+    raise SpectuneError(f"cannot read weights from a {type(source).__name__}; {WHAT_WORKS}")
 
 
 def open_adapter_folder(folder: Path) -> WeightSource:
@@ -255,7 +244,7 @@ def open_adapter_folder(folder: Path) -> WeightSource:
         SpectuneError: the config is missing or invalid, or there is no weights file.
     """
     config_path = folder / ADAPTER_CONFIG
-    weights = [folder / n for n in ("adapter_model.safetensors", "adapter_model.bin")]
+    weights = [folder / n for n in ADAPTER_WEIGHTS]
     present = [w for w in weights if w.is_file()]
     if not config_path.is_file():
         raise SpectuneError(
@@ -280,11 +269,6 @@ def open_adapter_folder(folder: Path) -> WeightSource:
     source.peft = True
     source.peft_configs = {"default": config}
     return source
-
-
-# ---------------------------------------------------------------------------------------------
-# Pairing
-# ---------------------------------------------------------------------------------------------
 
 
 __all__ = ["open_adapter_folder", "open_source"]

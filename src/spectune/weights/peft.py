@@ -246,26 +246,9 @@ def _pair_layer_type(a: TensorInfo, b: TensorInfo, token: str, module: str) -> s
     return kinds[a.ndim]
 
 
-def pair_lora(source: WeightSource) -> list[LoraPair]:
-    """Pair the LoRA tensors of a source by (normalized module, adapter).
-
-    Args:
-        source: any weight source holding ``lora_A`` / ``lora_B`` tensors.
-
-    Returns:
-        One :class:`LoraPair` per LoRA layer and adapter, in natural module order.
-
-    Raises:
-        SpectuneError: no LoRA tensors; a ``lora_A`` without ``lora_B`` (or the reverse, or a
-            DoRA magnitude without both), naming the module; ranks or shapes that do not fit
-            (naming both tensors); a rank that disagrees with the config; no config.
-    """
-    for adapter, config in source.peft_configs.items():
-        if config.get("peft_type", "LORA") != "LORA":
-            raise SpectuneError(
-                f"{source._label()}: adapter {adapter!r} has peft_type {config['peft_type']!r}; "
-                "only LoRA adapters (incl. rsLoRA and DoRA) can be paired"
-            )
+def _lora_groups(source: WeightSource) -> dict[tuple[str, str], dict[str, Any]]:
+    """The LoRA tensors of a source by (normalized module, adapter): ``"A"``, ``"B"``,
+    ``"magnitude"``, the tokens of A and B, and the module's ``"raw"`` name."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     default_adapter = next(iter(source.peft_configs), "default")
     for info in source.tensors():
@@ -288,78 +271,106 @@ def pair_lora(source: WeightSource) -> list[LoraPair]:
             f"{source._label()} has no LoRA tensors (lora_A / lora_B); it is not a LoRA adapter, "
             "analyze it without peft=True"
         )
-    pairs = []
-    for (module, adapter), group in sorted(
-        groups.items(), key=lambda item: (natural_key(item[0][0]), item[0][1])
-    ):
-        a: TensorInfo | None = group.get("A")
-        b: TensorInfo | None = group.get("B")
-        mag: TensorInfo | None = group.get("magnitude")
-        if a is None or b is None:
-            have = b or a or mag
-            assert have is not None
-            missing = "lora_A" if a is None else "lora_B"
-            raise SpectuneError(
-                f"module {module} (adapter {adapter!r}) has {have.name} but no {missing}; the "
-                "adapter file is incomplete (re-save it with peft)"
-            )
-        layer_type = _pair_layer_type(a, b, group["token_A"], module)
-        if a.ndim < 2 or b.ndim < 2 or a.shape[0] != b.shape[1]:
-            raise SpectuneError(
-                f"LoRA factors of {module} do not fit: {a.name} has shape {a.shape} (r rows) "
-                f"and {b.name} has shape {b.shape} (r columns); their ranks must agree"
-            )
-        rank = a.shape[0]
-        live = source._live_lora(group["raw"], adapter)
-        fan_in_fan_out = False
-        if live is not None:
-            r, alpha = live["r"], live["lora_alpha"]
-            scaling, use_rslora = live["scaling"], live["use_rslora"]
-            fan_in_fan_out = live["fan_in_fan_out"]
-            if r is None:
-                r = rank
-        else:
-            config = _config_for(source, adapter, module)
-            r, alpha = module_rank_alpha(config, module)
-            use_rslora = bool(config.get("use_rslora"))
-            scaling = lora_scaling(r, alpha, use_rslora)
-            fan_in_fan_out = bool(config.get("fan_in_fan_out"))
-        if r != rank:
-            raise SpectuneError(
-                f"the config gives module {module} rank r={r}, but {a.name} has shape {a.shape} "
-                f"(rank {rank}); the adapter_config.json does not belong to these weights"
-            )
-        transposed = layer_type == "embedding" or (layer_type == "linear" and fan_in_fan_out)
-        out_dim = b.shape[0]
-        in_numel = 1
-        for d in a.shape[1:]:
-            in_numel *= d
-        if transposed:
-            shape = (in_numel, out_dim)
-            base_shape: tuple[int, ...] = shape
-        else:
-            shape = (out_dim, in_numel)
-            base_shape = (out_dim, *a.shape[1:])
-        if mag is not None and mag.numel != out_dim:
-            raise SpectuneError(
-                f"DoRA magnitude {mag.name} has {mag.numel} entries but {b.name} has {out_dim} "
-                "outputs; the adapter file is inconsistent"
-            )
-        pairs.append(
-            LoraPair(
-                module=module,
-                name_A=a.name,
-                name_B=b.name,
-                r=int(rank),
-                shape=shape,
-                scaling=float(scaling),
-                magnitude_name=mag.name if mag is not None else None,
-                adapter_name=adapter,
-                lora_alpha=float(alpha) if alpha is not None else float("nan"),
-                use_rslora=bool(use_rslora),
-                layer_type=layer_type,
-                transposed=transposed,
-                base_shape=base_shape,
-            )
+    return groups
+
+
+def _pair_of(source: WeightSource, module: str, adapter: str, group: dict[str, Any]) -> LoraPair:
+    """The :class:`LoraPair` of one module and adapter from its grouped tensors (see
+    :func:`pair_lora`, which names the errors)."""
+    a: TensorInfo | None = group.get("A")
+    b: TensorInfo | None = group.get("B")
+    mag: TensorInfo | None = group.get("magnitude")
+    if a is None or b is None:
+        have = b or a or mag
+        assert have is not None
+        missing = "lora_A" if a is None else "lora_B"
+        raise SpectuneError(
+            f"module {module} (adapter {adapter!r}) has {have.name} but no {missing}; the "
+            "adapter file is incomplete (re-save it with peft)"
         )
-    return pairs
+    layer_type = _pair_layer_type(a, b, group["token_A"], module)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[0] != b.shape[1]:
+        raise SpectuneError(
+            f"LoRA factors of {module} do not fit: {a.name} has shape {a.shape} (r rows) "
+            f"and {b.name} has shape {b.shape} (r columns); their ranks must agree"
+        )
+    rank = a.shape[0]
+    live = source._live_lora(group["raw"], adapter)
+    fan_in_fan_out = False
+    if live is not None:
+        r, alpha = live["r"], live["lora_alpha"]
+        scaling, use_rslora = live["scaling"], live["use_rslora"]
+        fan_in_fan_out = live["fan_in_fan_out"]
+        if r is None:
+            r = rank
+    else:
+        config = _config_for(source, adapter, module)
+        r, alpha = module_rank_alpha(config, module)
+        use_rslora = bool(config.get("use_rslora"))
+        scaling = lora_scaling(r, alpha, use_rslora)
+        fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+    if r != rank:
+        raise SpectuneError(
+            f"the config gives module {module} rank r={r}, but {a.name} has shape {a.shape} "
+            f"(rank {rank}); the adapter_config.json does not belong to these weights"
+        )
+    transposed = layer_type == "embedding" or (layer_type == "linear" and fan_in_fan_out)
+    out_dim = b.shape[0]
+    in_numel = 1
+    for d in a.shape[1:]:
+        in_numel *= d
+    if transposed:
+        shape = (in_numel, out_dim)
+        base_shape: tuple[int, ...] = shape
+    else:
+        shape = (out_dim, in_numel)
+        base_shape = (out_dim, *a.shape[1:])
+    if mag is not None and mag.numel != out_dim:
+        raise SpectuneError(
+            f"DoRA magnitude {mag.name} has {mag.numel} entries but {b.name} has {out_dim} "
+            "outputs; the adapter file is inconsistent"
+        )
+    return LoraPair(
+        module=module,
+        name_A=a.name,
+        name_B=b.name,
+        r=int(rank),
+        shape=shape,
+        scaling=float(scaling),
+        magnitude_name=mag.name if mag is not None else None,
+        adapter_name=adapter,
+        lora_alpha=float(alpha) if alpha is not None else float("nan"),
+        use_rslora=bool(use_rslora),
+        layer_type=layer_type,
+        transposed=transposed,
+        base_shape=base_shape,
+    )
+
+
+def pair_lora(source: WeightSource) -> list[LoraPair]:
+    """Pair the LoRA tensors of a source by (normalized module, adapter).
+
+    Args:
+        source: any weight source holding ``lora_A`` / ``lora_B`` tensors.
+
+    Returns:
+        One :class:`LoraPair` per LoRA layer and adapter, in natural module order.
+
+    Raises:
+        SpectuneError: no LoRA tensors; a ``lora_A`` without ``lora_B`` (or the reverse, or a
+            DoRA magnitude without both), naming the module; ranks or shapes that do not fit
+            (naming both tensors); a rank that disagrees with the config; no config.
+    """
+    for adapter, config in source.peft_configs.items():
+        if config.get("peft_type", "LORA") != "LORA":
+            raise SpectuneError(
+                f"{source._label()}: adapter {adapter!r} has peft_type {config['peft_type']!r}; "
+                "only LoRA adapters (incl. rsLoRA and DoRA) can be paired"
+            )
+    groups = _lora_groups(source)
+    return [
+        _pair_of(source, module, adapter, group)
+        for (module, adapter), group in sorted(
+            groups.items(), key=lambda item: (natural_key(item[0][0]), item[0][1])
+        )
+    ]

@@ -19,8 +19,8 @@ from spectune.report.pages.comparison import render_comparison
 from spectune.report.pages.run import render_run
 from spectune.report.pages.spectra import render_spectra, write_spectra_report
 from spectune.watch import analyze, summarize
-from spectune.watch.analyze import OVERFIT_ADAPTER
 from spectune.watch.compare import compare_models
+from spectune.watch.rows import OVERFIT_ADAPTER
 from spectune.watch.tpl import ALPHA_AT_BOUND, LAMBDA_AT_BOUND
 
 from .test_comparison import make_comparison
