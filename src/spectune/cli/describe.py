@@ -1,4 +1,4 @@
-"""``spectune describe``: the matrices analyze would look at, shapes only (reads no data)."""
+"""``spectune describe``: the matrices watch would look at, shapes only (reads no data)."""
 
 from __future__ import annotations
 
