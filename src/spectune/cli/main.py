@@ -75,8 +75,11 @@ _DESCRIPTION = (
 
 def old_name_note(old: str) -> str:
     """The line ``spectune OLD ...`` prints on stderr before it runs as its new verb."""
-    return (f"spectune: note: `spectune {old}` is now `spectune {OLD_NAMES[old]}`; "
-            "the old name goes in the next release")  # fmt: skip
+    new = OLD_NAMES[old]
+    return (
+        f"spectune: note: `spectune {old}` is now `spectune {new}`; "
+        "the old name goes in the next release"
+    )
 
 
 def _verb_listing(helps: dict[str, str], width: int) -> str:
