@@ -101,7 +101,7 @@ def test_analyze_progress_uses_the_shared_tqdm_bar(tmp_path, capsys):
 
     path = tmp_path / "w.safetensors"
     save_file({f"m{i}.weight": torch.randn(48, 24) for i in range(3)}, str(path))
-    assert main(["analyze", str(path), "--min-evals", "4"]) == 0
+    assert main(["watch", str(path), "--min-evals", "4"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"spectra: +\d+%\|.*\| \d/3 \[", err)
 

@@ -1,4 +1,4 @@
-"""``spectune analyze`` / ``spectune describe``: outputs, exit codes, atomic writes."""
+"""``spectune watch`` / ``spectune describe``: outputs, exit codes, atomic writes."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def adapter(tmp_path_factory, hf_folder) -> Path:
 
 def test_analyze_writes_csv_json_summary_and_plots(hf_folder, tmp_path, capsys):
     out = tmp_path / "results"
-    code = main(["analyze", str(hf_folder), "--out", str(out), "--plots", "--no-progress"])
+    code = main(["watch", str(hf_folder), "--out", str(out), "--plots", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "lowest and highest alpha" in printed and "wrote" in printed
@@ -99,7 +99,7 @@ def test_analyze_writes_csv_json_summary_and_plots(hf_folder, tmp_path, capsys):
 
 def test_analyze_adapter_with_base_writes_the_scatter(adapter, hf_folder, tmp_path):
     out = tmp_path / "ad"
-    code = main(["analyze", str(adapter), "--base", str(hf_folder), "--out", str(out),
+    code = main(["watch", str(adapter), "--base", str(hf_folder), "--out", str(out),
                  "--plots", "--no-progress", "--min-evals", "4"])  # fmt: skip
     assert code == 0
     assert (out / "alpha_vs_base.png").is_file()
@@ -110,7 +110,7 @@ def test_analyze_adapter_with_base_writes_the_scatter(adapter, hf_folder, tmp_pa
     ref = analyze(adapter, base=hf_folder, min_evals=4, progress=False)
     pd.testing.assert_series_equal(csv["base_alpha"], ref["base_alpha"], check_exact=False)
     unscaled = tmp_path / "unscaled"
-    assert main(["analyze", str(adapter), "--no-lora-scaling", "--out", str(unscaled),
+    assert main(["watch", str(adapter), "--no-lora-scaling", "--out", str(unscaled),
                  "--no-progress"]) == 0  # fmt: skip
     u = pd.read_csv(unscaled / "details.csv")
     pd.testing.assert_series_equal(csv["lambda_max"], 4.0 * u["lambda_max"], check_exact=False,
@@ -120,11 +120,11 @@ def test_analyze_adapter_with_base_writes_the_scatter(adapter, hf_folder, tmp_pa
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["analyze", "{missing}"], "no such file or folder"),
-        (["analyze", "{hf}", "--layers", "(oops"], "not a valid regular expression"),
-        (["analyze", "{hf}", "--delta"], "delta=True needs base="),
-        (["analyze", "{hf}", "--peft"], "LoRA"),
-        (["analyze", "{truncated}"], "model.safetensors"),
+        (["watch", "{missing}"], "no such file or folder"),
+        (["watch", "{hf}", "--layers", "(oops"], "not a valid regular expression"),
+        (["watch", "{hf}", "--delta"], "delta=True needs base="),
+        (["watch", "{hf}", "--peft"], "LoRA"),
+        (["watch", "{truncated}"], "model.safetensors"),
         (["describe", "{missing}"], "no such file or folder"),
     ],
 )
@@ -136,7 +136,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, hf_folder, tmp_path, ca
             "{truncated}": str(truncated)}  # fmt: skip
     out = tmp_path / "out"
     argv = [subs.get(a, a) for a in args]
-    if argv[0] == "analyze":
+    if argv[0] == "watch":
         argv += ["--out", str(out), "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -148,7 +148,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, hf_folder, tmp_path, ca
 def test_missing_source_exit_code_2_in_a_subprocess(tmp_path):
     missing = tmp_path / "missing_model"
     proc = subprocess.run(
-        [sys.executable, "-m", "spectune.cli.main", "analyze", str(missing), "--out",
+        [sys.executable, "-m", "spectune.cli.main", "watch", str(missing), "--out",
          str(tmp_path / "o")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -176,7 +176,7 @@ def test_a_failure_while_writing_leaves_no_partial_file(hf_folder, tmp_path, mon
     monkeypatch.setattr(Figure, "savefig", crash_on_second)
     out = tmp_path / "results"
     with pytest.raises(OSError, match="disk full"):
-        main(["analyze", str(hf_folder), "--out", str(out), "--plots", "--no-progress"])
+        main(["watch", str(hf_folder), "--out", str(out), "--plots", "--no-progress"])
     assert leftovers(out) == []
     assert not (out / "alpha_depth.png").exists()  # the figure being written when it failed
     strict_json(out / "details.json")
@@ -187,7 +187,7 @@ def test_a_failure_while_writing_leaves_no_partial_file(hf_folder, tmp_path, mon
 
 def test_layers_precision_and_fix_fingers_options(hf_folder, tmp_path):
     out = tmp_path / "sel"
-    assert main(["analyze", str(hf_folder), "--layers", r"layers\.0\..*proj", "--precision",
+    assert main(["watch", str(hf_folder), "--layers", r"layers\.0\..*proj", "--precision",
                  "float32", "--fix-fingers", "clip_xmax", "--mp-fit", "--out", str(out),
                  "--no-progress"]) == 0  # fmt: skip
     csv = pd.read_csv(out / "details.csv")
@@ -227,7 +227,7 @@ def test_delta_with_plots(hf_folder, tmp_path):
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     ft.save_pretrained(tmp_path / "ft")
     out = tmp_path / "delta"
-    assert main(["analyze", str(tmp_path / "ft"), "--base", str(hf_folder), "--delta",
+    assert main(["watch", str(tmp_path / "ft"), "--base", str(hf_folder), "--delta",
                  "--out", str(out), "--plots", "--no-progress"]) == 0  # fmt: skip
     csv = pd.read_csv(out / "details.csv")
     changed = csv[csv["longname"].str.contains(r"layers\.0\.")]

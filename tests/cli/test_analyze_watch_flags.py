@@ -1,4 +1,4 @@
-"""``spectune analyze`` with the issue-13 flags: --fit TPL, --fix-fingers xmin_peak,
+"""``spectune watch`` with the issue-13 flags: --fit TPL, --fix-fingers xmin_peak,
 --compare-fits, --detx, --intruders (with --delta and --base)."""
 
 from __future__ import annotations
@@ -32,21 +32,21 @@ def tensors(seed: int, bump: float = 0.0) -> dict[str, torch.Tensor]:
 def test_tpl_and_fit_comparison_columns(tmp_path, capsys):
     src = write(tmp_path / "m", tensors(0))
     out = tmp_path / "out"
-    args = ["analyze", str(src), "--fit", "TPL", "--compare-fits", "--detx", "--no-progress",
+    args = ["watch", str(src), "--fit", "TPL", "--compare-fits", "--detx", "--no-progress",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     details = pd.read_csv(out / "details.csv")
     for col in ["Lambda", "pl_tpl_R", "pl_tpl_p", "better_fit", "detX_num", "ERG_gap"]:
         assert col in details.columns, col
     assert (details["status"] == "success").all()
-    assert main(["analyze", str(src), "--fix-fingers", "xmin_peak", "--no-progress"]) == 0
+    assert main(["watch", str(src), "--fix-fingers", "xmin_peak", "--no-progress"]) == 0
 
 
 def test_intruders_with_delta(tmp_path, capsys):
     base = write(tmp_path / "base", tensors(0))
     tuned = write(tmp_path / "tuned", tensors(0, bump=30.0))
     out = tmp_path / "out"
-    args = ["analyze", str(tuned), "--base", str(base), "--delta", "--intruders",
+    args = ["watch", str(tuned), "--base", str(base), "--delta", "--intruders",
             "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     assert "intruder dimensions: 1 in 1 layers" in capsys.readouterr().out
@@ -58,7 +58,7 @@ def test_analyze_report_embeds_the_intruder_and_flow_sections(tmp_path, capsys):
     base = write(tmp_path / "base", tensors(0))
     tuned = write(tmp_path / "tuned", tensors(0, bump=30.0))
     out = tmp_path / "out"
-    args = ["analyze", str(tuned), "--base", str(base), "--delta", "--intruders", "--report",
+    args = ["watch", str(tuned), "--base", str(base), "--delta", "--intruders", "--report",
             "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     names = {p.name for p in out.iterdir()}
@@ -74,5 +74,5 @@ def test_analyze_report_embeds_the_intruder_and_flow_sections(tmp_path, capsys):
 
 def test_intruders_without_base_is_an_input_error(tmp_path, capsys):
     src = write(tmp_path / "m", tensors(0))
-    assert main(["analyze", str(src), "--intruders", "--no-progress"]) == 2
+    assert main(["watch", str(src), "--intruders", "--no-progress"]) == 2
     assert "needs base=" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Bad inputs a user can give analyze, describe and report: one line on stderr, exit code 2.
+"""Bad inputs a user can give watch, describe and report: one line on stderr, exit code 2.
 
 Output folders are checked before any computing. The tests run as any user, root included:
 root can write into a folder whatever its mode, so an "unwritable folder" here is a path under
@@ -75,13 +75,13 @@ def one_line_error(capsys) -> str:
 def test_analyze_out_under_a_file_exits_2_before_computing(few_matrices, a_file, no_compute,
                                                           capsys):  # fmt: skip
     out = a_file / "results"
-    assert main(["analyze", str(few_matrices), "--out", str(out), "--no-progress"]) == 2
+    assert main(["watch", str(few_matrices), "--out", str(out), "--no-progress"]) == 2
     err = one_line_error(capsys)
     assert "--out" in err and str(out) in err and "is a file" in err
 
 
 def test_analyze_out_that_is_a_file_exits_2(few_matrices, a_file, no_compute, capsys):
-    assert main(["analyze", str(few_matrices), "--out", str(a_file), "--no-progress"]) == 2
+    assert main(["watch", str(few_matrices), "--out", str(a_file), "--no-progress"]) == 2
     err = one_line_error(capsys)
     assert f"--out {a_file} is a file" in err
     assert a_file.read_text() == "not a folder"
@@ -90,7 +90,7 @@ def test_analyze_out_that_is_a_file_exits_2(few_matrices, a_file, no_compute, ca
 @pytest.mark.skipif(UNWRITABLE is None, reason="no folder here that root cannot write")
 def test_analyze_out_in_a_read_only_folder_exits_2(few_matrices, no_compute, capsys):
     out = UNWRITABLE / "spectune-results"
-    assert main(["analyze", str(few_matrices), "--out", str(out), "--no-progress"]) == 2
+    assert main(["watch", str(few_matrices), "--out", str(out), "--no-progress"]) == 2
     err = one_line_error(capsys)
     assert "not writable" in err and str(out) in err
 
@@ -142,7 +142,7 @@ def test_describe_layers_matching_nothing_exits_2_like_analyze(few_matrices, cap
     err = one_line_error(capsys)
     assert "--layers 'no_such_layer' selects no matrix" in err
     assert capsys.readouterr().out == ""
-    assert main(["analyze", str(few_matrices), "--layers", "no_such_layer", "--no-progress"]) == 2
+    assert main(["watch", str(few_matrices), "--layers", "no_such_layer", "--no-progress"]) == 2
     assert "selects no matrix" in one_line_error(capsys)
 
 
@@ -158,7 +158,7 @@ def test_report_on_a_missing_folder_says_it_is_missing(tmp_path, a_file, capsys)
 
 
 def test_analyze_table_shows_each_row_once_with_few_matrices(few_matrices, capsys):
-    assert main(["analyze", str(few_matrices), "--no-progress", "--min-evals", "4"]) == 0
+    assert main(["watch", str(few_matrices), "--no-progress", "--min-evals", "4"]) == 0
     out = capsys.readouterr().out
     for i in range(3):
         assert out.count(f"layers.{i}.proj") == 1, out
@@ -169,7 +169,7 @@ def test_analyze_table_shows_5_lowest_and_5_highest_of_many(tmp_path, capsys):
     path = tmp_path / "many.safetensors"
     save_file({f"m{i:02d}.weight": torch.randn(64, 32, generator=g) for i in range(12)},
               str(path))  # fmt: skip
-    assert main(["analyze", str(path), "--no-progress", "--min-evals", "4"]) == 0
+    assert main(["watch", str(path), "--no-progress", "--min-evals", "4"]) == 0
     out = capsys.readouterr().out
     shown = [i for i in range(12) if f"m{i:02d}" in out]
     assert len(shown) == 10 and all(out.count(f"m{i:02d}") == 1 for i in shown)
@@ -247,7 +247,7 @@ def test_an_override_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
 def test_analyze_refuses_evals_limits_that_skip_everything(few_matrices, no_compute, capsys,
                                                           argv, option):  # fmt: skip
     """Issue 20, case 12: --max-evals 0 was accepted (every matrix skipped)."""
-    assert main(["analyze", str(few_matrices), *argv, "--no-progress"]) == 2
+    assert main(["watch", str(few_matrices), *argv, "--no-progress"]) == 2
     assert one_line_error(capsys).startswith(f"spectune: error: {option} must be >= ")
 
 

@@ -62,7 +62,7 @@ def test_report_without_out_is_an_input_error(tmp_path, capsys):
     a = write_model(tmp_path / "a", 1.0)
     assert main(["compare", str(a), str(a), "--report", "--no-progress"]) == 2
     assert "--report needs --out" in capsys.readouterr().err
-    assert main(["analyze", str(a), "--report", "--no-progress"]) == 2
+    assert main(["watch", str(a), "--report", "--no-progress"]) == 2
     assert "--report needs --out" in capsys.readouterr().err
     assert main(["report", str(a)]) == 2
     assert "details.csv / compare.csv" in capsys.readouterr().err
@@ -91,7 +91,7 @@ def test_analyze_and_compare_never_write_into_a_folder_of_the_users(tmp_path, ca
                        ("flow.csv", "my,columns\n")):  # fmt: skip
         (out / name).write_text(text)
     before = _snapshot(out)
-    commands = [["analyze", str(a), "--plots", "--report"], ["compare", str(a), str(b), "--report"]]
+    commands = [["watch", str(a), "--plots", "--report"], ["compare", str(a), str(b), "--report"]]
     for argv in commands:
         assert main([*argv, "--out", str(out), "--no-progress"]) == 2
         printed = capsys.readouterr()
@@ -120,7 +120,7 @@ def test_a_rerun_replaces_its_own_output_and_keeps_the_users_files(tmp_path, cap
     assert json.loads((out / "compare.json").read_text())["n_collapsed"] == 0
     assert (out / "notes.txt").read_text() == "my notes"
     before = _snapshot(out)
-    assert main(["analyze", str(a), "--out", str(out), "--no-progress"]) == 2
+    assert main(["watch", str(a), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a spectune compare run, not an analyze run" in err
     assert _snapshot(out) == before
@@ -133,9 +133,9 @@ def test_a_rerun_replaces_its_own_output_and_keeps_the_users_files(tmp_path, cap
     assert (out / "notes.txt").read_text() == "my notes"
     # analyze into its own folder, then again with other options
     ana = tmp_path / "ana"
-    assert main(["analyze", str(a), "--out", str(ana), "--plots", "--no-progress"]) == 0
+    assert main(["watch", str(a), "--out", str(ana), "--plots", "--no-progress"]) == 0
     assert (ana / "esd_0.png").is_file()
-    assert main(["analyze", str(a), "--out", str(ana), "--report", "--no-progress"]) == 0
+    assert main(["watch", str(a), "--out", str(ana), "--report", "--no-progress"]) == 0
     marker = json.loads((ana / "run.json").read_text())
     assert marker["kind"] == "analyze" and marker["status"] == "complete"
     assert (ana / "report.html").is_file() and "report.html" in marker["files"]

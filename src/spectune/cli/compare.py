@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from spectune._io import check_writable_dir
     from spectune.cli._common import print_table
-    from spectune.cli.analyze import resolve_source
+    from spectune.cli.watch import resolve_source
     from spectune.errors import SpectuneError
     from spectune.results.runfolder import RunFolder
     from spectune.watch import analyze

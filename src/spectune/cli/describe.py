@@ -1,4 +1,4 @@
-"""``spectune describe``: the matrices analyze would look at, shapes only (reads no data)."""
+"""``spectune describe``: the matrices watch would look at, shapes only (reads no data)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _check_ours(csv: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_file
     from spectune.cli._common import print_table
-    from spectune.cli.analyze import resolve_source
+    from spectune.cli.watch import resolve_source
     from spectune.errors import SpectuneError
     from spectune.watch import describe
 

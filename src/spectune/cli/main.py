@@ -1,8 +1,13 @@
 """Entry point of the ``spectune`` command.
 
-Each subcommand lives in its own module ``spectune.cli.<name>`` exposing ``HELP`` (one line),
+Each verb lives in its own module ``spectune.cli.<module>`` exposing ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Those modules import only ``argparse`` and
 the standard library at top level, so ``spectune --help`` answers without loading torch.
+
+``spectune --help`` lists the verbs under the README's words (:data:`HEADINGS`): tune, watch,
+judge and study, show. A renamed verb keeps its old name for one release (:data:`OLD_NAMES`):
+the old name parses and runs exactly as the new verb (same output, same exit codes) after one
+note on stderr naming the new verb.
 """
 
 from __future__ import annotations
@@ -11,28 +16,47 @@ import argparse
 import errno
 import importlib
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
-# subcommand -> module; the order is the order of ``spectune --help``
+#: verb -> the module that implements it; the order is the order of ``spectune --help``
 COMMANDS: dict[str, str] = {
-    "demo": "spectune.cli.demo",
     "tune": "spectune.cli.tune",
-    "sweep": "spectune.cli.sweep",
+    "methods": "spectune.cli.methods",
+    "memory": "spectune.cli.memory",
     "augment": "spectune.cli.augment",
+    "model": "spectune.cli.model",
+    "watch": "spectune.cli.watch",
+    "compare": "spectune.cli.compare",
+    "describe": "spectune.cli.describe",
+    "demo": "spectune.cli.demo",
+    "sweep": "spectune.cli.sweep",
     "study": "spectune.cli.study",
     "search": "spectune.cli.search",
     "advise": "spectune.cli.advise",
     "report": "spectune.cli.report",
-    "describe": "spectune.cli.describe",
-    "analyze": "spectune.cli.analyze",
-    "compare": "spectune.cli.compare",
+    # an old name with a module of its own, which prints its note (see OLD_NAMES)
     "frog-plan": "spectune.cli.frog_plan",
-    "plan": "spectune.cli.plan",
-    "methods": "spectune.cli.methods",
-    "model": "spectune.cli.model",
 }
 
+#: the headings of ``spectune --help`` (the README's words) -> their verbs
+HEADINGS: dict[str, tuple[str, ...]] = {
+    "tune: one fine-tuning run and what it needs":
+        ("tune", "methods", "memory", "augment", "model"),
+    "watch: spectral diagnostics of any weights": ("watch", "compare", "describe"),
+    "judge and study: many runs, learning against forgetting":
+        ("demo", "sweep", "study", "search", "advise"),
+    "show: the page of a results folder": ("report",),
+}  # fmt: skip
+
+#: old verb -> what to type now; kept for one release. An old name that is not itself in
+#: COMMANDS runs its new verb after a note printed here; one that is (frog-plan) keeps its own
+#: module, which prints its note
+OLD_NAMES: dict[str, str] = {"analyze": "watch", "plan": "memory", "frog-plan": "methods frog"}
 
 #: the subcommands that run as several processes under torchrun / accelerate launch
 LAUNCHABLE = ("tune",)
@@ -43,16 +67,48 @@ _ENVIRONMENT_ERRNOS = {
     errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
 }  # fmt: skip
 
+_DESCRIPTION = (
+    "Tune language models parameter-efficiently (LoRA, DoRA, QLoRA, FROG), watch their weight "
+    "spectra (WeightWatcher metrics), judge learning against forgetting."
+)
+
+
+def old_name_note(old: str) -> str:
+    """The line ``spectune OLD ...`` prints on stderr before it runs as its new verb."""
+    new = OLD_NAMES[old]
+    return (
+        f"spectune: note: `spectune {old}` is now `spectune {new}`; "
+        "the old name goes in the next release"
+    )
+
+
+def _verb_listing(helps: dict[str, str], width: int) -> str:
+    """The verbs under their headings, aligned and wrapped like argparse's own lists."""
+    listed = [verb for verbs in HEADINGS.values() for verb in verbs if verb in helps]
+    column = max(len(verb) for verb in listed) + 4
+    blocks = []
+    for heading, verbs in HEADINGS.items():
+        lines = [heading]
+        for verb in (v for v in verbs if v in helps):
+            wrapped = textwrap.wrap(helps[verb], max(width - column, 20)) or [""]
+            lines.append(f"  {verb:<{column - 2}}{wrapped[0]}")
+            lines.extend(" " * column + line for line in wrapped[1:])
+        blocks.append("\n".join(lines))
+    renamed = ", ".join(f"{old} -> {new}" for old, new in OLD_NAMES.items())
+    blocks.append(textwrap.fill(f"old names, kept until the next release: {renamed}", width))
+    return "\n\n".join(blocks)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from spectune import __version__
 
+    modules = {name: importlib.import_module(module) for name, module in COMMANDS.items()}
+    width = shutil.get_terminal_size().columns - 2  # argparse's own width
+    helps = {name: module.HELP for name, module in modules.items()}
     parser = argparse.ArgumentParser(
         prog="spectune",
-        description=(
-            "Tune language models parameter-efficiently (LoRA, DoRA, QLoRA, FROG), watch their "
-            "weight spectra (WeightWatcher metrics), judge learning against forgetting."
-        ),
+        description=f"{textwrap.fill(_DESCRIPTION, width)}\n\n{_verb_listing(helps, width)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"spectune {__version__}")
     parser.add_argument(
@@ -63,13 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show every library warning (by default those a user cannot act on are hidden)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        help="one of the verbs above; `spectune COMMAND --help` shows its options",
+    )
+    # no help= below: the verbs are listed under their headings, not under COMMAND
+    for name, module in modules.items():
+        _add_verb(sub, name, module, module.HELP)
+    for old, new in OLD_NAMES.items():
+        if old not in COMMANDS and new in COMMANDS:
+            text = f"the old name of `spectune {new}`, kept until the next release: "
+            _add_verb(sub, old, modules[new], text + modules[new].HELP)
     return parser
+
+
+def _add_verb(sub: Any, name: str, module: ModuleType, text: str) -> None:
+    cmd = sub.add_parser(name, description=text)
+    module.add_arguments(cmd)
+    cmd.set_defaults(_run=module.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spectune.errors import SpectuneError
     from spectune.tune.scale.distributed import error_line, write_line
 
+    if args.command in OLD_NAMES and args.command not in COMMANDS:
+        write_line(old_name_note(args.command))
     quiet_libraries(verbose=args.verbose)
     try:
         if args.command not in LAUNCHABLE and int(os.environ.get("WORLD_SIZE") or 1) > 1:

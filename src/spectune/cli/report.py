@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "write report.html for a results folder of tune, sweep, demo, analyze or compare"
+HELP = "write report.html for a results folder of tune, sweep, demo, watch or compare"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="a folder written by spectune tune, sweep or demo, or "
-                        "by analyze / compare with --out")  # fmt: skip
+                        "by watch / compare with --out")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise SpectuneError(
             f"{folder} holds neither metrics.json (a tune run), results.csv (a sweep or the "
-            "demo) nor details.csv / compare.csv (analyze or compare --out); pass a results folder"
+            "demo) nor details.csv / compare.csv (watch or compare --out); pass a results folder"
         )
     print(f"wrote {path}")
     return 0

@@ -1,4 +1,4 @@
-"""``spectune tune``: fine-tune, judge (learning vs forgetting) and analyze one run."""
+"""``spectune tune``: fine-tune, judge (learning vs forgetting) and watch one run."""
 
 from __future__ import annotations
 

@@ -130,15 +130,15 @@ def test_largest_batch_for_a_budget():
 
 def test_plan_cli(capsys):
     model = str(CONFIGS / "llama-2-7b")
-    assert main(["plan", model, "--method", "qlora", "--r", "16", "--batch", "4", "--seq", "2048",
+    assert main(["memory", model, "--method", "qlora", "--r", "16", "--batch", "4", "--seq", "2048",
                  "--budget-gib", "24"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "qlora" in out and "6.74B parameters" in out and "budget 24 GiB" in out
     assert "MALLOC_MMAP_THRESHOLD_=131072" in out  # where the peak RSS can exceed the estimate
-    assert main(["plan", model, "--json", "--batch", "1", "--seq", "512"]) == 0
+    assert main(["memory", model, "--json", "--batch", "1", "--seq", "512"]) == 0
     plans = json.loads(capsys.readouterr().out)
     assert {p["method"] for p in plans} >= {"lora", "qlora", "frog", "full"}
-    assert main(["plan", model, "--method", "nope"]) == 2
+    assert main(["memory", model, "--method", "nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
 
 
@@ -152,7 +152,7 @@ def _one_line(capsys) -> str:
 def test_plan_refuses_a_budget_that_is_not_a_positive_number(capsys, budget):
     """Issue 20, case 11: ``--budget-gib nan`` was a ValueError traceback."""
     model = str(CONFIGS / "llama-2-7b")
-    assert main(["plan", model, f"--budget-gib={budget}"]) == 2
+    assert main(["memory", model, f"--budget-gib={budget}"]) == 2
     assert "--budget-gib must be a finite number of GiB > 0" in _one_line(capsys)
 
 
@@ -161,7 +161,7 @@ def test_plan_of_a_model_without_decoder_layers_says_so(tmp_path, capsys, method
     """Issue 20, case 12: it talked about target_modules (or planned 'full' of no layers)."""
     config = json.loads((CONFIGS / "llama-3.2-1b" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 0}))
-    assert main(["plan", str(tmp_path), "--method", method]) == 2
+    assert main(["memory", str(tmp_path), "--method", method]) == 2
     err = _one_line(capsys)
     assert "no decoder layers spectune can plan for" in err and "target_modules" not in err
 
@@ -171,7 +171,7 @@ def test_plan_of_a_config_json_with_a_field_of_the_wrong_type_names_it(tmp_path,
     traceback from huggingface_hub."""
     config = json.loads((CONFIGS / "llama-3.2-1b" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": "big"}))
-    assert main(["plan", str(tmp_path)]) == 2
+    assert main(["memory", str(tmp_path)]) == 2
     err = _one_line(capsys)
     assert "config.json" in err and "'hidden_size'" in err and "fix that field" in err
 

@@ -1,4 +1,5 @@
-"""``spectune analyze``: spectral diagnostics of a model, checkpoint, GGUF or PEFT adapter."""
+"""``spectune watch`` (old name ``analyze``): spectral diagnostics of a model, checkpoint, GGUF
+or PEFT adapter."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", action="store_true", help="analyze W - W_base (needs --base)")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
     parser.add_argument("--out", help="results folder for details.csv/.json, summary.json, plots "
-                        "(new, empty, or an earlier analyze --out, whose files are replaced)")  # fmt: skip
+                        "(new, empty, or an earlier watch --out, whose files are replaced)")  # fmt: skip
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
     parser.add_argument("--report", action="store_true",
                         help="also write report.html to --out, with the figures and flow.csv "
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.max_evals}: with it every matrix would be skipped or too small"
         )
     # checked before the analysis, which can take minutes, not after it: a folder of the
-    # user's (or of another spectune command) is refused, an earlier analyze's is replaced
+    # user's (or of another spectune command) is refused, an earlier watch's is replaced. Its
+    # marker's kind stays "analyze", the verb's old name, so folders written before still count
     out = check_writable_dir(args.out, "--out") if args.out else None
     folder = RunFolder(out, "analyze") if out is not None else None
     if folder is not None:
