@@ -9,7 +9,7 @@ loss log), median over the steps after the first two (warm-up). The arms alterna
 ``--repeats`` times, so that both see the same machine load; the figure is the median of the
 per-run medians. Judging is cut to the minimum (2 held-out questions, no spectra, no base
 judging): only the training steps are timed. Also printed: the loss curves' largest relative
-difference (they are the same optimization: see tests/tune/scale/test_distributed.py).
+difference (they are the same optimization: see tests/tuning/scale/test_distributed.py).
 
 ``--tiny H`` trains a random 4-block Llama of hidden size H with the embedded model's
 tokenizer instead (seconds per run where SmolLM2-135M takes minutes on a busy machine).

@@ -61,10 +61,10 @@ def onednn_kernel() -> str:
 
 def build(dtype: str, tmp: Path):
     from spectune.models.loading import default_model_dir
-    from spectune.tune import recipe
-    from spectune.tune.config import TuneConfig
-    from spectune.tune.methods import get_method
-    from spectune.tune.methods.base import BuildContext
+    from spectune.tuning import recipe
+    from spectune.tuning.config import TuneConfig
+    from spectune.tuning.methods import get_method
+    from spectune.tuning.methods.base import BuildContext
 
     config = TuneConfig.from_dict({"model": "default", "method": "lora", "model_dtype": dtype,
                                    "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}})  # fmt: skip

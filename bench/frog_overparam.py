@@ -6,7 +6,7 @@ and the two options at the same budget G, how many trainable weights land on the
 importance, per-matrix largest-remainder allocation, as plan_frog allocates).
 
 With ``--train``: trains plain FROG, ``overparam: away`` and ``overparam: towards`` at the
-same budget with the demo's settings (``spectune.study.demo``: the bundled task set,
+same budget with the demo's settings (``spectune.studies.demo``: the bundled task set,
 all-linear targets, FROG's budget matched to LoRA r=8's trainable count, 25 steps), one run
 each per seed, into one sweep folder (``results.csv``, ``report.html``, ``runs/<name>/``; an
 interrupted measurement continues with ``--resume``). Then prints, per mode, the held-out
@@ -36,8 +36,8 @@ MODES = ("none", "away", "towards")
 def allocation(budget: float, factor: float) -> None:
     """Where the budget lands under each mode (no training)."""
     from spectune.models.loading import default_model_dir
-    from spectune.tune.methods.frog.budget import allocate, overparam_importance, total_trainable
-    from spectune.tune.methods.frog.scoring import frobenius_importance
+    from spectune.tuning.methods.frog.budget import allocate, overparam_importance, total_trainable
+    from spectune.tuning.methods.frog.scoring import frobenius_importance
     from spectune.watch import analyze
 
     d = analyze(str(default_model_dir()), layers=r"\.layers\.", progress=False)
@@ -61,8 +61,8 @@ def allocation(budget: float, factor: float) -> None:
 
 def training_runs(seeds: list[int], factor: float, overrides: list[str]) -> list[tuple]:
     """(name, config, setting) of every run: the demo's FROG config, one per mode and seed."""
-    from spectune.study.demo import demo_runs
-    from spectune.tune.config import TuneConfig, apply_overrides
+    from spectune.studies.demo import demo_runs
+    from spectune.tuning.config import TuneConfig, apply_overrides
 
     ((_, frog, _),) = demo_runs(("frog",), overrides)
     runs = []
@@ -132,7 +132,7 @@ def measure(out: Path, runs: list[tuple], seeds: list[int]) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from spectune.study.sweep import run_comparison
+    from spectune.studies.sweep import run_comparison
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     runs = training_runs(seeds, args.factor, args.overrides)

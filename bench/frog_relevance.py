@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from spectune.tune.methods.frog.scoring import relevance
+from spectune.tuning.methods.frog.scoring import relevance
 
 
 def make_matrix(kind: str, n: int, seed: int) -> torch.Tensor:

@@ -76,7 +76,7 @@ def build(method: str, seed: int, frog_dir: str, frog_trainable: int | None):
     batch = _batch(tokenizer, seed)
     info: dict = {"method": method}
     if method == "frog":
-        from spectune.tune.methods.frog import FrogConfig, apply_frog, load_frog, plan_frog
+        from spectune.tuning.methods.frog import FrogConfig, apply_frog, load_frog, plan_frog
 
         if frog_trainable is None:  # memory run: plan from scratch
             start = time.perf_counter()
@@ -119,7 +119,7 @@ def memory_worker(method: str, seed: int, frog_dir: str, frog_trainable: int | N
     step(model, opt, batch)  # warm-up: creates the optimizer state
     step(model, opt, batch)
     if method == "frog":
-        from spectune.tune.methods.frog import save_frog
+        from spectune.tuning.methods.frog import save_frog
 
         save_frog(model, frog_dir)
     info.update(

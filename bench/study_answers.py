@@ -37,7 +37,7 @@ FAMILY = ("lora", "dora", "qlora", "full")
 
 
 def finished(folder: Path) -> Any:
-    from spectune.study.study import StudyResult
+    from spectune.studies.study import StudyResult
 
     if not (folder / "study.json").is_file():
         print(f"running spectune study {CONFIGS[folder.name].name} into {folder}", flush=True)

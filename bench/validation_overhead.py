@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("--n-validation", type=int, default=64)
     args = parser.parse_args()
 
-    from spectune.tune.config import load_config
-    from spectune.tune.recipe import tune
+    from spectune.tuning.config import load_config
+    from spectune.tuning.recipe import tune
 
     root = Path(__file__).resolve().parents[1]
     config = load_config(root / "configs" / "lora.yaml", [

@@ -79,8 +79,8 @@ def _one_torch_thread(request):
 # runs on the embedded model take 9-12 minutes on one thread), then the other modules with
 # real-weight tests, then the rest, so that no worker is left with a long module at the end.
 #: modules that go first, in this order (the longest in the last measured run)
-_FIRST = ("tests/study/test_demo_claims.py", "tests/tune/objectives/test_distill.py",
-          "tests/study/test_study_ray.py")  # fmt: skip
+_FIRST = ("tests/studies/test_demo_claims.py", "tests/tuning/objectives/test_distill.py",
+          "tests/studies/test_study_ray.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -187,7 +187,7 @@ def tiny_run_config(model_dir: Path, method: str = "lora", **changes: Any) -> di
             "warmup_steps": 0,
         },  # fmt: skip
     }
-    from spectune.tune.methods import get_method
+    from spectune.tuning.methods import get_method
 
     try:
         reads = set(get_method(method).sections)
@@ -212,5 +212,5 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
     root = cache_root()  # resolve the real cache first (the default model lives there)
     judge_dir = tmp_path_factory.getbasetemp() / "judge-cache"
-    monkeypatch.setattr("spectune.judge.cache.cache_dir", lambda: judge_dir)
+    monkeypatch.setattr("spectune.judging.cache.cache_dir", lambda: judge_dir)
     yield root

@@ -1,5 +1,5 @@
 """glibc's mmap threshold, fixed with its own environment variable ``MALLOC_MMAP_THRESHOLD_``
-(what the README and ``spectune.tune.scale.memory`` advise for a peak RSS that stays at the
+(what the README and ``spectune.tuning.scale.memory`` advise for a peak RSS that stays at the
 estimate): freed blocks go back to the system instead of staying resident as holes in the
 heap (the memory a training step's peak RSS grows by after the first step by default)."""
 

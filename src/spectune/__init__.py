@@ -13,23 +13,19 @@ The public API, what a user calls (``import spectune as st``):
   :func:`sweep`, :func:`study`, :func:`search`, :func:`demo`, and :func:`advise` on the
   :func:`load_candidates` of a results folder.
 
-Everything else lives in its package (``spectune.watch``, ``spectune.tune``...) and is not part
+Everything else lives in its package (``spectune.watch``, ``spectune.tuning``...) and is not part
 of this list. The names are loaded on first use (PEP 562), so ``import spectune`` and the CLI's
 start-up stay fast: torch, transformers and peft are imported only when a function needs them.
 
-``tune``, ``study`` and ``judge`` are both verbs and subpackages. Python binds a subpackage to
-its parent's attribute whenever it is imported, so ``st.tune`` is the package
-``spectune.tune``, made callable: ``st.tune(config)`` calls the function
-(:data:`_VERB_PACKAGES`), and ``spectune.tune.recipe`` stays reachable by attribute (as
-``mock.patch`` and ``monkeypatch`` walk it).
+The verbs are functions, and no subpackage shares a name with one: Python binds a subpackage to
+its parent's attribute when it is imported, so a package called ``tune`` would replace
+``st.tune`` once any of its modules loads (``st.load_config`` would break ``st.tune``). Hence
+the packages ``tuning`` (one run), ``judging`` and ``studies``.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -63,76 +59,42 @@ _LAZY: dict[str, str] = {
     "TensorInfo": "spectune.weights",
     "LoraPair": "spectune.weights",
     # tune
-    "TuneConfig": "spectune.tune.config",
-    "load_config": "spectune.tune.config",
-    "TuneResult": "spectune.tune.recipe",
+    "TuneConfig": "spectune.tuning.config",
+    "load_config": "spectune.tuning.config",
+    "tune": "spectune.tuning.recipe",
+    "TuneResult": "spectune.tuning.run",
     "RunMetrics": "spectune.results.metrics",
     # tune: the plug-ins
-    "Method": "spectune.tune.methods",
-    "register_method": "spectune.tune.methods",
-    "unregister_method": "spectune.tune.methods",
-    "methods": "spectune.tune.methods",
-    "Objective": "spectune.tune.objectives",
-    "register_objective": "spectune.tune.objectives",
-    "unregister_objective": "spectune.tune.objectives",
-    "objectives": "spectune.tune.objectives",
+    "Method": "spectune.tuning.methods",
+    "register_method": "spectune.tuning.methods",
+    "unregister_method": "spectune.tuning.methods",
+    "methods": "spectune.tuning.methods",
+    "Objective": "spectune.tuning.objectives",
+    "register_objective": "spectune.tuning.objectives",
+    "unregister_objective": "spectune.tuning.objectives",
+    "objectives": "spectune.tuning.objectives",
     # tune: FROG
-    "FrogConfig": "spectune.tune.methods.frog",
-    "plan_frog": "spectune.tune.methods.frog",
-    "apply_frog": "spectune.tune.methods.frog",
-    "save_frog": "spectune.tune.methods.frog",
-    "load_frog": "spectune.tune.methods.frog",
-    "merge_frog": "spectune.tune.methods.frog",
-    "relevance": "spectune.tune.methods.frog",
+    "FrogConfig": "spectune.tuning.methods.frog",
+    "plan_frog": "spectune.tuning.methods.frog",
+    "apply_frog": "spectune.tuning.methods.frog",
+    "save_frog": "spectune.tuning.methods.frog",
+    "load_frog": "spectune.tuning.methods.frog",
+    "merge_frog": "spectune.tuning.methods.frog",
+    "relevance": "spectune.tuning.methods.frog",
     # judge and study
-    "sweep": "spectune.study.sweep",
-    "demo": "spectune.study.demo",
-    "search": "spectune.study.search",
-    "advise": "spectune.study.advice",
-    "load_candidates": "spectune.study.advice",
-    "Constraints": "spectune.study.advice",
+    "judge": "spectune.judging.all",
+    "sweep": "spectune.studies.sweep",
+    "study": "spectune.studies.study",
+    "demo": "spectune.studies.demo",
+    "search": "spectune.studies.search",
+    "advise": "spectune.studies.advice",
+    "load_candidates": "spectune.studies.advice",
+    "Constraints": "spectune.studies.advice",
 }
-
-#: verb -> the module of the function it calls; each verb is also a subpackage of spectune
-_VERB_PACKAGES: dict[str, str] = {
-    "tune": "spectune.tune.recipe",
-    "study": "spectune.study.study",
-    "judge": "spectune.judge.evaluate",
-}
-
-__all__ = ["__version__", *_LAZY, *_VERB_PACKAGES]
-
-
-class _VerbPackage(types.ModuleType):
-    """A subpackage that is also a verb: calling it calls the function of the same name."""
-
-    def _verb(self) -> Any:
-        name = self.__name__.rpartition(".")[2]
-        return getattr(importlib.import_module(_VERB_PACKAGES[name]), name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._verb()(*args, **kwargs)
-
-    @property
-    def __signature__(self) -> inspect.Signature:
-        return inspect.signature(self._verb())
-
-
-class _Spectune(types.ModuleType):
-    """The ``spectune`` module: binding a verb's subpackage to it makes the package callable."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _VERB_PACKAGES and type(value) is types.ModuleType:
-            value.__class__ = _VerbPackage
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Spectune
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _VERB_PACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")  # bound (callable) on import
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'spectune' has no attribute {name!r}")

@@ -234,7 +234,7 @@ def test_an_override_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
     err = one_line_error(capsys)
     assert "override 'data.system={a0: &a0" in err and "anchors and aliases" in err
     assert not (tmp_path / "run").exists()
-    from spectune.tune.config import apply_overrides
+    from spectune.tuning.config import apply_overrides
 
     assert apply_overrides({}, ["data.system=a*b&c", "x=[1, 2]"]) == {
         "data": {"system": "a*b&c"}, "x": [1, 2]}  # fmt: skip
@@ -290,7 +290,7 @@ def test_each_rank_writes_its_error_line_whole_and_names_itself(monkeypatch, cap
     """Issue 20, case 12: under torchrun the two ranks' error lines came out glued together
     (print writes the text and the newline apart): one write of the whole line, flushed, and
     each rank's line says which rank it is."""
-    from spectune.tune.scale.distributed import error_line, write_line
+    from spectune.tuning.scale.distributed import error_line, write_line
 
     stream = _Writes()
     write_line(error_line("bad input"), stream)

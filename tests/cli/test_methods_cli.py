@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from spectune.cli import main as cli_main
-from spectune.tune.methods import METHODS
-from spectune.tune.objectives import OBJECTIVES
+from spectune.tuning.methods import METHODS
+from spectune.tuning.objectives import OBJECTIVES
 
 #: r (in + out) summed over the tiny Llama's 14 linear layers
 PER_RANK = 2 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 128) * 2 + (128 + 64))

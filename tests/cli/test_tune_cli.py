@@ -8,7 +8,7 @@ import json
 import pytest
 
 from spectune.cli.main import main
-from spectune.tune.config import yaml_dump, yaml_load
+from spectune.tuning.config import yaml_dump, yaml_load
 from tests.conftest import tiny_run_config
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs"
@@ -115,15 +115,15 @@ def test_sweep_cli_bad_grid(config_file, tmp_path, capsys):
 
 
 def test_shipped_demo_config_is_the_builtin_one():
-    from spectune.study.demo import DEMO_CONFIG
+    from spectune.studies.demo import DEMO_CONFIG
 
     text = (CONFIGS / "demo.yaml").read_text()
     assert yaml_load(text, "demo.yaml") == DEMO_CONFIG
 
 
 def test_demo_budgets_match_lora(tiny_model_dir):
-    from spectune.study.demo import DEMO_CONFIG, demo_runs
-    from spectune.tune.methods.frog import total_trainable
+    from spectune.studies.demo import DEMO_CONFIG, demo_runs
+    from spectune.tuning.methods.frog import total_trainable
 
     runs = demo_runs(("lora", "dora", "qlora", "frog"), [f"model={tiny_model_dir}"])
     assert [n for n, _, _ in runs] == ["lora", "dora", "qlora", "frog"]
@@ -220,7 +220,7 @@ def test_resume_refuses_links_planted_in_the_run_folder(config_file, tmp_path, c
     """Issue 20, case 7: plots/ and spectra/ planted as links to another folder in an
     interrupted run: --resume wrote 14 files into it. Now --resume (and --overwrite) refuse,
     naming the link, and nothing outside (or inside) changes."""
-    from spectune.tune import recipe
+    from spectune.tuning import recipe
 
     out = tmp_path / "run"
     real = recipe.callbacks
@@ -265,7 +265,7 @@ def test_a_link_planted_while_the_run_trains_is_never_written_through(config_fil
                                                                       capsys, monkeypatch):  # fmt: skip
     """Case 7 while the run is live: a link planted at the next checkpoint's folder makes
     the run stop with one line naming it, before the Trainer writes through it."""
-    from spectune.tune import recipe
+    from spectune.tuning import recipe
 
     out, outside = tmp_path / "run", tmp_path / "outside"
     outside.mkdir()

@@ -191,7 +191,7 @@ def test_normalize_answer():
 @pytest.mark.real_weights
 def test_base_model_scores_low_on_heldout():
     """SmolLM2-135M-Instruct answers at length, so exact match before training is near 0."""
-    from spectune.judge.accuracy import exact_match
+    from spectune.judging.accuracy import exact_match
     from spectune.models.loading import load_default_model
 
     model, tok = load_default_model()

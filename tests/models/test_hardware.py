@@ -11,7 +11,7 @@ import torch
 
 from spectune.errors import SpectuneError
 from spectune.models import forward, hardware
-from spectune.tune.config import TuneConfig
+from spectune.tuning.config import TuneConfig
 from tests.conftest import tiny_run_config
 
 

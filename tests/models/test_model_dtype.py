@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from spectune.errors import SpectuneError
-from spectune.judge import cache as judge_cache
+from spectune.judging import cache as judge_cache
 from spectune.models.tokenizer import load_tokenizer
-from spectune.tune import checks, judging, recipe
-from spectune.tune.config import TuneConfig
-from spectune.tune.methods import get_method
-from spectune.tune.methods.base import BuildContext, resolve_model_dtype
+from spectune.tuning import checks, judging, recipe
+from spectune.tuning.config import TuneConfig
+from spectune.tuning.methods import get_method
+from spectune.tuning.methods.base import BuildContext, resolve_model_dtype
 from tests.conftest import tiny_run_config
 
 

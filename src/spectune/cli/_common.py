@@ -148,9 +148,9 @@ def add_comparison_arguments(parser: argparse.ArgumentParser, what: str) -> None
 
 
 def backend_from_args(args: argparse.Namespace) -> Any:
-    """The checked :class:`~spectune.study.backends.Backend` of the options (an option
+    """The checked :class:`~spectune.studies.backends.Backend` of the options (an option
     that only goes with ``--backend ray`` is refused with the local backend)."""
-    from spectune.study.backends import Backend
+    from spectune.studies.backends import Backend
 
     return Backend(args.backend, args.address, args.cpus, args.cpus_per_trial,
                    args.gpus_per_trial).check()  # fmt: skip

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from spectune.cli._common import print_table
-    from spectune.study.advice import Constraints, advise, load_candidates
+    from spectune.studies.advice import Constraints, advise, load_candidates
 
     constraints = Constraints(memory_gib=args.memory_gib, max_train_s=args.max_train_s,
                               max_ms_per_token=args.max_ms_per_token,

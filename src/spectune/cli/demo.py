@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import show_comparison
-    from spectune.study.demo import demo
-    from spectune.tune.config import read_config_data
-    from spectune.tune.methods import get_method
+    from spectune.studies.demo import demo
+    from spectune.tuning.config import read_config_data
+    from spectune.tuning.methods import get_method
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     for m in methods:

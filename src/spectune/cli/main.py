@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("SPECTUNE_DEBUG") == "1"
     from spectune._quiet import quiet_libraries
     from spectune.errors import SpectuneError
-    from spectune.tune.scale.distributed import error_line, write_line
+    from spectune.tuning.scale.distributed import error_line, write_line
 
     if args.command in OLD_NAMES and args.command not in COMMANDS:
         write_line(old_name_note(args.command))

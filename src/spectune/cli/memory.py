@@ -1,7 +1,7 @@
 """``spectune plan``: estimated peak training memory per method, from the model's config.json.
 
 Every registered method is estimated through its own memory terms
-(:func:`spectune.tune.scale.memory.estimate_memory`); its settings come from the config
+(:func:`spectune.tuning.scale.memory.estimate_memory`); its settings come from the config
 sections as for ``spectune tune`` (``key=value``: ``lora.r=32 frog.budget=0.02``), with
 ``--r`` setting ``r`` in every section that has one (the LoRA family's, SHiRA's).
 """
@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     from spectune.errors import SpectuneError
     from spectune.models.loading import resolve_model_dir
-    from spectune.tune.config import TuneConfig, apply_overrides
-    from spectune.tune.methods import METHODS, get_method, meta_model
-    from spectune.tune.scale.memory import estimate_memory, estimate_methods, largest_batch
+    from spectune.tuning.config import TuneConfig, apply_overrides
+    from spectune.tuning.methods import METHODS, get_method, meta_model
+    from spectune.tuning.scale.memory import estimate_memory, estimate_methods, largest_batch
 
     if args.budget_gib is not None and not (math.isfinite(args.budget_gib)
                                             and args.budget_gib > 0):  # fmt: skip

@@ -106,8 +106,8 @@ def _section_lines(name: str, cls: type, readers: list[str]) -> list[str]:
 
 
 def _listing() -> list[str]:
-    from spectune.tune.methods import METHODS
-    from spectune.tune.objectives import OBJECTIVES
+    from spectune.tuning.methods import METHODS
+    from spectune.tuning.objectives import OBJECTIVES
 
     lines = ["methods (method=NAME):"]
     for name, spec in METHODS.items().items():
@@ -123,8 +123,8 @@ def _listing() -> list[str]:
 
 
 def _one(name: str) -> list[str]:
-    from spectune.tune.methods import METHODS
-    from spectune.tune.objectives import OBJECTIVES
+    from spectune.tuning.methods import METHODS
+    from spectune.tuning.objectives import OBJECTIVES
 
     registry = OBJECTIVES if name in OBJECTIVES and name not in METHODS else METHODS
     spec = registry.get(name)  # an unknown name lists the registered methods
@@ -162,9 +162,9 @@ def show_plan(
     from spectune._io import atomic_path, check_writable_dir, write_json, write_text
     from spectune.models.loading import resolve_model_dir
     from spectune.results.runfolder import RunFolder
-    from spectune.tune.config import TuneConfig
-    from spectune.tune.methods import get_method
-    from spectune.tune.methods.base import BuildContext
+    from spectune.tuning.config import TuneConfig
+    from spectune.tuning.methods import get_method
+    from spectune.tuning.methods.base import BuildContext
 
     method = get_method(name)  # an unknown name lists the registered ones
     owner = None
@@ -215,7 +215,7 @@ def show_plan(
 
 def run(args: argparse.Namespace) -> int:
     from spectune.errors import SpectuneError
-    from spectune.tune.config import apply_overrides
+    from spectune.tuning.config import apply_overrides
 
     args = _words(args)
     if args.name is None:

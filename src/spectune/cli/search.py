@@ -6,7 +6,7 @@ import argparse
 
 HELP = "search settings with Optuna (NSGA-II) for accuracy gain against forgetting: Pareto set"
 
-#: spectune.study.search_space.DEFAULT_SPACE (not imported: the help answers without the library)
+#: spectune.studies.search_space.DEFAULT_SPACE (not imported: the help answers without the library)
 DEFAULT_SPACE = ("r=4,8,16,32,64 lora_alpha=4..256:log lora_dropout=0..0.2 "
                  "train.learning_rate=1e-5..1e-2:log method=lora,dora")  # fmt: skip
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import backend_from_args, print_table, split_config_and_overrides
-    from spectune.study.search import search
+    from spectune.studies.search import search
 
     backend = backend_from_args(args)
     config_path, overrides = split_config_and_overrides(args)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import backend_from_args
-    from spectune.study.study import study
+    from spectune.studies.study import study
 
     backend = backend_from_args(args)
 

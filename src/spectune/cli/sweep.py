@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from spectune.cli._common import backend_from_args, show_comparison, split_config_and_overrides
-    from spectune.study.sweep import sweep
+    from spectune.studies.sweep import sweep
 
     backend = backend_from_args(args)
     config_path, overrides = split_config_and_overrides(args)

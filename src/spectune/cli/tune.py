@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectune.tune.scale import distributed
+    from spectune.tuning.scale import distributed
 
     if distributed.active():
         return run_launched(args)
@@ -59,8 +59,8 @@ def load_run_config(args: argparse.Namespace) -> object:
     from spectune._io import check_writable_dir
     from spectune.cli._common import split_config_and_overrides
     from spectune.errors import SpectuneError
-    from spectune.tune.config import load_config
-    from spectune.tune.scale import distributed
+    from spectune.tuning.config import load_config
+    from spectune.tuning.scale import distributed
 
     config_path, overrides = split_config_and_overrides(args)
     fix = "pass a folder you can write to"
@@ -93,7 +93,7 @@ def load_run_config(args: argparse.Namespace) -> object:
 
 
 def tune_with(args: argparse.Namespace, config: object) -> object:
-    from spectune.tune.recipe import tune
+    from spectune.tuning.recipe import tune
 
     return tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,
                 merge=args.merge, progress=not args.no_progress)  # fmt: skip
@@ -109,7 +109,7 @@ def run_launched(args: argparse.Namespace) -> int:
     import sys
 
     from spectune.errors import SpectuneError
-    from spectune.tune.scale import distributed
+    from spectune.tuning.scale import distributed
 
     config, error = None, None
     try:
@@ -149,6 +149,6 @@ def run_launched(args: argparse.Namespace) -> int:
 def show_run(metrics: object) -> None:
     """The run's headline numbers (a RunMetrics) as a terminal table."""
     from spectune.cli._common import show_comparison
-    from spectune.study.runner import RunOutcome
+    from spectune.studies.runner import RunOutcome
 
     show_comparison([RunOutcome(metrics.run.name, metrics.run.method, {}, metrics=metrics)])

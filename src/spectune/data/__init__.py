@@ -8,6 +8,6 @@
 - :mod:`.augment`: new training examples sampled from a model (self-instruct style), kept
   only when their answers check (``spectune augment``).
 
-The objectives (:mod:`spectune.tune.objectives`) turn these records into Trainer features;
+The objectives (:mod:`spectune.tuning.objectives`) turn these records into Trainer features;
 ranked lists (LiPO) and teacher data (distillation) live with their objective.
 """

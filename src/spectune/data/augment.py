@@ -145,7 +145,7 @@ def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context"
     from spectune.models.generate import greedy_generate
     from spectune.models.loading import resolve_model_dir
     from spectune.models.tokenizer import load_tokenizer
-    from spectune.tune.objectives.distill import (
+    from spectune.tuning.objectives.distill import (
         DistillSection,
         load_teacher,
         resolve_teacher,

@@ -2,7 +2,7 @@
 wrappers, and a loss computed from a causal LM's parts (decoder and output head) that still goes
 through the DDP wrapper's forward.
 
-torch is imported inside the functions: :mod:`spectune.judge` imports this module for
+torch is imported inside the functions: :mod:`spectune.judging` imports this module for
 its result types' sake too, and reading results (:mod:`spectune.results.metrics`) stays
 torch-free.
 """

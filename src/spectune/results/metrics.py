@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 from spectune._io import write_json
 from spectune.errors import SpectuneError
-from spectune.judge.accuracy import AccuracyResult
-from spectune.judge.forgetting import PerplexityResult
-from spectune.judge.latency import LatencyResult
-from spectune.judge.loss import LossResult
+from spectune.judging.accuracy import AccuracyResult
+from spectune.judging.forgetting import PerplexityResult
+from spectune.judging.latency import LatencyResult
+from spectune.judging.loss import LossResult
 from spectune.results.stats import Interval, bootstrap_mean
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The page of one run folder (written by :func:`spectune.tune.recipe.tune`).
+"""The page of one run folder (written by :func:`spectune.tuning.recipe.tune`).
 
 A run folder holds ``metrics.json`` (required: :class:`~spectune.results.metrics.RunMetrics`,
 the page only formats it), and, when present, ``config.yaml``, ``predictions.jsonl``,
@@ -460,7 +460,7 @@ def render_run(folder: str | os.PathLike[str]) -> str:
     """The HTML page of one run folder.
 
     Args:
-        folder: a run folder written by :func:`spectune.tune.recipe.tune` (``metrics.json``
+        folder: a run folder written by :func:`spectune.tuning.recipe.tune` (``metrics.json``
             is required; config.yaml, predictions.jsonl, spectra/ and plots/ are used when
             present).
 

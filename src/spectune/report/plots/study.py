@@ -76,7 +76,7 @@ def learning_vs_forgetting(summaries: Sequence[Mapping[str, Any]]) -> Figure | N
 
 def learning_rate_curves(searches: Sequence[Any]) -> Figure | None:
     """Validation accuracy against the learning rate of every search that tried several
-    rates (:class:`~spectune.study.study.LRSearch`); None when none did."""
+    rates (:class:`~spectune.studies.study.LRSearch`); None when none did."""
     multi = [s for s in searches if len(s.rates) > 1]
     if not multi:
         return None
@@ -195,7 +195,7 @@ def search_figures(
     complete: Sequence[Any], names: Sequence[str], directions: Sequence[str]
 ) -> dict[str, Figure]:
     """A search's figure: ``pareto.png``, the first two objectives of its complete trials
-    (:class:`~spectune.study.search.TrialRecord`), the Pareto set marked; none with one
+    (:class:`~spectune.studies.search.TrialRecord`), the Pareto set marked; none with one
     objective or no complete trial."""
     if len(names) < 2 or not complete:
         return {}

@@ -1,0 +1,93 @@
+"""A model judged on every metric at once: :func:`judge`, what a tune run records before and
+after training (``before.json``, ``metrics.json``) and the judge cache stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from spectune.data.instructions import InstructionExample
+from spectune.judging.accuracy import exact_match
+from spectune.judging.forgetting import DEFAULT_PPL_CHARS, perplexity
+from spectune.judging.latency import LATENCY_PROMPTS, generation_latency
+from spectune.judging.loss import heldout_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def judge(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[InstructionExample],
+    *,
+    max_length: int = 256,
+    system: str | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    ppl_chars: int = DEFAULT_PPL_CHARS,
+    ppl_window: int = 256,
+    ppl_stride: int = 128,
+    latency_tokens: int = 32,
+    latency_prompts: int = 3,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Every measurement of a model, as one JSON-ready dict.
+
+    Runs :func:`exact_match`, :func:`heldout_loss` (on the same examples), :func:`perplexity`
+    on :func:`general_text` and, when ``latency_prompts`` > 0, :func:`generation_latency`
+    on the first ``latency_prompts`` of :data:`LATENCY_PROMPTS`.
+
+    Returns:
+        ``{"accuracy", "predictions", "heldout_loss", "perplexity", "latency", "seconds"}``:
+        the results' dicts (accuracy without its predictions, which are a list of their own;
+        latency None when skipped) and the wall time of each measurement.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    acc = exact_match(
+        model,
+        tokenizer,
+        examples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system=system,
+        progress=progress,
+    )
+    seconds["accuracy"] = time.perf_counter() - start
+    start = time.perf_counter()
+    loss = heldout_loss(
+        model,
+        tokenizer,
+        examples,
+        max_length=max_length,
+        batch_size=max(1, batch_size // 2),
+        system=system,
+        progress=progress,
+    )
+    seconds["heldout_loss"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ppl = perplexity(
+        model, tokenizer, n_chars=ppl_chars, window=ppl_window, stride=ppl_stride, progress=progress
+    )
+    seconds["perplexity"] = time.perf_counter() - start
+    latency = None
+    if latency_prompts > 0:
+        start = time.perf_counter()
+        prompts = [LATENCY_PROMPTS[i % len(LATENCY_PROMPTS)] for i in range(latency_prompts)]
+        latency = generation_latency(
+            model, tokenizer, prompts, new_tokens=latency_tokens, system=system
+        ).to_dict()
+        seconds["latency"] = time.perf_counter() - start
+    return {
+        "accuracy": acc.to_dict(predictions=False),
+        "predictions": acc.predictions,
+        "heldout_loss": loss.to_dict(),
+        "perplexity": ppl.to_dict(),
+        "latency": latency,
+        "seconds": seconds,
+    }
+
+
+__all__ = ["judge"]

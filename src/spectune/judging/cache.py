@@ -1,0 +1,134 @@
+"""The judge cache: a base model's judgment kept on disk, so the runs that start from the same
+model, data and settings judge it once.
+
+An entry is the JSON dict of :func:`spectune.judging.all.judge` (with ``model``, what was judged)
+in ``$SPECTUNE_CACHE/judge`` (:func:`cache_dir`), named by a hash of everything the numbers
+depend on (:func:`cache_key`): the model folder and its files (name, size, modification time),
+the held-out examples, the judging settings, the dtype and attention implementation, the
+versions of the entries, of spectune and of Python (the forgetting text depends on it). A
+damaged entry is judged again. The caller loads the model (only on a miss): this layer knows
+no tune config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spectune import __version__
+from spectune._io import write_json
+from spectune.data.instructions import InstructionExample
+from spectune.judging.all import judge
+from spectune.models.loading import cache_root, check_cache_writable
+
+#: version of the cache entries (bump when judging changes)
+JUDGE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """The folder of the entries: ``judge`` under spectune's cache."""
+    return cache_root() / "judge"
+
+
+def check_writable() -> Path:
+    """Fail early, with the fix, when the cache cannot be written (see
+    :func:`spectune.models.loading.check_cache_writable`)."""
+    return check_cache_writable(cache_dir())
+
+
+def examples_hash(examples: Sequence[InstructionExample]) -> str:
+    """SHA-256 of the examples (their Dolly records, in order)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps(ex.to_dolly(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: Path) -> list[Any]:
+    """``(name, size, mtime_ns)`` of every file of a model folder, sorted by name."""
+    files = sorted(p for p in model_dir.iterdir() if p.is_file())
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def cache_key(
+    model_dir: Path,
+    heldout: Sequence[InstructionExample],
+    settings: dict[str, Any],
+    *,
+    dtype: str,
+    attn_implementation: str,
+) -> str:
+    """The entry's name: a hash of the model's files, the held-out data, the settings (the
+    keywords of :func:`~spectune.judging.all.judge`), dtype, attention and versions."""
+    key_data: dict[str, Any] = {
+        "v": JUDGE_VERSION,
+        "spectune": __version__,
+        "model": str(model_dir.resolve()),
+        "files": model_fingerprint(model_dir),
+        "heldout": examples_hash(heldout),
+        "settings": settings,
+        "python": sys.version_info[:2],
+    }
+    if dtype != "float32":  # float32 keys stay those of the runs before model_dtype existed
+        key_data["dtype"] = dtype
+    if attn_implementation != "sdpa":
+        key_data["attn"] = attn_implementation
+    return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def judge_cached(
+    load_model: Callable[[], Any],
+    tokenizer: Any,
+    heldout: Sequence[InstructionExample],
+    settings: dict[str, Any],
+    *,
+    model_dir: Path,
+    dtype: str,
+    attn_implementation: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """A base model's judgment, read from the cache or judged (and cached) now.
+
+    Args:
+        load_model: loads the model to judge (called only when the cache has no entry).
+        tokenizer: its tokenizer.
+        heldout: the held-out examples.
+        settings: keywords of :func:`~spectune.judging.all.judge` (part of the key).
+        model_dir: the model folder (its files are part of the key).
+        dtype: the dtype it is loaded in ("float32", "bfloat16"...), named in ``model``.
+        attn_implementation: the attention implementation it is loaded with.
+        progress: progress bars and a status line on stderr.
+
+    Returns:
+        :func:`~spectune.judging.all.judge`'s dict, with ``model`` ("base model, <dtype>").
+    """
+    key = cache_key(
+        model_dir, heldout, settings, dtype=dtype, attn_implementation=attn_implementation
+    )
+    path = cache_dir() / f"{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass  # a damaged entry is recomputed
+    if progress:
+        print("judging the base model (cached for later runs)", file=sys.stderr, flush=True)
+    result = judge(load_model(), tokenizer, heldout, progress=progress, **settings)
+    result["model"] = f"base model, {dtype}"
+    write_json(path, result)
+    return result
+
+
+__all__ = [
+    "JUDGE_VERSION",
+    "cache_dir",
+    "cache_key",
+    "check_writable",
+    "examples_hash",
+    "judge_cached",
+    "model_fingerprint",
+]

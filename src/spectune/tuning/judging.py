@@ -1,0 +1,128 @@
+"""The run's judging: the settings a config asks for, the base model judged through the judge
+cache (:mod:`spectune.judging.cache`), the objective's judge context, and the per-question
+verdicts of ``predictions.jsonl``. The measurements themselves are :mod:`spectune.judging`'s."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spectune.data.tasks import answers_match
+from spectune.judging.cache import judge_cached
+from spectune.models import hardware
+from spectune.tuning.config import TuneConfig
+from spectune.tuning.methods.base import load_float_base, resolve_model_dtype
+from spectune.tuning.objectives.base import JudgeContext
+
+if TYPE_CHECKING:
+    from spectune.data.instructions import InstructionExample
+    from spectune.tuning.run import Run
+
+
+def judge_settings(config: TuneConfig) -> dict[str, Any]:
+    """The keywords of :func:`spectune.judging.all.judge` the config's ``data`` and ``eval``
+    sections ask for."""
+    e = config.eval
+    return dict(
+        max_length=config.data.max_length,
+        system=config.data.system,
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        ppl_chars=e.ppl_chars,
+        ppl_window=e.ppl_window,
+        ppl_stride=e.ppl_stride,
+        latency_tokens=e.latency_tokens,
+        latency_prompts=e.latency_prompts,
+    )
+
+
+def base_loader(model_dir: Path, config: TuneConfig) -> Callable[[], Any]:
+    """Loads the base model to judge: in ``model_dtype`` (full precision for the 4-bit methods
+    too), on the device the tuned model will be judged on."""
+    dtype, _ = resolve_model_dtype(config.model_dtype)
+    attn = config.attn_implementation
+    return lambda: hardware.to_compute_device(
+        load_float_base(model_dir, dtype, attn_implementation=attn)
+    )
+
+
+def judge_base_model(
+    model_dir: Path,
+    tokenizer: Any,
+    heldout: list[InstructionExample],
+    config: TuneConfig,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Judge the base model (in ``model_dtype``), cached under ``$SPECTUNE_CACHE/judge`` by
+    model files, held-out data, settings, dtype and Python version (the forgetting text
+    depends on it): :func:`spectune.judging.cache.judge_cached`.
+
+    The 4-bit methods are judged against this full-precision base too: it is the model the
+    user starts from, so "forgetting" includes what quantization costs.
+
+    Returns:
+        :func:`spectune.judging.all.judge`'s dict, with ``model``.
+    """
+    dtype, _ = resolve_model_dtype(config.model_dtype)
+    return judge_cached(
+        base_loader(model_dir, config),
+        tokenizer,
+        heldout,
+        judge_settings(config),
+        model_dir=model_dir,
+        dtype=dtype,
+        attn_implementation=config.attn_implementation,
+        progress=progress,
+    )
+
+
+def judge_context(run: Run) -> JudgeContext:
+    """What the objective's hooks get to judge (and prepare) with."""
+    return JudgeContext(
+        run.config,
+        run.tokenizer,
+        run.data,
+        run.model_dir,
+        run.progress,
+        state=run.objective_state,
+        out=run.out,
+    )
+
+
+def correct(heldout: list[InstructionExample], answers: list[str]) -> list[bool]:
+    """Per held-out question: is the answer right (the check of ``predictions.jsonl``)."""
+    return [answers_match(a, ex.response) for a, ex in zip(answers, heldout, strict=True)]
+
+
+def predictions_jsonl(
+    heldout: list[InstructionExample], before: list[str] | None, after: list[str]
+) -> str:
+    """``predictions.jsonl``: per held-out question its category, instruction, reference and
+    the answers after (and before) training, each with its verdict."""
+    lines = []
+    for i, ex in enumerate(heldout):
+        row = {
+            "category": ex.category,
+            "instruction": ex.instruction,
+            "reference": ex.response,
+            "after": after[i],
+            "correct_after": answers_match(after[i], ex.response),
+        }
+        if before is not None:
+            row["before"] = before[i]
+            row["correct_before"] = answers_match(before[i], ex.response)
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "base_loader",
+    "correct",
+    "judge_base_model",
+    "judge_context",
+    "judge_settings",
+    "predictions_jsonl",
+]

@@ -1,0 +1,196 @@
+"""LoRA and rsLoRA through peft (``LoraConfig``), and the class the LoRA family shares.
+
+LoRA (Hu et al. 2021) freezes W and trains a rank-r update on each target Linear::
+
+    h = W x + (lora_alpha / r) B A dropout(x)      A: (r, in)  B: (out, r), B = 0 at start
+
+rsLoRA (Kalajdzievski 2023) scales by lora_alpha / sqrt(r) instead, so that the update's size
+does not shrink as r grows. DoRA (:mod:`.dora`), QLoRA / QDoRA (:mod:`.qlora`), PiSSA
+(:mod:`.pissa`) and OLoRA (:mod:`.olora`) are variants of :class:`LoraMethod`.
+
+The adapter is peft's (``adapter_config.json`` + ``adapter_model.safetensors``): it loads with
+``PeftModel.from_pretrained`` and merges with ``merge_and_unload()``. Its spectra are read
+pair by pair, Delta W = s B A, through the exact rank-r route of the spectral engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from spectune import _check as check
+from spectune.errors import SpectuneError
+from spectune.tuning.methods import register_method
+from spectune.tuning.methods.base import (
+    BuildContext,
+    Built,
+    MemoryTerms,
+    PeftMethod,
+    meta_model,
+    target_modules,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from spectune.tuning.config import TuneConfig
+
+
+@dataclass
+class LoraSection:
+    """The ``lora:`` section: rank, scaling and dropout of the LoRA family."""
+
+    r: int = field(default=8, metadata={"help": "LoRA rank (the update is rank r)."})
+    lora_alpha: float = field(
+        default=16, metadata={"help": "scaling numerator: alpha/r (rsLoRA: alpha/sqrt(r))."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input."})
+
+    def __post_init__(self) -> None:
+        self.r = check.integer("lora.r", self.r, minimum=1)
+        self.lora_alpha = check.number("lora.lora_alpha", self.lora_alpha)
+        if self.lora_alpha <= 0:
+            raise SpectuneError(f"lora.lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if self.lora_alpha.is_integer():
+            self.lora_alpha = int(self.lora_alpha)
+        self.lora_dropout = check.number("lora.lora_dropout", self.lora_dropout)
+        if not 0 <= self.lora_dropout < 1:
+            raise SpectuneError(f"lora.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+
+
+def lora_trainable(model: nn.Module, targets: list[str], r: int, *, dora: bool = False) -> int:
+    """Parameters LoRA of rank ``r`` adds on ``targets``: r (in + out) per Linear, plus out for
+    DoRA's magnitude (computed from the shapes; no peft needed)."""
+    modules = dict(model.named_modules())
+    total = 0
+    for name in targets:
+        m = modules[name]
+        total += r * (m.in_features + m.out_features) + (m.out_features if dora else 0)
+    return total
+
+
+#: adapted modules that read one shared input (Llama / Qwen2 / Mistral names): the attention
+#: block's normed input, the MLP's normed input
+SHARED_INPUTS = {
+    "q_proj": "attn_in",
+    "k_proj": "attn_in",
+    "v_proj": "attn_in",
+    "gate_proj": "mlp_in",
+    "up_proj": "mlp_in",
+}
+
+
+def dropout_elements(model: nn.Module, targets: list[str], attn: str) -> tuple[int, int]:
+    """Elements per token that LoRA dropout adds in one block, and those it does not add in
+    the first block (see :mod:`spectune.tuning.scale.memory`).
+
+    With ``lora_dropout > 0`` every adapted Linear keeps its own dropout output (what its A
+    matrix saw) and the dropout's noise: 2 x its input width. The input itself is then no
+    longer kept for the adapter: once per shared input (q/k/v, gate/up), once for down_proj;
+    o_proj's input stays with sdpa, whose backward keeps its output anyway. In the first block
+    the q/k/v input needs no gradient, so their noise is not kept.
+
+    Returns:
+        (per block, less in the first block), from the targets of the first block.
+    """
+    modules = dict(model.named_modules())
+    block = [n for n in targets if ".layers.0." in n or n.startswith("layers.0.")]
+    added = released = first = 0
+    seen: set[str] = set()
+    for name in block:
+        leaf, width = name.rsplit(".", 1)[-1], int(modules[name].in_features)
+        added += 2 * width
+        group = SHARED_INPUTS.get(leaf, name)
+        if group == "attn_in":
+            first += width
+        if group not in seen and (leaf != "o_proj" or attn == "eager"):
+            released += width
+        seen.add(group)
+    return added - released, first
+
+
+class LoraMethod(PeftMethod):
+    """peft LoRA with the variant flags of :class:`peft.LoraConfig`.
+
+    Args:
+        description: one line for ``spectune.methods()``.
+        rslora: scale by lora_alpha / sqrt(r) (``use_rslora``).
+        dora: DoRA's magnitude vectors (``use_dora``).
+        init: peft's ``init_lora_weights`` (True: A Kaiming, B = 0; ``"pissa"``, ``"olora"``).
+    """
+
+    sections = {"lora": LoraSection}
+    settings = {"r": "lora.r", "lora_alpha": "lora.lora_alpha", "lora_dropout": "lora.lora_dropout"}
+    shardable = True  # dense A, B (and DoRA's magnitudes) on a float base: FSDP shards them
+
+    def __init__(
+        self, description: str, *, rslora: bool = False, dora: bool = False, init: bool | str = True
+    ) -> None:
+        self.description = description
+        self.rslora = rslora
+        self.dora = dora
+        self.init = init
+
+    def peft_config(self, config: TuneConfig) -> Any:
+        """The peft ``LoraConfig`` of a run."""
+        from peft import LoraConfig  # lazy: peft imports bitsandbytes, noisy on a CPU
+
+        lora = config.section("lora")
+        return LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
+            target_modules=config.target_modules,
+            exclude_modules=config.exclude_modules,
+            use_rslora=self.rslora,
+            use_dora=self.dora,
+            init_lora_weights=self.init_weights(config),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def init_weights(self, config: TuneConfig) -> bool | str:
+        """peft's ``init_lora_weights`` for this run."""
+        return self.init
+
+    def prepare(self, ctx: BuildContext, model: nn.Module) -> nn.Module:
+        """The base model just before peft wraps it (4-bit methods prepare it here)."""
+        return model
+
+    def build(self, ctx: BuildContext, model: nn.Module) -> Built:
+        from peft import get_peft_model
+
+        targets = target_modules(ctx, model)
+        model = get_peft_model(self.prepare(ctx, model), self.peft_config(ctx.config))
+        return Built(model, targets=targets)
+
+    def match_budget(self, ctx: BuildContext, n_params: int) -> list[str] | None:
+        meta = meta_model(ctx.model_dir)
+        per_rank = lora_trainable(meta, target_modules(ctx, meta), 1)
+        return [f"lora.r={max(1, round(n_params / per_rank))}"]
+
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int:
+        r = ctx.config.section("lora").r
+        return lora_trainable(model, target_modules(ctx, model), r, dora=self.dora)
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+        """The frozen base keeps no Linear input for a weight gradient; each adapter saves its
+        A's output (r per token) and, with dropout, its dropped input and noise."""
+        lora, attn = ctx.config.section("lora"), ctx.config.attn_implementation
+        targets = target_modules(ctx, model)
+        dropout = dropout_elements(model, targets, attn) if lora.lora_dropout > 0 else (0, 0)
+        return MemoryTerms(
+            trainable=lora_trainable(model, targets, lora.r, dora=self.dora),
+            frozen_base=True,
+            adapted=len(targets),
+            saved_per_matrix=lora.r,
+            dropout=dropout,
+        )
+
+
+register_method("lora", LoraMethod("peft LoRA: Delta W = (lora_alpha / r) B A on each target"))
+register_method(
+    "rslora", LoraMethod("LoRA with rank-stabilized scaling lora_alpha / sqrt(r)", rslora=True)
+)
+
+__all__ = ["SHARED_INPUTS", "LoraMethod", "LoraSection", "dropout_elements", "lora_trainable"]

@@ -1,0 +1,175 @@
+"""The run config's own sections: ``data:`` (:class:`DataConfig`, where the instruction data
+comes from and how it is cut) and ``eval:`` (:class:`EvalConfig`, what is judged before and
+after training).
+
+Each is a dataclass whose fields carry their help text (listed by
+:meth:`spectune.tuning.config.TuneConfig.help`) and whose ``__post_init__`` checks every field,
+naming it as ``data.<field>`` / ``eval.<field>``. The sections a method or an objective
+reads live beside its code (:mod:`spectune.tuning.methods`, :mod:`spectune.tuning.objectives`);
+the ``train:`` section is transformers' ``TrainingArguments`` (:mod:`spectune.tuning.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spectune import _check as check
+from spectune.errors import SpectuneError
+
+
+@dataclass
+class DataConfig:
+    """Where the instruction data comes from and how it is cut."""
+
+    train: str = field(
+        default="tasks",
+        metadata={
+            "help": "'tasks' (the bundled task set, generated from the run seed) or a "
+            "Dolly .jsonl / Alpaca .json file."
+        },
+    )
+    eval: str | None = field(
+        default=None,
+        metadata={
+            "help": "held-out file (same layouts). None: the task set's held-out split, or "
+            "eval_fraction of a train file (seeded split)."
+        },
+    )
+    format: str = field(default="auto", metadata={"help": "'dolly', 'alpaca' or 'auto'."})
+    max_length: int = field(
+        default=256,
+        metadata={"help": "tokens per example; longer ones are cut (and counted)."},
+    )
+    n_train: int = field(
+        default=2000, metadata={"help": "task set only: training examples generated."}
+    )
+    n_eval: int = field(
+        default=200,
+        metadata={
+            "help": "held-out examples: generated (task set), or the most taken from the "
+            "held-out data of a file."
+        },
+    )
+    eval_fraction: float = field(
+        default=0.05,
+        metadata={"help": "a train file without eval: fraction held out, in (0, 0.5]."},
+    )
+    n_validation: int = field(
+        default=0,
+        metadata={
+            "help": "training examples carved out (seeded) as the validation split, evaluated "
+            "during training with the objective's loss (train.eval_steps); disjoint from the "
+            "training and held-out examples. 0: no validation."
+        },
+    )
+    system: str | None = field(
+        default=None,
+        metadata={
+            "help": "system message of every prompt; None keeps the chat template's default."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, str) or not self.train:
+            raise SpectuneError(f"data.train must be 'tasks' or a file path, got {self.train!r}")
+        if self.eval is not None and (not isinstance(self.eval, str) or not self.eval):
+            raise SpectuneError(f"data.eval must be a file path or null, got {self.eval!r}")
+        check.choice("data.format", self.format, ("dolly", "alpaca", "auto"))
+        self.max_length = check.integer("data.max_length", self.max_length, minimum=8)
+        self.n_train = check.integer("data.n_train", self.n_train, minimum=1)
+        self.n_eval = check.integer("data.n_eval", self.n_eval, minimum=1)
+        self.n_validation = check.integer("data.n_validation", self.n_validation, minimum=0)
+        if self.train == "tasks" and self.n_validation >= self.n_train:
+            raise SpectuneError(
+                f"data.n_validation ({self.n_validation}) must be below data.n_train "
+                f"({self.n_train}): the validation examples are carved from the training ones"
+            )
+        self.eval_fraction = check.number("data.eval_fraction", self.eval_fraction)
+        if not 0 < self.eval_fraction <= 0.5:
+            raise SpectuneError(
+                f"data.eval_fraction must be in (0, 0.5], got {self.eval_fraction!r}"
+            )
+        if self.system is not None and not isinstance(self.system, str):
+            raise SpectuneError(f"data.system must be a string or null, got {self.system!r}")
+
+
+@dataclass
+class EvalConfig:
+    """What is measured before and after training."""
+
+    before: bool = field(
+        default=True,
+        metadata={"help": "also judge the base model (cached per model and settings)."},
+    )
+    max_new_tokens: int = field(
+        default=16, metadata={"help": "longest greedy answer in the accuracy test."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass."})
+    ppl_chars: int = field(
+        default=8000,
+        metadata={"help": "characters of pydoc_data.topics scored for perplexity (forgetting)."},
+    )
+    ppl_window: int = field(default=256, metadata={"help": "perplexity window (tokens)."})
+    ppl_stride: int = field(default=128, metadata={"help": "perplexity stride (tokens)."})
+    latency_tokens: int = field(
+        default=32, metadata={"help": "tokens generated per prompt for the latency figure."}
+    )
+    latency_prompts: int = field(
+        default=3, metadata={"help": "prompts timed (median); 0 skips the latency figure."}
+    )
+    spectra: bool = field(
+        default=True,
+        metadata={"help": "analyze the adapter's (or the weight delta's) spectra vs the base."},
+    )
+    intruders: bool = field(
+        default=True,
+        metadata={
+            "help": "count intruder dimensions (Shuttleworth et al. 2024): tuned singular "
+            "vectors unlike every base one; the LoRA family (low-rank route; DoRA: undefined), "
+            "full fine-tuning, FROG and SHiRA (W_base + the sparse update); one base "
+            "decomposition per matrix."
+        },
+    )
+    compare_base: bool = field(
+        default=True,
+        metadata={
+            "help": "compare the tuned matrices (base + update) with the base's: scale collapse "
+            "and correlation flow, in spectra/compare.* and flow.csv (one more analysis)."
+        },
+    )
+    spectra_precision: str = field(
+        default="float32",
+        metadata={"help": "'float32' (fast) or 'float64' (WeightWatcher's exact numbers)."},
+    )
+    spectra_every_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "during training, the adapter's spectra every N optimizer steps and at the "
+            "last (spectra_log.csv: alpha per layer; mean alpha and the fraction of layers "
+            "with alpha < 2 plotted against the validation loss). None: off."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("before", "spectra", "intruders", "compare_base"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpectuneError(
+                    f"eval.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        for name, low in (("max_new_tokens", 1), ("batch_size", 1), ("ppl_chars", 100),
+                          ("ppl_window", 2), ("ppl_stride", 1), ("latency_tokens", 2),
+                          ("latency_prompts", 0)):  # fmt: skip
+            setattr(self, name, check.integer(f"eval.{name}", getattr(self, name), minimum=low))
+        if self.ppl_stride >= self.ppl_window:
+            raise SpectuneError(
+                f"eval.ppl_stride ({self.ppl_stride}) must be below eval.ppl_window "
+                f"({self.ppl_window}): the rest of each window is context"
+            )
+        check.choice("eval.spectra_precision", self.spectra_precision, ("float32", "float64"))
+        if self.spectra_every_steps is not None:
+            self.spectra_every_steps = check.integer(
+                "eval.spectra_every_steps", self.spectra_every_steps, minimum=1
+            )
+
+
+__all__ = ["DataConfig", "EvalConfig"]

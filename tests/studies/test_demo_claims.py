@@ -1,0 +1,123 @@
+"""The README's demo table, guarded (slow): ``spectune demo``'s own settings on the embedded
+SmolLM2-135M-Instruct (LoRA, DoRA, QLoRA and FROG at matched budgets, 25 steps of batch 8,
+64 held-out questions), and every claim the README makes about that table.
+
+The bands come from three runs of the demo (seeds 0, 1 and 2, ``spectune demo seed=N``) on
+this 2-core machine; the README's table is seed 0. What they measured (seed 0 / 1 / 2):
+
+=========  ====================  =======================  ===================
+method     held-out accuracy     perplexity 15.11 ->      ms/token vs LoRA
+=========  ====================  =======================  ===================
+LoRA       40.6 / 50.0 / 37.5%   15.98 / 16.47 / 16.06    1
+DoRA       42.2 / 50.0 / 37.5%   15.98 / 16.49 / 16.06    5.3 / 4.5 / 4.6x
+QLoRA      35.9 / 54.7 / 42.2%   21.19 / 22.33 / 21.23    1.1 / 1.3 / 1.2x
+FROG       29.7 / 34.4 / 31.2%   15.17 / 15.14 / 15.17    1.3 / 1.2 / 1.2x
+=========  ====================  =======================  ===================
+
+So every band below holds with room in all three seeds: accuracy gains 29.7-54.7 points
+(asserted: >= 20), FROG's perplexity change +0.2 to +0.4% (asserted: the smallest, < 1%),
+LoRA's and DoRA's +5.8 to +9.1% (asserted: 3-15%), QLoRA's +40 to +48% (asserted: the
+largest, > 25%: it includes what NF4 costs against the float32 base), FROG 6-16 points
+below LoRA (asserted: below), DoRA unmerged 4.5-5.3x LoRA's ms per token (asserted: > 2x, a
+ratio measured in the same run).
+
+Seed 0 with AVX2-only kernels (``make test-numerics``: QLoRA then computes in float32, not
+bf16) gave the same accuracies (40.6 / 42.2 / 35.9 / 29.7%), perplexity ratios 1.058 / 1.058 /
+1.401 / 1.004, adapter alphas 1.55-1.57 and FROG's 2.32, DoRA 3.2x LoRA's ms per token (on a
+loaded machine): every band holds there too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_weights]
+
+#: LoRA r=8 on all 210 linear layers of SmolLM2-135M: 8 x (sum of in + out) = 8 x 305,280
+BUDGET = 2_442_240
+#: Analyses no claim of the table reads, left out to keep the suite short: intruder dimensions
+#: and the base-vs-tuned comparison were 70-80% of the demo's spectra time (two SVDs of every
+#: matrix per run: about 150 of the 570 CPU seconds py-spy sampled in one demo). Training,
+#: judging and the update's own spectra are the demo's; both analyses are tested on the tiny
+#: model (test_tune, test_methods).
+SKIPPED_ANALYSES = ["eval.intruders=false", "eval.compare_base=false"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from spectune.studies.demo import demo
+
+    out = tmp_path_factory.mktemp("demo")
+    outcomes = demo(out, progress=False, overrides=SKIPPED_ANALYSES)
+    assert [o.error for o in outcomes] == [None] * 4, [o.error for o in outcomes]
+    return out, {o.method: o.metrics for o in outcomes}
+
+
+def test_the_demo_runs_the_four_methods_at_matched_budgets(demo_run):
+    _, m = demo_run
+    assert list(m) == ["lora", "dora", "qlora", "frog"]
+    assert m["lora"].cost.trainable == BUDGET
+    assert m["qlora"].cost.trainable == BUDGET
+    assert m["frog"].cost.trainable == BUDGET  # FROG's G set to LoRA's count
+    # DoRA adds one magnitude per output feature of every target: 155,520 on SmolLM2
+    assert m["dora"].cost.trainable == BUDGET + 155_520
+
+
+def test_every_method_learns_from_a_base_that_answers_at_length(demo_run):
+    _, m = demo_run
+    for name, metrics in m.items():
+        learn = metrics.learning
+        assert learn.accuracy_before == 0.0, name  # the base model never answers bare
+        assert learn.accuracy_after >= 0.20, (name, learn.accuracy_after)
+        assert learn.heldout_loss_after < 0.5 * learn.heldout_loss_before, name
+
+
+def test_frog_forgets_least_and_qlora_pays_for_quantization(demo_run):
+    _, m = demo_run
+    ratio = {name: metrics.forgetting.perplexity_ratio for name, metrics in m.items()}
+    assert min(ratio, key=ratio.get) == "frog" and ratio["frog"] < 1.01, ratio
+    for name in ("lora", "dora"):
+        assert 1.03 < ratio[name] < 1.15, ratio
+    assert max(ratio, key=ratio.get) == "qlora" and ratio["qlora"] > 1.25, ratio
+    # FROG learns less than LoRA at the same budget (10-16 points in every seed measured)
+    assert m["frog"].learning.accuracy_after < m["lora"].learning.accuracy_after
+
+
+def test_unmerged_dora_is_slow_to_generate(demo_run):
+    _, m = demo_run
+    assert m["dora"].cost.ms_per_token > 2 * m["lora"].cost.ms_per_token
+
+
+def test_adapter_spectra_beside_the_base_models(demo_run):
+    """The README's last column: LoRA-family adapters' mean alpha about 1.55 (below 2, the
+    blog's overfitting mark), FROG's sparse delta 2.31-2.33 (seed 0, overparam none / away /
+    towards), above the LoRA family's and far below the base model's 6.48."""
+    _, m = demo_run
+    base = m["lora"].spectra.base_alpha
+    assert 6.0 < base < 7.0
+    assert all(metrics.spectra.n_layers == 210 for metrics in m.values())
+    for name in ("lora", "dora", "qlora"):
+        assert 1.2 < m[name].spectra.alpha < 2.0, (name, m[name].spectra.alpha)
+    assert 1.9 < m["frog"].spectra.alpha < 3.0 and m["frog"].spectra.alpha > m["lora"].spectra.alpha
+
+
+def test_the_demo_folder_keeps_no_checkpoints_and_the_lora_adapter_loads_in_peft(demo_run):
+    """A finished demo holds no training checkpoints; LoRA's adapter, loaded by plain peft,
+    gives the perplexity the run reported."""
+    from peft import PeftModel
+
+    from spectune.judging.forgetting import perplexity
+    from spectune.models.loading import default_model_dir
+    from spectune.models.tokenizer import load_tokenizer
+    from spectune.tuning.methods import load_float_base
+
+    out, m = demo_run
+    assert not list(out.glob("runs/*/checkpoints"))
+    folder = default_model_dir()
+    tuned = PeftModel.from_pretrained(load_float_base(folder), out / "runs" / "lora" / "adapter")
+    e = m["lora"].config["eval"]
+    with torch.no_grad():
+        ppl = perplexity(tuned.eval(), load_tokenizer(folder), n_chars=e["ppl_chars"],
+                         window=e["ppl_window"], stride=e["ppl_stride"])  # fmt: skip
+    assert ppl.perplexity == pytest.approx(m["lora"].forgetting.perplexity_after, rel=1e-4)
