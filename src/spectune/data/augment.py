@@ -314,7 +314,8 @@ def augment(
         seed=seed,
         versions={"spectune": __version__},
     )
-    sampling = Sampling(temperature=temperature, top_p=top_p)
+    # top-k 50: transformers' default, which augment sampled with when it called generate()
+    sampling = Sampling(temperature=temperature, top_k=50, top_p=top_p)
     out: list[InstructionExample] = []
     bar = progress_bar(n, "augment", unit="example") if progress else None
     batch_no = 0
