@@ -172,23 +172,13 @@ def _new_instructions(
     """Step 2: the teacher, shown each plan's seed instructions, writes one new task each
     (sampled, seeded)."""
     tok = teacher.tokenizer
-    requests = [
-        tok.apply_chat_template(
-            [
-                {
-                    "role": "user",
-                    "content": INSTRUCTION_REQUEST.format(
-                        examples="\n".join(
-                            f"{i + 1}. {ex.instruction}" for i, ex in enumerate(shown)
-                        )
-                    ),
-                }
-            ],
-            tokenize=False,
-            add_generation_prompt=True,
+    requests = []
+    for _, shown in plans:
+        listed = "\n".join(f"{i + 1}. {ex.instruction}" for i, ex in enumerate(shown))
+        message = {"role": "user", "content": INSTRUCTION_REQUEST.format(examples=listed)}
+        requests.append(
+            tok.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
         )
-        for _, shown in plans
-    ]
     prompts = [tok(r, add_special_tokens=False)["input_ids"] for r in requests]
     eos = tok.eos_token_id
     samples = sample_batch(
