@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectune._io import check_writable_file
-    from spectune.data.augment import augment, check_output, write_augmented
+    from spectune.data.augment import augment, check_output, check_settings, write_augmented
+    from spectune.tuning.objectives.distill.teacher import open_teacher
 
     out = check_writable_file(args.out, "--out")  # before any work
     inputs = () if args.seeds == "tasks" else (args.seeds,)
@@ -72,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
         from spectune.data.instructions import load_instructions
 
         seeds, name = load_instructions(args.seeds), args.seeds
-    examples, info = augment(seeds, args.n, teacher=args.teacher, model=args.model,
-                             context=args.context, shots=args.shots,
-                             temperature=args.temperature, top_p=args.top_p,
-                             max_new_tokens=args.max_new_tokens,
-                             answer_tokens=args.answer_tokens, batch_size=args.batch_size,
-                             seed=args.seed, seeds_name=name,
-                             progress=not args.no_progress)  # fmt: skip
+    settings = {"shots": args.shots, "temperature": args.temperature, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "answer_tokens": args.answer_tokens,
+                "batch_size": args.batch_size}  # fmt: skip
+    check_settings(seeds, args.n, **settings)  # before the teacher is loaded
+    teacher = open_teacher(args.teacher, args.model, context=args.context,
+                           progress=not args.no_progress)  # fmt: skip
+    examples, info = augment(seeds, args.n, teacher, context=args.context, seed=args.seed,
+                             seeds_name=name, progress=not args.no_progress,
+                             **settings)  # fmt: skip
     sidecar = write_augmented(out, examples, info, overwrite=args.overwrite, inputs=inputs)
     print(f"wrote {info.n_written} of {info.n_requested} examples to {out} in {info.seconds:.1f} s "
           f"({info.n_attempts} attempts, {info.n_duplicates} duplicates, {info.n_empty} empty); "

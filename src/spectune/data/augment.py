@@ -2,7 +2,9 @@
 
 :func:`augment` has a teacher (``context``: the base model itself, a model folder sharing the
 student's tokenizer, or a spectune run folder, as in ``objective: distill``) write new
-examples:
+examples. The teacher comes loaded (:class:`Teacher`): a run-folder teacher is built by its
+method, which the tune layer above this one knows
+(:func:`spectune.tuning.objectives.distill.teacher.open_teacher` loads it).
 
 1. pick a seed category (seed examples without a category form one group) and ``shots`` seed
    examples of it;
@@ -17,7 +19,8 @@ examples:
 The result is Dolly records (category = the seeds' category) that ``spectune tune`` reads
 (``data.train: <file>``), and an :class:`AugmentInfo` with every generation setting and
 count, which ``spectune augment`` writes beside the file (``<file>.json``). Sampling is seeded
-(``torch.manual_seed(seed)`` before each batch), so a seed gives the same file on one machine.
+(``torch.manual_seed`` before each batch, :func:`spectune.models.generate.sample_batch`), so a
+seed gives the same file on one machine.
 
 **Never over a file of the user's.** :func:`check_output` runs before any work and again
 before writing: the output and its sidecar may not be the seeds file (never, not even with
@@ -30,6 +33,7 @@ user's).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -38,8 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectune.data.instructions import InstructionExample
+from spectune import __version__
+from spectune._io import write_json, write_text
+from spectune._progress import progress_bar
+from spectune.data.instructions import InstructionExample, few_shot_prompt
+from spectune.data.tasks import normalize_answer
 from spectune.errors import SpectuneError
+from spectune.models.generate import Sampling, greedy_generate, sample_batch
+from spectune.models.tokenizer import pad_token_id
 
 #: what the teacher is asked to write an instruction from
 INSTRUCTION_REQUEST = (
@@ -76,10 +86,22 @@ class AugmentInfo:
         return asdict(self)
 
 
-def _norm(text: str) -> str:
-    from spectune.data.tasks import normalize_answer
+@dataclass
+class Teacher:
+    """A loaded teacher for :func:`augment` (the tune layer loads it:
+    :func:`spectune.tuning.objectives.distill.teacher.open_teacher`).
 
-    return normalize_answer(text)
+    Attributes:
+        model: the teacher model, in eval mode.
+        tokenizer: the student's tokenizer, which the teacher shares.
+        description: what the teacher is (recorded in :class:`AugmentInfo`).
+        load_seconds: how long loading took (counted in ``AugmentInfo.seconds``).
+    """
+
+    model: Any
+    tokenizer: Any
+    description: str
+    load_seconds: float = 0.0
 
 
 def _first_line(text: str) -> str:
@@ -92,40 +114,151 @@ def _first_line(text: str) -> str:
     return ""
 
 
-def _sample(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
-            temperature: float, top_p: float, seed: int) -> list[str]:  # fmt: skip
-    """Sampled continuations of chat prompts (left padding, batched)."""
-    import torch
+def check_settings(
+    seeds: list[InstructionExample],
+    n: int,
+    *,
+    shots: int = 3,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 48,
+    answer_tokens: int = 32,
+    batch_size: int = 8,
+) -> None:
+    """Refuse settings :func:`augment` cannot use (before the teacher is loaded).
 
-    torch.manual_seed(seed)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    new = out[:, enc["input_ids"].shape[1] :]
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+    Raises:
+        SpectuneError: one line naming the setting.
+    """
+    if n < 1:
+        raise SpectuneError(f"n (new examples) must be >= 1, got {n}")
+    if not seeds:
+        raise SpectuneError("augment needs at least one seed example")
+    if shots < 1:
+        raise SpectuneError(f"shots must be >= 1, got {shots}")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise SpectuneError(
+            f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}"
+        )
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("answer_tokens", answer_tokens),
+        ("batch_size", batch_size),
+    ):
+        if value < 1:
+            raise SpectuneError(f"{name} must be >= 1, got {value}")
 
 
-def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context",
-            model: str = "default", context: str | None = None, shots: int = 3,
-            temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 48,
-            answer_tokens: int = 32, batch_size: int = 8, seed: int = 0,
-            seeds_name: str = "", progress: bool = False
-            ) -> tuple[list[InstructionExample], AugmentInfo]:  # fmt: skip
+#: one planned new example: (category, the seed examples shown)
+_Plan = tuple[str, list[InstructionExample]]
+
+
+def _plan_batch(
+    rng: random.Random, groups: dict[str, list[InstructionExample]], shots: int, size: int
+) -> list[_Plan]:
+    """Step 1: ``size`` seeded picks of a category and ``shots`` of its seed examples."""
+    names = sorted(groups)
+    plans = []
+    for _ in range(size):
+        cat = rng.choice(names)
+        group = groups[cat]
+        plans.append((cat, rng.sample(group, min(shots, len(group)))))
+    return plans
+
+
+def _new_instructions(
+    teacher: Teacher, plans: list[_Plan], *, sampling: Sampling, max_new_tokens: int, seed: int
+) -> list[str]:
+    """Step 2: the teacher, shown each plan's seed instructions, writes one new task each
+    (sampled, seeded)."""
+    tok = teacher.tokenizer
+    requests = []
+    for _, shown in plans:
+        listed = "\n".join(f"{i + 1}. {ex.instruction}" for i, ex in enumerate(shown))
+        message = {"role": "user", "content": INSTRUCTION_REQUEST.format(examples=listed)}
+        requests.append(
+            tok.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
+        )
+    prompts = [tok(r, add_special_tokens=False)["input_ids"] for r in requests]
+    eos = tok.eos_token_id
+    samples = sample_batch(
+        teacher.model,
+        prompts,
+        sampling,
+        max_new_tokens=max_new_tokens,
+        pad_id=pad_token_id(tok),
+        stop_ids=set() if eos is None else {eos},
+        seed=seed,
+    )
+    return [tok.decode(ids, skip_special_tokens=True) for ids in samples]
+
+
+def _fresh(
+    plans: list[_Plan], texts: list[str], seen: set[str], info: AugmentInfo
+) -> list[tuple[str, list[InstructionExample], str]]:
+    """Step 4 for instructions: (category, shots, instruction) of each new one; empty ones and
+    those already seen (normalized) are counted and dropped."""
+    fresh = []
+    for (cat, shots_used), text in zip(plans, texts, strict=True):
+        instruction = _first_line(text)
+        if not instruction:
+            info.n_empty += 1
+            continue
+        key = normalize_answer(instruction)
+        if key in seen:
+            info.n_duplicates += 1
+            continue
+        seen.add(key)
+        fresh.append((cat, shots_used, instruction))
+    return fresh
+
+
+def _answers(
+    teacher: Teacher,
+    fresh: list[tuple[str, list[InstructionExample], str]],
+    *,
+    context: str | None,
+    answer_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """Step 3: the teacher's greedy answers, after the seeds as solved chat turns."""
+    prompts = [
+        few_shot_prompt(
+            teacher.tokenizer, InstructionExample(instr, ""), system=context, shots=shots_used
+        )
+        for _, shots_used, instr in fresh
+    ]
+    return greedy_generate(
+        teacher.model,
+        teacher.tokenizer,
+        prompts,
+        max_new_tokens=answer_tokens,
+        batch_size=batch_size,
+    )
+
+
+def augment(
+    seeds: list[InstructionExample],
+    n: int,
+    teacher: Teacher,
+    *,
+    context: str | None = None,
+    shots: int = 3,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 48,
+    answer_tokens: int = 32,
+    batch_size: int = 8,
+    seed: int = 0,
+    seeds_name: str = "",
+    progress: bool = False,
+) -> tuple[list[InstructionExample], AugmentInfo]:
     """Have the teacher write ``n`` new examples from ``seeds`` (see the module docstring).
 
     Args:
         seeds: the seed examples (instructions and responses).
         n: new examples wanted; fewer come back when the attempts (4 n) run out.
-        teacher: ``"context"``, a model folder or a spectune run folder.
-        model: the student's model (``"default"`` or a folder): the teacher must share its
-            tokenizer; it is also the ``context`` teacher.
+        teacher: the loaded teacher and the student's tokenizer (:class:`Teacher`).
         context: the teacher's system prompt when it answers.
         shots: seed examples shown per new example.
         temperature, top_p: sampling of the new instructions.
@@ -139,92 +272,60 @@ def augment(seeds: list[InstructionExample], n: int, *, teacher: str = "context"
         ``(examples, info)``.
 
     Raises:
-        SpectuneError: bad settings, no seeds, a teacher that does not share the tokenizer.
+        SpectuneError: bad settings (:func:`check_settings`), or no usable example written.
     """
-    from spectune import __version__
-    from spectune.models.generate import greedy_generate
-    from spectune.models.loading import resolve_model_dir
-    from spectune.models.tokenizer import load_tokenizer
-    from spectune.tuning.objectives.distill import (
-        DistillSection,
-        load_teacher,
-        resolve_teacher,
-        teacher_prompt,
+    check_settings(
+        seeds,
+        n,
+        shots=shots,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        answer_tokens=answer_tokens,
+        batch_size=batch_size,
     )
-
-    if n < 1:
-        raise SpectuneError(f"n (new examples) must be >= 1, got {n}")
-    if not seeds:
-        raise SpectuneError("augment needs at least one seed example")
-    if shots < 1:
-        raise SpectuneError(f"shots must be >= 1, got {shots}")
-    if not temperature > 0 or not 0 < top_p <= 1:
-        raise SpectuneError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, "
-                            f"{top_p}")  # fmt: skip
-    for name, value in (("max_new_tokens", max_new_tokens), ("answer_tokens", answer_tokens),
-                        ("batch_size", batch_size)):  # fmt: skip
-        if value < 1:
-            raise SpectuneError(f"{name} must be >= 1, got {value}")
-    student_dir = resolve_model_dir(model)
-    section = DistillSection(teacher=teacher, context=context)
-    source = resolve_teacher(section, student_dir)  # tokenizer checked before any weight
-    start = time.perf_counter()
-    tokenizer = load_tokenizer(student_dir)
-    net = load_teacher(source, progress=progress)
+    start = time.perf_counter() - teacher.load_seconds
     groups: dict[str, list[InstructionExample]] = {}
     for ex in seeds:
         groups.setdefault(ex.category, []).append(ex)
-    names = sorted(groups)
     rng = random.Random(f"spectune-augment:{seed}")
-    seen = {_norm(ex.instruction) for ex in seeds}
-    info = AugmentInfo(source.describe(), seeds_name, len(seeds), n, shots=shots,
-                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                       answer_tokens=answer_tokens, context=context, seed=seed,
-                       versions={"spectune": __version__})  # fmt: skip
+    seen = {normalize_answer(ex.instruction) for ex in seeds}
+    info = AugmentInfo(
+        teacher.description,
+        seeds_name,
+        len(seeds),
+        n,
+        shots=shots,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        answer_tokens=answer_tokens,
+        context=context,
+        seed=seed,
+        versions={"spectune": __version__},
+    )
+    # top-k 50: transformers' default, which augment sampled with when it called generate()
+    sampling = Sampling(temperature=temperature, top_k=50, top_p=top_p)
     out: list[InstructionExample] = []
-    bar = None
-    if progress:
-        from spectune._progress import progress_bar
-
-        bar = progress_bar(n, "augment", unit="example")
+    bar = progress_bar(n, "augment", unit="example") if progress else None
     batch_no = 0
     while len(out) < n and info.n_attempts < 4 * n:
-        plans = []
-        for _ in range(min(batch_size, 4 * n - info.n_attempts)):
-            cat = rng.choice(names)
-            group = groups[cat]
-            plans.append((cat, rng.sample(group, min(shots, len(group)))))
-        requests = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": INSTRUCTION_REQUEST.format(
-                    examples="\n".join(f"{i + 1}. {ex.instruction}" for i, ex in enumerate(s)))}],
-                tokenize=False, add_generation_prompt=True)
-            for _, s in plans
-        ]  # fmt: skip
-        texts = _sample(net, tokenizer, requests, max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_p=top_p, seed=seed * 100003 + batch_no)  # fmt: skip
+        plans = _plan_batch(rng, groups, shots, min(batch_size, 4 * n - info.n_attempts))
+        texts = _new_instructions(
+            teacher,
+            plans,
+            sampling=sampling,
+            max_new_tokens=max_new_tokens,
+            seed=seed * 100003 + batch_no,
+        )
         batch_no += 1
         info.n_attempts += len(plans)
-        fresh = []
-        for (cat, shots_used), text in zip(plans, texts, strict=True):
-            instruction = _first_line(text)
-            if not instruction:
-                info.n_empty += 1
-                continue
-            key = _norm(instruction)
-            if key in seen:
-                info.n_duplicates += 1
-                continue
-            seen.add(key)
-            fresh.append((cat, shots_used, instruction))
+        fresh = _fresh(plans, texts, seen, info)
         if not fresh:
             continue
-        system = context
-        prompts = [teacher_prompt(tokenizer, InstructionExample(instr, ""), system=system,
-                                  shots=shots_used)
-                   for _, shots_used, instr in fresh]  # fmt: skip
-        answers = greedy_generate(net, tokenizer, prompts, max_new_tokens=answer_tokens,
-                                  batch_size=batch_size)  # fmt: skip
+        answers = _answers(
+            teacher, fresh, context=context, answer_tokens=answer_tokens, batch_size=batch_size
+        )
         for (cat, _, instr), answer in zip(fresh, answers, strict=True):
             if not answer.strip():
                 info.n_empty += 1
@@ -276,8 +377,6 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _our_sidecar(sidecar: Path, path: Path) -> dict[str, Any] | None:
     """The sidecar's content when spectune augment wrote it for ``path``, else None."""
-    import json
-
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -289,8 +388,9 @@ def _our_sidecar(sidecar: Path, path: Path) -> dict[str, Any] | None:
     return data
 
 
-def check_output(path: str | Path, *, overwrite: bool = False,
-                 inputs: tuple[str | Path, ...] = ()) -> Path:  # fmt: skip
+def check_output(
+    path: str | Path, *, overwrite: bool = False, inputs: tuple[str | Path, ...] = ()
+) -> Path:
     """Check, before any work, that writing ``path`` and its sidecar replaces no file of the
     user's (see the module docstring).
 
@@ -311,12 +411,16 @@ def check_output(path: str | Path, *, overwrite: bool = False,
         for target in (path, sidecar):
             if _same_file(target, Path(src).expanduser()):
                 what = "" if target == path else f": its settings file {target}"
-                raise SpectuneError(f"--out {path}{what} is the seeds file {src}; spectune never "
-                                    "replaces its input: pick another --out")  # fmt: skip
+                raise SpectuneError(
+                    f"--out {path}{what} is the seeds file {src}; spectune never "
+                    "replaces its input: pick another --out"
+                )
     for target in (path, sidecar):
         if target.is_symlink():
-            raise SpectuneError(f"--out {path}: {target} is a symbolic link; spectune never "
-                                "writes through a link: remove it or pick another --out")  # fmt: skip
+            raise SpectuneError(
+                f"--out {path}: {target} is a symbolic link; spectune never "
+                "writes through a link: remove it or pick another --out"
+            )
         if target.is_dir():
             raise SpectuneError(f"--out {path}: {target} is a folder; pick another --out")
     there = [t for t in (path, sidecar) if t.exists()]
@@ -330,20 +434,30 @@ def check_output(path: str | Path, *, overwrite: bool = False,
             if sidecar.exists()
             else f"{path} has no settings file {sidecar.name} beside it"
         )
-        raise SpectuneError(f"--out {path}: {what}, so it was not written by spectune augment; "
-                            f"{never}")  # fmt: skip
+        raise SpectuneError(
+            f"--out {path}: {what}, so it was not written by spectune augment; {never}"
+        )
     if path.exists() and _sha256(path) not in (meta.get("sha256"), meta.get("previous_sha256")):
-        raise SpectuneError(f"--out {path} changed since spectune augment wrote it (its SHA-256 "
-                            f"is not the one in {sidecar.name}); {never}")  # fmt: skip
+        raise SpectuneError(
+            f"--out {path} changed since spectune augment wrote it (its SHA-256 "
+            f"is not the one in {sidecar.name}); {never}"
+        )
     if not overwrite:
-        raise SpectuneError(f"--out {path}: {there[0]} already exists (spectune augment wrote "
-                            "it); pass --overwrite to replace it, or pick another --out")  # fmt: skip
+        raise SpectuneError(
+            f"--out {path}: {there[0]} already exists (spectune augment wrote "
+            "it); pass --overwrite to replace it, or pick another --out"
+        )
     return path
 
 
-def write_augmented(path: str | Path, examples: list[InstructionExample],
-                    info: AugmentInfo, *, overwrite: bool = False,
-                    inputs: tuple[str | Path, ...] = ()) -> Path:  # fmt: skip
+def write_augmented(
+    path: str | Path,
+    examples: list[InstructionExample],
+    info: AugmentInfo,
+    *,
+    overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
+) -> Path:
     """Write the examples as Dolly JSON Lines and ``<path>.json`` with the settings and the
     file's SHA-256 (both atomically), after :func:`check_output`. Returns the sidecar's path.
 
@@ -353,10 +467,6 @@ def write_augmented(path: str | Path, examples: list[InstructionExample],
     Raises:
         SpectuneError: as :func:`check_output` (nothing is written).
     """
-    import json
-
-    from spectune._io import write_json, write_text
-
     path = check_output(path, overwrite=overwrite, inputs=inputs)
     text = "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n" for ex in examples)
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -374,8 +484,10 @@ __all__ = [
     "INSTRUCTION_REQUEST",
     "MARK",
     "AugmentInfo",
+    "Teacher",
     "augment",
     "check_output",
+    "check_settings",
     "sidecar_of",
     "write_augmented",
 ]

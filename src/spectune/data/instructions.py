@@ -303,6 +303,24 @@ def build_prompt(
     return _render(tokenizer, _messages(example, system), add_generation_prompt=True)
 
 
+def few_shot_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    example: InstructionExample,
+    *,
+    system: str | None,
+    shots: Sequence[InstructionExample],
+) -> str:
+    """The chat prompt with solved examples first: the system prompt, each shot as a user turn
+    and its response as the assistant's, then ``example``'s user turn, ending with the
+    assistant header (a distillation teacher's prompt, ``spectune augment``'s answers)."""
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    for shot in shots:
+        messages.append({"role": "user", "content": user_message(shot)})
+        messages.append({"role": "assistant", "content": shot.response})
+    messages.append({"role": "user", "content": user_message(example)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def build_chat(
     tokenizer: PreTrainedTokenizerBase, example: InstructionExample, *, system: str | None = None
 ) -> tuple[str, str]:

@@ -1,5 +1,14 @@
-"""Generation: greedy decoding of token-id prompts in left-padded batches with a KV cache, for
-judging (answers, latency) and for objectives that generate (distillation's on-policy inputs).
+"""Generation in one place: greedy decoding and sampling of token-id prompts in left-padded
+batches with a KV cache.
+
+Greedy (:func:`greedy_batch`, :func:`greedy_generate`) serves judging (answers, latency) and
+distillation's teacher answers and on-policy inputs; sampling (:func:`sample_batch` with a
+:class:`Sampling`: temperature, top-k, top-p) serves LiPO's on-policy lists and augment's new
+instructions. Both run the same decoding loop and differ only in how the next token is picked.
+A sample draws from torch's global random stream (``torch.manual_seed``), with the draws of
+Hugging Face's ``generate(do_sample=True)`` for the same settings: temperature, then top-k, then
+top-p on the float32 logits, one ``torch.multinomial`` draw per row and step, finished rows fed
+the pad token.
 
 The model may be a plain Hugging Face causal LM, a ``peft`` model or a model whose linear layers
 were replaced by custom modules: only ``model(input_ids=..., attention_mask=...,
@@ -9,9 +18,13 @@ position_ids=..., cache=... (past_key_values before transformers 5.2x), use_cach
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from spectune._progress import track
 from spectune.errors import SpectuneError
@@ -19,14 +32,11 @@ from spectune.models.forward import eval_mode, model_device, synchronize, unwrap
 from spectune.models.tokenizer import end_of_turn_id, pad_token_id
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 
 def takes_logits_to_keep(model: Any) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers causal LMs do)."""
-    import inspect
-
     base = unwrap_model(model)
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -37,8 +47,6 @@ def takes_logits_to_keep(model: Any) -> bool:
 def _cache_argument(model: Any) -> str:
     """The forward's name for the key/value cache: ``cache`` from transformers 5.2x on,
     ``past_key_values`` before (deprecated since, to be removed in 5.40)."""
-    import inspect
-
     base = unwrap_model(model)
     try:
         params = inspect.signature(base.forward).parameters
@@ -66,8 +74,114 @@ def greedy_batch(
     Returns:
         For each prompt the generated ids, up to and without the first stop token.
     """
-    import torch
+    return _decode(
+        model,
+        prompts,
+        _argmax,
+        max_new_tokens=max_new_tokens,
+        pad_id=pad_id,
+        stop_ids=stop_ids,
+        ignore_stop=ignore_stop,
+        step_times=step_times,
+    )
 
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How :func:`sample_batch` draws the next token from the logits of the last position.
+
+    Attributes:
+        temperature: the logits are divided by it (> 0; 1: unchanged).
+        top_k: only the k highest logits are kept (ties at the k-th included); 0: all.
+        top_p: only the smallest set of most probable tokens whose probability reaches
+            ``top_p`` is kept (the most probable token always); 1: all.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise SpectuneError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise SpectuneError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise SpectuneError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row of ``logits`` (rows, vocab), drawn from torch's global stream."""
+        scores = logits.to(dtype=torch.float32, copy=True)
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_k:
+            kth = torch.topk(scores, min(self.top_k, scores.shape[-1])).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            rising, order = torch.sort(scores, descending=False)
+            # drop the least probable tokens while what they hold stays within 1 - top_p
+            drop = rising.softmax(dim=-1).cumsum(dim=-1) <= 1 - self.top_p
+            drop[..., -1] = False
+            scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
+
+
+def sample_batch(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    sampling: Sampling,
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: set[int],
+    n_samples: int = 1,
+    seed: int | None = None,
+) -> list[list[int]]:
+    """Sampled continuations of a batch of token-id prompts (left padding, KV cache, as
+    :func:`greedy_batch`), in eval mode (mode restored).
+
+    Args:
+        model: a causal LM.
+        prompts: token ids.
+        sampling: temperature, top-k, top-p.
+        max_new_tokens: longest continuation.
+        pad_id: the pad id (left padding, and fed to finished rows).
+        stop_ids: a row ends at the first of these.
+        n_samples: continuations per prompt (rows ``i * n_samples`` to ``(i + 1) * n_samples
+            - 1`` are prompt i's).
+        seed: ``torch.manual_seed(seed)`` first; None: continue torch's global stream.
+
+    Returns:
+        ``len(prompts) * n_samples`` token lists, up to and without the first stop token.
+    """
+    if n_samples < 1:
+        raise SpectuneError(f"n_samples must be >= 1, got {n_samples}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    rows = [p for p in prompts for _ in range(n_samples)]
+    with eval_mode(model):
+        return _decode(
+            model, rows, sampling, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids
+        )
+
+
+def _decode(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: set[int],
+    ignore_stop: bool = False,
+    step_times: list[float] | None = None,
+) -> list[list[int]]:
+    """The decoding loop of :func:`greedy_batch` and :func:`sample_batch`: ``pick`` turns the
+    last position's logits (rows, vocab) into the next ids (rows,)."""
     device = model_device(model)
     batch, length = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((batch, length), pad_id, dtype=torch.long)
@@ -93,7 +207,7 @@ def greedy_batch(
             **{cache_arg: past},
             **keep,
         )
-        next_ids = out.logits[:, -1, :].argmax(dim=-1)  # (batch,)
+        next_ids = pick(out.logits[:, -1, :])  # (batch,)
         next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
         out_tokens.append(next_ids)
         if step_times is not None:

@@ -14,12 +14,8 @@ import torch
 
 from spectune.errors import SpectuneError
 from spectune.tuning.config import TuneConfig
-from spectune.tuning.objectives.distill import (
-    DistillCollator,
-    distill_batch_loss,
-    distill_features,
-    generalized_jsd,
-)
+from spectune.tuning.objectives.distill.data import DistillCollator, distill_features
+from spectune.tuning.objectives.distill.loss import distill_batch_loss, generalized_jsd
 from spectune.tuning.recipe import tune
 from tests.conftest import save_tiny_llama, tiny_llama, tiny_run_config
 
@@ -176,7 +172,7 @@ def test_batch_loss_is_zero_against_itself_and_sft_at_weight_one(batch, smol_tok
 
 
 def test_on_policy_batch_labels_the_students_own_answer(batch, smol_tokenizer):
-    from spectune.tuning.objectives.distill import on_policy_inputs
+    from spectune.tuning.objectives.distill.data import on_policy_inputs
 
     b, _ = batch
     model = tiny_llama(len(smol_tokenizer)).train()

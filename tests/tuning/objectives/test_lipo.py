@@ -15,18 +15,12 @@ import torch
 from spectune.errors import SpectuneError
 from spectune.tuning import checks, judging, recipe
 from spectune.tuning.config import TuneConfig
-from spectune.tuning.objectives.lipo import (
-    LOSSES,
-    ListCollator,
-    grade,
-    lipo_loss,
-    list_labels,
-    load_lists,
-    make_lists,
-    ndcg,
-    ranking_metrics,
-    sequence_logps,
-)
+from spectune.tuning.objectives.lipo.collator import ListCollator
+from spectune.tuning.objectives.lipo.data import grade, list_labels, load_lists, make_lists
+from spectune.tuning.objectives.lipo.logps import sequence_logps
+from spectune.tuning.objectives.lipo.loss import lipo_loss
+from spectune.tuning.objectives.lipo.metrics import ndcg, ranking_metrics
+from spectune.tuning.objectives.lipo.section import LOSSES
 from tests.conftest import tiny_run_config
 
 RUN_FILES = {"config.yaml", "run.json", "before.json", "train_log.csv", "checkpoints", "adapter",
@@ -379,7 +373,8 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_full_sequences(
     log-probs and gradients as every response with its prompt."""
     from spectune.data.tasks import generate_task_set
     from spectune.tuning.methods.base import load_float_base
-    from spectune.tuning.objectives.lipo import list_logps, tokenize_lists
+    from spectune.tuning.objectives.lipo.collator import tokenize_lists
+    from spectune.tuning.objectives.lipo.logps import list_logps
 
     train, _ = generate_task_set(3, 1, seed=0)
     lists, _ = make_lists(train, 4, seed=0)

@@ -1,12 +1,16 @@
 """The training objectives: one module each, registered by name.
 
-=========  ==================================================================  ==========
-objective  what the model learns from                                          module
-=========  ==================================================================  ==========
-sft        supervised fine-tuning: NLL of the reference response tokens        sft.py
-distill    the teacher's next-token distributions (forward/reverse KL, JSD)    distill.py
-lipo       ranked lists of responses (LiPO-lambda; DPO, softmax baselines)     lipo.py
-=========  ==================================================================  ==========
+=========  ================================================================  ================
+objective  what the model learns from                                        module
+=========  ================================================================  ================
+sft        supervised fine-tuning: NLL of the reference response tokens      sft.py
+distill    the teacher's next-token distributions (forward/reverse KL, JSD)  distill/ (folder)
+lipo       ranked lists of responses (LiPO-lambda; DPO, softmax baselines)   lipo/ (folder)
+=========  ================================================================  ================
+
+An objective with more than one concern is a folder: its section, data, loss, collator and
+the objective itself (with its registration) in ``objective.py``, the module the registry
+imports.
 
 An objective is an instance of :class:`~spectune.tuning.objectives.base.Objective`
 registered with :func:`register_objective`; ``objective:`` in the config picks it, and the
@@ -21,8 +25,8 @@ from spectune.tuning.registry import Registry
 
 BUILTIN_MODULES = (
     "spectune.tuning.objectives.sft",
-    "spectune.tuning.objectives.distill",
-    "spectune.tuning.objectives.lipo",
+    "spectune.tuning.objectives.distill.objective",
+    "spectune.tuning.objectives.lipo.objective",
 )
 
 OBJECTIVES = Registry(

@@ -369,10 +369,71 @@ def estimate_methods(
     return estimates
 
 
+# --------------------------------------------------------------------------- one batch
+# (objectives that check a training batch before training, e.g. LiPO's lists)
+
+
+def batch_activation_bytes(model_config: Any, n_sequences: int, length: int, n_logit_tokens: int,
+                           *, checkpointing: bool = False, dtype: str = "float32",
+                           attn: str = "sdpa") -> int:  # fmt: skip
+    """Activation bytes of one training forward + backward of ``n_sequences`` rows of
+    ``length`` tokens, by the planner's model (module docstring): full fine-tuning's elements
+    per layer and token, 2 h per token outside the blocks, and the logits' 12 bytes per
+    vocabulary entry at ``n_logit_tokens`` positions (an objective that applies the output head
+    only at labelled tokens gives their count). With checkpointing: each layer's input plus
+    one layer's activations.
+
+    Args:
+        model_config: the model's config (``transformers`` ``PretrainedConfig``).
+        n_sequences: rows of the batch.
+        length: tokens per row.
+        n_logit_tokens: positions whose logits are computed.
+        checkpointing: gradient checkpointing.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        attn: the attention implementation (``"eager"`` keeps the softmax).
+    """
+    shape = _shape(_ConfigOnly(model_config))
+    tokens, nbytes = n_sequences * length, _BYTES[dtype]
+    full = MemoryTerms(trainable=0)  # every weight trains: no frozen base, no adapter
+    per_layer = _per_layer_elements(shape, length, full, attn)
+    per_layer *= tokens * nbytes
+    outside = 2 * shape.hidden * tokens * nbytes + n_logit_tokens * shape.vocab * 12
+    if checkpointing:
+        return shape.layers * shape.hidden * tokens * nbytes + per_layer + outside
+    return shape.layers * per_layer + outside
+
+
+@dataclass
+class _ConfigOnly:
+    """What :func:`_shape` reads of a model: its config."""
+
+    config: Any
+
+
+def available_bytes() -> int | None:
+    """The memory available to a new allocation (``MemAvailable`` of /proc/meminfo, else
+    psutil's); None when neither tells."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # optional
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no way to tell: do not check
+        return None
+
+
 __all__ = [
     "OPTIMIZERS",
     "OVERHEAD_BYTES",
     "MemoryEstimate",
+    "available_bytes",
+    "batch_activation_bytes",
     "estimate_memory",
     "estimate_methods",
     "largest_batch",
