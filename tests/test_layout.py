@@ -54,7 +54,7 @@ def test_every_package_and_module_has_a_layer():
 
 def test_the_plugin_contract_names_every_builtin_method():
     (forbidden,) = [c for c in _contracts() if c["type"] == "forbidden"]
-    methods = SRC / "tune" / "methods"
+    methods = SRC / "tuning" / "methods"
     builtins = {p.stem for p in methods.glob("*.py") if p.stem not in {"__init__", "base"}}
     builtins |= {p.name for p in methods.iterdir() if (p / "__init__.py").is_file()}
     named = {m.rsplit(".", 1)[1] for m in forbidden["forbidden_modules"]}

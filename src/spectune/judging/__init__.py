@@ -12,6 +12,8 @@ with a ``to_dict()`` that serializes to JSON:
   :class:`~.forgetting.PerplexityResult`);
 - :mod:`.latency`: milliseconds per generated token, greedy, batch 1
   (:func:`~.latency.generation_latency`, :class:`~.latency.LatencyResult`);
+- :mod:`.ranking`: how a model's scores order graded responses (pair accuracy, NDCG; LiPO's
+  held-out lists);
 - :mod:`.all`: :func:`~.all.judge`, a model judged on all of them, as one JSON-ready dict;
 - :mod:`.cache`: a base model's judgment kept on disk (``$SPECTUNE_CACHE/judge``), keyed by
   the model's files, the held-out data, the settings, dtype and Python version.

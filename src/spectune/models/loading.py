@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
+from spectune.models.tokenizer import load_tokenizer
 from spectune.weights.safetensors import safetensors_problem
 from spectune.weights.torchfile import load_weights_only
 
@@ -382,9 +383,51 @@ def load_default_model(
     return lm, tokenizer
 
 
+def check_model(model_dir: Path) -> Any:
+    """Fail early, before the results folder exists, on a model folder a run cannot use: not a
+    causal LM, no usable tokenizer, no chat template, a tokenizer larger than the model's
+    vocabulary, missing, truncated or corrupt weights (safetensors headers and sizes,
+    PyTorch files loaded weights-only onto the meta device: a pickle is refused, not run).
+
+    Returns:
+        The model's tokenizer (checked; the run uses it, so it is loaded once).
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    cfg = read_model_config(model_dir, f"model folder {model_dir}")
+    if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise SpectuneError(
+            f"model folder {model_dir} holds a {cfg.model_type!r} model, which is not a causal "
+            "language model; spectune tunes causal LMs (AutoModelForCausalLM)"
+        )
+    try:
+        tokenizer = load_tokenizer(model_dir)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise SpectuneError(
+            f"model folder {model_dir} has no usable tokenizer ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:160]}); copy the model's tokenizer files into it"
+        ) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise SpectuneError(
+            f"model folder {model_dir}: its tokenizer has no chat template; spectune builds "
+            "prompts with the model's chat template (tokenizer_config.json 'chat_template')"
+        )
+    vocab = getattr(cfg.get_text_config(), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise SpectuneError(
+            f"model folder {model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocabulary has {vocab}; they do not belong together"
+        )
+    problem = weights_problem(model_dir)
+    if problem:
+        raise SpectuneError(f"model folder {model_dir}: {problem}")
+    return tokenizer
+
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "cache_root",
+    "check_model",
     "default_gguf_path",
     "default_model_cache_dir",
     "default_model_dir",

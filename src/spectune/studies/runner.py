@@ -30,11 +30,11 @@ from typing import Any
 from spectune._io import write_json, write_text
 from spectune.report.files import save_figures
 from spectune.report.plots.study import comparison_figures
+from spectune.results.logs import log_rows
 from spectune.results.metrics import RunMetrics
 from spectune.results.runfolder import HeldFolders, RunFolder, fail_on_exit
 from spectune.results.table import csv_text, markdown_table, table_columns
 from spectune.studies.backends import Job, JobResult
-from spectune.tuning.collect import log_rows
 from spectune.tuning.config import changed_fields, yaml_dump, yaml_load
 
 #: the columns of results.md (results.csv has them all)

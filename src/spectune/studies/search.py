@@ -67,6 +67,7 @@ from spectune.errors import SpectuneError
 from spectune.report.files import save_figures
 from spectune.report.pages.comparison import write_comparison_report
 from spectune.report.plots.study import search_figures
+from spectune.results.logs import log_rows
 from spectune.results.metrics import RunMetrics
 from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.results.stats import pareto_set
@@ -101,7 +102,6 @@ from spectune.studies.search_trials import (
     run_ray,
 )
 from spectune.tuning import recipe
-from spectune.tuning.collect import log_rows
 from spectune.tuning.config import TuneConfig, apply_overrides, read_config_data
 
 SEARCH_CONFIG = "search.yaml"

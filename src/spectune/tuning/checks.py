@@ -20,13 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_utils import get_last_checkpoint
 
 from spectune.data.instructions import split_validation
 from spectune.errors import SpectuneError
-from spectune.models.loading import read_model_config, weights_problem
-from spectune.models.tokenizer import load_tokenizer
 from spectune.results.runfolder import CONFIG, RunFolder
 from spectune.tuning import pins as P
 from spectune.tuning.config import TuneConfig, read_config_data
@@ -37,45 +34,6 @@ if TYPE_CHECKING:
     from spectune.tuning.methods.base import Method
     from spectune.tuning.objectives.base import RunData
     from spectune.tuning.run import Run
-
-
-def check_model(model_dir: Path) -> Any:
-    """Fail early, before the results folder exists, on a model folder a run cannot use: not a
-    causal LM, no usable tokenizer, no chat template, a tokenizer larger than the model's
-    vocabulary, missing, truncated or corrupt weights (safetensors headers and sizes,
-    PyTorch files loaded weights-only onto the meta device: a pickle is refused, not run).
-
-    Returns:
-        The model's tokenizer (checked; the run uses it, so it is loaded once).
-    """
-    cfg = read_model_config(model_dir, f"model folder {model_dir}")
-    if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise SpectuneError(
-            f"model folder {model_dir} holds a {cfg.model_type!r} model, which is not a causal "
-            "language model; spectune tunes causal LMs (AutoModelForCausalLM)"
-        )
-    try:
-        tokenizer = load_tokenizer(model_dir)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SpectuneError(
-            f"model folder {model_dir} has no usable tokenizer ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:160]}); copy the model's tokenizer files into it"
-        ) from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise SpectuneError(
-            f"model folder {model_dir}: its tokenizer has no chat template; spectune builds "
-            "prompts with the model's chat template (tokenizer_config.json 'chat_template')"
-        )
-    vocab = getattr(cfg.get_text_config(), "vocab_size", None)
-    if vocab is not None and len(tokenizer) > vocab:
-        raise SpectuneError(
-            f"model folder {model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's "
-            f"vocabulary has {vocab}; they do not belong together"
-        )
-    problem = weights_problem(model_dir)
-    if problem:
-        raise SpectuneError(f"model folder {model_dir}: {problem}")
-    return tokenizer
 
 
 def load_run_data(config: TuneConfig) -> RunData:
@@ -194,7 +152,6 @@ def check_world(run: Run) -> None:
 
 
 __all__ = [
-    "check_model",
     "check_parallel",
     "check_resume_inputs",
     "check_saved_config",

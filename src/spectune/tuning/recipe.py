@@ -80,22 +80,22 @@ from spectune.errors import SpectuneError
 from spectune.judging import cache as judge_cache
 from spectune.judging.all import judge
 from spectune.models import hardware
-from spectune.models.loading import resolve_model_dir
+from spectune.models.loading import check_model, resolve_model_dir
 from spectune.models.tokenizer import load_tokenizer
 from spectune.report.files import write_results
 from spectune.report.pages.run import write_run_report
+from spectune.results.logs import log_rows
 from spectune.results.metrics import Judging, RunMetrics
 from spectune.results.runfolder import CONFIG, RunFolder
 from spectune.tuning import pins as P
 from spectune.tuning.checks import (
-    check_model,
     check_parallel,
     check_resume_inputs,
     check_saved_config,
     check_world,
     load_run_data,
 )
-from spectune.tuning.collect import collect_metrics, log_rows, write_run_plots, write_spectra_files
+from spectune.tuning.collect import collect_metrics, write_run_plots, write_spectra_files
 from spectune.tuning.config import TuneConfig, yaml_dump
 from spectune.tuning.judging import (
     base_loader,

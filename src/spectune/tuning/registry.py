@@ -119,18 +119,27 @@ class Registry:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SpectuneError(
                 f"unknown {self.kind} {name!r}{hint}; registered {self.kind}s: "
-                f"{', '.join(self._items)}"
+                f"{', '.join(self.names())}"
             ) from None
 
+    def _rank(self, spec: Any) -> int:
+        """The position of the built-in module that defines ``spec``'s class (plug-ins from
+        elsewhere after them), so listings do not depend on which module was imported first."""
+        module = type(spec).__module__
+        for i, builtin in enumerate(self._builtins):
+            if module == builtin or module.startswith(builtin + "."):
+                return i
+        return len(self._builtins)
+
     def names(self) -> list[str]:
-        """Registered names, built-ins first, in registration order."""
+        """Registered names: the built-ins in the order of their modules, then the others;
+        each group in registration order."""
         self._load_builtins()
-        return list(self._items)
+        return sorted(self._items, key=lambda n: self._rank(self._items[n]))
 
     def describe(self) -> dict[str, str]:
         """name -> one-line description."""
-        self._load_builtins()
-        return {n: s.description for n, s in self._items.items()}
+        return {n: self._items[n].description for n in self.names()}
 
     def sections(self) -> dict[str, type]:
         """Every section any plug-in of this kind declares: name -> dataclass."""

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from spectune.errors import SpectuneError
+from spectune.judging.ranking import list_labels, ndcg, ranking_metrics
 from spectune.tuning import checks, judging, recipe
 from spectune.tuning.config import TuneConfig
 from spectune.tuning.objectives.lipo.collator import ListCollator
-from spectune.tuning.objectives.lipo.data import grade, list_labels, load_lists, make_lists
+from spectune.tuning.objectives.lipo.data import grade, load_lists, make_lists
 from spectune.tuning.objectives.lipo.logps import sequence_logps
 from spectune.tuning.objectives.lipo.loss import lipo_loss
-from spectune.tuning.objectives.lipo.metrics import ndcg, ranking_metrics
 from spectune.tuning.objectives.lipo.section import LOSSES
 from tests.conftest import tiny_run_config
 

@@ -20,7 +20,7 @@ averaged over the lists of a batch (``lipo.loss``):
 
 - ``lambda`` (LiPO-lambda): L = -sum_{psi_i > psi_j} Delta_ij log sigmoid(s_i - s_j) with the
   LambdaLoss weight Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|, gain G = 2^psi - 1
-  (psi: the list's scores rescaled min-max to [0, K - 1], :func:`list_labels`, so scores of
+  (psi: the list's scores rescaled min-max to [0, K - 1], :func:`spectune.judging.ranking.list_labels`, so scores of
   any finite scale work: Elo-like 1500/900, 0-100, 1e300; the paper's labels are bounded
   grades or win rates, and the task checker's grades 0-3 of a list of 4 stay as they are),
   discount D(tau) = log(1 + tau), tau_i the 1-based rank of s_i under the current rewards

@@ -9,8 +9,9 @@ import torch
 
 from spectune.data.instructions import InstructionExample, tokenize_example
 from spectune.errors import SpectuneError
+from spectune.judging.ranking import list_labels
 from spectune.models.tokenizer import IGNORE_INDEX
-from spectune.tuning.objectives.lipo.data import RankedList, list_labels
+from spectune.tuning.objectives.lipo.data import RankedList
 
 
 def tokenize_lists(

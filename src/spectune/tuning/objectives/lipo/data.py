@@ -211,26 +211,6 @@ def _number(value: Any) -> bool:
         return False
 
 
-#: the highest label of a list: K - 1 for a list of K responses, at most this (2^30 - 1 is
-#: the largest gain, exact in float32).
-MAX_LABEL = 30
-
-
-def list_labels(scores: list[float] | tuple[float, ...]) -> list[float]:
-    """The labels psi of one list: its scores rescaled linearly (min-max) to [0, K - 1], K the
-    number of responses (at most :data:`MAX_LABEL`): the lowest score gets 0, the highest
-    K - 1, the others keep their relative gaps. So the gain 2^psi - 1 is at most 2^(K-1) - 1
-    whatever the scores' scale (Elo-like 1500/900, 0-100, 1e300 or 1e-300), and the task
-    checker's grades 0-3 of a list of 4 that holds a 0 and a 3 are unchanged. All-equal scores
-    give all 0 (no pair)."""
-    lo, hi = min(scores), max(scores)
-    top = float(min(len(scores) - 1, MAX_LABEL))
-    half = hi / 2 - lo / 2  # halves: the span of two finite floats may overflow, this cannot
-    if not half > 0:
-        return [0.0] * len(scores)
-    return [min(top, max(0.0, (s / 2 - lo / 2) / half * top)) for s in scores]
-
-
 def cut_list(lst: RankedList, list_size: int, *, seed: int | str) -> RankedList:
     """``lst`` cut to ``list_size`` responses (in list order): one best and one worst response
     (seeded among ties, so the list keeps a pair) and a seeded sample of the others;

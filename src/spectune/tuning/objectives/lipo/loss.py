@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spectune import _check as check
-from spectune.tuning.objectives.lipo.data import MAX_LABEL
+from spectune.judging.ranking import MAX_LABEL
 from spectune.tuning.objectives.lipo.section import LOSSES
 
 

@@ -15,6 +15,7 @@ from transformers import AutoConfig
 from spectune.data.instructions import InstructionExample, tokenize_example
 from spectune.data.tasks import TASKS_VERSION, generate_task_set
 from spectune.errors import SpectuneError
+from spectune.judging.ranking import pair_accuracy, ranking_metrics
 from spectune.models import hardware
 from spectune.models.loading import resolve_model_dir
 from spectune.models.tokenizer import IGNORE_INDEX, pad_token_id
@@ -30,7 +31,6 @@ from spectune.tuning.objectives.lipo.data import (
 )
 from spectune.tuning.objectives.lipo.logps import list_logps, score_features
 from spectune.tuning.objectives.lipo.loss import lipo_loss
-from spectune.tuning.objectives.lipo.metrics import pair_accuracy, ranking_metrics
 from spectune.tuning.objectives.lipo.sampling import sample_lists
 from spectune.tuning.objectives.lipo.section import LipoSection
 from spectune.tuning.scale.memory import available_bytes, batch_activation_bytes
