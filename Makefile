@@ -30,7 +30,7 @@ help:
 	@echo "make test       set up .venv with the test tools and run the whole test suite (what CI runs)"
 	@echo "make test-fast  the suite without the tests marked slow"
 	@echo "make test-numerics  the tests on real weights under AVX2-only kernels, then on one thread"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff, and lint-imports (the layers contract in pyproject.toml)"
 	@echo "make bench      the benchmarks in bench/"
 	@echo "make lock       re-resolve requirements.lock from pyproject.toml (then: make test, commit the lock)"
 
@@ -72,6 +72,7 @@ demo: $(STAMP)
 # SPECTUNE_REQUIRE_ANCHORS=1: a parity test whose anchor (weightwatcher, powerlaw, trl...) is
 # missing fails instead of skipping
 test: $(STAMP_DEV) browser
+	$(VENV)/bin/lint-imports
 	SPECTUNE_REQUIRE_ANCHORS=1 $(PY) -m pytest $(XDIST) -m "slow or not slow" --durations=30 $(PYTEST_ARGS)
 
 test-fast: $(STAMP_DEV)
@@ -93,6 +94,7 @@ test-numerics: $(STAMP_DEV)
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP_DEV)
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -19,7 +19,7 @@ in their environment), which keeps the peak RSS at the live memory the plan esti
 and system CPU seconds: the fixed threshold's page faults cost time. Timings on a shared
 machine are only comparable within one run: ``--rounds N`` repeats both runs in alternating
 order and compares medians.
-The slow tests in ``tests/tuning/scale/test_plan.py`` hold the tiny model (4 x 64) and the LoRA
+The slow tests in ``tests/tuning/scale/test_memory.py`` hold the tiny model (4 x 64) and the LoRA
 run to tolerances.
 
 Run: nice -n 19 .venv/bin/python bench/plan_rss.py [--steps 3] [--default-malloc [--rounds 3]]

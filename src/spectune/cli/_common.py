@@ -53,8 +53,9 @@ def _fmt_num(value: Any, spec: str) -> str:
 def accuracy_text(learning: Any) -> str:
     """``"0.0% -> 40.6% [28.1, 53.1]"``: held-out accuracy before and after, with the after
     accuracy's 95% bootstrap interval over the questions when the run recorded it."""
-    text = (f"{_fmt_num(learning.accuracy_before, '.1%')} -> "
-            f"{_fmt_num(learning.accuracy_after, '.1%')}")  # fmt: skip
+    text = (
+        f"{_fmt_num(learning.accuracy_before, '.1%')} -> {_fmt_num(learning.accuracy_after, '.1%')}"
+    )
     ci = learning.accuracy_after_interval
     if ci is not None:
         text += f" [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
@@ -89,23 +90,38 @@ def show_comparison(outcomes: list[Any]) -> None:
             continue
         learn, forget, cost = m.learning, m.forgetting, m.cost
         spectra = m.spectra
-        view.append({
-            "run": o.name,
-            "method": m.run.method,
-            "trainable": _fmt_num(cost.trainable_percent, ".2f") + "%",
-            "accuracy": accuracy_text(learn),
-            "perplexity": f"{_fmt_num(forget.perplexity_before, '.2f')} -> "
-                          f"{_fmt_num(forget.perplexity_after, '.2f')}",
-            "train s": _fmt_num(cost.train_seconds, ".0f"),
-            "ms/token": _fmt_num(cost.ms_per_token, ".0f"),
-            "alpha (base)": f"{_fmt_num(spectra and spectra.alpha, '.2f')} "
-                            f"({_fmt_num(spectra and spectra.base_alpha, '.2f')})",
-            "status": "ok",
-        })  # fmt: skip
-    columns = ["run", "method", "trainable", "accuracy", "perplexity", "train s", "ms/token",
-               "alpha (base)", "status"]  # fmt: skip
-    print_table(view, "learning (held-out accuracy) vs forgetting (perplexity on general text)",
-                columns, first_width=8)  # fmt: skip
+        view.append(
+            {
+                "run": o.name,
+                "method": m.run.method,
+                "trainable": _fmt_num(cost.trainable_percent, ".2f") + "%",
+                "accuracy": accuracy_text(learn),
+                "perplexity": f"{_fmt_num(forget.perplexity_before, '.2f')} -> "
+                f"{_fmt_num(forget.perplexity_after, '.2f')}",
+                "train s": _fmt_num(cost.train_seconds, ".0f"),
+                "ms/token": _fmt_num(cost.ms_per_token, ".0f"),
+                "alpha (base)": f"{_fmt_num(spectra and spectra.alpha, '.2f')} "
+                f"({_fmt_num(spectra and spectra.base_alpha, '.2f')})",
+                "status": "ok",
+            }
+        )
+    columns = [
+        "run",
+        "method",
+        "trainable",
+        "accuracy",
+        "perplexity",
+        "train s",
+        "ms/token",
+        "alpha (base)",
+        "status",
+    ]
+    print_table(
+        view,
+        "learning (held-out accuracy) vs forgetting (perplexity on general text)",
+        columns,
+        first_width=8,
+    )
     line = seeds_line(outcomes)
     if line:
         print(line)
@@ -152,5 +168,6 @@ def backend_from_args(args: argparse.Namespace) -> Any:
     that only goes with ``--backend ray`` is refused with the local backend)."""
     from spectune.studies.backends import Backend
 
-    return Backend(args.backend, args.address, args.cpus, args.cpus_per_trial,
-                   args.gpus_per_trial).check()  # fmt: skip
+    return Backend(
+        args.backend, args.address, args.cpus, args.cpus_per_trial, args.gpus_per_trial
+    ).check()

@@ -31,22 +31,30 @@ def run(args: argparse.Namespace) -> int:
     from spectune.cli._common import print_table
     from spectune.studies.advice import Constraints, advise, load_candidates
 
-    constraints = Constraints(memory_gib=args.memory_gib, max_train_s=args.max_train_s,
-                              max_ms_per_token=args.max_ms_per_token,
-                              max_forgetting=args.max_forgetting, n_train=args.n_train)  # fmt: skip
+    constraints = Constraints(
+        memory_gib=args.memory_gib,
+        max_train_s=args.max_train_s,
+        max_ms_per_token=args.max_ms_per_token,
+        max_forgetting=args.max_forgetting,
+        n_train=args.n_train,
+    )
     advice = advise(load_candidates(args.folder), constraints)
     if args.json:
         print(json.dumps(advice.to_dict(), indent=2, default=float))
         return 0
     rows = []
     for r in advice.table:
-        rows.append({
-            "candidate": r["name"], "runs": r["runs"],
-            "gain (pts)": _ci(r["accuracy_gain"], r["gain_low"], r["gain_high"]),
-            "ppl increase (%)": _ci(r["forgetting"], r["forgetting_low"], r["forgetting_high"]),
-            "train s": r["train_seconds"], "ms/token": r["ms_per_token"],
-            "peak GiB": r["peak_rss_gib"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "candidate": r["name"],
+                "runs": r["runs"],
+                "gain (pts)": _ci(r["accuracy_gain"], r["gain_low"], r["gain_high"]),
+                "ppl increase (%)": _ci(r["forgetting"], r["forgetting_low"], r["forgetting_high"]),
+                "train s": r["train_seconds"],
+                "ms/token": r["ms_per_token"],
+                "peak GiB": r["peak_rss_gib"],
+            }
+        )
     print_table(rows, "Measured candidates (95% intervals)", list(rows[0]), first_width=12)
     print(advice.text())
     return 0

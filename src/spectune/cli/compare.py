@@ -11,17 +11,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", help="the reference model (teacher, base): folder, file or 'default'")
     parser.add_argument("b", help="the other model (student, tuned)")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
-    parser.add_argument("--out", help="results folder for compare.csv, compare.json, flow.csv "
-                        "and plots (new, empty, or an earlier compare --out, whose files are "
-                        "replaced)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        help="results folder for compare.csv, compare.json, flow.csv "
+        "and plots (new, empty, or an earlier compare --out, whose files are "
+        "replaced)",
+    )
     parser.add_argument("--plots", action="store_true", help="also write PNG figures to --out")
-    parser.add_argument("--report", action="store_true",
-                        help="also write report.html (with the figures) to --out")  # fmt: skip
-    parser.add_argument("--z", type=float, default=3.5,
-                        help="robust standard deviations below the typical norm change that "
-                        "flag a collapsed layer (default 3.5)")  # fmt: skip
-    parser.add_argument("--min-drop", type=float, default=0.1,
-                        help="smallest flagged drop in log10 units (default 0.1)")  # fmt: skip
+    parser.add_argument(
+        "--report", action="store_true", help="also write report.html (with the figures) to --out"
+    )
+    parser.add_argument(
+        "--z",
+        type=float,
+        default=3.5,
+        help="robust standard deviations below the typical norm change that "
+        "flag a collapsed layer (default 3.5)",
+    )
+    parser.add_argument(
+        "--min-drop",
+        type=float,
+        default=0.1,
+        help="smallest flagged drop in log10 units (default 0.1)",
+    )
     parser.add_argument("--precision", choices=["float64", "float32"], default="float64")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -58,22 +70,31 @@ def run(args: argparse.Namespace) -> int:
     table, summary = comparison.table, comparison.summary
     matched = table[table["match"] == "matched"]
     shown = matched.sort_values("d_log_spectral_norm").head(10)
-    print_table(shown.to_dict(orient="records"), "largest norm drops (b - a, log10 units)",
-                ["longname", "d_log_spectral_norm", "d_log_norm", "d_alpha", "collapsed"])  # fmt: skip
-    print(f"matched {summary['n_matched']} layers; collapsed: {summary['n_collapsed']}"
-          + (f" ({', '.join(summary['collapsed_layers'][:10])})" if summary["n_collapsed"] else ""))  # fmt: skip
+    print_table(
+        shown.to_dict(orient="records"),
+        "largest norm drops (b - a, log10 units)",
+        ["longname", "d_log_spectral_norm", "d_log_norm", "d_alpha", "collapsed"],
+    )
+    print(
+        f"matched {summary['n_matched']} layers; collapsed: {summary['n_collapsed']}"
+        + (f" ({', '.join(summary['collapsed_layers'][:10])})" if summary["n_collapsed"] else "")
+    )
     if summary["flow_bent"]:
-        print("alpha flow bent in b (breaks b's trend, not a's): "
-              + ", ".join(summary["flow_bent"][:10]))  # fmt: skip
+        print(
+            "alpha flow bent in b (breaks b's trend, not a's): "
+            + ", ".join(summary["flow_bent"][:10])
+        )
     if summary["mismatched"]:
-        print(f"not compared ({len(summary['mismatched'])}): "
-              + "; ".join(summary["mismatched"][:10]))  # fmt: skip
+        print(
+            f"not compared ({len(summary['mismatched'])}): " + "; ".join(summary["mismatched"][:10])
+        )
     if out is not None and folder is not None:
         from spectune.report.files import write_comparison_results
 
         with folder.replacing():
-            written = write_comparison_results(comparison, out, plots=args.plots or args.report,
-                                               own=folder.own)  # fmt: skip
+            written = write_comparison_results(
+                comparison, out, plots=args.plots or args.report, own=folder.own
+            )
             if args.report:
                 from spectune.report.pages.blocks import REPORT
                 from spectune.report.pages.spectra import write_spectra_report

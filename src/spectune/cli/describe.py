@@ -12,8 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="model folder, weights file, PEFT adapter, or 'default'")
     parser.add_argument("--peft", action="store_true", help="list LoRA pairs")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
-    parser.add_argument("--csv", help="also write the table to this CSV file (new, or one "
-                        "describe wrote)")  # fmt: skip
+    parser.add_argument(
+        "--csv", help="also write the table to this CSV file (new, or one describe wrote)"
+    )
 
 
 #: how the table describe writes begins: an existing --csv is replaced only when it is one
@@ -25,20 +26,25 @@ def _check_ours(csv: Path) -> None:
     from spectune.errors import SpectuneError
 
     if csv.is_symlink():
-        raise SpectuneError(f"--csv {csv} is a symbolic link; spectune never writes through a "
-                            "link: pick another --csv")  # fmt: skip
+        raise SpectuneError(
+            f"--csv {csv} is a symbolic link; spectune never writes through a "
+            "link: pick another --csv"
+        )
     if not csv.exists():
         return
     try:
         with csv.open("rb") as fh:
             head = fh.read(len(HEADER)).decode("utf-8", errors="replace")
     except OSError as exc:
-        raise SpectuneError(f"--csv {csv} cannot be read ({exc.strerror}); pick another "
-                            "--csv") from None  # fmt: skip
+        raise SpectuneError(
+            f"--csv {csv} cannot be read ({exc.strerror}); pick another --csv"
+        ) from None
     if head != HEADER:
-        raise SpectuneError(f"--csv {csv} exists and is not a table spectune describe wrote; "
-                            "spectune never replaces a file it did not write: pick another "
-                            "--csv or move it")  # fmt: skip
+        raise SpectuneError(
+            f"--csv {csv} exists and is not a table spectune describe wrote; "
+            "spectune never replaces a file it did not write: pick another "
+            "--csv or move it"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +62,22 @@ def run(args: argparse.Namespace) -> int:
         raise SpectuneError(
             f"--layers '{args.layers}' selects no matrix; run without --layers to list them all"
         )
-    cols = [c for c in ["layer_id", "longname", "layer_type", "N", "M", "Q", "rf", "num_evals",
-                        "lora_rank", "scaling"] if c in desc.columns]  # fmt: skip
+    cols = [
+        c
+        for c in [
+            "layer_id",
+            "longname",
+            "layer_type",
+            "N",
+            "M",
+            "Q",
+            "rf",
+            "num_evals",
+            "lora_rank",
+            "scaling",
+        ]
+        if c in desc.columns
+    ]
     print_table(desc.to_dict(orient="records"), f"{args.source}: {len(desc)} matrices", cols)
     if csv is not None:
         from spectune._io import atomic_path

@@ -7,8 +7,10 @@ import argparse
 HELP = "search settings with Optuna (NSGA-II) for accuracy gain against forgetting: Pareto set"
 
 #: spectune.studies.search_space.DEFAULT_SPACE (not imported: the help answers without the library)
-DEFAULT_SPACE = ("r=4,8,16,32,64 lora_alpha=4..256:log lora_dropout=0..0.2 "
-                 "train.learning_rate=1e-5..1e-2:log method=lora,dora")  # fmt: skip
+DEFAULT_SPACE = (
+    "r=4,8,16,32,64 lora_alpha=4..256:log lora_dropout=0..0.2 "
+    "train.learning_rate=1e-5..1e-2:log method=lora,dora"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +64,21 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         print(f"[search] no --space: the default {DEFAULT_SPACE}", file=sys.stderr)
-    result = search(config_path, space=args.space, objectives=args.objectives,
-                    trials=args.trials, sampler=args.sampler, seed=args.seed,
-                    population=args.population, overrides=overrides, out=args.out,
-                    overwrite=args.overwrite, resume=args.resume,
-                    progress=not args.no_progress, backend=backend)  # fmt: skip
+    result = search(
+        config_path,
+        space=args.space,
+        objectives=args.objectives,
+        trials=args.trials,
+        sampler=args.sampler,
+        seed=args.seed,
+        population=args.population,
+        overrides=overrides,
+        out=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+        backend=backend,
+    )
     names = [o["name"] for o in result.objectives]
     keys = [p["key"] for p in result.space]
     ways = ", ".join(f"{o['name']} ({o['direction']})" for o in result.objectives)

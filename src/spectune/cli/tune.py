@@ -65,8 +65,10 @@ def load_run_config(args: argparse.Namespace) -> object:
     config_path, overrides = split_config_and_overrides(args)
     fix = "pass a folder you can write to"
     if distributed.active():
-        fix = ("pass a folder every process can write to (each writes its part of the "
-               "checkpoints; on several machines, a shared file system)")  # fmt: skip
+        fix = (
+            "pass a folder every process can write to (each writes its part of the "
+            "checkpoints; on several machines, a shared file system)"
+        )
     if args.out:
         check_writable_dir(args.out, "--out", fix)  # before any work, not after training
     if args.keep_checkpoints:
@@ -95,8 +97,14 @@ def load_run_config(args: argparse.Namespace) -> object:
 def tune_with(args: argparse.Namespace, config: object) -> object:
     from spectune.tuning.recipe import tune
 
-    return tune(config, out=args.out, overwrite=args.overwrite, resume=args.resume,
-                merge=args.merge, progress=not args.no_progress)  # fmt: skip
+    return tune(
+        config,
+        out=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        merge=args.merge,
+        progress=not args.no_progress,
+    )
 
 
 def run_launched(args: argparse.Namespace) -> int:
@@ -141,8 +149,10 @@ def run_launched(args: argparse.Namespace) -> int:
         os._exit(2)
     if world.main:
         show_run(result.metrics)
-        print(f"results in {result.out} (open {result.out / 'report.html'}); trained by "
-              f"{world.size} processes")  # fmt: skip
+        print(
+            f"results in {result.out} (open {result.out / 'report.html'}); trained by "
+            f"{world.size} processes"
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Study: many runs, and what they say together.
+"""Studies: many runs, and what they say together.
 
 - :mod:`.runner`: the skeleton every kind of many-run job shares: the folder opened and locked,
   the resume check, the runs' outcomes, the comparison files (results.csv/.md,

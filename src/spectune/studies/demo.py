@@ -117,12 +117,15 @@ def _budget(method: str, base: dict[str, Any], model_dir: Path) -> int:
     from spectune.tuning.methods import get_method
     from spectune.tuning.methods.base import meta_model
 
-    config = TuneConfig.from_dict(apply_overrides(base, [f"method={method}"]),
-                                  source="demo", foreign_sections="drop")  # fmt: skip
+    config = TuneConfig.from_dict(
+        apply_overrides(base, [f"method={method}"]), source="demo", foreign_sections="drop"
+    )
     count = get_method(method).trainable_count(_context(config, model_dir), meta_model(model_dir))
     if count is None:
-        raise SpectuneError(f"demo: method {method!r} cannot count its trainable parameters "
-                            "from the model's shapes; pick another reference method")  # fmt: skip
+        raise SpectuneError(
+            f"demo: method {method!r} cannot count its trainable parameters "
+            "from the model's shapes; pick another reference method"
+        )
     return count
 
 

@@ -186,21 +186,20 @@ def test_out_of_tree_method_runs_through_the_cli(norms_method, tiny_model_dir, t
 
 
 def test_out_of_tree_method_gets_a_memory_estimate_and_a_plan(norms_method, tiny_model_dir, capsys):
-    """``spectune plan`` and ``spectune methods NAME --model`` count an out-of-tree method by
+    """``spectune memory`` and ``spectune methods NAME --model`` count an out-of-tree method by
     building it on the meta model (Method.trainable_count's default)."""
-    from spectune.cli.main import COMMANDS, main
+    from spectune.cli.main import main
 
     norms, tiny = 2 * 2 * 64 + 64, str(tiny_model_dir)
-    assert main(["plan", tiny, "--method", "norms", "--batch", "1", "--seq", "8"]) == 0
+    assert main(["memory", tiny, "--method", "norms", "--batch", "1", "--seq", "8"]) == 0
     out = capsys.readouterr().out
     assert "\nnorms " in out and f"trainable: norms {norms:,}" in out
-    assert main(["plan", tiny, "--json", "--batch", "1", "--seq", "8"]) == 0
+    assert main(["memory", tiny, "--json", "--batch", "1", "--seq", "8"]) == 0
     estimates = {e["method"]: e for e in json.loads(capsys.readouterr().out)}
     assert estimates["norms"]["trainable"] == norms and estimates["norms"]["adapter"] == 4 * norms
     assert estimates["norms"]["peak"] > estimates["lora"]["overhead"]
-    if "methods" in COMMANDS:
-        assert main(["methods", "norms", "--model", tiny]) == 0
-        assert f"norms on {tiny_model_dir.name}: {norms:,} of" in capsys.readouterr().out
+    assert main(["methods", "norms", "--model", tiny]) == 0
+    assert f"norms on {tiny_model_dir.name}: {norms:,} of" in capsys.readouterr().out
 
 
 def test_out_of_tree_method_passes_the_shared_checks(norms_method, tiny_model_dir, tmp_path,
@@ -302,11 +301,11 @@ def test_the_readme_plugin_example_runs_as_written(
         with_emb = check_method("norms", tiny_model_dir, tmp_path / "b", smol_tokenizer,
                                 norms__embeddings=True)  # fmt: skip
         assert with_emb.built.trainable == 2 * 2 * 64 + 64 + len(smol_tokenizer) * 64
-        # spectune plan reads its section like the built-in ones
+        # spectune memory reads its section like the built-in ones
         from spectune.cli.main import main
 
         argv = [
-            "plan",
+            "memory",
             str(tiny_model_dir),
             "norms.embeddings=true",
             "--method",

@@ -68,7 +68,7 @@ machine, so spectune leaves the allocator as it is (``bench/plan_rss.py --defaul
 
 Measured against the training-phase peak RSS of 3-step CPU runs with the threshold fixed
 (``RunMetrics.cost``, float32, this 2-CPU machine; ``bench/plan_rss.py``;
-``tests/tuning/scale/test_plan.py`` checks the tiny model within 15% and SmolLM2-135M LoRA within
+``tests/tuning/scale/test_memory.py`` checks the tiny model within 15% and SmolLM2-135M LoRA within
 10%): the 2-block 64-wide Llama, LoRA, batch 8 x 128: 0.98 GiB measured, +0.4% estimated (the
 overhead is calibrated on it), batch 4 x 64: 0.62 GiB, -11%; SmolLM2-135M LoRA r=16, dropout
 0.05, batch 8 x 128: 3.55 GiB, -0.6%, with checkpointing 1.64 GiB, +1.7%; SmolLM2-135M full
