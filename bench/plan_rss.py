@@ -1,4 +1,4 @@
-"""``spectune plan``'s estimate against the measured peak RSS of training on the embedded model.
+"""``spectune memory``'s estimate against the measured peak RSS of training on the embedded model.
 
 Trains SmolLM2-135M-Instruct for ``--steps`` steps, each configuration in a fresh process,
 and prints the training phase's peak RSS (``metrics.json``'s ``cost.peak_rss_bytes``: the
@@ -161,7 +161,7 @@ def main() -> None:
         tiny = tiny_model(Path(tmp) / "tiny") if any(n.startswith("tiny") for n in chosen) else ""
         runs = configs(long_data(Path(tmp)), Path(tiny), args.steps)
         print(f"{args.steps} steps, float32, AdamW (lora, full: SmolLM2-135M-Instruct); "
-              "training-phase peak RSS against spectune plan's estimate:")  # fmt: skip
+              "training-phase peak RSS against spectune memory's estimate:")  # fmt: skip
         for name in chosen:
             got: dict[str, list[dict]] = {m: [] for m in modes}
             for i in range(rounds):

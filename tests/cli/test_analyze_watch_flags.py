@@ -64,7 +64,7 @@ def test_analyze_report_embeds_the_intruder_and_flow_sections(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"report.html", "intruders.png"} <= names
     text = (out / "report.html").read_text(encoding="utf-8")
-    assert f"spectune analyze: {tuned}" in text
+    assert f"spectune watch: {tuned}" in text
     assert "1 intruder dimension in 1 of 2 matrices." in text
     # no delta has a fitted alpha (one is zero, one rank 1): no flow, no flow section
     assert "flow.csv" not in names and "correlation_flow.png" not in names

@@ -1,4 +1,4 @@
-"""``spectune plan``: estimated peak training memory per method, from the model's config.json.
+"""``spectune memory`` (old name ``plan``): estimated peak training memory per method, from the model's config.json.
 
 Every registered method is estimated through its own memory terms
 (:func:`spectune.tuning.scale.memory.estimate_memory`); its settings come from the config

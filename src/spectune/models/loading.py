@@ -16,7 +16,7 @@ model folder works instead (:func:`resolve_model_dir`). :func:`weights_problem` 
 them; :func:`read_model_config` reads a model's config without its weights.
 
 torch and transformers are imported inside the functions that load a model: resolving and
-checking folders (:mod:`spectune.tuning.pins`, ``spectune plan``) stays torch-free.
+checking folders (:mod:`spectune.tuning.pins`, ``spectune memory``) stays torch-free.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ other files only       refuse            refuse                  refuse
 a run in use           refuse            refuse                  refuse
 =====================  ================  ======================  =====================
 
-Outputs that are recomputed rather than resumed (``spectune analyze --out``, ``spectune
+Outputs that are recomputed rather than resumed (``spectune watch --out``, ``spectune
 compare --out``: kinds ``"analyze"`` and ``"compare"``) use :meth:`RunFolder.replacing`: a new
 or empty folder is taken and marked, a folder holding the same kind's earlier output has that
 output replaced (the ``--overwrite`` column, without the flag), and any other folder is

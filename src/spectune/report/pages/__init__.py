@@ -3,7 +3,7 @@
 - :mod:`~spectune.report.pages.run`: a run folder (``metrics.json``);
 - :mod:`~spectune.report.pages.comparison`: a sweep, study, search or demo folder
   (``results.csv``, ``runs/<name>/``);
-- :mod:`~spectune.report.pages.spectra`: a spectra folder (``spectune analyze --out``,
+- :mod:`~spectune.report.pages.spectra`: a spectra folder (``spectune watch --out``,
   ``spectune compare --out``);
 - :mod:`~spectune.report.pages.watch`: the watch sections of a spectra folder (fits,
   overparameterized layers, intruder dimensions, scale collapse, correlation flow) that every

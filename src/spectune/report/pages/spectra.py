@@ -1,4 +1,4 @@
-"""The page of a spectra folder: what ``spectune analyze --out`` or ``spectune compare --out``
+"""The page of a spectra folder: what ``spectune watch --out`` or ``spectune compare --out``
 wrote (``details.csv`` and/or ``compare.csv``, with their summaries, ``flow.csv`` and figures):
 the analysis's summary and extremes, the figures, then the watch sections
 (:mod:`spectune.report.pages.watch`).
@@ -33,7 +33,7 @@ from spectune.report.pages.watch import (
     _watch_sections,
 )
 
-#: files of which one makes a folder a spectra folder (``spectune analyze`` / ``compare --out``)
+#: files of which one makes a folder a spectra folder (``spectune watch`` / ``compare --out``)
 SPECTRA_FILES = ("details.csv", "compare.csv")
 
 
@@ -67,7 +67,7 @@ def _analysis_summary(s: dict[str, Any], rows: list[dict[str, str]]) -> _Html:
 
 
 def render_spectra(folder: str | os.PathLike[str]) -> str:
-    """The HTML page of a spectra folder: what ``spectune analyze --out`` or
+    """The HTML page of a spectra folder: what ``spectune watch --out`` or
     ``spectune compare --out`` wrote.
 
     Args:
@@ -89,7 +89,7 @@ def render_spectra(folder: str | os.PathLike[str]) -> str:
             "no such folder" if not root.is_dir() else "neither details.csv nor compare.csv in it"
         )
         raise SpectuneError(
-            f"cannot render {root}: {where}; `spectune analyze --out` or "
+            f"cannot render {root}: {where}; `spectune watch --out` or "
             "`spectune compare --out` writes one"
         )
     reader = _Reader(root)
@@ -105,7 +105,7 @@ def render_spectra(folder: str | os.PathLike[str]) -> str:
         )
     else:
         source = summary.get("source") or root.name
-        title, sub = f"spectune analyze: {source}", f"{_count(summary.get('n_layers'))} matrices"
+        title, sub = f"spectune watch: {source}", f"{_count(summary.get('n_layers'))} matrices"
     body = [
         _tag("h1", title),
         _tag("p", sub, "sub"),

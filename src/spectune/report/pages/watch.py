@@ -5,7 +5,7 @@ A spectra folder holds ``details.csv`` and ``summary.json`` (an analysis), ``com
 ``flow.csv`` alone (one model's flow), and the figures the sections embed. The sections are
 fits (power law or truncated power law), overparameterized layers (alpha > 6, and the LoRA
 overfitting signal), intruder dimensions, scale collapse and correlation flow; each is empty
-when its file or column is. The spectra page shows them for ``spectune analyze`` /
+when its file or column is. The spectra page shows them for ``spectune watch`` /
 ``spectune compare --out``, the run page for the run's ``spectra/``, the comparison page for
 the demo's ``base_spectra/`` and, per run, in one table of warning signs (:func:`_watch_runs`).
 The tables of an analysis (:func:`_count_rows`, :func:`_extremes`) are here too.

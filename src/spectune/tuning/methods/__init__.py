@@ -35,7 +35,7 @@ out-of-tree method::
     st.tune(st.load_config(None, ["method=norms"]), out="results/norms")
 
 The default hooks save the trainable tensors, load them back, and analyze W - W_base; the
-memory estimate (``spectune plan``) and ``spectune methods norms --model M`` count what it
+memory estimate (``spectune memory``) and ``spectune methods norms --model M`` count what it
 trains by building it on the meta-device model. Nothing outside this package names a method:
 what the memory estimate, the demo and ``spectune methods`` need comes through the hooks of
 :class:`~spectune.tuning.methods.base.Method` (``trainable_count``, ``memory_terms``, ``plan``).
