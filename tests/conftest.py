@@ -37,8 +37,8 @@ def require(module: str, why: str = "an anchor the suite compares against") -> o
 def pytest_report_header(config) -> list[str]:
     """Say up front whether the embedded model is there and its cache built: tests that load
     it build the cache on first use (tens of seconds), or fail naming the install command."""
-    from spectune.models import loading as models
     from spectune.errors import SpectuneError
+    from spectune.models import loading as models
 
     try:
         folder = models.default_model_cache_dir()
