@@ -1,4 +1,4 @@
-"""Judge: how good a model is, measured without test data of the user's.
+"""Judging: how good a model is, measured without test data of the user's.
 
 One module per metric, each a function of ``(model, tokenizer, ...)`` that returns a dataclass
 with a ``to_dict()`` that serializes to JSON:

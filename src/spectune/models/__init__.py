@@ -11,8 +11,8 @@
   end of turn, the ignored label).
 - :mod:`.forward`: running a model: eval mode without gradients, its device, the model inside
   DDP and peft wrappers, the loss of the labelled positions from a decoder and its head.
-- :mod:`.generate`: greedy decoding in batches with a KV cache (judging, distillation's
-  on-policy inputs).
+- :mod:`.generate`: greedy decoding and seeded sampling in one loop, in batches with a KV
+  cache (judging, distillation's on-policy inputs, LiPO's on-policy lists, augment).
 - :mod:`.quant`: the bitsandbytes 4-bit workaround (weights repacked for CPU inference,
   unpacked so that training still gets gradients).
 - :mod:`.targets`: the modules a peft-style ``target_modules`` spec selects (every method's

@@ -3,7 +3,7 @@
 - :mod:`~spectune.report.pages`: one self-contained ``report.html`` per results folder, one
   module per page (``run``, ``comparison``, ``spectra``) on shared ``blocks``;
 - :mod:`~spectune.report.plots`: functions that take results and return matplotlib Figures,
-  one module per subject (``spectra``, ``runs``);
+  one module per subject (``spectra``, ``runs``, ``study``);
 - :mod:`~spectune.report.files`: the writers of result files and figures (atomically).
 
 Computation never plots or writes files: it hands its results to these. ``report`` imports

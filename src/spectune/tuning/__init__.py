@@ -1,4 +1,4 @@
-"""Tune: one fine-tuning run, from a config to an adapter and its judged metrics.
+"""Tuning: one fine-tuning run, from a config to an adapter and its judged metrics.
 
 - :mod:`.config`: :class:`TuneConfig`, read from YAML with ``key=value`` overrides and checked
   field by field; each method's and objective's settings sit in their own section, the run's
@@ -16,7 +16,7 @@
   judge settings and cached base judgment, :mod:`.watching` its spectra during and after
   training, :mod:`.collect` its metrics, figures and files.
 - :mod:`.pins`: ``inputs.json``, the inputs a run was started with, checked on ``--resume``.
-- :mod:`.scale`: more than one process (torchrun, accelerate), and the memory plan.
+- :mod:`.scale`: more than one process (torchrun, accelerate), and the memory estimate.
 
 The names below are loaded on first use, so importing this package does not import torch.
 """
