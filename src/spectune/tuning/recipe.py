@@ -55,6 +55,11 @@ Results folder (every file written atomically; ``run.json`` is the marker):
                       validation_curve, spectra_vs_validation (+ method's)
 ``report.html``       one self-contained page
 ====================  ===============================================================
+
+The spectra (scipy), plotting (matplotlib) and page modules are imported by the phases that use
+them (watch, report, the spectra watch during training), not at module level: what a training
+process holds in memory is what ``spectune memory`` estimates, and those stacks are ~50 MB it
+does not need while it trains.
 """
 
 from __future__ import annotations
@@ -82,8 +87,6 @@ from spectune.judging.all import judge
 from spectune.models import hardware
 from spectune.models.loading import check_model, resolve_model_dir
 from spectune.models.tokenizer import load_tokenizer
-from spectune.report.files import write_results
-from spectune.report.pages.run import write_run_report
 from spectune.results.logs import log_rows
 from spectune.results.metrics import Judging, RunMetrics
 from spectune.results.runfolder import CONFIG, RunFolder
@@ -95,7 +98,6 @@ from spectune.tuning.checks import (
     check_world,
     load_run_data,
 )
-from spectune.tuning.collect import collect_metrics, write_run_plots, write_spectra_files
 from spectune.tuning.config import TuneConfig, yaml_dump
 from spectune.tuning.judging import (
     base_loader,
@@ -120,9 +122,6 @@ from spectune.tuning.trainer import (
     SpectuneTrainer,
     ValidationLog,
 )
-from spectune.tuning.watching import compare_base, spectra_rows
-from spectune.watch import analyze as analyze_spectra
-from spectune.watch import summarize
 
 if TYPE_CHECKING:
     from spectune.tuning.methods.base import BuildContext, Built, Method
@@ -411,6 +410,7 @@ def callbacks(run: Run) -> list[Any]:
             out.append(run.early_stopping)
     every = run.config.eval.spectra_every_steps
     if every is not None:  # rank 0 analyzes; the others wait for it (or its error)
+        from spectune.tuning.watching import spectra_rows  # the spectra stack: only when watched
         out.append(
             SpectraWatch(
                 every,
@@ -564,6 +564,11 @@ def watch(run: Run) -> None:
     with the base model's metrics alongside; ``spectra/`` tables."""
     if not run.config.eval.spectra:
         return
+    from spectune.report.files import write_results
+    from spectune.tuning.watching import compare_base
+    from spectune.watch import analyze as analyze_spectra
+    from spectune.watch import summarize
+
     what = run.method.spectra(run.built, run.context, run.out / "adapter")
     # intruders: there is a tuned W to compare (an adapter, a full fine-tune, a sparse update)
     intruders = run.config.eval.intruders and (what.peft or what.delta or what.update)
@@ -594,6 +599,9 @@ def watch(run: Run) -> None:
 def report(run: Run, *, merge: bool = False) -> RunMetrics:
     """Phase 8: metrics.json, plots, the merged model (``merge``), report.html; the run is
     then marked complete."""
+    from spectune.report.pages.run import write_run_report
+    from spectune.tuning.collect import collect_metrics, write_run_plots, write_spectra_files
+
     metrics = collect_metrics(run)
     run.folder.own("plots")
     write_run_plots(

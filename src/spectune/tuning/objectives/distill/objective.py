@@ -45,7 +45,6 @@ from spectune.tuning.objectives.distill.teacher import (
     teacher_system,
 )
 from spectune.tuning.objectives.sft import load_instruction_data
-from spectune.watch.compare import compare, compare_summary
 
 if TYPE_CHECKING:
     from spectune.tuning.config import TuneConfig
@@ -124,6 +123,9 @@ def _pad_id(tokenizer: Any) -> int:
 def _spectra_vs_teacher(teacher: Any, student: Any, progress: bool) -> dict[str, Any]:
     """Student vs teacher layer by layer (:func:`spectune.watch.compare.compare`), on
     merged weights (copies, for a model that keeps a peft adapter)."""
+    # the spectra stack (scipy's fits) is imported here, when a run judges: the registry loads
+    # every objective, and a training process should not carry it (what spectune memory counts)
+    from spectune.watch.compare import compare, compare_summary
 
     def plain(model: Any) -> Any:  # a peft model's weights with the adapter merged in
         return (
