@@ -411,6 +411,7 @@ def callbacks(run: Run) -> list[Any]:
     every = run.config.eval.spectra_every_steps
     if every is not None:  # rank 0 analyzes; the others wait for it (or its error)
         from spectune.tuning.watching import spectra_rows  # the spectra stack: only when watched
+
         out.append(
             SpectraWatch(
                 every,
