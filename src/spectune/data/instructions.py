@@ -27,6 +27,7 @@ this module, and reading results stays torch-free.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -585,6 +586,31 @@ def split_validation(
     return ([r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)])
 
 
+def split_heldout(
+    records: Sequence[_Record], fraction: float, seed: int | str
+) -> tuple[list[_Record], list[_Record]]:
+    """Carve the held-out set a run is judged on out of its only data file (``data.eval``
+    unset): ``ceil(fraction * n)`` records, at least 1 and leaving at least 1, chosen by
+    ``random.Random(f"spectune-split:{seed}")``; both parts keep the records' order.
+
+    Args:
+        records: the file's records (instruction examples, ranked lists...), at least 2.
+        fraction: ``data.eval_fraction``.
+        seed: the run's seed.
+
+    Returns:
+        ``(train, heldout)``, disjoint.
+    """
+    order = list(range(len(records)))
+    random.Random(f"spectune-split:{seed}").shuffle(order)
+    n_hold = min(len(records) - 1, max(1, math.ceil(fraction * len(records))))
+    held = set(order[:n_hold])
+    return (
+        [r for i, r in enumerate(records) if i not in held],
+        [r for i, r in enumerate(records) if i in held],
+    )
+
+
 __all__ = [
     "FORMATS",
     "InstructionCollator",
@@ -594,6 +620,7 @@ __all__ = [
     "build_prompt",
     "detect_format",
     "load_instructions",
+    "split_heldout",
     "split_validation",
     "tokenize_example",
     "tokenize_examples",

@@ -13,11 +13,14 @@ instruction example, and on SmolLM2 the 49152 x 576 head is a fifth of the FLOPs
 
 from __future__ import annotations
 
-import math
-import random
 from typing import TYPE_CHECKING, Any
 
-from spectune.data.instructions import InstructionCollator, load_instructions, tokenize_examples
+from spectune.data.instructions import (
+    InstructionCollator,
+    load_instructions,
+    split_heldout,
+    tokenize_examples,
+)
 from spectune.data.tasks import TASKS_VERSION, generate_task_set
 from spectune.errors import SpectuneError
 from spectune.models.forward import as_forward, decoder_and_head, labelled_nll
@@ -52,13 +55,8 @@ def load_instruction_data(config: TuneConfig) -> RunData:
                 f"dataset file {d.train} holds {len(train)} example; a held-out split needs at "
                 "least 2 (or give data.eval)"
             )
-        order = list(range(len(train)))
-        random.Random(f"spectune-split:{config.seed}").shuffle(order)
-        n_hold = min(len(train) - 1, max(1, math.ceil(d.eval_fraction * len(train))))
-        held = set(order[:n_hold])
-        heldout = [ex for i, ex in enumerate(train) if i in held]
-        train = [ex for i, ex in enumerate(train) if i not in held]
-        split = f"{n_hold} of the file's examples (eval_fraction {d.eval_fraction}, seeded)"
+        train, heldout = split_heldout(train, d.eval_fraction, config.seed)
+        split = f"{len(heldout)} of the file's examples (eval_fraction {d.eval_fraction}, seeded)"
     heldout = heldout[: d.n_eval]
     return RunData(
         train,

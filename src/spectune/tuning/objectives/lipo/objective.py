@@ -4,15 +4,13 @@ as ``lipo``."""
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig
 
-from spectune.data.instructions import InstructionExample, tokenize_example
+from spectune.data.instructions import InstructionExample, split_heldout, tokenize_example
 from spectune.data.tasks import TASKS_VERSION, generate_task_set
 from spectune.errors import SpectuneError
 from spectune.judging.ranking import pair_accuracy, ranking_metrics
@@ -108,13 +106,9 @@ class LiPO(Objective):
                     f"lists file {d.train} holds {len(train)} usable list; a "
                     "held-out split needs at least 2 (or give data.eval)"
                 )
-            order = list(range(len(train)))
-            random.Random(f"spectune-split:{config.seed}").shuffle(order)
-            n_hold = min(len(train) - 1, max(1, math.ceil(d.eval_fraction * len(train))))
-            held = set(order[:n_hold])
-            held_lists = [lst for i, lst in enumerate(train) if i in held]
-            train = [lst for i, lst in enumerate(train) if i not in held]
-            held_stats = ListStats(n_read=len(held_lists))
+            train, held_lists = split_heldout(train, d.eval_fraction, config.seed)
+            n_hold = len(held_lists)
+            held_stats = ListStats(n_read=n_hold)
             held_lists = cut_lists(
                 held_lists, sec.eval_list_size, seed=config.seed, stats=held_stats
             )
