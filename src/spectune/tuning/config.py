@@ -26,7 +26,9 @@ parse the value as YAML (``target_modules=[q_proj,v_proj]``).
 
 ``train`` is passed to ``transformers.TrainingArguments``; its keys are checked against that
 class when the run starts. spectune sets ``output_dir`` (``<output_dir>/checkpoints``),
-``seed``, ``report_to`` and ``use_cpu`` itself: those keys are refused in ``train``.
+``seed`` and ``use_cpu`` itself: those keys are refused in ``train``. ``train.report_to``
+(tensorboard, mlflow, trackio, wandb or none; a name or a list) names the trackers that get the
+training curve and what spectune judged (:mod:`spectune.tuning.tracking`).
 
 Validation during training uses TrainingArguments' own words. ``data.n_validation`` carves
 that many training examples out (seeded) as the validation split; it is evaluated with the
@@ -60,6 +62,7 @@ from spectune.errors import SpectuneError
 from spectune.tuning.methods import METHODS, Method
 from spectune.tuning.objectives import OBJECTIVES, Objective
 from spectune.tuning.sections import DataConfig, EvalConfig
+from spectune.tuning.tracking import check_settings
 
 #: TrainingArguments defaults of a spectune run (a config's ``train`` section overrides them).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -83,10 +86,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 #: keep_checkpoints keeps ``checkpoints/`` after a complete run (it is removed otherwise);
 #: early_stopping_patience / early_stopping_threshold go to transformers'
 #: ``EarlyStoppingCallback`` (evaluations without an improvement larger than the threshold)
-SPECTUNE_TRAIN_KEYS = ("keep_checkpoints", "early_stopping_patience", "early_stopping_threshold")
+#: logging_dir is TensorBoard's folder (transformers 4's key, dropped in 5: :mod:`.tracking`)
+SPECTUNE_TRAIN_KEYS = (
+    "keep_checkpoints",
+    "early_stopping_patience",
+    "early_stopping_threshold",
+    "logging_dir",
+)
 
 #: TrainingArguments keys spectune sets itself (refused in ``train``).
-RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_from_checkpoint")
+RESERVED_TRAIN_KEYS = ("output_dir", "seed", "use_cpu", "resume_from_checkpoint")
 
 # --------------------------------------------------------------------------- YAML
 
@@ -295,6 +304,7 @@ class TuneConfig:
                 f"train.{reserved[0]} is set by spectune (output_dir and seed are top-level "
                 "keys, resuming is --resume); remove it from the train section"
             )
+        self.train = check_settings(self.train)  # report_to, logging_dir
         args = self.training_arguments()
         steps = check.integer("train.max_steps", args["max_steps"], minimum=-1)
         if steps == 0:
