@@ -28,7 +28,7 @@ parse the value as YAML (``target_modules=[q_proj,v_proj]``).
 class when the run starts. spectune sets ``output_dir`` (``<output_dir>/checkpoints``),
 ``seed`` and ``use_cpu`` itself: those keys are refused in ``train``. ``train.report_to``
 (tensorboard, mlflow, trackio, wandb or none; a name or a list) names the trackers that get the
-training curve and what spectune judged (:mod:`spectune.tuning.tracking`).
+training curve and what spectune judged (:mod:`spectune.report.tracking`).
 
 Validation during training uses TrainingArguments' own words. ``data.n_validation`` carves
 that many training examples out (seeded) as the validation split; it is evaluated with the
@@ -59,10 +59,10 @@ import yaml
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.report.tracking import check_settings
 from spectune.tuning.methods import METHODS, Method
 from spectune.tuning.objectives import OBJECTIVES, Objective
 from spectune.tuning.sections import DataConfig, EvalConfig
-from spectune.tuning.tracking import check_settings
 
 #: TrainingArguments defaults of a spectune run (a config's ``train`` section overrides them).
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -86,7 +86,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 #: keep_checkpoints keeps ``checkpoints/`` after a complete run (it is removed otherwise);
 #: early_stopping_patience / early_stopping_threshold go to transformers'
 #: ``EarlyStoppingCallback`` (evaluations without an improvement larger than the threshold)
-#: logging_dir is TensorBoard's folder (transformers 4's key, dropped in 5: :mod:`.tracking`)
+#: logging_dir is TensorBoard's folder (transformers 4's key, dropped in 5: :mod:`spectune.report.tracking`)
 SPECTUNE_TRAIN_KEYS = (
     "keep_checkpoints",
     "early_stopping_patience",

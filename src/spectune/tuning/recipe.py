@@ -87,11 +87,11 @@ from spectune.judging.all import judge
 from spectune.models import hardware
 from spectune.models.loading import check_model, resolve_model_dir
 from spectune.models.tokenizer import load_tokenizer
+from spectune.report import tracking
 from spectune.results.logs import log_rows
 from spectune.results.metrics import Judging, RunMetrics
 from spectune.results.runfolder import CONFIG, RunFolder
 from spectune.tuning import pins as P
-from spectune.tuning import tracking
 from spectune.tuning.checks import (
     check_parallel,
     check_resume_inputs,
@@ -434,7 +434,8 @@ def train(run: Run) -> None:
     warnings.filterwarnings(
         "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
     )
-    reporting = distributed.on_main(lambda: tracking.usable(run))  # reachable trackers
+    notes = run.built.notes
+    reporting = distributed.on_main(lambda: tracking.usable(run.config, run.out, notes))
     args = training_arguments(run.config, run.out, progress=run.progress, report_to=reporting)
     run.device = str(args.device)
     if run.main:
@@ -458,7 +459,8 @@ def train(run: Run) -> None:
     if not run.progress:  # without tqdm, Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
     if run.main:
-        run.tracking = tracking.attach(trainer, run, reporting)
+        logdir = run.config.training_arguments().get("logging_dir")
+        run.tracking = tracking.attach(trainer, reporting, run.out, run.folder, logdir)
     ckpts = run.out / "checkpoints"
     last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
     run.last_checkpoint = last if run.resume else None

@@ -50,7 +50,7 @@ class Run:
             (``validation``: the validation split's features; ``early_stopping``,
             ``best_step``, ``restored_best``, ``stopped_early``: what training did with it;
             ``correct_after`` / ``correct_before``: right or wrong per held-out question;
-            ``tracking``: the trackers of ``train.report_to``, :mod:`spectune.tuning.tracking`).
+            ``tracking``: the trackers of ``train.report_to``, :mod:`spectune.report.tracking`).
     """
 
     config: TuneConfig

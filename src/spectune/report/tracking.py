@@ -36,8 +36,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ from spectune.errors import MissingDependencyError, SpectuneError
 
 if TYPE_CHECKING:
     from spectune.results.metrics import RunMetrics
-    from spectune.tuning.run import Run
+    from spectune.results.runfolder import RunFolder
 
 #: the files of a run a tracker with artifacts keeps
 ARTIFACTS = ("report.html", "metrics.json", "config.yaml")
@@ -156,8 +154,9 @@ class Tracker:
         """Why the tracker cannot be reached now (None: it can, or there is nothing to ask)."""
         return None
 
-    def attach(self, trainer: Any, run: Run) -> None:
-        """Before training (rank 0): adjust the Trainer's callback for this tracker."""
+    def attach(self, trainer: Any, out: Path, folder: RunFolder, logging_dir: str | None) -> None:
+        """Before training (rank 0): adjust the Trainer's callback for this tracker (``out``:
+        the results folder, ``folder`` its :class:`RunFolder`, ``logging_dir`` the setting)."""
 
     def started(self, args: Any, state: Any) -> None:
         """At the start of training, after the Trainer's callback opened the tracker's run:
@@ -178,17 +177,16 @@ class TensorBoard(Tracker):
     install: str = "pip install 'spectune[tensorboard]'"
     logdir: Path | None = None
 
-    def attach(self, trainer: Any, run: Run) -> None:
+    def attach(self, trainer: Any, out: Path, folder: RunFolder, logging_dir: str | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        given = run.config.training_arguments().get("logging_dir")
-        given = given or os.environ.get("TENSORBOARD_LOGGING_DIR")
+        given = logging_dir or os.environ.get("TENSORBOARD_LOGGING_DIR")
         if given:
             self.logdir = Path(given).expanduser()
         else:
-            self.logdir = run.out / TENSORBOARD_DIR
-            run.folder.own(TENSORBOARD_DIR)
+            self.logdir = out / TENSORBOARD_DIR
+            folder.own(TENSORBOARD_DIR)
         trainer.remove_callback(TensorBoardCallback)
         trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(self.logdir))))
 
@@ -284,7 +282,7 @@ class Wandb(Tracker):
         why = _unreachable(base)
         return None if why is None else f"cannot reach {base} ({why}); or set WANDB_MODE=offline"
 
-    def attach(self, trainer: Any, run: Run) -> None:
+    def attach(self, trainer: Any, out: Path, folder: RunFolder, logging_dir: str | None) -> None:
         import wandb
 
         self.opened_by_trainer = wandb.run is None
@@ -349,6 +347,9 @@ TRACKERS: dict[str, type[Tracker]] = {
 
 def _unreachable(url: str) -> str | None:
     """Why nothing answers at ``url`` (None: a server answered, even with an HTTP error)."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=PROBE_SECONDS):  # noqa: S310 - the user's URL
             return None
@@ -428,7 +429,7 @@ def check_settings(train: dict[str, Any]) -> dict[str, Any]:
 
 
 def names(config: Any) -> list[str]:
-    """The trackers a run config reports to."""
+    """The trackers a run config (a :class:`~spectune.tuning.config.TuneConfig`) reports to."""
     return report_to(config.training_arguments().get("report_to"))
 
 
@@ -447,19 +448,18 @@ def check_installed(config: Any) -> None:
             )
 
 
-def usable(run: Run) -> list[str]:
-    """The trackers of the run that can be reached now (rank 0, before training): each one
-    that cannot is dropped with one warning and a note in the run's notes."""
+def usable(config: Any, out: Path, notes: list[str]) -> list[str]:
+    """The trackers of a run config that can be reached now (rank 0, before training): each
+    one that cannot is dropped with one warning and a line added to ``notes`` (the run's)."""
     kept = []
-    for name in names(run.config):
+    for name in names(config):
         why = TRACKERS[name]().problem()
         if why is None:
             kept.append(name)
             continue
-        note = f"train.report_to: {name} left out: {why}; the results are in {run.out}"
+        note = f"train.report_to: {name} left out: {why}; the results are in {out}"
         warnings.warn(note, TrackerWarning, stacklevel=2)
-        if run.built is not None:
-            run.built.notes.append(note)
+        notes.append(note)
     return kept
 
 
@@ -501,18 +501,23 @@ class Tracking:
                 )
 
 
-def attach(trainer: Any, run: Run, reporting: list[str]) -> Tracking:
+def attach(
+    trainer: Any, reporting: list[str], out: Path, folder: RunFolder, logging_dir: str | None
+) -> Tracking:
     """Set up the trackers of a run on its Trainer (rank 0, before training): TensorBoard's
     folder, the callback that records each tracker's run.
 
     Args:
         trainer: the run's Trainer, built with ``report_to=reporting``.
-        run: the run.
         reporting: the trackers :func:`usable` kept.
+        out: the results folder; ``folder``: its :class:`RunFolder` (TensorBoard's folder is
+            the run's).
+        logging_dir: ``train.logging_dir`` (None: ``TENSORBOARD_LOGGING_DIR``, else
+            ``<out>/tensorboard``).
     """
     tracking = Tracking([TRACKERS[name]() for name in reporting])
     for tracker in tracking.trackers:
-        tracker.attach(trainer, run)
+        tracker.attach(trainer, out, folder, logging_dir)
     if tracking.trackers:
         trainer.add_callback(tracking.callback())
     return tracking
