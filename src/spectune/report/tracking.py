@@ -27,8 +27,15 @@ A tracker that cannot be reached (an MLflow server that does not answer) is drop
 training with one warning and a note in ``metrics.json``; a failure while logging the judged
 results is one warning too. The run goes on and its results folder is complete either way.
 
+The tracker's run is named after the results folder (``train.run_name`` names it otherwise).
+Under ``torchrun`` the Trainer's callbacks log on rank 0 and rank 0 alone logs the judgment.
+``--resume`` opens a new MLflow run, as transformers does (``MLFLOW_RUN_ID`` continues the
+first); TensorBoard's folder keeps both sessions' event files.
+
 Each tracker is one small :class:`Tracker` subclass in :data:`TRACKERS`; its package is
-imported only when a run reports to it.
+imported only when a run reports to it. The MLflow and TensorBoard ones are tested against a
+real SQLite store and event files; wandb (``WANDB_MODE=offline`` works without a server) and
+trackio follow their documented APIs and are not installed in the test environment.
 """
 
 from __future__ import annotations
