@@ -43,8 +43,13 @@ def exchanges(example: InstructionExample) -> list[InstructionExample]:
                 "not follow a user turn; a conversation alternates user and assistant turns"
             )
         cuts.append(
-            replace(example, instruction=turns[j - 1][1], response=content, context="",
-                    history=turns[: j - 1])  # fmt: skip
+            replace(
+                example,
+                instruction=turns[j - 1][1],
+                response=content,
+                context="",
+                history=turns[: j - 1],
+            )  # fmt: skip
         )
     return [*cuts, example]
 

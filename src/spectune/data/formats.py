@@ -136,6 +136,8 @@ def _alpaca(record: dict[str, Any], where: object) -> InstructionExample:
 def _turns(items: Any, kind: str, where: object, field: str) -> list[tuple[str, str]]:
     """``(role, text)`` of a list of messages, roles mapped to ours and checked."""
     role_key, text_key, roles = ROLES[kind]
+    if items is None:
+        raise SpectuneError(f"{where}: required field {field!r} is missing")
     if not isinstance(items, list) or not items:
         got = "an empty list" if isinstance(items, list) else type(items).__name__
         raise SpectuneError(
@@ -189,8 +191,9 @@ def conversation_example(
         expected = "user" if j % 2 == 0 else "assistant"
         if role != expected:
             what = "a system message must come first; " if role == "system" else ""
+            article = "a" if expected == "user" else "an"
             raise SpectuneError(
-                f"{where}: message {j + first} is a {role} turn where a {expected} turn belongs: "
+                f"{where}: message {j + first} is a {role} turn where {article} {expected} turn belongs: "
                 f"{what}after the system message a conversation alternates user and assistant "
                 "turns, starting with the user"
             )
@@ -365,7 +368,9 @@ def _diagnose_json(path: Path, layout: str, exc: Exception) -> SpectuneError:
                     "JSON Lines file must be one JSON object"
                 )
             if not isinstance(record, dict):
-                what = "a JSON list" if isinstance(record, list) else f"a JSON {type(record).__name__}"
+                what = (
+                    "a JSON list" if isinstance(record, list) else f"a JSON {type(record).__name__}"
+                )
                 return SpectuneError(
                     f"{where}: {what}, not an object; each line of a JSON Lines file must be "
                     "one JSON object"
@@ -459,9 +464,7 @@ def _typed_file_source(path: Path, builder: str) -> Source:
             f"check the file, or its extension ({', '.join(_DATA_SUFFIXES)})"
         )
 
-    return Source(
-        f"dataset file {path}", _lazy(lambda: _stream(builder, path)), _row_index, failed
-    )
+    return Source(f"dataset file {path}", _lazy(lambda: _stream(builder, path)), _row_index, failed)
 
 
 def _lazy(make: Callable[[], Iterable[dict[str, Any]]]) -> Iterable[dict[str, Any]]:
@@ -482,9 +485,7 @@ def _pick_split(dsets: Any, split: str | None, label: str, how: str) -> tuple[An
         split = names[0]
     if split not in names:
         wanted = "has several splits" if split is None else f"has no split {split!r}"
-        raise SpectuneError(
-            f"{label} {wanted} ({', '.join(names) or 'none'}); name one: {how}"
-        )
+        raise SpectuneError(f"{label} {wanted} ({', '.join(names) or 'none'}); name one: {how}")
     return dsets[split], split
 
 
@@ -496,8 +497,7 @@ def _folder_source(path: Path, split: str | None) -> Source:
             loaded = datasets.load_from_disk(str(path))
         except Exception as exc:
             raise SpectuneError(
-                f"dataset folder {path} cannot be loaded by datasets.load_from_disk: "
-                f"{_reason(exc)}"
+                f"dataset folder {path} cannot be loaded by datasets.load_from_disk: {_reason(exc)}"
             ) from None
         label = f"dataset folder {path}"
         if isinstance(loaded, datasets.DatasetDict):

@@ -24,7 +24,6 @@ readers: the judge's result types import this module, and reading results stays 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random

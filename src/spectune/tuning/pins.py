@@ -12,6 +12,10 @@ a file                  its size and SHA-256 (up to :data:`HASH_LIMIT` bytes), e
                         and modification time
 a model folder          the same for each of its top-level files (config.json, weights,
                         tokenizer; not ``*.md``)
+a data folder           the same for each file under it (a ``save_to_disk`` folder, its
+(no config.json)        splits' folders too)
+a ``datasets`` name     its split's ``datasets`` fingerprint (which names its revision and
+                        files in the cache) and row count; pinned as given, not as a path
 a spectune run folder   its config.yaml and the files under adapter/ and merged/, and its
                         base model (path and fingerprint)
 the embedded model      its cache folder's name (a key of the GGUF file it is built from)
@@ -39,6 +43,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectune.data.formats import is_dataset_name, load_named
 from spectune.errors import SpectuneError
 from spectune.models.loading import (
     MANIFEST,
@@ -103,8 +108,16 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
         raise SpectuneError(f"{what}: the base model of that run cannot be found ({exc})") from None
 
 
+def _on_disk(path: Path) -> Path:
+    """What a path setting reads on disk: ``FOLDER:SPLIT`` (a split of a data folder) reads
+    ``FOLDER``."""
+    folder = str(path).rpartition(":")[0]
+    return Path(folder) if not path.exists() and folder and Path(folder).is_dir() else path
+
+
 def fingerprint(given: str, path: Path) -> dict[str, Any]:
     """The fingerprint of one input (see the module docstring)."""
+    path = _on_disk(path)
     if given == "default":
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return {
@@ -115,6 +128,9 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
         }
     if path.is_file():
         return {"kind": "file", **_file_print(path)}
+    if not path.exists() and is_dataset_name(given):
+        loaded, _ = load_named(given)
+        return {"kind": "dataset", "rows": len(loaded), "fingerprint": loaded._fingerprint}
     if is_run_folder(path):
         names = [path / "config.yaml"]
         for sub in ("adapter", "merged"):
@@ -127,10 +143,12 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
             "files": _files_print(path, names),
             "base": {"path": str(base), "fingerprint": fingerprint(given, base)},
         }
+    model = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
     names = [
         p
-        for p in path.iterdir()
-        if not p.name.startswith(".") and not p.name.lower().endswith(".md")
+        for p in (path.iterdir() if model else path.rglob("*"))
+        if not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and not p.name.lower().endswith(".md")
     ]
     return {"kind": "folder", "files": _files_print(path, names)}
 
@@ -148,6 +166,10 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old.get("cache") != new.get("cache"):
             return "its cache is built from another GGUF file now"
         return "its cache holds other files"
+    if old.get("kind") == "dataset":
+        if old.get("rows") != new.get("rows"):
+            return f"its rows changed ({old.get('rows')} -> {new.get('rows')})"
+        return "its datasets fingerprint changed (another revision, or other files)"
     if old.get("kind") == "file":
         if old.get("size") != new.get("size"):
             return f"its size changed ({old.get('size')} -> {new.get('size')} bytes)"
@@ -207,7 +229,12 @@ def pin(
     inputs = {}
     where = config_inputs(reading or config, objective)
     for key, given in config_inputs(config, objective).items():
-        path = model_dir.resolve() if key == "model" else absolute(where.get(key, given))
+        if key == "model":
+            path = model_dir.resolve()
+        elif is_dataset_name(where.get(key, given)):
+            path = Path(where.get(key, given))  # a datasets name, pinned as given
+        else:
+            path = absolute(where.get(key, given))
         inputs[key] = {"given": given, "path": str(path), "fingerprint": fingerprint(given, path)}
     return {"spectune_inputs": VERSION, "cwd": str(Path.cwd()), "config": data, "inputs": inputs}
 
@@ -316,7 +343,7 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
         where = f"{key} {path}" if given == str(path) else f"{key} {given} (pinned as {path})"
         if given == "default":
             path = default_model_dir()
-        elif not path.exists():
+        elif pinned["fingerprint"].get("kind") != "dataset" and not _on_disk(path).exists():
             raise SpectuneError(
                 f"--resume: {where} is gone since the run in {out} started; put it back "
                 "there, or start over with --overwrite"
