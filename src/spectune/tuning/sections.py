@@ -79,7 +79,8 @@ class DataConfig:
     system: str | None = field(
         default=None,
         metadata={
-            "help": "system message of every prompt; None keeps the chat template's default."
+            "help": "system message of every prompt (a conversation's own system message "
+            "takes precedence); None keeps the chat template's default."
         },
     )
 
