@@ -3,7 +3,6 @@ rationale rows), their collator, and on-policy batches of the student's own answ
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -80,10 +79,11 @@ def distill_features(
             }
         )
         if rationales is not None and rationales[i]:
-            rex = replace(
-                ex,
-                instruction=RATIONALE_PREFIX + strip_task_prefix(ex.instruction),
-                response=rationales[i],
+            rex = InstructionExample(
+                RATIONALE_PREFIX + strip_task_prefix(ex.instruction),
+                rationales[i],
+                ex.context,
+                ex.category,
             )
             r_ids, r_labels = tokenize_example(tokenizer, rex, system=system)
             r_ids, r_labels = r_ids[:max_length], r_labels[:max_length]
