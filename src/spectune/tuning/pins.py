@@ -12,10 +12,6 @@ a file                  its size and SHA-256 (up to :data:`HASH_LIMIT` bytes), e
                         and modification time
 a model folder          the same for each of its top-level files (config.json, weights,
                         tokenizer; not ``*.md``)
-a data folder           the same for each file under it (a ``save_to_disk`` folder, its
-(no config.json)        splits' folders too)
-a ``datasets`` name     its split's ``datasets`` fingerprint (which names its revision and
-                        files in the cache) and row count; pinned as given, not as a path
 a spectune run folder   its config.yaml and the files under adapter/ and merged/, and its
                         base model (path and fingerprint)
 the embedded model      its cache folder's name (a key of the GGUF file it is built from)
@@ -24,6 +20,11 @@ the embedded model      its cache folder's name (a key of the GGUF file it is bu
                         GGUF file byte for byte, so a cache deleted and rebuilt does not stop
                         a resume; another transformers version may dequantize otherwise and
                         does
+a data folder           the same for each file under it (a ``save_to_disk`` folder: its
+(no config.json)        splits' folders too); ``FOLDER:SPLIT`` reads ``FOLDER``
+a ``datasets`` name     its split's ``datasets`` fingerprint (it names the revision and the
+                        files in the datasets cache) and row count; pinned as given, not as
+                        a path
 ======================  ===================================================================
 
 ``--resume`` reads every input at its pinned absolute path, whatever the current directory
@@ -118,6 +119,9 @@ def _on_disk(path: Path) -> Path:
 def fingerprint(given: str, path: Path) -> dict[str, Any]:
     """The fingerprint of one input (see the module docstring)."""
     path = _on_disk(path)
+    if not path.exists() and is_dataset_name(given):
+        loaded, _ = load_named(given)
+        return {"kind": "dataset", "rows": len(loaded), "fingerprint": loaded._fingerprint}
     if given == "default":
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return {
@@ -128,9 +132,6 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
         }
     if path.is_file():
         return {"kind": "file", **_file_print(path)}
-    if not path.exists() and is_dataset_name(given):
-        loaded, _ = load_named(given)
-        return {"kind": "dataset", "rows": len(loaded), "fingerprint": loaded._fingerprint}
     if is_run_folder(path):
         names = [path / "config.yaml"]
         for sub in ("adapter", "merged"):
@@ -157,6 +158,10 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What differs between two fingerprints of one input, in a few words."""
     if old.get("kind") != new.get("kind"):
         return f"it was a {old.get('kind')}, it is a {new.get('kind')} now"
+    if old.get("kind") == "dataset":
+        if old.get("rows") != new.get("rows"):
+            return f"its rows changed ({old.get('rows')} -> {new.get('rows')})"
+        return "its datasets fingerprint changed (another revision, or other files)"
     if old.get("kind") == "default":
         if old.get("transformers") != new.get("transformers"):
             return (
@@ -166,10 +171,6 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old.get("cache") != new.get("cache"):
             return "its cache is built from another GGUF file now"
         return "its cache holds other files"
-    if old.get("kind") == "dataset":
-        if old.get("rows") != new.get("rows"):
-            return f"its rows changed ({old.get('rows')} -> {new.get('rows')})"
-        return "its datasets fingerprint changed (another revision, or other files)"
     if old.get("kind") == "file":
         if old.get("size") != new.get("size"):
             return f"its size changed ({old.get('size')} -> {new.get('size')} bytes)"
@@ -214,7 +215,11 @@ def config_inputs(config: TuneConfig, objective: Objective) -> dict[str, str]:
 
 
 def absolute(given: str) -> Path:
-    """Where a path setting points from the current directory (symlinks resolved)."""
+    """Where a path setting points from the current directory (symlinks resolved); a
+    ``datasets`` name (:func:`~spectune.data.formats.is_dataset_name`) is no path: it stays as
+    given, so a resumed run loads the same name."""
+    if is_dataset_name(given):
+        return Path(given)
     return Path(os.path.expanduser(given)).resolve()
 
 
@@ -229,12 +234,7 @@ def pin(
     inputs = {}
     where = config_inputs(reading or config, objective)
     for key, given in config_inputs(config, objective).items():
-        if key == "model":
-            path = model_dir.resolve()
-        elif is_dataset_name(where.get(key, given)):
-            path = Path(where.get(key, given))  # a datasets name, pinned as given
-        else:
-            path = absolute(where.get(key, given))
+        path = model_dir.resolve() if key == "model" else absolute(where.get(key, given))
         inputs[key] = {"given": given, "path": str(path), "fingerprint": fingerprint(given, path)}
     return {"spectune_inputs": VERSION, "cwd": str(Path.cwd()), "config": data, "inputs": inputs}
 
@@ -341,9 +341,19 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
     for key, pinned in record["inputs"].items():
         given, path = pinned["given"], Path(pinned["path"])
         where = f"{key} {path}" if given == str(path) else f"{key} {given} (pinned as {path})"
+        path = _on_disk(path)
+        if pinned["fingerprint"].get("kind") == "dataset":  # a datasets name: no path to check
+            now = fingerprint(given, path)
+            if now != pinned["fingerprint"]:
+                raise SpectuneError(
+                    f"--resume: {where} changed since the run in {out} started "
+                    f"({_what_changed(pinned['fingerprint'], now)}); restore it, or start over "
+                    "with --overwrite"
+                )
+            continue
         if given == "default":
             path = default_model_dir()
-        elif pinned["fingerprint"].get("kind") != "dataset" and not _on_disk(path).exists():
+        elif not path.exists():
             raise SpectuneError(
                 f"--resume: {where} is gone since the run in {out} started; put it back "
                 "there, or start over with --overwrite"
