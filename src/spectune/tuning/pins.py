@@ -20,6 +20,11 @@ the embedded model      its cache folder's name (a key of the GGUF file it is bu
                         GGUF file byte for byte, so a cache deleted and rebuilt does not stop
                         a resume; another transformers version may dequantize otherwise and
                         does
+a data folder           the same for each file under it (a ``save_to_disk`` folder: its
+(no config.json)        splits' folders too); ``FOLDER:SPLIT`` reads ``FOLDER``
+a ``datasets`` name     its split's ``datasets`` fingerprint (it names the revision and the
+                        files in the datasets cache) and row count; pinned as given, not as
+                        a path
 ======================  ===================================================================
 
 ``--resume`` reads every input at its pinned absolute path, whatever the current directory
@@ -39,6 +44,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectune.data.formats import is_dataset_name, load_named
 from spectune.errors import SpectuneError
 from spectune.models.loading import (
     MANIFEST,
@@ -103,8 +109,19 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
         raise SpectuneError(f"{what}: the base model of that run cannot be found ({exc})") from None
 
 
+def _on_disk(path: Path) -> Path:
+    """What a path setting reads on disk: ``FOLDER:SPLIT`` (a split of a data folder) reads
+    ``FOLDER``."""
+    folder = str(path).rpartition(":")[0]
+    return Path(folder) if not path.exists() and folder and Path(folder).is_dir() else path
+
+
 def fingerprint(given: str, path: Path) -> dict[str, Any]:
     """The fingerprint of one input (see the module docstring)."""
+    path = _on_disk(path)
+    if not path.exists() and is_dataset_name(given):
+        loaded, _ = load_named(given)
+        return {"kind": "dataset", "rows": len(loaded), "fingerprint": loaded._fingerprint}
     if given == "default":
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return {
@@ -127,10 +144,12 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
             "files": _files_print(path, names),
             "base": {"path": str(base), "fingerprint": fingerprint(given, base)},
         }
+    model = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
     names = [
         p
-        for p in path.iterdir()
-        if not p.name.startswith(".") and not p.name.lower().endswith(".md")
+        for p in (path.iterdir() if model else path.rglob("*"))
+        if not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and not p.name.lower().endswith(".md")
     ]
     return {"kind": "folder", "files": _files_print(path, names)}
 
@@ -139,6 +158,10 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What differs between two fingerprints of one input, in a few words."""
     if old.get("kind") != new.get("kind"):
         return f"it was a {old.get('kind')}, it is a {new.get('kind')} now"
+    if old.get("kind") == "dataset":
+        if old.get("rows") != new.get("rows"):
+            return f"its rows changed ({old.get('rows')} -> {new.get('rows')})"
+        return "its datasets fingerprint changed (another revision, or other files)"
     if old.get("kind") == "default":
         if old.get("transformers") != new.get("transformers"):
             return (
@@ -192,7 +215,11 @@ def config_inputs(config: TuneConfig, objective: Objective) -> dict[str, str]:
 
 
 def absolute(given: str) -> Path:
-    """Where a path setting points from the current directory (symlinks resolved)."""
+    """Where a path setting points from the current directory (symlinks resolved); a
+    ``datasets`` name (:func:`~spectune.data.formats.is_dataset_name`) is no path: it stays as
+    given, so a resumed run loads the same name."""
+    if is_dataset_name(given):
+        return Path(given)
     return Path(os.path.expanduser(given)).resolve()
 
 
@@ -314,6 +341,16 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
     for key, pinned in record["inputs"].items():
         given, path = pinned["given"], Path(pinned["path"])
         where = f"{key} {path}" if given == str(path) else f"{key} {given} (pinned as {path})"
+        path = _on_disk(path)
+        if pinned["fingerprint"].get("kind") == "dataset":  # a datasets name: no path to check
+            now = fingerprint(given, path)
+            if now != pinned["fingerprint"]:
+                raise SpectuneError(
+                    f"--resume: {where} changed since the run in {out} started "
+                    f"({_what_changed(pinned['fingerprint'], now)}); restore it, or start over "
+                    "with --overwrite"
+                )
+            continue
         if given == "default":
             path = default_model_dir()
         elif not path.exists():

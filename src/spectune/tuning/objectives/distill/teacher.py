@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +222,7 @@ def teacher_prompt(
 ) -> str:
     """The teacher's chat prompt: its system prompt, the few-shot turns, then the question
     (without any task prefix), ending with the assistant header."""
-    plain = InstructionExample(
-        strip_task_prefix(example.instruction), example.response, example.context, example.category
-    )
+    plain = replace(example, instruction=strip_task_prefix(example.instruction))
     return few_shot_prompt(tokenizer, plain, system=system, shots=shots)
 
 
