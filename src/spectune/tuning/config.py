@@ -201,7 +201,11 @@ class TuneConfig:
 
     model: str = field(
         default="default",
-        metadata={"help": "'default' (embedded SmolLM2-135M-Instruct) or a local HF folder."},
+        metadata={
+            "help": "'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a .gguf file "
+            "(dequantized once into the spectune cache) or a Hugging Face hub id "
+            "org/name[@revision] (through its cache; HF_HUB_OFFLINE honoured)."
+        },
     )
     model_dtype: str = field(
         default="float32",
