@@ -192,6 +192,20 @@ def test_sources_that_are_none_of_the_forms_are_named(tmp_path, hub_cache):
         loading.resolve_model_dir("a b", "distill.teacher")
 
 
+def test_a_gguf_only_hub_repository_says_to_give_one_of_its_files(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf
+
+    files = tmp_path / "files"
+    files.mkdir()
+    write_gguf(files / "toy-Q4_0.gguf", "llama")
+    cache = tmp_path / "hub"
+    lay_out_hub_cache(cache, "org/toy-GGUF", files, "1" * 40)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SpectuneError, match=r"holds no config\.json .*`hf download org/toy-GGUF"):
+        loading.resolve_model_dir("org/toy-GGUF@main")
+
+
 def test_a_hub_id_is_pinned_by_its_commit(hub_cache, tiny_model_dir, tmp_path):
     cache, snapshot, commit = hub_cache
     config = TuneConfig.from_dict({**tiny_run_config(tiny_model_dir), "model": REPO})

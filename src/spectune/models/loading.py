@@ -499,8 +499,8 @@ def resolve_model_dir(model: str | os.PathLike[str], what: str = "model") -> Pat
         if not (snapshot / "config.json").is_file():
             raise SpectuneError(
                 f"{what} {given}: the hub model holds no config.json (a GGUF-only "
-                "repository?); download one of its .gguf files (`hf download ORG/NAME "
-                "FILE.gguf`) and give that file"
+                f"repository?); download one of its .gguf files (`hf download "
+                f"{given.split('@')[0]} FILE.gguf`) and give that file"
             )
         return snapshot
     raise SpectuneError(neither_message(given, what))
