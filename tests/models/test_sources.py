@@ -17,7 +17,7 @@ import torch
 
 from spectune.cli.main import main
 from spectune.errors import SpectuneError
-from spectune.models import loading
+from spectune.models import loading, sources
 from spectune.models.sources import HubSnapshot, hub_snapshot, parse_hub_id, snapshot_of
 from spectune.tuning import pins
 from spectune.tuning.config import TuneConfig, yaml_dump
@@ -80,6 +80,7 @@ def hub_cache(hub_root, monkeypatch):
     import huggingface_hub.constants as hf
 
     cache = hub_root[0]
+    monkeypatch.setattr(sources, "_RESOLVED", {})  # each test asks the hub afresh
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
@@ -113,6 +114,7 @@ def test_a_cached_hub_id_resolves_offline_and_loads_the_same_model(hub_cache, ti
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
     assert loading.check_model(snapshot).get_vocab() == tokenizer.get_vocab()
+    assert main(["memory", REPO, "--json"]) == 0  # the verbs that take --model / MODEL too
 
 
 def test_the_hub_environment_is_honoured_in_a_new_process(hub_cache):
@@ -167,6 +169,11 @@ def test_an_unreachable_hub_falls_back_to_the_cache(hub_cache, monkeypatch):
     assert loading.resolve_model_dir(REPO) == hub_cache[1]
     with pytest.raises(SpectuneError, match=r"hub model org-x/absent .* the hub cannot be reached"):
         loading.resolve_model_dir("org-x/absent")
+    asked: list[str] = []
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download", lambda repo, **kw: asked.append(repo) or ""
+    )
+    assert loading.resolve_model_dir(REPO) == hub_cache[1] and asked == []  # asked once only
 
 
 def test_a_local_folder_wins_over_a_hub_id_of_the_same_spelling(
@@ -202,6 +209,7 @@ def test_a_gguf_only_hub_repository_says_to_give_one_of_its_files(tmp_path, monk
     lay_out_hub_cache(cache, "org/toy-GGUF", files, "1" * 40)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(sources, "_RESOLVED", {})
     with pytest.raises(SpectuneError, match=r"holds no config\.json .*`hf download org/toy-GGUF"):
         loading.resolve_model_dir("org/toy-GGUF@main")
 

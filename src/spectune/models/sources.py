@@ -13,6 +13,10 @@ A local path wins over a hub id of the same spelling (as in ``transformers``). A
 GGUF model when its name ends in ``.gguf`` or it starts with the GGUF magic
 (:func:`is_gguf_file`); :mod:`spectune.models.loading` dequantizes it into spectune's cache.
 
+A process asks the hub once per id: the snapshot an id resolved to is remembered for the
+rest of the process (a run resolves its model several times; with the hub unreachable each
+ask would wait for a time-out, and a branch that moves mid-run must not change the model).
+
 ``huggingface_hub`` is imported inside :func:`hub_snapshot`: telling the forms apart stays
 import-free.
 """
@@ -34,6 +38,10 @@ HUB_ID = re.compile(
 _SNAPSHOT = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 GGUF_MAGIC = b"GGUF"
+
+
+#: what each (id, hub cache) resolved to in this process
+_RESOLVED: dict[tuple[str, str], HubSnapshot] = {}
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ def hub_snapshot(model: str, what: str = "model") -> HubSnapshot:
             "it with: pip install huggingface_hub"
         ) from None
     cache = hub_cache_dir()
+    known = _RESOLVED.get((model, cache))
+    if known is not None and known.path.is_dir():
+        return known
     try:
         folder = Path(snapshot_download(repo, revision=revision))
     except LocalEntryNotFoundError as exc:
@@ -152,7 +163,8 @@ def hub_snapshot(model: str, what: str = "model") -> HubSnapshot:
             f"{what} {model}: hub model {repo} could not be fetched "
             f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
         ) from None
-    return HubSnapshot(repo, folder.name, folder, revision)
+    _RESOLVED[(model, cache)] = HubSnapshot(repo, folder.name, folder, revision)
+    return _RESOLVED[(model, cache)]
 
 
 def snapshot_of(path: str | os.PathLike[str]) -> HubSnapshot | None:

@@ -2,7 +2,8 @@
 
 A config is a YAML file (see ``configs/``) or a dict with these keys::
 
-    model: default            # 'default' (embedded SmolLM2-135M-Instruct) or a local HF folder
+    model: default            # 'default' (embedded SmolLM2-135M-Instruct), a local HF folder,
+                              # a .gguf file or a hub id org/name[@revision]
     method: lora              # a registered method: spectune.methods()
     objective: sft            # a registered objective: spectune.objectives()
     seed: 0
