@@ -393,6 +393,61 @@ def test_a_gguf_model_is_pinned_by_its_file(tmp_path, own_cache, tiny_model_dir)
         pins.check_unchanged(tmp_path, record)
 
 
+def test_tune_on_a_gguf_file_pins_the_file_and_resumes_from_it(
+    tiny_model_dir, tmp_path, own_cache, monkeypatch, capsys
+):
+    """A run whose model is a .gguf file (its dequantization faked by a copy of the tiny model,
+    the real one is the slow test's): it pins the file, refuses to resume once the file
+    changed, and resumes from it, through its cache folder, once it is back."""
+    from transformers import TrainerCallback
+
+    from spectune.tuning import recipe
+
+    def fake_build(gguf: Path, out: Path, name: str) -> None:
+        for file in tiny_model_dir.iterdir():
+            shutil.copyfile(file, out / file.name)
+        files = {p.name: p.stat().st_size for p in out.iterdir()}
+        loading.write_json(out / loading.MANIFEST, {"format": loading.CACHE_FORMAT, "files": files})
+
+    monkeypatch.setattr(loading, "_build_from_gguf", fake_build)
+    gguf = write_gguf(tmp_path / "toy.gguf", "llama")
+    data = tiny_run_config(tiny_model_dir)
+    data["model"] = str(gguf)
+    data["eval"].update(latency_prompts=0)
+    config = tmp_path / "gguf.yaml"
+    config.write_text(yaml_dump(data))
+    out = tmp_path / "run"
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    real = recipe.callbacks
+    monkeypatch.setattr(recipe, "callbacks", lambda run: [*real(run), Interrupt()])
+    assert main(["tune", str(config), "--out", str(out), "--no-progress"]) == 130
+    monkeypatch.setattr(recipe, "callbacks", real)
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    pinned = json.loads((out / pins.PINS).read_text())["inputs"]["model"]
+    sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert pinned["path"] == str(gguf.resolve())
+    assert pinned["fingerprint"] == {"kind": "gguf", "size": gguf.stat().st_size, "sha256": sha}
+
+    saved = gguf.read_bytes()
+    gguf.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+    capsys.readouterr()
+    assert main(["tune", str(config), "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"model {gguf} changed" in err and "content changed" in err
+    gguf.write_bytes(saved)
+    assert main(["tune", str(config), "--out", str(out), "--resume", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["model"] == str(gguf) and metrics["training"]["global_step"] == 4
+    assert [p.name for p in (own_cache / "models").iterdir() if not p.name.startswith(".")] == [
+        f"toy-{sha[:12]}"
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.real_weights
 def test_a_real_gguf_file_is_dequantized_once_into_the_cache(tmp_path, monkeypatch):
