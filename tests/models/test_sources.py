@@ -446,6 +446,8 @@ def test_tune_on_a_gguf_file_pins_the_file_and_resumes_from_it(
     assert [p.name for p in (own_cache / "models").iterdir() if not p.name.startswith(".")] == [
         f"toy-{sha[:12]}"
     ]
+    # the run's base model, as a teacher run or a judge reads it: the GGUF's cache folder
+    assert pins.run_base_model(out, "run") == (str(gguf), own_cache / "models" / f"toy-{sha[:12]}")
 
 
 @pytest.mark.slow
