@@ -140,8 +140,9 @@ def test_the_hub_environment_is_honoured_in_a_new_process(hub_cache):
         timeout=120,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert f"hub model {REPO} is not in the Hugging Face cache ({cache.parent}/no-hf-home/hub)" in (
-        done.stderr
+    assert (
+        f"{REPO}: not a local path, and the hub model is not in the Hugging Face cache ({cache.parent}/no-hf-home/hub)"
+        in (done.stderr)
     )
 
 
@@ -149,7 +150,10 @@ def test_an_uncached_hub_id_offline_is_one_line_naming_it_and_how_to_fetch_it(hu
     with pytest.raises(SpectuneError) as err:
         loading.resolve_model_dir("spectune-test/absent@v2")
     message = str(err.value)
-    assert "hub model spectune-test/absent@v2 is not in the Hugging Face cache" in message
+    assert (
+        "model spectune-test/absent@v2: not a local path, and the hub model is not in the Hugging Face cache"
+        in message
+    )
     assert "HF_HUB_OFFLINE is set" in message and str(hub_cache[0]) in message
     assert "`hf download spectune-test/absent --revision v2`" in message
     assert "HF_HUB_CACHE" in message and "\n" not in message
@@ -167,7 +171,9 @@ def test_an_unreachable_hub_falls_back_to_the_cache(hub_cache, monkeypatch):
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
     assert loading.resolve_model_dir(REPO) == hub_cache[1]
-    with pytest.raises(SpectuneError, match=r"hub model org-x/absent .* the hub cannot be reached"):
+    with pytest.raises(
+        SpectuneError, match=r"org-x/absent: not a local path, .* the hub cannot be reached"
+    ):
         loading.resolve_model_dir("org-x/absent")
     asked: list[str] = []
     monkeypatch.setattr(

@@ -142,9 +142,8 @@ def hub_snapshot(model: str, what: str = "model") -> HubSnapshot:
         )
         state = "is incomplete in" if "incomplete" in str(exc) else "is not in"
         raise SpectuneError(
-            f"{what} {model}: not a local path, and hub model "
-            f"{repo}{'@' + revision if revision else ''} {state} the Hugging Face cache "
-            f"({cache}) and {why}; {_fetch_hint(repo, revision)}"
+            f"{what} {model}: not a local path, and the hub model {state} the Hugging Face "
+            f"cache ({cache}) and {why}; {_fetch_hint(repo, revision)}"
         ) from None
     except RevisionNotFoundError:
         raise SpectuneError(
