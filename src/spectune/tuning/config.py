@@ -2,7 +2,8 @@
 
 A config is a YAML file (see ``configs/``) or a dict with these keys::
 
-    model: default            # 'default' (embedded SmolLM2-135M-Instruct) or a local HF folder
+    model: default            # 'default' (embedded SmolLM2-135M-Instruct), a local HF folder,
+                              # a .gguf file or a hub id org/name[@revision]
     method: lora              # a registered method: spectune.methods()
     objective: sft            # a registered objective: spectune.objectives()
     seed: 0
@@ -210,7 +211,11 @@ class TuneConfig:
 
     model: str = field(
         default="default",
-        metadata={"help": "'default' (embedded SmolLM2-135M-Instruct) or a local HF folder."},
+        metadata={
+            "help": "'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a .gguf file "
+            "(dequantized once into the spectune cache) or a Hugging Face hub id "
+            "org/name[@revision] (through its cache; HF_HUB_OFFLINE honoured)."
+        },
     )
     model_dtype: str = field(
         default="float32",

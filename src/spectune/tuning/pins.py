@@ -12,6 +12,11 @@ a file                  its size and SHA-256 (up to :data:`HASH_LIMIT` bytes), e
                         and modification time
 a model folder          the same for each of its top-level files (config.json, weights,
                         tokenizer; not ``*.md``)
+a GGUF file             its size and SHA-256, whatever its size (the key of the folder it is
+(``model``, teacher)    dequantized into); the folder is rebuilt from it on a resume
+a hub id                its id and the commit its revision resolved to (the snapshot folder
+(``org/name[@rev]``)    in the Hugging Face cache, read directly on a resume: a branch that
+                        moved since does not change the run)
 a spectune run folder   its config.yaml and the files under adapter/ and merged/, and its
                         base model (path and fingerprint)
 the embedded model      its cache folder's name (a key of the GGUF file it is built from)
@@ -49,10 +54,12 @@ from spectune.errors import SpectuneError
 from spectune.models.loading import (
     MANIFEST,
     default_model_dir,
+    gguf_sha256,
     resolve_model_dir,
     safetensors_problem,
     torch_file_problem,
 )
+from spectune.models.sources import is_gguf_file, parse_hub_id, snapshot_of
 from spectune.tuning.config import TuneConfig, load_config
 
 if TYPE_CHECKING:
@@ -60,6 +67,8 @@ if TYPE_CHECKING:
 
 #: the file in a run folder that holds the pins
 PINS = "inputs.json"
+#: the inputs that name a model, resolved as ``model:`` is (a hub id, a GGUF file)
+MODEL_INPUTS = ("model", "distill.teacher")
 #: files up to this size are fingerprinted by their SHA-256, larger ones by size and mtime
 HASH_LIMIT = 8 << 20
 VERSION = 1
@@ -96,6 +105,8 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
     pin = (record or {}).get("inputs", {}).get("model")
     if pin and pin.get("given") != "default":
         path = Path(pin["path"])
+        if is_gguf_file(path):
+            return pin["given"], resolve_model_dir(path, f"{what}: its base model")
         if not (path / "config.json").is_file():
             raise SpectuneError(
                 f"{what}: the base model of that run, {path} (model: {pin.get('given')}), is "
@@ -130,8 +141,13 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
             "transformers": manifest.get("transformers_version"),
             "files": manifest.get("files"),
         }
+    if is_gguf_file(path):
+        return {"kind": "gguf", "size": path.stat().st_size, "sha256": gguf_sha256(path)}
     if path.is_file():
         return {"kind": "file", **_file_print(path)}
+    hub = snapshot_of(path)
+    if hub is not None:
+        return {"kind": "hub", "repo": hub.repo, "commit": hub.commit}
     if is_run_folder(path):
         names = [path / "config.yaml"]
         for sub in ("adapter", "merged"):
@@ -171,7 +187,12 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old.get("cache") != new.get("cache"):
             return "its cache is built from another GGUF file now"
         return "its cache holds other files"
-    if old.get("kind") == "file":
+    if old.get("kind") == "hub":
+        return (
+            f"it is {new.get('repo')} at commit {new.get('commit')} now, it was "
+            f"{old.get('repo')} at {old.get('commit')}"
+        )
+    if old.get("kind") in ("file", "gguf"):
         if old.get("size") != new.get("size"):
             return f"its size changed ({old.get('size')} -> {new.get('size')} bytes)"
         return "its content changed"
@@ -223,6 +244,21 @@ def absolute(given: str) -> Path:
     return Path(os.path.expanduser(given)).resolve()
 
 
+def input_path(key: str, given: str, model_dir: Path | None = None) -> Path:
+    """The absolute path a run reads input ``key`` (given as ``given``) from: a file or folder
+    from the current directory; for a model (:data:`MODEL_INPUTS`) a GGUF file itself (not
+    the folder it is dequantized into) and a hub id its snapshot folder in the Hugging Face
+    cache. ``model_dir``: the run's resolved model folder (``key`` ``model``)."""
+    path = absolute(given)
+    if key not in MODEL_INPUTS or is_gguf_file(path):
+        return path
+    if key == "model" and model_dir is not None:
+        return model_dir.resolve()
+    if not path.exists() and parse_hub_id(given) is not None:
+        return resolve_model_dir(given, key).resolve()
+    return path
+
+
 def pin(
     config: TuneConfig, objective: Objective, model_dir: Path, reading: TuneConfig | None = None
 ) -> dict[str, Any]:
@@ -234,7 +270,7 @@ def pin(
     inputs = {}
     where = config_inputs(reading or config, objective)
     for key, given in config_inputs(config, objective).items():
-        path = model_dir.resolve() if key == "model" else absolute(where.get(key, given))
+        path = input_path(key, where.get(key, given), model_dir)
         inputs[key] = {"given": given, "path": str(path), "fingerprint": fingerprint(given, path)}
     return {"spectune_inputs": VERSION, "cwd": str(Path.cwd()), "config": data, "inputs": inputs}
 
@@ -354,9 +390,15 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
         if given == "default":
             path = default_model_dir()
         elif not path.exists():
+            hub = pinned["fingerprint"]
+            back = (
+                f"fetch it again (`hf download {hub.get('repo')} --revision {hub.get('commit')}`)"
+                if hub.get("kind") == "hub"
+                else "put it back there"
+            )
             raise SpectuneError(
-                f"--resume: {where} is gone since the run in {out} started; put it back "
-                "there, or start over with --overwrite"
+                f"--resume: {where} is gone since the run in {out} started; {back}, or start "
+                "over with --overwrite"
             )
         try:
             now = fingerprint(given, path)
@@ -431,6 +473,7 @@ __all__ = [
     "check_unchanged",
     "config_inputs",
     "fingerprint",
+    "input_path",
     "is_run_folder",
     "pin",
     "pinned_config",
