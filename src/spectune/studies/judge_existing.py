@@ -1,7 +1,8 @@
 """Judging what was already trained (``spectune judge``): a model, a peft adapter made by peft
 or another tool, or a spectune run's adapter, on the yardsticks and settings of ``tune``.
 
-:func:`judge_model` runs the recipe's judging and watch phases without training:
+:func:`judge_model` runs the recipe's judging and watch phases without training (it lives
+with the studies, above :mod:`spectune.tuning`, whose config, methods and phases it uses):
 
 - the config is a :class:`~spectune.tuning.config.TuneConfig` (its ``data``, ``eval``,
   ``model_dtype``, ``attn_implementation``, ``seed`` and ``objective`` are what count); for a
