@@ -97,6 +97,21 @@ def test_judging_a_spectune_run_gives_its_own_numbers_exactly(tiny_run, tmp_path
     assert not (tmp_path / "judged" / "plots" / "loss_curve.png").exists()  # nothing trained
 
 
+@pytest.mark.parametrize("method", ["frog", pytest.param("qlora", marks=pytest.mark.slow)])
+def test_other_methods_runs_are_judged_by_their_own_method(method, tiny_model_dir, tmp_path):
+    """FROG's sparse update (its own adapter format) and QLoRA's 4-bit base: loaded by the
+    run's method, judged to the run's numbers."""
+    config = TuneConfig.from_dict(tiny_run_config(tiny_model_dir, method))
+    m = tune(config, out=tmp_path / "run", progress=False).metrics
+    got = judge_model(str(tiny_model_dir), adapter=tmp_path / "run", out=tmp_path / "j",
+                      progress=False).metrics  # fmt: skip
+    assert got.run.method == method
+    assert got.after.heldout_loss.loss == m.after.heldout_loss.loss
+    assert got.after.perplexity.perplexity == m.after.perplexity.perplexity
+    assert got.after.accuracy.accuracy == m.after.accuracy.accuracy
+    assert got.spectra.n_layers == m.spectra.n_layers and got.spectra.alpha == m.spectra.alpha
+
+
 def test_a_complete_judge_folder_needs_overwrite_and_a_tune_run_is_not_taken(tiny_run, tmp_path):
     run, m = tiny_run
     kw = dict(adapter=run / "adapter", progress=False, overrides=["eval.spectra=false"])
