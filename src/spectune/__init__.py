@@ -10,6 +10,7 @@ The public API, what a user calls (``import spectune as st``):
   :func:`compare`, the fits (:func:`fit_powerlaw`, :func:`fit_truncated_powerlaw`,
   :func:`compare_pl_tpl`), intruder dimensions; the weights they read: :func:`open_source`.
 - judge and study: :func:`judge` (a model's accuracy, held-out loss, perplexity, latency),
+  :func:`judge_model` (a model or adapter that exists, judged as ``tune`` judges, into a folder),
   :func:`sweep`, :func:`study`, :func:`search`, :func:`demo`, and :func:`advise` on the
   :func:`load_candidates` of a results folder.
 
@@ -83,6 +84,7 @@ _LAZY: dict[str, str] = {
     "relevance": "spectune.tuning.methods.frog",
     # judge and study
     "judge": "spectune.judging.all",
+    "judge_model": "spectune.studies.judge_existing",
     "sweep": "spectune.studies.sweep",
     "study": "spectune.studies.study",
     "demo": "spectune.studies.demo",

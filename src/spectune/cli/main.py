@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "watch": "spectune.cli.watch",
     "compare": "spectune.cli.compare",
     "describe": "spectune.cli.describe",
+    "judge": "spectune.cli.judge",
     "demo": "spectune.cli.demo",
     "sweep": "spectune.cli.sweep",
     "study": "spectune.cli.study",
@@ -49,7 +50,7 @@ HEADINGS: dict[str, tuple[str, ...]] = {
         ("tune", "methods", "memory", "augment", "model"),
     "watch: spectral diagnostics of any weights": ("watch", "compare", "describe"),
     "judge and study: many runs, learning against forgetting":
-        ("demo", "sweep", "study", "search", "advise"),
+        ("judge", "demo", "sweep", "study", "search", "advise"),
     "show: the page of a results folder": ("report",),
 }  # fmt: skip
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "write report.html for a results folder of tune, sweep, demo, watch or compare"
+HELP = "write report.html for a results folder of tune, judge, sweep, demo, watch or compare"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="a folder written by spectune tune, sweep or demo, or "
+    parser.add_argument("folder", help="a folder written by spectune tune, judge, sweep or demo, or "
                         "by watch / compare with --out")  # fmt: skip
 
 

@@ -13,4 +13,8 @@
 - :mod:`.search`: :func:`~spectune.studies.search.search`, a multi-objective Optuna search over
   run settings and its Pareto set, resumable from its SQLite storage; its space, objectives
   and sampler are :mod:`.search_space`'s, its trials :mod:`.search_trials`'.
+- :mod:`.judge_existing`: :func:`~spectune.studies.judge_existing.judge_model` (``spectune
+  judge``), the recipe's judging and watch phases on what was trained elsewhere or before (a
+  peft adapter, a spectune run's adapter, a merged model), into a run-like folder that the
+  tables, ``advise`` and the report read beside the tuned runs.
 """

@@ -136,11 +136,10 @@ def write_run_plots(
     details: Any,
     extra: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """The run's figures as PNG files (each written atomically); ``extra`` are the method's."""
-    figures = {
-        "loss_curve.png": T.loss_curve({metrics.run.name: log}),
-        "learning_forgetting.png": T.learning_forgetting([metrics]),
-    }
+    """The run's figures as PNG files (each written atomically); ``extra`` are the method's.
+    Without a training log (``spectune judge``) there is no loss curve."""
+    figures = {"loss_curve.png": T.loss_curve({metrics.run.name: log})} if log else {}
+    figures["learning_forgetting.png"] = T.learning_forgetting([metrics])
     if metrics.validation is not None and metrics.validation.curve:
         figures["validation_curve.png"] = T.validation_curve(log, metrics.validation)
     if metrics.spectra_curve:

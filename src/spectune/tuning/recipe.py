@@ -577,35 +577,14 @@ def watch(run: Run) -> None:
     if not run.config.eval.spectra:
         return
     from spectune.report.files import write_results
-    from spectune.tuning.watching import compare_base
-    from spectune.watch import analyze as analyze_spectra
-    from spectune.watch import summarize
+    from spectune.tuning.watching import watch_update
 
     what = run.method.spectra(run.built, run.context, run.out / "adapter")
-    # intruders: there is a tuned W to compare (an adapter, a full fine-tune, a sparse update)
-    intruders = run.config.eval.intruders and (what.peft or what.delta or what.update)
-    details = analyze_spectra(
-        what.source,
-        peft=what.peft,
-        delta=what.delta,
-        updates=what.update,
-        base=run.model_dir,
-        precision=run.config.eval.spectra_precision,
-        intruders=intruders,
-        progress=run.progress,
-    )
-    summary = summarize(details)
-    if "base_alpha" in details:
-        ok = details[details["base_status"] == "success"]
-        summary["base_alpha"] = float(ok["base_alpha"].mean()) if len(ok) else None
-    run.details, run.summary = details, summary
     run.folder.own("spectra")
-    if run.config.eval.compare_base:
-        run.comparison = compare_base(run, what, details)
-    if run.comparison is not None:
-        summary["n_collapsed"] = run.comparison.summary["n_collapsed"]
-        summary["n_flow_bent"] = run.comparison.summary["n_flow_bent"]
-    write_results(details, summary, run.out / "spectra", plots=False)
+    run.details, run.summary, run.comparison = watch_update(
+        what, run.model_dir, run.config, progress=run.progress, notes=run.built.notes
+    )
+    write_results(run.details, run.summary, run.out / "spectra", plots=False)
 
 
 def report(run: Run, *, merge: bool = False) -> RunMetrics:
