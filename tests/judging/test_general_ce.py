@@ -72,3 +72,7 @@ def test_forgetting_ce_is_after_minus_before_as_in_peft():
     assert Forgetting.compare(judging(None), judging(None)).general_ce_after is None
     back = Judging.from_dict(judging(2.0).to_dict())
     assert back.general_ce == CrossEntropyResult(2.0, 3, 90, 32, "x", "y")
+    older = {k: v for k, v in judging(2.0).to_dict().items() if k not in ("general_ce", "harness")}
+    assert Judging.from_dict(older).general_ce is None  # files written before it load
+    assert Forgetting(**{"perplexity_before": 1.0, "perplexity_after": 2.0,
+                         "perplexity_change": 1.0, "perplexity_ratio": 2.0}).forgetting_ce is None  # fmt: skip

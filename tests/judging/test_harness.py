@@ -187,3 +187,23 @@ def test_tune_with_harness_writes_before_and_after_scores(tiny_model_dir, tmp_pa
     assert "Harness tasks" in page and "spectune_largest" in page
     assert "peft&#x27;s forgetting" in page or "peft's forgetting" in page
     assert RunMetrics.from_dict(m.to_dict()).to_dict() == m.to_dict()
+
+
+def test_lm_evals_own_task_names_pass_the_check():
+    check_tasks(["arc_easy", "spectune_add"])  # known to lm-eval; its data is not fetched here
+
+
+def test_few_shot_examples_are_chat_turns_from_the_training_split(smol_tokenizer):
+    tok = smol_tokenizer
+    model = tiny_llama(len(tok), hidden=32)
+    raw = run_harness(
+        model, tok, tasks=["spectune_add"], limit=1, num_fewshot=2, max_new_tokens=2,
+        metadata=META,
+    )  # fmt: skip
+    prompt = raw["samples"]["spectune_add"][0]["arguments"][0][0]
+    assert prompt.count("<|im_start|>user") == 3 and prompt.count("<|im_start|>assistant") == 3
+    train, heldout = generate_task_set(16 * 8, META["spectune_n_eval"], META["spectune_seed"])
+    shots = [ex for ex in train if ex.category == "add" and ex.instruction in prompt]
+    assert len(shots) == 2 and all(f"\n{ex.response}<|im_end|>" in prompt for ex in shots)
+    asked = [ex for ex in heldout if ex.category == "add"]  # limit 1: the first is asked
+    assert asked[0].instruction in prompt and asked[1].instruction not in prompt

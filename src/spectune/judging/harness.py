@@ -24,6 +24,7 @@ Outside spectune, the task files work with lm-eval's command line too::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -111,6 +112,12 @@ def _task_manager(tasks: Sequence[str], metadata: dict[str, Any] | None = None) 
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=defaults, metadata=metadata)
 
 
+@functools.cache
+def _all_tasks() -> frozenset[str]:
+    """Every task, group and tag name lm-eval and spectune's folder define (indexed once)."""
+    return frozenset(_task_manager(["-"]).all_tasks)
+
+
 def check_tasks(tasks: Sequence[str]) -> None:
     """Refuse a task name lm-eval does not know, in one line that lists spectune's tasks and
     says how lm-eval's own are used.
@@ -118,11 +125,8 @@ def check_tasks(tasks: Sequence[str]) -> None:
     Raises:
         SpectuneError: lm-eval is not installed, or a name is unknown.
     """
-    if all(t in SPECTUNE_TASKS for t in tasks):
-        _lm_eval()
-        return
-    known = set(_task_manager(tasks).all_tasks)
-    missing = [t for t in tasks if t not in known]
+    _lm_eval()
+    missing = [t for t in tasks if t not in SPECTUNE_TASKS and t not in _all_tasks()]
     if missing:
         raise SpectuneError(
             f"eval.harness.tasks: lm-eval has no task {missing[0]!r}; spectune's own (offline): "
