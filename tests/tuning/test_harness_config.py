@@ -41,7 +41,7 @@ def test_bad_harness_settings_are_named(value, match):
 
 
 def test_ce_settings_are_checked():
-    assert (EvalConfig().ce_samples, EvalConfig().ce_tokens) == (16, 256)
+    assert (EvalConfig().ce_samples, EvalConfig().ce_tokens) == (8, 256)
     assert EvalConfig(ce_samples=0).ce_samples == 0  # off
     with pytest.raises(SpectuneError, match="eval.ce_samples must be at most"):
         EvalConfig(ce_samples=1000)

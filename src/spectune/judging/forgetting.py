@@ -19,7 +19,7 @@ the same on every machine with the same Python minor version):
   :attr:`spectune.results.metrics.Forgetting.forgetting_ce` (``general_ce_after -
   general_ce_before``). The definition and the sign are peft's; the text is not, so set the
   numbers of the two beside each other as changes, not as absolute losses. peft's setting is
-  ``n_samples=100, max_tokens=768`` on finewiki; spectune's default (``eval.ce_samples=16``,
+  ``n_samples=100, max_tokens=768`` on finewiki; spectune's default (``eval.ce_samples=8``,
   ``eval.ce_tokens=256``) keeps the judging cheap on a CPU.
 """
 
@@ -267,7 +267,7 @@ def general_ce(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    n_samples: int = 16,
+    n_samples: int = 8,
     max_tokens: int = 256,
     texts: list[str] | None = None,
     batch_size: int = 4,

@@ -102,20 +102,21 @@ def _lm_eval() -> Any:
     return lm_eval
 
 
-def _task_manager(tasks: Sequence[str], metadata: dict[str, Any] | None = None) -> Any:
-    """A ``TaskManager`` over spectune's task folder, and lm-eval's own tasks only when a name
-    is not spectune's (indexing lm-eval's ~15,000 task files takes seconds)."""
+def _task_manager(*, lm_evals_own: bool, metadata: dict[str, Any] | None = None) -> Any:
+    """A ``TaskManager`` over spectune's task folder, and over lm-eval's own tasks with
+    ``lm_evals_own`` (indexing its ~15,000 task files takes seconds)."""
     _lm_eval()
     from lm_eval.tasks import TaskManager
 
-    defaults = any(t not in SPECTUNE_TASKS for t in tasks)
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=defaults, metadata=metadata)
+    return TaskManager(
+        include_path=str(TASKS_DIR), include_defaults=lm_evals_own, metadata=metadata
+    )
 
 
 @functools.cache
 def _all_tasks() -> frozenset[str]:
     """Every task, group and tag name lm-eval and spectune's folder define (indexed once)."""
-    return frozenset(_task_manager(["-"]).all_tasks)
+    return frozenset(_task_manager(lm_evals_own=True).all_tasks)
 
 
 def check_tasks(tasks: Sequence[str]) -> None:
@@ -206,7 +207,8 @@ def run_harness(
     from spectune.models.forward import eval_mode
 
     with _quiet_lm_eval():
-        loaded = _task_manager(tasks, metadata).load(list(tasks))
+        own = any(t not in SPECTUNE_TASKS for t in tasks)
+        loaded = _task_manager(lm_evals_own=own, metadata=metadata).load(list(tasks))
         for name, task in loaded["tasks"].items():
             if name in SPECTUNE_TASKS:
                 task.set_config("generation_kwargs", {"max_gen_toks": max_new_tokens}, update=True)

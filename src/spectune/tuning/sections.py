@@ -173,7 +173,7 @@ class EvalConfig:
     ppl_window: int = field(default=256, metadata={"help": "perplexity window (tokens)."})
     ppl_stride: int = field(default=128, metadata={"help": "perplexity stride (tokens)."})
     ce_samples: int = field(
-        default=16,
+        default=8,
         metadata={
             "help": "forgetting as peft's method comparison measures it: mean token "
             "cross-entropy on this many general-text samples (pydoc topics); 0: off."
