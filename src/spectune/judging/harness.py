@@ -14,11 +14,16 @@ answer check). lm-eval's own tasks (``lm_eval ls tasks``: ``hellaswag``, ``arc_e
 ``gsm8k``...) download their data sets from the Hugging Face hub: they need network access
 (or the ``datasets`` cache) the first time.
 
-Outside spectune, the task files work with lm-eval's command line too::
+Outside spectune, the task files work with lm-eval's command line too (the task set of seed
+0 with 200 held-out examples unless ``--metadata`` sets ``spectune_seed`` /
+``spectune_n_eval``)::
 
-    lm_eval --model hf --model_args pretrained=RUN/merged --tasks spectune_tasks \\
+    lm-eval run --model hf --model_args pretrained=RUN/merged --tasks spectune_tasks \\
         --include_path "$(python -c 'import spectune.judging.harness as h; print(h.TASKS_DIR)')" \\
         --apply_chat_template
+
+Measured on SmolLM2-135M-Instruct (the embedded model), the 64 held-out questions of seed 0:
+lm-eval's 64 answers and spectune's judge's were identical, string for string.
 """
 
 from __future__ import annotations
