@@ -207,3 +207,18 @@ def test_few_shot_examples_are_chat_turns_from_the_training_split(smol_tokenizer
     assert len(shots) == 2 and all(f"\n{ex.response}<|im_end|>" in prompt for ex in shots)
     asked = [ex for ex in heldout if ex.category == "add"]  # limit 1: the first is asked
     assert asked[0].instruction in prompt and asked[1].instruction not in prompt
+
+
+def test_tune_refuses_an_unknown_task_before_taking_the_folder(tiny_model_dir, tmp_path):
+    from spectune.tuning.config import TuneConfig
+    from spectune.tuning.recipe import tune
+    from tests.conftest import tiny_run_config
+
+    data = tiny_run_config(tiny_model_dir, eval__harness={"tasks": ["spectune_ad"]})
+    out = tmp_path / "run"
+    with pytest.raises(
+        SpectuneError,
+        match="lm-eval has no task 'spectune_ad' \\(did you mean 'spectune_add'\\?\\)",
+    ):
+        tune(TuneConfig.from_dict(data), out=out, progress=False)
+    assert not out.exists()

@@ -29,6 +29,7 @@ lm-eval's 64 answers and spectune's judge's were identical, string for string.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import logging
 import math
@@ -134,8 +135,11 @@ def check_tasks(tasks: Sequence[str]) -> None:
     _lm_eval()
     missing = [t for t in tasks if t not in SPECTUNE_TASKS and t not in _all_tasks()]
     if missing:
+        close = difflib.get_close_matches(missing[0], sorted(_all_tasks()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SpectuneError(
-            f"eval.harness.tasks: lm-eval has no task {missing[0]!r}; spectune's own (offline): "
+            f"eval.harness.tasks: lm-eval has no task {missing[0]!r}{hint}; spectune's own "
+            "(offline): "
             f"{', '.join(SPECTUNE_TASKS)}; lm-eval's tasks (`lm_eval ls tasks`, e.g. "
             "arc_easy, hellaswag, gsm8k) download their data sets from the Hugging Face hub "
             "the first time, so they need network access"
