@@ -9,7 +9,12 @@ with a ``to_dict()`` that serializes to JSON:
   (:func:`~.loss.heldout_loss`, :class:`~.loss.LossResult`);
 - :mod:`.forgetting`: perplexity on a fixed slice of general text, ``pydoc_data.topics``
   (:func:`~.forgetting.general_text`, :func:`~.forgetting.perplexity`,
-  :class:`~.forgetting.PerplexityResult`);
+  :class:`~.forgetting.PerplexityResult`), and forgetting as peft's method comparison
+  defines it: mean token cross-entropy on fixed general-text documents
+  (:func:`~.forgetting.general_ce`, :class:`~.forgetting.CrossEntropyResult`);
+- :mod:`.harness`: lm-evaluation-harness tasks on the model in memory, spectune's own task
+  files for its task set among them (:func:`~.harness.evaluate_harness`,
+  :class:`~.harness.HarnessResult`);
 - :mod:`.latency`: milliseconds per generated token, greedy, batch 1
   (:func:`~.latency.generation_latency`, :class:`~.latency.LatencyResult`);
 - :mod:`.ranking`: how a model's scores order graded responses (pair accuracy, NDCG; LiPO's

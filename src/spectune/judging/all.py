@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from spectune.data.instructions import InstructionExample
 from spectune.judging.accuracy import exact_match
-from spectune.judging.forgetting import DEFAULT_PPL_CHARS, perplexity
+from spectune.judging.forgetting import DEFAULT_PPL_CHARS, general_ce, perplexity
 from spectune.judging.latency import LATENCY_PROMPTS, generation_latency
 from spectune.judging.loss import heldout_loss
 
@@ -31,18 +31,26 @@ def judge(
     ppl_stride: int = 128,
     latency_tokens: int = 32,
     latency_prompts: int = 3,
+    ce_samples: int = 0,
+    ce_tokens: int = 256,
+    harness: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Every measurement of a model, as one JSON-ready dict.
 
     Runs :func:`exact_match`, :func:`heldout_loss` (on the same examples), :func:`perplexity`
-    on :func:`general_text` and, when ``latency_prompts`` > 0, :func:`generation_latency`
-    on the first ``latency_prompts`` of :data:`LATENCY_PROMPTS`.
+    on :func:`general_text`, when ``latency_prompts`` > 0 :func:`generation_latency`
+    on the first ``latency_prompts`` of :data:`LATENCY_PROMPTS`, when ``ce_samples`` > 0
+    :func:`~spectune.judging.forgetting.general_ce` (peft's forgetting loss) on that many
+    documents of ``ce_tokens`` tokens, and with ``harness`` (the keywords of
+    :func:`spectune.judging.harness.evaluate_harness` but the model's and those given here:
+    ``tasks``, ``limit``, ``num_fewshot``, ``chat_template``, ``metadata``) lm-eval's tasks.
 
     Returns:
-        ``{"accuracy", "predictions", "heldout_loss", "perplexity", "latency", "seconds"}``:
-        the results' dicts (accuracy without its predictions, which are a list of their own;
-        latency None when skipped) and the wall time of each measurement.
+        ``{"accuracy", "predictions", "heldout_loss", "perplexity", "latency", "general_ce",
+        "harness", "seconds"}``: the results' dicts (accuracy without its predictions, which
+        are a list of their own; latency, general_ce and harness None when skipped) and the
+        wall time of each measurement.
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -80,12 +88,35 @@ def judge(
             model, tokenizer, prompts, new_tokens=latency_tokens, system=system
         ).to_dict()
         seconds["latency"] = time.perf_counter() - start
+    ce = None
+    if ce_samples > 0:
+        start = time.perf_counter()
+        ce = general_ce(
+            model, tokenizer, n_samples=ce_samples, max_tokens=ce_tokens, progress=progress
+        ).to_dict()
+        seconds["general_ce"] = time.perf_counter() - start
+    scores = None
+    if harness:
+        from spectune.judging.harness import evaluate_harness
+
+        start = time.perf_counter()
+        scores = evaluate_harness(
+            model,
+            tokenizer,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            system=system,
+            **harness,
+        ).to_dict()
+        seconds["harness"] = time.perf_counter() - start
     return {
         "accuracy": acc.to_dict(predictions=False),
         "predictions": acc.predictions,
         "heldout_loss": loss.to_dict(),
         "perplexity": ppl.to_dict(),
         "latency": latency,
+        "general_ce": ce,
+        "harness": scores,
         "seconds": seconds,
     }
 

@@ -1,10 +1,26 @@
-"""Forgetting: perplexity on general text that ships with Python itself.
+"""Forgetting: how well a model still predicts general text that ships with Python itself.
 
-:func:`general_text` is a fixed slice of ``pydoc_data.topics`` (the reference manual sections
-``help()`` shows), the same on every machine with the same Python minor version;
-:func:`perplexity` scores it (or a text of the caller's) with strided sliding windows, every
-token after the first exactly once: a :class:`PerplexityResult`, which records the Python
-version and a hash of the text scored.
+Two measures, both on ``pydoc_data.topics`` (the reference manual sections ``help()`` shows,
+the same on every machine with the same Python minor version):
+
+- :func:`perplexity`: :func:`general_text` (a fixed slice of the topics joined) scored with
+  strided sliding windows, every token after the first exactly once: a
+  :class:`PerplexityResult`, which records the Python version and a hash of the text scored.
+- :func:`general_ce`: **forgetting as peft's method comparison measures it**
+  (``method_comparison/MetaMathQA/run.py`` in the peft repository,
+  ``calculate_mean_per_token_loss``): a fixed set of general-text documents, each tokenized
+  on its own with the tokenizer's special tokens and cut to a token limit; the cross-entropy
+  of every next-token prediction inside each document, pooled over all documents (a mean per
+  token, not per document): a :class:`CrossEntropyResult`. peft scores the first 100 articles
+  of ``HuggingFaceFW/finewiki`` cut at 768 tokens and reports
+  ``forgetting = loss_after - loss_before`` (nats per token; positive: the model got worse
+  on general text). spectune scores the first ``n_samples`` help topics (sorted by name) cut
+  at ``max_tokens`` tokens, with no download, and reports the same difference as
+  :attr:`spectune.results.metrics.Forgetting.forgetting_ce` (``general_ce_after -
+  general_ce_before``). The definition and the sign are peft's; the text is not, so set the
+  numbers of the two beside each other as changes, not as absolute losses. peft's setting is
+  ``n_samples=100, max_tokens=768`` on finewiki; spectune's default (``eval.ce_samples=8``,
+  ``eval.ce_tokens=256``) keeps the judging cheap on a CPU.
 """
 
 from __future__ import annotations
@@ -28,6 +44,22 @@ if TYPE_CHECKING:
 
 #: Characters of :func:`general_text` scored by :func:`perplexity` by default (~2,000 tokens).
 DEFAULT_PPL_CHARS = 8000
+
+
+def general_documents(n_samples: int) -> list[str]:
+    """The first ``n_samples`` help topics of ``pydoc_data.topics`` in sorted key order: the
+    documents :func:`general_ce` scores (79 in Python 3.11, 202 to 62,522 characters each).
+
+    Raises:
+        SpectuneError: ``n_samples`` is below 1 or above the number of topics.
+    """
+    keys = sorted(topics)
+    if not 1 <= n_samples <= len(keys):
+        raise SpectuneError(
+            f"n_samples must be between 1 and {len(keys)} (the help topics of this Python), "
+            f"got {n_samples}"
+        )
+    return [topics[key] for key in keys[:n_samples]]
 
 
 def general_text(n_chars: int = DEFAULT_PPL_CHARS) -> str:
@@ -206,4 +238,118 @@ def perplexity(
     )
 
 
-__all__ = ["DEFAULT_PPL_CHARS", "PerplexityResult", "general_text", "perplexity"]
+@dataclass
+class CrossEntropyResult:
+    """Mean token cross-entropy on general-text documents (peft's forgetting measure).
+
+    Attributes:
+        cross_entropy: mean NLL (nats) over every scored token of every document.
+        n_samples: documents scored.
+        n_tokens: tokens scored (each document's tokens but its first).
+        max_tokens: tokens a document is cut to (special tokens included).
+        samples_sha256: SHA-256 of the documents (UTF-8, joined by NUL), to tell what was scored.
+        source: where the documents came from.
+    """
+
+    cross_entropy: float
+    n_samples: int
+    n_tokens: int
+    max_tokens: int
+    samples_sha256: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def general_ce(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    n_samples: int = 8,
+    max_tokens: int = 256,
+    texts: list[str] | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> CrossEntropyResult:
+    """Mean per-token cross-entropy on fixed general-text documents, as peft's method
+    comparison computes its forgetting loss (see the module docstring).
+
+    Each document is tokenized alone with the tokenizer's default special tokens (a BOS where
+    the tokenizer adds one), cut to its first ``max_tokens`` tokens, and every token after the
+    first is predicted from the ones before it in the same document. The losses of all scored
+    tokens are averaged together. Documents of equal token length run in one batch (no
+    padding, so nothing depends on how they are batched).
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+        n_samples: documents: the first ``n_samples`` of :func:`general_documents`.
+        max_tokens: tokens a document is cut to (capped at the model's
+            ``max_position_embeddings``).
+        texts: the caller's documents instead of the help topics.
+        batch_size: documents per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`CrossEntropyResult`.
+
+    Raises:
+        SpectuneError: a bad count, or no document of two tokens or more.
+    """
+    import torch
+
+    if texts is None:
+        texts = general_documents(n_samples)
+        source = (
+            f"pydoc_data.topics (first {n_samples} topics by sorted key, Python "
+            f"{sys.version_info.major}.{sys.version_info.minor})"
+        )
+    else:
+        source = "documents given by the caller"
+    if max_tokens < 2:
+        raise SpectuneError(f"max_tokens must be >= 2, got {max_tokens}")
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = min(max_tokens, int(max_pos)) if max_pos else max_tokens
+    rows = [list(tokenizer(t)["input_ids"])[:limit] for t in texts]
+    rows = [r for r in rows if len(r) >= 2]
+    if not rows:
+        raise SpectuneError("no general-text document has two tokens or more; nothing to score")
+    by_length: dict[int, list[list[int]]] = {}
+    for r in rows:
+        by_length.setdefault(len(r), []).append(r)
+    batches = [
+        group[i : i + batch_size]
+        for group in by_length.values()
+        for i in range(0, len(group), batch_size)
+    ]
+    device = model_device(model)
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for batch in track(batches, len(batches), "cross-entropy", enabled=progress, unit="batch"):
+            ids = torch.tensor(batch, dtype=torch.long)  # (docs, tokens)
+            out = model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+            nll, n = token_nll(out.logits, ids.to(device))
+            total += nll
+            count += n
+    digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
+    return CrossEntropyResult(
+        cross_entropy=total / count,
+        n_samples=len(rows),
+        n_tokens=count,
+        max_tokens=limit,
+        samples_sha256=digest,
+        source=source,
+    )
+
+
+__all__ = [
+    "DEFAULT_PPL_CHARS",
+    "CrossEntropyResult",
+    "PerplexityResult",
+    "general_ce",
+    "general_documents",
+    "general_text",
+    "perplexity",
+]

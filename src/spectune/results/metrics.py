@@ -11,9 +11,11 @@ Sections::
     config           the resolved config (plain data, as in config.yaml)
     settings         the method's headline settings (r, lora_alpha... / frog_budget)
     data             where the data came from, how it was tokenized
-    before, after    Judging: accuracy, held-out loss, perplexity, latency (+ objective extras)
+    before, after    Judging: accuracy, held-out loss, perplexity, latency, general-text
+                     cross-entropy, lm-eval harness scores (+ objective extras)
     learning         Learning: accuracy before / after / gain, held-out loss before / after
-    forgetting       Forgetting: perplexity on general text before / after / change / ratio
+    forgetting       Forgetting: perplexity on general text before / after / change / ratio;
+                     peft's forgetting (general-text cross-entropy after minus before)
     cost             Cost: train time, tokens/s, peak RSS, trainable parameters, adapter bytes
     training         Training: first / final loss, steps, epochs, per-device / global batch
     validation       Validation: the validation-loss curve, best step, the adapter's step,
@@ -42,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 from spectune._io import write_json
 from spectune.errors import SpectuneError
 from spectune.judging.accuracy import AccuracyResult
-from spectune.judging.forgetting import PerplexityResult
+from spectune.judging.forgetting import CrossEntropyResult, PerplexityResult
+from spectune.judging.harness import HarnessResult
 from spectune.judging.latency import LatencyResult
 from spectune.judging.loss import LossResult
 from spectune.results.stats import Interval, bootstrap_mean
@@ -116,6 +119,9 @@ class Judging:
         seconds: wall time of each measurement.
         model: what was judged ("base model, float32"), when it is not the tuned model.
         extras: the objective's own metrics.
+        general_ce: mean token cross-entropy on general-text documents (peft's forgetting
+            loss, :func:`spectune.judging.forgetting.general_ce`), None when not measured.
+        harness: lm-eval task scores (``eval.harness``), None when not run.
     """
 
     accuracy: AccuracyResult
@@ -125,6 +131,8 @@ class Judging:
     seconds: dict[str, float] = field(default_factory=dict)
     model: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    general_ce: CrossEntropyResult | None = None
+    harness: HarnessResult | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Judging:
@@ -140,6 +148,10 @@ class Judging:
             seconds=data.get("seconds", {}),
             model=data.get("model"),
             extras=data.get("extras", {}),
+            general_ce=None
+            if not data.get("general_ce")
+            else CrossEntropyResult(**_known(CrossEntropyResult, data["general_ce"])),
+            harness=None if not data.get("harness") else HarnessResult.from_dict(data["harness"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +163,8 @@ class Judging:
             "seconds": self.seconds,
             "model": self.model,
             "extras": self.extras,
+            "general_ce": None if self.general_ce is None else self.general_ce.to_dict(),
+            "harness": None if self.harness is None else self.harness.to_dict(),
         }
 
 
@@ -212,18 +226,42 @@ class Learning:
 
 @dataclass
 class Forgetting:
-    """What the run forgot: perplexity on general text, before and after."""
+    """What the run forgot: perplexity on general text, before and after; and forgetting as
+    peft's method comparison defines it.
+
+    ``forgetting_ce`` is peft's ``forgetting``: the mean token cross-entropy (nats) on fixed
+    general-text documents after training minus before (``general_ce_after -
+    general_ce_before``; positive: worse on general text). peft scores 100 finewiki articles
+    at up to 768 tokens, spectune ``eval.ce_samples`` Python help topics at up to
+    ``eval.ce_tokens`` tokens (:func:`spectune.judging.forgetting.general_ce`): the definition
+    and sign agree, the texts do not. None where it was not measured.
+    """
 
     perplexity_before: float | None
     perplexity_after: float
     perplexity_change: float | None
     perplexity_ratio: float | None
+    general_ce_before: float | None = None
+    general_ce_after: float | None = None
+    forgetting_ce: float | None = None
 
     @classmethod
     def compare(cls, before: Judging | None, after: Judging) -> Forgetting:
         p0 = None if before is None else before.perplexity.perplexity
         p1 = after.perplexity.perplexity
-        return cls(p0, p1, None if p0 is None else p1 - p0, None if p0 is None else p1 / p0)
+        c0 = (
+            None if before is None or before.general_ce is None else before.general_ce.cross_entropy
+        )
+        c1 = None if after.general_ce is None else after.general_ce.cross_entropy
+        return cls(
+            p0,
+            p1,
+            None if p0 is None else p1 - p0,
+            None if p0 is None else p1 / p0,
+            general_ce_before=c0,
+            general_ce_after=c1,
+            forgetting_ce=None if c0 is None or c1 is None else c1 - c0,
+        )
 
 
 @dataclass
@@ -501,8 +539,36 @@ class RunMetrics:
 
     # -- views ---------------------------------------------------------------------------
 
+    def harness_rows(self) -> list[dict[str, Any]]:
+        """The lm-eval scores before and after: one ``{"task", "metric", "before", "after",
+        "change", "stderr_before", "stderr_after"}`` per task metric (empty without
+        ``eval.harness``); before and its stderr are None without a judged base."""
+        after = self.after.harness
+        if after is None:
+            return []
+        before = None if self.before is None else self.before.harness
+        rows = []
+        for task, metrics in after.scores.items():
+            for metric, score in metrics.items():
+                b = {} if before is None else before.scores.get(task, {}).get(metric, {})
+                v0, v1 = b.get("value"), score.get("value")
+                rows.append(
+                    {
+                        "task": task,
+                        "metric": metric,
+                        "before": v0,
+                        "after": v1,
+                        "change": None if v0 is None or v1 is None else v1 - v0,
+                        "stderr_before": b.get("stderr"),
+                        "stderr_after": score.get("stderr"),
+                    }
+                )
+        return rows
+
     def row(self) -> dict[str, Any]:
-        """One flat row (results.csv of sweeps and the demo): see :data:`ROW_COLUMNS`."""
+        """One flat row (results.csv of sweeps and the demo); with ``eval.harness`` a column
+        ``harness_<task>_<metric>_<before|after|change>`` per lm-eval score
+        (:meth:`harness_rows`)."""
         spectra = self.spectra or SpectraSummary()
         return {
             "name": self.run.name,
@@ -523,6 +589,9 @@ class RunMetrics:
             "perplexity_before": self.forgetting.perplexity_before,
             "perplexity_after": self.forgetting.perplexity_after,
             "perplexity_change": self.forgetting.perplexity_change,
+            "general_ce_before": self.forgetting.general_ce_before,
+            "general_ce_after": self.forgetting.general_ce_after,
+            "forgetting_ce": self.forgetting.forgetting_ce,
             "train_seconds": self.cost.train_seconds,
             "tokens_per_second": self.cost.tokens_per_second,
             "peak_rss_mib": self.cost.peak_rss_bytes / 2**20,
@@ -535,6 +604,11 @@ class RunMetrics:
             "n_overfit_adapters": spectra.n_overfit_adapters,
             "n_collapsed": spectra.n_collapsed,
             "n_flow_bent": spectra.n_flow_bent,
+            **{
+                f"harness_{r['task']}_{r['metric']}_{when}": r[when]
+                for r in self.harness_rows()
+                for when in ("before", "after", "change")
+            },
         }
 
 

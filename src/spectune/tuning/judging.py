@@ -35,6 +35,25 @@ def judge_settings(config: TuneConfig) -> dict[str, Any]:
         ppl_stride=e.ppl_stride,
         latency_tokens=e.latency_tokens,
         latency_prompts=e.latency_prompts,
+        ce_samples=e.ce_samples,
+        ce_tokens=e.ce_tokens,
+        harness=harness_settings(config),
+    )
+
+
+def harness_settings(config: TuneConfig) -> dict[str, Any] | None:
+    """``eval.harness`` as the ``harness`` keywords of :func:`spectune.judging.all.judge`
+    (None when off). spectune's own tasks get the run's seed and held-out size: with
+    ``data.train: tasks`` they are the run's held-out questions, none that it trained on."""
+    h = config.eval.harness
+    if h is None:
+        return None
+    return dict(
+        tasks=list(h.tasks),
+        limit=h.limit,
+        num_fewshot=h.num_fewshot,
+        chat_template=h.chat_template,
+        metadata={"spectune_seed": config.seed, "spectune_n_eval": config.data.n_eval},
     )
 
 
@@ -121,6 +140,7 @@ def predictions_jsonl(
 __all__ = [
     "base_loader",
     "correct",
+    "harness_settings",
     "judge_base_model",
     "judge_context",
     "judge_settings",

@@ -210,6 +210,10 @@ def prepare(
     objective = get_objective(config.objective)
     data = load_run_data(reading)  # the validation split is carved before the folder is made
     objective.check_data(reading, data, tokenizer, model_dir)  # e.g. LiPO's batch memory
+    if config.eval.harness is not None:  # an unknown lm-eval task, before anything is trained
+        from spectune.judging.harness import check_tasks
+
+        check_tasks(config.eval.harness.tasks)
     pinned = P.pin(config, objective, model_dir, reading)
     P.check_outside(out, pinned)  # also on --resume: a complete run is not another's input
     if saved is not None:

@@ -11,7 +11,8 @@ the ``train:`` section is transformers' ``TrainingArguments`` (:mod:`spectune.tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
@@ -116,6 +117,66 @@ class DataConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """``eval.harness``: lm-evaluation-harness tasks run on the model in memory, before and
+    after training (:mod:`spectune.judging.harness`)."""
+
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "lm-eval task or group names: spectune's own (offline: spectune_tasks, "
+            "spectune_add...) or lm-eval's (they download their data sets: network needed)."
+        },
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "examples per task (None: all); keep it small on CPU."}
+    )
+    num_fewshot: int | None = field(
+        default=None, metadata={"help": "solved examples before each question (None: the task's)."}
+    )
+    chat_template: bool = field(
+        default=True,
+        metadata={"help": "render prompts with the tokenizer's chat template (data.system too)."},
+    )
+
+    def __post_init__(self) -> None:
+        tasks = [self.tasks] if isinstance(self.tasks, str) else self.tasks
+        if (
+            not isinstance(tasks, (list, tuple))
+            or not tasks
+            or not all(isinstance(t, str) and t.strip() for t in tasks)
+        ):
+            raise SpectuneError(
+                "eval.harness.tasks must be a task name or a non-empty list of them (e.g. "
+                f"[spectune_tasks]), got {self.tasks!r}"
+            )
+        self.tasks = [t.strip() for t in tasks]
+        if self.limit is not None:
+            self.limit = check.integer("eval.harness.limit", self.limit, minimum=1)
+        if self.num_fewshot is not None:
+            self.num_fewshot = check.integer(
+                "eval.harness.num_fewshot", self.num_fewshot, minimum=0
+            )
+        if not isinstance(self.chat_template, bool):
+            raise SpectuneError(
+                f"eval.harness.chat_template must be true or false, got {self.chat_template!r}"
+            )
+
+
+def _harness(value: Any) -> HarnessConfig | None:
+    """``eval.harness`` as a :class:`HarnessConfig` (a mapping's unknown keys named)."""
+    if value is None or isinstance(value, HarnessConfig):
+        return value
+    if not isinstance(value, dict):
+        raise SpectuneError(
+            "eval.harness must be a mapping such as {tasks: [spectune_tasks], limit: 8} or null, "
+            f"got {value!r}"
+        )
+    check.unknown_keys("eval.harness", value, (f.name for f in fields(HarnessConfig)), "setting")
+    return HarnessConfig(**value)
+
+
+@dataclass
 class EvalConfig:
     """What is measured before and after training."""
 
@@ -133,6 +194,16 @@ class EvalConfig:
     )
     ppl_window: int = field(default=256, metadata={"help": "perplexity window (tokens)."})
     ppl_stride: int = field(default=128, metadata={"help": "perplexity stride (tokens)."})
+    ce_samples: int = field(
+        default=8,
+        metadata={
+            "help": "forgetting as peft's method comparison measures it: mean token "
+            "cross-entropy on this many general-text samples (pydoc topics); 0: off."
+        },
+    )
+    ce_tokens: int = field(
+        default=256, metadata={"help": "tokens per cross-entropy sample (longer ones are cut)."}
+    )
     latency_tokens: int = field(
         default=32, metadata={"help": "tokens generated per prompt for the latency figure."}
     )
@@ -171,6 +242,13 @@ class EvalConfig:
             "with alpha < 2 plotted against the validation loss). None: off."
         },
     )
+    harness: HarnessConfig | None = field(
+        default=None,
+        metadata={
+            "help": "lm-eval tasks before and after training: {tasks: [...], limit: N, "
+            "num_fewshot: N, chat_template: true}. None: off."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("before", "spectra", "intruders", "compare_base"):
@@ -180,7 +258,7 @@ class EvalConfig:
                 )
         for name, low in (("max_new_tokens", 1), ("batch_size", 1), ("ppl_chars", 100),
                           ("ppl_window", 2), ("ppl_stride", 1), ("latency_tokens", 2),
-                          ("latency_prompts", 0)):  # fmt: skip
+                          ("latency_prompts", 0), ("ce_samples", 0), ("ce_tokens", 2)):  # fmt: skip
             setattr(self, name, check.integer(f"eval.{name}", getattr(self, name), minimum=low))
         if self.ppl_stride >= self.ppl_window:
             raise SpectuneError(
@@ -192,6 +270,14 @@ class EvalConfig:
             self.spectra_every_steps = check.integer(
                 "eval.spectra_every_steps", self.spectra_every_steps, minimum=1
             )
+        from pydoc_data.topics import topics  # the general-text samples (no torch)
+
+        if self.ce_samples > len(topics):
+            raise SpectuneError(
+                f"eval.ce_samples must be at most {len(topics)} (the help topics of this Python), "
+                f"got {self.ce_samples}"
+            )
+        self.harness = _harness(self.harness)
 
 
-__all__ = ["DataConfig", "EvalConfig"]
+__all__ = ["DataConfig", "EvalConfig", "HarnessConfig"]

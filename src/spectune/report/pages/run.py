@@ -155,6 +155,7 @@ def _what_happened(m: RunMetrics) -> _Html:
             _fixed(_diff(j["loss0"], j["loss1"]), 3, sign=True),
         ],
         ["perplexity on general text", _fixed(j["ppl0"], 2), _fixed(j["ppl1"], 2), dppl],
+        *_ce_row(m),
         [
             "generation latency (ms/token)",
             _ms(j["ms0"]),
@@ -177,6 +178,63 @@ def _what_happened(m: RunMetrics) -> _Html:
                 ]
             )
     return _table(["measure", "before (base)", "after", "change"], rows, numeric=(1, 2, 3))
+
+
+def _ce_row(m: RunMetrics) -> list[list[str]]:
+    """peft's forgetting (general-text cross-entropy, after minus before), when measured."""
+    f = m.forgetting
+    if _num(f.general_ce_after) is None:
+        return []
+    return [
+        [
+            "general-text cross-entropy (nats/token; change: peft's forgetting)",
+            _fixed(f.general_ce_before, 4),
+            _fixed(f.general_ce_after, 4),
+            _fixed(f.forgetting_ce, 4, sign=True),
+        ]
+    ]
+
+
+def _score(value: Any, stderr: Any) -> str:
+    """ "0.4375 ± 0.0887" (or the value alone)."""
+    text = _fixed(value, 4)
+    return text + (f" \u00b1 {_fixed(stderr, 4)}" if _num(stderr) is not None else "")
+
+
+def _harness(m: RunMetrics) -> _Html:
+    """The lm-eval task scores before and after (``eval.harness``)."""
+    rows = m.harness_rows()
+    if not rows:
+        return _Html("")
+    h = m.after.harness
+    table = [
+        [
+            r["task"],
+            r["metric"],
+            _count((h.n_samples if h else {}).get(r["task"])),
+            _score(r["before"], r["stderr_before"]),
+            _score(r["after"], r["stderr_after"]),
+            _fixed(r["change"], 4, sign=True),
+        ]
+        for r in rows
+    ]
+    shots = "each task's own" if h is None or h.num_fewshot is None else str(h.num_fewshot)
+    limit = "all" if h is None or h.limit is None else str(h.limit)
+    note = (
+        f"lm-evaluation-harness {h.lm_eval if h else ''} on the model in memory: examples per "
+        f"task {limit}, few-shot {shots}, chat template "
+        f"{'on' if h is None or h.chat_template else 'off'}; \u00b1 lm-eval's standard error."
+    )
+    return _join(
+        [
+            _table(
+                ["task", "metric", "n", "before (base)", "after", "change"],
+                table,
+                numeric=(2, 3, 4, 5),
+            ),
+            _tag("p", note, "muted"),
+        ]
+    )
 
 
 def _cost_table(m: RunMetrics) -> _Html:
@@ -483,6 +541,7 @@ def render_run(folder: str | os.PathLike[str]) -> str:
         _tag("p", _run_meta(m), "sub"),
         _tag("p", lede, "lede") if lede else "",
         _section("What happened", _join([_key_numbers(m), _data_line(m)])),
+        _section("Harness tasks", _harness(m)),
         _section("Validation during training", _validation(m)),
         _section("Accuracy by category", _categories(m)),
         _section("Plots", _plots(reader, folder / "plots", known=RUN_PLOTS)),
