@@ -221,3 +221,40 @@ def test_bad_type_and_small_embeddings_are_refused(smol_tokenizer, tmp_path):
     with pytest.raises(SpectuneError, match=r"49152 tokens .* model embeds 1000"):
         write_gguf(model, smol_tokenizer, tmp_path / "m.gguf")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_split_pattern_travels_and_a_sentencepiece_vocabulary_is_refused(
+    smol_tokenizer, tmp_path
+):
+    """A Qwen2-style split is named ``qwen2`` in the file, so the loaded tokenizer splits text
+    as the source does (GPT-2's pattern splits a run of newlines otherwise)."""
+    import copy
+
+    import gguf
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    from spectune.models.gguf_export import write_gguf
+
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GGUF_PRE_TOKENIZER_SPLITS["qwen2"]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    text = "a\n\n\nb = 12345"
+    assert tokenizer(text).input_ids != smol_tokenizer(text).input_ids  # the split matters
+    path = tmp_path / "q" / "m.gguf"
+    write_gguf(tiny_arch_model("qwen2", len(tokenizer)), tokenizer, path, qtype="f16")
+    assert gguf.GGUFReader(path).get_field("tokenizer.ggml.pre").contents() == "qwen2"
+    back = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    assert back(text).input_ids == tokenizer(text).input_ids
+
+    sentencepiece = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0))
+    )
+    with pytest.raises(SpectuneError, match=r"byte-level BPE.*Unigram model"):
+        write_gguf(tiny_arch_model("llama", 1000), sentencepiece, tmp_path / "s.gguf")
+    assert not (tmp_path / "s.gguf").exists()

@@ -30,9 +30,11 @@ biases) in float32, as llama.cpp writes them; ``q8_0`` matrices whose rows are a
 32 long in llama.cpp's 8-bit blocks (32 weights and one float16 scale), the others in float16,
 vectors in float32.
 
-The tokenizer must be a byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen, Phi-3.5 and
-others); it is written as ``tokenizer.ggml.model = gpt2``. A SentencePiece vocabulary is
-refused, naming it.
+The tokenizer must be a byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen and others); it is
+written as ``tokenizer.ggml.model = gpt2``, with ``tokenizer.ggml.pre`` naming its split
+pattern where transformers' loader knows it (llama3, qwen2...; otherwise ``default``, GPT-2's
+pattern). A SentencePiece vocabulary (Llama 2, Mistral 7B v0.1, Gemma's own) is refused,
+naming it.
 """
 
 from __future__ import annotations
@@ -273,6 +275,29 @@ def _bpe_model(tokenizer: Any) -> dict[str, Any]:
     return model
 
 
+def _pre_tokenizer_name(tokenizer: Any) -> str:
+    """``tokenizer.ggml.pre``: the llama.cpp name of the tokenizer's split pattern, looked up
+    in transformers' own table of the patterns its GGUF loader rebuilds (llama3, qwen2,
+    tekken...); ``default`` (GPT-2's pattern) for a plain ByteLevel pre-tokenizer or a
+    pattern the table does not hold."""
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_PRE_TOKENIZER_SPLITS,
+        )
+    except ImportError:  # another transformers: it splits every file GPT-2's way
+        return "default"
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    patterns = [
+        step.get("pattern", {}).get("Regex")
+        for step in spec.get("pretokenizers", [spec])
+        if step.get("type") == "Split"
+    ]
+    for name, pattern in GGUF_PRE_TOKENIZER_SPLITS.items():
+        if patterns == [pattern]:
+            return name
+    return "default"
+
+
 def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
     """``tokenizer.ggml.*`` and ``tokenizer.chat_template``."""
     import gguf
@@ -292,7 +317,7 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
         types[index] = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
