@@ -122,3 +122,24 @@ def test_a_method_that_cannot_merge_is_named(lora_run, tmp_path, monkeypatch):
     with pytest.raises(SpectuneError, match=r"method 'lora' cannot merge its update"):
         export_gguf(lora_run, out=tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_run_with_merged_folder_is_exported_from_it(lora_run, tiny_model_dir, tmp_path):
+    """``merged/`` (``tune --merge``) is what gets written: here it is the merged model with
+    one weight changed by hand, and the adapter is gone, so only ``merged/`` can explain the
+    file's weights."""
+    import gguf
+
+    copy = _copy(lora_run, tmp_path)
+    merged = _merged(lora_run, tiny_model_dir)
+    with torch.no_grad():
+        merged.model.norm.weight.fill_(0.5)
+    merged.save_pretrained(copy / "merged")
+    shutil.copy(tiny_model_dir / "tokenizer.json", copy / "merged")
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", copy / "merged")
+    shutil.rmtree(copy / "adapter")
+    path = export_gguf(copy, qtype="f32", out=tmp_path / "m.gguf")
+    tensors = {t.name: t.data for t in gguf.GGUFReader(path).tensors}
+    assert (tensors["output_norm.weight"] == 0.5).all()
+    q = merged.model.layers[1].self_attn.q_proj.weight.detach().numpy()
+    assert sorted(tensors["blk.1.attn_q.weight"].ravel().tolist()) == sorted(q.ravel().tolist())
