@@ -28,8 +28,8 @@ def test_help_lists_each_verb_once_under_its_heading(capsys):
                   if line.startswith("  ") and not line.startswith("   ")]  # fmt: skip
         assert listed == list(verbs), heading
     assert [v for verbs in HEADINGS.values() for v in verbs] == [
-        "tune", "methods", "memory", "augment", "model", "watch", "compare", "describe",
-        "judge", "demo", "sweep", "study", "search", "advise", "report",
+        "tune", "methods", "memory", "augment", "model", "export", "watch", "compare",
+        "describe", "judge", "demo", "sweep", "study", "search", "advise", "report",
     ]  # fmt: skip
     assert "old names, kept until the next release: analyze -> watch, plan -> memory," in out
     assert "frog-plan -> methods frog" in out

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "memory": "spectune.cli.memory",
     "augment": "spectune.cli.augment",
     "model": "spectune.cli.model",
+    "export": "spectune.cli.export",
     "watch": "spectune.cli.watch",
     "compare": "spectune.cli.compare",
     "describe": "spectune.cli.describe",
@@ -47,7 +48,7 @@ COMMANDS: dict[str, str] = {
 #: the headings of ``spectune --help`` (the README's words) -> their verbs
 HEADINGS: dict[str, tuple[str, ...]] = {
     "tune: one fine-tuning run and what it needs":
-        ("tune", "methods", "memory", "augment", "model"),
+        ("tune", "methods", "memory", "augment", "model", "export"),
     "watch: spectral diagnostics of any weights": ("watch", "compare", "describe"),
     "judge and study: many runs, learning against forgetting":
         ("judge", "demo", "sweep", "study", "search", "advise"),

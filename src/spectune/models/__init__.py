@@ -19,6 +19,8 @@
   cache (judging, distillation's on-policy inputs, LiPO's on-policy lists, augment).
 - :mod:`.quant`: the bitsandbytes 4-bit workaround (weights repacked for CPU inference,
   unpacked so that training still gets gradients).
+- :mod:`.gguf_export`: writing a model and its tokenizer as one GGUF file (llama.cpp, Ollama)
+  that transformers' GGUF loader reads back as the same model.
 - :mod:`.targets`: the modules a peft-style ``target_modules`` spec selects (every method's
   targets, and the early check of a run's).
 

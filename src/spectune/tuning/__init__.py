@@ -16,6 +16,7 @@
   judge settings and cached base judgment, :mod:`.watching` its spectra during and after
   training, :mod:`.collect` its metrics, figures and files.
 - :mod:`.pins`: ``inputs.json``, the inputs a run was started with, checked on ``--resume``.
+- :mod:`.export`: a finished run's merged model as one GGUF file (``spectune export``).
 - :mod:`.scale`: more than one process (torchrun, accelerate), and the memory estimate.
 
 The names below are loaded on first use, so importing this package does not import torch.
