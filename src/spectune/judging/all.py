@@ -32,12 +32,15 @@ def judge(
     latency_tokens: int = 32,
     latency_prompts: int = 3,
     progress: bool = False,
+    warn_unterminated: bool = True,
 ) -> dict[str, Any]:
     """Every measurement of a model, as one JSON-ready dict.
 
     Runs :func:`exact_match`, :func:`heldout_loss` (on the same examples), :func:`perplexity`
     on :func:`general_text` and, when ``latency_prompts`` > 0, :func:`generation_latency`
-    on the first ``latency_prompts`` of :data:`LATENCY_PROMPTS`.
+    on the first ``latency_prompts`` of :data:`LATENCY_PROMPTS`. ``warn_unterminated``:
+    print the accuracy's warning when most answers reach ``max_new_tokens`` unterminated (it
+    is recorded in the accuracy either way).
 
     Returns:
         ``{"accuracy", "predictions", "heldout_loss", "perplexity", "latency", "seconds"}``:
@@ -54,6 +57,7 @@ def judge(
         batch_size=batch_size,
         system=system,
         progress=progress,
+        warn=warn_unterminated,
     )
     seconds["accuracy"] = time.perf_counter() - start
     start = time.perf_counter()
