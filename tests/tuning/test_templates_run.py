@@ -98,3 +98,24 @@ def test_a_method_that_cannot_train_a_new_token_is_refused_by_name(base_model_di
                        r"data\.end_of_turn=text"):  # fmt: skip
         recipe.prepare(TuneConfig.from_dict(data), out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_jinja_file_is_pinned_and_a_template_replacing_the_own_is_noted(
+    base_model_dir, tiny_model_dir, tmp_path
+):
+    template = tmp_path / "turns.jinja"
+    template.write_text(
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == "
+        "'assistant' %}</turn>{% endif %}\n{% endfor %}{% if add_generation_prompt %}"
+        "<assistant>{% endif %}"
+    )
+    data = tiny_run_config(base_model_dir, "lora", data__template=str(template))
+    run = recipe.prepare(TuneConfig.from_dict(data), out=tmp_path / "run", progress=False)
+    pinned = run.pins["inputs"]["data.template"]
+    assert pinned["path"] == str(template.resolve()) and pinned["fingerprint"]["sha256"]
+    assert run.tokenizer.chat_template == template.read_text()
+    assert any("'</turn>' is" in n and "matched as text" in n for n in run.notes)
+    own = tiny_run_config(tiny_model_dir, "lora", data__template="chatml")
+    run = recipe.prepare(TuneConfig.from_dict(own), out=tmp_path / "run2", progress=False)
+    assert "data.template=chatml replaces the tokenizer's own chat template" in run.notes
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run2").exists()

@@ -204,7 +204,7 @@ def prepare(
         )
     model_dir = resolve_model_dir(reading.model)
     tokenizer = check_model(model_dir, config.data.template)  # the run's tokenizer, loaded once
-    notes += run_tokenizer(config, tokenizer, method)
+    notes += run_tokenizer(reading, tokenizer, method)  # a template file: where it was pinned
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     objective = get_objective(config.objective)
