@@ -56,8 +56,8 @@ def run_tokenizer(config: TuneConfig, tokenizer: Any, method: Method) -> list[st
         raise SpectuneError(
             f"data.end_of_turn=token adds {eot.marker!r} to the vocabulary, and method "
             f"{config.method!r} cannot train a new token's embedding rows; set "
-            "data.end_of_turn=text (the marker matched as text) or use a LoRA-family or full "
-            "method"
+            "data.end_of_turn=text (the marker matched as text) or a method that can: "
+            + ", ".join(n for n in METHODS.names() if get_method(n).trains_new_tokens)
         )
     return notes
 
