@@ -25,7 +25,7 @@ def fake_gguf(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTUNE_CACHE", str(tmp_path / "cache"))
     builds: list[Path] = []
 
-    def fake_build(src: Path, out: Path) -> None:
+    def fake_build(src: Path, out: Path, name: str) -> None:
         builds.append(out)
         (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
         save_file(
@@ -234,7 +234,7 @@ gguf, log, go, rebuild = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 models.default_gguf_path = lambda: gguf
 
 
-def slow_build(src, out):
+def slow_build(src, out, name):
     start = time.time()
     (out / "config.json").write_text(json.dumps({"model_type": "llama", "pid": os.getpid()}))
     time.sleep(0.5)  # long enough for the other process to be waiting on the lock

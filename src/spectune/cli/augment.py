@@ -39,11 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher",
         default="context",
-        help="'context' (the model itself), a model folder sharing the model's "
-        "tokenizer, or a spectune run folder (default context)",
+        help="'context' (the model itself), a model sharing the model's tokenizer (a folder, "
+        ".gguf file or hub id), or a spectune run folder (default context)",
     )
     parser.add_argument(
-        "--model", default="default", help="the student's model: 'default' (embedded) or a folder"
+        "--model",
+        default="default",
+        help="the student's model: 'default' (embedded), a folder, a .gguf file or a hub id",
     )
     parser.add_argument("--context", help="the teacher's system prompt when it answers")
     parser.add_argument("--shots", type=int, default=3, help="seed examples shown per new one")

@@ -12,7 +12,9 @@ HELP = "old name of 'spectune methods frog --model M': FROG's per-matrix plan on
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", help="'default' (embedded SmolLM2-135M-Instruct) or a local HF folder"
+        "model",
+        help="'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a .gguf file or a "
+        "hub id (org/name)",
     )
     parser.add_argument(
         "--budget",

@@ -18,7 +18,11 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="'default' or a model folder (only config.json is read)")
+    parser.add_argument(
+        "model",
+        help="'default', a model folder (only config.json is read), a .gguf file or a hub id "
+        "(org/name[@revision])",
+    )
     parser.add_argument(
         "--method",
         default="all",

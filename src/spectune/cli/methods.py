@@ -27,7 +27,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="'default' or a model folder: show what the method would train",
+        help="'default', a model folder, a .gguf file or a hub id (org/name): show what the "
+        "method would train",
     )
     parser.add_argument(
         "--out",

@@ -15,14 +15,19 @@ HELP = "WeightWatcher-style spectral diagnostics (alpha, norms, ranks) of any we
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
-        help="model folder, .safetensors/.bin/.pt/.gguf file, "
-        "PEFT adapter folder, or 'default' for the embedded model",
+        help="model folder, .safetensors/.bin/.pt/.gguf file (a GGUF is read directly), "
+        "PEFT adapter folder, a Hugging Face hub id (org/name[@revision], through its cache), "
+        "or 'default' for the embedded model",
     )
     parser.add_argument("--peft", action="store_true", help="analyze LoRA pairs as Delta W = s*B*A")
     parser.add_argument(
         "--with-base", action="store_true", help="with --peft and --base: analyze W + Delta W"
     )
-    parser.add_argument("--base", help="the base model: adds base_* columns (or the delta's base)")
+    parser.add_argument(
+        "--base",
+        help="the base model (as the source: a folder, file or hub id): adds base_* columns "
+        "(or the delta's base)",
+    )
     parser.add_argument("--delta", action="store_true", help="analyze W - W_base (needs --base)")
     parser.add_argument("--layers", help="regex: only rows whose longname matches")
     parser.add_argument(
@@ -80,16 +85,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def resolve_source(source: str) -> Any:
-    """'default' means the embedded model's folder; anything else must exist."""
+def resolve_source(source: str, what: str = "source") -> Any:
+    """'default' means the embedded model's folder, a hub id (``org/name[@revision]``, not a
+    local path) its snapshot in the Hugging Face cache; anything else must exist (a GGUF file
+    is read as it is, not dequantized)."""
     from spectune.errors import SpectuneError
 
     if source == "default":
         from spectune.models.loading import default_model_dir
 
         return default_model_dir()
-    if not Path(source).exists():
-        raise SpectuneError(f"{source}: no such file or folder")
+    if not Path(source).expanduser().exists():
+        from spectune.models.sources import hub_snapshot, parse_hub_id
+
+        if parse_hub_id(source) is not None and not source.startswith((".", "~")):
+            return hub_snapshot(source, what).path
+        raise SpectuneError(f"{source}: no such file or folder, and not a hub id (org/name)")
     return source
 
 
@@ -155,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if folder is not None:
         folder.check(overwrite=True)
     source = resolve_source(args.source)
-    base = resolve_source(args.base) if args.base else None
+    base = resolve_source(args.base, "--base") if args.base else None
     peft: bool | str = "with_base" if args.with_base else bool(args.peft)
     details = analyze(
         source,

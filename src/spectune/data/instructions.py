@@ -1,32 +1,29 @@
 """Instruction data: load it, turn it into chat prompts, tokenize with response-only labels, pad.
 
-Two file layouts are read:
-
-- **dolly** (databricks-dolly-15k): JSON Lines, one object per line with ``instruction``,
-  ``context``, ``response`` and ``category`` (``context`` and ``category`` may be absent or empty).
-- **alpaca**: one JSON list of objects with ``instruction``, ``input`` and ``output``
-  (``input`` may be absent or empty).
-
-Both become :class:`InstructionExample` records. A record is one chat exchange: the user turn
-is the instruction, followed by a blank line and the context when there is one; the assistant
-turn is the response. Prompts go through the tokenizer's own chat template, so the model sees
-the format it was instruction-tuned on (including the template's default system prompt, unless
-``system`` is given).
+Files and datasets in every format (Dolly, Alpaca, conversational ``messages``,
+``prompt``/``completion``, ShareGPT; JSON, JSON Lines, CSV, Parquet, Arrow, a ``datasets``
+folder or name) are read by :mod:`spectune.data.formats` (:func:`load_instructions` is its
+entry point) into :class:`InstructionExample` records. A record is one chat exchange: the user
+turn is the instruction, followed by a blank line and the context when there is one; the
+assistant turn is the response. A conversation carries its earlier turns (``history``) and its
+own system message (``system``) too: the response is its last assistant turn. Prompts go through
+the tokenizer's own chat template, so the model sees the format it was instruction-tuned on
+(including the template's default system prompt, unless the record or ``system`` gives one).
 
 Tokenization (:func:`tokenize_examples`) labels only the assistant's answer: every prompt token
 gets the label ``-100`` (ignored by the loss), the response tokens and the end-of-turn token
 that closes them keep their ids as labels, and whatever the template writes after the
-end-of-turn token (SmolLM2 writes a newline) is ignored too. Examples longer than
-``max_length`` are cut at the right; how many were cut, and how many lost every response token
-and were dropped, is reported in :class:`TokenizeStats`.
+end-of-turn token (SmolLM2 writes a newline) is ignored too. In a multi-turn conversation every
+assistant turn is labelled so (``train_on="all_assistant"``, :mod:`spectune.data.conversation`)
+or only the last. Examples longer than ``max_length`` are cut at the right; how many were cut,
+and how many lost every response token and were dropped, is reported in :class:`TokenizeStats`.
 
-torch is imported only by the collator when it builds a batch: the judge's result types import
-this module, and reading results stays torch-free.
+torch is imported only by the collator when it builds a batch, ``datasets`` only by the
+readers: the judge's result types import this module, and reading results stays torch-free.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -45,31 +42,35 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-#: Accepted values of the ``format`` argument.
-FORMATS = ("dolly", "alpaca", "auto")
-
-# required / optional fields per layout, in the order they are checked
-_FIELDS = {
-    "dolly": {"required": ("instruction", "response"), "optional": ("context", "category")},
-    "alpaca": {"required": ("instruction", "output"), "optional": ("input",)},
-}
+#: Accepted values of the ``format`` argument (``data.format``).
+FORMATS = ("auto", "dolly", "alpaca", "messages", "prompt_completion", "sharegpt")
+#: Accepted values of ``train_on`` (``data.train_on``): which assistant turns carry labels.
+TRAIN_ON = ("all_assistant", "last_assistant")
 
 
 @dataclass(frozen=True)
 class InstructionExample:
-    """One instruction-following record.
+    """One instruction-following record: a single exchange, or the end of a conversation.
 
     Attributes:
-        instruction: what the user asks.
-        response: the answer the model should learn to give (the reference for evaluation).
+        instruction: what the user asks (in a conversation: the user turn before the last
+            assistant turn).
+        response: the answer the model should learn to give (the reference for evaluation; in
+            a conversation: its last assistant turn).
         context: optional text the instruction refers to (Dolly ``context``, Alpaca ``input``).
         category: optional label used to break results down (Dolly ``category``).
+        history: the conversation's earlier turns, ``(role, content)`` pairs in order, each
+            role ``"user"`` or ``"assistant"``; empty for a single exchange.
+        system: the record's own system message (it takes precedence over ``data.system``);
+            ``None``: the record has none.
     """
 
     instruction: str
     response: str
     context: str = ""
     category: str = ""
+    history: tuple[tuple[str, str], ...] = ()
+    system: str | None = None
 
     def to_dolly(self) -> dict[str, str]:
         """The record as a databricks-dolly-15k JSON object (fixed key order)."""
@@ -80,6 +81,18 @@ class InstructionExample:
             "category": self.category,
         }
 
+    def to_messages(self) -> list[dict[str, str]]:
+        """The whole conversation as chat messages: the record's system message (if any), the
+        earlier turns, the user turn (:func:`user_message`) and the response."""
+        head = [] if self.system is None else [{"role": "system", "content": self.system}]
+        turns = [{"role": role, "content": content} for role, content in self.history]
+        return [
+            *head,
+            *turns,
+            {"role": "user", "content": user_message(self)},
+            {"role": "assistant", "content": self.response},
+        ]
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -89,7 +102,7 @@ def _read_text(path: Path) -> str:
     if not path.exists():
         raise SpectuneError(f"dataset file {path} does not exist; check the dataset path")
     if not path.is_file():
-        raise SpectuneError(f"dataset path {path} is not a file; pass a .jsonl or .json file")
+        raise SpectuneError(f"dataset path {path} is not a file; pass a data file")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -111,10 +124,12 @@ def _set_format(layout: str) -> str:
 
 
 def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
-    """Guess the layout of an instruction file: ``"dolly"`` or ``"alpaca"``.
+    """Guess the JSON layout of a data file, by the names of the two formats it was first made
+    for: ``"dolly"`` (JSON Lines) or ``"alpaca"`` (one JSON list). The records' own format is
+    detected from their fields (:func:`spectune.data.formats.record_format`).
 
-    ``.jsonl`` files are Dolly. Otherwise the content decides: a file whose first non-blank
-    character is ``[`` is an Alpaca JSON list, one that starts with ``{`` is Dolly JSON Lines.
+    ``.jsonl`` files are JSON Lines. Otherwise the content decides: a file whose first
+    non-blank character is ``[`` is a JSON list, one that starts with ``{`` is JSON Lines.
 
     Args:
         path: the dataset file.
@@ -140,125 +155,31 @@ def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
         raise SpectuneError(f"dataset file {path} is empty; it must hold at least one example")
     raise SpectuneError(
         f"dataset file {path}: cannot tell its layout (it starts with {head!r}, neither a JSON "
-        "object nor a JSON list); a dataset file holds Dolly JSON Lines (one object a line) or "
-        "an Alpaca JSON list of objects"
+        "object nor a JSON list); a JSON dataset file holds JSON Lines (one object a line) or "
+        "a JSON list of objects; name a CSV file .csv, a Parquet file .parquet, an Arrow file "
+        ".arrow"
     )
-
-
-def _field(record: dict[str, Any], name: str, required: bool, where: str) -> str:
-    value = record.get(name)
-    if value is None:
-        if required:
-            raise SpectuneError(f"{where}: required field {name!r} is missing")
-        return ""
-    if not isinstance(value, str):
-        raise SpectuneError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise SpectuneError(f"{where}: required field {name!r} is empty")
-    return value
-
-
-def _example(record: Any, layout: str, where: str) -> InstructionExample:
-    if not isinstance(record, dict):
-        raise SpectuneError(
-            f"{where}: expected a JSON object with fields "
-            f"{', '.join(_FIELDS[layout]['required'])}, got {type(record).__name__}"
-        )
-    spec = _FIELDS[layout]
-    values = {name: _field(record, name, True, where) for name in spec["required"]}
-    values.update({name: _field(record, name, False, where) for name in spec["optional"]})
-    if layout == "dolly":
-        return InstructionExample(
-            instruction=values["instruction"],
-            response=values["response"],
-            context=values["context"],
-            category=values["category"],
-        )
-    return InstructionExample(
-        instruction=values["instruction"], response=values["output"], context=values["input"]
-    )
-
-
-def _parse_dolly(path: Path, text: str) -> list[InstructionExample]:
-    examples = []
-    # split on "\n" only: JSON strings may legally hold U+2028 and friends, which splitlines
-    # would treat as line breaks
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"dataset file {path}, line {lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            hint = (
-                f"; the file looks like a JSON list: {_set_format('alpaca')}, "
-                "or name the file .json"
-                if lineno == 1 and line.lstrip().startswith("[")
-                else ""
-            )
-            raise SpectuneError(
-                f"{where}: malformed JSON ({exc.msg} at column {exc.colno}); each line of a "
-                f"Dolly JSONL file must be one JSON object{hint}"
-            ) from exc
-        if isinstance(record, list):
-            raise SpectuneError(
-                f"{where}: a JSON list, not an object; each line of a Dolly JSONL file must be "
-                f"one JSON object (for an Alpaca JSON list {_set_format('alpaca')}, or name the "
-                "file .json)"
-            )
-        examples.append(_example(record, "dolly", where))
-    return examples
-
-
-def _parse_alpaca(path: Path, text: str) -> list[InstructionExample]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpectuneError(
-            f"dataset file {path}, line {exc.lineno}: malformed JSON ({exc.msg} at column "
-            f"{exc.colno}); an Alpaca file is one JSON list of objects"
-        ) from exc
-    if not isinstance(records, list):
-        raise SpectuneError(
-            f"dataset file {path}: an Alpaca file must be a JSON list of objects, got a "
-            f"{type(records).__name__}; for JSON Lines {_set_format('dolly')}"
-        )
-    return [
-        _example(record, "alpaca", f"dataset file {path}, record {index} (0-based)")
-        for index, record in enumerate(records)
-    ]
 
 
 def load_instructions(
     path: str | os.PathLike[str], format: str = "auto"
 ) -> list[InstructionExample]:
-    """Load an instruction dataset in the Dolly JSONL or the Alpaca JSON layout.
+    """Load instruction or conversation data from a file, a ``datasets`` folder or name.
+
+    See :func:`spectune.data.formats.read_examples` (the formats, the sources, the errors).
 
     Args:
-        path: a ``.jsonl`` (Dolly) or ``.json`` (Alpaca list) file.
-        format: ``"dolly"``, ``"alpaca"`` or ``"auto"`` (by extension, then by content; see
-            :func:`detect_format`).
+        path: a JSON / JSON Lines / CSV / Parquet / Arrow file, a folder written by
+            ``Dataset.save_to_disk`` (or holding data files), or a ``datasets`` name
+            (``NAME``, ``NAME:SPLIT``, ``NAME:CONFIG:SPLIT``).
+        format: one of :data:`FORMATS` (``"auto"`` detects it from the records' fields).
 
     Returns:
         The examples in file order.
-
-    Raises:
-        SpectuneError: unknown format; missing, unreadable, non-UTF-8 or empty file; a
-            malformed JSON line (the message names the file and the line number); a record
-            that is not an object or lacks a required field (the message names the field and
-            the line, or the record index for Alpaca files).
     """
-    if format not in FORMATS:
-        raise SpectuneError(f"unknown dataset format {format!r}; use one of {', '.join(FORMATS)}")
-    path = Path(path)
-    text = _read_text(path)
-    layout = detect_format(path, text) if format == "auto" else format
-    examples = _parse_dolly(path, text) if layout == "dolly" else _parse_alpaca(path, text)
-    if not examples:
-        raise SpectuneError(
-            f"dataset file {path} holds no examples; it must hold at least one {layout} record"
-        )
-    return examples
+    from spectune.data.formats import read_examples
+
+    return read_examples(path, format)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -272,7 +193,11 @@ def user_message(example: InstructionExample) -> str:
 
 
 def _messages(example: InstructionExample, system: str | None) -> list[dict[str, str]]:
+    """The conversation up to the last user turn: the record's system message (else
+    ``system``), its earlier turns, the user turn."""
+    system = example.system if example.system is not None else system
     messages = [] if system is None else [{"role": "system", "content": system}]
+    messages += [{"role": role, "content": content} for role, content in example.history]
     messages.append({"role": "user", "content": user_message(example)})
     return messages
 
@@ -323,6 +248,7 @@ def few_shot_prompt(
     for shot in shots:
         messages.append({"role": "user", "content": user_message(shot)})
         messages.append({"role": "assistant", "content": shot.response})
+    messages += [{"role": role, "content": content} for role, content in example.history]
     messages.append({"role": "user", "content": user_message(example)})
     return _render(tokenizer, messages, add_generation_prompt=True)
 
@@ -432,6 +358,7 @@ def tokenize_examples(
     max_length: int = 256,
     system: str | None = None,
     end_of_turn: int | None = None,
+    train_on: str = "all_assistant",
 ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
     """Tokenize examples for causal-LM training with the loss on response tokens only.
 
@@ -441,6 +368,9 @@ def tokenize_examples(
         max_length: longest sequence kept; longer ones are cut at the right.
         system: see :func:`build_prompt`.
         end_of_turn: see :func:`tokenize_example`.
+        train_on: in a multi-turn conversation, ``"all_assistant"`` labels every assistant
+            turn (:func:`spectune.data.conversation.tokenize_conversation`),
+            ``"last_assistant"`` only the last (the response), as a single exchange.
 
     Returns:
         ``(features, stats)``: one dict per kept example with ``input_ids``, ``labels`` and
@@ -453,11 +383,16 @@ def tokenize_examples(
     """
     if int(max_length) < 2:
         raise SpectuneError(f"max_length must be at least 2, got {max_length}")
+    if train_on not in TRAIN_ON:
+        raise SpectuneError(f"unknown train_on {train_on!r}; use one of {', '.join(TRAIN_ON)}")
+    from spectune.data.conversation import tokenize_conversation
+
     features: list[dict[str, list[int]]] = []
     n_examples = n_truncated = n_dropped = n_tokens = n_label = longest = 0
     for example in examples:
         n_examples += 1
-        ids, labels = tokenize_example(tokenizer, example, system=system, end_of_turn=end_of_turn)
+        tokenize = tokenize_conversation if train_on == "all_assistant" else tokenize_example
+        ids, labels = tokenize(tokenizer, example, system=system, end_of_turn=end_of_turn)
         longest = max(longest, len(ids))
         if len(ids) > max_length:
             n_truncated += 1
@@ -610,6 +545,7 @@ def split_heldout(
 
 __all__ = [
     "FORMATS",
+    "TRAIN_ON",
     "InstructionCollator",
     "InstructionExample",
     "TokenizeStats",

@@ -45,10 +45,13 @@ def check_writable() -> Path:
 
 
 def examples_hash(examples: Sequence[InstructionExample]) -> str:
-    """SHA-256 of the examples (their Dolly records, in order)."""
+    """SHA-256 of the examples (their Dolly records, in order; a conversation's messages too)."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps(ex.to_dolly(), sort_keys=True).encode())
+        record: dict[str, Any] = ex.to_dolly()
+        if ex.history or ex.system is not None:
+            record["messages"] = ex.to_messages()
+        h.update(json.dumps(record, sort_keys=True).encode())
     return h.hexdigest()
 
 

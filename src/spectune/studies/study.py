@@ -67,6 +67,7 @@ from typing import Any
 
 from spectune._check import integer
 from spectune._io import write_json, write_text
+from spectune.data.formats import examples_jsonl
 from spectune.data.instructions import split_validation
 from spectune.errors import SpectuneError
 from spectune.report.files import save_figures
@@ -333,15 +334,14 @@ def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path)
     )
     folder.mkdir(parents=True, exist_ok=True)
 
-    def dump(rows: list[Any]) -> str:
-        return "".join(json.dumps(ex.to_dolly(), ensure_ascii=False) + "\n" for ex in rows)
-
-    write_text(folder / "train.jsonl", dump(train))
-    write_text(folder / "validation.jsonl", dump(validation))
+    train_text, fmt = examples_jsonl(train)
+    validation_text, validation_fmt = examples_jsonl(validation)
+    write_text(folder / "train.jsonl", train_text)
+    write_text(folder / "validation.jsonl", validation_text)
     return {
         "train": str(folder / "train.jsonl"),
         "eval": str(folder / "validation.jsonl"),
-        "format": "dolly",
+        "format": fmt if fmt == validation_fmt else "auto",
         "n_eval": spec.validation,
     }
 

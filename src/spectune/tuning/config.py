@@ -2,7 +2,8 @@
 
 A config is a YAML file (see ``configs/``) or a dict with these keys::
 
-    model: default            # 'default' (embedded SmolLM2-135M-Instruct) or a local HF folder
+    model: default            # 'default' (embedded SmolLM2-135M-Instruct), a local HF folder,
+                              # a .gguf file or a hub id org/name[@revision]
     method: lora              # a registered method: spectune.methods()
     objective: sft            # a registered objective: spectune.objectives()
     seed: 0
@@ -26,7 +27,9 @@ parse the value as YAML (``target_modules=[q_proj,v_proj]``).
 
 ``train`` is passed to ``transformers.TrainingArguments``; its keys are checked against that
 class when the run starts. spectune sets ``output_dir`` (``<output_dir>/checkpoints``),
-``seed``, ``report_to`` and ``use_cpu`` itself: those keys are refused in ``train``.
+``seed`` and ``use_cpu`` itself: those keys are refused in ``train``. ``train.report_to``
+(tensorboard, mlflow, trackio, wandb or none; a name or a list) names the trackers that get the
+training curve and what spectune judged (:mod:`spectune.report.tracking`).
 
 Validation during training uses TrainingArguments' own words. ``data.n_validation`` carves
 that many training examples out (seeded) as the validation split; it is evaluated with the
@@ -57,6 +60,7 @@ import yaml
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.report.tracking import check_settings
 from spectune.tuning.methods import METHODS, Method
 from spectune.tuning.objectives import OBJECTIVES, Objective
 from spectune.tuning.sections import DataConfig, EvalConfig
@@ -83,10 +87,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 #: keep_checkpoints keeps ``checkpoints/`` after a complete run (it is removed otherwise);
 #: early_stopping_patience / early_stopping_threshold go to transformers'
 #: ``EarlyStoppingCallback`` (evaluations without an improvement larger than the threshold)
-SPECTUNE_TRAIN_KEYS = ("keep_checkpoints", "early_stopping_patience", "early_stopping_threshold")
+#: logging_dir is TensorBoard's folder (transformers 4's key, dropped in 5: :mod:`spectune.report.tracking`)
+SPECTUNE_TRAIN_KEYS = (
+    "keep_checkpoints",
+    "early_stopping_patience",
+    "early_stopping_threshold",
+    "logging_dir",
+)
 
 #: TrainingArguments keys spectune sets itself (refused in ``train``).
-RESERVED_TRAIN_KEYS = ("output_dir", "seed", "report_to", "use_cpu", "resume_from_checkpoint")
+RESERVED_TRAIN_KEYS = ("output_dir", "seed", "use_cpu", "resume_from_checkpoint")
 
 # --------------------------------------------------------------------------- YAML
 
@@ -201,7 +211,11 @@ class TuneConfig:
 
     model: str = field(
         default="default",
-        metadata={"help": "'default' (embedded SmolLM2-135M-Instruct) or a local HF folder."},
+        metadata={
+            "help": "'default' (embedded SmolLM2-135M-Instruct), a local HF folder, a .gguf file "
+            "(dequantized once into the spectune cache) or a Hugging Face hub id "
+            "org/name[@revision] (through its cache; HF_HUB_OFFLINE honoured)."
+        },
     )
     model_dtype: str = field(
         default="float32",
@@ -295,6 +309,7 @@ class TuneConfig:
                 f"train.{reserved[0]} is set by spectune (output_dir and seed are top-level "
                 "keys, resuming is --resume); remove it from the train section"
             )
+        self.train = check_settings(self.train)  # report_to, logging_dir
         args = self.training_arguments()
         steps = check.integer("train.max_steps", args["max_steps"], minimum=-1)
         if steps == 0:

@@ -13,6 +13,11 @@ a file                  its size and SHA-256 (up to :data:`HASH_LIMIT` bytes), e
                         and modification time
 a model folder          the same for each of its top-level files (config.json, weights,
                         tokenizer; not ``*.md``)
+a GGUF file             its size and SHA-256, whatever its size (the key of the folder it is
+(``model``, teacher)    dequantized into); the folder is rebuilt from it on a resume
+a hub id                its id and the commit its revision resolved to (the snapshot folder
+(``org/name[@rev]``)    in the Hugging Face cache, read directly on a resume: a branch that
+                        moved since does not change the run)
 a spectune run folder   its config.yaml and the files under adapter/ and merged/, and its
                         base model (path and fingerprint)
 the embedded model      its cache folder's name (a key of the GGUF file it is built from)
@@ -21,6 +26,11 @@ the embedded model      its cache folder's name (a key of the GGUF file it is bu
                         GGUF file byte for byte, so a cache deleted and rebuilt does not stop
                         a resume; another transformers version may dequantize otherwise and
                         does
+a data folder           the same for each file under it (a ``save_to_disk`` folder: its
+(no config.json)        splits' folders too); ``FOLDER:SPLIT`` reads ``FOLDER``
+a ``datasets`` name     its split's ``datasets`` fingerprint (it names the revision and the
+                        files in the datasets cache) and row count; pinned as given, not as
+                        a path
 ======================  ===================================================================
 
 ``--resume`` reads every input at its pinned absolute path, whatever the current directory
@@ -40,14 +50,17 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectune.data.formats import is_dataset_name, load_named
 from spectune.errors import SpectuneError
 from spectune.models.loading import (
     MANIFEST,
     default_model_dir,
+    gguf_sha256,
     resolve_model_dir,
     safetensors_problem,
     torch_file_problem,
 )
+from spectune.models.sources import is_gguf_file, parse_hub_id, snapshot_of
 from spectune.models.templates import TEMPLATE_NAMES
 from spectune.tuning.config import TuneConfig, load_config
 
@@ -56,6 +69,8 @@ if TYPE_CHECKING:
 
 #: the file in a run folder that holds the pins
 PINS = "inputs.json"
+#: the inputs that name a model, resolved as ``model:`` is (a hub id, a GGUF file)
+MODEL_INPUTS = ("model", "distill.teacher")
 #: files up to this size are fingerprinted by their SHA-256, larger ones by size and mtime
 HASH_LIMIT = 8 << 20
 VERSION = 1
@@ -92,6 +107,8 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
     pin = (record or {}).get("inputs", {}).get("model")
     if pin and pin.get("given") != "default":
         path = Path(pin["path"])
+        if is_gguf_file(path):
+            return pin["given"], resolve_model_dir(path, f"{what}: its base model")
         if not (path / "config.json").is_file():
             raise SpectuneError(
                 f"{what}: the base model of that run, {path} (model: {pin.get('given')}), is "
@@ -105,8 +122,19 @@ def run_base_model(run_dir: Path, what: str) -> tuple[str, Path]:
         raise SpectuneError(f"{what}: the base model of that run cannot be found ({exc})") from None
 
 
+def _on_disk(path: Path) -> Path:
+    """What a path setting reads on disk: ``FOLDER:SPLIT`` (a split of a data folder) reads
+    ``FOLDER``."""
+    folder = str(path).rpartition(":")[0]
+    return Path(folder) if not path.exists() and folder and Path(folder).is_dir() else path
+
+
 def fingerprint(given: str, path: Path) -> dict[str, Any]:
     """The fingerprint of one input (see the module docstring)."""
+    path = _on_disk(path)
+    if not path.exists() and is_dataset_name(given):
+        loaded, _ = load_named(given)
+        return {"kind": "dataset", "rows": len(loaded), "fingerprint": loaded._fingerprint}
     if given == "default":
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         return {
@@ -115,8 +143,13 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
             "transformers": manifest.get("transformers_version"),
             "files": manifest.get("files"),
         }
+    if is_gguf_file(path):
+        return {"kind": "gguf", "size": path.stat().st_size, "sha256": gguf_sha256(path)}
     if path.is_file():
         return {"kind": "file", **_file_print(path)}
+    hub = snapshot_of(path)
+    if hub is not None:
+        return {"kind": "hub", "repo": hub.repo, "commit": hub.commit}
     if is_run_folder(path):
         names = [path / "config.yaml"]
         for sub in ("adapter", "merged"):
@@ -129,10 +162,12 @@ def fingerprint(given: str, path: Path) -> dict[str, Any]:
             "files": _files_print(path, names),
             "base": {"path": str(base), "fingerprint": fingerprint(given, base)},
         }
+    model = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
     names = [
         p
-        for p in path.iterdir()
-        if not p.name.startswith(".") and not p.name.lower().endswith(".md")
+        for p in (path.iterdir() if model else path.rglob("*"))
+        if not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and not p.name.lower().endswith(".md")
     ]
     return {"kind": "folder", "files": _files_print(path, names)}
 
@@ -141,6 +176,10 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What differs between two fingerprints of one input, in a few words."""
     if old.get("kind") != new.get("kind"):
         return f"it was a {old.get('kind')}, it is a {new.get('kind')} now"
+    if old.get("kind") == "dataset":
+        if old.get("rows") != new.get("rows"):
+            return f"its rows changed ({old.get('rows')} -> {new.get('rows')})"
+        return "its datasets fingerprint changed (another revision, or other files)"
     if old.get("kind") == "default":
         if old.get("transformers") != new.get("transformers"):
             return (
@@ -150,7 +189,12 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old.get("cache") != new.get("cache"):
             return "its cache is built from another GGUF file now"
         return "its cache holds other files"
-    if old.get("kind") == "file":
+    if old.get("kind") == "hub":
+        return (
+            f"it is {new.get('repo')} at commit {new.get('commit')} now, it was "
+            f"{old.get('repo')} at {old.get('commit')}"
+        )
+    if old.get("kind") in ("file", "gguf"):
         if old.get("size") != new.get("size"):
             return f"its size changed ({old.get('size')} -> {new.get('size')} bytes)"
         return "its content changed"
@@ -197,8 +241,27 @@ def config_inputs(config: TuneConfig, objective: Objective) -> dict[str, str]:
 
 
 def absolute(given: str) -> Path:
-    """Where a path setting points from the current directory (symlinks resolved)."""
+    """Where a path setting points from the current directory (symlinks resolved); a
+    ``datasets`` name (:func:`~spectune.data.formats.is_dataset_name`) is no path: it stays as
+    given, so a resumed run loads the same name."""
+    if is_dataset_name(given):
+        return Path(given)
     return Path(os.path.expanduser(given)).resolve()
+
+
+def input_path(key: str, given: str, model_dir: Path | None = None) -> Path:
+    """The absolute path a run reads input ``key`` (given as ``given``) from: a file or folder
+    from the current directory; for a model (:data:`MODEL_INPUTS`) a GGUF file itself (not
+    the folder it is dequantized into) and a hub id its snapshot folder in the Hugging Face
+    cache. ``model_dir``: the run's resolved model folder (``key`` ``model``)."""
+    path = absolute(given)
+    if key not in MODEL_INPUTS or is_gguf_file(path):
+        return path
+    if key == "model" and model_dir is not None:
+        return model_dir.resolve()
+    if not path.exists() and parse_hub_id(given) is not None:
+        return resolve_model_dir(given, key).resolve()
+    return path
 
 
 def pin(
@@ -212,7 +275,7 @@ def pin(
     inputs = {}
     where = config_inputs(reading or config, objective)
     for key, given in config_inputs(config, objective).items():
-        path = model_dir.resolve() if key == "model" else absolute(where.get(key, given))
+        path = input_path(key, where.get(key, given), model_dir)
         inputs[key] = {"given": given, "path": str(path), "fingerprint": fingerprint(given, path)}
     return {"spectune_inputs": VERSION, "cwd": str(Path.cwd()), "config": data, "inputs": inputs}
 
@@ -319,12 +382,28 @@ def check_unchanged(out: Path, record: dict[str, Any]) -> None:
     for key, pinned in record["inputs"].items():
         given, path = pinned["given"], Path(pinned["path"])
         where = f"{key} {path}" if given == str(path) else f"{key} {given} (pinned as {path})"
+        path = _on_disk(path)
+        if pinned["fingerprint"].get("kind") == "dataset":  # a datasets name: no path to check
+            now = fingerprint(given, path)
+            if now != pinned["fingerprint"]:
+                raise SpectuneError(
+                    f"--resume: {where} changed since the run in {out} started "
+                    f"({_what_changed(pinned['fingerprint'], now)}); restore it, or start over "
+                    "with --overwrite"
+                )
+            continue
         if given == "default":
             path = default_model_dir()
         elif not path.exists():
+            hub = pinned["fingerprint"]
+            back = (
+                f"fetch it again (`hf download {hub.get('repo')} --revision {hub.get('commit')}`)"
+                if hub.get("kind") == "hub"
+                else "put it back there"
+            )
             raise SpectuneError(
-                f"--resume: {where} is gone since the run in {out} started; put it back "
-                "there, or start over with --overwrite"
+                f"--resume: {where} is gone since the run in {out} started; {back}, or start "
+                "over with --overwrite"
             )
         try:
             now = fingerprint(given, path)
@@ -399,6 +478,7 @@ __all__ = [
     "check_unchanged",
     "config_inputs",
     "fingerprint",
+    "input_path",
     "is_run_folder",
     "pin",
     "pinned_config",

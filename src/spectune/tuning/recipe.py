@@ -87,6 +87,7 @@ from spectune.judging.all import judge
 from spectune.models import hardware
 from spectune.models.loading import check_model, resolve_model_dir
 from spectune.models.tokenizer import end_of_turn, load_tokenizer
+from spectune.report import tracking
 from spectune.results.logs import log_rows
 from spectune.results.metrics import Judging, RunMetrics
 from spectune.results.runfolder import CONFIG, RunFolder
@@ -207,6 +208,7 @@ def prepare(
     notes += run_tokenizer(reading, tokenizer, method)  # a template file: where it was pinned
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
+    tracking.check_installed(config)  # train.report_to: each tracker's package
     objective = get_objective(config.objective)
     data = load_run_data(reading)  # the validation split is carved before the folder is made
     objective.check_data(reading, data, tokenizer, model_dir)  # e.g. LiPO's batch memory
@@ -361,9 +363,14 @@ def build_model(method: Method, ctx: BuildContext, *, tokenizer: Any = None) -> 
     return built
 
 
-def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
-    """``transformers.TrainingArguments`` of the run; bad keys and values name the key."""
+def training_arguments(
+    config: TuneConfig, out: Path, *, progress: bool, report_to: list[str] | None = None
+) -> Any:
+    """``transformers.TrainingArguments`` of the run; bad keys and values name the key.
+    ``report_to``: the trackers (default: those the config names)."""
     args = config.trainer_arguments()
+    args["report_to"] = tracking.names(config) if report_to is None else report_to
+    args.setdefault("run_name", out.name)  # the tracker's run is named after the folder
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     check.unknown_keys("train", args, known, "TrainingArguments", list_valid=False)
     # a NaN loss must reach the log (FiniteLoss stops the run) instead of being averaged away
@@ -379,7 +386,6 @@ def training_arguments(config: TuneConfig, out: Path, *, progress: bool) -> Any:
             output_dir=str(out / "checkpoints"),
             seed=config.seed,
             data_seed=config.seed,
-            report_to="none",
             use_cpu=not torch.cuda.is_available(),
             disable_tqdm=not progress,
             remove_unused_columns=False,
@@ -435,7 +441,9 @@ def train(run: Run) -> None:
     warnings.filterwarnings(
         "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
     )
-    args = training_arguments(run.config, run.out, progress=run.progress)
+    notes = run.built.notes
+    reporting = distributed.on_main(lambda: tracking.usable(run.config, run.out, notes))
+    args = training_arguments(run.config, run.out, progress=run.progress, report_to=reporting)
     run.device = str(args.device)
     if run.main:
         run.folder.own("checkpoints", "train_log.csv")
@@ -457,6 +465,9 @@ def train(run: Run) -> None:
     )
     if not run.progress:  # without tqdm, Trainer prints every log line instead
         trainer.remove_callback(PrinterCallback)
+    if run.main:
+        logdir = run.config.training_arguments().get("logging_dir")
+        run.tracking = tracking.attach(trainer, reporting, run.out, run.folder, logdir)
     ckpts = run.out / "checkpoints"
     last = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
     run.last_checkpoint = last if run.resume else None
@@ -640,6 +651,8 @@ def report(run: Run, *, merge: bool = False) -> RunMetrics:
     metrics.save(run.out)
     run.folder.own("report.html")
     write_run_report(run.out)
+    if run.tracking is not None:  # the judged results into the trackers' runs
+        run.tracking.log(run.out, metrics)
     if not run.config.training_arguments()["keep_checkpoints"]:
         run.folder.disown("checkpoints")  # the adapter is written: resuming needs them no more
     run.folder.finish()

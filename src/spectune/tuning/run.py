@@ -50,7 +50,8 @@ class Run:
         tokenizer, train_data, before, built, after...: what each phase produced
             (``validation``: the validation split's features; ``early_stopping``,
             ``best_step``, ``restored_best``, ``stopped_early``: what training did with it;
-            ``correct_after`` / ``correct_before``: right or wrong per held-out question).
+            ``correct_after`` / ``correct_before``: right or wrong per held-out question;
+            ``tracking``: the trackers of ``train.report_to``, :mod:`spectune.report.tracking`).
     """
 
     config: TuneConfig
@@ -94,6 +95,7 @@ class Run:
     summary: dict[str, Any] | None = None
     comparison: Any = None
     metrics: RunMetrics | None = None
+    tracking: Any = None
 
     _scratch: Path | None = None
 

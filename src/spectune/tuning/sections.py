@@ -25,18 +25,32 @@ class DataConfig:
     train: str = field(
         default="tasks",
         metadata={
-            "help": "'tasks' (the bundled task set, generated from the run seed) or a "
-            "Dolly .jsonl / Alpaca .json file."
+            "help": "'tasks' (the bundled task set, generated from the run seed); a .json, "
+            ".jsonl, .csv, .parquet or .arrow file; a save_to_disk folder; or a datasets "
+            "name (NAME, NAME:SPLIT, NAME:CONFIG:SPLIT)."
         },
     )
     eval: str | None = field(
         default=None,
         metadata={
-            "help": "held-out file (same layouts). None: the task set's held-out split, or "
-            "eval_fraction of a train file (seeded split)."
+            "help": "held-out data (same sources and formats). None: the task set's held-out "
+            "split, or eval_fraction of the train data (seeded split)."
         },
     )
-    format: str = field(default="auto", metadata={"help": "'dolly', 'alpaca' or 'auto'."})
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (from the records' fields), 'dolly', 'alpaca', 'messages', "
+            "'prompt_completion' or 'sharegpt'."
+        },
+    )
+    train_on: str = field(
+        default="all_assistant",
+        metadata={
+            "help": "multi-turn conversations: 'all_assistant' (every assistant turn is a "
+            "target) or 'last_assistant' (only the last; the earlier turns are context)."
+        },
+    )
     max_length: int = field(
         default=256,
         metadata={"help": "tokens per example; longer ones are cut (and counted)."},
@@ -66,7 +80,8 @@ class DataConfig:
     system: str | None = field(
         default=None,
         metadata={
-            "help": "system message of every prompt; None keeps the chat template's default."
+            "help": "system message of every prompt (a conversation's own system message "
+            "takes precedence); None keeps the chat template's default."
         },
     )
     template: str = field(
@@ -90,10 +105,17 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.train, str) or not self.train:
-            raise SpectuneError(f"data.train must be 'tasks' or a file path, got {self.train!r}")
+            raise SpectuneError(
+                f"data.train must be 'tasks', a file, a folder or a datasets name, got "
+                f"{self.train!r}"
+            )
         if self.eval is not None and (not isinstance(self.eval, str) or not self.eval):
-            raise SpectuneError(f"data.eval must be a file path or null, got {self.eval!r}")
-        check.choice("data.format", self.format, ("dolly", "alpaca", "auto"))
+            raise SpectuneError(
+                f"data.eval must be a file, a folder, a datasets name or null, got {self.eval!r}"
+            )
+        check.choice("data.format", self.format, ("auto", "dolly", "alpaca", "messages",
+                     "prompt_completion", "sharegpt"))  # fmt: skip
+        check.choice("data.train_on", self.train_on, ("all_assistant", "last_assistant"))
         self.max_length = check.integer("data.max_length", self.max_length, minimum=8)
         self.n_train = check.integer("data.n_train", self.n_train, minimum=1)
         self.n_eval = check.integer("data.n_eval", self.n_eval, minimum=1)

@@ -1,10 +1,12 @@
 """Supervised fine-tuning: the mean negative log-likelihood of the reference response tokens.
 
-Data: the bundled task set (``data.train: tasks``, generated from the run seed) or a Dolly
-``.jsonl`` / Alpaca ``.json`` file; the held-out questions are ``data.eval`` or a seeded
-``data.eval_fraction`` split of the file. Prompts go through the model's chat template and
-only the response tokens (and the end-of-turn token that closes them) carry a label
-(:mod:`spectune.data.instructions`).
+Data: the bundled task set (``data.train: tasks``, generated from the run seed), or
+instruction / conversation data in any format and source :mod:`spectune.data.formats` reads (a
+file, a ``save_to_disk`` folder, a ``datasets`` name); the held-out questions are ``data.eval``
+or a seeded ``data.eval_fraction`` split of the training data. Prompts go through the model's
+chat template and only the response tokens (and the end-of-turn token that closes them) carry a
+label (:mod:`spectune.data.instructions`); in a conversation every assistant turn, or only the
+last (``data.train_on``).
 
 Loss: the same value and gradients as the model's own causal-LM loss, but the output head
 (the vocabulary projection) runs only on the labelled positions: about 4 of 40 tokens of an
@@ -36,9 +38,10 @@ def load_instruction_data(config: TuneConfig) -> RunData:
     """The run's training and held-out instruction examples, and where they came from.
 
     ``data.train = "tasks"``: the bundled task set generated from the run seed
-    (``n_train`` / ``n_eval`` examples). A file: loaded as Dolly/Alpaca; the held-out examples
-    are ``data.eval`` or, without it, a seeded ``eval_fraction`` split of the file; at most
-    ``n_eval`` of them are used.
+    (``n_train`` / ``n_eval`` examples). Otherwise a file, folder or ``datasets`` name in
+    ``data.format`` (:func:`~spectune.data.instructions.load_instructions`); the held-out
+    examples are ``data.eval`` or, without it, a seeded ``eval_fraction`` split of the training
+    data; at most ``n_eval`` of them are used.
     """
     d = config.data
     if d.train == "tasks":
@@ -75,7 +78,11 @@ class SFT(Objective):
         self, config: TuneConfig, data: RunData, tokenizer: Any, ctx: Any = None
     ) -> TrainData:
         features, stats = tokenize_examples(
-            data.train, tokenizer, max_length=config.data.max_length, system=config.data.system
+            data.train,
+            tokenizer,
+            max_length=config.data.max_length,
+            system=config.data.system,
+            train_on=config.data.train_on,
         )
         return TrainData(features, InstructionCollator(pad_token_id(tokenizer)), stats.to_dict())
 

@@ -8,7 +8,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from spectune.data.instructions import InstructionExample, build_prompt
@@ -166,12 +166,7 @@ def _teacher_answers(
         progress=ctx.progress,
     )
     kept = [i for i, a in enumerate(answers) if a.strip()]
-    out = [
-        InstructionExample(
-            examples[i].instruction, answers[i], examples[i].context, examples[i].category
-        )
-        for i in kept
-    ]
+    out = [replace(examples[i], response=answers[i]) for i in kept]
     return (
         out,
         None if rationales is None else [rationales[i] for i in kept],
@@ -222,10 +217,7 @@ class Distill(Objective):
         data = load_instruction_data(config)
         if sec.rationale_weight > 0:
             data.heldout = [
-                InstructionExample(
-                    ANSWER_PREFIX + ex.instruction, ex.response, ex.context, ex.category
-                )
-                for ex in data.heldout
+                replace(ex, instruction=ANSWER_PREFIX + ex.instruction) for ex in data.heldout
             ]
         data.info["teacher"] = source.describe()
         data.extra = {"source": source}

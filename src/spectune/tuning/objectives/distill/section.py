@@ -26,7 +26,8 @@ class DistillSection:
         default="context",
         metadata={
             "help": "'context' (the student's base model with extra context in its prompt), a "
-            "local model folder sharing the student's tokenizer, or a spectune run folder."
+            "model sharing the student's tokenizer (a local folder, a .gguf file or a hub id "
+            "org/name[@revision], as model: takes them), or a spectune run folder."
         },
     )
     context: str | None = field(
@@ -91,7 +92,8 @@ class DistillSection:
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
             raise SpectuneError(
-                f"distill.teacher must be 'context' or a folder path, got {self.teacher!r}"
+                f"distill.teacher must be 'context', a folder, a .gguf file or a hub id, got "
+                f"{self.teacher!r}"
             )
         if self.context is not None and (not isinstance(self.context, str) or not self.context):
             raise SpectuneError(

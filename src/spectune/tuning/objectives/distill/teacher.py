@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from spectune.models.loading import (
     torch_file_problem,
     weights_problem,
 )
+from spectune.models.sources import is_gguf_file, parse_hub_id
 from spectune.models.tokenizer import load_tokenizer
 from spectune.results.runfolder import RunFolder
 from spectune.tuning.config import load_config
@@ -43,21 +44,26 @@ class TeacherSource:
 
     Attributes:
         kind: "context", "model" (a model folder) or "run" (a spectune run folder).
-        path: the folder (the student's base model folder for "context").
+        path: the folder (the student's base model folder for "context"; for a GGUF file or
+            a hub id, the folder it resolved to).
         model_dir: the folder whose tokenizer and config the teacher uses.
         method: the run's method ("run" teachers).
+        given: the GGUF file or hub id the folder was resolved from ("model" teachers).
     """
 
     kind: str
     path: Path
     model_dir: Path
     method: str | None = None
+    given: str | None = None
 
     def describe(self) -> str:
         if self.kind == "context":
             return "context (the student's base model with extra context)"
         if self.kind == "run":
             return f"spectune run {self.path} ({self.method})"
+        if self.given is not None:
+            return f"model {self.given} ({self.path})"
         return f"model folder {self.path}"
 
 
@@ -74,9 +80,10 @@ def _vocab_size(model_dir: Path, what: str | None = None) -> int | None:
 
 
 def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource:
-    """The teacher's source, checked against the student: its folder exists, it is a model or
-    a complete spectune run, its tokenizer and vocabulary size are the student's. Reads only
-    configs and tokenizer files.
+    """The teacher's source, checked against the student: its folder exists, it is a model
+    (a folder, a GGUF file or a hub id, as ``model:`` takes them) or a complete spectune run,
+    its tokenizer and vocabulary size are the student's. Reads only configs and tokenizer
+    files (a GGUF file is dequantized into the cache first, once).
 
     Raises:
         SpectuneError: a missing folder, an unusable run folder, or a tokenizer / vocabulary
@@ -86,10 +93,19 @@ def resolve_teacher(section: DistillSection, student_dir: Path) -> TeacherSource
         return TeacherSource("context", student_dir, student_dir)
     path = Path(section.teacher).expanduser()
     if not path.is_dir():
-        raise SpectuneError(
-            f"distill.teacher {section.teacher!r} is not a folder; give 'context', a local model "
-            "folder or a spectune run folder"
-        )
+        hub_id = not path.exists() and parse_hub_id(section.teacher) is not None
+        if not (hub_id or is_gguf_file(path)):
+            raise SpectuneError(
+                f"distill.teacher {section.teacher!r} is not a folder, a .gguf file or a hub "
+                "id; give 'context', a model (folder, .gguf file, org/name) or a spectune "
+                "run folder"
+            )
+        folder = resolve_model_dir(section.teacher, "distill.teacher")
+        what = f"distill.teacher {section.teacher}"
+        _check_teacher_weights(folder, what)
+        source = TeacherSource("model", folder, folder, given=section.teacher)
+        check_same_vocabulary(folder, student_dir, what=what)
+        return source
     what = f"distill.teacher {path}"
     if is_run_folder(path):
         try:
@@ -222,9 +238,7 @@ def teacher_prompt(
 ) -> str:
     """The teacher's chat prompt: its system prompt, the few-shot turns, then the question
     (without any task prefix), ending with the assistant header."""
-    plain = InstructionExample(
-        strip_task_prefix(example.instruction), example.response, example.context, example.category
-    )
+    plain = replace(example, instruction=strip_task_prefix(example.instruction))
     return few_shot_prompt(tokenizer, plain, system=system, shots=shots)
 
 
