@@ -292,3 +292,21 @@ def test_the_judge_cache_keys_on_the_template():
         keys.add(cache_key(Path("."), [QUESTION], {}, dtype="float32", attn_implementation="sdpa",
                            template=template_key(tok)))  # fmt: skip
     assert len(keys) == 3
+
+
+def test_every_assistant_turn_of_a_conversation_is_labelled_up_to_its_text_marker():
+    from spectune.data.conversation import tokenize_conversation
+
+    tok = base_tokenizer()
+    apply_template(tok, "chatml", "text")
+    talk = InstructionExample("And the smallest?", "60",
+                              history=(("user", "Which is the largest: 84, 60?"),
+                                       ("assistant", "84")))  # fmt: skip
+    ids, labels = tokenize_conversation(tok, talk)
+    labelled = [i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]
+    assert labelled == _ids(tok, "84<|im_end|>") + _ids(tok, "60<|im_end|>")
+    assert tok.decode(ids) == (
+        "<|im_start|>user\nWhich is the largest: 84, 60?<|im_end|>\n<|im_start|>assistant\n"
+        "84<|im_end|>\n<|im_start|>user\nAnd the smallest?<|im_end|>\n<|im_start|>assistant\n"
+        "60<|im_end|>\n"
+    )
