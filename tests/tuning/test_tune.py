@@ -476,7 +476,8 @@ def test_qlora_keeps_unpackable_layers_unquantized_where_the_cpu_repacks(
     assert not isinstance(base.model.layers[0].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
     assert isinstance(base.model.layers[0].mlp.up_proj.base_layer, bnb.nn.Linear4bit)
     m = tune(config, out=tmp_path / "run", progress=False).metrics
-    assert m.notes == built.notes and m.training.final_loss is not None
+    judged = [n for n in m.notes if n.startswith("judging the tuned model: ")]  # random: no EOS
+    assert m.notes == built.notes + judged and m.training.final_loss is not None
 
 
 @pytest.mark.parametrize("native,wanted,dtype,noted", [

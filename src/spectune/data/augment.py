@@ -48,7 +48,7 @@ from spectune._progress import progress_bar
 from spectune.data.instructions import InstructionExample, few_shot_prompt
 from spectune.data.tasks import normalize_answer
 from spectune.errors import SpectuneError
-from spectune.models.generate import Sampling, greedy_generate, sample_batch
+from spectune.models.generate import Sampling, greedy_generate, sample_batch, stop_criteria
 from spectune.models.tokenizer import pad_token_id
 
 #: what the teacher is asked to write an instruction from
@@ -180,14 +180,13 @@ def _new_instructions(
             tok.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
         )
     prompts = [tok(r, add_special_tokens=False)["input_ids"] for r in requests]
-    eos = tok.eos_token_id
     samples = sample_batch(
         teacher.model,
         prompts,
         sampling,
         max_new_tokens=max_new_tokens,
         pad_id=pad_token_id(tok),
-        stop_ids=set() if eos is None else {eos},
+        stop=stop_criteria(tok),
         seed=seed,
     )
     return [tok.decode(ids, skip_special_tokens=True) for ids in samples]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from spectune.data.instructions import InstructionExample, build_chat, tokenize_example
 from spectune.errors import SpectuneError
-from spectune.models.tokenizer import IGNORE_INDEX
+from spectune.models.tokenizer import IGNORE_INDEX, label_answer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -94,7 +94,7 @@ def tokenize_conversation(
         cut_ids, cut_labels = tokenize_example(
             tokenizer, cut, system=system, end_of_turn=end_of_turn
         )
-        answer_ids = _ids(tokenizer, answer)
+        answer_ids = label_answer(tokenizer, answer, eot_id=end_of_turn)[0]  # as labelled
         n = len(answer_ids)
         if not prompt.startswith(rendered) or cut_ids[len(cut_ids) - n :] != answer_ids:
             raise SpectuneError(

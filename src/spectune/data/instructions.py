@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spectune.errors import SpectuneError
-from spectune.models.tokenizer import IGNORE_INDEX, end_of_turn_id
+from spectune.models.tokenizer import IGNORE_INDEX, label_answer
 
 _Record = TypeVar("_Record")
 
@@ -205,10 +205,15 @@ def _messages(example: InstructionExample, system: str | None) -> list[dict[str,
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **kw: Any) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise SpectuneError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; use an "
-            "instruction-tuned model (or set tokenizer.chat_template)"
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; set "
+            "data.template (chatml, alpaca or a Jinja file), or use an instruction-tuned model"
         )
-    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    except TemplateError as exc:  # a role the template does not know, the template's own raise
+        raise SpectuneError(f"the chat template refused a conversation: {exc}") from None
 
 
 def build_prompt(
@@ -245,7 +250,7 @@ def few_shot_prompt(
         messages.append({"role": "assistant", "content": shot.response})
     messages += [{"role": role, "content": content} for role, content in example.history]
     messages.append({"role": "user", "content": user_message(example)})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _render(tokenizer, messages, add_generation_prompt=True)
 
 
 def build_chat(
@@ -331,9 +336,10 @@ def tokenize_example(
         tokenizer: a tokenizer with a chat template.
         example: the record.
         system: see :func:`build_prompt`.
-        end_of_turn: id of the token that closes the answer; default :func:`end_of_turn_id`.
-            Answer tokens after its last occurrence are not labelled. If it does not occur,
-            every answer token is labelled.
+        end_of_turn: id of the token that closes the answer; default the tokenizer's
+            end-of-turn marker (:func:`spectune.models.tokenizer.label_answer`: one token, or
+            a text of several). Answer tokens after its last occurrence are not labelled. If
+            it does not occur, every answer token is labelled.
 
     Returns:
         ``(input_ids, labels)``, equal length; ``labels[i]`` is ``-100`` on prompt tokens and
@@ -341,17 +347,8 @@ def tokenize_example(
     """
     prompt, answer = build_chat(tokenizer, example, system=system)
     prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    eot = end_of_turn_id(tokenizer) if end_of_turn is None else end_of_turn
-    n_labelled = len(answer_ids)
-    if eot is not None and eot in answer_ids:
-        n_labelled = len(answer_ids) - answer_ids[::-1].index(eot)
-    labels = (
-        [IGNORE_INDEX] * len(prompt_ids)
-        + answer_ids[:n_labelled]
-        + [IGNORE_INDEX] * (len(answer_ids) - n_labelled)
-    )
-    return prompt_ids + answer_ids, labels
+    answer_ids, answer_labels = label_answer(tokenizer, answer, eot_id=end_of_turn)
+    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_labels
 
 
 def tokenize_examples(

@@ -4,7 +4,8 @@ One module per metric, each a function of ``(model, tokenizer, ...)`` that retur
 with a ``to_dict()`` that serializes to JSON:
 
 - :mod:`.accuracy`: learning, held-out exact-match accuracy (:func:`~.accuracy.exact_match`,
-  :class:`~.accuracy.AccuracyResult`);
+  :class:`~.accuracy.AccuracyResult`), with the answers that reached the length limit without
+  the end-of-turn marker counted, and a warning when they are most of them;
 - :mod:`.loss`: learning, the held-out loss of the reference answers
   (:func:`~.loss.heldout_loss`, :class:`~.loss.LossResult`);
 - :mod:`.forgetting`: perplexity on a fixed slice of general text, ``pydoc_data.topics``
@@ -21,7 +22,8 @@ with a ``to_dict()`` that serializes to JSON:
   held-out lists);
 - :mod:`.all`: :func:`~.all.judge`, a model judged on all of them, as one JSON-ready dict;
 - :mod:`.cache`: a base model's judgment kept on disk (``$SPECTUNE_CACHE/judge``), keyed by
-  the model's files, the held-out data, the settings, dtype and Python version.
+  the model's files, the held-out data, the settings, the chat template, dtype and Python
+  version.
 
 The model may be a plain Hugging Face causal LM, a ``peft`` model or a model whose linear
 layers were replaced by custom modules: only its forward (``input_ids``, ``attention_mask``,

@@ -35,6 +35,7 @@ def judge(
     ce_tokens: int = 256,
     harness: dict[str, Any] | None = None,
     progress: bool = False,
+    warn_unterminated: bool = True,
 ) -> dict[str, Any]:
     """Every measurement of a model, as one JSON-ready dict.
 
@@ -45,6 +46,8 @@ def judge(
     documents of ``ce_tokens`` tokens, and with ``harness`` (the keywords of
     :func:`spectune.judging.harness.evaluate_harness` but the model's and those given here:
     ``tasks``, ``limit``, ``num_fewshot``, ``chat_template``, ``metadata``) lm-eval's tasks.
+    ``warn_unterminated``: print the accuracy's warning when most answers reach
+    ``max_new_tokens`` unterminated (it is recorded in the accuracy either way).
 
     Returns:
         ``{"accuracy", "predictions", "heldout_loss", "perplexity", "latency", "general_ce",
@@ -62,6 +65,7 @@ def judge(
         batch_size=batch_size,
         system=system,
         progress=progress,
+        warn=warn_unterminated,
     )
     seconds["accuracy"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -4,7 +4,9 @@ model, data and settings judge it once.
 An entry is the JSON dict of :func:`spectune.judging.all.judge` (with ``model``, what was judged)
 in ``$SPECTUNE_CACHE/judge`` (:func:`cache_dir`), named by a hash of everything the numbers
 depend on (:func:`cache_key`): the model folder and its files (name, size, modification time),
-the held-out examples, the judging settings, the dtype and attention implementation, the
+the held-out examples, the judging settings, the tokenizer's chat template and end-of-turn
+marker (:func:`spectune.models.templates.template_key`: ``data.template`` changes the prompts),
+the dtype and attention implementation, the
 versions of the entries, of spectune and of Python (the forgetting text depends on it). A
 damaged entry is judged again. The caller loads the model (only on a miss): this layer knows
 no tune config.
@@ -24,9 +26,11 @@ from spectune._io import write_json
 from spectune.data.instructions import InstructionExample
 from spectune.judging.all import judge
 from spectune.models.loading import cache_root, check_cache_writable
+from spectune.models.templates import template_key
 
-#: version of the cache entries (bump when judging changes)
-JUDGE_VERSION = 1
+#: version of the cache entries (bump when judging changes; 2: the template is in the key,
+#: the accuracy counts unterminated answers)
+JUDGE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -64,9 +68,11 @@ def cache_key(
     *,
     dtype: str,
     attn_implementation: str,
+    template: dict[str, Any] | None = None,
 ) -> str:
     """The entry's name: a hash of the model's files, the held-out data, the settings (the
-    keywords of :func:`~spectune.judging.all.judge`), dtype, attention and versions."""
+    keywords of :func:`~spectune.judging.all.judge`), the tokenizer's template
+    (:func:`~spectune.models.templates.template_key`), dtype, attention and versions."""
     key_data: dict[str, Any] = {
         "v": JUDGE_VERSION,
         "spectune": __version__,
@@ -76,6 +82,8 @@ def cache_key(
         "settings": settings,
         "python": sys.version_info[:2],
     }
+    if template is not None:
+        key_data["template"] = template
     if dtype != "float32":  # float32 keys stay those of the runs before model_dtype existed
         key_data["dtype"] = dtype
     if attn_implementation != "sdpa":
@@ -110,7 +118,12 @@ def judge_cached(
         :func:`~spectune.judging.all.judge`'s dict, with ``model`` ("base model, <dtype>").
     """
     key = cache_key(
-        model_dir, heldout, settings, dtype=dtype, attn_implementation=attn_implementation
+        model_dir,
+        heldout,
+        settings,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        template=template_key(tokenizer),
     )
     path = cache_dir() / f"{key}.json"
     if path.is_file():
@@ -120,7 +133,11 @@ def judge_cached(
             pass  # a damaged entry is recomputed
     if progress:
         print("judging the base model (cached for later runs)", file=sys.stderr, flush=True)
-    result = judge(load_model(), tokenizer, heldout, progress=progress, **settings)
+    # a base model judged on a template it was never taught runs past the limit, as expected:
+    # the accuracy records it, without a warning
+    result = judge(
+        load_model(), tokenizer, heldout, progress=progress, warn_unterminated=False, **settings
+    )
     result["model"] = f"base model, {dtype}"
     write_json(path, result)
     return result

@@ -12,11 +12,15 @@
   bitsandbytes' CPU 4-bit packing, FlashAttention, paged optimizers) and the device runs train
   and judge on; the methods' dtype policy asks it.
 - :mod:`.tokenizer`: loading a model's tokenizer and the ids the layers above need (padding,
-  end of turn, the ignored label).
+  the end-of-turn marker, one token or several, the labels of an answer, the ignored label).
+- :mod:`.templates`: chat templates for models without one (``data.template``: ChatML,
+  Alpaca-style, a Jinja file) and the end-of-turn marker, added as a token (embeddings grown)
+  or matched as text (``data.end_of_turn``).
 - :mod:`.forward`: running a model: eval mode without gradients, its device, the model inside
   DDP and peft wrappers, the loss of the labelled positions from a decoder and its head.
 - :mod:`.generate`: greedy decoding and seeded sampling in one loop, in batches with a KV
-  cache (judging, distillation's on-policy inputs, LiPO's on-policy lists, augment).
+  cache (judging, distillation's on-policy inputs, LiPO's on-policy lists, augment), every
+  row stopped by one :class:`~.generate.StopCriteria` (a token, a run of tokens, a text).
 - :mod:`.quant`: the bitsandbytes 4-bit workaround (weights repacked for CPU inference,
   unpacked so that training still gets gradients).
 - :mod:`.gguf_export`: writing a model and its tokenizer as one GGUF file (llama.cpp, Ollama)

@@ -4,7 +4,9 @@ batches with a KV cache.
 Greedy (:func:`greedy_batch`, :func:`greedy_generate`) serves judging (answers, latency) and
 distillation's teacher answers and on-policy inputs; sampling (:func:`sample_batch` with a
 :class:`Sampling`: temperature, top-k, top-p) serves LiPO's on-policy lists and augment's new
-instructions. Both run the same decoding loop and differ only in how the next token is picked.
+instructions. Both run the same decoding loop and differ only in how the next token is picked; both stop a
+row with the same :class:`StopCriteria` (:func:`stop_criteria` of a tokenizer: its end-of-turn
+marker, one token or several, and its EOS).
 A sample draws from torch's global random stream (``torch.manual_seed``), with the draws of
 Hugging Face's ``generate(do_sample=True)`` for the same settings: temperature, then top-k, then
 top-p on the float32 logits, one ``torch.multinomial`` draw per row and step, finished rows fed
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ import torch
 from spectune._progress import track
 from spectune.errors import SpectuneError
 from spectune.models.forward import eval_mode, model_device, synchronize, unwrap_model
-from spectune.models.tokenizer import end_of_turn_id, pad_token_id
+from spectune.models.tokenizer import end_of_turn, pad_token_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -61,7 +63,8 @@ def greedy_batch(
     *,
     max_new_tokens: int,
     pad_id: int,
-    stop_ids: set[int],
+    stop_ids: Collection[int] = (),
+    stop: StopCriteria | None = None,
     ignore_stop: bool = False,
     step_times: list[float] | None = None,
 ) -> list[list[int]]:
@@ -71,19 +74,26 @@ def greedy_batch(
     same positions as it would alone. A model that returns no ``past_key_values`` is fed the
     whole sequence at every step instead.
 
+    Args:
+        stop_ids: single tokens that end a row (added to ``stop``).
+        stop: what ends a row (:func:`stop_criteria` of the tokenizer).
+
     Returns:
-        For each prompt the generated ids, up to and without the first stop token.
+        For each prompt the generated ids, up to and without the first stop (a marker
+        matched as text: without the token it starts in).
     """
-    return _decode(
+    criteria = StopCriteria.of(stop, stop_ids)
+    rows = _decode(
         model,
         prompts,
         _argmax,
         max_new_tokens=max_new_tokens,
         pad_id=pad_id,
-        stop_ids=stop_ids,
+        stop=criteria,
         ignore_stop=ignore_stop,
         step_times=step_times,
     )
+    return rows if ignore_stop else [criteria.tokens_before(row) for row in rows]
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -137,7 +147,8 @@ def sample_batch(
     *,
     max_new_tokens: int,
     pad_id: int,
-    stop_ids: set[int],
+    stop_ids: Collection[int] = (),
+    stop: StopCriteria | None = None,
     n_samples: int = 1,
     seed: int | None = None,
 ) -> list[list[int]]:
@@ -150,23 +161,26 @@ def sample_batch(
         sampling: temperature, top-k, top-p.
         max_new_tokens: longest continuation.
         pad_id: the pad id (left padding, and fed to finished rows).
-        stop_ids: a row ends at the first of these.
+        stop_ids: a row ends at the first of these (added to ``stop``).
+        stop: what ends a row (:func:`stop_criteria` of the tokenizer).
         n_samples: continuations per prompt (rows ``i * n_samples`` to ``(i + 1) * n_samples
             - 1`` are prompt i's).
         seed: ``torch.manual_seed(seed)`` first; None: continue torch's global stream.
 
     Returns:
-        ``len(prompts) * n_samples`` token lists, up to and without the first stop token.
+        ``len(prompts) * n_samples`` token lists, up to and without the first stop.
     """
     if n_samples < 1:
         raise SpectuneError(f"n_samples must be >= 1, got {n_samples}")
     if seed is not None:
         torch.manual_seed(seed)
     rows = [p for p in prompts for _ in range(n_samples)]
+    criteria = StopCriteria.of(stop, stop_ids)
     with eval_mode(model):
-        return _decode(
-            model, rows, sampling, max_new_tokens=max_new_tokens, pad_id=pad_id, stop_ids=stop_ids
+        out = _decode(
+            model, rows, sampling, max_new_tokens=max_new_tokens, pad_id=pad_id, stop=criteria
         )
+    return [criteria.tokens_before(row) for row in out]
 
 
 def _decode(
@@ -176,12 +190,16 @@ def _decode(
     *,
     max_new_tokens: int,
     pad_id: int,
-    stop_ids: set[int],
+    stop: StopCriteria,
     ignore_stop: bool = False,
     step_times: list[float] | None = None,
 ) -> list[list[int]]:
     """The decoding loop of :func:`greedy_batch` and :func:`sample_batch`: ``pick`` turns the
-    last position's logits (rows, vocab) into the next ids (rows,)."""
+    last position's logits (rows, vocab) into the next ids (rows,).
+
+    Returns:
+        Each row's generated ids up to and with the step it stopped at (all of them when it
+        did not stop, or with ``ignore_stop``)."""
     device = model_device(model)
     batch, length = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((batch, length), pad_id, dtype=torch.long)
@@ -193,7 +211,6 @@ def _decode(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, length)
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}  # only the last
     cache_arg = _cache_argument(model)
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out_tokens: list[torch.Tensor] = []
     past = None
@@ -213,8 +230,8 @@ def _decode(
         if step_times is not None:
             synchronize(next_ids.device)
             step_times.append(time.perf_counter())
-        if not ignore_stop and len(stop):
-            done = done | torch.isin(next_ids, stop)
+        if not ignore_stop and stop:
+            done = done | stop(torch.stack(out_tokens[-stop.window :], dim=1))
             if bool(done.all()):
                 break
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
@@ -229,20 +246,127 @@ def _decode(
         else:
             step_in, step_pos = next_ids[:, None], new_pos
     generated = torch.stack(out_tokens, dim=1).tolist() if out_tokens else [[]] * batch
-    result = []
-    for row in generated:
-        tokens = []
-        for tok in row:
-            if not ignore_stop and tok in stop_ids:
-                break
-            tokens.append(tok)
-        result.append(tokens)
-    return result
+    if ignore_stop:
+        return generated
+    return [row[: end[1]] if (end := stop.end(row)) else row for row in generated]
+
+
+class StopCriteria:
+    """When a generated row has finished: at a token of ``ids``, at a run of tokens equal to
+    one of ``sequences``, or (``text``) once its decoded text holds a marker spanning several
+    tokens, however the tokens split it.
+
+    Args:
+        ids: single stop tokens (EOS, a one-token end-of-turn marker).
+        sequences: stop runs of tokens (a marker's tokens, tokenized alone).
+        text: a stop text, matched in ``decode(ids)``; needs ``decode``.
+        decode: ``decode(ids) -> str`` (the tokenizer's, special tokens kept).
+    """
+
+    def __init__(
+        self,
+        ids: Collection[int] = (),
+        sequences: Collection[Sequence[int]] = (),
+        text: str | None = None,
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        if text and decode is None:
+            raise SpectuneError("StopCriteria: a stop text needs a decode function")
+        self.ids = frozenset(int(i) for i in ids)
+        self.sequences = tuple(tuple(int(i) for i in s) for s in sequences if len(s))
+        self.text = text or None
+        self.decode = decode
+        longest = max((len(s) for s in self.sequences), default=1)
+        #: tokens a check looks back at: a marker of n UTF-8 bytes lies in its last n tokens
+        self.window = max(longest, len(self.text.encode()) if self.text else 1)
+
+    @classmethod
+    def of(cls, stop: StopCriteria | None, ids: Collection[int] = ()) -> StopCriteria:
+        """``stop`` with the single tokens ``ids`` added."""
+        if stop is None:
+            return cls(ids)
+        if not ids:
+            return stop
+        return cls(stop.ids | set(ids), stop.sequences, stop.text, stop.decode)
+
+    def __bool__(self) -> bool:
+        return bool(self.ids or self.sequences or self.text)
+
+    def __call__(self, tail: torch.Tensor) -> torch.Tensor:
+        """Which rows stop at their last token, from their last ``window`` generated ids
+        (rows, <= window) -> (rows,) bool."""
+        rows, n = tail.shape
+        hit = torch.zeros(rows, dtype=torch.bool, device=tail.device)
+        if self.ids:
+            stop = torch.tensor(sorted(self.ids), dtype=tail.dtype, device=tail.device)
+            hit |= torch.isin(tail[:, -1], stop)
+        for seq in self.sequences:
+            if len(seq) <= n:
+                want = torch.tensor(seq, dtype=tail.dtype, device=tail.device)
+                hit |= (tail[:, n - len(seq) :] == want).all(dim=1)
+        if self.text:
+            for r, row in enumerate(tail.tolist()):
+                hit[r] |= self.text in self.decode(row)  # type: ignore[misc]
+        return hit
+
+    def end(self, row: Sequence[int]) -> tuple[int, int] | None:
+        """Where a row's first stop is: (the index of its first token, the index after its
+        last); None: the row never stops. A stop text that starts inside a token starts at
+        that token."""
+        row = list(row)
+        for k in range(1, len(row) + 1):
+            if row[k - 1] in self.ids:
+                return k - 1, k
+            for seq in self.sequences:
+                if k >= len(seq) and tuple(row[k - len(seq) : k]) == seq:
+                    return k - len(seq), k
+            if self.text and self.text in self.decode(row[max(0, k - self.window) : k]):  # type: ignore[misc]
+                start = k - 1  # back to the token the marker starts in
+                while start > 0 and self.text not in self.decode(row[start:k]):  # type: ignore[misc]
+                    start -= 1
+                return start, k
+        return None
+
+    def tokens_before(self, row: Sequence[int]) -> list[int]:
+        """The row up to and without its first stop (all of it when it never stops)."""
+        end = self.end(row)
+        return list(row) if end is None else list(row[: end[0]])
+
+    def answer(self, row: Sequence[int], decode: Callable[[list[int]], str]) -> str:
+        """The row's text up to its first stop: a stop text is cut exactly where it starts
+        (even inside a token), a stop token or run is left out. ``decode`` skips special
+        tokens."""
+        end = self.end(row)
+        if end is None:
+            return decode(list(row))
+        text = decode(list(row[: end[1]]))
+        if self.text and self.text in text:
+            return text[: text.index(self.text)]
+        return decode(list(row[: end[0]]))
+
+
+def stop_criteria(tokenizer: PreTrainedTokenizerBase) -> StopCriteria:
+    """Where a row generated with this tokenizer ends: its EOS token and its end-of-turn
+    marker, as its token (one) or its run of tokens (several), and as text, however the model
+    spells it (a one-token marker written out in pieces too)."""
+    eot = end_of_turn(tokenizer)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    ids = set() if eos is None else {int(eos)}
+    if eot is None:
+        return StopCriteria(ids)
+    if eot.token_id is not None:
+        ids.add(eot.token_id)
+    return StopCriteria(
+        ids,
+        [eot.ids] if eot.token_id is None else [],
+        eot.marker or None,
+        lambda row: tokenizer.decode(row, skip_special_tokens=False),
+    )
 
 
 def stop_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    eot = end_of_turn_id(tokenizer)
-    return set() if eot is None else {eot}
+    """The single stop tokens of :func:`stop_criteria` (a marker matched as text: only EOS)."""
+    return set(stop_criteria(tokenizer).ids)
 
 
 def greedy_generate(
@@ -270,8 +394,38 @@ def greedy_generate(
         progress: show a progress bar.
 
     Returns:
-        The decoded answers (special tokens skipped, whitespace stripped).
+        The decoded answers (special tokens skipped, cut before the end-of-turn marker,
+        whitespace stripped); :func:`generate_answers` also says which ones ended.
     """
+    return generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    ).texts
+
+
+@dataclass
+class Answers:
+    """Greedy answers, and which of them ended at a stop (the end-of-turn marker or EOS)
+    rather than at the ``max_new_tokens`` limit."""
+
+    texts: list[str]
+    ended: list[bool]
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Answers:
+    """:func:`greedy_generate`'s answers, with whether each one ended at a stop."""
     if max_new_tokens < 1:
         raise SpectuneError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
@@ -279,18 +433,25 @@ def greedy_generate(
     encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
-    pad_id, stops = pad_token_id(tokenizer), stop_ids(tokenizer)
+    ended = [False] * len(encoded)
+    pad_id, stop = pad_token_id(tokenizer), stop_criteria(tokenizer)
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
     starts = range(0, len(order), batch_size)
     with eval_mode(model):
         for start in track(starts, len(starts), "generate", enabled=progress, unit="batch"):
             chunk = order[start : start + batch_size]
-            tokens = greedy_batch(
+            rows = _decode(
                 model,
                 [encoded[i] for i in chunk],
+                _argmax,
                 max_new_tokens=max_new_tokens,
                 pad_id=pad_id,
-                stop_ids=stops,
+                stop=stop,
             )
-            for i, toks in zip(chunk, tokens, strict=True):
-                answers[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
-    return answers
+            for i, row in zip(chunk, rows, strict=True):
+                answers[i] = stop.answer(row, decode).strip()
+                ended[i] = stop.end(row) is not None
+    return Answers(answers, ended)

@@ -533,9 +533,10 @@ def load_default_model(
     return lm, tokenizer
 
 
-def check_model(model_dir: Path) -> Any:
+def check_model(model_dir: Path, template: str = "tokenizer") -> Any:
     """Fail early, before the results folder exists, on a model folder a run cannot use: not a
-    causal LM, no usable tokenizer, no chat template, a tokenizer larger than the model's
+    causal LM, no usable tokenizer, no chat template (when ``template``, the run's
+    ``data.template``, is the tokenizer's own), a tokenizer larger than the model's
     vocabulary, missing, truncated or corrupt weights (safetensors headers and sizes,
     PyTorch files loaded weights-only onto the meta device: a pickle is refused, not run).
 
@@ -557,10 +558,11 @@ def check_model(model_dir: Path) -> Any:
             f"model folder {model_dir} has no usable tokenizer ({type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:160]}); copy the model's tokenizer files into it"
         ) from None
-    if not getattr(tokenizer, "chat_template", None):
+    if template == "tokenizer" and not getattr(tokenizer, "chat_template", None):
         raise SpectuneError(
-            f"model folder {model_dir}: its tokenizer has no chat template; spectune builds "
-            "prompts with the model's chat template (tokenizer_config.json 'chat_template')"
+            f"model folder {model_dir}: its tokenizer has no chat template (a base model?); "
+            "set data.template to chatml, alpaca or a Jinja file (data.template=chatml on the "
+            "command line)"
         )
     vocab = getattr(cfg.get_text_config(), "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:

@@ -2,7 +2,8 @@
 results folder is taken or a weight is read.
 
 - the model folder (:func:`check_model`: a causal LM with a usable tokenizer and chat
-  template, weights that are whole) and the data with its validation split
+  template, weights that are whole), the run's tokenizer given its template and end-of-turn
+  marker (:func:`run_tokenizer`) and the data with its validation split
   (:func:`load_run_data`);
 - a resume (:func:`check_resume_inputs`, :func:`check_saved_config`): the config it started
   with, inputs where they were and unchanged, a checkpoint that loads;
@@ -24,6 +25,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from spectune.data.instructions import split_validation
 from spectune.errors import SpectuneError
+from spectune.models.templates import apply_template
+from spectune.models.tokenizer import end_of_turn
 from spectune.results.runfolder import CONFIG, RunFolder
 from spectune.tuning import pins as P
 from spectune.tuning.config import TuneConfig, read_config_data
@@ -34,6 +37,29 @@ if TYPE_CHECKING:
     from spectune.tuning.methods.base import Method
     from spectune.tuning.objectives.base import RunData
     from spectune.tuning.run import Run
+
+
+def run_tokenizer(config: TuneConfig, tokenizer: Any, method: Method) -> list[str]:
+    """Give the run's tokenizer its chat template and end-of-turn marker (``data.template``,
+    ``data.end_of_turn``: :func:`spectune.models.templates.apply_template`), once, where the run
+    loads it; a marker added to the vocabulary needs a method that trains new token rows.
+
+    Returns:
+        Notes for the run.
+
+    Raises:
+        SpectuneError: the template does not fit, or the method cannot train an added token.
+    """
+    notes = apply_template(tokenizer, config.data.template, config.data.end_of_turn)
+    eot = end_of_turn(tokenizer)
+    if eot is not None and eot.added and not method.trains_new_tokens:
+        raise SpectuneError(
+            f"data.end_of_turn=token adds {eot.marker!r} to the vocabulary, and method "
+            f"{config.method!r} cannot train a new token's embedding rows; set "
+            "data.end_of_turn=text (the marker matched as text) or a method that can: "
+            + ", ".join(n for n in METHODS.names() if get_method(n).trains_new_tokens)
+        )
+    return notes
 
 
 def load_run_data(config: TuneConfig) -> RunData:
@@ -158,4 +184,5 @@ __all__ = [
     "check_world",
     "fsdp_requested",
     "load_run_data",
+    "run_tokenizer",
 ]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from spectune.data.tasks import answers_match
 from spectune.judging.cache import judge_cached
 from spectune.models import hardware
+from spectune.models.templates import fit_embeddings
 from spectune.tuning.config import TuneConfig
 from spectune.tuning.methods.base import load_float_base, resolve_model_dtype
 from spectune.tuning.objectives.base import JudgeContext
@@ -25,7 +26,7 @@ def judge_settings(config: TuneConfig) -> dict[str, Any]:
     """The keywords of :func:`spectune.judging.all.judge` the config's ``data`` and ``eval``
     sections ask for."""
     e = config.eval
-    return dict(
+    return dict(  # (data.template and data.end_of_turn reach the cache key by the tokenizer)
         max_length=config.data.max_length,
         system=config.data.system,
         max_new_tokens=e.max_new_tokens,
@@ -57,14 +58,20 @@ def harness_settings(config: TuneConfig) -> dict[str, Any] | None:
     )
 
 
-def base_loader(model_dir: Path, config: TuneConfig) -> Callable[[], Any]:
+def base_loader(model_dir: Path, config: TuneConfig, tokenizer: Any = None) -> Callable[[], Any]:
     """Loads the base model to judge: in ``model_dtype`` (full precision for the 4-bit methods
-    too), on the device the tuned model will be judged on."""
+    too), on the device the tuned model will be judged on; with ``tokenizer``, its embeddings
+    hold the tokens the run's template added (:func:`spectune.models.templates.fit_embeddings`)."""
     dtype, _ = resolve_model_dtype(config.model_dtype)
     attn = config.attn_implementation
-    return lambda: hardware.to_compute_device(
-        load_float_base(model_dir, dtype, attn_implementation=attn)
-    )
+
+    def load() -> Any:
+        model = load_float_base(model_dir, dtype, attn_implementation=attn)
+        if tokenizer is not None:
+            fit_embeddings(model, tokenizer)
+        return hardware.to_compute_device(model)
+
+    return load
 
 
 def judge_base_model(
@@ -87,7 +94,7 @@ def judge_base_model(
     """
     dtype, _ = resolve_model_dtype(config.model_dtype)
     return judge_cached(
-        base_loader(model_dir, config),
+        base_loader(model_dir, config, tokenizer),
         tokenizer,
         heldout,
         judge_settings(config),

@@ -1,9 +1,10 @@
 """What a run depends on, pinned when it starts: ``inputs.json`` in its results folder.
 
 A run reads inputs from outside its folder: the base model (``model``), the data files
-(``data.train``, ``data.eval``) and what its objective names (a distillation teacher:
-``distill.teacher``, a model folder or another run's folder). When the run starts, each is
-recorded with its absolute path and a fingerprint, beside the resolved config:
+(``data.train``, ``data.eval``), a chat template file (``data.template``) and what its
+objective names (a distillation teacher: ``distill.teacher``, a model folder or another run's
+folder). When the run starts, each is recorded with its absolute path and a fingerprint,
+beside the resolved config:
 
 ======================  ===================================================================
 input                   fingerprint
@@ -60,6 +61,7 @@ from spectune.models.loading import (
     torch_file_problem,
 )
 from spectune.models.sources import is_gguf_file, parse_hub_id, snapshot_of
+from spectune.models.templates import TEMPLATE_NAMES
 from spectune.tuning.config import TuneConfig, load_config
 
 if TYPE_CHECKING:
@@ -225,12 +227,15 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def config_inputs(config: TuneConfig, objective: Objective) -> dict[str, str]:
     """The settings of ``config`` that name what the run reads (dotted key -> value as
-    given): ``model``, the data files, and the objective's (:meth:`Objective.inputs`)."""
+    given): ``model``, the data files, a Jinja template file, and the objective's
+    (:meth:`Objective.inputs`)."""
     out = {"model": config.model}
     if config.data.train != "tasks":
         out["data.train"] = config.data.train
     if config.data.eval is not None:
         out["data.eval"] = config.data.eval
+    if config.data.template not in TEMPLATE_NAMES:  # a Jinja file
+        out["data.template"] = config.data.template
     out.update(objective.inputs(config))
     return out
 

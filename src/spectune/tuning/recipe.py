@@ -86,7 +86,7 @@ from spectune.judging import cache as judge_cache
 from spectune.judging.all import judge
 from spectune.models import hardware
 from spectune.models.loading import check_model, resolve_model_dir
-from spectune.models.tokenizer import load_tokenizer
+from spectune.models.tokenizer import end_of_turn, load_tokenizer
 from spectune.report import tracking
 from spectune.results.logs import log_rows
 from spectune.results.metrics import Judging, RunMetrics
@@ -98,6 +98,7 @@ from spectune.tuning.checks import (
     check_saved_config,
     check_world,
     load_run_data,
+    run_tokenizer,
 )
 from spectune.tuning.config import TuneConfig, yaml_dump
 from spectune.tuning.judging import (
@@ -203,7 +204,8 @@ def prepare(
             f"step(s) x {world.size} processes"
         )
     model_dir = resolve_model_dir(reading.model)
-    tokenizer = check_model(model_dir)  # the run's tokenizer, loaded once
+    tokenizer = check_model(model_dir, config.data.template)  # the run's tokenizer, loaded once
+    notes += run_tokenizer(reading, tokenizer, method)  # a template file: where it was pinned
     check_targets(config, model_dir)
     training_arguments(config, out, progress=progress)  # a train.* typo names the key
     tracking.check_installed(config)  # train.report_to: each tracker's package
@@ -282,6 +284,7 @@ def prepare_training(run: Run) -> None:
     process)."""
     if run.tokenizer is None:
         run.tokenizer = load_tokenizer(run.model_dir)
+        run_tokenizer(run.config, run.tokenizer, run.method)
     run.objective_state = run.objective.prepare(judge_context(run))
     run.train_data = run.objective.features(run.config, run.data, run.tokenizer, judge_context(run))
     if run.data.validation:
@@ -313,7 +316,7 @@ def judge_before(run: Run) -> None:
         run.model_dir, run.tokenizer, run.data.heldout, run.config, progress=run.progress
     )
     run.before_predictions = list(result.get("predictions") or [])
-    load_base = base_loader(run.model_dir, run.config)
+    load_base = base_loader(run.model_dir, run.config, run.tokenizer)
     result["extras"] = run.objective.judge(judge_context(run), load_base, "before")
     run.before = Judging.from_dict(result)
     run.folder.own("before.json")
@@ -348,6 +351,10 @@ def build_model(method: Method, ctx: BuildContext, *, tokenizer: Any = None) -> 
         SpectuneError: the method left no trainable parameter.
     """
     model, notes = method.load_base(ctx)
+    if tokenizer is not None:
+        from spectune.models.templates import fit_embeddings
+
+        fit_embeddings(model, tokenizer)  # a marker added as a token: its rows (ctx.new_tokens)
     built = method.build(ctx, model)
     built.notes = [*notes, *built.notes]
     built.tokenizer = tokenizer
@@ -549,7 +556,14 @@ def _folder_bytes(path: Path) -> int:
 def save(run: Run) -> None:
     """Phase 5: write the method's adapter (atomically, as one folder)."""
     run.folder.own("adapter")
-    publish_dir(lambda tmp: run.method.save(run.built, tmp), run.out / "adapter")
+
+    def write(tmp: Path) -> None:
+        run.method.save(run.built, tmp)
+        eot = end_of_turn(run.tokenizer)
+        if run.config.data.template != "tokenizer" or (eot is not None and eot.added):
+            run.tokenizer.save_pretrained(tmp)  # the template (and token) the adapter learned
+
+    publish_dir(write, run.out / "adapter")
     run.adapter_bytes = _folder_bytes(run.out / "adapter")
 
 
@@ -563,6 +577,8 @@ def judge_tuned(run: Run) -> None:
         **judge_settings(run.config),
     )
     run.after_predictions = list(result["predictions"])
+    if result["accuracy"].get("warning"):
+        run.built.notes.append(f"judging the tuned model: {result['accuracy']['warning']}")
     run.correct_after = correct(run.data.heldout, run.after_predictions)
     if run.before_predictions:
         run.correct_before = correct(run.data.heldout, run.before_predictions)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectune.models.tokenizer import end_of_turn
 from spectune.results.metrics import Judging, RunMetrics
 from spectune.results.runfolder import RunFolder
 from spectune.tuning.config import TuneConfig
@@ -100,14 +101,16 @@ class Run:
 
     @property
     def context(self) -> BuildContext:
+        eot = None if self.tokenizer is None else end_of_turn(self.tokenizer)
+        added = () if eot is None else eot.added  # data.end_of_turn=token: rows to train
         if not self.main:  # the run folder is rank 0's: the others keep files to themselves
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="spectune-rank-"))
-            return BuildContext(self.config, self.model_dir, self._scratch, self.progress)
+            return BuildContext(self.config, self.model_dir, self._scratch, self.progress, added)
         workdir = self.out / "checkpoints"
         if not self.folder.complete:  # a complete run's checkpoints are gone for good
             workdir.mkdir(parents=True, exist_ok=True)
-        return BuildContext(self.config, self.model_dir, workdir, self.progress)
+        return BuildContext(self.config, self.model_dir, workdir, self.progress, added)
 
     def cleanup(self) -> None:
         """Remove what this process kept outside the run folder."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
+from spectune.models.templates import END_OF_TURN_MODES, check_template
 
 
 @dataclass
@@ -84,6 +85,24 @@ class DataConfig:
             "takes precedence); None keeps the chat template's default."
         },
     )
+    template: str = field(
+        default="tokenizer",
+        metadata={
+            "help": "chat template of the prompts: 'tokenizer' (the tokenizer's own), 'chatml', "
+            "'alpaca' (plain ### Instruction / ### Response) or a Jinja file (a base model "
+            "without a template needs one of the others; it replaces a tokenizer's own)."
+        },
+    )
+    end_of_turn: str = field(
+        default="auto",
+        metadata={
+            "help": "the marker that closes an answer (what the template writes after it): "
+            "'token' adds it to the vocabulary as a special token (embeddings resized, the new "
+            "rows trained and saved with the adapter), 'text' matches it as text (labels cover "
+            "its tokens, generation stops at it), 'auto': token if it is one token already, "
+            "else text."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.train, str) or not self.train:
@@ -114,6 +133,8 @@ class DataConfig:
             )
         if self.system is not None and not isinstance(self.system, str):
             raise SpectuneError(f"data.system must be a string or null, got {self.system!r}")
+        check_template(self.template)
+        check.choice("data.end_of_turn", self.end_of_turn, END_OF_TURN_MODES)
 
 
 @dataclass

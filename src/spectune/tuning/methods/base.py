@@ -11,6 +11,9 @@ hook                          what it does (default)
 ``sections``                  config sections the method reads, name -> dataclass
                               (``{"lora": LoraSection}``); validated with the rest of the config
 ``uses_target_modules``       whether ``target_modules`` / ``exclude_modules`` matter (True)
+``trains_new_tokens``         whether it trains the embedding rows of tokens added to the
+                              vocabulary (``ctx.new_tokens``, ``data.end_of_turn=token``;
+                              False: such a run is refused)
 ``shardable``                 whether FSDP may shard the model (False: a run with FSDP is
                               refused, saying ``unshardable``: why not); DDP needs nothing
 ``settings``                  table column -> dotted config key, the method's headline
@@ -84,12 +87,15 @@ class BuildContext:
         workdir: a folder of the run the method may keep files in across resumes (e.g. an
             initial adapter); it exists.
         progress: show progress bars.
+        new_tokens: ids added to the vocabulary for the run (``data.end_of_turn=token``): the
+            model's embeddings already hold them; the method trains their rows.
     """
 
     config: TuneConfig
     model_dir: Path
     workdir: Path
     progress: bool = True
+    new_tokens: tuple[int, ...] = ()
 
 
 @dataclass
@@ -207,6 +213,8 @@ class Method:
         sections: config sections the method reads (name -> dataclass). Two methods that
             share a section (the LoRA family shares ``lora``) must declare the same class.
         uses_target_modules: whether ``target_modules`` / ``exclude_modules`` matter.
+        trains_new_tokens: whether :meth:`build` trains the embedding (and output) rows of
+            ``ctx.new_tokens``, and :meth:`save` keeps them.
         settings: results-table column -> dotted config key.
         shardable: whether FSDP may shard the model: its trainable tensors are plain dense
             parameters that FSDP can flatten and gather, and it keeps no state of its own
@@ -218,6 +226,7 @@ class Method:
     description: str = ""
     sections: Mapping[str, type] = {}
     uses_target_modules: bool = True
+    trains_new_tokens: bool = False
     settings: Mapping[str, str] = {}
     shardable: bool = False
     unshardable: str = "spectune has not checked it with FSDP (Method.shardable is False)"

@@ -109,6 +109,17 @@ def dropout_elements(model: nn.Module, targets: list[str], attn: str) -> tuple[i
     return added - released, first
 
 
+def token_rows(model: nn.Module, ids: tuple[int, ...]) -> dict[str, list[int]]:
+    """peft's ``trainable_token_indices`` for tokens added to the vocabulary: their rows of the
+    input embeddings and, when it is not tied to them, of the output layer."""
+    names = {id(m): n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    layers = [model.get_input_embeddings()]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not layers[0].weight:
+        layers.append(out)
+    return {names[id(layer)]: list(ids) for layer in layers}
+
+
 class LoraMethod(PeftMethod):
     """peft LoRA with the variant flags of :class:`peft.LoraConfig`.
 
@@ -122,6 +133,7 @@ class LoraMethod(PeftMethod):
     sections = {"lora": LoraSection}
     settings = {"r": "lora.r", "lora_alpha": "lora.lora_alpha", "lora_dropout": "lora.lora_dropout"}
     shardable = True  # dense A, B (and DoRA's magnitudes) on a float base: FSDP shards them
+    trains_new_tokens = True  # peft's trainable_token_indices: the added rows, saved with it
 
     def __init__(
         self, description: str, *, rslora: bool = False, dora: bool = False, init: bool | str = True
@@ -161,7 +173,10 @@ class LoraMethod(PeftMethod):
         from peft import get_peft_model
 
         targets = target_modules(ctx, model)
-        model = get_peft_model(self.prepare(ctx, model), self.peft_config(ctx.config))
+        peft_config = self.peft_config(ctx.config)
+        if ctx.new_tokens:
+            peft_config.trainable_token_indices = token_rows(model, ctx.new_tokens)
+        model = get_peft_model(self.prepare(ctx, model), peft_config)
         return Built(model, targets=targets)
 
     def match_budget(self, ctx: BuildContext, n_params: int) -> list[str] | None:
@@ -193,4 +208,11 @@ register_method(
     "rslora", LoraMethod("LoRA with rank-stabilized scaling lora_alpha / sqrt(r)", rslora=True)
 )
 
-__all__ = ["SHARED_INPUTS", "LoraMethod", "LoraSection", "dropout_elements", "lora_trainable"]
+__all__ = [
+    "SHARED_INPUTS",
+    "LoraMethod",
+    "LoraSection",
+    "dropout_elements",
+    "lora_trainable",
+    "token_rows",
+]

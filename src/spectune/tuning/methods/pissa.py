@@ -52,6 +52,7 @@ class MutatedInitLora(LoraMethod):
     """A LoRA whose initialisation changes the base weights (PiSSA, OLoRA): saves the initial
     adapter and converts the trained one into a plain LoRA adapter on the original base."""
 
+    trains_new_tokens = False  # not checked with peft's trainable tokens
     shardable = False
     unshardable = (
         "its initialisation rewrites the base weights and its adapter is converted against the "

@@ -155,6 +155,7 @@ class QuantizedLoraMethod(LoraMethod):
     """LoRA (or DoRA) on a 4-bit base."""
 
     sections = {"lora": LoraSection, "quant": QuantConfig}
+    trains_new_tokens = False  # not checked with peft's trainable tokens
     shardable = False
     unshardable = (
         "its base weights are bitsandbytes 4-bit blocks (Params4bit with their "

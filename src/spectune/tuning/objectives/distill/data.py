@@ -3,6 +3,7 @@ rationale rows), their collator, and on-policy batches of the student's own answ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from spectune.data.instructions import (
 )
 from spectune.errors import SpectuneError
 from spectune.models.forward import eval_mode
-from spectune.models.generate import greedy_batch
+from spectune.models.generate import StopCriteria, greedy_batch
 from spectune.models.tokenizer import IGNORE_INDEX
 from spectune.tuning.objectives.distill.section import RATIONALE_PREFIX
 from spectune.tuning.objectives.distill.teacher import strip_task_prefix, teacher_prompt
@@ -145,12 +146,16 @@ def on_policy_inputs(
     inputs: dict[str, torch.Tensor],
     *,
     pad_id: int,
-    eot: int | None,
+    eot: int | Sequence[int] | None,
     max_new_tokens: int,
+    stop: StopCriteria | None = None,
 ) -> dict[str, torch.Tensor]:
     """The batch with each answer row's response replaced by the student's own greedy answer
     (on-policy distillation, Agarwal et al. 2024): the student's and the teacher's prompts are
-    kept, the generated tokens and the end-of-turn token are labelled; rationale rows stay."""
+    kept, the generated tokens and the end-of-turn marker (``eot``: its id, or its ids when
+    it is several tokens) are labelled; rationale rows stay. ``stop``: where generation stops
+    (default: at ``eot``)."""
+    marker = [] if eot is None else [eot] if isinstance(eot, int) else [int(i) for i in eot]
     ids, mask, labels, task = (
         inputs["input_ids"],
         inputs["attention_mask"],
@@ -169,7 +174,8 @@ def on_policy_inputs(
             s_prompts,
             max_new_tokens=max_new_tokens,
             pad_id=pad_id,
-            stop_ids=set() if eot is None else {eot},
+            stop_ids=set(marker) if len(marker) == 1 else set(),
+            stop=stop if stop is not None or len(marker) < 2 else StopCriteria((), [marker]),
         )
     features, j = [], 0
     for r in range(ids.shape[0]):
@@ -179,7 +185,7 @@ def on_policy_inputs(
                 {"input_ids": ids[r][keep].tolist(), "labels": labels[r][keep].tolist(), "task": 1}
             )
             continue
-        answer = generated[j] + ([] if eot is None else [eot])
+        answer = generated[j] + marker
         if not answer:
             answer = [pad_id]
         sp, tp = s_prompts[j], t_prompts[j]

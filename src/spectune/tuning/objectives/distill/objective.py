@@ -15,9 +15,9 @@ from spectune.data.instructions import InstructionExample, build_prompt
 from spectune.data.tasks import answers_match, task_rationale
 from spectune.errors import SpectuneError
 from spectune.models.forward import eval_mode, model_device
-from spectune.models.generate import greedy_generate
+from spectune.models.generate import greedy_generate, stop_criteria
 from spectune.models.loading import resolve_model_dir
-from spectune.models.tokenizer import pad_token_id
+from spectune.models.tokenizer import end_of_turn, pad_token_id
 from spectune.tuning.objectives import register_objective
 from spectune.tuning.objectives.base import (
     JudgeContext,
@@ -64,7 +64,8 @@ class DistillState:
     validation: list[Any] = field(default_factory=list)
     validation_rationales: list[str] | None = None
     pad_id: int = 0
-    eot: int | None = None
+    eot: tuple[int, ...] | None = None
+    stop: Any = None
     teacher_responses: list[str] | None = None
     heldout_teacher_answers: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -252,7 +253,8 @@ class Distill(Objective):
             validation,
             rationales(validation),
             pad_id=_pad_id(ctx.tokenizer),
-            eot=ctx.tokenizer.eos_token_id,
+            eot=None if (marker := end_of_turn(ctx.tokenizer)) is None else marker.ids,
+            stop=stop_criteria(ctx.tokenizer),
         )
         state.info = {
             "teacher": source.describe(),
@@ -346,6 +348,7 @@ class Distill(Objective):
                     pad_id=state.pad_id,
                     eot=state.eot,
                     max_new_tokens=sec.max_new_tokens,
+                    stop=state.stop,
                 )
         loss, n = distill_batch_loss(
             model,

@@ -8,7 +8,7 @@ from typing import Any
 from spectune._progress import track
 from spectune.data.instructions import InstructionExample, build_prompt
 from spectune.errors import SpectuneError
-from spectune.models.generate import Sampling, sample_batch
+from spectune.models.generate import Sampling, sample_batch, stop_criteria
 from spectune.models.tokenizer import pad_token_id
 from spectune.tuning.objectives.lipo.data import ListStats, RankedList, grade, keep_list
 from spectune.tuning.objectives.lipo.section import LipoSection
@@ -31,7 +31,7 @@ def sample_lists(
     lists = []
     per_batch = max(1, sec.batch_size // n)
     starts = range(0, len(examples), per_batch)
-    pad, eos = pad_token_id(tokenizer), tokenizer.eos_token_id
+    pad, stop = pad_token_id(tokenizer), stop_criteria(tokenizer)
     sampling = Sampling(temperature=sec.temperature)
     for start in track(
         starts, len(starts), "sampling on-policy lists", enabled=progress, unit="batch"
@@ -49,7 +49,7 @@ def sample_lists(
             sampling,
             max_new_tokens=sec.max_new_tokens,
             pad_id=pad,
-            stop_ids=set() if eos is None else {eos},
+            stop=stop,
             n_samples=n,
             seed=seed if start == 0 else None,
         )
