@@ -90,6 +90,16 @@ def test_token_mode_trains_the_new_row_and_the_adapter_reloads_with_it(base_mode
     torch.testing.assert_close(old, base.get_input_embeddings().weight[5])  # the rest is not
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["trainable_token_indices"] == {"embed_tokens": [389]}
+    # spectune judge adds the marker again (the same id), fits the base and loads the new row:
+    # the run's own numbers
+    from spectune.studies.judge_existing import judge_model
+
+    judged = judge_model(str(base_model_dir), adapter=out, out=tmp_path / "judged",
+                         progress=False).metrics  # fmt: skip
+    for a, b in ((result.metrics.before, judged.before), (result.metrics.after, judged.after)):
+        assert b.heldout_loss.loss == a.heldout_loss.loss
+        assert b.accuracy.accuracy == a.accuracy.accuracy
+        assert b.perplexity.perplexity == a.perplexity.perplexity
 
 
 def test_a_method_that_cannot_train_a_new_token_is_refused_by_name(base_model_dir, tmp_path):

@@ -48,6 +48,7 @@ from spectune.judging import cache as judge_cache
 from spectune.judging.all import judge
 from spectune.models import hardware
 from spectune.models.loading import DEFAULT_MODEL_NAME, check_model, resolve_model_dir
+from spectune.models.templates import apply_template, fit_embeddings
 from spectune.results.metrics import (
     Cost,
     Forgetting,
@@ -333,7 +334,12 @@ def _say(message: str, progress: bool) -> None:
 
 
 def load_judged(
-    judged: Judged, config: TuneConfig, model_dir: Path, workdir: Path, progress: bool
+    judged: Judged,
+    config: TuneConfig,
+    model_dir: Path,
+    workdir: Path,
+    progress: bool,
+    tokenizer: Any = None,
 ) -> tuple[Any, SpectraInput | None, int, int]:
     """The model to judge, in eval mode on the compute device, what the spectral engine reads
     of its adapter (None: nothing, or a kind it cannot read), and the adapter's parameter
@@ -350,12 +356,14 @@ def load_judged(
         method = get_method(run_cfg.method)
         ctx = BuildContext(run_cfg, model_dir, workdir, progress)
         base, _ = method.load_base(ctx)
+        if tokenizer is not None:
+            fit_embeddings(base, tokenizer)  # the rows of a marker the run added as a token
         n_base = count_parameters(base)[1]
         model = hardware.to_compute_device(method.load(ctx, base, judged.adapter))
         model.eval()
         what = method.spectra(Built(model), ctx, judged.adapter)
         return model, what, count_parameters(model)[1] - n_base, n_base
-    base = base_loader(model_dir, config)()
+    base = base_loader(model_dir, config, tokenizer)()
     n_base = count_parameters(base)[1]
     if judged.kind == "model":
         return base.eval(), None, 0, n_base
@@ -511,8 +519,11 @@ def judge_model(
     cfg = judge_config(model, judged, config, overrides)
     cfg.output_dir = str(out)
     model_dir = resolve_model_dir(cfg.model)
-    tokenizer = check_model(model_dir)
-    notes = check_base(judged, cfg.model, model_dir)
+    tokenizer = check_model(model_dir, cfg.data.template)
+    # the run's chat template and end-of-turn marker (data.template, data.end_of_turn): a
+    # marker the run added as a token is added again, the same id, and fitted into the base
+    notes = apply_template(tokenizer, cfg.data.template, cfg.data.end_of_turn)
+    notes += check_base(judged, cfg.model, model_dir)
     _check_outside(out, judged, model_dir)
     data = load_run_data(cfg)
     folder, again = _take_folder(out, overwrite)
@@ -562,7 +573,7 @@ def _judge(
              "trained here", *notes]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="spectune-judge-") as tmp:
         model, what, n_adapter, n_total = load_judged(
-            judged, config, model_dir, Path(tmp), progress
+            judged, config, model_dir, Path(tmp), progress, tokenizer
         )
         _say(f"judging {judged.describe()} on {model_dir}", progress)
         result = judge(model, tokenizer, data.heldout, progress=progress, **judge_settings(config))
