@@ -7,16 +7,14 @@ import json
 import pytest
 import torch
 
+from spectune.data.examples import InstructionExample, detect_format, user_message
 from spectune.data.instructions import (
     InstructionCollator,
-    InstructionExample,
     build_chat,
     build_prompt,
-    detect_format,
     load_instructions,
     tokenize_example,
     tokenize_examples,
-    user_message,
 )
 from spectune.errors import SpectuneError
 from spectune.models.tokenizer import IGNORE_INDEX, pad_token_id

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from spectune.data.examples import InstructionExample
 from spectune.data.formats import examples_jsonl, is_dataset_name, read_examples, record_format
 from spectune.data.instructions import (
-    InstructionExample,
     build_prompt,
     load_instructions,
     tokenize_example,

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from spectune.data.instructions import InstructionExample, load_instructions
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import load_instructions
 from spectune.data.tasks import (
     CAPACITY,
     CATEGORIES,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from spectune.data.instructions import InstructionExample
+from spectune.data.examples import InstructionExample
 from tests.conftest import tiny_llama
 
 

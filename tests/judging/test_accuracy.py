@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from spectune.data.instructions import InstructionExample, build_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt
 from spectune.errors import SpectuneError
 from spectune.judging.accuracy import exact_match
 from tests.judging.conftest import OracleLM, token_ids

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from spectune.data.instructions import InstructionExample, build_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt
 from spectune.errors import SpectuneError
 from spectune.judging.latency import LATENCY_PROMPTS, generation_latency
 from tests.judging.conftest import OracleLM, token_ids

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spectune.data.instructions import InstructionExample
+from spectune.data.examples import InstructionExample
 from spectune.judging.accuracy import exact_match
 from spectune.judging.forgetting import perplexity
 from spectune.judging.latency import generation_latency

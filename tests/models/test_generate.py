@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectune.data.instructions import InstructionExample, build_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt
 from spectune.errors import SpectuneError
 from spectune.models.generate import greedy_generate
 from tests.conftest import tiny_llama

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from spectune.data.instructions import InstructionExample, build_prompt, tokenize_example
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt, tokenize_example
 from spectune.errors import SpectuneError
 from spectune.judging.accuracy import exact_match
 from spectune.judging.cache import cache_key
@@ -295,7 +296,7 @@ def test_the_judge_cache_keys_on_the_template():
 
 
 def test_every_assistant_turn_of_a_conversation_is_labelled_up_to_its_text_marker():
-    from spectune.data.conversation import tokenize_conversation
+    from spectune.data.instructions import tokenize_conversation
 
     tok = base_tokenizer()
     apply_template(tok, "chatml", "text")

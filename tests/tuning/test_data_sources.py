@@ -130,7 +130,7 @@ def test_start_up_does_not_import_datasets():
     code = (
         "import sys\n"
         "import spectune\n"
-        "from spectune.data import conversation, formats, instructions\n"
+        "from spectune.data import examples, formats, instructions\n"
         "from spectune.cli.main import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('DATASETS', 'datasets' in sys.modules)\n"

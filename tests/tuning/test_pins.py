@@ -63,7 +63,7 @@ def _interrupted(data: dict, out: Path, monkeypatch, at_step: int = 3) -> None:
 
 
 def _dolly(path: Path, offset: int = 0) -> Path:
-    from spectune.data.instructions import InstructionExample
+    from spectune.data.examples import InstructionExample
 
     rows = [InstructionExample(f"Say {i + offset}.", str(i + offset), category="say").to_dolly()
             for i in range(40)]  # fmt: skip

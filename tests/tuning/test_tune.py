@@ -375,7 +375,7 @@ def test_bad_data_and_targets_name_the_problem(tiny_model_dir, tmp_path):
 
 
 def test_file_dataset_with_seeded_holdout(tiny_model_dir, tmp_path):
-    from spectune.data.instructions import InstructionExample
+    from spectune.data.examples import InstructionExample
     from spectune.tuning.recipe import load_run_data
 
     path = tmp_path / "d.jsonl"

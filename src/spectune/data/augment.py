@@ -45,7 +45,8 @@ from typing import Any
 from spectune import __version__
 from spectune._io import write_json, write_text
 from spectune._progress import progress_bar
-from spectune.data.instructions import InstructionExample, few_shot_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import few_shot_prompt
 from spectune.data.tasks import normalize_answer
 from spectune.errors import SpectuneError
 from spectune.models.generate import Sampling, greedy_generate, sample_batch, stop_criteria

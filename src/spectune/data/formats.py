@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spectune.data.instructions import (
+from spectune.data.examples import (
     FORMATS,
     InstructionExample,
     _read_text,
@@ -645,7 +645,7 @@ def read_examples(spec: str | os.PathLike[str], format: str = "auto") -> list[In
 
     Args:
         spec: a file, a folder or a ``datasets`` name (see the module docstring).
-        format: one of :data:`~spectune.data.instructions.FORMATS`; ``"auto"`` takes the first
+        format: one of :data:`~spectune.data.examples.FORMATS`; ``"auto"`` takes the first
             record's format, and every later record must have it too.
 
     Returns:

@@ -14,7 +14,7 @@ Tokenization (:func:`tokenize_examples`) labels only the assistant's answer: eve
 gets the label ``-100`` (ignored by the loss), the response tokens and the end-of-turn token
 that closes them keep their ids as labels, and whatever the template writes after the
 end-of-turn token (SmolLM2 writes a newline) is ignored too. In a multi-turn conversation every
-assistant turn is labelled so (``train_on="all_assistant"``, :mod:`spectune.data.conversation`)
+assistant turn is labelled so (``train_on="all_assistant"``, :func:`tokenize_conversation`)
 or only the last. Examples longer than ``max_length`` are cut at the right; how many were cut,
 and how many lost every response token and were dropped, is reported in :class:`TokenizeStats`.
 
@@ -28,10 +28,11 @@ import math
 import os
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from spectune.data.examples import TRAIN_ON, InstructionExample, user_message
+from spectune.data.formats import read_examples
 from spectune.errors import SpectuneError
 from spectune.models.tokenizer import IGNORE_INDEX, label_answer
 
@@ -42,123 +43,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-#: Accepted values of the ``format`` argument (``data.format``).
-FORMATS = ("auto", "dolly", "alpaca", "messages", "prompt_completion", "sharegpt")
-#: Accepted values of ``train_on`` (``data.train_on``): which assistant turns carry labels.
-TRAIN_ON = ("all_assistant", "last_assistant")
-
-
-@dataclass(frozen=True)
-class InstructionExample:
-    """One instruction-following record: a single exchange, or the end of a conversation.
-
-    Attributes:
-        instruction: what the user asks (in a conversation: the user turn before the last
-            assistant turn).
-        response: the answer the model should learn to give (the reference for evaluation; in
-            a conversation: its last assistant turn).
-        context: optional text the instruction refers to (Dolly ``context``, Alpaca ``input``).
-        category: optional label used to break results down (Dolly ``category``).
-        history: the conversation's earlier turns, ``(role, content)`` pairs in order, each
-            role ``"user"`` or ``"assistant"``; empty for a single exchange.
-        system: the record's own system message (it takes precedence over ``data.system``);
-            ``None``: the record has none.
-    """
-
-    instruction: str
-    response: str
-    context: str = ""
-    category: str = ""
-    history: tuple[tuple[str, str], ...] = ()
-    system: str | None = None
-
-    def to_dolly(self) -> dict[str, str]:
-        """The record as a databricks-dolly-15k JSON object (fixed key order)."""
-        return {
-            "instruction": self.instruction,
-            "context": self.context,
-            "response": self.response,
-            "category": self.category,
-        }
-
-    def to_messages(self) -> list[dict[str, str]]:
-        """The whole conversation as chat messages: the record's system message (if any), the
-        earlier turns, the user turn (:func:`user_message`) and the response."""
-        head = [] if self.system is None else [{"role": "system", "content": self.system}]
-        turns = [{"role": role, "content": content} for role, content in self.history]
-        return [
-            *head,
-            *turns,
-            {"role": "user", "content": user_message(self)},
-            {"role": "assistant", "content": self.response},
-        ]
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _read_text(path: Path) -> str:
-    """Read ``path`` as UTF-8 (a leading BOM is dropped), with errors naming the file."""
-    if not path.exists():
-        raise SpectuneError(f"dataset file {path} does not exist; check the dataset path")
-    if not path.is_file():
-        raise SpectuneError(f"dataset path {path} is not a file; pass a data file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpectuneError(f"dataset file {path} cannot be read: {exc}") from exc
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SpectuneError(
-            f"dataset file {path}, line {line}: byte {exc.start} is not valid UTF-8; "
-            "save the file as UTF-8"
-        ) from exc
-
-
-def _set_format(layout: str) -> str:
-    """How a user picks ``layout``: the run config's ``data.format`` (as a YAML key or a
-    command-line override; ``format=`` in Python)."""
-    return f"set data.format: {layout} in the run config (data.format={layout} on the command line)"
-
-
-def detect_format(path: str | os.PathLike[str], text: str | None = None) -> str:
-    """Guess the JSON layout of a data file, by the names of the two formats it was first made
-    for: ``"dolly"`` (JSON Lines) or ``"alpaca"`` (one JSON list). The records' own format is
-    detected from their fields (:func:`spectune.data.formats.record_format`).
-
-    ``.jsonl`` files are JSON Lines. Otherwise the content decides: a file whose first
-    non-blank character is ``[`` is a JSON list, one that starts with ``{`` is JSON Lines.
-
-    Args:
-        path: the dataset file.
-        text: its content, if already read.
-
-    Returns:
-        ``"dolly"`` or ``"alpaca"``.
-
-    Raises:
-        SpectuneError: the file is missing, unreadable, empty, or neither layout.
-    """
-    path = Path(path)
-    if text is None:
-        text = _read_text(path)
-    if path.suffix.lower() == ".jsonl":
-        return "dolly"
-    head = text.lstrip()[:1]
-    if head == "[":
-        return "alpaca"
-    if head == "{":
-        return "dolly"
-    if not head:
-        raise SpectuneError(f"dataset file {path} is empty; it must hold at least one example")
-    raise SpectuneError(
-        f"dataset file {path}: cannot tell its layout (it starts with {head!r}, neither a JSON "
-        "object nor a JSON list); a JSON dataset file holds JSON Lines (one object a line) or "
-        "a JSON list of objects; name a CSV file .csv, a Parquet file .parquet, an Arrow file "
-        ".arrow"
-    )
 
 
 def load_instructions(
@@ -177,19 +62,10 @@ def load_instructions(
     Returns:
         The examples in file order.
     """
-    from spectune.data.formats import read_examples
-
     return read_examples(path, format)
 
 
 # --------------------------------------------------------------------------- prompts
-
-
-def user_message(example: InstructionExample) -> str:
-    """The user turn: the instruction, then a blank line and the context when there is one."""
-    if example.context.strip():
-        return f"{example.instruction}\n\n{example.context}"
-    return example.instruction
 
 
 def _messages(example: InstructionExample, system: str | None) -> list[dict[str, str]]:
@@ -351,6 +227,102 @@ def tokenize_example(
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_labels
 
 
+# --------------------------------------------------------------------------- conversations
+# A conversation record (an InstructionExample with a ``history``) is cut after each of its
+# assistant turns (:func:`exchanges`): each cut is a single exchange whose response is that
+# turn, labelled exactly as :func:`tokenize_example` labels a response (its tokens and the
+# end-of-turn marker that closes them). :func:`tokenize_conversation` lays the cuts end to
+# end: the text each adds to the conversation rendered so far (the next user turn and the
+# assistant header) is masked, each answer labelled. The chat template must render a
+# conversation as the rendering of its first turns followed by the rest (every template
+# spectune has met does); one that rewrites earlier turns is refused, naming the record, with
+# the fix (``data.train_on: last_assistant``).
+
+
+def exchanges(example: InstructionExample) -> list[InstructionExample]:
+    """The conversation cut after each assistant turn, in order: one example per assistant
+    turn (its response), each with the turns before it as history; the last is ``example``.
+
+    Raises:
+        SpectuneError: an assistant turn in the history that does not follow a user turn.
+    """
+    cuts = []
+    turns = example.history
+    for j, (role, content) in enumerate(turns):
+        if role != "assistant":
+            continue
+        if j == 0 or turns[j - 1][0] != "user":
+            raise SpectuneError(
+                f"conversation {example.instruction[:40]!r}...: its turn {j} (assistant) does "
+                "not follow a user turn; a conversation alternates user and assistant turns"
+            )
+        cuts.append(
+            replace(
+                example,
+                instruction=turns[j - 1][1],
+                response=content,
+                context="",
+                history=turns[: j - 1],
+            )  # fmt: skip
+        )
+    return [*cuts, example]
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    example: InstructionExample,
+    *,
+    system: str | None = None,
+    end_of_turn: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a conversation with every assistant turn labelled, before
+    truncation (a single exchange: :func:`~spectune.data.instructions.tokenize_example`).
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        example: the record.
+        system: see :func:`~spectune.data.instructions.build_prompt`.
+        end_of_turn: see :func:`~spectune.data.instructions.tokenize_example`.
+
+    Returns:
+        ``(input_ids, labels)``, equal length: ``-100`` on the system message, user turns,
+        headers and whatever follows each end-of-turn marker; each assistant turn's tokens and
+        its end-of-turn marker labelled with their ids.
+
+    Raises:
+        SpectuneError: the template renders the earlier turns differently inside the longer
+            conversation, so they cannot be labelled.
+    """
+    cuts = exchanges(example)
+    if len(cuts) == 1:
+        return tokenize_example(tokenizer, example, system=system, end_of_turn=end_of_turn)
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""  # the conversation so far, through the last labelled answer
+    for cut in cuts:
+        prompt, answer = build_chat(tokenizer, cut, system=system)
+        cut_ids, cut_labels = tokenize_example(
+            tokenizer, cut, system=system, end_of_turn=end_of_turn
+        )
+        answer_ids = label_answer(tokenizer, answer, eot_id=end_of_turn)[0]  # as labelled
+        n = len(answer_ids)
+        if not prompt.startswith(rendered) or cut_ids[len(cut_ids) - n :] != answer_ids:
+            raise SpectuneError(
+                f"conversation {example.instruction[:40]!r}...: the chat template renders its "
+                "earlier turns differently inside the longer conversation, so they cannot be "
+                "labelled; set data.train_on: last_assistant (only the last turn learned)"
+            )
+        between = _ids(tokenizer, prompt[len(rendered) :])
+        ids += between + answer_ids
+        labels += [IGNORE_INDEX] * len(between) + cut_labels[len(cut_labels) - n :]
+        rendered = prompt + answer
+    return ids, labels
+
+
 def tokenize_examples(
     examples: Iterable[InstructionExample],
     tokenizer: PreTrainedTokenizerBase,
@@ -369,7 +341,7 @@ def tokenize_examples(
         system: see :func:`build_prompt`.
         end_of_turn: see :func:`tokenize_example`.
         train_on: in a multi-turn conversation, ``"all_assistant"`` labels every assistant
-            turn (:func:`spectune.data.conversation.tokenize_conversation`),
+            turn (:func:`tokenize_conversation`),
             ``"last_assistant"`` only the last (the response), as a single exchange.
 
     Returns:
@@ -385,7 +357,6 @@ def tokenize_examples(
         raise SpectuneError(f"max_length must be at least 2, got {max_length}")
     if train_on not in TRAIN_ON:
         raise SpectuneError(f"unknown train_on {train_on!r}; use one of {', '.join(TRAIN_ON)}")
-    from spectune.data.conversation import tokenize_conversation
 
     features: list[dict[str, list[int]]] = []
     n_examples = n_truncated = n_dropped = n_tokens = n_label = longest = 0
@@ -544,18 +515,15 @@ def split_heldout(
 
 
 __all__ = [
-    "FORMATS",
-    "TRAIN_ON",
+    "exchanges",
+    "tokenize_conversation",
     "InstructionCollator",
-    "InstructionExample",
     "TokenizeStats",
     "build_chat",
     "build_prompt",
-    "detect_format",
     "load_instructions",
     "split_heldout",
     "split_validation",
     "tokenize_example",
     "tokenize_examples",
-    "user_message",
 ]

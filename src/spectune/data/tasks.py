@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spectune._io import write_json, write_text
-from spectune.data.instructions import InstructionExample
+from spectune.data.examples import InstructionExample
 from spectune.errors import SpectuneError
 
 #: Version of the generators; bumped whenever a change alters the generated examples.

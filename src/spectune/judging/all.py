@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from spectune.data.instructions import InstructionExample
+from spectune.data.examples import InstructionExample
 from spectune.judging.accuracy import exact_match
 from spectune.judging.forgetting import DEFAULT_PPL_CHARS, general_ce, perplexity
 from spectune.judging.latency import LATENCY_PROMPTS, generation_latency

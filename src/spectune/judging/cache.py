@@ -23,7 +23,7 @@ from typing import Any
 
 from spectune import __version__
 from spectune._io import write_json
-from spectune.data.instructions import InstructionExample
+from spectune.data.examples import InstructionExample
 from spectune.judging.all import judge
 from spectune.models.loading import cache_root, check_cache_writable
 from spectune.models.templates import template_key

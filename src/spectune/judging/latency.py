@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from spectune.data.instructions import InstructionExample, build_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt
 from spectune.errors import SpectuneError
 from spectune.models.forward import eval_mode
 from spectune.models.generate import greedy_batch

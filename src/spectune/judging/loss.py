@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from spectune._progress import track
-from spectune.data.instructions import InstructionCollator, InstructionExample, tokenize_examples
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import InstructionCollator, tokenize_examples
 from spectune.models.forward import decoder_and_head, eval_mode, labelled_nll, model_device
 from spectune.models.tokenizer import IGNORE_INDEX, pad_token_id
 

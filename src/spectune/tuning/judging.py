@@ -18,7 +18,7 @@ from spectune.tuning.methods.base import load_float_base, resolve_model_dtype
 from spectune.tuning.objectives.base import JudgeContext
 
 if TYPE_CHECKING:
-    from spectune.data.instructions import InstructionExample
+    from spectune.data.examples import InstructionExample
     from spectune.tuning.run import Run
 
 

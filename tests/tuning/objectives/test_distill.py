@@ -421,7 +421,7 @@ def test_augment_overwrite_replaces_only_an_unchanged_pair_it_wrote(tmp_path):
     """--overwrite needs spectune's sidecar with the file's SHA-256: an edited file, a file
     without a sidecar or a sidecar of another file are the user's."""
     from spectune.data.augment import AugmentInfo, check_output, write_augmented
-    from spectune.data.instructions import InstructionExample
+    from spectune.data.examples import InstructionExample
 
     out = tmp_path / "aug.jsonl"
     info = AugmentInfo("context", "tasks", 3, 2)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spectune.data.instructions import InstructionExample, user_message
+from spectune.data.examples import InstructionExample, user_message
 from spectune.data.tasks import CATEGORIES, answers_match, generate_task_set
 
 #: few-shot examples generated per category (the training split of the task set)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from spectune.data.instructions import InstructionExample
+    from spectune.data.examples import InstructionExample
     from spectune.tuning.config import TuneConfig
 
 

@@ -8,12 +8,8 @@ from typing import Any
 
 import torch
 
-from spectune.data.instructions import (
-    InstructionCollator,
-    InstructionExample,
-    build_chat,
-    tokenize_example,
-)
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import InstructionCollator, build_chat, tokenize_example
 from spectune.errors import SpectuneError
 from spectune.models.forward import eval_mode
 from spectune.models.generate import StopCriteria, greedy_batch

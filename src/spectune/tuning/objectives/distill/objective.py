@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from spectune.data.instructions import InstructionExample, build_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt
 from spectune.data.tasks import answers_match, task_rationale
 from spectune.errors import SpectuneError
 from spectune.models.forward import eval_mode, model_device

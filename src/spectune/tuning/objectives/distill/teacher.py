@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectune.data.augment import Teacher
-from spectune.data.instructions import InstructionExample, few_shot_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import few_shot_prompt
 from spectune.errors import SpectuneError
 from spectune.models import hardware
 from spectune.models.loading import (

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from spectune.data.instructions import InstructionExample, tokenize_example
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import tokenize_example
 from spectune.errors import SpectuneError
 from spectune.judging.ranking import list_labels
 from spectune.models.tokenizer import IGNORE_INDEX

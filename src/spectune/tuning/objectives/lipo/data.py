@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spectune._io import write_text
-from spectune.data.instructions import InstructionExample, _read_text
+from spectune.data.examples import InstructionExample, _read_text
 from spectune.data.tasks import WORDS, normalize_answer
 from spectune.errors import SpectuneError
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig
 
-from spectune.data.instructions import InstructionExample, split_heldout, tokenize_example
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import split_heldout, tokenize_example
 from spectune.data.tasks import TASKS_VERSION, generate_task_set
 from spectune.errors import SpectuneError
 from spectune.judging.ranking import pair_accuracy, ranking_metrics

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from spectune._progress import track
-from spectune.data.instructions import InstructionExample, build_prompt
+from spectune.data.examples import InstructionExample
+from spectune.data.instructions import build_prompt
 from spectune.errors import SpectuneError
 from spectune.models.generate import Sampling, sample_batch, stop_criteria
 from spectune.models.tokenizer import pad_token_id
