@@ -57,7 +57,8 @@ def test_help_lists_commands_without_importing_torch():
         "import sys\n"
         "from spectune.cli.main import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'numpy', 'pandas') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'numpy', 'pandas', 'datasets', 'mlflow',\n"
+        "'lm_eval', 'tensorboard', 'gguf') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run(
