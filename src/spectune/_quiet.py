@@ -25,8 +25,10 @@ CPU"                                                    paged_*: it runs unpaged
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 
 #: (category, message regex) of the warnings silenced
 WARNINGS: tuple[tuple[type[Warning], str], ...] = (
@@ -52,4 +54,17 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-__all__ = ["LOGGERS", "WARNINGS", "quiet_libraries"]
+@contextlib.contextmanager
+def logger_at(name: str, level: int) -> Iterator[None]:
+    """Logger ``name`` held at ``level`` during the block (a library's messages about a call
+    spectune makes on purpose, or a failure it explains itself), its own level restored after."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+__all__ = ["LOGGERS", "WARNINGS", "logger_at", "quiet_libraries"]

@@ -42,7 +42,6 @@ know. ``datasets`` is imported only when data is read.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -53,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spectune._quiet import logger_at
 from spectune.data.examples import (
     FORMATS,
     InstructionExample,
@@ -294,18 +294,6 @@ class _Where:
         return f"{self.source.label}, {self.source.locate(self.index)}"
 
 
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """``datasets`` logs a failed read before raising it; spectune explains the failure."""
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200]
@@ -519,7 +507,8 @@ def _folder_source(path: Path, split: str | None) -> Source:
             f"dataset path {path} is not a file, nor a folder written by save_to_disk or "
             f"holding data files ({', '.join(_DATA_SUFFIXES)}); check the dataset path"
         )
-    with _quiet_datasets():
+    # datasets logs a failed read before raising it; spectune explains the failure itself
+    with logger_at("datasets", logging.CRITICAL):
         try:
             found = datasets.load_dataset(str(path), streaming=True)
         except Exception as exc:
@@ -568,7 +557,7 @@ def load_named(spec: str) -> tuple[Any, str]:
 
     name, config, split = _name_parts(spec)
     label = f"dataset {name}" + (f" ({config})" if config else "")
-    with _quiet_datasets():
+    with logger_at("datasets", logging.CRITICAL):
         try:
             loaded = datasets.load_dataset(name, config, split=split)
         except Exception as exc:
@@ -621,7 +610,7 @@ def open_source(spec: str | os.PathLike[str], format: str = "auto") -> Source:
 
 def _records(source: Source) -> Iterator[dict[str, Any]]:
     """The source's records, ``datasets``' read errors turned into spectune's."""
-    with _quiet_datasets():
+    with logger_at("datasets", logging.CRITICAL):
         try:
             rows = iter(source.rows)
         except SpectuneError:

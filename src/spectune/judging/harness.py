@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spectune._quiet import logger_at
 from spectune.data.tasks import CATEGORIES
 from spectune.errors import SpectuneError
 
@@ -164,19 +165,6 @@ def _stop_at_eos(model: Any, tokenizer: Any) -> Iterator[None]:
         config.eos_token_id = old
 
 
-@contextlib.contextmanager
-def _quiet_lm_eval() -> Iterator[None]:
-    """lm-eval's info and warnings about a model passed as an object (which spectune does on
-    purpose) kept off the terminal during the call; its errors still show."""
-    logger = logging.getLogger("lm_eval")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def run_harness(
     model: Any,
     tokenizer: Any,
@@ -215,7 +203,9 @@ def run_harness(
 
     from spectune.models.forward import eval_mode
 
-    with _quiet_lm_eval():
+    # lm-eval's info and warnings about a model passed as an object (spectune does it on
+    # purpose) are kept off the terminal; its errors still show
+    with logger_at("lm_eval", logging.ERROR):
         own = any(t not in SPECTUNE_TASKS for t in tasks)
         loaded = _task_manager(lm_evals_own=own, metadata=metadata).load(list(tasks))
         for name, task in loaded["tasks"].items():
