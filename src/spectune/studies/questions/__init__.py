@@ -57,11 +57,15 @@ class Variant:
         method: the registered method it runs.
         overrides: dotted config key -> value, applied to the base config before budgets are
             matched (``{"lora.r": 64}``, ``{"target_modules": ["q_proj", "v_proj"]}``).
+        search: dotted config key -> values searched on the validation split together with
+            the learning rate; the best combination is what the real runs use
+            (``{"lora.init": ["default", "pissa", "eva"]}``: "LoRA at its best init").
     """
 
     name: str
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,9 +111,12 @@ class Evidence:
         groups: candidate name -> its run names (one per seed).
         summaries: per candidate, the study's summary with intervals (accuracy_gain,
             forgetting... as in ``study.json``'s ``summaries``).
-        searches: variant name -> its learning-rate search as a dict (``rates``; ``curves``:
-            search seed -> per rate (validation accuracy, validation loss) or None when that
-            run failed; ``chosen``).
+        searches: variant name -> its search as a dict: ``points``, the settings tried (each
+            ``{"learning_rate": r, <searched key>: value...}``, in the order run);
+            ``curves``, search seed -> per point ``[validation accuracy, validation loss]`` or
+            None when that run failed; ``chosen``, the point the real runs use (None: every
+            point failed); ``criterion``. A variant with one rate and nothing searched has
+            one point and no curves.
     """
 
     folder: Path
