@@ -113,7 +113,8 @@ def test_every_registered_method_passes_the_shared_checks(
         pytest.importorskip("bitsandbytes")
     run = check_method(name, tiny_model_dir, tmp_path, smol_tokenizer)
     peft_folder = {"frog": run.out / "adapter" / "peft"}.get(name, run.out / "adapter")
-    if get_method(name).uses_target_modules:  # every adapting method here is readable by peft
+    # every adapting method here is readable by peft, but Spectrum: it trains whole weights
+    if get_method(name).uses_target_modules and name != "spectrum":
         assert (peft_folder / "adapter_config.json").is_file(), name
 
 

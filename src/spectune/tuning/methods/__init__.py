@@ -12,6 +12,7 @@ pissa       LoRA initialised from the top-r SVD of W (peft PiSSA), residual base
 olora       LoRA initialised from a QR decomposition of W (peft OLoRA)                olora.py
 shira       peft SHiRA: a sparse trainable delta at r (in + out) random positions     shira.py
 frog        spectune FROG: a sparse delta on the top-relevance weights                frog/
+spectrum    whole matrices with the top SNR of their singular values (Spectrum)       spectrum.py
 full        every parameter (the reference)                                           full.py
 ==========  ========================================================================  ==========
 
@@ -57,7 +58,7 @@ from spectune.tuning.registry import Registry
 #: modules that register the built-in methods when imported
 BUILTIN_MODULES = tuple(
     f"spectune.tuning.methods.{m}"
-    for m in ("lora", "dora", "qlora", "pissa", "olora", "shira", "frog.method", "full")
+    for m in ("lora", "dora", "qlora", "pissa", "olora", "shira", "frog.method", "spectrum", "full")
 )
 
 #: config keys that are not sections (a method may not name a section after them)
