@@ -74,12 +74,16 @@ class SpectrumSection:
 
     fraction: float = field(
         default=0.25,
-        metadata={"help": "top fraction of the candidate matrices (by SNR) that trains, in (0, 1]."},
+        metadata={
+            "help": "top fraction of the candidate matrices (by SNR) that trains, in (0, 1]."
+        },
     )
     per_type: bool = field(
         default=True,
-        metadata={"help": "true: the top fraction within each module type (q_proj, ...); false: "
-                  "over all candidates."},  # fmt: skip
+        metadata={
+            "help": "true: the top fraction within each module type (q_proj, ...); false: "
+            "over all candidates."
+        },  # fmt: skip
     )
 
     def __post_init__(self) -> None:
@@ -170,7 +174,7 @@ def _size(table: dict[str, dict[str, Any]], names: list[str]) -> int:
 class SpectrumMethod(Method):
     description = "Spectrum: whole matrices with the top SNR of their singular values train"
     sections = {"spectrum": SpectrumSection}
-    settings = {"fraction": "spectrum.fraction"}
+    settings = {"fraction": "spectrum.fraction", "per_type": "spectrum.per_type"}
 
     def selection(self, ctx: BuildContext, model: nn.Module) -> tuple[list[str], dict]:
         """(selected module names in model order, SNR table of the candidates)."""
