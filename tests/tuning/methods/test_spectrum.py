@@ -173,3 +173,15 @@ def test_a_fraction_outside_0_1_is_refused(planted_dir, bad):
 def test_per_type_must_be_a_boolean(planted_dir):
     with pytest.raises(SpectuneError, match=r"spectrum\.per_type"):
         context(planted_dir[0], per_type="yes")
+
+
+def test_without_weights_the_count_comes_from_the_shapes_per_type(planted_dir, tmp_path):
+    """``spectune memory`` of a config.json: per type the count needs no SNR; globally it does."""
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text((planted_dir[0] / "config.json").read_text())
+    method, meta = get_method("spectrum"), meta_model(folder)
+    assert method.trainable_count(context(folder, fraction=0.5), meta) == 36864
+    assert method.memory_terms(context(folder, fraction=1.0), meta).trainable == 73728
+    assert method.trainable_count(context(folder, per_type=False), meta) is None
+    assert method.memory_terms(context(folder, per_type=False), meta) is None

@@ -122,7 +122,7 @@ def snr_table(ctx: BuildContext, names: list[str]) -> dict[str, dict[str, Any]]:
     from spectune.weights import open_source
 
     folder = ctx.model_dir.resolve()
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+    files = weight_files(folder)
     stamp = [SNR_VERSION, str(folder)] + [[p.name, *_stat(p)] for p in files]
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
     path = snr_cache_dir() / f"{folder.name}-{key}.json"
@@ -145,6 +145,11 @@ def snr_table(ctx: BuildContext, names: list[str]) -> dict[str, dict[str, Any]]:
         except OSError:  # an unwritable cache: computed again next time
             pass
     return {n: table[n] for n in names}
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder (none: only its config is there)."""
+    return sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
 
 
 def _stat(p: Path) -> list[int]:
@@ -192,9 +197,29 @@ class SpectrumMethod(Method):
             modules[name].weight.requires_grad_(True)
         return Built(model, targets=chosen)
 
-    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms:
+    def trainable_count(self, ctx: BuildContext, model: nn.Module) -> int | None:
+        """From the SNRs; in a folder without weights (``spectune memory`` of a config.json)
+        from the shapes when ``per_type`` and each type's matrices share one shape (which
+        ones train does not change the count), else None."""
+        if weight_files(ctx.model_dir):
+            chosen, table = self.selection(ctx, model)
+            return _size(table, chosen)
+        section, modules = ctx.config.section("spectrum"), dict(model.named_modules())
+        table = {
+            n: {"snr": 0.0, "shape": list(modules[n].weight.shape)}
+            for n in target_modules(ctx, model)
+        }
+        groups = ranked(table, section.per_type)
+        if not section.per_type or any(
+            len({tuple(table[n]["shape"]) for n in ns}) > 1 for ns in groups.values()
+        ):
+            return None
+        return _size(table, select(groups, section.fraction))
+
+    def memory_terms(self, ctx: BuildContext, model: nn.Module) -> MemoryTerms | None:
         """The selected weights train in place, in their own dtype (as full fine-tuning)."""
-        return MemoryTerms(self.trainable_count(ctx, model), in_place=True)
+        trainable = self.trainable_count(ctx, model)
+        return None if trainable is None else MemoryTerms(trainable, in_place=True)
 
     def match_budget(self, ctx: BuildContext, n_params: int) -> list[str]:
         """The fraction whose selection (taken in SNR order) is nearest ``n_params``.
