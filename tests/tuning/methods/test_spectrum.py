@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -185,3 +186,19 @@ def test_without_weights_the_count_comes_from_the_shapes_per_type(planted_dir, t
     assert method.memory_terms(context(folder, fraction=1.0), meta).trainable == 73728
     assert method.trainable_count(context(folder, per_type=False), meta) is None
     assert method.memory_terms(context(folder, per_type=False), meta) is None
+
+
+def test_methods_and_memory_cli_show_the_selection(planted_dir, tmp_path, capsys):
+    from spectune.cli.main import main
+
+    folder, names, _ = planted_dir
+    args = ["methods", "spectrum", "--model", str(folder), "--out", str(tmp_path / "plan")]
+    assert main([*args, "spectrum.fraction=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "36,864 of" in out and "7 of 14 matrices (top 0.5 of each module type by SNR)" in out
+    written = pd.read_csv(tmp_path / "plan" / "snr.csv")
+    assert written["selected"].sum() == 7 and set(written["name"]) == set(names)
+    assert main(["memory", "--method", "spectrum", str(folder), "spectrum.fraction=0.5"]) == 0
+    assert "trainable: spectrum 36,864" in capsys.readouterr().out
+    assert main([*args, "spectrum.fraction=2"]) == 2
+    assert "spectrum.fraction must be in (0, 1], got 2" in capsys.readouterr().err
