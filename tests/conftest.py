@@ -207,10 +207,14 @@ def tiny_run_config(model_dir: Path, method: str = "lora", **changes: Any) -> di
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Judging caches go to a per-session folder; the embedded model's cache stays shared."""
+    """Judging caches and Spectrum's SNR tables go to a per-session folder; the embedded model's cache stays shared."""
     from spectune.models.loading import cache_root
 
     root = cache_root()  # resolve the real cache first (the default model lives there)
     judge_dir = tmp_path_factory.getbasetemp() / "judge-cache"
     monkeypatch.setattr("spectune.judging.cache.cache_dir", lambda: judge_dir)
+    # Spectrum's SNR tables of the tests' temporary model folders stay out of the user's cache
+    monkeypatch.setattr(
+        "spectune.tuning.methods.spectrum.snr_cache_dir", lambda: judge_dir.parent / "spectrum"
+    )
     yield root
