@@ -207,7 +207,8 @@ def tiny_run_config(model_dir: Path, method: str = "lora", **changes: Any) -> di
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Judging caches and Spectrum's SNR tables go to a per-session folder; the embedded model's cache stays shared."""
+    """Judging caches and Spectrum's SNR tables go to a per-session folder; the embedded
+    model's cache stays shared."""
     from spectune.models.loading import cache_root
 
     root = cache_root()  # resolve the real cache first (the default model lives there)
