@@ -11,6 +11,7 @@ qdora       DoRA on the same 4-bit base                                         
 pissa       LoRA initialised from the top-r SVD of W (peft PiSSA), residual base      pissa.py
 olora       LoRA initialised from a QR decomposition of W (peft OLoRA)                olora.py
 shira       peft SHiRA: a sparse trainable delta at r (in + out) random positions     shira.py
+oft         peft OFT: W R x, R a trained block-diagonal rotation (blocks of size b)   oft.py
 frog        spectune FROG: a sparse delta on the top-relevance weights                frog/
 full        every parameter (the reference)                                           full.py
 ==========  ========================================================================  ==========
@@ -57,7 +58,7 @@ from spectune.tuning.registry import Registry
 #: modules that register the built-in methods when imported
 BUILTIN_MODULES = tuple(
     f"spectune.tuning.methods.{m}"
-    for m in ("lora", "dora", "qlora", "pissa", "olora", "shira", "frog.method", "full")
+    for m in ("lora", "dora", "qlora", "pissa", "olora", "shira", "oft", "frog.method", "full")
 )
 
 #: config keys that are not sections (a method may not name a section after them)
