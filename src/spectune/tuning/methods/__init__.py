@@ -11,6 +11,7 @@ qdora       DoRA on the same 4-bit base                                         
 pissa       LoRA initialised from the top-r SVD of W (peft PiSSA), residual base      pissa.py
 olora       LoRA initialised from a QR decomposition of W (peft OLoRA)                olora.py
 shira       peft SHiRA: a sparse trainable delta at r (in + out) random positions     shira.py
+oft         peft OFT: W R x, R a trained block-diagonal rotation (blocks of size b)   oft.py
 frog        spectune FROG: a sparse delta on the top-relevance weights                frog/
 spectrum    whole matrices with the top SNR of their singular values (Spectrum)       spectrum.py
 full        every parameter (the reference)                                           full.py
@@ -58,7 +59,18 @@ from spectune.tuning.registry import Registry
 #: modules that register the built-in methods when imported
 BUILTIN_MODULES = tuple(
     f"spectune.tuning.methods.{m}"
-    for m in ("lora", "dora", "qlora", "pissa", "olora", "shira", "frog.method", "spectrum", "full")
+    for m in (
+        "lora",
+        "dora",
+        "qlora",
+        "pissa",
+        "olora",
+        "shira",
+        "oft",
+        "frog.method",
+        "spectrum",
+        "full",
+    )
 )
 
 #: config keys that are not sections (a method may not name a section after them)
