@@ -28,10 +28,11 @@ features (``train.per_device_train_batch_size`` examples each, in the data's ord
 the objective's collator), through peft's own entry points (``initialize_lora_eva_weights``,
 ``preprocess_corda``, ``preprocess_loraga``).
 
-loftq is peft's quantization-aware init, and so belongs to qlora / qdora alone; peft 0.21's
-version for a bitsandbytes 4-bit base (``replace_lora_weights_loftq``) computes on CUDA only,
-and its float-base version replaces W by its 4-bit round trip, which no LoRA adapter on the
-original base can carry: spectune refuses it (the message says so).
+peft also has loftq and mica, which spectune refuses, saying why (:data:`NOT_OFFERED`). LoftQ is
+the quantization-aware init, so it would belong to qlora / qdora; but peft 0.21's version for a
+bitsandbytes 4-bit base (``replace_lora_weights_loftq``) computes on CUDA only, and its
+float-base version replaces W by its 4-bit round trip, which no LoRA adapter of the original
+base can carry.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ REWRITE_BASE = ("pissa", "olora", "corda", "lora_ga")
 DATA_DRIVEN = ("eva", "corda", "lora_ga")
 #: inits for a 4-bit base: those that neither read nor rewrite W
 ON_4BIT = ("default", "gaussian", "eva")
+#: inits peft provides that spectune does not offer, and why
+NOT_OFFERED = {
+    "loftq": "peft's LoftQ for a bitsandbytes 4-bit base computes on CUDA only, and on a float "
+    "base it replaces W by its 4-bit round trip, which no LoRA adapter of the original base "
+    "carries",
+    "mica": "it freezes B and trains A alone, which spectune's counts and budgets do not follow",
+}
 _NITER = re.compile(r"pissa_niter_([1-9][0-9]*)")
 
 
@@ -72,9 +80,15 @@ def check_init(value: Any) -> str:
     """
     if isinstance(value, str) and (value in INITS or _NITER.fullmatch(value)):
         return value
+    offered = f"{', '.join(INITS)}, pissa_niter_<n>"
+    if value in NOT_OFFERED:
+        raise SpectuneError(
+            f"lora.init={value}: spectune does not offer it ({NOT_OFFERED[value]}); use one "
+            f"of {offered}"
+        )
     raise SpectuneError(
-        f"lora.init={value!r}: peft {_peft_version()} does not provide this initialisation "
-        f"through spectune; it provides {', '.join(INITS)}, pissa_niter_<n>"
+        f"lora.init={value!r}: peft {_peft_version()} does not provide this initialisation; "
+        f"it provides (through spectune) {offered}"
     )
 
 
@@ -240,6 +254,7 @@ def after_wrap(name: str, ctx: BuildContext, model: Any) -> None:
 __all__ = [
     "DATA_DRIVEN",
     "INITS",
+    "NOT_OFFERED",
     "ON_4BIT",
     "REWRITE_BASE",
     "after_wrap",
