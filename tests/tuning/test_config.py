@@ -24,7 +24,9 @@ def test_defaults_are_valid_and_round_trip_through_yaml():
     config = TuneConfig()
     data = config.to_dict()
     assert data["method"] == "lora" and data["objective"] == "sft"
-    assert data["lora"] == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
+    assert data["lora"] == {
+        "r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "init": "default", "init_batches": 8
+    }  # fmt: skip
     assert data["train"] == TRAIN_DEFAULTS
     assert "frog" not in data and "quant" not in data  # only the sections lora reads
     again = TuneConfig.from_dict(yaml_load(yaml_dump(data), "dumped"))

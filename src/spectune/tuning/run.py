@@ -106,11 +106,15 @@ class Run:
         if not self.main:  # the run folder is rank 0's: the others keep files to themselves
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="spectune-rank-"))
-            return BuildContext(self.config, self.model_dir, self._scratch, self.progress, added)
+            return BuildContext(
+                self.config, self.model_dir, self._scratch, self.progress, added, self.train_data
+            )
         workdir = self.out / "checkpoints"
         if not self.folder.complete:  # a complete run's checkpoints are gone for good
             workdir.mkdir(parents=True, exist_ok=True)
-        return BuildContext(self.config, self.model_dir, workdir, self.progress, added)
+        return BuildContext(
+            self.config, self.model_dir, workdir, self.progress, added, self.train_data
+        )
 
     def cleanup(self) -> None:
         """Remove what this process kept outside the run folder."""

@@ -17,6 +17,9 @@ spectrum    whole matrices with the top SNR of their singular values (Spectrum) 
 full        every parameter (the reference)                                           full.py
 ==========  ========================================================================  ==========
 
+How the LoRA family's A and B start is a setting, ``lora.init`` (:mod:`.lora_init`: gaussian,
+pissa, olora, orthogonal, eva, corda, lora_ga); pissa and olora are lora with it fixed.
+
 A method is an instance of :class:`~spectune.tuning.methods.base.Method` registered with
 :func:`register_method`; the registry is the only place that knows method names. An
 out-of-tree method::

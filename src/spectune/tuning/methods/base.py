@@ -89,6 +89,8 @@ class BuildContext:
         progress: show progress bars.
         new_tokens: ids added to the vocabulary for the run (``data.end_of_turn=token``): the
             model's embeddings already hold them; the method trains their rows.
+        train_data: the run's training features and collator (a ``TrainData``), for a method
+            whose initialisation reads data (``lora.init=eva``); None outside a run.
     """
 
     config: TuneConfig
@@ -96,6 +98,7 @@ class BuildContext:
     workdir: Path
     progress: bool = True
     new_tokens: tuple[int, ...] = ()
+    train_data: Any = None
 
 
 @dataclass

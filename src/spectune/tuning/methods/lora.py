@@ -6,7 +6,9 @@ LoRA (Hu et al. 2021) freezes W and trains a rank-r update on each target Linear
 
 rsLoRA (Kalajdzievski 2023) scales by lora_alpha / sqrt(r) instead, so that the update's size
 does not shrink as r grows. DoRA (:mod:`.dora`), QLoRA / QDoRA (:mod:`.qlora`), PiSSA
-(:mod:`.pissa`) and OLoRA (:mod:`.olora`) are variants of :class:`LoraMethod`.
+(:mod:`.pissa`) and OLoRA (:mod:`.olora`) are variants of :class:`LoraMethod`. How A and B
+start is ``lora.init`` (:mod:`.lora_init`: gaussian, pissa, olora, orthogonal, eva, corda,
+lora_ga; the last three fed from the run's own training batches).
 
 The adapter is peft's (``adapter_config.json`` + ``adapter_model.safetensors``): it loads with
 ``PeftModel.from_pretrained`` and merges with ``merge_and_unload()``. Its spectra are read
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from spectune import _check as check
 from spectune.errors import SpectuneError
-from spectune.tuning.methods import register_method
+from spectune.tuning.methods import lora_init, register_method
 from spectune.tuning.methods.base import (
     BuildContext,
     Built,
@@ -31,6 +33,8 @@ from spectune.tuning.methods.base import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
 
     from spectune.tuning.config import TuneConfig
@@ -45,6 +49,24 @@ class LoraSection:
         default=16, metadata={"help": "scaling numerator: alpha/r (rsLoRA: alpha/sqrt(r))."}
     )
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input."})
+    init: str = field(
+        default="default",
+        metadata={
+            "help": "how A and B start (peft's init_lora_weights): default (A Kaiming, B = 0), "
+            "gaussian, pissa or pissa_niter_<n> (top-r SVD of W), olora (QR of W), orthogonal "
+            "(B A = 0, both nonzero; even r), eva (A = top singular vectors of the layer "
+            "inputs), corda (SVD of W times the inputs' covariance), lora_ga (SVD of the "
+            "loss gradient); pissa, olora, corda and lora_ga rewrite W and save a plain "
+            "rank-2r adapter of the original base. qlora/qdora: default, gaussian, eva."
+        },
+    )
+    init_batches: int = field(
+        default=8,
+        metadata={
+            "help": "training batches (train.per_device_train_batch_size examples each, in "
+            "the data's order) that eva, corda and lora_ga read."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.r = check.integer("lora.r", self.r, minimum=1)
@@ -56,6 +78,12 @@ class LoraSection:
         self.lora_dropout = check.number("lora.lora_dropout", self.lora_dropout)
         if not 0 <= self.lora_dropout < 1:
             raise SpectuneError(f"lora.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        self.init = lora_init.check_init(self.init)
+        self.init_batches = check.integer("lora.init_batches", self.init_batches, minimum=0)
+
+
+#: where an init that rewrites the base weights keeps its initial adapter, in the work folder
+INITIAL_ADAPTER = "initial_adapter"
 
 
 def lora_trainable(model: nn.Module, targets: list[str], r: int, *, dora: bool = False) -> int:
@@ -127,21 +155,32 @@ class LoraMethod(PeftMethod):
         description: one line for ``spectune.methods()``.
         rslora: scale by lora_alpha / sqrt(r) (``use_rslora``).
         dora: DoRA's magnitude vectors (``use_dora``).
-        init: peft's ``init_lora_weights`` (True: A Kaiming, B = 0; ``"pissa"``, ``"olora"``).
+        init: a ``lora.init`` the method fixes (``"olora"``); None: the config's.
     """
 
     sections = {"lora": LoraSection}
     settings = {"r": "lora.r", "lora_alpha": "lora.lora_alpha", "lora_dropout": "lora.lora_dropout"}
     shardable = True  # dense A, B (and DoRA's magnitudes) on a float base: FSDP shards them
     trains_new_tokens = True  # peft's trainable_token_indices: the added rows, saved with it
+    four_bit = False  # the base is bitsandbytes 4-bit (fewer inits apply)
 
     def __init__(
-        self, description: str, *, rslora: bool = False, dora: bool = False, init: bool | str = True
+        self, description: str, *, rslora: bool = False, dora: bool = False, init: str | None = None
     ) -> None:
         self.description = description
         self.rslora = rslora
         self.dora = dora
         self.init = init
+        if init is not None and lora_init.family(init) in lora_init.REWRITE_BASE:
+            self.trains_new_tokens = False  # not checked with peft's trainable tokens
+            self.shardable = False
+            self.unshardable = (
+                "its initialisation rewrites the base weights and its adapter is converted "
+                "against the initial one when saved; spectune has not checked that with FSDP"
+            )
+
+    def check(self, config: TuneConfig) -> None:
+        lora_init.check_method_init(self, config)
 
     def peft_config(self, config: TuneConfig) -> Any:
         """The peft ``LoraConfig`` of a run."""
@@ -156,14 +195,14 @@ class LoraMethod(PeftMethod):
             exclude_modules=config.exclude_modules,
             use_rslora=self.rslora,
             use_dora=self.dora,
-            init_lora_weights=self.init_weights(config),
             bias="none",
             task_type="CAUSAL_LM",
+            **lora_init.peft_options(self.init_name(config)),
         )
 
-    def init_weights(self, config: TuneConfig) -> bool | str:
-        """peft's ``init_lora_weights`` for this run."""
-        return self.init
+    def init_name(self, config: TuneConfig) -> str:
+        """The run's ``lora.init`` (the method's own where it fixes one)."""
+        return self.init or config.section("lora").init
 
     def prepare(self, ctx: BuildContext, model: nn.Module) -> nn.Module:
         """The base model just before peft wraps it (4-bit methods prepare it here)."""
@@ -173,11 +212,29 @@ class LoraMethod(PeftMethod):
         from peft import get_peft_model
 
         targets = target_modules(ctx, model)
-        peft_config = self.peft_config(ctx.config)
+        peft_config, init = self.peft_config(ctx.config), self.init_name(ctx.config)
         if ctx.new_tokens:
             peft_config.trainable_token_indices = token_rows(model, ctx.new_tokens)
-        model = get_peft_model(self.prepare(ctx, model), peft_config)
-        return Built(model, targets=targets)
+        model = self.prepare(ctx, model)
+        if init in lora_init.DATA_DRIVEN:  # peft's preprocessing reads a list, not all-linear
+            peft_config.target_modules, peft_config.exclude_modules = list(targets), None
+        lora_init.before_wrap(init, ctx, model, peft_config)
+        model = get_peft_model(model, peft_config)
+        lora_init.after_wrap(init, ctx, model)
+        built = Built(model, targets=targets)
+        if lora_init.family(init) in lora_init.REWRITE_BASE:  # kept to convert the trained one
+            built.state = ctx.workdir / INITIAL_ADAPTER
+            model.save_pretrained(built.state)
+        return built
+
+    def save(self, built: Built, folder: Path) -> None:
+        """peft's adapter folder; one whose init rewrote the base weights is converted against
+        the initial adapter into a plain LoRA adapter of the original base."""
+        if built.state is None:
+            return super().save(built, folder)
+        built.model.save_pretrained(
+            folder, path_initial_model_for_weight_conversion=str(built.state)
+        )
 
     def match_budget(self, ctx: BuildContext, n_params: int) -> list[str] | None:
         meta = meta_model(ctx.model_dir)
@@ -209,6 +266,7 @@ register_method(
 )
 
 __all__ = [
+    "INITIAL_ADAPTER",
     "SHARED_INPUTS",
     "LoraMethod",
     "LoraSection",

@@ -10,6 +10,7 @@ into a plain LoRA adapter of rank 2r that applies to the *unmodified* base model
 adapter loads with ``PeftModel.from_pretrained`` on the original weights; its spectra are the
 whole update Delta W; merging the training model gives W_residual + s B A = W + Delta W.
 
+It is ``method=lora`` with ``lora.init=pissa`` (:mod:`.lora_init`), kept as a method of its own.
 ``pissa.svd_niter``: None runs the exact SVD; a number runs peft's fast randomized SVD with
 that many subspace iterations (``init_lora_weights="pissa_niter_<n>"``).
 """
@@ -17,21 +18,14 @@ that many subspace iterations (``init_lora_weights="pissa_niter_<n>"``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectune import _check as check
 from spectune.tuning.methods import register_method
-from spectune.tuning.methods.base import BuildContext, Built
 from spectune.tuning.methods.lora import LoraMethod, LoraSection
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from spectune.tuning.config import TuneConfig
-
-#: where the initial adapter is kept, under the run's work folder
-INITIAL_ADAPTER = "initial_adapter"
 
 
 @dataclass
@@ -48,40 +42,21 @@ class PissaSection:
             self.svd_niter = check.integer("pissa.svd_niter", self.svd_niter, minimum=1)
 
 
-class MutatedInitLora(LoraMethod):
-    """A LoRA whose initialisation changes the base weights (PiSSA, OLoRA): saves the initial
-    adapter and converts the trained one into a plain LoRA adapter on the original base."""
+class PissaMethod(LoraMethod):
+    """LoRA with ``lora.init`` fixed to pissa (``pissa_niter_<n>`` with ``pissa.svd_niter``)."""
 
-    trains_new_tokens = False  # not checked with peft's trainable tokens
-    shardable = False
-    unshardable = (
-        "its initialisation rewrites the base weights and its adapter is converted against the "
-        "initial one when saved; spectune has not checked that with FSDP"
-    )
-
-    def build(self, ctx: BuildContext, model: nn.Module) -> Built:
-        built = super().build(ctx, model)
-        initial = ctx.workdir / INITIAL_ADAPTER
-        built.model.save_pretrained(initial)
-        built.state = initial
-        return built
-
-    def save(self, built: Built, folder: Path) -> None:
-        built.model.save_pretrained(
-            folder, path_initial_model_for_weight_conversion=str(built.state)
-        )
-
-
-class PissaMethod(MutatedInitLora):
     sections = {"lora": LoraSection, "pissa": PissaSection}
 
-    def init_weights(self, config: TuneConfig) -> str:
+    def init_name(self, config: TuneConfig) -> str:
         niter = config.section("pissa").svd_niter
         return "pissa" if niter is None else f"pissa_niter_{niter}"
 
 
 register_method(
-    "pissa", PissaMethod("peft PiSSA: LoRA from the top-r SVD of W, the residual stays frozen")
+    "pissa",
+    PissaMethod(
+        "peft PiSSA: LoRA from the top-r SVD of W, the residual stays frozen", init="pissa"
+    ),
 )
 
-__all__ = ["INITIAL_ADAPTER", "MutatedInitLora", "PissaMethod", "PissaSection"]
+__all__ = ["PissaMethod", "PissaSection"]

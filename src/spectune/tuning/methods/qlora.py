@@ -156,6 +156,7 @@ class QuantizedLoraMethod(LoraMethod):
 
     sections = {"lora": LoraSection, "quant": QuantConfig}
     trains_new_tokens = False  # not checked with peft's trainable tokens
+    four_bit = True
     shardable = False
     unshardable = (
         "its base weights are bitsandbytes 4-bit blocks (Params4bit with their "
@@ -163,6 +164,7 @@ class QuantizedLoraMethod(LoraMethod):
     )
 
     def check(self, config: TuneConfig) -> None:
+        super().check(config)  # lora.init: those that neither read nor rewrite W
         args = config.training_arguments()
         if config.attn_implementation == "flash_attention_2" and not (
             args.get("bf16") or args.get("fp16")
