@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from spectune.tuning.config import (
     yaml_dump,
     yaml_load,
 )
+from spectune.tuning.methods import METHODS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -103,7 +105,8 @@ def test_a_section_given_to_another_method_is_an_error_naming_both():
         ({"lora_alhpa": 8}, r"unknown config key\(s\) \['lora_alhpa'\] \(did you mean: 'lora_alhpa' -> 'lora_alpha'"),
         ({"lora": {"lora_alhpa": 8}}, r"lora: unknown setting key\(s\) \['lora_alhpa'\] \(did you mean: 'lora_alhpa' -> 'lora_alpha'"),
         ({"data": {"max_lenght": 8}}, r"data: unknown setting key\(s\) \['max_lenght'\]"),
-        ({"method": "lora2"}, r"unknown method 'lora2' \(did you mean 'lora'\?\); registered methods: lora, rslora, dora, qlora, qdora, pissa, olora, shira, frog, full"),
+        ({"method": "lora2"}, r"unknown method 'lora2' \(did you mean 'lora'\?\); registered methods: "
+         + re.escape(", ".join(METHODS.names()))),
         ({"objective": "sfd"}, r"unknown objective 'sfd' \(did you mean 'sft'\?\); registered objectives: sft"),
         ({"r": 0}, r"lora.r must be >= 1, got 0"),
         ({"lora": {"r": 2.5}}, r"lora.r must be an integer"),
