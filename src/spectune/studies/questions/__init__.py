@@ -217,10 +217,12 @@ class Question:
     """A published question a study can answer (see the module docstring).
 
     Attributes:
+        name: the registered name (set by :func:`register_question`).
         title: one line for ``study.md``.
         source: the publication(s) it reproduces.
     """
 
+    name: str = ""
     title: str = ""
     source: str = ""
 
@@ -234,7 +236,9 @@ class Question:
 
 
 #: modules that register the built-in questions when imported
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = tuple(
+    f"spectune.studies.questions.{m}" for m in ("lr_ratio", "targets", "batch")
+)
 
 QUESTIONS = Registry("question", Question, BUILTIN_MODULES, ())
 
