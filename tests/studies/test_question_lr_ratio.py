@@ -102,7 +102,9 @@ def test_three_search_seeds_give_a_t_interval_on_the_log_ratio_and_a_ratio_near_
     half = 4.302652729911275 * logs.std(ddof=1) / math.sqrt(3)  # t(0.975, 2 df)
     ci = ratio.figures["interval"]
     assert ci["estimate"] == pytest.approx(math.exp(logs.mean()))
-    assert (ci["low"], ci["high"]) == pytest.approx(np.exp([logs.mean() - half, logs.mean() + half]))
+    assert (ci["low"], ci["high"]) == pytest.approx(
+        np.exp([logs.mean() - half, logs.mean() + half])
+    )
     assert ci["high"] < 3 and ratio.verdict == "differs"
     assert spread.verdict == "undetermined" and "one rank only" in spread.ours
 
@@ -122,7 +124,9 @@ def test_an_edge_in_one_seed_leaves_that_seed_out_and_one_seed_is_undetermined(t
     # full fine-tuning at the edge everywhere: no ratio at all
     searches["full"] = search(FULL_GRID, {0: 1e-2, 1: 1e-2})
     answer = get_question("lr-ratio").answer(make_evidence(tmp_path, plan, searches=searches))
-    assert answer.findings[0].verdict == "undetermined" and answer.findings[0].figures["seeds"] == []
+    assert (
+        answer.findings[0].verdict == "undetermined" and answer.findings[0].figures["seeds"] == []
+    )
 
 
 def test_other_searched_settings_keep_the_curve_at_the_chosen_value():

@@ -115,10 +115,14 @@ def test_answer_on_planted_runs(tmp_path, shapes_dir):
     assert [r["targets"] for r in answer.table] == ["attention-only", "MLP-only", "all-linear"]
     assert answer.table[0]["accuracy gain (points)"] == "+60.0 [+50.0, +90.0]"
     assert answer.table[2]["held-out loss"].startswith("0.500 [")
-    assert answer.notes[0].startswith("attn - mlp (attention-only - MLP-only), accuracy gain: -19.0")
+    assert answer.notes[0].startswith(
+        "attn - mlp (attention-only - MLP-only), accuracy gain: -19.0"
+    )
 
 
-def test_loss_far_from_all_linear_differs_and_no_predictions_fall_back_to_seeds(tmp_path, shapes_dir):
+def test_loss_far_from_all_linear_differs_and_no_predictions_fall_back_to_seeds(
+    tmp_path, shapes_dir
+):
     ev = _planted(tmp_path, targets_plan(shapes_dir), mlp_loss=(0.60, 0.63, 0.57))
     assert get_question("targets").answer(ev).findings[3].verdict == "differs"
     for p in tmp_path.glob("runs/*/predictions.jsonl"):

@@ -176,10 +176,11 @@ class Batch(Question):
                 "LoRA's loss rises against full fine-tuning's as the batch grows",
                 SOURCE,
                 "undetermined (no seed with every batch)" if loss_slope is None
-                else f"{loss_slope.estimate:+.3f} [{loss_slope.low:+.3f}, "
-                f"{loss_slope.high:+.3f}] ({loss_slope.how})",
+                else f"{_pct(loss_slope.estimate)} [{_pct(loss_slope.low)}, "
+                f"{_pct(loss_slope.high)}] per doubling ({loss_slope.how})",
                 side_verdict(loss_slope, 0.0, "above"),
-                "per search seed, the least-squares slope of log(loss ratio) against log2(batch)",
+                "per seed, the least-squares slope of log(LoRA / full held-out loss) against "
+                "log2(batch), shown as the loss ratio's change per doubling",
                 {"batches": shared, "interval": _dict(loss_slope)},
             ),
             Finding(
@@ -194,6 +195,10 @@ class Batch(Question):
             ),
         ]  # fmt: skip
         return Answer("batch", self.title, findings, table, notes)
+
+
+def _pct(log_slope: float) -> str:
+    return f"{100 * math.expm1(log_slope):+.1f}%"
 
 
 def _dict(ci: Interval | None) -> dict[str, Any] | None:
