@@ -72,3 +72,52 @@ def run_row(variant: str, seed: int, **values: Any) -> dict[str, Any]:
     """A finished real run's row (Evidence.rows)."""
     return {"name": f"{variant}-s{seed}", "candidate": variant, "variant": variant,
             "seed": seed, "status": "complete", **values}  # fmt: skip
+
+
+def preset_plan(path: Path) -> StudyPlan:
+    """The plan of a preset study config as the study builds it: each variant's overrides on
+    the base config, LoRA budgets matched to the base config's count through the lora
+    method's ``match_budget`` hook when ``match_budget``, counts from the embedded model's
+    shapes."""
+    import copy
+    import tempfile
+
+    import yaml
+
+    from spectune.models.loading import resolve_model_dir
+    from spectune.tuning.config import apply_overrides
+    from spectune.tuning.methods import BuildContext, get_method, meta_model
+
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = raw.pop("study")
+    model_dir = resolve_model_dir(raw["model"])
+    meta, tmp = meta_model(model_dir), Path(tempfile.gettempdir())
+
+    def count(config: TuneConfig) -> int | None:
+        ctx = BuildContext(config, model_dir, tmp, progress=False)
+        return get_method(config.method).trainable_count(ctx, meta)
+
+    reference = count(TuneConfig.from_dict({**raw, "method": "lora"}))
+    configs, trainable = {}, {}
+    for name, v in spec["variants"].items():
+        base = copy.deepcopy(raw) | {"method": v["method"]}
+        if v["method"] == "full":
+            base.pop("lora")
+        data = apply_overrides(
+            base, [f"{k}={json.dumps(x)}" for k, x in v.items() if k != "method"]
+        )
+        config = TuneConfig.from_dict(data)
+        if spec.get("match_budget") and v["method"] != "full":
+            ctx = BuildContext(config, model_dir, tmp, progress=False)
+            match = get_method(config.method).match_budget(ctx, reference)
+            config = TuneConfig.from_dict(apply_overrides(data, match))
+        configs[name], trainable[name] = config, count(config)
+    grid = spec["lr_grid"]
+    search = spec.get("lr_search", {})
+    return make_plan(
+        configs,
+        lr_grid=grid if isinstance(grid, dict) else {n: grid for n in configs},
+        lr_seeds=search.get("seeds", [search.get("seed", 0)]),
+        criterion=search.get("criterion", "accuracy"),
+        trainable=trainable,
+    )

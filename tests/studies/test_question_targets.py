@@ -3,6 +3,8 @@ ranks, and the answer's paired differences and verdicts on planted predictions a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from spectune.studies.questions.targets import classify, module_block, target_ki
 from tests.studies.question_plans import (
     make_evidence,
     make_plan,
+    preset_plan,
     run_config,
     run_row,
     write_predictions,
@@ -138,3 +141,18 @@ def test_loss_far_from_all_linear_differs_and_no_predictions_fall_back_to_seeds(
     assert (ci["estimate"], ci["low"], ci["high"]) == pytest.approx(
         (diffs.mean(), diffs.mean() - half, diffs.mean() + half)
     )
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "studies"
+
+
+@pytest.mark.parametrize("name", ["lr-ratio", "targets", "batch"])
+def test_the_preset_configs_open_with_their_command_and_pass_their_checks(name):
+    path = CONFIGS / f"{name}.yaml"
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first == f"# spectune study configs/studies/{name}.yaml --out results/studies/{name}"
+    plan = preset_plan(path)
+    get_question(name).check(plan)
+    if name == "targets":  # the counts its header states
+        assert plan.trainable == {"attention": 2_419_200, "mlp": 2_471_040, "all-linear": 2_442_240}
+        assert [plan.configs[n].section("lora").r for n in plan.configs] == [21, 13, 8]
