@@ -146,6 +146,8 @@ def test_unequal_alphas_and_rslora_are_noted(tmp_path):
     plan = make_plan(configs, lr_grid={n: LORA_GRID for n in configs}, lr_seeds=[0])
     answer = get_question("lr-ratio").answer(make_evidence(tmp_path, plan))
     assert any("fixes lora_alpha" in n for n in answer.notes)
+    assert "a: no search curve (the search did not run or every run failed)" in answer.notes
+    assert answer.findings[0].ours.startswith("undetermined (no seed with both best rates")
     assert "b scale by alpha / sqrt(r), not the published alpha / r" in answer.notes
 
 

@@ -160,6 +160,9 @@ class LrRatio(Question):
                 continue
             best[v.name] = {}
             search = evidence.searches.get(v.name) or {}
+            if not search.get("curves"):
+                notes.append(f"{v.name}: no search curve (the search did not run or every "
+                             "run failed)")  # fmt: skip
             for seed, (rates, losses) in sorted(curves_by_seed(search).items()):
                 rate, why = best_rate(rates, losses)
                 best[v.name][seed] = rate
@@ -204,7 +207,7 @@ class LrRatio(Question):
             f"LoRA r={r} ({name}) best rate / full fine-tuning's",
             "about 10x",
             SOURCE,
-            ratio_text(ci) if ci else "undetermined (a best rate at the grid's edge: see notes)",
+            ratio_text(ci) if ci else "undetermined (no seed with both best rates: see notes)",
             band_verdict(ci, *RATIO_BAND),
             why,
             {
@@ -234,7 +237,9 @@ class LrRatio(Question):
             claim,
             "nearly independent of rank (1/r scaling, fixed alpha)",
             SOURCE,
-            ratio_text(ci) if ci else "undetermined (a best rate at the grid's edge: see notes)",
+            ratio_text(ci)
+            if ci
+            else "undetermined (no seed with every rank's best rate: see notes)",
             band_verdict(ci, *SPREAD_BAND),
             f"ranks {sorted(set(ranks.values()))}; spread per search seed over the seeds where "
             f"every rank's best rate is determined ({len(seeds)}); 'nearly independent' taken "
