@@ -164,6 +164,7 @@ def test_checks_refuse_a_plan_that_cannot_answer():
         q.check(ratio_plan(criterion="accuracy"))
     with pytest.raises(SpectuneError, match=r"study.grid \(lora.lora_dropout\)"):
         q.check(ratio_plan(grid={"lora.lora_dropout": [0.0, 0.1]}))
+    q.check(ratio_plan(grid={"lora.lora_dropout": [0.0]}))  # one value: one candidate each
 
 
 def test_seed_interval_t_range_and_one_seed():

@@ -107,8 +107,9 @@ def method_kind(method: str) -> str | None:
 
 def check_no_grid(plan: StudyPlan, question: str) -> None:
     """Refuse ``study.grid``: these questions compare one candidate per variant."""
-    if plan.grid:
-        keys = ", ".join(plan.grid)
+    varied = [k for k, values in plan.grid.items() if len(values) > 1]
+    if varied:
+        keys = ", ".join(varied)
         raise SpectuneError(
             f"study.grid ({keys}) makes several candidates per variant, but question "
             f"{question!r} compares variants one to one; move each setting into study.variants"
