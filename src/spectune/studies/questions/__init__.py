@@ -226,6 +226,11 @@ class Question:
     title: str = ""
     source: str = ""
 
+    @property
+    def description(self) -> str:
+        """One line for listings (``QUESTIONS.describe()``): the title."""
+        return self.title
+
     def check(self, plan: StudyPlan) -> None:
         """Refuse a plan that cannot answer the question (a :class:`SpectuneError` naming the
         setting, what it has and what it needs). Default: any plan."""
