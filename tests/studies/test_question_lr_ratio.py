@@ -177,3 +177,10 @@ def test_seed_interval_t_range_and_one_seed():
     assert seed_interval([5.0]).how == "one seed (no interval)"
     with pytest.raises(ValueError, match="positive"):
         seed_interval([1.0, -1.0], log=True)
+
+
+def test_the_three_questions_are_registered_builtins():
+    from spectune.studies.questions import QUESTIONS
+
+    assert {"lr-ratio", "targets", "batch"} <= set(QUESTIONS.names())
+    assert QUESTIONS.describe()["lr-ratio"] == get_question("lr-ratio").title
