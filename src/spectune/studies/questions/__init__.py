@@ -217,12 +217,19 @@ class Question:
     """A published question a study can answer (see the module docstring).
 
     Attributes:
+        name: the registered name (set by :func:`register_question`).
         title: one line for ``study.md``.
         source: the publication(s) it reproduces.
     """
 
+    name: str = ""
     title: str = ""
     source: str = ""
+
+    @property
+    def description(self) -> str:
+        """One line for listings (``QUESTIONS.describe()``): the title."""
+        return self.title
 
     def check(self, plan: StudyPlan) -> None:
         """Refuse a plan that cannot answer the question (a :class:`SpectuneError` naming the
@@ -234,7 +241,9 @@ class Question:
 
 
 #: modules that register the built-in questions when imported
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = tuple(
+    f"spectune.studies.questions.{m}" for m in ("lr_ratio", "targets", "batch")
+)
 
 QUESTIONS = Registry("question", Question, BUILTIN_MODULES, ())
 
