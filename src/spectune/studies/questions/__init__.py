@@ -234,7 +234,9 @@ class Question:
 
 
 #: modules that register the built-in questions when imported
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = tuple(
+    f"spectune.studies.questions.{m}" for m in ("update_rank", "peers")
+)
 
 QUESTIONS = Registry("question", Question, BUILTIN_MODULES, ())
 
