@@ -30,7 +30,6 @@ import numpy as np
 
 from spectune.errors import SpectuneError
 from spectune.results.stats import Difference, bootstrap_mean, paired_difference, pareto_front
-from spectune.studies.advice import read_predictions
 from spectune.studies.questions import (
     Answer,
     Evidence,
@@ -152,6 +151,8 @@ def _est(summary: dict[str, Any] | None, key: str) -> float | None:
 
 def _scores(folder: Path, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:
     """Seed -> per-question accuracy gain of that seed's run (``predictions.jsonl``)."""
+    from spectune.studies.advice import read_predictions  # lazy: it imports torch
+
     out = {}
     for r in rows:
         p = read_predictions(folder / "runs" / r["name"])

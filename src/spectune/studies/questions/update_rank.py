@@ -257,7 +257,7 @@ def _band_finding(per_run: dict, full: str | None, lora: str | None, r: int | No
             f"(full rank {max_rank} / r); mean rank90 of Delta W = W - W_base over every "
             "q/k/v/o/gate/up/down layer"
         )
-    why += "; a 135M model and a few dozen steps, where the paper trained 7B models for epochs"
+    why += "; the paper fine-tuned Llama-2-7B on billions of tokens, a study runs a few dozen steps"
     return Finding(
         claim,
         published,
