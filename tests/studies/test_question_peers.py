@@ -187,7 +187,12 @@ def test_init_search_against_the_default(tmp_path):
 
 
 def test_mlp_only_lora_counts_among_peft_front_methods(tmp_path):
-    planted = {**PLANTED, "lora-mlp": ("lora", 75, (0.03, 0.03, 0.035))}  # front: least forgetting
+    planted = {
+        **PLANTED,
+        "lora-mlp": ("lora", 75, (0.03, 0.03, 0.035)),
+        "spectrum": ("spectrum", 60, (0.08, 0.08, 0.09)),
+        "frog": ("frog", 60, (0.08, 0.08, 0.08)),
+    }  # front: least forgetting
     mlp = load_config(None, ["method=lora", "target_modules=[gate_proj,up_proj,down_proj]"])
     attn = load_config(None, ["method=lora", "target_modules=[q_proj,v_proj]"])
     answer = get_question("peers").answer(
@@ -197,3 +202,5 @@ def test_mlp_only_lora_counts_among_peft_front_methods(tmp_path):
     assert "lora-mlp: front" in peft.ours and "lora:" not in peft.ours
     # shira and oft: dominated by the MLP-only LoRA (more gain, less forgetting, resolved)
     assert peft.verdict == "differs" and "shira: dominated by lora-mlp" in peft.ours
+    # Spectrum against FROG, the two spectral selections: same questions right, forgetting 0-0.01
+    assert answer.notes == ["spectrum - frog (spectral rivals): within noise in both"]

@@ -108,10 +108,10 @@ class Peers(Question):
             _peft_finding(names, plan, front, status),
             _init_finding(plan, evidence.searches),
         ]
-        notes = [
-            f"{a} - {b}: {what} {txt}"
+        notes = [  # the two spectral ways of choosing what to train
+            f"{a} - {b} (spectral rivals): "
+            + (", ".join(f"{w} {t}" for w, t in _resolved_texts(d)) or "within noise in both")
             for (a, b), d in diffs.items()
-            for what, txt in _resolved_texts(d)
             if {methods[a], methods[b]} == {"frog", "spectrum"}
         ]
         notes += [
@@ -398,7 +398,11 @@ def _init_finding(plan: StudyPlan, searches: dict[str, dict[str, Any]]) -> Findi
     chosen = search.get("chosen") or {}
     loss = search.get("criterion", "loss") == "loss"
     best = _best_per_init(search, loss)
-    ours = f"{variant} chose {INIT_KEY}={chosen.get(INIT_KEY, 'default')}"
+    ours = (
+        f"{variant} chose {INIT_KEY}={chosen.get(INIT_KEY, 'default')}"
+        if chosen
+        else f"every search point of {variant} failed"
+    )
     defaults = [k for k in best if _is_default(k)]
     others = [k for k in best if not _is_default(k)]
     if not defaults or not others:
