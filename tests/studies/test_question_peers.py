@@ -92,7 +92,7 @@ def _evidence(
                     "seed": seed,
                     "status": "complete",
                     "learning_rate": 1e-3,
-                    "trainable": 10**6 if method == "full" else 1000,
+                    "trainable": 10**6 if method == "full" else 1200 if method == "frog" else 1000,
                     "accuracy_gain": right / N,
                     "forgetting": forgetting[seed],
                     "forgetting_ce": forgetting[seed] / 2,
@@ -109,6 +109,7 @@ def test_planted_front_dominated_and_within_noise(tmp_path):
     answer = get_question("peers").answer(_evidence(tmp_path))
     table = {r["variant"]: r for r in answer.table}
     assert [n for n, r in table.items() if r["front"] == "yes"] == ["oft", "dora", "full"]
+    assert answer.notes == []  # budgets matched (full excepted), no Spectrum/FROG pair
     assert table["lora"]["status"] == "dominated by oft, shira"  # both beat it beyond noise
     assert table["shira"]["status"] == "off the front within noise (below oft on means)"
     assert table["full"]["trainable"] == 10**6 and table["lora"]["runs"] == 3
@@ -203,4 +204,8 @@ def test_mlp_only_lora_counts_among_peft_front_methods(tmp_path):
     # shira and oft: dominated by the MLP-only LoRA (more gain, less forgetting, resolved)
     assert peft.verdict == "differs" and "shira: dominated by lora-mlp" in peft.ours
     # Spectrum against FROG, the two spectral selections: same questions right, forgetting 0-0.01
-    assert answer.notes == ["spectrum - frog (spectral rivals): within noise in both"]
+    assert answer.notes == [
+        "spectrum - frog (spectral rivals): within noise in both",
+        "budgets not matched: frog trained 1,200 parameters, lora 1,000 (+20% > 10%); read the "
+        "front with that",
+    ]

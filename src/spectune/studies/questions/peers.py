@@ -114,6 +114,7 @@ class Peers(Question):
             for (a, b), d in diffs.items()
             if {methods[a], methods[b]} == {"frog", "spectrum"}
         ]
+        notes += _budget_notes(table, methods)
         notes += [
             f"{n} left out: no finished run"
             for n in (v.name for v in plan.variants)
@@ -129,6 +130,25 @@ class Peers(Question):
         for f in findings[:2]:
             f.figures.update(figures)
         return Answer("peers", self.title, findings, table, notes)
+
+
+def _budget_notes(table: list[dict[str, Any]], methods: dict[str, str]) -> list[str]:
+    """A note when the runs' measured trainable counts (full fine-tuning excepted) are further
+    apart than :data:`BUDGET_TOLERANCE` (the plan's counts may have been unknown)."""
+    counts = {
+        r["variant"]: r["trainable"]
+        for r in table
+        if methods[r["variant"]] != "full" and r["trainable"]
+    }
+    if len(counts) < 2:
+        return []
+    lo, hi = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
+    if counts[hi] <= (1 + BUDGET_TOLERANCE) * counts[lo]:
+        return []
+    return [
+        f"budgets not matched: {hi} trained {counts[hi]:,} parameters, {lo} {counts[lo]:,} "
+        f"(+{counts[hi] / counts[lo] - 1:.0%} > {BUDGET_TOLERANCE:.0%}); read the front with that"
+    ]
 
 
 def _summaries(evidence: Evidence, runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
