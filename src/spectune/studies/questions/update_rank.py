@@ -200,6 +200,8 @@ def _table(plan: StudyPlan, per_run: dict, types: list[str], ref_lora: str | Non
                 continue
             full_rank = max(m for s in seeds for _r, m in seeds[s].get(kind, []))
             ci = seed_interval(list(vals.values()))
+            top = min(full_rank, lora_rank(plan.configs.get(v.name)) or full_rank)
+            ci.low, ci.high = max(ci.low, 0.0), min(ci.high, top)  # a rank's own bounds
             ratio = None
             if ref_lora and v.name != ref_lora:
                 ratios = _paired_ratios(per_run, v.name, ref_lora, kind)
