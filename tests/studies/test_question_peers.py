@@ -5,9 +5,11 @@ known Pareto front, known resolved and unresolved differences, and a planted ini
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+from scipy.stats import t as student_t
 
 from spectune.errors import SpectuneError
 from spectune.studies.questions import Evidence, StudyPlan, Variant, get_question
@@ -120,6 +122,10 @@ def test_planted_front_dominated_and_within_noise(tmp_path):
     assert lora_oft["gain"]["estimate"] == pytest.approx(-0.10)
     assert lora_oft["gain"]["resolved"] and lora_oft["forgetting"]["resolved"]
     assert lora_oft["forgetting"]["estimate"] == pytest.approx((0.05 + 0.05 + 0.07) / 3)
+    # paired by seed, Student t: sd of (0.05, 0.05, 0.07) is 0.02 / sqrt(3)
+    half = student_t.ppf(0.975, 2) * (0.02 / math.sqrt(3)) / math.sqrt(3)
+    assert lora_oft["forgetting"]["low"] == pytest.approx(0.17 / 3 - half)
+    assert lora_oft["forgetting"]["how"] == "Student t over 3 seeds"
     oft_shira = diffs["oft - shira"]
     assert oft_shira["gain"]["estimate"] == pytest.approx(0.01)
     assert not oft_shira["gain"]["resolved"] and not oft_shira["forgetting"]["resolved"]
