@@ -242,7 +242,8 @@ class Question:
 
 #: modules that register the built-in questions when imported
 BUILTIN_MODULES: tuple[str, ...] = tuple(
-    f"spectune.studies.questions.{m}" for m in ("lr_ratio", "targets", "batch")
+    f"spectune.studies.questions.{m}"
+    for m in ("lr_ratio", "targets", "batch", "update_rank", "peers")
 )
 
 QUESTIONS = Registry("question", Question, BUILTIN_MODULES, ())
