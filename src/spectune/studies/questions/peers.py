@@ -57,7 +57,6 @@ INIT_PAPERS = "PiSSA, LoRA-GA, EVA, CorDA papers"
 class Peers(Question):
     """The peers question (module docstring)."""
 
-    name = ""
     title = "The strongest peers at one budget: learning against forgetting, the Pareto front"
     source = f"{ARENA}; {PEFT_BENCH}"
 

@@ -104,7 +104,6 @@ def _types(found: set[str]) -> list[str]:
 class UpdateRank(Question):
     """The update-rank question (module docstring)."""
 
-    name = ""
     title = "Rank of the update: full fine-tuning against LoRA (rank holding 90% of Delta W)"
     source = SOURCE
 
