@@ -13,6 +13,14 @@ import numpy as np
 import pytest
 
 from spectune.errors import SpectuneError
+from spectune.studies.questions import (
+    QUESTIONS,
+    Answer,
+    Evidence,
+    Finding,
+    Question,
+    register_question,
+)
 from spectune.studies.rate_search import search_points
 from spectune.studies.study import StudyResult, study
 from spectune.studies.variants import candidate_configs, split_study_config, study_plan
@@ -150,14 +158,18 @@ def test_search_seeds_and_criterion_pick_the_best_mean_point():
 
 
 def _fake_run(calls: list, fail: set[str] = frozenset()):
-    """Writes what a finished run writes. Validation loss is lowest at lr 1e-2 and dropout
-    0.1 (mean over seeds); seed 1 adds 0.2. Accuracy peaks at lr 1e-3 (not the loss's)."""
+    """Writes what a finished run writes; ``calls`` counts the runs it trains (a resumed
+    finished run is read back, as spectune tune --resume does). Validation loss is lowest at
+    lr 1e-2 and dropout 0.1 (mean over seeds); seed 1 adds 0.2. Accuracy peaks at lr 1e-3
+    (not the loss's)."""
 
     def run(config, *, out, resume=False, progress=True):
         from spectune.judging.loss import LossResult
-        from spectune.results.metrics import Learning
+        from spectune.results.metrics import Learning, RunMetrics
 
         out = Path(out)
+        if resume and (out / "metrics.json").is_file():
+            return SimpleNamespace(out=out, metrics=RunMetrics.load(out))
         calls.append((out.parent.name, out.name, config))
         if any(f in out.name for f in fail):
             raise RuntimeError(f"planted failure of {out.name}")
@@ -223,6 +235,9 @@ def test_a_study_of_variants_searches_their_settings_and_records_rows(tiny_model
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"variant", "candidate", "seed", "learning_rate", "heldout_loss_after",
             "lora.lora_dropout"} <= set(header)  # fmt: skip
+    assert any("by the lowest validation loss, mean over search seeds 0, 1" in n
+               and "lo 0.01 (lora.lora_dropout=0.1), hi 0.01, full 0.0001" in n
+               for n in result.notes)  # fmt: skip
     saved = StudyResult.load(out)
     assert saved.schema_version == 2 and [v["name"] for v in saved.variants] == ["lo", "hi", "full"]
     assert saved.variants[0]["search"] == {"lora.lora_dropout": [0.0, 0.1]}
@@ -240,3 +255,98 @@ def test_an_old_study_json_still_loads(tmp_path):
     r = StudyResult.load(tmp_path)
     assert r.schema_version == 1 and r.variants == [] and r.answer is None
     assert r.lr_search[0]["chosen"] == 0.001
+
+
+class _LoQuestion(Question):
+    """A test question: is lo's chosen rate above hi's one rate? It needs two rates for lo."""
+
+    title = "test: lo's best rate against hi's"
+    source = "the test"
+
+    def __init__(self) -> None:
+        self.answers: list[Evidence] = []
+        self.plans: list = []
+        self.tag = "first"
+        self.fail = False
+
+    def check(self, plan) -> None:
+        self.plans.append(plan)
+        if len(plan.lr_grid["lo"]) < 2:
+            raise SpectuneError(
+                f"study.lr_grid.lo: test-lo needs two rates for lo, got {plan.lr_grid['lo']}"
+            )
+
+    def answer(self, evidence: Evidence) -> Answer:
+        self.answers.append(evidence)
+        if self.fail:
+            raise ZeroDivisionError("planted in answer()")
+        lo = evidence.searches["lo"]["chosen"]["learning_rate"]
+        hi = evidence.searches["hi"]["chosen"]["learning_rate"]
+        finding = Finding("lo's rate / hi's", "about 1x", self.source, f"{lo / hi:g}x",
+                          "agrees" if lo == hi else "differs", f"one search ({self.tag})",
+                          {"ratio": lo / hi})  # fmt: skip
+        table = [{"variant": s["variant"], "learning_rate": s["learning_rate"]}
+                 for s in evidence.summaries]  # fmt: skip
+        return Answer("test-lo", f"{self.title} ({self.tag})", [finding], table, ["a note"])
+
+
+@pytest.fixture
+def lo_question():
+    q = _LoQuestion()
+    register_question("test-lo", q)
+    yield q
+    QUESTIONS.unregister("test-lo")
+
+
+def test_a_question_refuses_its_plan_answers_and_is_answered_again_on_resume(
+    tiny_model_dir, tmp_path, lo_question
+):
+    def config(lo_rates):
+        return _config(tiny_model_dir, question="test-lo", seeds=2,
+                       variants={"lo": {"method": "lora", "lora.r": 2}, "hi": {"method": "lora"}},
+                       lr_grid={"lo": lo_rates, "hi": [1e-3]}, match_budget=False)  # fmt: skip
+
+    out = tmp_path / "study"
+    calls: list = []
+    with pytest.raises(SpectuneError, match=r"study.lr_grid.lo: test-lo needs two rates"):
+        study(data=config([1e-2]), out=out, progress=False, run_fn=_fake_run(calls))
+    assert not out.exists() and calls == []  # refused before the folder and any run
+    plan = lo_question.plans[0]
+    assert plan.trainable == {"lo": 2 * 2048, "hi": 8 * 2048} and plan.seeds == [0, 1]
+    assert plan.configs["lo"].get("lora.r") == 2 and plan.criterion == "accuracy"
+
+    data = config([1e-3, 1e-2])
+    result = study(data=data, out=out, progress=False, run_fn=_fake_run(calls))
+    assert len(calls) == 2 + 4  # lo's two search runs, 2 variants x 2 seeds
+    (evidence,) = lo_question.answers
+    assert evidence.searches["lo"]["chosen"] == {"learning_rate": 1e-3}  # accuracy peaks there
+    assert evidence.searches["lo"]["curves"][0][1][0] == pytest.approx(0.5)
+    assert evidence.groups == {"lo": ["lo-s0", "lo-s1"], "hi": ["hi-s0", "hi-s1"]}
+    assert [r["variant"] for r in evidence.rows] == ["lo", "lo", "hi", "hi"]
+    assert result.answer["findings"][0]["verdict"] == "agrees"
+    saved = json.loads((out / "study.json").read_text())
+    assert Answer.from_dict(saved["answer"]).findings[0].figures == {"ratio": 1.0}
+    md = (out / "study.md").read_text()
+    assert "| lo's rate / hi's | about 1x (the test) | 1x | agrees |" in md
+    assert "| lo | 0.001 |" in md and "- a note" in md
+    html = (out / "report.html").read_text()
+    assert (
+        "Findings" in html and "lo&#x27;s rate / hi&#x27;s" in html and "one search (first)" in html
+    )
+
+    # a finished study resumed: the answer again from the runs, no run trained again
+    lo_question.tag = "second"
+    again = study(data=data, out=out, resume=True, progress=False, run_fn=_fake_run(calls))
+    assert len(calls) == 6 and len(lo_question.answers) == 2
+    assert again.answer["title"].endswith("(second)")
+    assert json.loads((out / "study.json").read_text())["answer"]["title"].endswith("(second)")
+
+    # a question that raises in answer(): the study and its runs are kept, the error is a note
+    lo_question.fail = True
+    broken = study(data=data, out=out, resume=True, progress=False, run_fn=_fake_run(calls))
+    assert len(calls) == 6 and broken.answer is None
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["answer"] is None and len(saved["runs"]) == 4
+    assert any("question test-lo: no answer" in n and "planted in answer()" in n
+               for n in saved["notes"])  # fmt: skip
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"

@@ -78,7 +78,8 @@ from spectune.report.pages.comparison import write_comparison_report
 from spectune.report.plots.study import layer_alpha_figure, study_figures
 from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.results.table import csv_text
-from spectune.studies.backends import Backend, Executor, Job, make_executor
+from spectune.studies.backends import Backend, Executor, Job, failure, make_executor
+from spectune.studies.questions import Answer, Evidence, Question, StudyPlan, get_question
 from spectune.studies.rate_search import (
     LRSearch,
     fixed_point,
@@ -104,6 +105,7 @@ from spectune.studies.variants import (
     rate_name,
     short,
     split_study_config,
+    study_plan,
 )
 from spectune.tuning import recipe
 from spectune.tuning.config import TuneConfig, apply_overrides, read_config_data
@@ -206,6 +208,8 @@ class _Session:
     execute: Executor
     resume: bool
     progress: bool
+    plan: StudyPlan | None = None
+    question: Question | None = None
 
     @property
     def root(self) -> Path:
@@ -258,9 +262,16 @@ def study(
     base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     out = Path(out if out is not None else base_config.output_dir)
     candidates = candidate_configs(base, spec)  # checks the model and methods before the folder
+    question = plan = None
+    if spec.question is not None:  # a grid that cannot answer it: refused before the folder
+        question = get_question(spec.question)
+        plan = study_plan(spec, candidates)
+        question.check(plan)
     held = HeldFolders()  # each run folder's lock, from its run's start to the study's end
     executor = make_executor(backend, None, run_fn, progress, held)  # unreachable Ray: nothing done
-    session = _Session(out, raw, base, spec, base_config, candidates, executor, resume, progress)
+    session = _Session(
+        out, raw, base, spec, base_config, candidates, executor, resume, progress, plan, question
+    )
     earlier = 0.0  # the sessions before this one, as the last study.json recorded them
 
     def before(folder: RunFolder) -> None:
@@ -347,6 +358,7 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
     if fig is not None:
         figs["layer_alpha_vs_base.png"] = fig
     notes = _study_notes(s, summaries, searches, skipped, notes)
+    answer = _answer(s, rows, groups, summaries, searches, notes)
     total = earlier + time.perf_counter() - start
     result = StudyResult(
         title,
@@ -364,16 +376,51 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
         total,
         layer_correlations=layer_corrs,
         variants=[asdict(v) for v in spec.variants],
+        answer=None if answer is None else answer.to_dict(),
     )
-    write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
+    write_comparison(
+        out,
+        outcomes,
+        logs,
+        {**meta, "total_seconds": total, "notes": notes, "answer": result.answer},  # fmt: skip
+    )
     write_text(out / "results.csv", csv_text(rows))  # the study's columns on top of the sweep's
     save_figures(figs, out / "plots")
     write_json(out / STUDY_JSON, result.to_dict())
-    write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    md = f"# {title}\n\n" + "".join(f"- {n}\n" for n in notes)
+    write_text(out / "study.md", md if answer is None else f"{md}\n{answer.markdown()}")
     write_comparison_report(out)
     folder.update(total_seconds=total)
     finish(folder, list(failed), len(outcomes))
     return result
+
+
+def _answer(
+    s: _Session,
+    rows: list[dict[str, Any]],
+    groups: dict[str, list[str]],
+    summaries: list[dict[str, Any]],
+    searches: dict[str, LRSearch],
+    notes: list[str],
+) -> Answer | None:
+    """The question's answer from the finished study (None without a question); a question
+    that fails (whatever it raises) costs its answer, never the study: the failure becomes a
+    note."""
+    if s.question is None or s.plan is None:
+        return None
+    evidence = Evidence(s.root, s.plan, rows, groups, summaries,
+                        {name: r.evidence() for name, r in searches.items()})  # fmt: skip
+    try:
+        answer = s.question.answer(evidence)
+        if not isinstance(answer, Answer):
+            raise TypeError(f"answer() returned {type(answer).__name__}, not an Answer")
+        return answer
+    except Exception as exc:  # noqa: BLE001 - the finished runs are worth more than an answer
+        notes.append(
+            f"question {s.spec.question}: no answer ({failure(exc)}); the runs are kept: fix the "
+            "question and run spectune study --resume to answer it without re-running them"
+        )
+        return None
 
 
 def _search_jobs(s: _Session) -> list[Job]:
@@ -511,7 +558,8 @@ def _study_notes(
         else "no interval: no run finished"
     )
     chosen = ", ".join(
-        f"{m} {r.chosen:g}" if r.chosen else f"{m} failed" for m, r in searches.items()
+        f"{m} {r.chosen:g}" + _searched_text(r) if r.chosen else f"{m} failed"
+        for m, r in searches.items()
     )
     edges = [
         f"learning-rate search of {m}: the chosen {r.chosen:g} is the {r.at_edge} rate "
@@ -520,11 +568,20 @@ def _study_notes(
         for m, r in searches.items()
         if r.at_edge
     ]
+    how = "" if spec.criterion == "accuracy" else ", by the lowest validation loss"
+    if len(spec.lr_seeds) > 1:
+        how += f", mean over search seeds {', '.join(map(str, spec.lr_seeds))}"
     rates = (
         f"learning rates chosen on a validation split of {spec.validation} training examples "
-        f"(seed {spec.lr_seed}), never the held-out questions: {chosen}"
+        f"(seed {spec.lr_seed}{how}), never the held-out questions: {chosen}"
     )
     return [width, rates, *edges, *skipped, *findings]
+
+
+def _searched_text(search: LRSearch) -> str:
+    """`` (key=value, ...)``: the searched settings a search chose; empty without any."""
+    rest = {k: v for k, v in (search.chosen_point or {}).items() if k != "learning_rate"}
+    return f" ({', '.join(f'{k}={short(v)}' for k, v in rest.items())})" if rest else ""
 
 
 __all__ = [

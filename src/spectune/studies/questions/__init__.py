@@ -217,10 +217,12 @@ class Question:
     """A published question a study can answer (see the module docstring).
 
     Attributes:
+        name: the registered name (set by :func:`register_question`).
         title: one line for ``study.md``.
         source: the publication(s) it reproduces.
     """
 
+    name: str = ""
     title: str = ""
     source: str = ""
 
