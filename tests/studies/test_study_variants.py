@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spectune.errors import SpectuneError
+from spectune.studies.advice import load_candidates
 from spectune.studies.questions import (
     QUESTIONS,
     Answer,
@@ -238,6 +239,9 @@ def test_a_study_of_variants_searches_their_settings_and_records_rows(tiny_model
     assert any("by the lowest validation loss, mean over search seeds 0, 1" in n
                and "lo 0.01 (lora.lora_dropout=0.1), hi 0.01, full 0.0001" in n
                for n in result.notes)  # fmt: skip
+    # spectune advise on the folder: one candidate per variant, named after it
+    cands = {c.name: c for c in load_candidates(out)}
+    assert sorted(cands) == ["full", "hi", "lo"] and cands["lo"].runs == 2
     saved = StudyResult.load(out)
     assert saved.schema_version == 2 and [v["name"] for v in saved.variants] == ["lo", "hi", "full"]
     assert saved.variants[0]["search"] == {"lora.lora_dropout": [0.0, 0.1]}
