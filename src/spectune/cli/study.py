@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
                    progress=not args.no_progress, backend=backend)  # fmt: skip
     for note in result.notes:
         print(f"- {note}")
+    for f in (result.answer or {}).get("findings", []):  # the study's question, answered
+        print(f"{f['verdict']}: {f['claim']}: ours {f['ours']}; published {f['published']}")
     if args.out:
         print(f"results in {args.out} (study.json, results.csv, report.html)")
     return 1 if result.failed_runs else 0

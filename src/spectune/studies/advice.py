@@ -390,6 +390,23 @@ def _group_key(metrics: Any) -> tuple[str, str]:
     return metrics.run.method, json.dumps(settings, sort_keys=True, default=str)
 
 
+#: the group key of a study's run by its candidate (not JSON: never a sweep's settings)
+_CANDIDATE = "candidate:"
+
+
+def _study_candidates(folder: Path) -> dict[str, str]:
+    """Run folder name -> ``candidate:<name>`` of a study with variants named apart from
+    their methods (several can share a method and its headline settings); empty otherwise
+    (grouped by method and settings, as before variants)."""
+    try:
+        data = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+        if all(v["name"] == v["method"] for v in data.get("variants") or []):
+            return {}
+        return {r["name"]: _CANDIDATE + r["candidate"] for r in data["runs"] if r.get("candidate")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candidate]:
     """One :class:`Candidate` per method and setting from a study, sweep or demo folder
     (runs that differ only in their seed are pooled).
@@ -408,22 +425,31 @@ def load_candidates(folder: str | Path, *, runs_dir: str = "runs") -> list[Candi
             "pass a study, sweep or demo folder"
         )
     groups: dict[tuple[str, str], list[tuple[Path, Any]]] = {}
+    named = _study_candidates(folder)
     for d in run_dirs:
         m = RunMetrics.load(d)
-        groups.setdefault(_group_key(m), []).append((d, m))
+        key = _group_key(m) if d.name not in named else (m.run.method, named[d.name])
+        groups.setdefault(key, []).append((d, m))
     seen: dict[str, list[dict[str, Any]]] = {}
     for method, settings in groups:
-        seen.setdefault(method, []).append(json.loads(settings))
+        if not settings.startswith(_CANDIDATE):
+            seen.setdefault(method, []).append(json.loads(settings))
     out = []
     for (method, settings), runs in groups.items():
-        s = json.loads(settings)
-        varying = [k for k in s if len({json.dumps(o.get(k)) for o in seen[method]}) > 1]
-        name = " ".join(
-            [
-                method,
-                *(f"{k}={s[k]:g}" if isinstance(s[k], float) else f"{k}={s[k]}" for k in varying),
-            ]
-        )
+        if settings.startswith(_CANDIDATE):
+            name = settings[len(_CANDIDATE) :]
+        else:
+            s = json.loads(settings)
+            varying = [k for k in s if len({json.dumps(o.get(k)) for o in seen[method]}) > 1]
+            name = " ".join(
+                [
+                    method,
+                    *(
+                        f"{k}={s[k]:g}" if isinstance(s[k], float) else f"{k}={s[k]}"
+                        for k in varying
+                    ),
+                ]
+            )
         scores: dict[int, np.ndarray] = {}
         for d, m in runs:
             p = read_predictions(d)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,22 +89,58 @@ def demo_runs(
     base = apply_overrides(
         copy.deepcopy(DEMO_CONFIG if base is None else base), list(overrides or [])
     )
+    named = [(m, m, METHOD_OVERRIDES.get(m, [])) for m in methods]
+    return [
+        (name, config, {"method": name})
+        for name, config in matched_configs(named, base, source="demo")
+    ]
+
+
+def matched_configs(
+    variants: Sequence[tuple[str, str, list[str]]],
+    base: dict[str, Any],
+    *,
+    match: bool = True,
+    source: str = "demo",
+) -> list[tuple[str, TuneConfig]]:
+    """``(name, config)`` per ``(name, method, key=value overrides)``: the base config with
+    the method and its overrides, then (``match``) set to the reference method's (LoRA's)
+    trainable count under the base config where the method can match a budget
+    (:meth:`Method.match_budget`).
+
+    Raises:
+        SpectuneError: an override the config refuses (the config's own message, after
+            ``source (name)``).
+    """
     model_dir = resolve_model_dir(base.get("model", "default"))
-    reference = _budget(REFERENCE, base, model_dir)
-    runs = []
-    for method in methods:
-        items = [f"method={method}", *METHOD_OVERRIDES.get(method, [])]
+    reference = _budget(REFERENCE, base, model_dir) if match else None
+    out = []
+    for name, method, items in variants:
+        label = f"{source} ({name})"
         config = TuneConfig.from_dict(
-            apply_overrides(base, items), source=f"demo ({method})", foreign_sections="drop"
+            apply_overrides(base, [f"method={method}", *items]),
+            source=label,
+            foreign_sections="drop",
         )
-        ctx = _context(config, model_dir)
-        match = get_method(method).match_budget(ctx, reference)
-        if match:
-            config = TuneConfig.from_dict(
-                apply_overrides(config.to_dict(), match), source=f"demo ({method})"
-            )
-        runs.append((method, config, {"method": method}))
-    return runs
+        if reference is not None:
+            changes = get_method(method).match_budget(_context(config, model_dir), reference)
+            if changes:
+                config = TuneConfig.from_dict(
+                    apply_overrides(config.to_dict(), changes), source=label
+                )
+        out.append((name, config))
+    return out
+
+
+def trainable_count(config: TuneConfig) -> int | None:
+    """The trainable count of a run config from the model's shapes (no weights); None when
+    its method cannot count it so."""
+    from spectune.tuning.methods.base import meta_model
+
+    model_dir = resolve_model_dir(config.model)
+    return get_method(config.method).trainable_count(
+        _context(config, model_dir), meta_model(model_dir)
+    )
 
 
 def _context(config: TuneConfig, model_dir: Path) -> BuildContext:
@@ -206,5 +243,7 @@ __all__ = [
     "METHOD_OVERRIDES",
     "demo",
     "demo_runs",
+    "matched_configs",
+    "trainable_count",
     "write_base_spectra",
 ]

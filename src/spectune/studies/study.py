@@ -15,18 +15,24 @@
       grid: {lora.r: [4, 8]}       # optional hyperparameters crossed with every method
       match_budget: true           # every method at LoRA's trainable count where it can
 
+Instead of ``methods:``, ``variants:`` names each candidate with its own settings
+(:mod:`spectune.studies.variants`: ``lora-r64: {method: lora, lora.r: 64}``, a ``search:`` of
+settings tried with the rates), and ``lr_search`` takes ``seeds`` (a curve per search seed)
+and ``criterion`` (``accuracy`` then loss, or ``loss``).
+
 What it does, in order:
 
-1. **Matched budgets** (:func:`spectune.studies.demo.demo_runs`): each method's config at
-   the LoRA reference's trainable count, per grid point.
-2. **Learning-rate search** per method (:func:`search_learning_rate`): one short run per
-   rate on a *validation split carved (seeded) from the training data*, never on the held-out
-   test questions; the rate with the best validation accuracy (then the lowest validation
-   loss) wins. Runs in ``lr_search/<method>-lr<rate>/``.
-3. **The real runs**: every method x grid point x seed at its chosen rate, into
+1. **Matched budgets** (:func:`spectune.studies.variants.candidate_configs`): each variant's
+   config (its overrides applied) at the LoRA reference's trainable count, per grid point.
+2. **Learning-rate search** per variant (:mod:`spectune.studies.rate_search`): one short run
+   per point (rate x searched settings) and search seed on a *validation split carved
+   (seeded) from the training data*, never on the held-out test questions; the point with the
+   best mean by the criterion wins. Runs in
+   ``lr_search/<variant>-lr<rate>[-<key><value>...][-s<seed>]/``.
+3. **The real runs**: every variant x grid point x seed at its chosen point, into
    ``runs/<name>/`` (the sweep layout: results.csv, results.md, plots/, report.html).
 4. **The summary** (:func:`spectune.studies.summary.summarize_study`,
-   :mod:`spectune.results.stats`): per-method
+   :mod:`spectune.results.stats`): per-candidate
    accuracy gain and forgetting with intervals over seeds and questions, paired differences
    (resolved or within noise), the Pareto front, eta-squared of each varied parameter,
    Spearman correlations of the spectral columns with gain and forgetting (undetermined
@@ -55,17 +61,14 @@ exact values (:func:`rate_name`).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
-import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectune._check import integer
 from spectune._io import write_json, write_text
 from spectune.data.formats import examples_jsonl
 from spectune.data.instructions import split_validation
@@ -76,7 +79,15 @@ from spectune.report.plots.study import layer_alpha_figure, study_figures
 from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.results.table import csv_text
 from spectune.studies.backends import Backend, Executor, Job, failure, make_executor
-from spectune.studies.demo import demo_runs
+from spectune.studies.questions import Answer, Evidence, Question, StudyPlan, get_question
+from spectune.studies.rate_search import (
+    LRSearch,
+    fixed_point,
+    point_name,
+    search_learning_rate,
+    search_points,
+    search_space,
+)
 from spectune.studies.runner import (
     changed_settings,
     finish,
@@ -86,231 +97,25 @@ from spectune.studies.runner import (
     write_comparison,
 )
 from spectune.studies.summary import OUTCOMES, layer_alpha_points, study_row, summarize_study
+from spectune.studies.variants import (
+    Candidate,
+    StudySpec,
+    candidate_configs,
+    overrides_of,
+    rate_name,
+    short,
+    split_study_config,
+    study_plan,
+)
 from spectune.tuning import recipe
 from spectune.tuning.config import TuneConfig, apply_overrides, read_config_data
-from spectune.tuning.methods import METHODS
 from spectune.tuning.objectives.sft import load_instruction_data
 
 STUDY_CONFIG = "study.yaml"
 STUDY_JSON = "study.json"
 
 
-# --------------------------------------------------------------------------- the spec
-
-
-@dataclass
-class StudySpec:
-    """The ``study:`` block, validated.
-
-    Attributes:
-        methods: registered methods to compare.
-        seeds: seeds of the real runs.
-        lr_grid: method -> learning rates searched (one rate: no search).
-        lr_steps: max_steps of each search run (None: the base config's).
-        validation: training examples carved out as the validation split of the search.
-        lr_seed: seed of the search runs and of the validation split.
-        grid: dotted key -> values, crossed with every method (``lora.r: [4, 8]``).
-        match_budget: set every method to the reference's trainable count where it can.
-    """
-
-    methods: list[str]
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    lr_grid: dict[str, list[float]] = field(default_factory=dict)
-    lr_steps: int | None = None
-    validation: int = 64
-    lr_seed: int = 0
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    match_budget: bool = True
-
-    @classmethod
-    def from_dict(cls, data: Any, base_lr: float, source: str = "study") -> StudySpec:
-        """From the ``study:`` block; a shared ``lr_grid`` list applies to every method."""
-        if not isinstance(data, dict):
-            raise SpectuneError(f"{source}: the study: block must be a mapping of settings")
-        known = {"methods", "seeds", "lr_grid", "lr_search", "grid", "match_budget"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpectuneError(
-                f"{source}: study.{unknown[0]} is not a study setting "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        methods = data.get("methods")
-        if not isinstance(methods, list) or not methods:
-            raise SpectuneError(f"{source}: study.methods must list methods, e.g. [lora, full]")
-        for m in methods:
-            if m not in METHODS.names():
-                raise SpectuneError(
-                    f"{source}: study.methods: unknown method {m!r} "
-                    f"(registered: {', '.join(METHODS.names())})"
-                )
-        seeds = data.get("seeds", 3)
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            if seeds < 1:
-                raise SpectuneError(f"{source}: study.seeds must be >= 1, got {seeds}")
-            seeds = list(range(seeds))
-        if (
-            not isinstance(seeds, list)
-            or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-        ):
-            raise SpectuneError(f"{source}: study.seeds must be a count or a list of seeds")
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise SpectuneError(
-                f"{source}: study.seeds lists seed {repeated[0]} more than once "
-                "(its runs would share a folder); list each seed once"
-            )
-        raw = data.get("lr_grid", [base_lr])
-        grid_lr: dict[str, list[float]] = {}
-        for m in methods:
-            rates = raw.get(m, [base_lr]) if isinstance(raw, dict) else raw
-            if (
-                not isinstance(rates, list)
-                or not rates
-                or not all(
-                    isinstance(r, (int, float))
-                    and not isinstance(r, bool)
-                    and math.isfinite(r)
-                    and r > 0
-                    for r in rates
-                )
-            ):
-                raise SpectuneError(
-                    f"{source}: study.lr_grid must be a list of positive rates "
-                    f"or a mapping method -> list (got {rates!r} for {m})"
-                )
-            grid_lr[m] = sorted(float(r) for r in rates)
-            twice = [r for r, nxt in itertools.pairwise(grid_lr[m]) if r == nxt]
-            if twice:
-                raise SpectuneError(
-                    f"{source}: study.lr_grid lists rate {twice[0]:g} more than "
-                    f"once for {m}; list each rate once"
-                )
-        search = data.get("lr_search") or {}
-        if not isinstance(search, dict) or set(search) - {"steps", "validation", "seed"}:
-            raise SpectuneError(f"{source}: study.lr_search takes steps, validation and seed")
-        grid = data.get("grid") or {}
-        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-            raise SpectuneError(
-                f"{source}: study.grid must map keys to lists of values, e.g. {{lora.r: [4, 8]}}"
-            )
-        validation = search.get("validation", 64)
-        if not isinstance(validation, int) or validation < 1:
-            raise SpectuneError(f"{source}: study.lr_search.validation must be >= 1")
-        steps = search.get("steps")
-        if steps is not None:
-            integer(f"{source}: study.lr_search.steps", steps, minimum=1)
-        lr_seed = integer(f"{source}: study.lr_search.seed", search.get("seed", 0), minimum=0)
-        match_budget = data.get("match_budget", True)
-        if not isinstance(match_budget, bool):
-            raise SpectuneError(
-                f"{source}: study.match_budget must be true or false, got {match_budget!r}"
-            )
-        return cls(
-            methods=list(methods),
-            seeds=seeds,
-            lr_grid=grid_lr,
-            lr_steps=steps,
-            validation=validation,
-            lr_seed=lr_seed,
-            grid=grid,
-            match_budget=match_budget,
-        )
-
-
-def split_study_config(
-    data: dict[str, Any], source: str = "study config"
-) -> tuple[dict, StudySpec]:
-    """``(base run config data, StudySpec)`` of a study config's raw data."""
-    if not isinstance(data, dict) or "study" not in data:
-        raise SpectuneError(
-            f"{source}: a study config needs a study: block (methods, seeds, "
-            "lr_grid...); see configs/study.yaml"
-        )
-    base = copy.deepcopy(data)
-    block = base.pop("study")
-    base_lr = TuneConfig.from_dict(
-        base, source=source, foreign_sections="drop"
-    ).training_arguments()["learning_rate"]
-    return base, StudySpec.from_dict(block, base_lr, source)
-
-
-# --------------------------------------------------------------------------- LR search
-
-
-@dataclass
-class LRSearch:
-    """A learning-rate search of one method.
-
-    Attributes:
-        method: the method.
-        rates: the rates tried, ascending.
-        scores: per rate, (validation accuracy, validation loss), None when the run failed.
-        chosen: the rate picked (None when every run failed).
-        errors: rate -> why its run failed.
-    """
-
-    method: str
-    rates: list[float]
-    scores: list[tuple[float, float] | None]
-    chosen: float | None
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def at_edge(self) -> str | None:
-        """``"largest"`` / ``"smallest"`` when the chosen rate is the grid's largest or smallest
-        of several: the best rate may lie beyond the grid. None otherwise."""
-        if self.chosen is None or len(self.rates) < 2:
-            return None
-        if self.chosen == max(self.rates):
-            return "largest"
-        return "smallest" if self.chosen == min(self.rates) else None
-
-
-def rate_name(lr: float) -> str:
-    """A learning rate as run folders name it: ``0.001``, ``3e-05``; the exact value
-    (``0.0010000001``) when six significant digits would give two rates one name."""
-    short = f"{lr:g}"
-    return short if float(short) == lr else repr(float(lr))
-
-
-def search_learning_rate(
-    method: str,
-    rates: Sequence[float],
-    run: Callable[[float], tuple[float, float]],
-) -> LRSearch:
-    """Try every rate with ``run`` and pick the best.
-
-    Args:
-        method: the method's name (recorded).
-        rates: the learning rates.
-        run: rate -> (validation accuracy, validation loss); an exception marks the rate
-            failed.
-
-    Returns:
-        The :class:`LRSearch`; the chosen rate has the highest accuracy, ties broken by the
-        lowest loss, then the smaller rate.
-    """
-    rates = sorted(float(r) for r in rates)
-    scores: list[tuple[float, float] | None] = []
-    errors: dict[str, str] = {}
-    for lr in rates:
-        try:
-            acc, loss = run(lr)
-            scores.append((float(acc), float(loss)))
-        except Exception as exc:  # noqa: BLE001 - one rate's failure is not the search's
-            scores.append(None)
-            errors[rate_name(lr)] = failure(exc)
-    ok = [
-        (s[0], -s[1] if math.isfinite(s[1]) else -math.inf, -lr)
-        for lr, s in zip(rates, scores, strict=True)
-        if s is not None
-    ]
-    chosen = -max(ok)[2] if ok else None
-    return LRSearch(method, rates, scores, chosen, errors)
+# --------------------------------------------------------------------------- the search data
 
 
 def _write_validation_split(base: dict[str, Any], spec: StudySpec, folder: Path) -> dict[str, Any]:
@@ -367,9 +172,14 @@ class StudyResult:
     failed_runs: dict[str, str]
     #: wall-clock seconds of the sessions that ran the study (a resumed one adds its own)
     total_seconds: float | None = None
-    schema_version: int = 1
+    #: 2: variants, searched settings and search seeds (``lr_search`` points and curves)
+    schema_version: int = 2
     #: per run, Spearman over its layers of the base layer's alpha and the update's alpha
     layer_correlations: list[dict[str, Any]] = field(default_factory=list)
+    #: the variants (name, method, overrides, search); empty before schema 2
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    #: the question's answer (``Answer.to_dict()``); None without a question
+    answer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -385,52 +195,6 @@ class StudyResult:
 # --------------------------------------------------------------------------- the study
 
 
-def _short(v: Any) -> str:
-    return rate_name(v) if isinstance(v, float) else str(v)
-
-
-def candidate_configs(
-    base: dict[str, Any], spec: StudySpec
-) -> list[tuple[str, str, dict, TuneConfig]]:
-    """``(candidate name, method, grid point, config)`` for every method and grid point, at
-    matched budgets when ``spec.match_budget``."""
-    keys = list(spec.grid)
-    out, seen = [], set()
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
-        data = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in point.items()])
-        if spec.match_budget:
-            runs = demo_runs(tuple(spec.methods), base=data)
-        else:
-            runs = [
-                (
-                    m,
-                    TuneConfig.from_dict(
-                        apply_overrides(data, [f"method={m}"]),
-                        source="study",
-                        foreign_sections="drop",
-                    ),
-                    {},
-                )
-                for m in spec.methods
-            ]
-        for method, config, _ in runs:
-            key = json.dumps(config.relevant(), sort_keys=True, default=str)
-            if key in seen:
-                continue
-            seen.add(key)
-            suffix = "".join(
-                f"-{k.split('.')[-1]}{_short(v)}" for k, v in point.items() if len(spec.grid[k]) > 1
-            )
-            if any(name == f"{method}{suffix}" for name, *_ in out):
-                raise SpectuneError(
-                    f"study.grid: two grid points get the run name {method}{suffix!r}; give "
-                    "distinct values"
-                )
-            out.append((f"{method}{suffix}", method, point, config))
-    return out
-
-
 @dataclass
 class _Session:
     """A study being run: its settings, candidates and backend (see :func:`study`)."""
@@ -440,10 +204,12 @@ class _Session:
     base: dict[str, Any]
     spec: StudySpec
     base_config: TuneConfig
-    candidates: list[tuple[str, str, dict, TuneConfig]]
+    candidates: list[Candidate]
     execute: Executor
     resume: bool
     progress: bool
+    plan: StudyPlan | None = None
+    question: Question | None = None
 
     @property
     def root(self) -> Path:
@@ -496,9 +262,16 @@ def study(
     base_config = TuneConfig.from_dict(base, source=source, foreign_sections="drop")
     out = Path(out if out is not None else base_config.output_dir)
     candidates = candidate_configs(base, spec)  # checks the model and methods before the folder
+    question = plan = None
+    if spec.question is not None:  # a grid that cannot answer it: refused before the folder
+        question = get_question(spec.question)
+        plan = study_plan(spec, candidates)
+        question.check(plan)
     held = HeldFolders()  # each run folder's lock, from its run's start to the study's end
     executor = make_executor(backend, None, run_fn, progress, held)  # unreachable Ray: nothing done
-    session = _Session(out, raw, base, spec, base_config, candidates, executor, resume, progress)
+    session = _Session(
+        out, raw, base, spec, base_config, candidates, executor, resume, progress, plan, question
+    )
     earlier = 0.0  # the sessions before this one, as the last study.json recorded them
 
     def before(folder: RunFolder) -> None:
@@ -547,10 +320,10 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
     )
     save_settings(saved, s.raw, f"spectune study {saved} --resume (the study's config)")
     start = time.perf_counter()
-    # 1. learning-rate search per method (on the first grid point), on the validation split
+    # 1. learning-rate search per variant (on the first grid point), on the validation split
     searches = _search_rates(s)
     folder.update(lr_chosen={m: r.chosen for m, r in searches.items()})
-    # 2. the real runs: method x grid point x seed at the chosen rate
+    # 2. the real runs: variant x grid point x seed at the chosen point
     jobs, settings, groups = _study_jobs(s, searches)
     outcomes, logs = outcomes_of(jobs, settings, s.execute(jobs, "run"))
     rows = [study_row(o, job.out) for o, job in zip(outcomes, jobs, strict=True)]
@@ -558,8 +331,8 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
     folder.update(failed_runs=sorted(failed))
     spec = s.spec
     title = (
-        f"spectune study: {', '.join(spec.methods)} over {len(spec.seeds)} seed(s), "
-        "per-method learning rates"
+        f"spectune study: {', '.join(v.name for v in spec.variants)} over "
+        f"{len(spec.seeds)} seed(s), per-method learning rates"
     )
     meta = {
         "kind": "study",
@@ -585,6 +358,7 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
     if fig is not None:
         figs["layer_alpha_vs_base.png"] = fig
     notes = _study_notes(s, summaries, searches, skipped, notes)
+    answer = _answer(s, rows, groups, summaries, searches, notes)
     total = earlier + time.perf_counter() - start
     result = StudyResult(
         title,
@@ -601,75 +375,126 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
         failed,
         total,
         layer_correlations=layer_corrs,
+        variants=[asdict(v) for v in spec.variants],
+        answer=None if answer is None else answer.to_dict(),
     )
-    write_comparison(out, outcomes, logs, {**meta, "total_seconds": total, "notes": notes})
+    write_comparison(
+        out,
+        outcomes,
+        logs,
+        {**meta, "total_seconds": total, "notes": notes, "answer": result.answer},  # fmt: skip
+    )
     write_text(out / "results.csv", csv_text(rows))  # the study's columns on top of the sweep's
     save_figures(figs, out / "plots")
     write_json(out / STUDY_JSON, result.to_dict())
-    write_text(out / "study.md", f"# {title}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    md = f"# {title}\n\n" + "".join(f"- {n}\n" for n in notes)
+    write_text(out / "study.md", md if answer is None else f"{md}\n{answer.markdown()}")
     write_comparison_report(out)
     folder.update(total_seconds=total)
     finish(folder, list(failed), len(outcomes))
     return result
 
 
+def _answer(
+    s: _Session,
+    rows: list[dict[str, Any]],
+    groups: dict[str, list[str]],
+    summaries: list[dict[str, Any]],
+    searches: dict[str, LRSearch],
+    notes: list[str],
+) -> Answer | None:
+    """The question's answer from the finished study (None without a question); a question
+    that fails (whatever it raises) costs its answer, never the study: the failure becomes a
+    note."""
+    if s.question is None or s.plan is None:
+        return None
+    evidence = Evidence(s.root, s.plan, rows, groups, summaries,
+                        {name: r.evidence() for name, r in searches.items()})  # fmt: skip
+    try:
+        answer = s.question.answer(evidence)
+        if not isinstance(answer, Answer):
+            raise TypeError(f"answer() returned {type(answer).__name__}, not an Answer")
+        return answer
+    except Exception as exc:  # noqa: BLE001 - the finished runs are worth more than an answer
+        notes.append(
+            f"question {s.spec.question}: no answer ({failure(exc)}); the runs are kept: fix the "
+            "question and run spectune study --resume to answer it without re-running them"
+        )
+        return None
+
+
 def _search_jobs(s: _Session) -> list[Job]:
-    """The runs of the learning-rate searches: every rate of each method with several, on the
-    validation split carved from the training data."""
+    """The runs of the searches: every point (rate x searched settings) of each variant with
+    several, once per search seed, on the validation split carved from the training data."""
     spec = s.spec
-    need = [m for m in spec.methods if len(spec.lr_grid[m]) > 1]
-    if need:
-        split = _write_validation_split(s.base, spec, s.root / "lr_search" / "data")
+    need = [v for v in spec.variants if len(search_space(spec.lr_grid[v.name], v.search)) > 1]
+    if not need:
+        return []
+    split = _write_validation_split(s.base, spec, s.root / "lr_search" / "data")
+    several = len(spec.lr_seeds) > 1
     jobs: list[Job] = []
-    for _cname, method, _point, config in s.candidates:
-        if method in {j.method for j in jobs} or len(spec.lr_grid[method]) == 1:
-            continue
+    for variant in need:
+        config = next(c.config for c in s.candidates if c.variant == variant.name)
         search_data = apply_overrides(
             config.to_dict(),
             [
-                f"seed={spec.lr_seed}",
                 "eval.latency_prompts=0",
                 "eval.spectra=false",
                 *(f"data.{k}={json.dumps(v)}" for k, v in split.items()),
                 *([f"train.max_steps={spec.lr_steps}"] if spec.lr_steps else []),
             ],
         )
-        for lr in spec.lr_grid[method]:
-            name = f"{method}-lr{rate_name(lr)}"
-            data = apply_overrides(search_data, [f"train.learning_rate={lr}"])
-            jobs.append(Job(name, method, data, s.root / "lr_search" / name, True))
+        for point in search_space(spec.lr_grid[variant.name], variant.search):
+            for seed in spec.lr_seeds:
+                name = f"{variant.name}-lr{point_name(point, seed if several else None)}"
+                data = apply_overrides(search_data, [f"seed={seed}", *_point_items(point)])
+                jobs.append(Job(name, variant.method, data, s.root / "lr_search" / name, True))
+    names = [j.name for j in jobs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpectuneError(
+            f"study.variants: two search points get the run name {twice[0]!r}; give searched "
+            "values that print apart"
+        )
     return jobs
 
 
+def _point_items(point: dict[str, Any]) -> list[str]:
+    """A search point as overrides: its rate and searched settings."""
+    rest = {k: v for k, v in point.items() if k != "learning_rate"}
+    return [f"train.learning_rate={point['learning_rate']!r}", *overrides_of(rest)]
+
+
 def _search_rates(s: _Session) -> dict[str, LRSearch]:
-    """Stage 1: the learning-rate search of every method (one rate: no search)."""
+    """Stage 1: the search of every variant (one point: no search)."""
+    spec = s.spec
     jobs = _search_jobs(s)
     done = {j.name: r for j, r in zip(jobs, s.execute(jobs, "lr search"), strict=True)}
+    several = len(spec.lr_seeds) > 1
     searches: dict[str, LRSearch] = {}
-    for _cname, method, _point, _config in s.candidates:
-        if method in searches:
-            continue
-        rates = s.spec.lr_grid[method]
-        if len(rates) == 1:
-            searches[method] = LRSearch(method, rates, [None], rates[0])
+    for v in spec.variants:
+        rates = spec.lr_grid[v.name]
+        if len(search_space(rates, v.search)) == 1:
+            searches[v.name] = fixed_point(v.name, v.method, search_space(rates, v.search)[0])
             continue
 
-        def one(lr: float, method: str = method) -> tuple[float, float]:
-            metrics, error = done[f"{method}-lr{rate_name(lr)}"]
+        def one(point: dict[str, Any], seed: int, name: str = v.name) -> tuple[float, float]:
+            metrics, error = done[f"{name}-lr{point_name(point, seed if several else None)}"]
             if metrics is None:
                 raise RuntimeError(error)
             return metrics.after.accuracy.accuracy, metrics.after.heldout_loss.loss
 
-        searches[method] = found = search_learning_rate(method, rates, one)
+        found = search_points(v.name, v.method, rates, v.search, spec.lr_seeds, one, spec.criterion)
+        searches[v.name] = found
         s.say(
-            f"[lr search] {method}: chose {found.chosen:g}"
-            if found.chosen
-            else f"[lr search] {method}: every rate failed"
+            f"[lr search] {v.name}: chose {point_name(found.chosen_point)}"
+            if found.chosen_point
+            else f"[lr search] {v.name}: every point failed"
         )
         if found.at_edge:
             s.say(
-                f"[lr search] {method}: {found.chosen:g} is the {found.at_edge} rate of the grid; "
-                f"the best may lie beyond it: extend study.lr_grid.{method}"
+                f"[lr search] {v.name}: {found.chosen:g} is the {found.at_edge} rate of the "
+                f"grid; the best may lie beyond it: extend study.lr_grid.{v.name}"
             )
     return searches
 
@@ -677,26 +502,35 @@ def _search_rates(s: _Session) -> dict[str, LRSearch]:
 def _study_jobs(
     s: _Session, searches: dict[str, LRSearch]
 ) -> tuple[list[Job], list[dict[str, Any]], dict[str, list[str]]]:
-    """Stage 2's jobs (every candidate x seed at its chosen rate), their settings, and each
-    candidate's runs."""
+    """Stage 2's jobs (every candidate x seed at its variant's chosen point), their settings,
+    and each candidate's runs."""
     groups: dict[str, list[str]] = {}
     jobs: list[Job] = []
     settings: list[dict[str, Any]] = []
-    for cname, method, point, config in s.candidates:
-        lr = searches[method].chosen
+    for c in s.candidates:
+        point = searches[c.variant].chosen_point
+        lr = None if point is None else point["learning_rate"]
+        searched = {k: v for k, v in (point or {}).items() if k != "learning_rate"}
         for seed in s.spec.seeds:
-            name = f"{cname}-s{seed}"
-            groups.setdefault(cname, []).append(name)
-            settings.append({**point, "seed": seed, "learning_rate": lr})
+            name = f"{c.name}-s{seed}"
+            groups.setdefault(c.name, []).append(name)
+            settings.append(
+                {
+                    **c.point,
+                    "variant": c.variant,
+                    "candidate": c.name,
+                    **searched,
+                    "seed": seed,
+                    "learning_rate": lr,
+                }  # fmt: skip
+            )
             data = (
                 None
-                if lr is None
-                else apply_overrides(
-                    config.to_dict(), [f"seed={seed}", f"train.learning_rate={lr}"]
-                )
+                if point is None
+                else apply_overrides(c.config.to_dict(), [f"seed={seed}", *_point_items(point)])
             )
-            why = None if lr is not None else "learning-rate search: every rate failed"
-            jobs.append(Job(name, method, data, s.root / "runs" / name, s.resume, why))
+            why = None if point is not None else "learning-rate search: every point failed"
+            jobs.append(Job(name, c.method, data, s.root / "runs" / name, s.resume, why))
     return jobs, settings, groups
 
 
@@ -711,7 +545,7 @@ def _study_notes(
     the grid's edge, figures skipped, then the findings (:func:`summarize_study`)."""
     spec = s.spec
     skipped = skipped + [
-        f"curve of {k} skipped: the grid gives it one value ({_short(v[0])}); a curve needs several"
+        f"curve of {k} skipped: the grid gives it one value ({short(v[0])}); a curve needs several"
         for k, v in spec.grid.items()
         if len(v) == 1
     ]
@@ -724,7 +558,8 @@ def _study_notes(
         else "no interval: no run finished"
     )
     chosen = ", ".join(
-        f"{m} {r.chosen:g}" if r.chosen else f"{m} failed" for m, r in searches.items()
+        f"{m} {r.chosen:g}" + _searched_text(r) if r.chosen else f"{m} failed"
+        for m, r in searches.items()
     )
     edges = [
         f"learning-rate search of {m}: the chosen {r.chosen:g} is the {r.at_edge} rate "
@@ -733,11 +568,20 @@ def _study_notes(
         for m, r in searches.items()
         if r.at_edge
     ]
+    how = "" if spec.criterion == "accuracy" else ", by the lowest validation loss"
+    if len(spec.lr_seeds) > 1:
+        how += f", mean over search seeds {', '.join(map(str, spec.lr_seeds))}"
     rates = (
         f"learning rates chosen on a validation split of {spec.validation} training examples "
-        f"(seed {spec.lr_seed}), never the held-out questions: {chosen}"
+        f"(seed {spec.lr_seed}{how}), never the held-out questions: {chosen}"
     )
     return [width, rates, *edges, *skipped, *findings]
+
+
+def _searched_text(search: LRSearch) -> str:
+    """`` (key=value, ...)``: the searched settings a search chose; empty without any."""
+    rest = {k: v for k, v in (search.chosen_point or {}).items() if k != "learning_rate"}
+    return f" ({', '.join(f'{k}={short(v)}' for k, v in rest.items())})" if rest else ""
 
 
 __all__ = [

@@ -57,6 +57,8 @@ class MethodSummary:
     peak_rss_gib: float | None
     trainable: int | None
     pareto: bool = False
+    #: the candidate's variant (several variants can share a method)
+    variant: str | None = None
 
 
 def _fitted_rows(run_dir: Path) -> list[tuple[float, dict[str, str]]]:
@@ -134,13 +136,14 @@ def study_row(outcome: RunOutcome, run_dir: Path) -> dict[str, Any]:
 def layer_alpha_points(
     folder: Path, rows: list[dict[str, Any]]
 ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, str]]:
-    """``(method -> (base alpha, update alpha) of each layer, method -> run)`` of the first
-    finished run of each method that has spectra with the base's (for
+    """``(variant -> (base alpha, update alpha) of each layer, variant -> run)`` of the first
+    finished run of each variant (the method's name in studies before variants) that has
+    spectra with the base's (for
     :func:`spectune.report.plots.study.layer_alpha_figure`)."""
     firsts: dict[str, str] = {}
     for r in rows:
         if r.get("status") == "complete":
-            firsts.setdefault(r["method"], r["name"])
+            firsts.setdefault(r.get("variant") or r["method"], r["name"])
     points = {m: _layer_alphas(folder / "runs" / n) for m, n in firsts.items()}
     return {m: p for m, p in points.items() if p}, firsts
 
@@ -203,6 +206,7 @@ def _candidate(
         cand.ms_per_token,
         cand.peak_rss_gib,
         cand.trainable,
+        variant=by_name[names[0]].get("variant") or method,
     )
     return cand, summary
 
@@ -226,6 +230,7 @@ def _layer_correlations(
                     | {
                         "candidate": cname,
                         "method": r["method"],
+                        "variant": r.get("variant") or r["method"],
                         "run": n,
                         "seed": r.get("seed"),
                         "text": c.text(),

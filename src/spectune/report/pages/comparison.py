@@ -3,7 +3,7 @@
 A comparison folder holds ``results.csv`` (required; one row per run, the columns of
 :meth:`spectune.results.metrics.RunMetrics.row`, perhaps a ``status`` column),
 ``comparison.json`` (kind, title, grid, base_config, total_seconds, notes; a search's
-objectives and Pareto set), ``plots/*.png``, ``base_spectra/`` (the demo: the base model's
+objectives and Pareto set; a study's answer to its question, shown first as "Findings"), ``plots/*.png``, ``base_spectra/`` (the demo: the base model's
 spectra folder) and ``runs/<name>/``, each a run folder shown as a collapsible section.
 """
 
@@ -170,6 +170,33 @@ def _comparison_head(info: dict[str, Any], folder: Path, n_runs: int) -> tuple[s
     return title, _join(parts)
 
 
+def _findings(info: dict[str, Any]) -> _Html:
+    """A study's answer to its question (``comparison.json``'s ``answer``): the findings
+    (claim, published, ours, verdict), the rows behind them and the answer's notes."""
+    answer = info.get("answer")
+    if not isinstance(answer, dict) or not isinstance(answer.get("findings"), list):
+        return _Html("")
+    found = [f for f in answer["findings"] if isinstance(f, dict)]
+    rows = [
+        [f.get("claim"), f"{f.get('published')} ({f.get('source')})", f.get("ours"),
+         _Html(f'<strong>{_esc(f.get("verdict"))}</strong>'), f.get("why")]
+        for f in found
+    ]  # fmt: skip
+    parts = [_tag("p", str(answer.get("title") or "")),
+             _table(["claim", "published", "ours", "verdict", "how measured"], rows)]  # fmt: skip
+    table = [r for r in answer.get("table") or [] if isinstance(r, dict)]
+    if table:
+        keys = list(table[0])
+        parts.append(
+            _table(
+                keys,
+                [[DASH if r.get(k) is None else _general(r.get(k)) for k in keys] for r in table],
+            )  # fmt: skip
+        )
+    parts.append(_notes(answer.get("notes")))
+    return _join(parts)
+
+
 def _pareto(info: dict[str, Any], anchors: dict[str, str]) -> _Html:
     """The Pareto set of a search (``comparison.json``'s ``pareto``: one mapping per run, its
     objectives first) as a table, each run linked to its section."""
@@ -318,6 +345,7 @@ def render_comparison(folder: str | os.PathLike[str]) -> str:
     base_config = info.get("base_config")
     body = [
         head,
+        _section("Findings", _findings(info)),
         _section(
             "Results",
             _results_table(fields, rows, anchors)

@@ -85,7 +85,8 @@ def learning_rate_curves(searches: Sequence[Any]) -> Figure | None:
     for s in multi:
         xs = [r for r, v in zip(s.rates, s.scores, strict=True) if v is not None]
         ys = [100 * v[0] for v in s.scores if v is not None]
-        ax.plot(xs, ys, "o-", label=f"{s.method} (chosen {s.chosen:g})" if s.chosen else s.method)
+        name = getattr(s, "name", s.method)  # the variant's
+        ax.plot(xs, ys, "o-", label=f"{name} (chosen {s.chosen:g})" if s.chosen else name)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("validation accuracy (%)")
@@ -94,13 +95,18 @@ def learning_rate_curves(searches: Sequence[Any]) -> Figure | None:
     return fig
 
 
+def _variant(row: Mapping[str, Any]) -> str:
+    """A run's variant (its method's name in studies and sweeps without variants)."""
+    return row.get("variant") or row["method"]
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
 def parameter_curves(done: Sequence[Mapping[str, Any]], parameter: str) -> Figure:
     """Accuracy gain, forgetting and train time against one varied parameter, a line per
-    method (means over the finished runs ``done``)."""
+    variant (means over the finished runs ``done``)."""
     values = sorted({r.get(parameter) for r in done if r.get(parameter) is not None}, key=str)
     fig = Figure(figsize=(11, 3.2))
     axes = fig.subplots(1, 3)
@@ -110,13 +116,13 @@ def parameter_curves(done: Sequence[Mapping[str, Any]], parameter: str) -> Figur
         ("train_seconds", "train s"),
     )
     for ax, (col, label) in zip(axes, panels, strict=True):
-        for method in sorted({r["method"] for r in done}):
+        for method in sorted({_variant(r) for r in done}):
             ys = []
             for v in values:
                 vals = [
                     float(r[col])
                     for r in done
-                    if r.get(parameter) == v and r["method"] == method and r.get(col) is not None
+                    if r.get(parameter) == v and _variant(r) == method and r.get(col) is not None
                 ]
                 ys.append(_mean(vals))
             ax.plot([str(v) for v in values], ys, "o-", label=method)
@@ -128,18 +134,18 @@ def parameter_curves(done: Sequence[Mapping[str, Any]], parameter: str) -> Figur
 
 
 def alpha_vs_outcomes(done: Sequence[Mapping[str, Any]], outcomes: Sequence[str]) -> Figure | None:
-    """Each outcome against the adapter's mean alpha, a colour per method; None below two
+    """Each outcome against the adapter's mean alpha, a colour per variant; None below two
     runs with an adapter alpha."""
     if sum(r.get("adapter_alpha") is not None for r in done) < 2:
         return None
     fig = Figure(figsize=(9, 3.5))
     axes = fig.subplots(1, 2)
     for ax, y in zip(axes, outcomes, strict=True):
-        for method in sorted({r["method"] for r in done}):
+        for method in sorted({_variant(r) for r in done}):
             pts = [
                 (r["adapter_alpha"], r[y])
                 for r in done
-                if r["method"] == method
+                if _variant(r) == method
                 and r.get("adapter_alpha") is not None
                 and r.get(y) is not None
             ]
