@@ -121,4 +121,4 @@ def test_without_predictions_the_slope_comes_from_the_seeds(tmp_path):
     for p in tmp_path.glob("runs/*/predictions.jsonl"):
         p.unlink()
     ci = get_question("batch").answer(ev).findings[0].figures["interval"]
-    assert ci["how"] == "t-interval over 3 seeds" and ci["estimate"] == pytest.approx(-0.05)
+    assert ci["how"] == "Student t over 3 seeds" and ci["estimate"] == pytest.approx(-0.05)

@@ -78,17 +78,24 @@ def test_the_ratio_is_paired_by_search_seed_and_agrees_inside_the_band(tmp_path)
     r1, r8, r64, spread = answer.findings
     assert r8.figures["ratios"] == pytest.approx([10.0, 12.0])
     ci = r8.figures["interval"]
-    assert ci["estimate"] == pytest.approx(math.sqrt(120)) and ci["how"] == "range over 2 seeds"
-    assert (ci["low"], ci["high"]) == pytest.approx((10.0, 12.0))
-    assert [f.verdict for f in (r1, r8, r64)] == ["agrees"] * 3
+    assert ci["estimate"] == pytest.approx(math.sqrt(120))
+    assert ci["how"] == "Student t over 2 seeds (on the logs)"
+    # by hand: t(0.975, 1 df) = 12.706; sd of (ln 10, ln 12) = ln 1.2 / sqrt 2; n = 2
+    half = 12.706204736174707 * (math.log(1.2) / math.sqrt(2)) / math.sqrt(2)
+    assert (ci["low"], ci["high"]) == pytest.approx(
+        (math.sqrt(120) / math.exp(half), math.sqrt(120) * math.exp(half))
+    )
+    # two seeds: r=8's [3.4x, 34.8x] reaches past the band's 30x, so not "agrees"; r=1's
+    # (10, 9.6) and r=64's (11, 10.8) seeds agree closely enough to lie inside [3x, 30x]
+    assert [f.verdict for f in (r1, r8, r64)] == ["agrees", "undetermined", "agrees"]
     assert r1.claim.startswith("LoRA r=1 (lora-r1)") and r1.figures["rank"] == 1
     # spread over ranks: seed 0 2.2/2.0, seed 1 3.0/2.4; both inside [1, 3]
     assert spread.figures["spreads"] == pytest.approx([1.1, 1.25])
-    assert spread.verdict == "agrees"
+    assert spread.verdict == "undetermined"  # two seeds: t's interval reaches below 1
     assert len(answer.table) == 8 and answer.table[0]["best rate"] == pytest.approx(2e-3)
     # the answer survives study.json and renders
     back = Answer.from_dict(json.loads(json.dumps(answer.to_dict())))
-    assert back.findings[1].verdict == "agrees" and "| agrees |" in back.markdown()
+    assert back.findings[1].verdict == "undetermined" and "| undetermined |" in back.markdown()
 
 
 def test_three_search_seeds_give_a_t_interval_on_the_log_ratio_and_a_ratio_near_1_differs(tmp_path):
@@ -167,13 +174,17 @@ def test_checks_refuse_a_plan_that_cannot_answer():
     q.check(ratio_plan(grid={"lora.lora_dropout": [0.0]}))  # one value: one candidate each
 
 
-def test_seed_interval_t_range_and_one_seed():
+def test_seed_interval_is_students_t_and_one_seed_is_a_point():
     ci = seed_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 / math.sqrt(3)
     assert (ci.estimate, ci.low, ci.high) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
-    assert ci.how == "t-interval over 3 seeds" and ci.runs == 3
+    assert ci.how == "Student t over 3 seeds" and ci.runs == 3
     ci = seed_interval([4.0, 1.0], log=True)
-    assert (ci.estimate, ci.low, ci.high) == pytest.approx((2.0, 1.0, 4.0))
+    half = 12.706204736174707 * (math.log(4.0) / math.sqrt(2)) / math.sqrt(2)
+    assert (ci.estimate, ci.low, ci.high) == pytest.approx(
+        (2.0, 2.0 / math.exp(half), 2.0 * math.exp(half))
+    )
+    assert seed_interval([]) is None and seed_interval([None, float("nan")]) is None
     assert seed_interval([5.0]).how == "one seed (no interval)"
     with pytest.raises(ValueError, match="positive"):
         seed_interval([1.0, -1.0], log=True)

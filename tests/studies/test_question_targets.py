@@ -137,7 +137,7 @@ def test_loss_far_from_all_linear_differs_and_no_predictions_fall_back_to_seeds(
     ci = get_question("targets").answer(ev).findings[0].figures["interval"]
     diffs = np.array([0.58, 0.60, 0.65]) - 0.80
     half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)
-    assert ci["how"] == "t-interval over 3 seeds"
+    assert ci["how"] == "Student t over 3 seeds"
     assert (ci["estimate"], ci["low"], ci["high"]) == pytest.approx(
         (diffs.mean(), diffs.mean() - half, diffs.mean() + half)
     )

@@ -240,7 +240,7 @@ def test_registry_refuses_bad_registrations(norms_method):
 
 def test_unknown_names_list_the_registered_ones():
     with pytest.raises(SpectuneError, match=r"unknown method 'qloro' \(did you mean 'qlora'\?\); "
-                       r"registered methods: lora, rslora, dora, qlora"):  # fmt: skip
+                       r"registered methods: lora, rslora, dora, olora, qlora"):  # fmt: skip
         get_method("qloro")
     with pytest.raises(SpectuneError, match=r"unknown objective 'sfx' \(did you mean 'sft'\?\); "
                        r"registered objectives: sft"):  # fmt: skip

@@ -10,8 +10,7 @@ neighbours (an exact fit of three points; the grid need not be evenly spaced). A
 at the grid's edge leaves the rate undetermined (the curve may still fall beyond it): the
 answer says which way to extend ``study.lr_grid``. The ratio LoRA / full is taken per search
 seed (both searched on the same validation split and seed), then summarised over the seeds:
-the geometric mean, with a t-interval on the log ratio from 3 seeds, the range with 2, no
-interval with 1 (:func:`~spectune.studies.questions.measures.seed_interval`).
+the geometric mean with Student's t interval on the log ratio (none with 1 seed) (:func:`~spectune.studies.questions.measures.seed_interval`).
 
 Verdicts. "About 10x" agrees when the ratio's interval lies inside [3x, 30x], a factor of
 sqrt(10) ~ 3.2 either side of 10 rounded to the usual half-decade grid step (1e-3, 3e-3, 1e-2):
@@ -45,7 +44,6 @@ from spectune.studies.questions import (
     register_question,
 )
 from spectune.studies.questions.measures import (
-    FULL,
     band_verdict,
     check_no_grid,
     method_kind,
@@ -131,7 +129,7 @@ class LrRatio(Question):
             have = ", ".join(f"{v.name} ({v.method})" for v in plan.variants)
             raise SpectuneError(
                 "question lr-ratio needs at least one LoRA-family variant (a method that reads "
-                f"the lora section, e.g. lora) and a full fine-tuning variant (method: {FULL}); "
+                f"the lora section, e.g. lora) and a full fine-tuning variant (e.g. method: full); "
                 f"study.variants has {have}"
             )
         for name, kind in kinds.items():

@@ -1,8 +1,9 @@
 """What the preset questions measure from a finished study, shared by them.
 
-- :func:`seed_interval`: a mean over seeds with its interval: a t-interval with 3 or more
-  seeds, the range with 2, no interval with 1 (``runs == 1``); ``log=True`` for ratios (the
-  geometric mean, the interval of the mean log, exponentiated).
+- :func:`seed_interval`: a mean over seeds with Student's t interval (none with 1 seed);
+  ``log=True`` for ratios (the geometric mean, the interval of the mean log, exponentiated).
+- :func:`complete_runs`, :func:`number`, :func:`fmt_interval`: a study's finished runs by
+  variant, a number from a results cell, an interval as text.
 - :func:`band_verdict` / :func:`side_verdict`: a verdict from an interval against a published
   band or side; one seed is always ``undetermined``.
 - :func:`variant_runs`, :func:`paired_accuracy`, :func:`loss_ratio`: the finished runs of a
@@ -26,26 +27,33 @@ from spectune.studies.advice import Candidate, paired_gain, read_predictions
 from spectune.studies.questions import Evidence, StudyPlan
 from spectune.tuning.methods import get_method
 
-#: the reference method of the questions that compare with full fine-tuning
-FULL = "full"
 #: how :func:`seed_interval` says it has no interval
 ONE_SEED = "one seed (no interval)"
 
 
-def seed_interval(values: Sequence[float], *, log: bool = False, level: float = 0.95) -> Interval:
-    """Mean of ``values`` (one per seed) with its interval.
+def seed_interval(
+    values: Sequence[float | None], *, log: bool = False, level: float = 0.95
+) -> Interval | None:
+    """Mean of ``values`` (one per seed) with Student's t interval.
+
+    With two or three seeds a percentile bootstrap of the mean, or the range of the values,
+    is far narrower than a 95% interval; t is honest and wide (with 2 seeds its half-width is
+    12.7 standard errors). One value gives a point (``how`` is :data:`ONE_SEED`).
 
     Args:
-        values: one value per seed (at least one; positive when ``log``).
+        values: one value per seed (None and non-finite ones are left out).
         log: average the logs and exponentiate (a geometric mean, for ratios).
-        level: the t-interval's coverage.
+        level: the interval's coverage.
+
+    Returns:
+        The :class:`~spectune.results.stats.Interval`; None without a value.
 
     Raises:
-        ValueError: no value, or a value <= 0 with ``log``.
+        ValueError: a value <= 0 with ``log``.
     """
-    x = np.asarray(values, dtype=float)
+    x = np.asarray([float(v) for v in values if v is not None and math.isfinite(float(v))])
     if x.size == 0:
-        raise ValueError("seed_interval needs at least one value")
+        return None
     if log:
         if np.any(x <= 0):
             raise ValueError(f"seed_interval(log=True) needs positive values, got {list(x)}")
@@ -55,17 +63,43 @@ def seed_interval(values: Sequence[float], *, log: bool = False, level: float = 
     if x.size == 1:
         low = high = mean
         how = ONE_SEED
-    elif x.size == 2:
-        low, high = float(x.min()), float(x.max())
-        how = "range over 2 seeds"
     else:
         from scipy.stats import t  # lazy: scipy is slow to import
 
         half = float(t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
         low, high = mean - half, mean + half
-        how = f"t-interval over {x.size} seeds" + (" (on the log)" if log else "")
+        how = f"Student t over {x.size} seeds" + (" (on the logs)" if log else "")
     return Interval(float(back(mean)), float(back(low)), float(back(high)), level,
                     int(x.size), int(x.size), how)  # fmt: skip
+
+
+def complete_runs(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Variant name -> its finished runs' rows (``status`` complete), in the rows' order;
+    a row without ``variant`` counts under its ``candidate`` (or ``method``)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "complete":
+            name = r.get("variant") or r.get("candidate") or r["method"]
+            out.setdefault(name, []).append(r)
+    return out
+
+
+def number(value: Any) -> float | None:
+    """A finite float from a row's cell (CSV text or a number), else None."""
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def fmt_interval(ci: Interval | None, scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
+    """``"12.5 [8.0, 17.2]"`` with a unit; ``"-"`` for None."""
+    if ci is None:
+        return "-"
+    return ci.text(scale, digits) + unit
 
 
 def has_interval(ci: Interval | None) -> bool:
@@ -99,8 +133,8 @@ def side_verdict(ci: Interval | None, threshold: float, published: str) -> str:
 
 def method_kind(method: str) -> str | None:
     """``"lora"`` for the LoRA family (it reads the ``lora`` section), ``"full"`` for full
-    fine-tuning, None for any other method."""
-    if method == FULL:
+    fine-tuning (a method that trains every parameter), None for any other method."""
+    if get_method(method).trains_everything:
         return "full"
     return "lora" if "lora" in (get_method(method).sections or {}) else None
 
@@ -198,9 +232,11 @@ def ratio_text(ci: Interval | None, unit: str = "x") -> str:
 
 
 __all__ = [
-    "FULL",
     "ONE_SEED",
     "band_verdict",
+    "complete_runs",
+    "fmt_interval",
+    "number",
     "check_no_grid",
     "has_interval",
     "loss_ratio",

@@ -40,7 +40,13 @@ from spectune.studies.questions import (
     StudyPlan,
     register_question,
 )
-from spectune.studies.questions._seeds import complete_runs, fmt_interval, number, seed_interval
+from spectune.studies.questions.measures import (
+    complete_runs,
+    fmt_interval,
+    method_kind,
+    number,
+    seed_interval,
+)
 
 #: the budget-matched variants' trainable counts may differ by at most this fraction
 BUDGET_TOLERANCE = 0.10
@@ -74,7 +80,7 @@ class Peers(Question):
         known = {
             v.name: plan.trainable.get(v.name)
             for v in plan.variants
-            if v.method != "full" and plan.trainable.get(v.name)
+            if method_kind(v.method) != "full" and plan.trainable.get(v.name)
         }
         if len(known) < 2:
             return
@@ -139,7 +145,7 @@ def _budget_notes(table: list[dict[str, Any]], methods: dict[str, str]) -> list[
     counts = {
         r["variant"]: r["trainable"]
         for r in table
-        if methods[r["variant"]] != "full" and r["trainable"]
+        if method_kind(methods[r["variant"]]) != "full" and r["trainable"]
     }
     if len(counts) < 2:
         return []

@@ -51,7 +51,13 @@ from spectune.studies.questions import (
     StudyPlan,
     register_question,
 )
-from spectune.studies.questions._seeds import complete_runs, fmt_interval, number, seed_interval
+from spectune.studies.questions.measures import (
+    complete_runs,
+    fmt_interval,
+    method_kind,
+    number,
+    seed_interval,
+)
 
 #: the matrix types, in the table's order (other names follow, sorted)
 MATRIX_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -108,7 +114,7 @@ class UpdateRank(Question):
     source = SOURCE
 
     def check(self, plan: StudyPlan) -> None:
-        fulls = [v.name for v in plan.variants if v.method == "full"]
+        fulls = [v.name for v in plan.variants if method_kind(v.method) == "full"]
         loras = [v.name for v in plan.variants if lora_rank(plan.configs.get(v.name)) is not None]
         have = ", ".join(f"{v.name} ({v.method})" for v in plan.variants)
         if not fulls or not loras:
@@ -127,7 +133,7 @@ class UpdateRank(Question):
     def answer(self, evidence: Evidence) -> Answer:
         plan, runs = evidence.plan, complete_runs(evidence.rows)
         per_run = _per_run(evidence.folder, runs)
-        all_fulls = [v.name for v in plan.variants if v.method == "full"]
+        all_fulls = [v.name for v in plan.variants if method_kind(v.method) == "full"]
         all_loras = [v.name for v in plan.variants if lora_rank(plan.configs.get(v.name))]
         fulls = [n for n in all_fulls if per_run.get(n)]
         loras = [n for n in all_loras if per_run.get(n)]

@@ -11,6 +11,8 @@ hook                          what it does (default)
 ``sections``                  config sections the method reads, name -> dataclass
                               (``{"lora": LoraSection}``); validated with the rest of the config
 ``uses_target_modules``       whether ``target_modules`` / ``exclude_modules`` matter (True)
+``trains_everything``         whether it trains every parameter: the reference the
+                              parameter-efficient methods are judged against (False)
 ``trains_new_tokens``         whether it trains the embedding rows of tokens added to the
                               vocabulary (``ctx.new_tokens``, ``data.end_of_turn=token``;
                               False: such a run is refused)
@@ -216,6 +218,8 @@ class Method:
         sections: config sections the method reads (name -> dataclass). Two methods that
             share a section (the LoRA family shares ``lora``) must declare the same class.
         uses_target_modules: whether ``target_modules`` / ``exclude_modules`` matter.
+        trains_everything: whether it trains every parameter (full fine-tuning: the
+            reference that studies' questions compare the other methods with).
         trains_new_tokens: whether :meth:`build` trains the embedding (and output) rows of
             ``ctx.new_tokens``, and :meth:`save` keeps them.
         settings: results-table column -> dotted config key.
@@ -229,6 +233,7 @@ class Method:
     description: str = ""
     sections: Mapping[str, type] = {}
     uses_target_modules: bool = True
+    trains_everything: bool = False
     trains_new_tokens: bool = False
     settings: Mapping[str, str] = {}
     shardable: bool = False

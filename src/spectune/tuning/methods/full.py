@@ -25,6 +25,7 @@ class FullMethod(Method):
 
     description = "full fine-tuning: every parameter (the reference)"
     uses_target_modules = False
+    trains_everything = True
     trains_new_tokens = True  # the embeddings train with everything else
     shardable = True  # every weight is a plain parameter: what FSDP was made for
 
