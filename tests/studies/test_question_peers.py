@@ -58,7 +58,9 @@ def test_check_refuses_few_variants_unmatched_budgets_and_far_counts():
         q.check(_plan(three, {"lora": 100, "oft": 100, "full": 10**6}, match_budget=False))
     four = [*three, Variant("spectrum", "spectrum")]
     counts = {"lora": 1000, "oft": 1050, "full": 10**6, "spectrum": 1200}
-    with pytest.raises(SpectuneError, match="spectrum trains 1,200 and lora 1,000 \\(\\+20%\\)"):
+    # the budget is the median count (1,050): spectrum is +14% from it
+    with pytest.raises(SpectuneError, match=r"budget \(1,050 trainable parameters, the "
+                       r"variants' median\), but spectrum trains 1,200 \(\+14%\)"):  # fmt: skip
         q.check(_plan(four, counts))
     # full trains everything and is excepted; a count not known is not checked
     q.check(_plan(four, {**counts, "spectrum": 1099}))
@@ -212,6 +214,6 @@ def test_mlp_only_lora_counts_among_peft_front_methods(tmp_path):
     # Spectrum against FROG, the two spectral selections: same questions right, forgetting 0-0.01
     assert answer.notes == [
         "spectrum - frog (spectral rivals): within noise in both",
-        "budgets not matched: frog trained 1,200 parameters, lora 1,000 (+20% > 10%); read the "
-        "front with that",
+        "budgets not matched: frog trained 1,200 parameters, +20% from the budget (1,000, the "
+        "median) beyond 10%; read the front with that",
     ]

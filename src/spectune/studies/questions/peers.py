@@ -82,15 +82,14 @@ class Peers(Question):
             for v in plan.variants
             if method_kind(v.method) != "full" and plan.trainable.get(v.name)
         }
-        if len(known) < 2:
-            return
-        lo, hi = min(known, key=known.__getitem__), max(known, key=known.__getitem__)
-        if known[hi] > (1 + BUDGET_TOLERANCE) * known[lo]:
+        worst = _off_budget(known)
+        if worst is not None:
+            name, off, budget = worst
             raise SpectuneError(
-                f"peers needs the budget-matched variants within {BUDGET_TOLERANCE:.0%} of each "
-                f"other's trainable count, but {hi} trains {known[hi]:,} and {lo} {known[lo]:,} "
-                f"(+{known[hi] / known[lo] - 1:.0%}); change the overrides of {hi} or {lo} "
-                "(their method's budget setting) until study.match_budget can match them"
+                f"peers needs every budget-matched variant within {BUDGET_TOLERANCE:.0%} of the "
+                f"budget ({budget:,.0f} trainable parameters, the variants' median), but {name} "
+                f"trains {known[name]:,} ({off:+.0%}); change its overrides (its method's "
+                "budget setting) until study.match_budget can match it"
             )
 
     def answer(self, evidence: Evidence) -> Answer:
@@ -139,22 +138,35 @@ class Peers(Question):
         return Answer("peers", self.title, findings, table, notes)
 
 
+def _off_budget(counts: dict[str, int]) -> tuple[str, float, float] | None:
+    """``(variant, its relative distance, budget)`` of the variant furthest from the budget
+    when it is further than :data:`BUDGET_TOLERANCE`, else None. The budget is the counts'
+    median: the reference's count, which most variants match exactly; DoRA's magnitudes and
+    OFT's block sizes leave some a few percent off it, on either side."""
+    if len(counts) < 2:
+        return None
+    budget = float(np.median(list(counts.values())))
+    off = {n: c / budget - 1 for n, c in counts.items()}
+    worst = max(off, key=lambda n: abs(off[n]))
+    return (worst, off[worst], budget) if abs(off[worst]) > BUDGET_TOLERANCE else None
+
+
 def _budget_notes(table: list[dict[str, Any]], methods: dict[str, str]) -> list[str]:
-    """A note when the runs' measured trainable counts (full fine-tuning excepted) are further
-    apart than :data:`BUDGET_TOLERANCE` (the plan's counts may have been unknown)."""
+    """A note when a run's measured trainable count (full fine-tuning excepted) is further
+    from the budget than :data:`BUDGET_TOLERANCE` (the plan's counts may have been unknown)."""
     counts = {
         r["variant"]: r["trainable"]
         for r in table
         if method_kind(methods[r["variant"]]) != "full" and r["trainable"]
     }
-    if len(counts) < 2:
+    worst = _off_budget(counts)
+    if worst is None:
         return []
-    lo, hi = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
-    if counts[hi] <= (1 + BUDGET_TOLERANCE) * counts[lo]:
-        return []
+    name, off, budget = worst
     return [
-        f"budgets not matched: {hi} trained {counts[hi]:,} parameters, {lo} {counts[lo]:,} "
-        f"(+{counts[hi] / counts[lo] - 1:.0%} > {BUDGET_TOLERANCE:.0%}); read the front with that"
+        f"budgets not matched: {name} trained {counts[name]:,} parameters, {off:+.0%} from the "
+        f"budget ({budget:,.0f}, the median) beyond {BUDGET_TOLERANCE:.0%}; read the front "
+        "with that"
     ]
 
 
