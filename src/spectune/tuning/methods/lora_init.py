@@ -134,7 +134,7 @@ def check_method_init(spec: Any, config: TuneConfig) -> None:
             "weights, and peft's conversion of the trained adapter into one of the original "
             "base does not carry DoRA's magnitudes (its outputs differ); use method=lora"
         )
-    if kind in REWRITE_BASE:
+    if kind in REWRITE_BASE and fixed is None:  # pissa, olora: unshardable, refused as such
         from spectune.tuning.checks import fsdp_requested
 
         if fsdp_requested(config):
