@@ -52,6 +52,7 @@ from spectune.studies.questions import (
     register_question,
 )
 from spectune.studies.questions.measures import (
+    band_verdict,
     complete_runs,
     fmt_interval,
     method_kind,
@@ -229,19 +230,24 @@ def _table(plan: StudyPlan, per_run: dict, types: list[str], ref_lora: str | Non
     return rows
 
 
+def _unanswered(claim: str, published: str) -> Finding:
+    """The finding when a side of the comparison has no finished run with spectra."""
+    return Finding(
+        claim,
+        published,
+        SOURCE,
+        "-",
+        "undetermined",
+        "needs a finished full run and a finished LoRA-family run with spectra",
+    )
+
+
 def _band_finding(per_run: dict, full: str | None, lora: str | None, r: int | None) -> Finding:
     """Full fine-tuning's rank90 (all typed layers) over the reference LoRA's r."""
     claim = "full fine-tuning's rank90 / LoRA's r"
     published = f"{BAND[0]:g}-{BAND[1]:g}x"
     if full is None or lora is None or not r:
-        return Finding(
-            claim,
-            published,
-            SOURCE,
-            "-",
-            "undetermined",
-            "needs a finished full run and a finished LoRA-family run with spectra",
-        )
+        return _unanswered(claim, published)
     means = [_type_means(ranks, None) for ranks in per_run[full].values()]
     ci = seed_interval([m / r for m in means if m is not None])
     max_rank = max(m for ranks in per_run[full].values() for ls in ranks.values() for _, m in ls)
@@ -256,9 +262,7 @@ def _band_finding(per_run: dict, full: str | None, lora: str | None, r: int | No
     elif ci.runs < 2:
         verdict, why = "undetermined", "one seed: no interval over seeds"
     else:
-        inside = BAND[0] <= ci.low and ci.high <= BAND[1]
-        outside = ci.high < BAND[0] or ci.low > BAND[1]
-        verdict = "agrees" if inside else "differs" if outside else "undetermined"
+        verdict = band_verdict(ci, *BAND)
         why = (
             f"band [{BAND[0]:g}, {BAND[1]:g}]x; the ratio can reach at most {reach:.0f}x "
             f"(full rank {max_rank} / r); mean rank90 of Delta W = W - W_base over every "
@@ -281,14 +285,7 @@ def _type_finding(per_run: dict, types: list[str], full: str | None, lora: str |
     claim = "full's rank90 above LoRA's in every matrix type"
     published = "full fine-tuning's far above LoRA's"
     if full is None or lora is None:
-        return Finding(
-            claim,
-            published,
-            SOURCE,
-            "-",
-            "undetermined",
-            "needs a finished full run and a finished LoRA-family run with spectra",
-        )
+        return _unanswered(claim, published)
     cis = {}
     for kind in types:
         ratios = _paired_ratios(per_run, full, lora, kind)
