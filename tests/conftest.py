@@ -215,7 +215,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     judge_dir = tmp_path_factory.getbasetemp() / "judge-cache"
     monkeypatch.setattr("spectune.judging.cache.cache_dir", lambda: judge_dir)
     # Spectrum's SNR tables of the tests' temporary model folders stay out of the user's cache
-    monkeypatch.setattr(
-        "spectune.tuning.methods.spectrum.snr_cache_dir", lambda: judge_dir.parent / "spectrum"
-    )
+    # (the module object, not a dotted path: spectune.tuning.methods is also a function's name)
+    import importlib
+
+    spectrum = importlib.import_module("spectune.tuning.methods.spectrum")
+    monkeypatch.setattr(spectrum, "snr_cache_dir", lambda: judge_dir.parent / "spectrum")
     yield root
