@@ -230,16 +230,13 @@ def _table(plan: StudyPlan, per_run: dict, types: list[str], ref_lora: str | Non
     return rows
 
 
-def _unanswered(claim: str, published: str) -> Finding:
-    """The finding when a side of the comparison has no finished run with spectra."""
-    return Finding(
-        claim,
-        published,
-        SOURCE,
-        "-",
-        "undetermined",
-        "needs a finished full run and a finished LoRA-family run with spectra",
-    )
+def _unanswered(
+    claim: str,
+    published: str,
+    why: str = "needs a finished full run and a finished LoRA-family run with spectra",
+) -> Finding:
+    """The finding when the runs cannot answer ``claim`` (``why``)."""
+    return Finding(claim, published, SOURCE, "-", "undetermined", why)
 
 
 def _band_finding(per_run: dict, full: str | None, lora: str | None, r: int | None) -> Finding:
@@ -292,13 +289,8 @@ def _type_finding(per_run: dict, types: list[str], full: str | None, lora: str |
         if ratios:
             cis[kind] = seed_interval(ratios, log=True)
     if not cis:
-        return Finding(
-            claim,
-            published,
-            SOURCE,
-            "-",
-            "undetermined",
-            f"{full} and {lora} share no seed with ranks of one matrix type",
+        return _unanswered(
+            claim, published, f"{full} and {lora} share no seed with ranks of one matrix type"
         )
     ours = "; ".join(f"{k} {fmt_interval(c, unit='x')}" for k, c in cis.items())
     n = min(c.runs for c in cis.values())
