@@ -39,6 +39,7 @@ from spectune.studies.questions import (
 )
 from spectune.studies.questions.measures import (
     check_no_grid,
+    learning_columns,
     loss_ratio,
     method_kind,
     paired_accuracy,
@@ -48,7 +49,6 @@ from spectune.studies.questions.measures import (
     ratio_text,
     seed_interval,
     side_verdict,
-    summary_of,
 )
 
 SOURCE = "LoRA Without Regret (Thinking Machines, 2025)"
@@ -135,17 +135,12 @@ class Batch(Question):
         table = []
         for kind, sizes in by.items():
             for b, name in sizes.items():
-                summary = summary_of(evidence, name) or {}
-                loss = list(per_seed(evidence, name, "heldout_loss_after").values())
-                ci = seed_interval(loss) if loss else None
                 table.append({
                     "variant": name,
                     "method": kind,
                     "effective batch": b,
                     "max_steps": effective_batch(plan.configs[name])[1],
-                    "accuracy gain (points)": points(summary.get("accuracy_gain")),
-                    "held-out loss": "-" if ci is None else
-                    f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}] ({ci.how})",
+                    **learning_columns(evidence, name),
                 })  # fmt: skip
         shared = [b for b in by["lora"] if b in by["full"]]
         pairs = {b: (by["lora"][b], by["full"][b]) for b in shared}

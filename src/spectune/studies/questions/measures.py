@@ -73,6 +73,20 @@ def seed_interval(
                     int(x.size), int(x.size), how)  # fmt: skip
 
 
+def learning_columns(evidence: Evidence, name: str) -> dict[str, str]:
+    """A variant's accuracy gain (its summary's interval, in points) and held-out loss after
+    training (Student's t over its seeds), as the questions' tables show them."""
+    summary = summary_of(evidence, name) or {}
+    loss = list(per_seed(evidence, name, "heldout_loss_after").values())
+    ci = seed_interval(loss) if loss else None
+    return {
+        "accuracy gain (points)": points(summary.get("accuracy_gain")),
+        "held-out loss": "-"
+        if ci is None
+        else f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}] ({ci.how})",
+    }
+
+
 def complete_runs(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Variant name -> its finished runs' rows (``status`` complete), in the rows' order;
     a row without ``variant`` counts under its ``candidate`` (or ``method``)."""
@@ -234,6 +248,7 @@ def ratio_text(ci: Interval | None, unit: str = "x") -> str:
 __all__ = [
     "ONE_SEED",
     "band_verdict",
+    "learning_columns",
     "complete_runs",
     "fmt_interval",
     "number",

@@ -39,15 +39,13 @@ from spectune.studies.questions import (
 from spectune.studies.questions.measures import (
     band_verdict,
     check_no_grid,
+    learning_columns,
     loss_ratio,
     method_kind,
     paired_accuracy,
-    per_seed,
     points,
     ratio_text,
-    seed_interval,
     side_verdict,
-    summary_of,
 )
 
 SOURCE = "LoRA Without Regret (Thinking Machines, 2025)"
@@ -168,17 +166,12 @@ class Targets(Question):
         picked = _pick(target_kinds(plan))
         table = []
         for kind, name in picked.items():
-            summary = summary_of(evidence, name) or {}
-            loss = list(per_seed(evidence, name, "heldout_loss_after").values())
-            ci = seed_interval(loss) if loss else None
             table.append({
                 "variant": name,
                 "targets": kind,
                 "r": int(plan.configs[name].section("lora").r),
                 "trainable": plan.trainable.get(name),
-                "accuracy gain (points)": points(summary.get("accuracy_gain")),
-                "held-out loss": "-" if ci is None else
-                f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}] ({ci.how})",
+                **learning_columns(evidence, name),
             })  # fmt: skip
         attn, mlp, full = (picked[k] for k in KINDS)
         acc_attn, acc_mlp = (
