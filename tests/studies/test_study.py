@@ -128,6 +128,8 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
         ("num_intruders", "accuracy_gain"),
         ("num_intruders", "forgetting"),
     }
+    assert any(n.startswith("Spearman adapter_alpha vs accuracy_gain: undetermined")
+               for n in result.notes)  # fmt: skip
     for name in ("study.json", "results.csv", "report.html", "plots/pareto.png",
                  "plots/lr_search.png", "lr_search/data/validation.jsonl"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -213,3 +215,25 @@ def test_layer_alpha_correlation_reads_a_runs_layers(tmp_path):
     few = layer_alpha_correlation(tmp_path / "b")
     assert few.n == 4 and few.rho is None and "4 layer(s)" in few.reason
     assert layer_alpha_correlation(tmp_path / "none") is None
+
+
+def test_a_study_without_spectra_says_so_once_instead_of_one_undetermined_line_per_pair(tmp_path):
+    from spectune.studies.summary import OUTCOMES, SPECTRAL_COLUMNS, summarize_study
+
+    rows = [{"name": f"r{i}", "status": "complete", "accuracy_gain": 0.1 * i, "forgetting": 0.2}
+            for i in range(6)]  # fmt: skip
+    rows[0]["num_intruders"] = 3  # one column measured on one run: still too few for a rho
+    _, _, _, corrs, _, notes, _ = summarize_study(tmp_path, rows, {}, [])
+    assert len(corrs) == len(SPECTRAL_COLUMNS) * len(OUTCOMES)  # the JSON keeps every pair
+    spearman = [n for n in notes if n.startswith("Spearman")]
+    assert spearman[:2] == [
+        "Spearman num_intruders vs accuracy_gain: undetermined (1 run(s) with both values; "
+        "a correlation needs at least 5)",
+        "Spearman num_intruders vs forgetting: undetermined (1 run(s) with both values; "
+        "a correlation needs at least 5)",
+    ]
+    assert spearman[2].startswith(
+        "Spearman of adapter_alpha, base_alpha, frac_alpha_below_2, rank90, stable_rank, "
+        "log_norm against the outcomes: not measured"
+    )
+    assert len(spearman) == 3

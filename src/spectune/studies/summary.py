@@ -285,8 +285,15 @@ def _notes(
                 f"{metric}: "
                 + ", ".join(f"{e['parameter']} eta^2={e['eta_squared']:.2f}" for e in top)
             )
-    for c in corrs:
+    measured = [c for c in corrs if c["n"] > 0]
+    for c in measured:
         notes.append(f"Spearman {c['x']} vs {c['y']}: {c['text']}")
+    if corrs and len(measured) < len(corrs):
+        absent = sorted({c["x"] for c in corrs if c["n"] == 0}, key=SPECTRAL_COLUMNS.index)
+        notes.append(
+            f"Spearman of {', '.join(absent)} against the outcomes: not measured (no finished "
+            "run has these columns; eval.spectra / eval.intruders turn them on)"
+        )
     notes += layer_notes
     if advice is not None:
         notes.append(advice.text().replace("\n\n", "\n"))
