@@ -237,3 +237,59 @@ def test_a_study_without_spectra_says_so_once_instead_of_one_undetermined_line_p
         "log_norm against the outcomes: not measured"
     )
     assert len(spearman) == 3
+
+
+def _marked_run(calls: list):
+    """The fake run in a real run folder (marker, lock, resolved config.yaml), recording
+    ``(name, resume, overwrite)`` of each call."""
+    from spectune.results.runfolder import RunFolder
+    from spectune.tuning.config import yaml_dump
+
+    inner = _fake_run()
+
+    def run(config, *, out, resume=False, progress=True, overwrite=False):
+        calls.append((Path(out).name, resume, overwrite))
+        folder = RunFolder(out).open(overwrite=overwrite, resume=resume)
+        folder.own("config.yaml", "metrics.json", "predictions.jsonl")
+        res = inner(config, out=out, resume=resume, progress=progress)
+        (Path(out) / "config.yaml").write_text(yaml_dump(config.to_dict()))
+        folder.finish()
+        return res
+
+    return run
+
+
+def test_a_resume_may_grow_the_rate_grid_and_seeds_and_reruns_the_runs_whose_choice_moved(
+    tiny_model_dir, tmp_path
+):
+    out, calls = tmp_path / "study", []
+    small = _study_data(tiny_model_dir, methods=["lora"], seeds=2, lr_grid=[1e-3, 3e-3])
+    first = study(data=small, out=out, progress=False, run_fn=_marked_run(calls))
+    assert [s["chosen"] for s in first.lr_search] == [0.003]  # the top of the grid: extend it
+    assert [c[0] for c in calls] == ["lora-lr0.001", "lora-lr0.003", "lora-s0", "lora-s1"]
+
+    calls.clear()
+    grown = _study_data(tiny_model_dir, methods=["lora"], seeds=3, lr_grid=[1e-3, 3e-3, 1e-2])
+    again = study(data=grown, out=out, resume=True, progress=False, run_fn=_marked_run(calls))
+    assert [s["chosen"] for s in again.lr_search] == [0.01]  # the fake's optimum, now in reach
+    assert calls == [
+        ("lora-lr0.001", True, False),  # finished: taken as they are
+        ("lora-lr0.003", True, False),
+        ("lora-lr0.01", False, False),  # the added rate
+        ("lora-s0", False, True),  # ran at 3e-3: run again at 1e-2 in its folder
+        ("lora-s1", False, True),
+        ("lora-s2", False, False),  # the added seed
+    ]
+    assert {r["name"]: r["learning_rate"] for r in again.runs} == {
+        "lora-s0": 0.01, "lora-s1": 0.01, "lora-s2": 0.01}  # fmt: skip
+    assert "learning_rate: 0.01" in (out / "runs/lora-s0/config.yaml").read_text()
+
+    # a grid that drops a rate, or fewer seeds: refused, naming the field, nothing run
+    calls.clear()
+    for changed, field in (({"lr_grid": [3e-3, 1e-2]}, r"study\.lr_grid\.lora"),
+                           ({"seeds": 2}, r"study\.seeds")):  # fmt: skip
+        block = {"methods": ["lora"], "seeds": 3, "lr_grid": [1e-3, 3e-3, 1e-2], **changed}
+        with pytest.raises(SpectuneError, match=rf"\(in: {field}\).*may only add rates"):
+            study(data=_study_data(tiny_model_dir, **block), out=out, resume=True,
+                  progress=False, run_fn=_marked_run(calls))  # fmt: skip
+    assert calls == []

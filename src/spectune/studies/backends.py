@@ -51,7 +51,9 @@ from spectune.tuning.config import TuneConfig
 
 @dataclass
 class Job:
-    """One run to do: its name, method, raw config, folder, whether to resume, or why not."""
+    """One run to do: its name, method, raw config, folder, whether to resume, or why not;
+    ``overwrite``: the folder holds this job's own earlier run at settings since changed (a
+    study resumed with a grown grid whose chosen rate moved), replaced by the new run."""
 
     name: str
     method: str
@@ -59,6 +61,7 @@ class Job:
     out: Path
     resume: bool
     error: str | None = None
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,8 @@ def run_job(
         cfg = TuneConfig.from_dict(job.config, source=f"run {job.name}")
         resume = job.resume and job.out.exists()
         with contextlib.nullcontext() if held is None else held.lend(job.out):
-            res = run_fn(cfg, out=job.out, resume=resume, progress=progress)
+            again = {"overwrite": True} if job.overwrite else {}
+            res = run_fn(cfg, out=job.out, resume=resume, progress=progress, **again)
         return res.metrics, None
     except Exception as exc:  # noqa: BLE001 - one run's failure, whatever it is, is not the study's
         return None, failure(exc)

@@ -44,7 +44,10 @@ The folder, the resume check, the backends and the comparison files are the runn
 sweeps, the demo and searches share (:mod:`spectune.studies.runner`).
 
 Resume (``resume=True``) keeps finished runs; a changed study config is refused with the
-changed fields named. A run that fails, whatever it raises (an ``OverflowError`` as much as a
+changed fields named, except for growth: rates added to ``lr_grid`` and seeds added to
+``seeds`` or ``lr_search.seeds`` run only what is new (the study's own advice "extend
+study.lr_grid.X" is a resume), and a real run whose variant's chosen point moved is run again
+in its folder. A run that fails, whatever it raises (an ``OverflowError`` as much as a
 :class:`SpectuneError`), is recorded with its reason and the study goes on; a study whose
 runs all failed is an error. The study's ``run.json`` is never left "running": an
 interruption (Ctrl-C) or an error outside the runs marks it failed with the reason, and
@@ -78,7 +81,14 @@ from spectune.report.pages.comparison import write_comparison_report
 from spectune.report.plots.study import layer_alpha_figure, study_figures
 from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.results.table import csv_text
-from spectune.studies.backends import Backend, Executor, Job, failure, make_executor
+from spectune.studies.backends import (
+    Backend,
+    Executor,
+    Job,
+    failure,
+    finished_run,
+    make_executor,
+)
 from spectune.studies.questions import Answer, Evidence, Question, StudyPlan, get_question
 from spectune.studies.rate_search import (
     LRSearch,
@@ -108,7 +118,13 @@ from spectune.studies.variants import (
     study_plan,
 )
 from spectune.tuning import recipe
-from spectune.tuning.config import TuneConfig, apply_overrides, read_config_data
+from spectune.tuning.config import (
+    TuneConfig,
+    apply_overrides,
+    changed_fields,
+    read_config_data,
+    yaml_load,
+)
 from spectune.tuning.objectives.sft import load_instruction_data
 
 STUDY_CONFIG = "study.yaml"
@@ -279,11 +295,13 @@ def study(
         if not resume:
             return
         saved = out / STUDY_CONFIG
-        diff = changed_settings(saved, raw)
+        diff = _beyond_growth(saved, raw, changed_settings(saved, raw))
         if diff:
             raise SpectuneError(
                 f"--resume: this study config differs from the one {out} started with (in: "
-                f"{', '.join(diff)}); resume with {saved} or start over with --overwrite"
+                f"{', '.join(diff)}); resume with {saved} or start over with --overwrite (a "
+                "resume may only add rates to study.lr_grid and seeds to study.seeds or "
+                "study.lr_search.seeds)"
             )
         folder.resumed()
         earlier = _earlier_seconds(out)
@@ -292,6 +310,31 @@ def study(
         out, "study", overwrite=overwrite, resume=resume, held=held, before=before
     ) as folder:
         return _run_study(session, folder, earlier)
+
+
+#: the study settings a resume may grow: what was run at the old values stays valid
+_GROWABLE = ("study.lr_grid", "study.seeds", "study.lr_search.seeds")
+
+
+def _beyond_growth(saved: Path, raw: dict[str, Any], diff: list[str]) -> list[str]:
+    """The fields of ``diff`` (changed since ``saved``) a resume cannot take: all but rates
+    added to a variant's grid and seeds added to the real runs or to the searches (from two
+    or more search seeds: one names its runs without a seed)."""
+    other = [k for k in diff if not any(k == g or k.startswith(g + ".") for g in _GROWABLE)]
+    if other or not diff:
+        return other
+    try:
+        _, old = split_study_config(yaml_load(saved.read_text(encoding="utf-8"), str(saved)))
+    except (OSError, SpectuneError):
+        return diff
+    _, new = split_study_config(raw)
+    beyond = [] if set(old.seeds) <= set(new.seeds) else ["study.seeds"]
+    if not set(old.lr_seeds) <= set(new.lr_seeds) or len(old.lr_seeds) == 1 < len(new.lr_seeds):
+        beyond.append("study.lr_search.seeds")
+    for name, rates in old.lr_grid.items():
+        if not set(rates) <= set(new.lr_grid.get(name, [])):
+            beyond.append(f"study.lr_grid.{name}")
+    return beyond
 
 
 def _earlier_seconds(out: Path) -> float:
@@ -530,8 +573,25 @@ def _study_jobs(
                 else apply_overrides(c.config.to_dict(), [f"seed={seed}", *_point_items(point)])
             )
             why = None if point is not None else "learning-rate search: every point failed"
-            jobs.append(Job(name, c.method, data, s.root / "runs" / name, s.resume, why))
+            out = s.root / "runs" / name
+            moved = s.resume and data is not None and _moved_point(out, data, point)
+            if moved:
+                s.say(f"[run] {name}: the search now chooses {point_name(point)}: run again")
+            jobs.append(Job(name, c.method, data, out, s.resume and not moved, why, moved))
     return jobs, settings, groups
+
+
+def _moved_point(out: Path, data: dict[str, Any], point: dict[str, Any]) -> bool:
+    """Whether ``out`` holds a finished run at another search point than ``point`` (a grid
+    grown on resume moved the choice): the point's settings in its resolved config differ."""
+    if not finished_run(out):
+        return False
+    try:
+        ran = yaml_load((out / "config.yaml").read_text(encoding="utf-8"), str(out))
+    except (OSError, SpectuneError):
+        return False
+    keys = {item.split("=", 1)[0] for item in _point_items(point)}
+    return bool(keys & set(changed_fields(ran, data)))
 
 
 def _study_notes(
