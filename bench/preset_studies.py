@@ -41,6 +41,12 @@ STATED: dict[str, dict[str, str]] = {
         "LoRA r=64 (lora-r64) best rate / full fine-tuning's": "undetermined",
         "max / min of LoRA's best rates across ranks": "undetermined",
     },
+    # fixed rates, 2 optimizer steps at batch 128: the README says what "differs" means here
+    "batch": {
+        "LoRA - full accuracy gain, change per doubling of the batch": "differs",
+        "log(LoRA / full held-out loss), change per doubling of the batch": "undetermined",
+        "LoRA - full accuracy gain at the largest batch (128)": "differs",
+    },
     "update-rank": {
         "full fine-tuning's rank90 / LoRA's r": "differs",
         "full's rank90 above LoRA's in every matrix type": "agrees",
@@ -58,6 +64,8 @@ FIGURES: dict[str, dict[str, tuple[str, float, float]]] = {
     },
     # README: 8.4x [8.3, 8.6] over 3 seeds; one study so far, band set wider for other kernels
     "update-rank": {"full fine-tuning's rank90 / LoRA's r": ("ratio", 6.0, 10.0)},
+    # README: +14.3 points at batch 128 (2 steps at fixed rates); one study so far
+    "batch": {"LoRA - full accuracy gain at the largest batch (128)": ("interval", 0.05, 0.25)},
 }
 
 
