@@ -147,8 +147,8 @@ def test_study_flow_with_a_fake_run_resume_and_failures(tiny_model_dir, tmp_path
     assert again.failed_runs == {} and again.advice["choice"] == "lora"
     assert again.total_seconds > result.total_seconds > 0
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
-    # resume with a changed config names the fields
-    changed = _study_data(tiny_model_dir, grid={"lora.lora_dropout": [0.0]}, seeds=3)
+    # resume with a changed config names the fields (fewer seeds is no growth)
+    changed = _study_data(tiny_model_dir, grid={"lora.lora_dropout": [0.0]}, seeds=1)
     changed["train"]["max_steps"] = 5
     with pytest.raises(SpectuneError, match=r"in: study.seeds, train.max_steps"):
         study(data=changed, out=out, resume=True, progress=False, run_fn=_fake_run())
@@ -293,3 +293,26 @@ def test_a_resume_may_grow_the_rate_grid_and_seeds_and_reruns_the_runs_whose_cho
             study(data=_study_data(tiny_model_dir, **block), out=out, resume=True,
                   progress=False, run_fn=_marked_run(calls))  # fmt: skip
     assert calls == []
+
+
+def test_an_interrupted_sessions_time_counts_on_resume(tiny_model_dir, tmp_path):
+    import time as _time
+
+    out, calls = tmp_path / "study", []
+    fake = _marked_run(calls)
+
+    def slow(config, *, out, resume=False, progress=True, overwrite=False):
+        if Path(out).name == "lora-s0" and not resume and len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the third run, after two of 0.3 s
+        _time.sleep(0.3)
+        return fake(config, out=out, resume=resume, progress=progress, overwrite=overwrite)
+
+    data = _study_data(tiny_model_dir, methods=["lora"], seeds=1, lr_grid=[1e-3, 1e-2])
+    with pytest.raises(KeyboardInterrupt):
+        study(data=data, out=out, progress=False, run_fn=slow)
+    marker = json.loads((out / "run.json").read_text())
+    assert marker["status"] == "failed" and marker["seconds"] >= 0.6
+    assert not (out / "study.json").exists()
+    again = study(data=data, out=out, resume=True, progress=False, run_fn=slow)
+    # the two searches of the first session (0.3 s each) and the real run of the second
+    assert again.total_seconds >= 0.6 + 0.3

@@ -321,28 +321,34 @@ def _beyond_growth(saved: Path, raw: dict[str, Any], diff: list[str]) -> list[st
     added to a variant's grid and seeds added to the real runs or to the searches (from two
     or more search seeds: one names its runs without a seed)."""
     other = [k for k in diff if not any(k == g or k.startswith(g + ".") for g in _GROWABLE)]
-    if other or not diff:
+    if len(other) == len(diff):
         return other
     try:
         _, old = split_study_config(yaml_load(saved.read_text(encoding="utf-8"), str(saved)))
+        _, new = split_study_config(raw)
     except (OSError, SpectuneError):
         return diff
-    _, new = split_study_config(raw)
     beyond = [] if set(old.seeds) <= set(new.seeds) else ["study.seeds"]
     if not set(old.lr_seeds) <= set(new.lr_seeds) or len(old.lr_seeds) == 1 < len(new.lr_seeds):
         beyond.append("study.lr_search.seeds")
     for name, rates in old.lr_grid.items():
         if not set(rates) <= set(new.lr_grid.get(name, [])):
             beyond.append(f"study.lr_grid.{name}")
-    return beyond
+    return sorted(other + beyond)
 
 
 def _earlier_seconds(out: Path) -> float:
-    """The seconds of a study's earlier sessions, as its last ``study.json`` recorded them."""
+    """The seconds of a study's earlier sessions: the last ``study.json``'s total, or what the
+    marker counted up to the last run an interrupted session finished, whichever is more."""
     try:
-        return float(json.loads((out / STUDY_JSON).read_text())["total_seconds"] or 0)
+        done = float(json.loads((out / STUDY_JSON).read_text())["total_seconds"] or 0)
     except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
+        done = 0.0
+    try:
+        ticked = float((RunFolder(out, "study").read_marker() or {}).get("seconds") or 0)
+    except (SpectuneError, ValueError, TypeError):
+        ticked = 0.0
+    return max(done, ticked)
 
 
 def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
@@ -363,6 +369,20 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
     )
     save_settings(saved, s.raw, f"spectune study {saved} --resume (the study's config)")
     start = time.perf_counter()
+    execute = s.execute
+
+    def clocked(jobs: list[Job], what: str | None = None, after: Any = None) -> Any:
+        """The executor, keeping the study's seconds so far in its marker after each run (an
+        interrupted session's time then counts on resume, not only a finished one's)."""
+
+        def tick(job: Job, result: Any) -> None:
+            folder.update(seconds=earlier + time.perf_counter() - start)
+            if after is not None:
+                after(job, result)
+
+        return execute(jobs, what, tick)
+
+    s.execute = clocked
     # 1. learning-rate search per variant (on the first grid point), on the validation split
     searches = _search_rates(s)
     folder.update(lr_chosen={m: r.chosen for m, r in searches.items()})
