@@ -41,6 +41,12 @@ STATED: dict[str, dict[str, str]] = {
         "LoRA r=64 (lora-r64) best rate / full fine-tuning's": "undetermined",
         "max / min of LoRA's best rates across ranks": "undetermined",
     },
+    "targets": {
+        "attention-only - all-linear, accuracy gain": "agrees",
+        "attention-only / all-linear, held-out loss": "agrees",
+        "MLP-only - all-linear, accuracy gain": "undetermined",
+        "MLP-only / all-linear, held-out loss": "undetermined",
+    },
     # fixed rates, 2 optimizer steps at batch 128: the README says what "differs" means here
     "batch": {
         "LoRA - full accuracy gain, change per doubling of the batch": "differs",
@@ -64,6 +70,11 @@ FIGURES: dict[str, dict[str, tuple[str, float, float]]] = {
     },
     # README: 8.4x [8.3, 8.6] over 3 seeds; one study so far, band set wider for other kernels
     "update-rank": {"full fine-tuning's rank90 / LoRA's r": ("ratio", 6.0, 10.0)},
+    # README: -8.5 points and 1.43x (3 seeds); one study so far, bands for other kernels
+    "targets": {
+        "attention-only - all-linear, accuracy gain": ("interval", -0.16, -0.03),
+        "attention-only / all-linear, held-out loss": ("interval", 1.15, 1.8),
+    },
     # README: +14.3 points at batch 128 (2 steps at fixed rates); one study so far
     "batch": {"LoRA - full accuracy gain at the largest batch (128)": ("interval", 0.05, 0.25)},
 }
