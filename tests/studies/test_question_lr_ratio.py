@@ -91,7 +91,11 @@ def test_the_ratio_is_paired_by_search_seed_and_agrees_inside_the_band(tmp_path)
     assert r1.claim.startswith("LoRA r=1 (lora-r1)") and r1.figures["rank"] == 1
     # spread over ranks: seed 0 2.2/2.0, seed 1 3.0/2.4; both inside [1, 3]
     assert spread.figures["spreads"] == pytest.approx([1.1, 1.25])
-    assert spread.verdict == "undetermined"  # two seeds: t's interval reaches below 1
+    # two seeds: t's interval on the logs, exp(0.159 +- 12.71 x 0.0639) = [0.52, 2.64], reaches
+    # below 1, which no max / min can be: clipped there, it lies inside [1, 3]
+    sp = spread.figures["interval"]
+    assert (sp["low"], sp["high"]) == pytest.approx((1.0, 2.64), abs=0.01)
+    assert "clipped at 1" in sp["how"] and spread.verdict == "agrees"
     assert len(answer.table) == 8 and answer.table[0]["best rate"] == pytest.approx(2e-3)
     # the answer survives study.json and renders
     back = Answer.from_dict(json.loads(json.dumps(answer.to_dict())))

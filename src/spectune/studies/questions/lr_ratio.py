@@ -19,7 +19,8 @@ step of 10x is "about 10x" and one beyond it is not. It differs when the interva
 outside that band, and is undetermined otherwise (or with one seed). "Nearly independent of
 rank" is the spread max / min of the LoRA variants' best rates (per seed, over ranks): it
 agrees when the spread's interval lies inside [1, 3] (within one grid step) and differs when
-it lies wholly above 3.
+it lies wholly above 3; Student's t on the logs can reach below 1, which no max / min is, so
+the interval is clipped at 1 (it covers the true spread whenever the unclipped one does).
 
 The criterion must be ``loss``: the vertex is read from the validation loss, a smooth function
 of the rate, while validation accuracy on a few dozen examples moves in steps of 1/n and ties,
@@ -29,6 +30,7 @@ reports.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -231,6 +233,8 @@ class LrRatio(Question):
             for s in seeds
         ]
         ci = seed_interval(spreads, log=True) if spreads else None
+        if ci is not None and ci.low < 1:  # a max / min is at least 1: so is its mean
+            ci = dataclasses.replace(ci, low=1.0, how=f"{ci.how}, clipped at 1 (a max / min)")
         return Finding(
             claim,
             "nearly independent of rank (1/r scaling, fixed alpha)",
