@@ -41,6 +41,11 @@ STATED: dict[str, dict[str, str]] = {
         "LoRA r=64 (lora-r64) best rate / full fine-tuning's": "undetermined",
         "max / min of LoRA's best rates across ranks": "agrees",
     },
+    "peers": {
+        "OFT on the Pareto front": "undetermined",
+        "SHiRA, GraLoRA, OFT, MLP-only LoRA among the best for their forgetting": "undetermined",
+        "LoRA's best init": "undetermined",
+    },
     "targets": {
         "attention-only - all-linear, accuracy gain": "agrees",
         "attention-only / all-linear, held-out loss": "agrees",
