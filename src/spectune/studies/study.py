@@ -86,7 +86,6 @@ from spectune.studies.backends import (
     Executor,
     Job,
     failure,
-    finished_run,
     make_executor,
 )
 from spectune.studies.questions import Answer, Evidence, Question, StudyPlan, get_question
@@ -602,9 +601,10 @@ def _study_jobs(
 
 
 def _moved_point(out: Path, data: dict[str, Any], point: dict[str, Any]) -> bool:
-    """Whether ``out`` holds a finished run at another search point than ``point`` (a grid
-    grown on resume moved the choice): the point's settings in its resolved config differ."""
-    if not finished_run(out):
+    """Whether ``out`` holds a run (finished or interrupted) at another search point than
+    ``point`` (a grid grown on resume moved the choice): the point's settings in its resolved
+    config differ. Resuming it would be refused; it is run again instead."""
+    if not (out / "config.yaml").is_file():
         return False
     try:
         ran = yaml_load((out / "config.yaml").read_text(encoding="utf-8"), str(out))
