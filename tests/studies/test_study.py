@@ -311,7 +311,7 @@ def test_an_interrupted_sessions_time_counts_on_resume(tiny_model_dir, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         study(data=data, out=out, progress=False, run_fn=slow)
     marker = json.loads((out / "run.json").read_text())
-    assert marker["status"] == "failed" and marker["seconds"] >= 0.6
+    assert marker["status"] == "failed" and marker["total_seconds"] >= 0.6
     assert not (out / "study.json").exists()
     again = study(data=data, out=out, resume=True, progress=False, run_fn=slow)
     # the two searches of the first session (0.3 s each) and the real run of the second

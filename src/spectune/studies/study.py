@@ -81,13 +81,7 @@ from spectune.report.pages.comparison import write_comparison_report
 from spectune.report.plots.study import layer_alpha_figure, study_figures
 from spectune.results.runfolder import HeldFolders, RunFolder
 from spectune.results.table import csv_text
-from spectune.studies.backends import (
-    Backend,
-    Executor,
-    Job,
-    failure,
-    make_executor,
-)
+from spectune.studies.backends import Backend, Executor, Job, failure, make_executor
 from spectune.studies.questions import Answer, Evidence, Question, StudyPlan, get_question
 from spectune.studies.rate_search import (
     LRSearch,
@@ -337,17 +331,13 @@ def _beyond_growth(saved: Path, raw: dict[str, Any], diff: list[str]) -> list[st
 
 
 def _earlier_seconds(out: Path) -> float:
-    """The seconds of a study's earlier sessions: the last ``study.json``'s total, or what the
-    marker counted up to the last run an interrupted session finished, whichever is more."""
+    """The seconds of a study's earlier sessions: the marker's ``total_seconds``, written at
+    the end of a session and after each of its runs (so an interrupted session's time counts
+    up to its last finished run)."""
     try:
-        done = float(json.loads((out / STUDY_JSON).read_text())["total_seconds"] or 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        done = 0.0
-    try:
-        ticked = float((RunFolder(out, "study").read_marker() or {}).get("seconds") or 0)
+        return float((RunFolder(out, "study").read_marker() or {}).get("total_seconds") or 0)
     except (SpectuneError, ValueError, TypeError):
-        ticked = 0.0
-    return max(done, ticked)
+        return 0.0
 
 
 def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
@@ -375,7 +365,7 @@ def _run_study(s: _Session, folder: RunFolder, earlier: float) -> StudyResult:
         interrupted session's time then counts on resume, not only a finished one's)."""
 
         def tick(job: Job, result: Any) -> None:
-            folder.update(seconds=earlier + time.perf_counter() - start)
+            folder.update(total_seconds=earlier + time.perf_counter() - start)
             if after is not None:
                 after(job, result)
 
