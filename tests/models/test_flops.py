@@ -81,3 +81,32 @@ def test_gemm_rates_are_rates_and_the_mix_is_their_work_weighted_harmonic_mean()
         gemm_rates([], 8)
     with pytest.raises(ValueError, match=r"no measured rate for shape \(6, 4\)"):
         combined_rate({(2, 3): 1.0}, {(2, 3): 1, (6, 4): 2})
+
+
+def test_machine_rate_times_only_the_shapes_its_cache_lacks(tmp_path, monkeypatch):
+    import json
+
+    import spectune.models.flops as flops
+
+    timed: list = []
+
+    def fake_rates(shapes, rows, dtype, **kw):
+        timed.append((list(shapes), rows))
+        return {k: 1e9 * (i + 1) for i, k in enumerate(shapes)}
+
+    monkeypatch.setattr(flops, "gemm_rates", fake_rates)
+    cache = tmp_path / "gemm.json"
+    first = flops.machine_rate({(4, 8): 3}, 70, cache=cache)
+    assert first == 1e9 and timed == [([(4, 8)], 96)]  # rows rounded up to a multiple of 32
+    key = flops.machine_key(torch.float32, 96)
+    assert json.loads(cache.read_text()) == {key: {"4x8": 1e9}}
+    # a second shape: only it is timed; the mix is the work-weighted harmonic mean
+    both = flops.machine_rate({(4, 8): 3, (8, 8): 1}, 90, cache=cache)
+    assert timed[1] == ([(8, 8)], 96)
+    assert both == pytest.approx((96 + 64) / (96 / 1e9 + 64 / 1e9))
+    assert flops.machine_rate({(8, 8): 2}, 96, cache=cache) == pytest.approx(1e9)
+    assert len(timed) == 2
+    cache.write_text("{not json")  # a damaged cache is measured again, then rewritten
+    assert flops.machine_rate({(4, 8): 1}, 96, cache=cache) == pytest.approx(1e9)
+    assert len(timed) == 3
+    assert json.loads(cache.read_text())[key] == {"4x8": 1e9}

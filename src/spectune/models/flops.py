@@ -35,13 +35,17 @@ optimizer, Python, padding is counted as work and shows as lost tokens instead).
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from spectune._io import write_json
 
 
 @dataclass
@@ -186,6 +190,69 @@ def combined_rate(rates: dict[tuple[int, int], float], shapes: dict[tuple[int, i
     return sum(work.values()) / sum(w / rates[k] for k, w in work.items())
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_key(dtype: torch.dtype, rows: int) -> str:
+    """What a measured GEMM rate depends on: the CPU, the kernels torch picked for it, the
+    threads, torch's version, the dtype and the rows of the products."""
+    return (
+        f"{_cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|"
+        f"threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype}|rows={rows}"
+    )
+
+
+def machine_rate(
+    shapes: dict[tuple[int, int], int],
+    rows: int,
+    dtype: torch.dtype = torch.float32,
+    cache: Path | None = None,
+) -> float:
+    """:func:`combined_rate` of this machine's :func:`gemm_rates` on ``shapes`` at ``rows``
+    (rounded up to a multiple of 32, so runs of nearby batch lengths share a measurement); the
+    per-shape rates are kept in the JSON file ``cache`` under :func:`machine_key`, and only the
+    shapes not yet there are timed (a few tenths of a second each)."""
+    rows = max(32, -(-int(rows) // 32) * 32)
+    key = machine_key(dtype, rows)
+    stored: dict[str, Any] = {}
+    if cache is not None:
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = {}
+    if not isinstance(stored, dict):
+        stored = {}
+    known = stored.get(key) if isinstance(stored.get(key), dict) else {}
+    rates: dict[tuple[int, int], float] = {}
+    for name, rate in known.items():
+        try:
+            n_in, n_out = (int(x) for x in name.split("x"))
+        except ValueError:
+            continue
+        if isinstance(rate, (int, float)) and rate > 0:
+            rates[(n_in, n_out)] = float(rate)
+    todo = [k for k, n in shapes.items() if n > 0 and k not in rates]
+    if todo:
+        rates.update(gemm_rates(todo, rows, dtype, rounds=3, min_seconds=0.02))
+        if cache is not None:
+            stored[key] = {f"{a}x{b}": r for (a, b), r in rates.items()}
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                write_json(cache, stored)
+            except OSError:  # an unwritable cache: measured again next time
+                pass
+    return combined_rate(rates, shapes)
+
+
 def linear_shapes(model: torch.nn.Module, exclude: Iterable[torch.nn.Module] = ()) -> dict:
     """(in, out) -> how many ``nn.Linear`` layers of ``model`` have that shape (``exclude``
     left out, e.g. the output head)."""
@@ -198,4 +265,12 @@ def linear_shapes(model: torch.nn.Module, exclude: Iterable[torch.nn.Module] = (
     return out
 
 
-__all__ = ["FlopCounter", "StepFlops", "combined_rate", "gemm_rates", "linear_shapes"]
+__all__ = [
+    "FlopCounter",
+    "StepFlops",
+    "combined_rate",
+    "gemm_rates",
+    "linear_shapes",
+    "machine_key",
+    "machine_rate",
+]
