@@ -92,6 +92,19 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
     # 4 steps x 4 examples of the task set: every token counted once
     assert m.cost.tokens > 16 * 20
     assert m.cost.tokens_per_second == pytest.approx(m.cost.tokens / m.cost.train_seconds)
+    # every position of the padded batches is computed: padding is the rest of them
+    assert m.cost.positions >= m.cost.tokens
+    assert m.cost.padded_fraction == pytest.approx(1 - m.cost.tokens / m.cost.positions)
+    # at least the decoder's forward and its input gradients: 2 x 2 x positions x its
+    # products (the tiny Llama's 2 blocks of hidden 64, MLP 128, key/value width 32)
+    d, mlp, kv = 64, 128, 32
+    block = 2 * d * d + 2 * d * kv + 3 * d * mlp
+    assert m.cost.train_flops >= 4 * m.cost.positions * 2 * block
+    assert m.cost.utilisation == pytest.approx(
+        m.cost.train_flops / m.cost.train_seconds_this_session / m.cost.gemm_flops_per_second
+    )
+    saved = json.loads((out / "metrics.json").read_text())["cost"]
+    assert saved["utilisation"] == pytest.approx(m.cost.utilisation)
     assert m.cost.peak_rss_bytes > 50 * 2**20
     files = [p for p in (out / "adapter").rglob("*") if p.is_file()]
     assert m.cost.adapter_bytes == sum(p.stat().st_size for p in files)

@@ -285,6 +285,34 @@ class Cost:
     adapter_bytes: int
     ms_per_token: float | None = None
     ms_per_token_before: float | None = None
+    #: positions of the padded batches trained on (real tokens and padding), this session
+    positions: int | None = None
+    #: training products done, in FLOP (:mod:`spectune.models.flops`), this session
+    train_flops: float | None = None
+    #: this machine's GEMM rate on the run's own layer shapes (FLOP/s)
+    gemm_flops_per_second: float | None = None
+
+    @property
+    def padded_fraction(self) -> float | None:
+        """The share of the trained positions that were padding."""
+        if not self.positions:
+            return None
+        return 1.0 - self.tokens / self.positions
+
+    @property
+    def flops_per_second(self) -> float | None:
+        """Training FLOP per second of this session's training time."""
+        if self.train_flops is None or not self.train_seconds_this_session:
+            return None
+        return self.train_flops / self.train_seconds_this_session
+
+    @property
+    def utilisation(self) -> float | None:
+        """:attr:`flops_per_second` over the machine's GEMM rate on the same shapes."""
+        fps = self.flops_per_second
+        if fps is None or not self.gemm_flops_per_second:
+            return None
+        return fps / self.gemm_flops_per_second
 
 
 @dataclass
@@ -449,7 +477,12 @@ class RunMetrics:
             "after": self.after.to_dict(),
             "learning": asdict(self.learning),
             "forgetting": asdict(self.forgetting),
-            "cost": asdict(self.cost),
+            "cost": {
+                **asdict(self.cost),  # and the figures derived from it, for readers of the file
+                "padded_fraction": self.cost.padded_fraction,
+                "flops_per_second": self.cost.flops_per_second,
+                "utilisation": self.cost.utilisation,
+            },
             "training": asdict(self.training),
             "validation": None if self.validation is None else asdict(self.validation),
             "spectra_curve": [asdict(p) for p in self.spectra_curve],
@@ -594,6 +627,8 @@ class RunMetrics:
             "forgetting_ce": self.forgetting.forgetting_ce,
             "train_seconds": self.cost.train_seconds,
             "tokens_per_second": self.cost.tokens_per_second,
+            "padded_fraction": self.cost.padded_fraction,
+            "utilisation": self.cost.utilisation,
             "peak_rss_mib": self.cost.peak_rss_bytes / 2**20,
             "adapter_mib": self.cost.adapter_bytes / 2**20,
             "ms_per_token": self.cost.ms_per_token,

@@ -111,6 +111,9 @@ def collect_metrics(run: Run) -> RunMetrics:
             ms_per_token_before=None
             if run.before is None or run.before.latency is None
             else run.before.latency.ms_per_token,
+            positions=run.positions or None,
+            train_flops=run.flops or None,
+            gemm_flops_per_second=run.gemm_rate,
         ),
         training=Training(
             first_loss=log[0].get("loss") if log else None,

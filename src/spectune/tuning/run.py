@@ -83,6 +83,13 @@ class Run:
     train_seconds: float = 0.0
     train_offset: float = 0.0
     tokens: int = 0
+    #: positions of the padded batches trained on (real tokens and padding), this session
+    positions: int = 0
+    #: training FLOPs counted (:class:`spectune.models.flops.FlopCounter`), all processes,
+    #: this session
+    flops: float = 0.0
+    #: this machine's GEMM rate on the run's shapes (FLOP/s, all processes together)
+    gemm_rate: float | None = None
     global_step: int = 0
     peak_rss: tuple[int, bool] = (0, False)
     adapter_bytes: int = 0

@@ -156,6 +156,9 @@ class SpectuneTrainer(Trainer):
         self.validation = validation
         #: real (attention-mask) tokens of the batches trained on in this session
         self.tokens = 0
+        #: positions of those batches (real tokens and padding) and how many batches
+        self.positions = 0
+        self.batches = 0
 
     def evaluate(
         self,
@@ -202,6 +205,8 @@ class SpectuneTrainer(Trainer):
         mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
         if mask is not None:
             self.tokens += int(mask.sum())
+            self.positions += int(mask.numel())
+            self.batches += 1
         return super().training_step(model, inputs, num_items_in_batch)
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):

@@ -263,12 +263,32 @@ def _cost_table(m: RunMetrics) -> _Html:
         ["train time", train],
         ["tokens trained", _count(cost.tokens)],
         ["throughput", _fixed(cost.tokens_per_second, 1, " tokens/s")],
+        ["padding", _share_of(cost.padded_fraction)],
+        ["training compute", _compute(cost)],
         ["peak RSS", rss],
         ["trainable parameters", trainable],
         ["adapter size", _mib(cost.adapter_bytes)],
         ["training loss (first \u2192 final)", loss],
     ]
     return _table(["cost", "value"], rows, numeric=(1,))
+
+
+def _share_of(fraction: float | None) -> str:
+    return DASH if fraction is None else f"{100 * fraction:.1f}% of the positions trained"
+
+
+def _compute(cost: Any) -> str:
+    """Achieved training GFLOP/s and its share of the machine's GEMM rate on the same shapes."""
+    fps = cost.flops_per_second
+    if fps is None:
+        return DASH
+    text = f"{fps / 1e9:.1f} GFLOP/s"
+    if cost.utilisation is not None:
+        text += (
+            f" ({100 * cost.utilisation:.0f}% of this machine's "
+            f"{cost.gemm_flops_per_second / 1e9:.0f} GFLOP/s on the model's products)"
+        )
+    return text
 
 
 def _key_numbers(m: RunMetrics) -> _Html:
