@@ -400,22 +400,36 @@ def tokenize_examples(
 
 
 class InstructionCollator:
-    """Pad tokenized examples into a batch (right padding, for training and loss).
+    """Pad tokenized examples into a batch (right padding, for training and loss), or
+    concatenate them into one row without padding.
 
-    Pads get attention mask 0 and label ``-100``, so they affect neither the model's other
-    positions nor the loss.
+    Padded: pads get attention mask 0 and label ``-100``, so they affect neither the model's
+    other positions nor the loss. Flattened (``flatten=True``, padding-free): one row of every
+    example's tokens, ``position_ids`` restarting at 0 at each example and no attention mask
+    (transformers then keeps each example's attention to itself), the first label of each
+    example ``-100`` (its token is never predicted from the example before). The loss and the
+    gradients are those of the padded batch (tested) where the model's attention honours the
+    restarts (:func:`spectune.models.forward.packing_works`).
 
     Args:
         pad_token_id: the id written into padded positions (see :func:`pad_token_id`).
         pad_to_multiple_of: round the batch length up to a multiple of this (``None``: no
-            rounding).
+            rounding); not with ``flatten``.
+        flatten: one row without padding.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int | None = None, *, flatten: bool = False
+    ) -> None:
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise SpectuneError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.flatten = bool(flatten)
+
+    def flattened(self) -> InstructionCollator:
+        """This collator, padding-free."""
+        return InstructionCollator(self.pad_token_id, flatten=True)
 
     def __call__(self, features: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
         """Stack ``features`` into padded tensors.
@@ -432,6 +446,8 @@ class InstructionCollator:
 
         if not features:
             raise SpectuneError("cannot collate an empty batch")
+        if self.flatten:
+            return self._flat(features)
         length = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
@@ -452,6 +468,39 @@ class InstructionCollator:
             mask = feature.get("attention_mask")
             attention[row, :n] = 1 if mask is None else torch.as_tensor(mask, dtype=torch.long)
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+    def _flat(self, features: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            if len(feature["labels"]) != n:
+                raise SpectuneError(
+                    f"batch row {row}: input_ids has {n} tokens but labels has "
+                    f"{len(feature['labels'])}"
+                )
+            mask = feature.get("attention_mask")
+            if mask is not None and not all(int(m) == 1 for m in mask):
+                raise SpectuneError(
+                    f"batch row {row}: a padding-free batch takes examples without padding "
+                    "(their attention mask all ones); use data.batching: padded"
+                )
+            if n == 0:
+                continue
+            ids.extend(int(t) for t in feature["input_ids"])
+            labels.append(IGNORE_INDEX)  # never predicted from the example before it
+            labels.extend(int(t) for t in feature["labels"][1:])
+            positions.extend(range(n))
+        if not ids:
+            raise SpectuneError("cannot collate a batch of empty examples")
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+        }
 
 
 # --------------------------------------------------------------------------- validation split

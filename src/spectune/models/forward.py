@@ -110,8 +110,9 @@ def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
 def labelled_nll(
     parts: tuple[Any, Any],
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Summed NLL of the labelled next-token predictions, and their count, with the output
     head applied only at those positions (the causal-LM loss of the full logits, cheaper).
@@ -119,7 +120,8 @@ def labelled_nll(
     Args:
         parts: ``(decoder, head)`` from :func:`decoder_and_head`.
         input_ids, attention_mask, labels: (batch, length); label ``-100`` is not scored and
-            position t is predicted at t - 1.
+            position t is predicted at t - 1. No mask, with ``position_ids``: a padding-free
+            row of several examples (:class:`spectune.data.instructions.InstructionCollator`).
 
     Returns:
         ``(nll_sum, n)``: a 0-d tensor (with its graph, for training) and the count.
@@ -127,8 +129,50 @@ def labelled_nll(
     import torch.nn.functional as F
 
     decoder, head = parts
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # no cache: transformers looks for examples packed in a row only without one
+    extra = {} if position_ids is None else {"position_ids": position_ids, "use_cache": False}
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX  # (batch, length - 1)
     logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)
     return F.cross_entropy(logits, target[keep], reduction="sum"), int(keep.sum())
+
+
+def packing_works(model: Any, *, atol: float = 1e-3) -> bool:
+    """Whether ``model``'s attention keeps examples concatenated in one row apart when their
+    ``position_ids`` restart (a padding-free batch): two short random examples run packed and
+    one by one must give the same logits. Run in training mode with gradients on, as a training
+    step is (an evaluation-mode forward without gradients repacks a 4-bit base on the CPU);
+    dropout is switched off for the check and the model's mode restored."""
+    import torch
+
+    base = unwrap_model(model)
+    vocab = int(getattr(base.config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        return False
+    device = next(base.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(1, vocab, (1, 5), generator=g).to(device)
+    b = torch.randint(1, vocab, (1, 3), generator=g).to(device)
+    was_training = base.training
+    dropouts = [(m, m.p) for m in base.modules() if isinstance(m, torch.nn.Dropout)]
+    try:
+        base.train()
+        for m, _ in dropouts:
+            m.p = 0.0
+        with torch.enable_grad():
+            packed = base(
+                input_ids=torch.cat([a, b], dim=1),
+                position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]], device=device),
+                use_cache=False,
+            ).logits.detach()
+            alone = torch.cat(
+                [base(input_ids=x, use_cache=False).logits.detach() for x in (a, b)], dim=1
+            )
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    finally:
+        for m, p in dropouts:
+            m.p = p
+        base.train(was_training)
+    return bool(torch.allclose(packed.float(), alone.float(), atol=atol, rtol=1e-3))

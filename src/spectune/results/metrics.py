@@ -329,6 +329,8 @@ class Training:
     epochs: float | None
     per_device_batch: int | None = None
     global_batch: int | None = None
+    #: "padding_free", "length_grouped" or "padded" (``data.batching``); None: written before
+    batching: str | None = None
 
 
 @dataclass

@@ -122,6 +122,7 @@ def collect_metrics(run: Run) -> RunMetrics:
             epochs=log[-1].get("epoch") if log else None,
             per_device_batch=per_device,
             global_batch=global_batch,
+            batching=run.batching,
         ),
         spectra=None if run.summary is None else SpectraSummary.from_summary(run.summary),
         method_extras=run.method.extras(built),

@@ -93,6 +93,7 @@ from spectune.results.logs import log_rows
 from spectune.results.metrics import Judging, RunMetrics
 from spectune.results.runfolder import CONFIG, RunFolder
 from spectune.tuning import pins as P
+from spectune.tuning.batching import LENGTH_GROUPED, PADDING_FREE, choose_batching
 from spectune.tuning.checks import (
     check_parallel,
     check_resume_inputs,
@@ -382,11 +383,19 @@ def build_model(method: Method, ctx: BuildContext, *, tokenizer: Any = None) -> 
 
 
 def training_arguments(
-    config: TuneConfig, out: Path, *, progress: bool, report_to: list[str] | None = None
+    config: TuneConfig,
+    out: Path,
+    *,
+    progress: bool,
+    report_to: list[str] | None = None,
+    grouped: bool = False,
 ) -> Any:
     """``transformers.TrainingArguments`` of the run; bad keys and values name the key.
-    ``report_to``: the trackers (default: those the config names)."""
+    ``report_to``: the trackers (default: those the config names); ``grouped``: batches of
+    similar length (``train_sampling_strategy: group_by_length`` unless ``train`` sets one)."""
     args = config.trainer_arguments()
+    if grouped:
+        args.setdefault("train_sampling_strategy", "group_by_length")
     args["report_to"] = tracking.names(config) if report_to is None else report_to
     args.setdefault("run_name", out.name)  # the tracker's run is named after the folder
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
@@ -461,7 +470,21 @@ def train(run: Run) -> None:
     )
     notes = run.built.notes
     reporting = distributed.on_main(lambda: tracking.usable(run.config, run.out, notes))
-    args = training_arguments(run.config, run.out, progress=run.progress, report_to=reporting)
+    collator = run.train_data.collator
+    run.batching, why = choose_batching(
+        run.config.data.batching, run.objective, collator, run.built.model
+    )
+    if why:
+        notes.append(why)
+    if run.batching == PADDING_FREE:
+        collator = collator.flattened()
+    args = training_arguments(
+        run.config,
+        run.out,
+        progress=run.progress,
+        report_to=reporting,
+        grouped=run.batching == LENGTH_GROUPED,
+    )
     run.device = str(args.device)
     if run.main:
         run.folder.own("checkpoints", "train_log.csv")
@@ -474,7 +497,7 @@ def train(run: Run) -> None:
         model=run.built.model,
         args=args,
         train_dataset=run.train_data.dataset,
-        data_collator=run.train_data.collator,
+        data_collator=collator,
         callbacks=cbs,
         objective=run.objective,
         method=run.method,

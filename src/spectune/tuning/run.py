@@ -88,6 +88,8 @@ class Run:
     #: training FLOPs counted (:class:`spectune.models.flops.FlopCounter`), all processes,
     #: this session
     flops: float = 0.0
+    #: what the training batches were (:mod:`spectune.tuning.batching`)
+    batching: str | None = None
     #: this machine's GEMM rate on the run's shapes (FLOP/s, all processes together)
     gemm_rate: float | None = None
     global_step: int = 0

@@ -18,6 +18,9 @@ from spectune import _check as check
 from spectune.errors import SpectuneError
 from spectune.models.templates import END_OF_TURN_MODES, check_template
 
+#: values of ``data.batching``
+BATCHING_MODES = ("auto", "padding_free", "length_grouped", "padded")
+
 
 @dataclass
 class DataConfig:
@@ -93,6 +96,17 @@ class DataConfig:
             "without a template needs one of the others; it replaces a tokenizer's own)."
         },
     )
+    batching: str = field(
+        default="auto",
+        metadata={
+            "help": "how supervised examples make a batch: 'padding_free' (concatenated into "
+            "one row, position ids restarting at each example, so no position is padding; "
+            "only where the model's attention keeps the examples apart, checked on the model "
+            "at the start: otherwise it says so and groups by length), 'length_grouped' "
+            "(padded batches of examples of similar length), 'padded' (padded batches in "
+            "random order), 'auto': padding_free where it works, else length_grouped."
+        },
+    )
     end_of_turn: str = field(
         default="auto",
         metadata={
@@ -135,6 +149,7 @@ class DataConfig:
             raise SpectuneError(f"data.system must be a string or null, got {self.system!r}")
         check_template(self.template)
         check.choice("data.end_of_turn", self.end_of_turn, END_OF_TURN_MODES)
+        check.choice("data.batching", self.batching, BATCHING_MODES)
 
 
 @dataclass

@@ -202,15 +202,24 @@ class SpectuneTrainer(Trainer):
         return metrics
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-        if mask is not None:
-            self.tokens += int(mask.sum())
-            self.positions += int(mask.numel())
-            self.batches += 1
+        if isinstance(inputs, Mapping):
+            mask = inputs.get("attention_mask")
+            ids = inputs.get("input_ids")
+            if mask is not None:
+                self.tokens += int(mask.sum())
+                self.positions += int(mask.numel())
+                self.batches += 1
+            elif ids is not None and "position_ids" in inputs:  # a padding-free row
+                self.tokens += int(ids.numel())
+                self.positions += int(ids.numel())
+                self.batches += 1
         return super().training_step(model, inputs, num_items_in_batch)
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):
-        """The Trainer's own loss (the model's ``loss`` output)."""
+        """The Trainer's own loss (the model's ``loss`` output); a padding-free row without a
+        cache (transformers finds the packed examples only then)."""
+        if "position_ids" in inputs and "attention_mask" not in inputs:
+            inputs = {**inputs, "use_cache": False}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

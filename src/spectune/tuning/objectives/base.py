@@ -107,6 +107,9 @@ class Objective:
     name: str = ""
     description: str = ""
     sections: Mapping[str, type] = {}
+    #: whether the loss takes a padding-free batch (one row, ``position_ids``, no mask) from
+    #: its collator's ``flattened()`` (``data.batching``)
+    padding_free: bool = False
 
     def check(self, config: TuneConfig) -> None:
         """Cross-field checks of a config that uses this objective (raise SpectuneError)."""

@@ -70,6 +70,7 @@ def load_instruction_data(config: TuneConfig) -> RunData:
 
 class SFT(Objective):
     description = "supervised fine-tuning: NLL of the reference response tokens"
+    padding_free = True
 
     def load_data(self, config: TuneConfig) -> RunData:
         return load_instruction_data(config)
@@ -102,8 +103,9 @@ class SFT(Objective):
             return trainer.model_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
-        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        nll, n = as_forward(model, lambda _: labelled_nll(parts, ids, mask, labels))
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
+        nll, n = as_forward(model, lambda _: labelled_nll(parts, ids, mask, labels, pos))
         return token_mean(trainer, nll, n, num_items_in_batch)
 
 
