@@ -16,7 +16,11 @@ TRL seconds / spectune seconds. The loss curves (every 5 steps) are printed side
 their largest relative difference: the same data and optimizer give the same curve shape, not
 the same numbers (dropout masks and kernels differ).
 
+spectune trains with its default batches (``data.batching: auto``, padding-free rows here);
+``--batching padded`` gives both the same padded batches, TRL's default (``padding_free=False``).
+
 Run: .venv/bin/python bench/vs_trl.py [--rounds 3] [--methods lora,qlora,full] [--steps 25]
+[--batching auto|padded]
 """
 
 from __future__ import annotations
@@ -131,8 +135,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--methods", default="lora,qlora,full")
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--batching", default="padded",
-                    help="spectune's data.batching (padded: TRL's default batches)")  # fmt: skip
+    ap.add_argument("--batching", default="auto",
+                    help="spectune's data.batching (auto: its default, padding-free here; "
+                         "padded: TRL's default batches)")  # fmt: skip
     args = ap.parse_args()
     for method in args.methods.split(","):
         model_dir, feats, run = trl_inputs(method, args.steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,21 @@ def test_lora_run_writes_the_whole_folder_with_consistent_numbers(
     )
     saved = json.loads((out / "metrics.json").read_text())["cost"]
     assert saved["utilisation"] == pytest.approx(m.cost.utilisation)
+    # where the time went: every phase before the report, training's own time inside "train",
+    # together within the run's wall time (started to finished, whole seconds)
+    phases = m.cost.phase_seconds
+    assert list(phases) == ["data", "judge_before", "build", "train", "save", "judge_tuned",
+                            "watch"]  # fmt: skip
+    assert all(v > 0 for v in phases.values()) and saved["phase_seconds"] == phases
+    assert phases["train"] >= m.cost.train_seconds_this_session - 1e-3
+    wall = datetime.fromisoformat(marker["finished"]) - datetime.fromisoformat(marker["started"])
+    assert sum(phases.values()) <= wall.total_seconds() + 1
+    page = (out / "report.html").read_text()
+    assert "0.0% of the positions trained" in page and "GFLOP/s on the model" in page
+    slowest = max(phases, key=phases.get).replace("_", " ")
+    assert f"where the time went</td><td>{slowest} {phases[max(phases, key=phases.get)]:.0f} s" in (
+        page.replace('<td class="num">', "<td>")
+    )
     assert m.cost.peak_rss_bytes > 50 * 2**20
     files = [p for p in (out / "adapter").rglob("*") if p.is_file()]
     assert m.cost.adapter_bytes == sum(p.stat().st_size for p in files)

@@ -162,14 +162,54 @@ def test_base_vectors_through_the_gram_give_the_svds_best_cosines(shape):
     np.testing.assert_allclose(U_low.T @ U_low, np.eye(40), atol=1e-10)  # the SVD's basis
 
 
-def test_top_vectors_of_a_dense_tuned_matrix_are_the_svds():
+@pytest.mark.parametrize("shape", [(150, 100), (100, 150)])
+@pytest.mark.parametrize("rank", [None, 5])
+def test_top_vectors_of_a_dense_tuned_matrix_are_the_svds(shape, rank):
+    """The Gram route (tall and wide), and the SVD where the rank is below k."""
     from spectune.watch.intruders import _top_left
 
     rng = np.random.default_rng(2)
-    W = rng.standard_normal((150, 100)) + 5 * np.outer(
-        rng.standard_normal(150), rng.standard_normal(100)
-    )
+    if rank is None:
+        W = rng.standard_normal(shape) + 5 * np.outer(
+            rng.standard_normal(shape[0]), rng.standard_normal(shape[1])
+        )
+    else:
+        W = rng.standard_normal((shape[0], rank)) @ rng.standard_normal((rank, shape[1]))
+        W += 1e-9 * rng.standard_normal(shape)  # rank 5 and noise: s_10 / s_1 about 1e-10
     U, S = _top_left(W, 10)
     U_svd, S_svd, _ = np.linalg.svd(W, full_matrices=False)
     np.testing.assert_allclose(S, S_svd[:10], rtol=1e-10)
-    np.testing.assert_allclose(np.abs(np.sum(U * U_svd[:, :10], axis=0)), 1.0, atol=1e-8)
+    top = 10 if rank is None else rank  # past the rank: a cluster of noise, any basis of it
+    np.testing.assert_allclose(np.abs(np.sum(U * U_svd[:, :10], axis=0))[:top], 1.0, atol=1e-8)
+
+
+def test_the_base_vectors_are_computed_once_per_matrix_and_shared_within_the_budget(monkeypatch):
+    """Two tuned matrices of one base: one decomposition of the base (the same array, read
+    only); a matrix equal in values from elsewhere is the same entry; one over the budget is
+    computed each time and not kept."""
+    from spectune.watch import intruders as mod
+
+    calls = []
+    real = mod.base_left_vectors
+    monkeypatch.setattr(mod, "base_left_vectors", lambda W: calls.append(W.shape) or real(W))
+    mod.clear_shared_base_vectors()
+    W0 = base_matrix(120, 90).double()
+    g = torch.Generator().manual_seed(3)
+    B, A = torch.randn(120, 4, generator=g), torch.randn(4, 90, generator=g)
+    first = lora_intruder_dimensions(W0, B, A, 0.5)
+    second = lora_intruder_dimensions(W0.clone(), 2 * B, A, 0.5)  # another adapter, same base
+    dense = intruder_dimensions(W0.numpy().copy(), W0 + 0.5 * B @ A)
+    assert calls == [(120, 90)]
+    np.testing.assert_allclose(dense.similarities, first.similarities, atol=1e-10)
+    assert not np.array_equal(first.similarities, second.similarities)
+    U = mod.shared_base_left_vectors(W0.numpy())
+    assert not U.flags.writeable
+    monkeypatch.setattr(mod, "BASE_VECTORS_BUDGET", U.nbytes + 100)
+    other = base_matrix(120, 90, seed=5).double()
+    for _ in range(2):
+        intruder_dimensions(other, other)
+    assert calls == [(120, 90)] * 3  # over the budget: computed each time, the first kept
+    mod.clear_shared_base_vectors()
+    mod.shared_base_left_vectors(W0.numpy())
+    assert len(calls) == 4
+    mod.clear_shared_base_vectors()

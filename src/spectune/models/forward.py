@@ -22,19 +22,45 @@ if TYPE_CHECKING:
 
 @contextmanager
 def eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode and no gradients inside; afterwards the previous mode is restored and any
-    4-bit weights bitsandbytes repacked for CPU inference are unpacked."""
+    """Eval mode and no gradients inside, DoRA's per-layer weight norms kept while inside
+    (:func:`dora_caching`); afterwards the previous mode is restored and any 4-bit weights
+    bitsandbytes repacked for CPU inference are unpacked."""
     import torch
 
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), dora_caching(model):
             yield
     finally:
         if was_training:
             model.train()
         unpack_4bit_cpu_weights(model)
+
+
+@contextmanager
+def dora_caching(model: Any) -> Iterator[None]:
+    """peft's DoRA layers keep their weight norm ||W + s B A|| and the dense B A it is taken
+    from while inside (``peft.helpers.DoraCaching``, eval mode only), instead of forming both
+    again in every forward: the same outputs, bit for bit, and a generated token about 5x
+    faster on SmolLM2 (peft's default recomputes them, as training needs). Memory while
+    inside: one out x in matrix per DoRA layer (the size of the adapted weights); the caches
+    are emptied on the way out. A model without DoRA layers, or a peft without the switch, is
+    left as it is."""
+    layers = [m for m in model.modules() if type(m).__name__ == "DoraLinearLayer"]
+    try:
+        from peft.helpers import DoraCaching
+    except ImportError:  # peft before 0.14: no switch
+        layers = []
+    if not layers or not all(hasattr(m, "_cache_clear") for m in layers):
+        yield
+        return
+    try:
+        with DoraCaching():
+            yield
+    finally:
+        for layer in layers:
+            layer._cache_clear()
 
 
 def model_device(model: Any) -> torch.device:

@@ -731,11 +731,11 @@ def tune(
                 _say(f"{run.out} holds a complete run; nothing to do", run.progress)
                 return TuneResult(run.out, distributed.on_main(lambda: RunMetrics.load(run.out)))
             try:
-                distributed.on_every_rank(lambda: prepare_training(run))
-                distributed.on_main(lambda: judge_before(run))
-                distributed.on_every_rank(lambda: build(run))
+                timed(run, "data", lambda: distributed.on_every_rank(lambda: prepare_training(run)))
+                timed(run, "judge_before", lambda: distributed.on_main(lambda: judge_before(run)))
+                timed(run, "build", lambda: distributed.on_every_rank(lambda: build(run)))
                 check_same_start(run)
-                train(run)
+                timed(run, "train", lambda: train(run))
                 return TuneResult(run.out, distributed.on_main(lambda: finish(run, merge=merge)))
             except Exception as exc:  # an interruption (KeyboardInterrupt) stays "running"
                 if run.main:
@@ -747,10 +747,21 @@ def tune(
 
 def finish(run: Run, *, merge: bool = False) -> RunMetrics:
     """Phases 5 to 8 (save, judge the tuned model, watch, report): rank 0's alone."""
-    save(run)
-    judge_tuned(run)
-    watch(run)
+    timed(run, "save", lambda: save(run))
+    timed(run, "judge_tuned", lambda: judge_tuned(run))
+    timed(run, "watch", lambda: watch(run))
     return report(run, merge=merge)
+
+
+def timed(run: Run, phase: str, fn: Any) -> Any:
+    """``fn()``, its wall seconds added to ``run.phase_seconds[phase]`` (metrics.json
+    ``cost.phase_seconds``: where a run's time went; the report phase writes that file and is
+    not in it)."""
+    start = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        run.phase_seconds[phase] = run.phase_seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def check_same_start(run: Run) -> None:

@@ -92,6 +92,8 @@ class Run:
     batching: str | None = None
     #: this machine's GEMM rate on the run's shapes (FLOP/s, all processes together)
     gemm_rate: float | None = None
+    #: wall seconds of each phase this session (:func:`spectune.tuning.recipe.tune`'s names)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     global_step: int = 0
     peak_rss: tuple[int, bool] = (0, False)
     adapter_bytes: int = 0

@@ -270,7 +270,15 @@ def _cost_table(m: RunMetrics) -> _Html:
         ["adapter size", _mib(cost.adapter_bytes)],
         ["training loss (first \u2192 final)", loss],
     ]
+    if cost.phase_seconds:
+        rows.append(["where the time went", _phases(cost.phase_seconds)])
     return _table(["cost", "value"], rows, numeric=(1,))
+
+
+def _phases(phases: dict[str, float]) -> str:
+    """The run's phases, longest first: ``train 37 s, judge_tuned 17 s, ...``."""
+    order = sorted(phases.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name.replace('_', ' ')} {seconds:.0f} s" for name, seconds in order)
 
 
 def _share_of(fraction: float | None) -> str:
