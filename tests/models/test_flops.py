@@ -110,3 +110,23 @@ def test_machine_rate_times_only_the_shapes_its_cache_lacks(tmp_path, monkeypatc
     assert flops.machine_rate({(4, 8): 1}, 96, cache=cache) == pytest.approx(1e9)
     assert len(timed) == 3
     assert json.loads(cache.read_text())[key] == {"4x8": 1e9}
+
+
+@pytest.mark.parametrize("k", [3, 40])
+def test_frogs_layer_counts_as_a_linear_layer_with_its_sparse_gradient(k):
+    """FROG's layer: forward and input gradient as a linear layer of its shape, plus 2 n K
+    for the K trained entries (sampled), or the dense product past the sparse limit."""
+    from spectune.tuning.methods.frog.layer import SPARSE_GRAD_MAX_DENSITY, FrogLinear
+
+    W = torch.randn(6, 8)
+    layer = FrogLinear(W, None, torch.arange(k)).train()
+    x = torch.randn(5, 8, requires_grad=True)  # 5 rows
+    with FlopCounter(layer) as counter:
+        layer(x).sum().backward()
+    one = 2 * 5 * 8 * 6
+    dense = k > SPARSE_GRAD_MAX_DENSITY * 48
+    assert dense == (k == 40)
+    f = counter.flops
+    assert f.linear_forward == one and f.shapes == {(8, 6): 5}
+    assert f.linear_backward == one + 2 * 5 * (48 if dense else k)
+    assert layer.delta.grad is not None

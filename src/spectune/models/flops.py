@@ -2,14 +2,16 @@
 shapes: how much of what the cores can do a run achieves (its utilisation).
 
 **What is counted** (:class:`FlopCounter`): forward hooks on every ``nn.Linear`` (the base
-layers, a LoRA's ``lora_A`` / ``lora_B``, the output head) and every attention module record,
+layers, a LoRA's ``lora_A`` / ``lora_B``, the output head; a method's own linear layer that
+says it is one, :func:`is_linear`: FROG's) and every attention module record,
 per training step, the products that ran:
 
 - a linear layer with ``in`` inputs and ``out`` outputs applied to ``n`` rows (positions) costs
   ``2 n in out`` in the forward pass, the same again in the backward pass for the gradient of
   its input when that input requires a gradient (it does not in front of the first trainable
   layer), and the same again for the gradient of its weight when the weight is trained (full
-  fine-tuning; never a frozen base). The rows are what the layer really saw: every position of
+  fine-tuning; never a frozen base; FROG: 2 n K for its K trained entries, or the dense
+  product where it computes one). The rows are what the layer really saw: every position of
   the padded batch for the decoder's layers, only the labelled positions for the head
   (spectune's loss projects onto the vocabulary only where a label is);
 - an attention over ``s`` positions (query and key, the padded length) with ``d`` = heads x
@@ -21,8 +23,8 @@ per training step, the products that ran:
   cores did, not the model's nominal FLOPs.
 
 Not counted: element-wise work (norms, activations, softmax, the optimizer's update) and a
-method's products outside ``nn.Linear`` (DoRA's weight norm, OFT's rotation, FROG's sparse
-delta): the figure is a lower bound for those methods. The count equals
+method's products outside those layers (DoRA's weight norm, OFT's rotation, FROG's guided
+noise): the figure is a lower bound for those methods. The count equals
 ``torch.utils.flop_counter.FlopCounterMode``'s on the same step (tested on a tiny model).
 
 **The machine's rate** (:func:`gemm_rates`, :func:`combined_rate`): ``torch.mm`` timed on each distinct linear shape of
@@ -97,7 +99,7 @@ class FlopCounter:
 
     def __enter__(self) -> FlopCounter:
         for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear):
+            if is_linear(module):
                 self._handles.append(module.register_forward_hook(self._linear))
             elif type(module).__name__.endswith("Attention"):
                 width = _attention_width(module)
@@ -124,7 +126,12 @@ class FlopCounter:
         one = 2.0 * rows * module.in_features * module.out_features
         f = self.flops
         f.linear_forward += one
-        f.linear_backward += one * (int(x.requires_grad) + int(module.weight.requires_grad))
+        f.linear_backward += one * int(x.requires_grad)
+        own = getattr(module, "weight_grad_flops", None)  # a method's own trained part
+        if own is not None:
+            f.linear_backward += float(own(rows))
+        elif module.weight.requires_grad:
+            f.linear_backward += one
         key = (module.in_features, module.out_features)
         f.shapes[key] = f.shapes.get(key, 0) + rows
 
@@ -253,13 +260,21 @@ def machine_rate(
     return combined_rate(rates, shapes)
 
 
+def is_linear(module: torch.nn.Module) -> bool:
+    """An ``nn.Linear``, or a method's layer that computes one and says so
+    (``counts_as_linear = True``, with ``in_features``, ``out_features`` and a frozen ``weight``;
+    FROG's layer): counted as a product of its shape, plus its ``weight_grad_flops(rows)`` (the
+    FLOPs of the gradient of what it trains) when it has one."""
+    return isinstance(module, torch.nn.Linear) or bool(getattr(module, "counts_as_linear", False))
+
+
 def linear_shapes(model: torch.nn.Module, exclude: Iterable[torch.nn.Module] = ()) -> dict:
     """(in, out) -> how many ``nn.Linear`` layers of ``model`` have that shape (``exclude``
     left out, e.g. the output head)."""
     skip = {id(m) for m in exclude}
     out: dict[tuple[int, int], int] = {}
     for m in model.modules():
-        if isinstance(m, torch.nn.Linear) and id(m) not in skip:
+        if is_linear(m) and id(m) not in skip:
             key = (m.in_features, m.out_features)
             out[key] = out.get(key, 0) + 1
     return out
@@ -268,6 +283,7 @@ def linear_shapes(model: torch.nn.Module, exclude: Iterable[torch.nn.Module] = (
 __all__ = [
     "FlopCounter",
     "StepFlops",
+    "is_linear",
     "combined_rate",
     "gemm_rates",
     "linear_shapes",

@@ -155,9 +155,12 @@ def labelled_nll(
     import torch.nn.functional as F
 
     decoder, head = parts
-    # no cache: transformers looks for examples packed in a row only without one
-    extra = {} if position_ids is None else {"position_ids": position_ids, "use_cache": False}
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+    # no cache: a loss needs none (transformers would fill one with every layer's keys and
+    # values), and it looks for examples packed in a row only without one
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra
+    ).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX  # (batch, length - 1)
     logits = head(hidden[:, :-1][keep]).float()  # (labelled tokens, vocab)

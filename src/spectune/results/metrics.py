@@ -291,6 +291,9 @@ class Cost:
     train_flops: float | None = None
     #: this machine's GEMM rate on the run's own layer shapes (FLOP/s)
     gemm_flops_per_second: float | None = None
+    #: ``train.torch_compile``: seconds of compiling within the training time (the first
+    #: step's time beyond the median step); None when not compiled
+    compile_seconds: float | None = None
     #: wall seconds of the run's phases this session (data, judge_before, build, train, save,
     #: judge_tuned, watch; not the report that writes this file): where the time went
     phase_seconds: dict[str, float] = field(default_factory=dict)

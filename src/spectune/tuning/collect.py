@@ -115,6 +115,7 @@ def collect_metrics(run: Run) -> RunMetrics:
             train_flops=run.flops or None,
             gemm_flops_per_second=run.gemm_rate,
             phase_seconds={k: round(v, 3) for k, v in run.phase_seconds.items()},
+            compile_seconds=run.compile_seconds,
         ),
         training=Training(
             first_loss=log[0].get("loss") if log else None,

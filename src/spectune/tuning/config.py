@@ -88,8 +88,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 #: early_stopping_patience / early_stopping_threshold go to transformers'
 #: ``EarlyStoppingCallback`` (evaluations without an improvement larger than the threshold)
 #: logging_dir is TensorBoard's folder (transformers 4's key, dropped in 5: :mod:`spectune.report.tracking`)
+#: torch_compile compiles the decoder for training (:mod:`spectune.tuning.compiling`: spectune's
+#: losses call the decoder themselves, so transformers' own compile would never run)
 SPECTUNE_TRAIN_KEYS = (
     "keep_checkpoints",
+    "torch_compile",
     "early_stopping_patience",
     "early_stopping_threshold",
     "logging_dir",
@@ -325,6 +328,16 @@ class TuneConfig:
             raise SpectuneError(
                 f"train.keep_checkpoints must be true or false, got {args['keep_checkpoints']!r}"
             )
+        if not isinstance(args.get("torch_compile", False), bool):
+            raise SpectuneError(
+                f"train.torch_compile must be true or false, got {args['torch_compile']!r}"
+            )
+        for key in ("torch_compile_backend", "torch_compile_mode"):
+            if args.get(key) is not None:
+                raise SpectuneError(
+                    f"train.{key}: spectune compiles the decoder itself with inductor's default "
+                    "mode (train.torch_compile: true); remove train." + key
+                )
         self._check_validation(args)
         autocast = bool(args.get("bf16") or args.get("fp16"))
         if (

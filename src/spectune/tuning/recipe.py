@@ -67,7 +67,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,13 +79,11 @@ from transformers.utils import logging as hf_logging
 
 from spectune import _check as check
 from spectune._io import publish_dir, write_json, write_text
-from spectune._memory import PeakRSS
 from spectune.errors import SpectuneError
 from spectune.judging import cache as judge_cache
 from spectune.judging.all import judge
 from spectune.models import hardware
-from spectune.models.flops import FlopCounter, machine_rate
-from spectune.models.loading import cache_root, check_model, resolve_model_dir
+from spectune.models.loading import check_model, resolve_model_dir
 from spectune.models.tokenizer import end_of_turn, load_tokenizer
 from spectune.report import tracking
 from spectune.results.logs import log_rows
@@ -111,6 +108,7 @@ from spectune.tuning.judging import (
     judge_settings,
     predictions_jsonl,
 )
+from spectune.tuning.measure import measured, timed
 from spectune.tuning.methods import get_method
 from spectune.tuning.objectives import get_objective
 from spectune.tuning.pins import PINS
@@ -239,19 +237,6 @@ def prepare(
         pins=pinned,
         pins_saved=saved is not None,
     )
-
-
-def _gemm_rate(run: Run, flops: Any, trainer: Any) -> float | None:
-    """This machine's GEMM rate (FLOP/s) on the shapes the run trained, at its rows per batch
-    in its training dtype (:func:`spectune.models.flops.machine_rate`, cached per machine);
-    times the processes that trained. None when no batch was trained."""
-    if not trainer.batches or not flops.shapes:
-        return None
-    trained = [p for p in run.built.model.parameters() if p.requires_grad]
-    dtype = trained[0].dtype if trained and trained[0].is_floating_point() else torch.float32
-    rows = trainer.positions / trainer.batches
-    rate = machine_rate(flops.shapes, round(rows), dtype, cache_root() / "gemm_rates.json")
-    return rate * max(1, run.world_size)
 
 
 def take_folder(run: Run, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -515,18 +500,9 @@ def train(run: Run) -> None:
     if run.last_checkpoint:
         _say(f"resuming from {last}", run.progress)
         args.eval_on_start = False  # step 0 was evaluated in the first session (if asked)
-    with PeakRSS() as peak, FlopCounter(run.built.model) as counted:
-        start = time.perf_counter()
+    with measured(run, trainer):
         result = trainer.train(resume_from_checkpoint=run.last_checkpoint)
-        run.train_seconds = time.perf_counter() - start
-    run.flops = float(distributed.total(counted.flops.total))
-    run.positions = int(distributed.total(trainer.positions))
-    run.gemm_rate = _gemm_rate(run, counted.flops, trainer)
     run.train_offset = next((c.offset for c in cbs if isinstance(c, LossLog)), 0.0)
-    # over every process: the tokens all of them trained on, the largest process's memory
-    run.peak_rss = (int(distributed.largest(peak.bytes)), peak.exact)
-    run.tokens = int(distributed.total(trainer.tokens))
-    run.train_seconds = distributed.largest(run.train_seconds)
     run.global_step = int(result.global_step)
     state = trainer.state
     if run.validation is not None:  # the same on every rank (they agreed on every loss)
@@ -751,17 +727,6 @@ def finish(run: Run, *, merge: bool = False) -> RunMetrics:
     timed(run, "judge_tuned", lambda: judge_tuned(run))
     timed(run, "watch", lambda: watch(run))
     return report(run, merge=merge)
-
-
-def timed(run: Run, phase: str, fn: Any) -> Any:
-    """``fn()``, its wall seconds added to ``run.phase_seconds[phase]`` (metrics.json
-    ``cost.phase_seconds``: where a run's time went; the report phase writes that file and is
-    not in it)."""
-    start = time.perf_counter()
-    try:
-        return fn()
-    finally:
-        run.phase_seconds[phase] = run.phase_seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def check_same_start(run: Run) -> None:

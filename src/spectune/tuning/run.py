@@ -92,6 +92,8 @@ class Run:
     batching: str | None = None
     #: this machine's GEMM rate on the run's shapes (FLOP/s, all processes together)
     gemm_rate: float | None = None
+    #: ``train.torch_compile``: the compile time within the training time (None: off)
+    compile_seconds: float | None = None
     #: wall seconds of each phase this session (:func:`spectune.tuning.recipe.tune`'s names)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     global_step: int = 0

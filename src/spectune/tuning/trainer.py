@@ -159,6 +159,8 @@ class SpectuneTrainer(Trainer):
         #: positions of those batches (real tokens and padding) and how many batches
         self.positions = 0
         self.batches = 0
+        #: wall seconds of each training step (forward and backward) in this session
+        self.step_seconds: list[float] = []
 
     def evaluate(
         self,
@@ -213,7 +215,10 @@ class SpectuneTrainer(Trainer):
                 self.tokens += int(ids.numel())
                 self.positions += int(ids.numel())
                 self.batches += 1
-        return super().training_step(model, inputs, num_items_in_batch)
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.step_seconds.append(time.perf_counter() - start)
+        return loss
 
     def model_loss(self, model, inputs, *, return_outputs=False, num_items_in_batch=None):
         """The Trainer's own loss (the model's ``loss`` output); a padding-free row without a

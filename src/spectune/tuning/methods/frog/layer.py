@@ -258,6 +258,20 @@ class FrogLinear(nn.Module):
         linear.bias = self.bias
         return linear
 
+    #: :mod:`spectune.models.flops` counts this layer's product as a linear layer's
+    counts_as_linear = True
+
+    def weight_grad_flops(self, rows: int) -> float:
+        """FLOPs of :meth:`_delta_grad` for ``rows`` input rows: 2 rows K sampled entries, or
+        the dense (N, M) product above :data:`SPARSE_GRAD_MAX_DENSITY`; 0 when the delta is
+        frozen."""
+        if not self.delta.requires_grad:
+            return 0.0
+        n_out, n_in = self.weight.shape
+        k = self.indices.numel()
+        dense = k > SPARSE_GRAD_MAX_DENSITY * n_out * n_in
+        return 2.0 * rows * (n_out * n_in if dense else k)
+
     def _delta_grad(self, grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """dL/d_delta: sum over tokens of grad_out[:, i] * x[:, j] at the K entries, shape (K,)."""
         n_out, n_in = self.weight.shape
