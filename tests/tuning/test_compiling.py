@@ -45,7 +45,9 @@ def test_bad_settings_are_named(tiny_model_dir, train, message):
 def test_refused_without_a_cpp_compiler_or_a_decoder(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(mod.shutil, "which", lambda name: None)
-    with pytest.raises(SpectuneError, match="needs a C\\+\\+ compiler .* set train.torch_compile=false"):
+    with pytest.raises(
+        SpectuneError, match="needs a C\\+\\+ compiler .* set train.torch_compile=false"
+    ):
         check_compile_possible("cpu")
     monkeypatch.undo()
     with pytest.raises(SpectuneError, match="no decoder spectune can compile"):
