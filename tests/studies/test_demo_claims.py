@@ -18,8 +18,9 @@ So every band below holds with room in all three seeds: accuracy gains 29.7-54.7
 (asserted: >= 20), FROG's perplexity change +0.2 to +0.4% (asserted: the smallest, < 1%),
 LoRA's and DoRA's +5.8 to +9.1% (asserted: 3-15%), QLoRA's +40 to +48% (asserted: the
 largest, > 25%: it includes what NF4 costs against the float32 base), FROG 6-16 points
-below LoRA (asserted: below), DoRA unmerged 4.5-5.3x LoRA's ms per token (asserted: > 2x, a
-ratio measured in the same run).
+below LoRA (asserted: below). DoRA unmerged generated at 4.5-5.3x LoRA's ms per token while
+its weight norms were formed in every forward; judged with them kept (peft's DoRA caching in
+``eval_mode``) it is 1.38x (seed 0; asserted: < 2.5x, a ratio measured in the same run).
 
 Seed 0 with AVX2-only kernels (``make test-numerics``: QLoRA then computes in float32, not
 bf16) gave the same accuracies (40.6 / 42.2 / 35.9 / 29.7%), perplexity ratios 1.058 / 1.058 /
@@ -84,9 +85,11 @@ def test_frog_forgets_least_and_qlora_pays_for_quantization(demo_run):
     assert m["frog"].learning.accuracy_after < m["lora"].learning.accuracy_after
 
 
-def test_unmerged_dora_is_slow_to_generate(demo_run):
+def test_unmerged_dora_generates_near_loras_speed_with_its_weight_norms_kept(demo_run):
+    """Judging keeps DoRA's weight norms (eval_mode: peft's DoRA caching): 1.38x LoRA's ms per
+    token (91 against 66, seed 0), where forming them in every forward made it 4.5-5.3x."""
     _, m = demo_run
-    assert m["dora"].cost.ms_per_token > 2 * m["lora"].cost.ms_per_token
+    assert m["dora"].cost.ms_per_token < 2.5 * m["lora"].cost.ms_per_token
 
 
 def test_adapter_spectra_beside_the_base_models(demo_run):

@@ -116,3 +116,25 @@ def test_padded_runs_record_their_padding_and_the_same_examples(tiny_model_dir, 
     if mode == "padded":  # the same batches in the same order: the same tokens and loss
         assert free.cost.tokens == m.cost.tokens == free.cost.positions < m.cost.positions
         assert free.training.first_loss == pytest.approx(m.training.first_loss, rel=1e-4)
+
+
+def test_the_check_holds_where_rounding_exceeds_the_float32_tolerance(monkeypatch):
+    """A 4-bit base computing in bf16 rounds packed and separate logits apart by more than
+    1e-3 though its attention keeps the examples apart (SmolLM2's QLoRA: the check failed and
+    the run fell back to length-grouped batches): packed is then compared with how far reading
+    the second example after the first moves it. Rounding is stood in for by noise of 0.01 on
+    every logit; a model that mixes the examples still fails."""
+    model = tiny_llama(97)
+    forward = model.forward
+    g = torch.Generator().manual_seed(0)
+
+    def rounded(*args, **kw):
+        out = forward(*args, **kw)
+        out.logits = out.logits + 0.01 * torch.randn(out.logits.shape, generator=g)
+        return out
+
+    monkeypatch.setattr(model, "forward", rounded)
+    assert packing_works(model)
+    monkeypatch.setattr(model, "forward",
+                        lambda input_ids, **kw: rounded(input_ids=input_ids))  # fmt: skip
+    assert not packing_works(model)
