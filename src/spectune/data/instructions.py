@@ -399,6 +399,16 @@ def tokenize_examples(
 # --------------------------------------------------------------------------- batching
 
 
+def _checked_length(row: int, feature: dict[str, Sequence[int]]) -> int:
+    """The example's token count; its labels must have as many."""
+    n = len(feature["input_ids"])
+    if len(feature["labels"]) != n:
+        raise SpectuneError(
+            f"batch row {row}: input_ids has {n} tokens but labels has {len(feature['labels'])}"
+        )
+    return n
+
+
 class InstructionCollator:
     """Pad tokenized examples into a batch (right padding, for training and loss), or
     concatenate them into one row without padding.
@@ -457,12 +467,7 @@ class InstructionCollator:
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((batch, length), dtype=torch.long)
         for row, feature in enumerate(features):
-            n = len(feature["input_ids"])
-            if len(feature["labels"]) != n:
-                raise SpectuneError(
-                    f"batch row {row}: input_ids has {n} tokens but labels has "
-                    f"{len(feature['labels'])}"
-                )
+            n = _checked_length(row, feature)
             input_ids[row, :n] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
             labels[row, :n] = torch.as_tensor(feature["labels"], dtype=torch.long)
             mask = feature.get("attention_mask")
@@ -476,12 +481,7 @@ class InstructionCollator:
         labels: list[int] = []
         positions: list[int] = []
         for row, feature in enumerate(features):
-            n = len(feature["input_ids"])
-            if len(feature["labels"]) != n:
-                raise SpectuneError(
-                    f"batch row {row}: input_ids has {n} tokens but labels has "
-                    f"{len(feature['labels'])}"
-                )
+            n = _checked_length(row, feature)
             mask = feature.get("attention_mask")
             if mask is not None and not all(int(m) == 1 for m in mask):
                 raise SpectuneError(
