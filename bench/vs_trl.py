@@ -37,11 +37,12 @@ RATE = {"lora": 3e-3, "qlora": 3e-3, "full": 3e-4}
 
 
 def spectune_config(method: str, steps: int) -> dict[str, Any]:
+    lora = {k: SETTINGS[k] for k in ("r", "lora_alpha", "lora_dropout")}
     return {
+        **({} if method == "full" else {"lora": lora}),
         "model": "default",
         "method": method,
         "seed": 0,
-        "lora": {k: SETTINGS[k] for k in ("r", "lora_alpha", "lora_dropout")},
         "target_modules": "all-linear",
         "data": {
             "train": "tasks",
