@@ -81,14 +81,15 @@ def test_the_check_on_the_model_and_the_fallback(monkeypatch):
     monkeypatch.setattr(model, "forward",
                         lambda input_ids, **kw: forward(input_ids=input_ids))  # fmt: skip
     assert not packing_works(model)
-    assert choose_batching("auto", sft, collator, model) == (LENGTH_GROUPED, "")
+    assert choose_batching("auto", sft, collator, model) == (PADDED, "")  # as before
     mode, why = choose_batching("padding_free", sft, collator, model)
     assert mode == LENGTH_GROUPED
     assert "padding_free is not possible here: this model's attention" in why
-    assert "grouped by length instead" in why
+    assert "grouped by length instead (data.batching: padded for random batches)" in why
     # an objective whose loss takes padded batches only
     mode, why = choose_batching("padding_free", get_objective("distill"), collator, tiny_llama(97))
     assert mode == LENGTH_GROUPED and "the distill objective takes padded batches only" in why
+    assert choose_batching("auto", get_objective("distill"), collator, model) == (PADDED, "")
 
 
 def test_a_bad_batching_value_names_the_choices():

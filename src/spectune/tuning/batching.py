@@ -1,6 +1,7 @@
-"""How a run's training examples make batches (``data.batching``): padding-free rows where the
-objective and the model's attention allow it, else padded batches grouped by length, or padded
-batches in random order.
+"""How a run's training examples make batches (``data.batching``): ``auto`` (the default)
+trains padding-free rows where the objective and the model's attention allow it, else padded
+batches in random order; ``padding_free`` falls back to padded batches grouped by length;
+``length_grouped`` and ``padded`` are what they say.
 
 Padding-free: the objective's collator concatenates a batch into one row with ``position_ids``
 restarting at every example and no attention mask; transformers' masks then keep each
@@ -9,8 +10,8 @@ padding, so the decoder's products run on real tokens only; the attention runs o
 (its cost grows with the row's length squared, a small share at these lengths: the run's
 FLOP count shows it). Whether the model honours the restarts is checked on the model itself
 (:func:`spectune.models.forward.packing_works`): a model whose attention does not (its own
-masking code, an implementation that ignores ``position_ids``) falls back to length-grouped
-batches, saying so when ``padding_free`` was asked for.
+masking code, an implementation that ignores ``position_ids``) trains padded batches
+(``auto``) or length-grouped ones (``padding_free``, saying why).
 
 Length-grouped: transformers' ``LengthGroupedSampler`` (``train_sampling_strategy:
 group_by_length``), which batches examples of similar length in a seeded random order of
@@ -29,7 +30,11 @@ PADDING_FREE, LENGTH_GROUPED, PADDED = "padding_free", "length_grouped", "padded
 
 def choose_batching(mode: str, objective: Any, collator: Any, model: Any) -> tuple[str, str]:
     """``(batching, why)`` for ``data.batching`` = ``mode``: what the run's batches will be, and
-    why it is not what was asked ("" when it is).
+    why they are not padding-free when ``padding_free`` was asked for (a note), "" otherwise.
+    ``auto`` without padding-free batches is ``padded``: the same sums in another order is all
+    padding-free rows change, while grouping by length changes which examples share a batch
+    (the demo's QLoRA, grouped, diverged at the rate that trained it well padded and
+    padding-free).
 
     Args:
         mode: ``auto``, ``padding_free``, ``length_grouped`` or ``padded``.
@@ -49,11 +54,11 @@ def choose_batching(mode: str, objective: Any, collator: Any, model: Any) -> tup
         )
     else:
         return PADDING_FREE, ""
+    if mode != PADDING_FREE:  # auto: the batches a run had before, in random order
+        return PADDED, ""
     return LENGTH_GROUPED, (
         f"data.batching: padding_free is not possible here: {why}; batches are grouped by "
-        "length instead"
-        if mode == PADDING_FREE
-        else ""
+        "length instead (data.batching: padded for random batches)"
     )
 
 

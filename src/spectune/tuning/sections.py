@@ -104,7 +104,7 @@ class DataConfig:
             "only where the model's attention keeps the examples apart, checked on the model "
             "at the start: otherwise it says so and groups by length), 'length_grouped' "
             "(padded batches of examples of similar length), 'padded' (padded batches in "
-            "random order), 'auto': padding_free where it works, else length_grouped."
+            "random order), 'auto': padding_free where it works, else padded."
         },
     )
     end_of_turn: str = field(
