@@ -118,7 +118,7 @@ class FlopCounter:
     def _counting(self, module: torch.nn.Module) -> bool:
         return module.training and torch.is_grad_enabled()
 
-    def _linear(self, module: torch.nn.Linear, args: tuple, output: Any) -> None:
+    def _linear(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if not args or not self._counting(module):
             return
         x = args[0]
@@ -269,8 +269,8 @@ def is_linear(module: torch.nn.Module) -> bool:
 
 
 def linear_shapes(model: torch.nn.Module, exclude: Iterable[torch.nn.Module] = ()) -> dict:
-    """(in, out) -> how many ``nn.Linear`` layers of ``model`` have that shape (``exclude``
-    left out, e.g. the output head)."""
+    """(in, out) -> how many linear layers (:func:`is_linear`) of ``model`` have that shape
+    (``exclude`` left out, e.g. the output head)."""
     skip = {id(m) for m in exclude}
     out: dict[tuple[int, int], int] = {}
     for m in model.modules():

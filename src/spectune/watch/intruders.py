@@ -128,9 +128,9 @@ def _top_left(W: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     From the smaller Gram matrix's top ``k`` eigenpairs (``scipy.linalg.eigh`` with
     ``subset_by_index``): out <= in, U = the eigenvectors of W W^T; out > in, U = W V / s from
-    those of W^T W. On SmolLM2's shapes with a rank-8 update, a block of seven matrices takes
-    about 0.7 s against 1.8 s for Lanczos (``svds``): 576 x 1536 7x faster, 1536 x 576 2.7x,
-    square equal. The top singular values are the largest, so the Gram's squared condition
+    those of W^T W. Over SmolLM2's 210 matrices with a rank-8 update, 8.1 s against 15.4 s for
+    Lanczos (``svds``), the route before (``bench/intruders.py``); the wide and tall shapes
+    gain, the square ones about break even. The top singular values are the largest, so the Gram's squared condition
     costs little there: s_k's relative error is about eps (s_1 / s_k)^2, so where s_k is
     below :data:`TOP_GRAM_MIN_RCOND` of s_1 (a rank below k), or the matrix is small, the SVD
     (equal to the SVD's values to 1e-10 and vectors to 1e-8, tested).
