@@ -19,8 +19,15 @@ the same numbers (dropout masks and kernels differ).
 spectune trains with its default batches (``data.batching: auto``, padding-free rows here);
 ``--batching padded`` gives both the same padded batches, TRL's default (``padding_free=False``).
 
+``--trl-data chat`` hands TRL the same examples as conversations instead (``prompt`` /
+``completion`` message lists) and leaves the rest to its defaults: TRL renders them with the
+model's chat template, which for SmolLM2 adds its default system turn where a conversation has
+none, while spectune trains with the demo's empty system turn (``data.system: ""``). That is the
+same data as each tool's user would give it, not the same tokens: the bench prints both token
+counts, and the ratio then measures the work done as well as the trainer.
+
 Run: .venv/bin/python bench/vs_trl.py [--rounds 3] [--methods lora,qlora,full] [--steps 25]
-[--batching auto|padded]
+[--batching auto|padded] [--trl-data tokens|chat]
 """
 
 from __future__ import annotations
@@ -100,6 +107,16 @@ def trl_inputs(method: str, steps: int) -> tuple[Path, list[dict[str, list[int]]
     return Path(run.model_dir), feats, run
 
 
+def chat_rows(run: Any) -> list[dict[str, list[dict[str, str]]]]:
+    """The run's training examples as TRL's conversational prompt-completion records (no
+    system message: TRL applies the chat template, and the template its default)."""
+    from spectune.data.examples import user_message
+
+    return [{"prompt": [{"role": "user", "content": user_message(ex)}],
+             "completion": [{"role": "assistant", "content": ex.response}]}
+            for ex in run.data.train]  # fmt: skip
+
+
 def run_trl(method: str, steps: int, model_dir: Path, feats: list, run: Any) -> tuple[float, list]:
     import torch
     from datasets import Dataset
@@ -126,9 +143,10 @@ def run_trl(method: str, steps: int, model_dir: Path, feats: list, run: Any) -> 
             disable_tqdm=True, dataloader_num_workers=0)  # fmt: skip
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(feats),
                              processing_class=run.tokenizer, peft_config=peft_config)  # fmt: skip
+        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
         out = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return float(out.metrics["train_runtime"]), losses
+    return float(out.metrics["train_runtime"]), losses, statistics.mean(lengths)
 
 
 def main() -> int:
@@ -139,9 +157,15 @@ def main() -> int:
     ap.add_argument("--batching", default="auto",
                     help="spectune's data.batching (auto: its default, padding-free here; "
                          "padded: TRL's default batches)")  # fmt: skip
+    ap.add_argument("--trl-data", choices=("tokens", "chat"), default="tokens",
+                    help="tokens: TRL trains on spectune's tokenized examples; chat: on the same "
+                         "examples as conversations, rendered by TRL")  # fmt: skip
     args = ap.parse_args()
     for method in args.methods.split(","):
         model_dir, feats, run = trl_inputs(method, args.steps)
+        spectune_tokens = statistics.mean(len(f["input_ids"]) for f in feats)
+        if args.trl_data == "chat":
+            feats = chat_rows(run)
         ratios, rows = [], []
         for r in range(args.rounds):
             order = ("spectune", "trl") if r % 2 == 0 else ("trl", "spectune")
@@ -155,6 +179,8 @@ def main() -> int:
             ratios.append(got["trl"][0] / got["spectune"][0])
             rows.append(got)
         med = statistics.median(ratios)
+        print(f"{method}: tokens per training example: spectune {spectune_tokens:.1f}, "
+              f"TRL {rows[-1]['trl'][2]:.1f} (--trl-data {args.trl_data})")  # fmt: skip
         print(f"{method}: TRL / spectune training seconds, median of {args.rounds} rounds: "
               f"{med:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
         s_loss, t_loss = rows[-1]["spectune"][1], rows[-1]["trl"][1]
