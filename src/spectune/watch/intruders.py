@@ -130,25 +130,24 @@ def _top_left(W: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     ``subset_by_index``): out <= in, U = the eigenvectors of W W^T; out > in, U = W V / s from
     those of W^T W. Over SmolLM2's 210 matrices with a rank-8 update, 8.1 s against 15.4 s for
     Lanczos (``svds``), the route before (``bench/intruders.py``); the wide and tall shapes
-    gain, the square ones about break even. The top singular values are the largest, so the Gram's squared condition
-    costs little there: s_k's relative error is about eps (s_1 / s_k)^2, so where s_k is
-    below :data:`TOP_GRAM_MIN_RCOND` of s_1 (a rank below k), or the matrix is small, the SVD
-    (equal to the SVD's values to 1e-10 and vectors to 1e-8, tested).
+    gain, the square ones about break even. The top singular values are the largest, so the
+    Gram's squared condition costs little there: s_k's relative error is about
+    eps (s_1 / s_k)^2, so where s_k is below :data:`TOP_GRAM_MIN_RCOND` of s_1 (a rank below
+    k), or the matrix is small, the SVD (equal to the SVD's values to 1e-10 and vectors to
+    1e-8, tested).
     """
     M = np.asarray(W)
     out, inp = M.shape
     m = min(out, inp)
-    if k >= m or m <= 64:
-        U, S, _ = np.linalg.svd(M, full_matrices=False)
-        return U[:, :k], S[:k]
-    G = M @ M.T if out <= inp else M.T @ M
-    w, V = scipy.linalg.eigh(G, subset_by_index=[m - k, m - 1])
-    w, V = w[::-1], V[:, ::-1]
-    s = np.sqrt(np.clip(w, 0.0, None))
-    if s[0] == 0.0 or s[-1] < TOP_GRAM_MIN_RCOND * s[0]:
-        U, S, _ = np.linalg.svd(M, full_matrices=False)
-        return U[:, :k], S[:k]
-    return (np.ascontiguousarray(V) if out <= inp else (M @ V) / s), s
+    if k < m and m > 64:
+        G = M @ M.T if out <= inp else M.T @ M
+        w, V = scipy.linalg.eigh(G, subset_by_index=[m - k, m - 1])
+        w, V = w[::-1], V[:, ::-1]
+        s = np.sqrt(np.clip(w, 0.0, None))
+        if s[0] > 0.0 and s[-1] >= TOP_GRAM_MIN_RCOND * s[0]:
+            return (np.ascontiguousarray(V) if out <= inp else (M @ V) / s), s
+    U, S, _ = np.linalg.svd(M, full_matrices=False)
+    return U[:, :k], S[:k]
 
 
 #: at most this many bytes of base vectors are kept per process (:func:`shared_base_left_vectors`)
